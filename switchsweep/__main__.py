@@ -1,0 +1,5 @@
+import sys
+
+from switchsweep.cli import main
+
+sys.exit(main())

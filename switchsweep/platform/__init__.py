@@ -1,0 +1,1 @@
+"""The ground floor: config schema and validation, errors, checkpoints. Imports no other subpackage."""

@@ -1,0 +1,48 @@
+"""Atomic checkpoint files, loaded with `weights_only=True`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from switchsweep.platform.errors import CheckpointError
+
+FORMAT = "switchsweep-checkpoint"
+REQUIRED_KEYS = ("format", "step", "model", "ema", "optimizer", "rng", "config")
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, setting: str = "train.resume", mmap: bool = False) -> dict[str, Any]:
+    """Load and check a checkpoint; every failure is one CheckpointError line naming `setting`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{setting}={path}: no such checkpoint file: give the path of a ckpt.pt")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{setting}={path}: corrupt or not a checkpoint ({reason}): point it at an intact ckpt.pt") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{setting}={path}: not a switchsweep checkpoint: point it at a ckpt.pt written by switchsweep train")
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"{setting}={path}: checkpoint lacks {', '.join(missing)}: point it at a complete ckpt.pt")
+    return payload

@@ -1,0 +1,184 @@
+"""Structured config schema (Hydra/OmegaConf dataclasses) and its validation.
+
+Validation runs on the composed config before any data or model work, and every failure is one
+`ConfigError` line naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from switchsweep.platform.errors import ConfigError
+
+# (depth, hidden size, heads) per DiT size; `tiny` is the CPU size.
+MODEL_SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (6, 128, 4),
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+MODEL_NAMES = ("dit", "dtr", "switch_dit")
+PATCH_SIZES = (2, 4, 8)
+SCHEDULES = ("linear", "cosine")
+SAMPLERS = ("ddpm", "ddim")
+DATASETS = ("digits",)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "switch_dit"
+    size: str = "tiny"
+    patch_size: int = 2
+    mlp_ratio: float = 4.0
+    learn_sigma: bool = True
+    # Switch-DiT
+    num_experts: int = 3
+    top_k: int = 2
+    lambda_dp: float = 1.0
+    prior_alpha: float = 4.0
+    # DTR
+    dtr_alpha: float = 4.0
+    dtr_beta: float = 0.8
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    image_size: int = 8
+    channels: int = 1
+    num_classes: int = 10
+    batch_size: int = 64
+
+
+@dataclass
+class DiffusionConfig:
+    num_timesteps: int = 1000
+    schedule: str = "linear"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0
+    ema_decay: float = 0.9999
+    class_dropout: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 10
+    ckpt_every: int = 0  # 0: only at the end
+    out_dir: str = "runs/train"
+    resume: Optional[str] = None
+    progress: bool = True
+
+
+@dataclass
+class SampleConfig:
+    """How the end-of-training sample grid is drawn."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    cfg_scale: float = 1.5
+    ddim_eta: float = 0.0
+    per_class: int = 4
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def register_configs() -> None:
+    """Register the schema so the YAML tree in `switchsweep/conf` is type-checked against it."""
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+register_configs()
+
+
+def _need(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _one_of(path: str, value: Any, allowed: tuple) -> None:
+    _need(value in allowed, f"{path}={value!r} is not one of {', '.join(map(str, allowed))}: pick one of those")
+
+
+def validate_model(m: ModelConfig | DictConfig, image_size: int) -> None:
+    _one_of("model.name", m.name, MODEL_NAMES)
+    _one_of("model.size", m.size, tuple(MODEL_SIZES))
+    _one_of("model.patch_size", m.patch_size, PATCH_SIZES)
+    depth, hidden, heads = MODEL_SIZES[m.size]
+    _need(hidden % heads == 0, f"model.size={m.size}: hidden {hidden} is not divisible by {heads} heads")
+    _need(
+        image_size % m.patch_size == 0,
+        f"model.patch_size={m.patch_size} does not divide data.image_size={image_size}: pick a patch size that divides it",
+    )
+    _need(m.mlp_ratio > 0, f"model.mlp_ratio={m.mlp_ratio} must be > 0")
+    if m.name == "switch_dit":
+        _need(m.num_experts >= 1, f"model.num_experts={m.num_experts} must be >= 1")
+        _need(m.top_k >= 1, f"model.top_k={m.top_k} must be >= 1")
+        _need(
+            m.top_k <= m.num_experts,
+            f"model.top_k={m.top_k} must be <= model.num_experts={m.num_experts}: lower top_k or raise num_experts",
+        )
+        _need(m.lambda_dp >= 0, f"model.lambda_dp={m.lambda_dp} must be >= 0 (0 turns the prior loss off)")
+        _need(m.prior_alpha > 0, f"model.prior_alpha={m.prior_alpha} must be > 0")
+    if m.name == "dtr":
+        _need(m.dtr_alpha > 0, f"model.dtr_alpha={m.dtr_alpha} must be > 0")
+        _need(0 < m.dtr_beta <= 1, f"model.dtr_beta={m.dtr_beta} must be in (0, 1]")
+
+
+def validate(cfg: Config | DictConfig) -> None:
+    """Check every field that a run depends on; raise ConfigError on the first bad one."""
+    d = cfg.data
+    _one_of("data.name", d.name, DATASETS)
+    _need(d.image_size > 0, f"data.image_size={d.image_size} must be > 0")
+    _need(d.channels > 0, f"data.channels={d.channels} must be > 0")
+    _need(d.num_classes > 0, f"data.num_classes={d.num_classes} must be > 0")
+    _need(d.batch_size > 0, f"data.batch_size={d.batch_size} must be > 0")
+    validate_model(cfg.model, d.image_size)
+
+    f = cfg.diffusion
+    _need(f.num_timesteps >= 2, f"diffusion.num_timesteps={f.num_timesteps} must be >= 2")
+    _one_of("diffusion.schedule", f.schedule, SCHEDULES)
+
+    t = cfg.train
+    _need(t.steps > 0, f"train.steps={t.steps} must be > 0")
+    _need(t.lr > 0, f"train.lr={t.lr} must be > 0")
+    _need(t.weight_decay >= 0, f"train.weight_decay={t.weight_decay} must be >= 0")
+    _need(t.grad_clip >= 0, f"train.grad_clip={t.grad_clip} must be >= 0 (0 disables clipping)")
+    _need(0 <= t.ema_decay < 1, f"train.ema_decay={t.ema_decay} must be in [0, 1)")
+    _need(0 <= t.class_dropout < 1, f"train.class_dropout={t.class_dropout} must be in [0, 1)")
+    _one_of("train.device", t.device, DEVICES)
+    _need(t.log_every > 0, f"train.log_every={t.log_every} must be > 0")
+    _need(t.ckpt_every >= 0, f"train.ckpt_every={t.ckpt_every} must be >= 0 (0: only at the end)")
+    _need(bool(t.out_dir), "train.out_dir is empty: give a directory for checkpoints and samples")
+
+    s = cfg.sample
+    _one_of("sample.sampler", s.sampler, SAMPLERS)
+    _need(
+        0 < s.steps <= f.num_timesteps,
+        f"sample.steps={s.steps} must be in [1, diffusion.num_timesteps={f.num_timesteps}]",
+    )
+    _need(s.cfg_scale >= 1.0, f"sample.cfg_scale={s.cfg_scale} must be >= 1 (1 disables guidance)")
+    _need(s.ddim_eta >= 0, f"sample.ddim_eta={s.ddim_eta} must be >= 0")
+    _need(s.per_class >= 0, f"sample.per_class={s.per_class} must be >= 0 (0 skips the sample grid)")
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Validated typed config from a composed DictConfig."""
+    validate(cfg)
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]

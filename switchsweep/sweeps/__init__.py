@@ -1,0 +1,1 @@
+"""Search spaces, Tune + Optuna wiring, schedulers, resume, result tables."""

@@ -1,0 +1,1 @@
+"""What one training worker runs: data, diffusion, EMA, checkpoints, samplers and the loop."""
