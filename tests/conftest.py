@@ -1,0 +1,28 @@
+import os
+
+# Triton kernels run in interpreter mode on CPU-only machines; must be set before any kernel import.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from switchsweep.platform.config import Config  # noqa: E402
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path) -> Config:
+    """A fast Switch-DiT config: tiny model, few steps, no progress bar, no sample grid."""
+    cfg = Config()
+    cfg.train.steps = 6
+    cfg.train.log_every = 2
+    cfg.train.progress = False
+    cfg.train.device = "cpu"
+    cfg.train.out_dir = str(tmp_path / "run")
+    cfg.data.batch_size = 16
+    cfg.sample.per_class = 0
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,107 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from switchsweep.models.prior_loss import diffusion_prior_loss, hungarian_match, jensen_shannon, matching_cost
+from switchsweep.models.routing import prior_mask
+from switchsweep.models.switch_dit import SwitchDiT
+
+
+def test_matching_cost_is_l1_over_timesteps():
+    g = (torch.rand(50, 9) > 0.5).float()
+    p = (torch.rand(50, 9) > 0.5).float()
+    brute = torch.tensor([[float((g[:, i] - p[:, j]).abs().sum()) for j in range(9)] for i in range(9)])
+    assert torch.equal(matching_cost(g, p), brute)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matching_recovers_planted_permutation(seed):
+    w_prior = prior_mask(6, 3, 2, alpha=1.0, num_timesteps=300)
+    planted = torch.randperm(18, generator=torch.Generator().manual_seed(seed))
+    w_gate = w_prior[:, planted]  # gate unit i behaves like prior unit planted[i]
+    col = hungarian_match(matching_cost(w_gate, w_prior).numpy(), np.random.default_rng(seed))
+    assert torch.equal(w_prior[:, col], w_gate)
+    assert float(matching_cost(w_gate, w_prior).numpy()[np.arange(18), col].sum()) == 0.0
+
+
+def test_ties_are_broken_at_random():
+    cost = np.zeros((6, 6))
+    perms = {tuple(hungarian_match(cost, np.random.default_rng(s))) for s in range(20)}
+    assert len(perms) > 1
+    assert all(sorted(p) == list(range(6)) for p in perms)
+
+
+def test_jsd_zero_for_equal_symmetric_and_log2_for_disjoint():
+    p = torch.softmax(torch.randn(4, 7), -1)
+    q = torch.softmax(torch.randn(4, 7), -1)
+    assert torch.allclose(jensen_shannon(p, p), torch.zeros(4), atol=1e-7)
+    assert torch.allclose(jensen_shannon(p, q), jensen_shannon(q, p), atol=1e-7)
+    a = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+    b = torch.tensor([[0.0, 0.0, 0.5, 0.5]])
+    assert jensen_shannon(a, b).item() == pytest.approx(math.log(2))
+    # against scipy's independent implementation (which returns the square root, base e)
+    from scipy.spatial.distance import jensenshannon
+
+    ref = jensenshannon(p[0].double().numpy(), q[0].double().numpy()) ** 2
+    assert jensen_shannon(p[:1], q[:1]).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_prior_loss_zero_when_gates_equal_the_prior():
+    N, M, k = 4, 3, 2
+    prior = prior_mask(N, M, k, num_timesteps=100)[[10, 90]]  # two timesteps
+    probs = (prior / k).view(2, N, M)  # each block spreads mass 1/k over its k on-units
+    assert diffusion_prior_loss(probs, prior, k).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def _tiny_switch(**kw):
+    return SwitchDiT(image_size=8, channels=1, num_classes=10, patch_size=2, hidden=32, depth=3, heads=2,
+                     num_timesteps=50, **kw)
+
+
+def test_gradients_reach_the_gates_through_the_prior_loss():
+    model = _tiny_switch().train()
+    x, t, y = torch.randn(4, 1, 8, 8), torch.randint(0, 50, (4,)), torch.randint(0, 10, (4,))
+    _, aux = model(x, t, y, return_aux=True)
+    (weight, l_dp), = model.aux_losses(aux, t).values()
+    assert weight == 1.0 and l_dp.item() > 0
+    l_dp.backward()
+    for block in model.blocks:
+        assert block.gate[1].weight.grad.abs().sum() > 0
+    assert model.t_embedder.mlp[0].weight.grad.abs().sum() > 0
+    # only the gates (and the timestep embedding feeding them) receive L_dp's gradient
+    assert model.blocks[0].attn.qkv.weight.grad is None
+
+
+def test_prior_loss_uses_the_matched_prior():
+    model = _tiny_switch(top_k=1, num_experts=2).train()
+    t = torch.tensor([0, 25, 49])
+    _, aux = model(torch.randn(3, 1, 8, 8), t, torch.zeros(3, dtype=torch.long), return_aux=True)
+    col = aux["matching"].wait()
+    ref_cost = matching_cost(model.gate_matrix(), model.w_prior)
+    # the matching is optimal: no other permutation has a lower total cost (checked against the identity and 200 random)
+    best = float(ref_cost[torch.arange(6), col].sum())
+    for _ in range(200):
+        perm = torch.randperm(6)
+        assert best <= float(ref_cost[torch.arange(6), perm].sum())
+    expected = diffusion_prior_loss(aux["gate_probs"], model.w_prior[t][:, col], k=1)
+    aux["matching"] = type(aux["matching"])(ref_cost, np.random.default_rng([0, 0]))
+    (_, got), = model.aux_losses(aux, t).values()
+    assert torch.allclose(got, expected)
+
+
+def test_lambda_zero_turns_the_prior_loss_off():
+    model = _tiny_switch(lambda_dp=0.0).train()
+    t = torch.randint(0, 50, (2,))
+    _, aux = model(torch.randn(2, 1, 8, 8), t, torch.zeros(2, dtype=torch.long), return_aux=True)
+    assert model.aux_losses(aux, t) == {}
+
+
+def test_routing_matrices_for_logging():
+    model = _tiny_switch()
+    r = model.routing_matrices()
+    assert r["w_gate"].shape == r["w_prior_matched"].shape == (50, 9)
+    assert torch.all(r["w_gate"].sum(1) == 3 * 2)  # each of N=3 blocks picks k=2
+    assert torch.equal(r["w_prior_matched"], model.w_prior[:, r["permutation"]])
+    assert sorted(r["permutation"].tolist()) == list(range(9))
