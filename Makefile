@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test train sweep bench clean
+.PHONY: install test train evaluate sweep bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,12 +23,16 @@ test: $(STAMP)
 train: $(STAMP)
 	$(VENV)/bin/switchsweep train model=switch_dit model.size=tiny data=digits train.steps=300 train.out_dir=runs/train
 
+evaluate: $(STAMP)
+	$(VENV)/bin/switchsweep evaluate checkpoint=runs/train/ckpt.pt eval.num_samples=1000
+
 sweep: $(STAMP)
 	@echo "switchsweep sweep: not yet available (the Ray Tune sweep lands with the platform work); use 'make train'" >&2
 	@exit 1
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.step_time
+	$(PY) -m benchmarks.eval_throughput
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,14 +1,15 @@
-"""Command line: `switchsweep train [overrides...]` (Hydra override syntax, e.g. model=dit train.steps=300)."""
+"""Command line: `switchsweep train|evaluate [overrides...]` (Hydra override syntax, e.g. model=dit train.steps=300)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from switchsweep.platform.compose import load_config
+from switchsweep.platform.compose import load_config, load_eval_config
 from switchsweep.platform.errors import SwitchsweepError
 
 
@@ -27,6 +28,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    cfg = load_eval_config(args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+        return 0
+    from switchsweep.trainers.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(cfg)
+    print(json.dumps(result["metrics"], indent=2))
+    print(f"written to {result['out']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchsweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=switch_dit model.top_k=1 train.steps=300")
     p.add_argument("--cfg", action="store_true", help="print the resolved, validated config and exit")
     p.set_defaults(func=_train)
+    p = sub.add_parser("evaluate", help="sample from a checkpoint's EMA model and compute FID / KID / IS / precision-recall")
+    p.add_argument("overrides", nargs="*", help="checkpoint=PATH and eval.* overrides, e.g. eval.num_samples=1000 eval.sampler=ddim")
+    p.add_argument("--cfg", action="store_true", help="print the resolved, validated config and exit")
+    p.set_defaults(func=_evaluate)
     return parser
 
 

@@ -50,3 +50,21 @@ def test_console_entry_point_exit_code_without_traceback():
     assert proc.stderr.strip() == (
         "switchsweep train: error: model.top_k=9 must be <= model.num_experts=3: lower top_k or raise num_experts"
     )
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ([], "checkpoint"),
+        (["checkpoint=/no/such.pt"], "checkpoint=/no/such.pt"),
+        (["eval.num_samples=1"], "eval.num_samples"),
+        (["eval.sampler=euler"], "eval.sampler"),
+        (["eval.feature_net=inception"], "eval.inception_weights"),
+        (["eval.feature_net=clip"], "eval.feature_net"),
+        (["eval.pr_k=0"], "eval.pr_k"),
+    ],
+)
+def test_bad_evaluate_input_is_one_clear_line(overrides, field, capsys):
+    assert main(["evaluate", "--cfg", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and field in err and "Traceback" not in err

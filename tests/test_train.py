@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import statistics
 import subprocess
 import sys
@@ -113,3 +114,20 @@ def test_300_steps_of_switch_dit_tiny_on_digits_lower_the_loss(tmp_path):
     assert len(result.losses) == 300
     assert last < 0.4 * first, (first, last)  # measured: about 1.1 -> 0.2
     assert result.last_metrics["loss_prior"] > 0 and result.samples.is_file()
+
+
+def test_evaluate_cli_scores_a_checkpoint_and_writes_json(tiny_cfg, tmp_path):
+    ckpt = train(tiny_cfg).checkpoint
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "switchsweep", "evaluate", f"checkpoint={ckpt}", "eval.num_samples=24",
+         "eval.batch_size=10", "eval.sampler=ddim", "eval.steps=3", "eval.cfg_scale=1.5", "eval.kid_subsets=5",
+         f"eval.cache_dir={tmp_path / 'cache'}", f"eval.out={out}", "eval.device=cpu"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["step"] == 6 and result["num_samples"] == 24
+    assert set(result["metrics"]) >= {"fid", "kid", "kid_std", "inception_score", "precision", "recall"}
+    assert result["metrics"]["fid"] > 0 and 1.0 <= result["metrics"]["inception_score"] <= 10.0
+    assert (tmp_path / "cache" / "ref-digits-8-digits-cnn-v1.pt").is_file()

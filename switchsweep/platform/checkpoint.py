@@ -14,20 +14,24 @@ FORMAT = "switchsweep-checkpoint"
 REQUIRED_KEYS = ("format", "step", "model", "ema", "optimizer", "rng", "config")
 
 
-def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write to a temporary file beside `path`, fsync, then rename: a crash never leaves half a checkpoint."""
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temporary file beside `path`, fsync, then rename: a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    return atomic_torch_save({"format": FORMAT, **payload}, path)
 
 
 def load_checkpoint(path: str | os.PathLike, setting: str = "train.resume", mmap: bool = False) -> dict[str, Any]:

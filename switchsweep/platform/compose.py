@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from switchsweep.platform.checkpoint import load_checkpoint
-from switchsweep.platform.config import Config, to_config
+from switchsweep.platform.config import Config, to_config, validate_eval
 from switchsweep.platform.errors import ConfigError
 
 CONFIG_MODULE = "switchsweep.conf"
@@ -39,12 +39,30 @@ def compose_config(overrides: Sequence[str], config_name: str = "config") -> Dic
         raise ConfigError(f"invalid override: {_one_line(e)}") from e
 
 
-def _resume_path(overrides: Sequence[str]) -> str | None:
+def _override_value(overrides: Sequence[str], key: str) -> str | None:
     for o in overrides:
-        key, _, value = o.partition("=")
-        if key.lstrip("+") == "train.resume" and value not in ("", "null"):
+        k, _, value = o.partition("=")
+        if k.lstrip("+") == key and value not in ("", "null"):
             return value
     return None
+
+
+def load_eval_config(overrides: Sequence[str]) -> Config:
+    """Config for `switchsweep evaluate checkpoint=PATH eval.*=...`: the model, data and diffusion
+    come from the checkpoint, the evaluation settings from the command line."""
+    composed = compose_config(overrides)
+    validate_eval(composed.eval, composed.diffusion.num_timesteps)  # again below against the checkpoint's T
+    path = composed.checkpoint
+    if not path:
+        raise ConfigError("checkpoint is not set: pass checkpoint=<path of a ckpt.pt written by switchsweep train>")
+    not_eval = [o for o in overrides if not o.lstrip("+").startswith(("eval.", "checkpoint="))]
+    if not_eval:
+        raise ConfigError(f"{not_eval[0]}: evaluate takes the model from the checkpoint; only checkpoint= and eval.* apply")
+    saved = load_checkpoint(path, setting="checkpoint", mmap=True)["config"]
+    merged = OmegaConf.merge(OmegaConf.structured(Config), saved)
+    merged.eval = composed.eval
+    merged.checkpoint = path
+    return to_config(merged)
 
 
 def load_config(overrides: Sequence[str]) -> Config:
@@ -53,7 +71,7 @@ def load_config(overrides: Sequence[str]) -> Config:
     With `train.resume=PATH` the checkpoint's own resolved config is the base and only the dotted
     overrides given here apply on top (e.g. `train.steps=600`), so a resumed run is the same run.
     """
-    resume = _resume_path(overrides)
+    resume = _override_value(overrides, "train.resume")
     if resume is None:
         return to_config(compose_config(overrides))
     groups = [o for o in overrides if "=" in o and "." not in o.partition("=")[0]]

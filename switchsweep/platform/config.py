@@ -28,6 +28,7 @@ SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
 DATASETS = ("digits",)
 DEVICES = ("auto", "cpu", "cuda")
+FEATURE_NETS = ("digits", "inception")
 
 
 @dataclass
@@ -91,12 +92,35 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """`switchsweep evaluate`: sample with the EMA model, then FID / KID / IS / precision-recall."""
+
+    num_samples: int = 1000
+    batch_size: int = 250
+    sampler: str = "ddim"
+    steps: int = 50
+    cfg_scale: float = 1.5
+    ddim_eta: float = 0.0
+    seed: int = 0
+    feature_net: str = "digits"
+    inception_weights: Optional[str] = None  # local FID InceptionV3 state dict; nothing is downloaded
+    cache_dir: str = "~/.cache/switchsweep"
+    kid_subset_size: int = 1000
+    kid_subsets: int = 100
+    pr_k: int = 3
+    out: Optional[str] = None  # JSON path; default: eval.json beside the checkpoint
+    device: str = "auto"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: Optional[str] = None  # the checkpoint `switchsweep evaluate` scores
 
 
 def register_configs() -> None:
@@ -176,6 +200,24 @@ def validate(cfg: Config | DictConfig) -> None:
     _need(s.cfg_scale >= 1.0, f"sample.cfg_scale={s.cfg_scale} must be >= 1 (1 disables guidance)")
     _need(s.ddim_eta >= 0, f"sample.ddim_eta={s.ddim_eta} must be >= 0")
     _need(s.per_class >= 0, f"sample.per_class={s.per_class} must be >= 0 (0 skips the sample grid)")
+    validate_eval(cfg.eval, f.num_timesteps)
+
+
+def validate_eval(e: EvalConfig | DictConfig, num_timesteps: int) -> None:
+    _need(e.num_samples >= 2, f"eval.num_samples={e.num_samples} must be >= 2")
+    _need(e.batch_size > 0, f"eval.batch_size={e.batch_size} must be > 0")
+    _one_of("eval.sampler", e.sampler, SAMPLERS)
+    _need(0 < e.steps <= num_timesteps, f"eval.steps={e.steps} must be in [1, diffusion.num_timesteps={num_timesteps}]")
+    _need(e.cfg_scale >= 1.0, f"eval.cfg_scale={e.cfg_scale} must be >= 1 (1 disables guidance)")
+    _need(e.ddim_eta >= 0, f"eval.ddim_eta={e.ddim_eta} must be >= 0")
+    _one_of("eval.feature_net", e.feature_net, FEATURE_NETS)
+    if e.feature_net == "inception":
+        _need(bool(e.inception_weights), "eval.feature_net=inception needs eval.inception_weights=<local .pt file of FID InceptionV3 weights>")
+    _need(e.kid_subset_size >= 2, f"eval.kid_subset_size={e.kid_subset_size} must be >= 2")
+    _need(e.kid_subsets >= 1, f"eval.kid_subsets={e.kid_subsets} must be >= 1")
+    _need(e.pr_k >= 1, f"eval.pr_k={e.pr_k} must be >= 1")
+    _need(bool(e.cache_dir), "eval.cache_dir is empty: give a directory for cached feature networks and statistics")
+    _one_of("eval.device", e.device, DEVICES)
 
 
 def to_config(cfg: DictConfig) -> Config:

@@ -1,0 +1,139 @@
+"""Feature networks for the metrics, behind one interface, and the cached real-data reference features.
+
+- `digits`: a small CNN trained on scikit-learn's digits, deterministically, once; cached on disk.
+- `inception`: FID InceptionV3 with weights from a local file (see `inception.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from switchsweep.platform.checkpoint import atomic_torch_save
+from switchsweep.platform.config import DataConfig, EvalConfig
+from switchsweep.platform.errors import ConfigError
+from switchsweep.trainers.data import load_dataset, load_digits_tensors
+
+log = logging.getLogger(__name__)
+
+DIGITS_CLASSIFIER_VERSION = 1
+DIGITS_HELD_OUT = 0.2
+
+
+class FeatureNet(nn.Module):
+    """Maps images in [-1, 1] to (features [N, d], class probabilities [N, classes])."""
+
+    name: str = "feature-net"  # part of the reference-statistics cache key
+
+    @torch.no_grad()
+    def embed(self, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+        """Batched, no-grad features and probabilities, returned on the CPU."""
+        device = next(self.parameters()).device
+        feats, probs = [], []
+        for start in range(0, len(images), batch_size):
+            f, p = self(images[start : start + batch_size].to(device))
+            feats.append(f.float().cpu())
+            probs.append(p.float().cpu())
+        return torch.cat(feats), torch.cat(probs)
+
+
+class DigitsClassifier(FeatureNet):
+    """Two 3x3 convolutions, a 2x2 pool and a 128-d feature layer; features are that layer."""
+
+    name = f"digits-cnn-v{DIGITS_CLASSIFIER_VERSION}"
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc = nn.Linear(64 * 4 * 4, 128)
+        self.head = nn.Linear(128, num_classes)
+
+    def logits_and_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        feats = F.relu(self.fc(h.flatten(1)))
+        return self.head(feats), feats
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        logits, feats = self.logits_and_features(images)
+        return feats, logits.softmax(-1)
+
+
+def digits_split(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A fixed train / held-out split of the digits: (train images, train labels, test images, test labels)."""
+    images, labels = load_digits_tensors()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    n_test = int(len(images) * DIGITS_HELD_OUT)
+    test, train = order[:n_test], order[n_test:]
+    return images[train], labels[train], images[test], labels[test]
+
+
+def train_digits_classifier(seed: int = 0, epochs: int = 30) -> tuple[DigitsClassifier, float]:
+    """Train on the fixed split with a fixed seed; returns the model and its held-out accuracy."""
+    x, y, x_test, y_test = digits_split(seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = DigitsClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            # one-pixel random shifts: cheap augmentation that keeps 8x8 digits readable
+            dx, dy = torch.randint(-1, 2, (2,), generator=gen).tolist()
+            batch = torch.roll(x[idx], shifts=(dy, dx), dims=(2, 3))
+            loss = F.cross_entropy(model.logits_and_features(batch)[0], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model.logits_and_features(x_test)[0].argmax(1) == y_test).float().mean().item()
+    return model, accuracy
+
+
+def load_or_train_digits_classifier(cache_dir: str | os.PathLike) -> tuple[DigitsClassifier, float]:
+    """The cached classifier, or a freshly trained one written to the cache (also when the file is corrupt)."""
+    path = Path(cache_dir).expanduser() / f"{DigitsClassifier.name}.pt"
+    if path.is_file():
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            model = DigitsClassifier()
+            model.load_state_dict(payload["state_dict"])
+            return model.eval(), float(payload["held_out_accuracy"])
+        except Exception as e:  # any unreadable cache is rebuilt, never fatal
+            log.warning("cached digits classifier %s is unreadable (%s); retraining it", path, type(e).__name__)
+    model, accuracy = train_digits_classifier()
+    atomic_torch_save({"state_dict": model.state_dict(), "held_out_accuracy": accuracy}, path)
+    return model, accuracy
+
+
+def build_feature_net(cfg: EvalConfig, device: torch.device) -> FeatureNet:
+    if cfg.feature_net == "digits":
+        net, _ = load_or_train_digits_classifier(cfg.cache_dir)
+    elif cfg.feature_net == "inception":
+        from switchsweep.trainers.inception import load_fid_inception
+
+        net = load_fid_inception(cfg.inception_weights)
+    else:
+        raise ConfigError(f"eval.feature_net={cfg.feature_net!r} is not one of digits, inception")
+    return net.to(device).eval()
+
+
+def reference_features(data: DataConfig, net: FeatureNet, cache_dir: str | os.PathLike) -> Tensor:
+    """Features of every real training image, computed once per (dataset, feature network) and cached."""
+    path = Path(cache_dir).expanduser() / f"ref-{data.name}-{data.image_size}-{net.name}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)["features"]
+        except Exception as e:
+            log.warning("cached reference features %s are unreadable (%s); recomputing", path, type(e).__name__)
+    images, _ = load_dataset(data)
+    feats, _ = net.embed(images)
+    atomic_torch_save({"features": feats}, path)
+    return feats

@@ -1,0 +1,138 @@
+"""Sample-quality metrics from feature vectors: FID, unbiased KID, Inception Score, precision/recall.
+
+Written here rather than taken from torchmetrics, whose versions of these are tied to its own
+feature extractors (torch-fidelity, torchvision): these take any features, numpy or torch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+ArrayLike = Union[np.ndarray, Tensor]
+
+
+def _np64(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def feature_statistics(features: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (unbiased) of [N, d] features."""
+    f = _np64(features)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
+    """Frechet distance of two Gaussians: |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al., FID)."""
+    mu1, mu2 = _np64(mu1).ravel(), _np64(mu2).ravel()
+    s1, s2 = np.atleast_2d(_np64(sigma1)), np.atleast_2d(_np64(sigma2))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape:
+        raise ValueError(f"frechet_distance: shapes differ: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+    # tr((S1 S2)^(1/2)) = tr((A S2 A)^(1/2)) with A = S1^(1/2): both symmetric PSD, so eigh stays
+    # exact where sqrtm of the non-symmetric product warns or fails (singular covariances).
+    w, v = np.linalg.eigh(s1)
+    a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = a @ s2 @ a
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+
+
+def fid_from_features(real: ArrayLike, fake: ArrayLike) -> float:
+    return frechet_distance(*feature_statistics(real), *feature_statistics(fake))
+
+
+def kernel_inception_distance(
+    real: ArrayLike, fake: ArrayLike, subset_size: int = 1000, num_subsets: int = 100, seed: int = 0
+) -> tuple[float, float]:
+    """Unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3, mean and std over random subsets (Binkowski et al.)."""
+    x, y = _np64(real), _np64(fake)
+    d = x.shape[1]
+    m = min(subset_size, len(x), len(y))
+    if m < 2:
+        raise ValueError("kernel_inception_distance needs at least 2 real and 2 generated samples")
+    rng = np.random.default_rng(seed)
+    values = np.empty(num_subsets)
+    for i in range(num_subsets):
+        a = x[rng.choice(len(x), m, replace=False)]
+        b = y[rng.choice(len(y), m, replace=False)]
+        k_aa = (a @ a.T / d + 1) ** 3
+        k_bb = (b @ b.T / d + 1) ** 3
+        k_ab = (a @ b.T / d + 1) ** 3
+        values[i] = (
+            (k_aa.sum() - np.trace(k_aa)) / (m * (m - 1))
+            + (k_bb.sum() - np.trace(k_bb)) / (m * (m - 1))
+            - 2 * k_ab.mean()
+        )
+    return float(values.mean()), float(values.std())
+
+
+def inception_score(probs: ArrayLike, splits: int = 10) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))), mean and std over `splits` chunks (Salimans et al.)."""
+    p = _np64(probs)
+    splits = max(1, min(splits, len(p)))
+    scores = []
+    for part in np.array_split(p, splits):
+        py = part.mean(0, keepdims=True)
+        kl = np.sum(part * (np.log(np.clip(part, 1e-12, None)) - np.log(np.clip(py, 1e-12, None))), axis=1)
+        scores.append(math.exp(kl.mean()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def _kth_neighbour_radii(x: Tensor, k: int, chunk: int = 1024) -> Tensor:
+    """Distance from each row to its k-th nearest other row."""
+    radii = []
+    for start in range(0, len(x), chunk):
+        d = torch.cdist(x[start : start + chunk], x)
+        radii.append(d.kthvalue(k + 1, dim=1).values)  # +1: the row itself at distance 0
+    return torch.cat(radii)
+
+
+def _inside_manifold(points: Tensor, support: Tensor, radii: Tensor, chunk: int = 1024) -> Tensor:
+    inside = []
+    for start in range(0, len(points), chunk):
+        d = torch.cdist(points[start : start + chunk], support)
+        inside.append((d <= radii[None]).any(dim=1))
+    return torch.cat(inside)
+
+
+def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkaanniemi et al.): the share of generated samples inside the
+    real k-NN manifold, and of real samples inside the generated one."""
+    r = torch.as_tensor(_np64(real))
+    f = torch.as_tensor(_np64(fake))
+    if min(len(r), len(f)) <= k:
+        raise ValueError(f"precision_recall needs more than k={k} real and generated samples")
+    precision = _inside_manifold(f, r, _kth_neighbour_radii(r, k)).double().mean().item()
+    recall = _inside_manifold(r, f, _kth_neighbour_radii(f, k)).double().mean().item()
+    return precision, recall
+
+
+def all_metrics(
+    real_features: ArrayLike,
+    fake_features: ArrayLike,
+    fake_probs: ArrayLike,
+    *,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+    pr_k: int = 3,
+    seed: int = 0,
+) -> dict[str, float]:
+    kid, kid_std = kernel_inception_distance(real_features, fake_features, kid_subset_size, kid_subsets, seed)
+    is_mean, is_std = inception_score(fake_probs)
+    precision, recall = precision_recall(real_features, fake_features, pr_k)
+    return {
+        "fid": fid_from_features(real_features, fake_features),
+        "kid": kid,
+        "kid_std": kid_std,
+        "inception_score": is_mean,
+        "inception_score_std": is_std,
+        "precision": precision,
+        "recall": recall,
+    }

@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from switchsweep.platform.config import EvalConfig
+from switchsweep.platform.errors import ConfigError
+from switchsweep.trainers.features import DigitsClassifier, digits_split, load_or_train_digits_classifier
+from switchsweep.trainers.inception import FIDInceptionV3, load_fid_inception
+from switchsweep.trainers.metrics import all_metrics
+
+
+@pytest.fixture(scope="session")
+def digits_net(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    net, acc = load_or_train_digits_classifier(cache)
+    return net, acc, cache
+
+
+def test_digits_classifier_reaches_97_percent_held_out_and_is_cached(digits_net):
+    net, acc, cache = digits_net
+    assert acc >= 0.97
+    _, _, x_test, y_test = digits_split()
+    with torch.no_grad():
+        measured = (net.logits_and_features(x_test)[0].argmax(1) == y_test).float().mean().item()
+    assert measured == pytest.approx(acc)
+    cached, cached_acc = load_or_train_digits_classifier(cache)  # read back, not retrained
+    assert cached_acc == acc
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), cached.state_dict().values()))
+
+
+def test_corrupt_classifier_cache_is_retrained(digits_net, tmp_path, caplog):
+    net, acc, cache = digits_net
+    file = tmp_path / f"{DigitsClassifier.name}.pt"
+    file.write_bytes((cache / file.name).read_bytes()[:1000])  # truncated
+    again, again_acc = load_or_train_digits_classifier(tmp_path)
+    assert "retraining" in caplog.text
+    assert again_acc == acc  # deterministic training gives the same network
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    assert torch.load(file, weights_only=True)["held_out_accuracy"] == acc  # the cache was rewritten
+
+
+def test_held_out_digits_score_far_better_than_noise_on_every_metric(digits_net):
+    net, _, _ = digits_net
+    x_train, _, x_test, _ = digits_split()
+    real, _ = net.embed(x_train)
+    held_f, held_p = net.embed(x_test)
+    noise_f, noise_p = net.embed(torch.rand(len(x_test), 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    good = all_metrics(real, held_f, held_p, kid_subset_size=200, kid_subsets=20)
+    bad = all_metrics(real, noise_f, noise_p, kid_subset_size=200, kid_subsets=20)
+    assert good["fid"] * 10 < bad["fid"]
+    assert good["kid"] * 10 < bad["kid"]
+    assert good["inception_score"] > 2 * bad["inception_score"]
+    assert good["precision"] > bad["precision"] + 0.5
+    assert good["recall"] > bad["recall"] + 0.5
+
+
+def test_inception_plumbing_with_random_weights(tmp_path):
+    torch.manual_seed(0)
+    net = FIDInceptionV3().eval()
+    grey = torch.rand(3, 1, 8, 8) * 2 - 1
+    pre = FIDInceptionV3.preprocess(grey)
+    assert pre.shape == (3, 3, 299, 299)
+    assert torch.equal(pre[:, 0], pre[:, 2])  # grey replicated to RGB
+    assert pre.min() >= -1 and pre.max() <= 1
+    feats, probs = net.embed(grey, batch_size=2)  # two batches
+    assert feats.shape == (3, 2048) and probs.shape == (3, 1008)
+    assert torch.allclose(probs.sum(1), torch.ones(3), atol=1e-5)
+    whole, _ = net.embed(grey, batch_size=3)
+    assert torch.allclose(feats, whole, atol=1e-5)  # batching does not change features
+    rgb = grey.expand(-1, 3, -1, -1)
+    assert torch.allclose(net.embed(rgb)[0], whole, atol=1e-5)
+
+    path = tmp_path / "fid_inception.pt"
+    torch.save(net.state_dict(), path)
+    loaded = load_fid_inception(path)
+    assert loaded.name.startswith("inception-") and torch.allclose(loaded.embed(grey)[0], whole, atol=1e-5)
+
+
+def test_inception_weights_errors_name_the_setting(tmp_path):
+    with pytest.raises(ConfigError, match="eval.inception_weights=.*no such file"):
+        load_fid_inception(tmp_path / "missing.pt")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"fc.weight": torch.zeros(3)}, wrong)
+    with pytest.raises(ConfigError, match="eval.inception_weights=.*not FID InceptionV3 weights"):
+        load_fid_inception(wrong)
+    with pytest.raises(ConfigError, match="eval.inception_weights is not set"):
+        load_fid_inception(None)
+    assert EvalConfig().feature_net == "digits"
