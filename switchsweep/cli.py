@@ -13,11 +13,7 @@ from switchsweep.platform.compose import load_config, load_eval_config
 from switchsweep.platform.errors import SwitchsweepError
 
 
-def _train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.overrides)
-    if args.cfg:
-        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
-        return 0
+def _train(cfg) -> int:
     from switchsweep.trainers.loop import train  # heavy imports only once the config is valid
 
     result = train(cfg)
@@ -28,11 +24,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    cfg = load_eval_config(args.overrides)
-    if args.cfg:
-        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
-        return 0
+def _evaluate(cfg) -> int:
     from switchsweep.trainers.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(cfg)
@@ -41,24 +33,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    cfg = args.load(args.overrides)  # validated before any data or model work
+    if args.cfg:
+        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+        return 0
+    return args.run(cfg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="switchsweep", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="one training run on this machine")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=switch_dit model.top_k=1 train.steps=300")
     p.add_argument("--cfg", action="store_true", help="print the resolved, validated config and exit")
-    p.set_defaults(func=_train)
+    p.set_defaults(load=load_config, run=_train)
     p = sub.add_parser("evaluate", help="sample from a checkpoint's EMA model and compute FID / KID / IS / precision-recall")
     p.add_argument("overrides", nargs="*", help="checkpoint=PATH and eval.* overrides, e.g. eval.num_samples=1000 eval.sampler=ddim")
     p.add_argument("--cfg", action="store_true", help="print the resolved, validated config and exit")
-    p.set_defaults(func=_evaluate)
+    p.set_defaults(load=load_eval_config, run=_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return _run(args)
     except SwitchsweepError as e:
         print(f"switchsweep {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -65,6 +65,13 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
         self.rank, self.world_size = _world()
+        # Data first: its checks are cheap and must fail before any model is built.
+        if cfg.data.batch_size % self.world_size:
+            raise TrainingError(
+                f"data.batch_size={cfg.data.batch_size} is not divisible by {self.world_size} workers: make it a multiple"
+            )
+        images, labels = load_dataset(cfg.data)
+        self.stream = BatchStream(images, labels, cfg.data.batch_size // self.world_size, cfg.train.seed, self.rank, self.world_size)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
         self.model = build_model(cfg.model, cfg.data, cfg.diffusion.num_timesteps, seed=cfg.train.seed).to(self.device)
@@ -75,13 +82,6 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed * 1000 + self.rank)
-        if cfg.data.batch_size % self.world_size:
-            raise TrainingError(
-                f"data.batch_size={cfg.data.batch_size} is not divisible by {self.world_size} workers: make it a multiple"
-            )
-        self.local_batch = cfg.data.batch_size // self.world_size
-        images, labels = load_dataset(cfg.data)
-        self.stream = BatchStream(images, labels, self.local_batch, cfg.train.seed, self.rank, self.world_size)
         self.step = 0
 
     # -- checkpoints -------------------------------------------------------------------------
