@@ -6,33 +6,44 @@ import pytest
 from switchsweep.cli import main
 from switchsweep.platform.compose import load_config
 
+TRAIN_BAD = [
+    (["model.top_k=5"], "model.top_k"),
+    (["model.top_k=0"], "model.top_k"),
+    (["model.num_experts=0", "model.top_k=0"], "model.num_experts"),
+    (["model.prior_alpha=0"], "model.prior_alpha"),
+    (["model.lambda_dp=-0.5"], "model.lambda_dp"),
+    (["model.size=XXL"], "model.size"),
+    (["model=nonexistent"], "model/nonexistent"),
+    (["model.patch_size=3"], "model.patch_size"),
+    (["model.patch_size=8", "data.image_size=12"], "model.patch_size"),
+    (["train.steps=0"], "train.steps"),
+    (["train.lr=-1"], "train.lr"),
+    (["train.ema_decay=1.0"], "train.ema_decay"),
+    (["diffusion.schedule=quadratic"], "diffusion.schedule"),
+    (["sample.steps=2000"], "sample.steps"),
+    (["sample.cfg_scale=0.5"], "sample.cfg_scale"),
+    (["model=dtr", "model.dtr_beta=1.5"], "model.dtr_beta"),
+    (["model.top_k=two"], "model.top_k"),
+    (["model.unknown_key=1"], "model.unknown_key"),
+    (["train.resume=/no/such/ckpt.pt"], "train.resume"),
+]
+EVALUATE_BAD = [
+    ([], "checkpoint"),
+    (["checkpoint=/no/such.pt"], "checkpoint=/no/such.pt"),
+    (["eval.num_samples=1"], "eval.num_samples"),
+    (["eval.sampler=euler"], "eval.sampler"),
+    (["eval.feature_net=inception"], "eval.inception_weights"),
+    (["eval.feature_net=clip"], "eval.feature_net"),
+    (["eval.pr_k=0"], "eval.pr_k"),
+]
+
 
 @pytest.mark.parametrize(
-    "overrides, field",
-    [
-        (["model.top_k=5"], "model.top_k"),
-        (["model.top_k=0"], "model.top_k"),
-        (["model.num_experts=0", "model.top_k=0"], "model.num_experts"),
-        (["model.prior_alpha=0"], "model.prior_alpha"),
-        (["model.lambda_dp=-0.5"], "model.lambda_dp"),
-        (["model.size=XXL"], "model.size"),
-        (["model=nonexistent"], "model/nonexistent"),
-        (["model.patch_size=3"], "model.patch_size"),
-        (["model.patch_size=8", "data.image_size=12"], "model.patch_size"),
-        (["train.steps=0"], "train.steps"),
-        (["train.lr=-1"], "train.lr"),
-        (["train.ema_decay=1.0"], "train.ema_decay"),
-        (["diffusion.schedule=quadratic"], "diffusion.schedule"),
-        (["sample.steps=2000"], "sample.steps"),
-        (["sample.cfg_scale=0.5"], "sample.cfg_scale"),
-        (["model=dtr", "model.dtr_beta=1.5"], "model.dtr_beta"),
-        (["model.top_k=two"], "model.top_k"),
-        (["model.unknown_key=1"], "model.unknown_key"),
-        (["train.resume=/no/such/ckpt.pt"], "train.resume"),
-    ],
+    "command, overrides, field",
+    [("train", o, f) for o, f in TRAIN_BAD] + [("evaluate", o, f) for o, f in EVALUATE_BAD],
 )
-def test_bad_config_is_one_clear_line_and_exit_2(overrides, field, capsys):
-    assert main(["train", "--cfg", *overrides]) == 2
+def test_bad_input_is_one_clear_line_and_exit_2(command, overrides, field, capsys):
+    assert main([command, "--cfg", *overrides]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and field in err and "Traceback" not in err
 
@@ -51,20 +62,3 @@ def test_console_entry_point_exit_code_without_traceback():
         "switchsweep train: error: model.top_k=9 must be <= model.num_experts=3: lower top_k or raise num_experts"
     )
 
-
-@pytest.mark.parametrize(
-    "overrides, field",
-    [
-        ([], "checkpoint"),
-        (["checkpoint=/no/such.pt"], "checkpoint=/no/such.pt"),
-        (["eval.num_samples=1"], "eval.num_samples"),
-        (["eval.sampler=euler"], "eval.sampler"),
-        (["eval.feature_net=inception"], "eval.inception_weights"),
-        (["eval.feature_net=clip"], "eval.feature_net"),
-        (["eval.pr_k=0"], "eval.pr_k"),
-    ],
-)
-def test_bad_evaluate_input_is_one_clear_line(overrides, field, capsys):
-    assert main(["evaluate", "--cfg", *overrides]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and field in err and "Traceback" not in err

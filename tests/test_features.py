@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from switchsweep.platform.config import EvalConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.trainers.features import DigitsClassifier, digits_split, load_or_train_digits_classifier
 from switchsweep.trainers.inception import FIDInceptionV3, load_fid_inception
@@ -84,4 +83,3 @@ def test_inception_weights_errors_name_the_setting(tmp_path):
         load_fid_inception(wrong)
     with pytest.raises(ConfigError, match="eval.inception_weights is not set"):
         load_fid_inception(None)
-    assert EvalConfig().feature_net == "digits"
