@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test train evaluate sweep bench clean
+.PHONY: install test train evaluate sweep ui bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,11 @@ evaluate: $(STAMP)
 	$(VENV)/bin/switchsweep evaluate checkpoint=runs/train/ckpt.pt eval.num_samples=1000
 
 sweep: $(STAMP)
-	@echo "switchsweep sweep: not yet available (the Ray Tune sweep lands with the platform work); use 'make train'" >&2
-	@exit 1
+	$(VENV)/bin/switchsweep sweep sweep=design_space
+
+# The MLflow UI over the sweeps' local store, on this machine only.
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.step_time

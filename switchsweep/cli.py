@@ -1,4 +1,4 @@
-"""Command line: `switchsweep train|evaluate [overrides...]` (Hydra override syntax, e.g. model=dit train.steps=300)."""
+"""Command line: `switchsweep train|evaluate|sweep|export [overrides...]` (Hydra override syntax, e.g. model=dit train.steps=300)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from switchsweep.platform.compose import load_config, load_eval_config
-from switchsweep.platform.errors import SwitchsweepError
+from switchsweep.platform.compose import load_config, load_eval_config, load_sweep_config
+from switchsweep.platform.errors import ConfigError, SwitchsweepError
+from switchsweep.platform.tracking import default_tracking_uri
 
 
 def _train(cfg) -> int:
@@ -33,12 +34,55 @@ def _evaluate(cfg) -> int:
     return 0
 
 
+def _sweep(job, overrides) -> int:
+    from switchsweep.sweeps.run import run_sweep
+
+    result = run_sweep(job, overrides)
+    metric = job.sweep.metric
+    print(f"\nsweep {result.sweep_id}: {len(result.ranked)} trials, best first by {metric}")
+    for r in result.ranked[:5]:
+        searched = ", ".join(f"{k.removeprefix('model.')}={r.params.get(k)}" for k in
+                             ("model.name", "model.num_experts", "model.top_k", "model.lambda_dp", "model.prior_alpha"))
+        print(f"  {r.rank:2d}. {r.trial_id}  {metric}={r.value:.5g}  steps={r.steps}  {r.status:<8}  {searched}")
+    print(f"sweep dir:   {result.sweep_dir}  (ranking.md, ranking.csv)")
+    print(f"MLflow:      {result.tracking_uri}  experiment '{result.experiment}'")
+    print("open it:     make ui   (http://127.0.0.1:5000)")
+    print(f"export best: switchsweep export sweep={job.sweep.name} top=3 out=runs/export/{job.sweep.name}")
+    if result.interrupted:
+        print(f"interrupted: continue with `switchsweep sweep sweep={job.sweep.name} --resume`", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from switchsweep.platform.export import export_best
+
+    own = {k: v for k, _, v in (o.partition("=") for o in args.overrides) if k in ("top", "out")}
+    job = load_sweep_config([o for o in args.overrides if o.partition("=")[0] not in ("top", "out")])
+    top = own.get("top", "1")
+    if not top.isdigit():
+        raise ConfigError(f"top={top} is not a whole number: give how many of the best trials to export, e.g. top=3")
+    out = own.get("out") or f"runs/export/{job.sweep.name}"
+    uri = job.sweep.tracking_uri or default_tracking_uri(job.sweep.root)
+    written = export_best(uri, job.sweep.name, int(top), out, sweep_id=job.sweep.id)
+    for path in written:
+        print(f"{path}    run it: switchsweep train --config {path}")
+    print(f"ranking: {out}/ranking.md, {out}/ranking.csv")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
-    cfg = args.load(args.overrides)  # validated before any data or model work
+    if args.command == "export":
+        return _export(args)
+    overrides = list(args.overrides) + (["sweep.resume=true"] if getattr(args, "resume", False) else [])
+    if getattr(args, "config", None):
+        cfg = load_config(overrides, config_file=args.config)
+    else:
+        cfg = args.load(overrides)  # validated before any data or model work
     if args.cfg:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
         return 0
-    return args.run(cfg)
+    return _sweep(cfg, overrides) if args.command == "sweep" else args.run(cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="one training run on this machine")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=switch_dit model.top_k=1 train.steps=300")
     p.add_argument("--cfg", action="store_true", help="print the resolved, validated config and exit")
+    p.add_argument("--config", metavar="FILE", help="a resolved YAML config (e.g. from switchsweep export) to run as it is")
     p.set_defaults(load=load_config, run=_train)
     p = sub.add_parser("evaluate", help="sample from a checkpoint's EMA model and compute FID / KID / IS / precision-recall")
     p.add_argument("overrides", nargs="*", help="checkpoint=PATH and eval.* overrides, e.g. eval.num_samples=1000 eval.sampler=ddim")
     p.add_argument("--cfg", action="store_true", help="print the resolved, validated config and exit")
     p.set_defaults(load=load_eval_config, run=_evaluate)
+    p = sub.add_parser("sweep", help="a Ray Tune sweep: every trial is a Ray Train DDP job, tracked in MLflow")
+    p.add_argument("overrides", nargs="*", help="sweep=<design_space|table1|lambda_dp|alpha> and overrides, e.g. sweep.num_trials=4")
+    p.add_argument("--cfg", action="store_true", help="print the resolved, validated sweep job and exit")
+    p.add_argument("--resume", action="store_true", help="continue the latest interrupted sweep of that name (or sweep.id=...)")
+    p.set_defaults(load=load_sweep_config)
+    p = sub.add_parser("export", help="write the best trials of a sweep as runnable configs plus a ranking table")
+    p.add_argument("overrides", nargs="*", help="sweep=<name> top=K out=DIR, and sweep.id=<id> for a sweep other than the latest")
     return parser
 
 

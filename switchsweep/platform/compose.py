@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
@@ -12,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.config import Config, to_config, validate_eval
 from switchsweep.platform.errors import ConfigError
+from switchsweep.platform.sweep_config import SweepJobConfig, validate_sweep
 
 CONFIG_MODULE = "switchsweep.conf"
 
@@ -65,21 +67,45 @@ def load_eval_config(overrides: Sequence[str]) -> Config:
     return to_config(merged)
 
 
-def load_config(overrides: Sequence[str]) -> Config:
-    """Validated config for `switchsweep train` and friends.
-
-    With `train.resume=PATH` the checkpoint's own resolved config is the base and only the dotted
-    overrides given here apply on top (e.g. `train.steps=600`), so a resumed run is the same run.
-    """
-    resume = _override_value(overrides, "train.resume")
-    if resume is None:
-        return to_config(compose_config(overrides))
+def _on_top_of(saved: Any, overrides: Sequence[str], setting: str) -> Config:
+    """`saved` (a resolved config) with dotted overrides on top; config-group overrides are refused."""
     groups = [o for o in overrides if "=" in o and "." not in o.partition("=")[0]]
     if groups:
-        raise ConfigError(f"{groups[0]}: a resumed run keeps its checkpoint's config groups: drop it or start a new run")
-    saved = load_checkpoint(resume, mmap=True)["config"]
+        raise ConfigError(f"{groups[0]}: {setting} fixes the config groups; give dotted overrides only (e.g. model.top_k=1)")
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(Config), saved, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid override: {_one_line(e)}") from e
     return to_config(cfg)
+
+
+def _config_file(path: str) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {path}: no such file: give a YAML written by switchsweep export or --cfg")
+    try:
+        return OmegaConf.load(p)
+    except (OmegaConfBaseException, ValueError, OSError) as e:
+        raise ConfigError(f"--config {path}: not a readable YAML config ({_one_line(e)})") from e
+
+
+def load_config(overrides: Sequence[str], config_file: str | None = None) -> Config:
+    """Validated config for `switchsweep train` and friends.
+
+    With `train.resume=PATH` the checkpoint's own resolved config is the base, and with `--config FILE`
+    that file is (e.g. one written by `switchsweep export`); only dotted overrides apply on top, so a
+    resumed run is the same run.
+    """
+    resume = _override_value(overrides, "train.resume")
+    if resume is not None:
+        return _on_top_of(load_checkpoint(resume, mmap=True)["config"], overrides, "train.resume")
+    if config_file is not None:
+        return _on_top_of(_config_file(config_file), overrides, "--config")
+    return to_config(compose_config(overrides))
+
+
+def load_sweep_config(overrides: Sequence[str]) -> SweepJobConfig:
+    """Validated `switchsweep sweep` job: the training config (checked as for train) plus its sweep section."""
+    job = to_config(compose_config(overrides, config_name="sweep_job"))
+    validate_sweep(job)
+    return job  # type: ignore[return-value]

@@ -26,12 +26,19 @@ from switchsweep.trainers.sampling import sample_images
 
 
 class TrainHooks:
-    """Called on rank 0 only. Subclass to report elsewhere (MLflow, Ray Train)."""
+    """Subclass to report elsewhere (MLflow, Ray Train). `on_log` and `on_checkpoint` run on rank 0
+    only; `on_report` runs on every rank every `report_every` steps and at the last step (0: never),
+    so it may hold collectives such as `ray.train.report`."""
+
+    report_every: int = 0
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         pass
 
     def on_checkpoint(self, step: int, path: Path) -> None:
+        pass
+
+    def on_report(self, trainer: "Trainer", step: int, metrics: dict[str, float]) -> None:
         pass
 
 
@@ -195,7 +202,8 @@ def train(cfg: Config, hooks: TrainHooks | None = None) -> TrainResult:
         step = trainer.step
         at_log = step % cfg.train.log_every == 0 or step == cfg.train.steps
         at_ckpt = (cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or step == cfg.train.steps
-        if at_log or at_ckpt:  # the only host syncs: once per log window
+        at_report = hooks.report_every > 0 and (step % hooks.report_every == 0 or step == cfg.train.steps)
+        if at_log or at_ckpt or at_report:  # the only host syncs: once per log window
             result.losses += _check_finite(pending, step - len(pending), out_dir)
             n = len(pending)
             metrics = {k: float(v) / n for k, v in sums.items()}
@@ -211,6 +219,8 @@ def train(cfg: Config, hooks: TrainHooks | None = None) -> TrainResult:
         if at_ckpt and main:
             result.checkpoint = trainer.save(ckpt_path)
             hooks.on_checkpoint(step, ckpt_path)
+        if at_report:
+            hooks.on_report(trainer, step, result.last_metrics)
     bar.close()
     result.step = trainer.step
     if main and cfg.sample.per_class > 0:

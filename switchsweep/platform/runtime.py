@@ -1,0 +1,53 @@
+"""The Ray runtime of a sweep: connect to a cluster or start a local instance, and check that one
+trial's resources can ever be granted (otherwise Tune waits forever for a placement group)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from switchsweep.platform.errors import ConfigError
+from switchsweep.platform.sweep_config import RayConfig, trial_resources
+
+# Starting a Train worker group on a loaded machine can take longer than Ray's default 60 s.
+os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "180")
+
+
+def local_num_cpus(r: RayConfig) -> int:
+    """Logical CPUs of a local instance: the cores plus one, because every trial's driver holds a
+    fraction of a CPU beside its whole-CPU workers; without the extra one a 1-worker trial per core
+    would never fit."""
+    return r.num_cpus or (os.cpu_count() or 1) + 1
+
+
+def start_ray(r: RayConfig) -> None:
+    """Connect to `r.address`, or start a local instance bound to 127.0.0.1 (dashboard on: Train needs
+    Ray's state API to free the workers of trials ASHA stops). A process that already initialised Ray
+    keeps its instance."""
+    if ray.is_initialized():
+        return
+    quiet = dict(logging_level=logging.WARNING, log_to_driver=False)
+    if r.address:
+        try:
+            ray.init(address=r.address, **quiet)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise ConfigError(f"sweep.ray.address={r.address}: cannot connect ({str(e).splitlines()[0][:160]}): "
+                              "start the cluster or drop the setting for a local instance") from e
+        return
+    ray.init(num_cpus=local_num_cpus(r), include_dashboard=True, dashboard_host="127.0.0.1",
+             _node_ip_address="127.0.0.1", **quiet)
+
+
+def check_resources(r: RayConfig, total: dict[str, float] | None = None) -> None:
+    """Refuse a trial that needs more of a resource than the whole cluster has."""
+    total = ray.cluster_resources() if total is None else total
+    for name, need in trial_resources(r).items():
+        have = total.get(name, 0.0)
+        if need > have:
+            per = f"cpus_per_worker={r.cpus_per_worker}" if name == "CPU" else f"gpus_per_worker={r.gpus_per_worker}"
+            raise ConfigError(
+                f"sweep.ray.num_workers={r.num_workers} x {per} needs {need:g} {name} per trial but the cluster has "
+                f"{have:g}: lower sweep.ray.num_workers or add nodes"
+            )

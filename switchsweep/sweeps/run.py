@@ -1,0 +1,187 @@
+"""The sweep driver: validate, open the MLflow parent run, start Ray, run (or resume) the Tuner,
+then write the results table and the best trial onto the parent run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from switchsweep.platform.compose import load_sweep_config
+from switchsweep.platform.errors import ConfigError, SwitchsweepError
+from switchsweep.platform.export import Ranked, rank_trials, write_ranking
+from switchsweep.platform.runtime import check_resources, start_ray
+from switchsweep.platform.sweep_config import SweepJobConfig
+from switchsweep.platform.tracking import ROLE_TAG, SWEEP_TAG, Tracker, default_tracking_uri, git_commit
+from switchsweep.sweeps.callbacks import TrialTracking
+from switchsweep.sweeps.space import param_space, trial_bases
+from switchsweep.sweeps.trial import TrialJob, run_trial
+from switchsweep.trainers.features import build_feature_net, reference_features
+from switchsweep.trainers.loop import resolve_device
+
+STATE_FILE = "sweep.json"
+# Overrides a resumed sweep may change: where and how it runs, never what it searches.
+RESUME_OVERRIDES = ("sweep=", "sweep.id=", "sweep.resume=", "sweep.ray.", "sweep.root=", "sweep.tracking_uri=")
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    sweep_dir: Path
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str
+    ranked: list[Ranked]  # best first
+    interrupted: bool
+
+
+def sweeps_root(job: SweepJobConfig) -> Path:
+    return Path(job.sweep.root).expanduser().resolve() / "sweeps" / job.sweep.name
+
+
+def _latest_unfinished(job: SweepJobConfig) -> Path:
+    root = sweeps_root(job)
+    if job.sweep.id:
+        path = root / job.sweep.id
+        if not (path / STATE_FILE).is_file():
+            raise ConfigError(f"sweep.id={job.sweep.id}: no such sweep under {root}: check the id (ls {root})")
+        return path
+    states = sorted(root.glob(f"*/{STATE_FILE}"), key=lambda p: json.loads(p.read_text())["created"])
+    unfinished = [p.parent for p in states if json.loads(p.read_text())["status"] != "finished"]
+    if not unfinished:
+        raise ConfigError(f"--resume: no interrupted {job.sweep.name} sweep under {root}: start one without --resume")
+    return unfinished[-1]
+
+
+def _write_state(sweep_dir: Path, state: dict[str, Any]) -> None:
+    tmp = sweep_dir / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(sweep_dir / STATE_FILE)
+
+
+def _search_alg(job: SweepJobConfig, sweep_dir: Path, sweep_id: str) -> OptunaSearch | None:
+    s = job.sweep
+    if s.search == "grid":
+        return None
+    sampler = optuna.samplers.TPESampler(seed=s.seed) if s.search == "tpe" else optuna.samplers.RandomSampler(seed=s.seed)
+    # The study lives in a journal file beside the sweep, so the search itself can be inspected and resumed.
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep_dir / "optuna.journal")))
+    return OptunaSearch(metric=s.metric, mode=s.mode, sampler=sampler, storage=storage, study_name=sweep_id)
+
+
+def _scheduler(job: SweepJobConfig) -> ASHAScheduler | None:
+    s = job.sweep
+    if not s.asha:
+        return None
+    evals = math.ceil(job.train.steps / s.eval_every)
+    return ASHAScheduler(time_attr="training_iteration", max_t=evals, grace_period=min(s.grace_period, evals),
+                         reduction_factor=s.reduction_factor)
+
+
+def _warm_feature_cache(job: SweepJobConfig) -> None:
+    """Train/load the feature network and the real-data reference features once, here, so trials
+    only read the cache (and never race to write it)."""
+    net = build_feature_net(job.eval, resolve_device(job.eval.device))
+    reference_features(job.data, net, job.eval.cache_dir)
+
+
+def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str, Any]]:
+    """The sweep's directory and state: a new one, or the interrupted one being resumed."""
+    if job.sweep.resume:
+        sweep_dir = _latest_unfinished(job)
+        changed = [o for o in overrides if not o.lstrip("+").startswith(RESUME_OVERRIDES)]
+        if changed:
+            raise ConfigError(f"{changed[0]}: a resumed sweep keeps its search and training config; drop it or start a new sweep")
+        return sweep_dir, json.loads((sweep_dir / STATE_FILE).read_text())
+    sweep_id = job.sweep.id or f"{job.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_dir = sweeps_root(job) / sweep_id
+    if sweep_dir.exists():
+        raise ConfigError(f"sweep {sweep_id} already exists at {sweep_dir}: resume it with --resume or pick another sweep.id")
+    kept = [o for o in overrides if not o.lstrip("+").startswith(("sweep.resume=", "sweep.id="))]
+    state = {"sweep_id": sweep_id, "name": job.sweep.name, "created": time.time(), "status": "running", "overrides": kept}
+    return sweep_dir, state
+
+
+def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
+    s = job.sweep
+    sweep_dir, state = _open(job, overrides)
+    if s.resume:  # the job exactly as it was composed when the sweep started; only where it runs may change
+        overrides = [*state["overrides"], *(o for o in overrides if o.lstrip("+").startswith(RESUME_OVERRIDES))]
+        job = load_sweep_config(overrides)
+        s = job.sweep
+    else:
+        overrides = state["overrides"]
+    bases = trial_bases(job, overrides)
+    root = Path(s.root).expanduser().resolve()
+    uri = s.tracking_uri or default_tracking_uri(root)
+    tracker = Tracker(uri)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_id = state["sweep_id"]
+    if "parent_run_id" not in state:
+        experiment_id = tracker.experiment(s.name, root / "mlartifacts")
+        parent = tracker.create_run(experiment_id, sweep_id, {ROLE_TAG: "sweep", SWEEP_TAG: sweep_id,
+                                                              "switchsweep.metric": s.metric, "switchsweep.mode": s.mode,
+                                                              "switchsweep.git_commit": git_commit()})
+        tracker.log_dict(parent, {"search": s.search, "space": [dataclasses.asdict(p) for p in s.space],
+                                  "grid": [list(r) for r in s.grid], "num_trials": s.num_trials}, "search_space.json")
+        tracker.log_params(parent, {"sweep.search": s.search, "sweep.metric": s.metric, "sweep.mode": s.mode,
+                                    "sweep.num_trials": s.num_trials, "sweep.eval_every": s.eval_every,
+                                    "train.steps": job.train.steps, "sweep.overrides": " ".join(overrides)})
+        state.update(experiment_id=experiment_id, parent_run_id=parent, tracking_uri=uri)
+        _write_state(sweep_dir, state)
+    else:
+        tracker.set_status(state["parent_run_id"], "RUNNING")
+    _warm_feature_cache(job)
+    start_ray(s.ray)
+    if not s.ray.address:  # a remote cluster may autoscale to more than it has now
+        check_resources(s.ray)
+    storage = s.ray.storage_path or str(sweep_dir)
+    trial_job = TrialJob(
+        bases=bases, space=[dataclasses.asdict(p) for p in s.space], sweep_id=sweep_id, sweep_dir=str(sweep_dir),
+        storage_path=storage, tracking_uri=uri, experiment_id=state["experiment_id"],
+        parent_run_id=state["parent_run_id"], metric=s.metric, eval_every=s.eval_every,
+        ray=dataclasses.asdict(s.ray), git_commit=git_commit(),
+    )
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job), {"cpu": s.ray.trainable_cpus})
+    tune_path = str(Path(storage) / "tune") if "://" not in storage else f"{storage.rstrip('/')}/tune"
+    if s.resume and tune.Tuner.can_restore(tune_path):
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(s),
+            tune_config=tune.TuneConfig(
+                metric=s.metric, mode=s.mode, search_alg=_search_alg(job, sweep_dir, sweep_id), scheduler=_scheduler(job),
+                num_samples=1 if s.search == "grid" else s.num_trials, max_concurrent_trials=s.max_concurrent,
+            ),
+            run_config=tune.RunConfig(
+                name="tune", storage_path=storage, failure_config=tune.FailureConfig(max_failures=1), verbose=1,
+                callbacks=[TrialTracking(uri, state["experiment_id"], state["parent_run_id"], str(sweep_dir), job.train.steps)],
+            ),
+        )
+    grid = tuner.fit()
+    expected = len(s.grid) * s.num_trials if s.search == "grid" else s.num_trials
+    interrupted = grid.num_terminated + grid.num_errors < expected
+    parent = state["parent_run_id"]
+    _, _, ranked = rank_trials(tracker, s.name, sweep_id)
+    if ranked:
+        tracker.log_artifacts(parent, write_ranking(ranked, s.metric, sweep_dir))
+        best = ranked[0]
+        tracker.set_tags(parent, {"switchsweep.best_trial": best.trial_id, "switchsweep.best_run_id": best.run_id})
+        if not math.isnan(best.value):
+            tracker.log_metrics(parent, {f"best_{s.metric}": best.value}, step=0)
+    state["status"] = "interrupted" if interrupted else "finished"
+    _write_state(sweep_dir, state)
+    tracker.set_status(parent, "KILLED" if interrupted else "FINISHED")
+    if grid.num_errors and not interrupted and grid.num_errors == expected:
+        raise SwitchsweepError(f"every trial failed; see {sweep_dir}/tune for their errors")
+    return SweepResult(sweep_id, sweep_dir, uri, s.name, parent, ranked, interrupted)
