@@ -36,6 +36,7 @@ ui: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.step_time
 	$(PY) -m benchmarks.eval_throughput
+	$(PY) -m benchmarks.sweep_overhead
 
 clean:
 	rm -rf runs .pytest_cache

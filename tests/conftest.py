@@ -23,6 +23,16 @@ def tiny_cfg(tmp_path) -> Config:
     return cfg
 
 
+@pytest.fixture(scope="session")
+def digits_net(tmp_path_factory):
+    """The digits feature network, trained once per session into a temporary cache: (net, accuracy, cache dir)."""
+    from switchsweep.trainers.features import load_or_train_digits_classifier
+
+    cache = tmp_path_factory.mktemp("cache")
+    net, acc = load_or_train_digits_classifier(cache)
+    return net, acc, cache
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

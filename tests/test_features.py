@@ -7,13 +7,6 @@ from switchsweep.trainers.inception import FIDInceptionV3, load_fid_inception
 from switchsweep.trainers.metrics import all_metrics
 
 
-@pytest.fixture(scope="session")
-def digits_net(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    net, acc = load_or_train_digits_classifier(cache)
-    return net, acc, cache
-
-
 def test_digits_classifier_reaches_97_percent_held_out_and_is_cached(digits_net):
     net, acc, cache = digits_net
     assert acc >= 0.97

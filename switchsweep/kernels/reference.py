@@ -24,3 +24,34 @@ def sample_routed_linear_reference(z: Tensor, weight: Tensor, bias: Tensor, expe
     w_mix, b_mix = mixed_expert_params(weight, bias, expert_idx, gates)
     delta = torch.baddbmm(b_mix.unsqueeze(1).to(z.dtype), z, w_mix.to(z.dtype))
     return z * (1 + delta)
+
+
+def shared_routing_linear(z: Tensor, weight: Tensor, bias: Tensor, expert_idx: Tensor, gates: Tensor) -> Tensor:
+    """The same op when all samples share experts expert_idx [k] and gates [k] (sampling: one t per
+    step): the experts fold into one [D, D] matrix and the layer is one dense GEMM over all B*L tokens."""
+    w_mix = torch.einsum("k,kde->de", gates.to(weight.dtype), weight[expert_idx])
+    b_mix = gates.to(bias.dtype) @ bias[expert_idx]
+    b, l, d = z.shape
+    delta = torch.addmm(b_mix.to(z.dtype), z.reshape(b * l, d), w_mix.to(z.dtype)).view(b, l, d)
+    return z * (1 + delta)
+
+
+def moe_grouped_linear_reference(x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Tensor | None, x_is_pairs: bool) -> Tensor:
+    """Per-pair outputs [T*k, Dout] of token-routed experts: row t*k+j is gates[t, j] * x[row] @ weight[e_tj],
+    row = t*k+j for per-pair inputs, else t. One GEMM per expert over the rows routed to it."""
+    k = expert_idx.shape[1]
+    flat = expert_idx.reshape(-1)
+    rows = torch.arange(flat.numel(), device=x.device)
+    if not x_is_pairs:
+        rows = rows // k
+    out = x.new_zeros(flat.numel(), weight.shape[2])
+    for e in range(weight.shape[0]):
+        sel = (flat == e).nonzero().squeeze(1)
+        out = out.index_copy(0, sel, x[rows[sel]] @ weight[e])
+    return out if gates is None else out * gates.reshape(-1, 1).to(out.dtype)
+
+
+def token_routed_linear_reference(x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Tensor) -> Tensor:
+    """sum_j gates[t, j] * x[t] @ weight[expert_idx[t, j]], [T, Dout]."""
+    t, k = expert_idx.shape
+    return moe_grouped_linear_reference(x, weight, expert_idx, gates, False).view(t, k, -1).sum(1)

@@ -33,7 +33,10 @@ class SwitchDiTBlock(AdaLNBranches):
         return gate_probs(self.gate(e_t))
 
     def forward(self, x: Tensor, c: Tensor, probs: Tensor) -> Tensor:
-        gates, idx = topk_gates(probs, self.top_k)
+        if probs.stride(0) == 0:  # one timestep for the whole batch: keep the routing a broadcast view
+            gates, idx = (v.expand(x.shape[0], -1) for v in topk_gates(probs[:1], self.top_k))
+        else:
+            gates, idx = topk_gates(probs, self.top_k)
         zm = sample_routed_linear(x, self.expert_weight, self.expert_bias, idx, gates.to(x.dtype))
         return super().forward(zm, c) + (x - zm)
 
@@ -64,7 +67,10 @@ class SwitchDiT(DiT):
         if aux is not None and self.training and self.lambda_dp > 0:
             # Queue the matching before the blocks so its host round trip overlaps their compute.
             aux["matching"] = self._launch_matching()
-        probs = [block.gate_probs(e_t) for block in self.blocks]
+        if t.stride(0) == 0 and len(t) > 1:  # a shared timestep (sampling): route once, broadcast
+            probs = [block.gate_probs(e_t[:1]).expand(len(t), -1) for block in self.blocks]
+        else:
+            probs = [block.gate_probs(e_t) for block in self.blocks]
         for block, p in zip(self.blocks, probs):
             x = block(x, c, p)
         if aux is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -85,7 +86,7 @@ def _config_file(path: str) -> Any:
         raise ConfigError(f"--config {path}: no such file: give a YAML written by switchsweep export or --cfg")
     try:
         return OmegaConf.load(p)
-    except (OmegaConfBaseException, ValueError, OSError) as e:
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError, OSError) as e:
         raise ConfigError(f"--config {path}: not a readable YAML config ({_one_line(e)})") from e
 
 

@@ -89,6 +89,9 @@ def export_best(tracking_uri: str, name: str, top: int, out: str | Path, sweep_i
     """Write the `top` best trials' configs (rank01-<trial>.yaml, ...) and the full ranking into `out`."""
     if top < 1:
         raise ConfigError(f"top={top} must be >= 1")
+    local = tracking_uri.removeprefix("sqlite:///")
+    if local != tracking_uri and not Path(local).is_file():  # do not create an empty store just to look
+        raise ConfigError(f"sweep={name}: no such sweep: {local} does not exist; run `switchsweep sweep sweep={name}` first")
     tracker = Tracker(tracking_uri)
     sweep_id, metric, ranked = rank_trials(tracker, name, sweep_id)
     if not ranked:

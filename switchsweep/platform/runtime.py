@@ -3,6 +3,7 @@ trial's resources can ever be granted (otherwise Tune waits forever for a placem
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -20,6 +21,16 @@ def local_num_cpus(r: RayConfig) -> int:
     fraction of a CPU beside its whole-CPU workers; without the extra one a 1-worker trial per core
     would never fit."""
     return r.num_cpus or (os.cpu_count() or 1) + 1
+
+
+def resolve_worker_cpus(r: RayConfig, max_concurrent: int) -> RayConfig:
+    """Fill in an unset `cpus_per_worker`. Ray caps a worker's torch threads at its CPUs, so on a local
+    instance the workers of the concurrent trials share the cores between them; on a cluster, 1."""
+    if r.cpus_per_worker is not None:
+        return r
+    cores = os.cpu_count() or 1
+    cpus = 1.0 if r.address else float(max(1, cores // (r.num_workers * max_concurrent)))
+    return dataclasses.replace(r, cpus_per_worker=cpus)
 
 
 def start_ray(r: RayConfig) -> None:

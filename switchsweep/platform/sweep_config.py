@@ -51,7 +51,7 @@ class RayConfig:
     num_cpus: Optional[int] = None  # local instance only; null: enough for max_concurrent trials
     num_workers: int = 1  # DDP workers per trial
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: Optional[float] = None  # null: local, the cores shared by all workers at once; cluster, 1
     gpus_per_worker: float = 1.0  # used only with use_gpu
     trainable_cpus: float = 0.05  # the per-trial driver that starts the Train job
     max_failures: int = 1  # worker-group restarts per trial, each resuming from the last checkpoint
@@ -146,7 +146,7 @@ def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
     _need(bool(s.root), "sweep.root is empty: give a directory for sweeps and the MLflow store")
     r = s.ray
     _need(r.num_workers >= 1, f"sweep.ray.num_workers={r.num_workers} must be >= 1")
-    _need(r.cpus_per_worker > 0, f"sweep.ray.cpus_per_worker={r.cpus_per_worker} must be > 0")
+    _need(r.cpus_per_worker is None or r.cpus_per_worker > 0, f"sweep.ray.cpus_per_worker={r.cpus_per_worker} must be > 0")
     _need(0 < r.trainable_cpus <= 1, f"sweep.ray.trainable_cpus={r.trainable_cpus} must be in (0, 1] (Ray refuses 0)")
     _need(not r.use_gpu or r.gpus_per_worker > 0, f"sweep.ray.gpus_per_worker={r.gpus_per_worker} must be > 0 with use_gpu")
     _need(r.max_failures >= 0, f"sweep.ray.max_failures={r.max_failures} must be >= 0")
@@ -156,7 +156,7 @@ def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
 
 
 def trial_resources(r: RayConfig) -> dict[str, float]:
-    """Resources one trial holds at once: its driver plus its DDP workers."""
+    """Resources one trial holds at once: its driver plus its DDP workers (`cpus_per_worker` resolved)."""
     need = {"CPU": r.trainable_cpus + r.num_workers * r.cpus_per_worker}
     if r.use_gpu:
         need["GPU"] = r.num_workers * r.gpus_per_worker

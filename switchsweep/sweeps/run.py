@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
 from switchsweep.platform.export import Ranked, rank_trials, write_ranking
-from switchsweep.platform.runtime import check_resources, start_ray
+from switchsweep.platform.runtime import check_resources, resolve_worker_cpus, start_ray
 from switchsweep.platform.sweep_config import SweepJobConfig
 from switchsweep.platform.tracking import ROLE_TAG, SWEEP_TAG, Tracker, default_tracking_uri, git_commit
 from switchsweep.sweeps.callbacks import TrialTracking
@@ -120,6 +120,8 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
         s = job.sweep
     else:
         overrides = state["overrides"]
+    job = dataclasses.replace(job, sweep=dataclasses.replace(s, ray=resolve_worker_cpus(s.ray, s.max_concurrent)))
+    s = job.sweep
     bases = trial_bases(job, overrides)
     root = Path(s.root).expanduser().resolve()
     uri = s.tracking_uri or default_tracking_uri(root)

@@ -13,6 +13,12 @@ from switchsweep.trainers.diffusion import GaussianDiffusion
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
+def _shared_t(diffusion: GaussianDiffusion, i: int, x: Tensor) -> Tensor:
+    """Step i's timestep for the whole batch as a broadcast view (stride 0): models can see, without a
+    host sync, that every sample shares it (Switch-DiT then folds its experts into one GEMM)."""
+    return diffusion.timestep_map.to(x.device)[i].expand(x.shape[0])
+
+
 def guided(model: nn.Module, cfg_scale: float, null_class: int) -> ModelFn:
     """Classifier-free guidance: eps = eps_u + s (eps_c - eps_u), conditional and null labels in one
     forward of 2B; the variance channels are the conditional ones. Scale 1 is the plain model."""
@@ -20,7 +26,8 @@ def guided(model: nn.Module, cfg_scale: float, null_class: int) -> ModelFn:
         return model
 
     def fn(x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_class)]))
+        tt = t[:1].expand(2 * len(t)) if t.stride(0) == 0 else torch.cat([t, t])  # keep a shared t shared
+        out = model(torch.cat([x, x]), tt, torch.cat([y, torch.full_like(y, null_class)]))
         cond, uncond = out.chunk(2)
         c = x.shape[1]
         eps = uncond[:, :c] + cfg_scale * (cond[:, :c] - uncond[:, :c])
@@ -42,7 +49,7 @@ def ddpm_sample(
     x = noise
     for i in tqdm(range(diffusion.num_timesteps - 1, -1, -1), desc="ddpm", disable=not progress, leave=False):
         idx = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        out = model_fn(x, diffusion.timestep_map.to(x.device)[idx], y)
+        out = model_fn(x, _shared_t(diffusion, i, x), y)
         pred = diffusion.p_mean_variance(out, x, idx)
         if i > 0:
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -67,7 +74,7 @@ def ddim_sample(
     acp, acp_prev = diffusion.alphas_cumprod, diffusion.alphas_cumprod_prev
     for i in tqdm(range(diffusion.num_timesteps - 1, -1, -1), desc="ddim", disable=not progress, leave=False):
         idx = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        out = model_fn(x, diffusion.timestep_map.to(x.device)[idx], y)
+        out = model_fn(x, _shared_t(diffusion, i, x), y)
         pred = diffusion.p_mean_variance(out, x, idx)
         eps = diffusion.predict_eps(x, idx, pred.pred_x0)
         a, a_prev = float(acp[i]), float(acp_prev[i])

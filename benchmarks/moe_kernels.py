@@ -1,0 +1,225 @@
+"""MoE layer implementations side by side, one run, the same inputs.
+
+    python -m benchmarks.moe_kernels [--dtype bf16] [--csv runs/bench/moe_kernels.csv] [--quick]
+
+Timestep-routed linear experts (Switch-DiT, op 1), forward / backward / forward+backward:
+  official  gather + split + one mm per expert + index_add (needs the expert sizes on the host)
+  dense     every expert on every sample, then the gate-weighted sum
+  reference our torch path: mix the selected weights per sample, one batched GEMM
+  grouped   torch._grouped_mm over samples sorted by expert (where this torch and GPU have it)
+  triton    our fused kernel (CUDA only)
+  mm        one torch.mm with the same useful FLOPs: the ceiling
+Token-routed experts (DiT-MoE, op 2; M=8, k=2, per-token routing), forward / backward / both:
+  loop      sort + one mm per expert + index_add;  reference  our torch path;  triton  grouped GEMM
+  mm        same-FLOP torch.mm
+Useful FLOPs: op 1 forward 2*B*L*D^2 (one GEMM once the experts are mixed), backward (1 + k) times
+that (dz, then dW per routed expert); op 2 forward 2*k*T*D*F per projection, backward twice that.
+Prints median times, TFLOP/s, % of the same-FLOP mm and the speed-ups, and writes them as CSV.
+Without a GPU it times the torch variants on small shapes only (the Triton interpreter is not timed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from switchsweep.kernels import sample_routed_linear, token_routed_linear
+from switchsweep.kernels.reference import sample_routed_linear_reference, token_routed_linear_reference
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def official_loop(z, weight, bias, expert_idx, gates):
+    """The official implementation's shape: samples grouped per expert on the host, k GEMMs + copies."""
+    b, l, d = z.shape
+    flat = expert_idx.reshape(-1)
+    sample = torch.arange(b, device=z.device).repeat_interleave(expert_idx.shape[1])
+    order = torch.argsort(flat)
+    sizes = torch.bincount(flat, minlength=weight.shape[0]).tolist()  # host sync
+    acc = torch.zeros_like(z)
+    for e, chunk in enumerate(order.split(sizes)):
+        if len(chunk):
+            s = sample[chunk]
+            out = (z[s].reshape(-1, d) @ weight[e] + bias[e]).view(-1, l, d)
+            acc = acc.index_add(0, s, out * gates.reshape(-1)[chunk].view(-1, 1, 1))
+    return z * (1 + acc)
+
+
+def dense_all_experts(z, weight, bias, expert_idx, gates):
+    dense = torch.zeros(z.shape[0], weight.shape[0], device=z.device, dtype=gates.dtype).scatter(1, expert_idx, gates)
+    h = torch.einsum("bld,mde->bmle", z, weight) + bias[None, :, None, :]
+    return z * (1 + torch.einsum("bm,bmle->ble", dense, h))
+
+
+def grouped_mm_op1(z, weight, bias, expert_idx, gates):
+    """torch._grouped_mm over the (sample, expert) pairs sorted by expert: no host sync, but the
+    sorted copy of z and the per-expert outputs are materialised."""
+    b, l, d = z.shape
+    k = expert_idx.shape[1]
+    flat = expert_idx.reshape(-1)
+    order = torch.argsort(flat)
+    sample = torch.arange(b, device=z.device).repeat_interleave(k)[order]
+    offs = torch.cumsum(torch.bincount(flat, minlength=weight.shape[0]) * l, 0).to(torch.int32)
+    x = z[sample].reshape(-1, d)
+    y = torch._grouped_mm(x, weight, offs=offs).view(-1, l, d) + bias[flat[order]].unsqueeze(1)
+    acc = torch.zeros_like(z).index_add(0, sample, y * gates.reshape(-1)[order].view(-1, 1, 1))
+    return z * (1 + acc)
+
+
+def token_loop(x, weight, expert_idx, gates):
+    t, k = expert_idx.shape
+    flat = expert_idx.reshape(-1)
+    token = torch.arange(t, device=x.device).repeat_interleave(k)
+    order = torch.argsort(flat)
+    sizes = torch.bincount(flat, minlength=weight.shape[0]).tolist()
+    out = x.new_zeros(t, weight.shape[2])
+    for e, chunk in enumerate(order.split(sizes)):
+        if len(chunk):
+            tok = token[chunk]
+            out = out.index_add(0, tok, (x[tok] @ weight[e]) * gates.reshape(-1)[chunk, None])
+    return out
+
+
+def _time(fn: Callable[[], object], device: torch.device, reps: int) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _modes(fn, inputs, grads_of):
+    """Callables for forward, backward (from a kept forward graph) and forward+backward."""
+    out = None
+
+    def fwd():
+        with torch.no_grad():
+            return fn(*inputs)
+
+    def make_graph():
+        nonlocal out
+        out = fn(*inputs)
+
+    def bwd():
+        make_graph()
+        torch.autograd.grad(out, grads_of, torch.ones_like(out))
+
+    def both():
+        y = fn(*inputs)
+        torch.autograd.grad(y, grads_of, torch.ones_like(y))
+
+    return {"forward": fwd, "backward": bwd, "forward+backward": both}, make_graph
+
+
+def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, device, reps, dtype):
+    a = torch.randn(mm_shape[0], mm_shape[1], device=device, dtype=dtype)
+    w = torch.randn(mm_shape[1], mm_shape[2], device=device, dtype=dtype)
+    mm_flops = 2 * mm_shape[0] * mm_shape[1] * mm_shape[2]
+    for mode, useful in flops.items():
+        repeat = max(1, round(useful / mm_flops))
+        ceiling = _time(lambda: [torch.mm(a, w) for _ in range(repeat)], device, reps)
+        results = {}
+        for name, fn in variants.items():
+            try:
+                modes, make_graph = _modes(fn, inputs, grads_of)
+                t = _time(modes[mode], device, reps)
+                if mode == "backward":  # subtract the forward that rebuilt the graph
+                    t = max(t - _time(make_graph, device, reps), 1e-9)
+            except (RuntimeError, NotImplementedError) as e:
+                print(f"  {op} {name} {mode}: n/a ({str(e).splitlines()[0][:80]})")
+                continue
+            results[name] = t
+        base = results.get("official", results.get("loop"))
+        for name, t in results.items():
+            rows.append({
+                "op": op, "shape": shape, "mode": mode, "variant": name, "median_ms": t * 1e3,
+                "tflops": useful / t / 1e12, "pct_of_mm": 100 * ceiling / t,
+                "speedup_vs_loop": base / t if base else float("nan"),
+                "speedup_vs_dense": results["dense"] / t if "dense" in results else float("nan"),
+            })
+        rows.append({"op": op, "shape": shape, "mode": mode, "variant": "mm", "median_ms": ceiling * 1e3,
+                     "tflops": useful / ceiling / 1e12, "pct_of_mm": 100.0,
+                     "speedup_vs_loop": base / ceiling if base else float("nan"), "speedup_vs_dense": float("nan")})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--csv", type=Path, default=Path("runs/bench/moe_kernels.csv"))
+    parser.add_argument("--quick", action="store_true", help="one shape per op")
+    parser.add_argument("--reps", type=int, default=None)
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
+    reps = args.reps or (20 if cuda else 3)
+    gen = torch.Generator(device=device).manual_seed(0)
+    if cuda:
+        shapes1 = [(b, 256, d) for d in (384, 768, 1152) for b in (32, 128, 256)]
+        shapes2 = [(t, d) for d in (384, 768, 1152) for t in (8192, 32768)]
+    else:
+        print("no GPU: timing the torch variants on small shapes (Triton runs only on CUDA)")
+        shapes1, shapes2 = [(8, 64, 128), (16, 64, 256)], [(2048, 128), (4096, 256)]
+    if args.quick:
+        shapes1, shapes2 = shapes1[:1], shapes2[:1]
+    rows: list[dict] = []
+    m, k = 3, 2
+    for b, l, d in shapes1:
+        z = torch.randn(b, l, d, device=device, dtype=dtype, generator=gen, requires_grad=True)
+        weight = (torch.randn(m, d, d, device=device, dtype=dtype, generator=gen) / d**0.5).requires_grad_(True)
+        bias = torch.zeros(m, d, device=device, dtype=dtype, requires_grad=True)
+        logits = torch.randn(b, m, device=device, generator=gen)
+        gates, idx = torch.softmax(logits, -1).topk(k, -1)
+        gates = gates.to(dtype).requires_grad_(True)
+        variants = {"official": official_loop, "dense": dense_all_experts, "reference": sample_routed_linear_reference}
+        if cuda:
+            if hasattr(torch, "_grouped_mm"):
+                variants["grouped"] = grouped_mm_op1
+            variants["triton"] = sample_routed_linear
+        fwd = 2 * b * l * d * d
+        bench_case(rows, "sample_routed", f"B={b} L={l} D={d} M={m} k={k}", variants, (z, weight, bias, idx, gates),
+                   (z, weight, bias, gates), {"forward": fwd, "backward": (1 + k) * fwd, "forward+backward": (2 + k) * fwd},
+                   (b * l, d, d), device, reps, dtype)
+    m, k = 8, 2
+    for t, d in shapes2:
+        f = d  # one projection D -> D per call (a SwiGLU expert is three of these)
+        x = torch.randn(t, d, device=device, dtype=dtype, generator=gen, requires_grad=True)
+        weight = (torch.randn(m, d, f, device=device, dtype=dtype, generator=gen) / d**0.5).requires_grad_(True)
+        gates, idx = torch.softmax(torch.randn(t, m, device=device, generator=gen), -1).topk(k, -1)
+        gates = gates.to(dtype).requires_grad_(True)
+        variants = {"loop": token_loop, "reference": token_routed_linear_reference}
+        if cuda:
+            variants["triton"] = token_routed_linear
+        fwd = 2 * k * t * d * f
+        bench_case(rows, "token_routed", f"T={t} D={d} F={f} M={m} k={k}", variants, (x, weight, idx, gates),
+                   (x, weight, gates), {"forward": fwd, "backward": 2 * fwd, "forward+backward": 3 * fwd},
+                   (k * t, d, f), device, reps, dtype)
+    name = torch.cuda.get_device_name() if cuda else "CPU"
+    print(f"\n{name}, {str(dtype).removeprefix('torch.')}, median of {reps}")
+    print(f"{'op':<13} {'shape':<28} {'mode':<17} {'variant':<10} {'ms':>9} {'TFLOP/s':>8} {'% mm':>6} {'x loop':>7} {'x dense':>7}")
+    for r in rows:
+        print(f"{r['op']:<13} {r['shape']:<28} {r['mode']:<17} {r['variant']:<10} {r['median_ms']:>9.3f} "
+              f"{r['tflops']:>8.2f} {r['pct_of_mm']:>6.1f} {r['speedup_vs_loop']:>7.2f} {r['speedup_vs_dense']:>7.2f}")
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.csv, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"written to {args.csv}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The Triton MoE kernels as PyTorch custom ops (traceable by torch.compile, capturable by CUDA graphs:
+shapes and launches depend only on tensor metadata, never on tensor values)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+from torch import Tensor
+
+from switchsweep.kernels.sample_routed import block_sizes, srl_forward_kernel, srl_grad_w_kernel, srl_grad_z_kernel
+from switchsweep.kernels.token_routed import grouped_grad_w_kernel as token_grad_w_kernel
+from switchsweep.kernels.token_routed import grouped_kernel as token_grouped_kernel
+from switchsweep.kernels.token_routed import route
+from switchsweep.kernels.token_routed import tiles as token_tiles
+
+
+def _ieee(t: Tensor) -> bool:
+    # fp32 inputs get exact fp32 products (no TF32) so they match the reference to 1e-5.
+    return t.dtype == torch.float32
+
+
+@torch.library.custom_op("switchsweep::sample_routed_linear", mutates_args=())
+def sample_routed_linear_triton(
+    z: Tensor, weight: Tensor, bias: Tensor, expert_idx: Tensor, gates: Tensor, store_h: bool
+) -> tuple[Tensor, Tensor]:
+    """(z * m, h) with m = 1 + h; h is returned (else empty) only when the backward will need it."""
+    z, weight, bias, expert_idx, gates = (t.contiguous() for t in (z, weight, bias, expert_idx, gates))
+    B, L, D = z.shape
+    out = torch.empty_like(z)
+    h = torch.empty_like(z) if store_h else z.new_empty(0)
+    bl, bn, bk = block_sizes(L, D)
+    grid = (B, triton.cdiv(L, bl), triton.cdiv(D, bn))
+    srl_forward_kernel[grid](z, weight, bias, expert_idx, gates, out, h, L, D, K=expert_idx.shape[1],
+                             BLOCK_L=bl, BLOCK_N=bn, BLOCK_K=bk, IEEE=_ieee(z), STORE_H=store_h)
+    return out, h
+
+
+@sample_routed_linear_triton.register_fake
+def _(z, weight, bias, expert_idx, gates, store_h):
+    return torch.empty_like(z), (torch.empty_like(z) if store_h else z.new_empty(0))
+
+
+@torch.library.custom_op("switchsweep::sample_routed_linear_backward", mutates_args=())
+def sample_routed_linear_backward_triton(
+    dy: Tensor, z: Tensor, h: Tensor, weight: Tensor, bias: Tensor, expert_idx: Tensor, gates: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dz, dweight, dbias, dgates) of sample_routed_linear."""
+    dy, z, h, weight, expert_idx, gates = (t.contiguous() for t in (dy, z, h, weight, expert_idx, gates))
+    B, L, D = z.shape
+    M, K = weight.shape[0], expert_idx.shape[1]
+    bl, bn, bk = block_sizes(L, D)
+    dz = torch.empty_like(z)
+    srl_grad_z_kernel[(B, triton.cdiv(L, bl), triton.cdiv(D, bn))](
+        dy, z, h, weight, expert_idx, gates, dz, L, D, K=K, BLOCK_L=bl, BLOCK_N=bn, BLOCK_K=bk, IEEE=_ieee(z))
+    dw = torch.empty_like(weight)
+    dgw = torch.zeros(B, M, device=z.device, dtype=torch.float32)  # <z^T dh, W[e]>, accumulated over tiles
+    srl_grad_w_kernel[(M, triton.cdiv(D, bn), triton.cdiv(D, bn))](
+        dy, z, weight, expert_idx, gates, dw, dgw, B, L, D, M, K=K, BLOCK_D=bn, BLOCK_N=bn, BLOCK_L=bl, IEEE=_ieee(z))
+    r = (dy.float() * z.float()).sum(1)  # sum_l dh[b], [B, D]
+    c = torch.zeros(B, M, device=z.device, dtype=torch.float32).scatter_add(1, expert_idx, gates.float())
+    dbias = (c.T @ r).to(bias.dtype)
+    dg = dgw.gather(1, expert_idx) + (r.unsqueeze(1) * bias.float()[expert_idx]).sum(-1)
+    return dz, dw, dbias, dg.to(gates.dtype)
+
+
+@sample_routed_linear_backward_triton.register_fake
+def _(dy, z, h, weight, bias, expert_idx, gates):
+    return torch.empty_like(z), torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(gates)
+
+
+def _setup(ctx, inputs, output) -> None:
+    z, weight, bias, expert_idx, gates, _ = inputs
+    ctx.save_for_backward(z, output[1], weight, bias, expert_idx, gates)
+
+
+def _backward(ctx, grad_out: Tensor, _grad_h: Tensor):
+    z, h, weight, bias, expert_idx, gates = ctx.saved_tensors
+    dz, dw, db, dg = sample_routed_linear_backward_triton(grad_out, z, h, weight, bias, expert_idx, gates)
+    return dz, dw, db, None, dg, None
+
+
+torch.library.register_autograd("switchsweep::sample_routed_linear", _backward, setup_context=_setup)
+
+
+def _grouped(x: Tensor, weight: Tensor, w_strides: tuple[int, int, int], din: int, dout: int, tables, x_div: int,
+             gates: Tensor | None, out: Tensor, dy: Tensor | None = None) -> Tensor:
+    pairs, _, end, block_expert, block_start = tables
+    bp, bn, bk = token_tiles(din, dout)
+    grid = (block_expert.numel(), triton.cdiv(dout, bn))
+    g = gates if gates is not None else x
+    token_grouped_kernel[grid](
+        x, weight, out, dy if dy is not None else x, g, pairs, block_expert, block_start, end, din, dout,
+        weight.shape[0], *w_strides, X_DIV=x_div, HAS_GATE=gates is not None, DG_MODE=dy is not None,
+        BLOCK_P=bp, BLOCK_N=bn, BLOCK_K=bk, IEEE=_ieee(x))
+    return out
+
+
+@torch.library.custom_op("switchsweep::moe_grouped_linear", mutates_args=())
+def moe_grouped_linear_triton(x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Optional[Tensor], x_is_pairs: bool) -> Tensor:
+    """Per-pair outputs [T*k, Dout]: row t*k+j is gates[t, j] * x[row] @ weight[expert_idx[t, j]], with
+    row = t*k+j when x holds one row per pair, else t."""
+    x, weight, expert_idx = x.contiguous(), weight.contiguous(), expert_idx.contiguous()
+    gates = gates.contiguous() if gates is not None else None
+    m, din, dout = weight.shape
+    k = expert_idx.shape[1]
+    tables = route(expert_idx, m, token_tiles(din, dout)[0])
+    out = x.new_empty(expert_idx.numel(), dout)
+    return _grouped(x, weight, (din * dout, dout, 1), din, dout, tables, 1 if x_is_pairs else k, gates, out)
+
+
+@moe_grouped_linear_triton.register_fake
+def _(x, weight, expert_idx, gates, x_is_pairs):
+    return x.new_empty(expert_idx.numel(), weight.shape[2])
+
+
+@torch.library.custom_op("switchsweep::moe_grouped_linear_backward", mutates_args=())
+def moe_grouped_linear_backward_triton(
+    dy: Tensor, x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Optional[Tensor], x_is_pairs: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dgates); dgates is empty without gates."""
+    dy, x, weight, expert_idx = dy.contiguous(), x.contiguous(), weight.contiguous(), expert_idx.contiguous()
+    gates = gates.contiguous() if gates is not None else None
+    m, din, dout = weight.shape
+    t, k = expert_idx.shape
+    x_div = 1 if x_is_pairs else k
+    tables = route(expert_idx, m, token_tiles(din, dout)[0])
+    # dx per pair: g_p * dy[p] @ W[e]^T (W read transposed through its strides), summed over k for token inputs.
+    dxp = _grouped(dy, weight, (din * dout, 1, dout), dout, din, tables, 1, gates, dy.new_empty(t * k, din))
+    dx = dxp if x_is_pairs else dxp.view(t, k, din).sum(1)
+    dw = torch.empty_like(weight)
+    bd = token_tiles(dout, din)[1]
+    bp, bn, _ = token_tiles(din, dout)
+    pairs, start, end, _, _ = tables
+    token_grad_w_kernel[(m, triton.cdiv(din, bd), triton.cdiv(dout, bn))](
+        x, dy, gates if gates is not None else x, pairs, start, end, dw, din, dout, X_DIV=x_div,
+        HAS_GATE=gates is not None, BLOCK_D=bd, BLOCK_N=bn, BLOCK_P=bp, IEEE=_ieee(x))
+    if gates is None:
+        return dx, dw, x.new_empty(0)
+    dg = torch.zeros(t * k, device=x.device, dtype=torch.float32)
+    _grouped(x, weight, (din * dout, dout, 1), din, dout, tables, x_div, None, dg, dy=dy)
+    return dx, dw, dg.view(t, k).to(gates.dtype)
+
+
+@moe_grouped_linear_backward_triton.register_fake
+def _(dy, x, weight, expert_idx, gates, x_is_pairs):
+    t, k = expert_idx.shape
+    dx = x.new_empty(x.shape)
+    return dx, torch.empty_like(weight), (torch.empty_like(gates) if gates is not None else x.new_empty(0))
+
+
+def _setup_grouped(ctx, inputs, output) -> None:
+    x, weight, expert_idx, gates, x_is_pairs = inputs
+    ctx.x_is_pairs, ctx.has_gates = x_is_pairs, gates is not None
+    ctx.save_for_backward(x, weight, expert_idx, gates)
+
+
+def _backward_grouped(ctx, grad: Tensor):
+    x, weight, expert_idx, gates = ctx.saved_tensors
+    dx, dw, dg = moe_grouped_linear_backward_triton(grad, x, weight, expert_idx, gates, ctx.x_is_pairs)
+    return dx, dw, None, (dg if ctx.has_gates else None), None
+
+
+torch.library.register_autograd("switchsweep::moe_grouped_linear", _backward_grouped, setup_context=_setup_grouped)

@@ -1,0 +1,142 @@
+"""Triton kernels of the timestep-routed linear experts (Switch-DiT's SMoE layer), forward and backward.
+
+y = z * (1 + h), h[b] = z[b] @ Wmix[b] + bmix[b], Wmix[b] = sum_j g[b, j] W[e[b, j]] (Sec. 4.1).
+
+Experts are linear, so the forward mixes the k weight tiles with their gates as it loads them and runs
+one GEMM (K = D) per output tile; z*m is written in the epilogue and no per-expert output exists.
+The backward needs, per sample, dh = dy*z, then
+  dz     = dy * (1 + h) + dh @ Wmix[b]^T                      (the forward kernel's shape, transposed mix)
+  dW[e]  = sum_{b routed to e} c[b, e] z[b]^T dh[b]            (one GEMM over L per routed sample)
+  dg[bj] = <z[b]^T dh[b], W[e_bj]> + <sum_l dh[b], b[e_bj]>   (the first term fused into the dW kernel)
+with c[b, e] = sum_j g[b, j] [e[b, j] = e]. Nothing here reads a value back to the host.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _mix_tile(w_ptr, idx_ptr, g_ptr, b, rows, cols, D, K: tl.constexpr, R: tl.constexpr, C: tl.constexpr,
+              TRANS: tl.constexpr):
+    """sum_j g[b, j] * W[e[b, j]][rows, cols] in fp32, [R, C] (W read transposed when TRANS)."""
+    mask = (rows[:, None] < D) & (cols[None, :] < D)
+    acc = tl.zeros((R, C), dtype=tl.float32)
+    for j in tl.static_range(K):
+        e = tl.load(idx_ptr + b * K + j).to(tl.int64)
+        g = tl.load(g_ptr + b * K + j).to(tl.float32)
+        if TRANS:
+            ptrs = w_ptr + e * D * D + cols[None, :] * D + rows[:, None]
+        else:
+            ptrs = w_ptr + e * D * D + rows[:, None] * D + cols[None, :]
+        acc += g * tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    return acc
+
+
+@triton.jit
+def srl_forward_kernel(
+    z_ptr, w_ptr, bias_ptr, idx_ptr, g_ptr, out_ptr, h_ptr, L, D,
+    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr, STORE_H: tl.constexpr,
+):
+    b = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    cols = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    base = b.to(tl.int64) * L * D
+    acc = tl.zeros((BLOCK_L, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        zt = tl.load(z_ptr + base + rows[:, None] * D + ks[None, :], mask=(rows[:, None] < L) & (ks[None, :] < D), other=0.0)
+        w = _mix_tile(w_ptr, idx_ptr, g_ptr, b, ks, cols, D, K, BLOCK_K, BLOCK_N, False)
+        if IEEE:
+            acc = tl.dot(zt.to(tl.float32), w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(zt, w.to(zt.dtype), acc)
+    bmix = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for j in tl.static_range(K):
+        e = tl.load(idx_ptr + b * K + j).to(tl.int64)
+        g = tl.load(g_ptr + b * K + j).to(tl.float32)
+        bmix += g * tl.load(bias_ptr + e * D + cols, mask=cols < D, other=0.0).to(tl.float32)
+    h = acc + bmix[None, :]
+    mask = (rows[:, None] < L) & (cols[None, :] < D)
+    offs = base + rows[:, None] * D + cols[None, :]
+    zn = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, (zn * (1.0 + h)).to(out_ptr.dtype.element_ty), mask=mask)
+    if STORE_H:
+        tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def srl_grad_z_kernel(
+    dy_ptr, z_ptr, h_ptr, w_ptr, idx_ptr, g_ptr, dz_ptr, L, D,
+    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+):
+    """dz = dy * (1 + h) + (dy * z) @ Wmix^T for one [BLOCK_L, BLOCK_N] tile of dz."""
+    b = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    cols = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    base = b.to(tl.int64) * L * D
+    acc = tl.zeros((BLOCK_L, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, D, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        m = (rows[:, None] < L) & (ks[None, :] < D)
+        offs = base + rows[:, None] * D + ks[None, :]
+        dy = tl.load(dy_ptr + offs, mask=m, other=0.0)
+        dh = dy.to(tl.float32) * tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        w_t = _mix_tile(w_ptr, idx_ptr, g_ptr, b, ks, cols, D, K, BLOCK_K, BLOCK_N, True)  # Wmix^T[ks, cols]
+        if IEEE:
+            acc = tl.dot(dh, w_t, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(dh.to(dy.dtype), w_t.to(dy.dtype), acc)
+    mask = (rows[:, None] < L) & (cols[None, :] < D)
+    offs = base + rows[:, None] * D + cols[None, :]
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    h = tl.load(h_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(dz_ptr + offs, (dy * (1.0 + h) + acc).to(dz_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def srl_grad_w_kernel(
+    dy_ptr, z_ptr, w_ptr, idx_ptr, g_ptr, dw_ptr, dgw_ptr, B, L, D, M,
+    K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, IEEE: tl.constexpr,
+):
+    """dW[e][rows, cols] = sum_b c[b, e] (z[b]^T dh[b])[rows, cols], and dgw[b, e] += <z[b]^T dh[b], W[e]> on
+    this tile; samples not routed to e are skipped, so the work is k GEMMs over (B, L) in total."""
+    e = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    cols = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    tile = (rows[:, None] < D) & (cols[None, :] < D)
+    w_e = tl.load(w_ptr + e.to(tl.int64) * D * D + rows[:, None] * D + cols[None, :], mask=tile, other=0.0).to(tl.float32)
+    acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    for b in range(0, B):
+        c = 0.0
+        hit = 0
+        for j in tl.static_range(K):
+            sel = tl.load(idx_ptr + b * K + j) == e
+            c += tl.where(sel, tl.load(g_ptr + b * K + j).to(tl.float32), 0.0)
+            hit += sel.to(tl.int32)
+        if hit > 0:
+            base = b * L * D  # B*L*D < 2**31 for every supported shape
+            s = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+            for l0 in range(0, L, BLOCK_L):
+                ls = l0 + tl.arange(0, BLOCK_L)
+                zt = tl.load(z_ptr + base + ls[None, :] * D + rows[:, None], mask=(ls[None, :] < L) & (rows[:, None] < D), other=0.0)
+                m = (ls[:, None] < L) & (cols[None, :] < D)
+                offs = base + ls[:, None] * D + cols[None, :]
+                dy = tl.load(dy_ptr + offs, mask=m, other=0.0)
+                dh = dy.to(tl.float32) * tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
+                if IEEE:
+                    s = tl.dot(zt.to(tl.float32), dh, s, input_precision="ieee")
+                else:
+                    s = tl.dot(zt, dh.to(zt.dtype), s)
+            acc += c * s
+            tl.atomic_add(dgw_ptr + b * M + e, tl.sum(s * w_e))
+    tl.store(dw_ptr + e.to(tl.int64) * D * D + rows[:, None] * D + cols[None, :], acc.to(dw_ptr.dtype.element_ty), mask=tile)
+
+
+def block_sizes(L: int, D: int) -> tuple[int, int, int]:
+    """(BLOCK_L, BLOCK_N, BLOCK_K): tensor-core tiles on GPU, clipped for small shapes (tests)."""
+    bl = min(64, max(16, triton.next_power_of_2(L)))
+    bn = min(64, max(16, triton.next_power_of_2(D)))
+    return bl, bn, bn

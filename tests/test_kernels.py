@@ -1,0 +1,185 @@
+"""The Triton kernels of the timestep-routed experts against the pure-torch reference (Triton's
+interpreter on CPU; the same tests run compiled on a GPU), and the op's dispatch."""
+
+import pytest
+import torch
+
+from switchsweep.kernels import routing_is_shared, sample_routed_linear
+from switchsweep.kernels.ops import moe_grouped_linear_triton, sample_routed_linear_triton
+from switchsweep.kernels.reference import (
+    moe_grouped_linear_reference,
+    sample_routed_linear_reference,
+    shared_routing_linear,
+    token_routed_linear_reference,
+)
+from switchsweep.kernels.token_routed import route
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _inputs(b, l, d, m, k, dtype, seed=0, idx=None):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(b, l, d, generator=g)
+    w = torch.randn(m, d, d, generator=g) / d**0.5
+    bias = torch.randn(m, d, generator=g) * 0.1
+    if idx is None:
+        idx = torch.stack([torch.randperm(m, generator=g)[:k] for _ in range(b)])
+    gates = torch.softmax(torch.randn(b, m, generator=g), -1).gather(1, idx)
+    return [t.to(DEVICE) for t in (z.to(dtype), w.to(dtype), bias.to(dtype), idx, gates.to(dtype))]
+
+
+def _check(b, l, d, m, k, dtype, rtol, atol, idx=None):
+    z, w, bias, idx, gates = _inputs(b, l, d, m, k, dtype, idx=idx)
+    ref_in = [t.detach().double().requires_grad_(t.is_floating_point()) for t in (z, w, bias, idx, gates)]
+    ref_in[3] = idx
+    ref = sample_routed_linear_reference(*ref_in)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(DEVICE)
+    ref.backward(dy)
+    tri_in = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in (z, w, bias, idx, gates)]
+    out, _ = sample_routed_linear_triton(*tri_in, True)
+    out.backward(dy.to(dtype))
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=rtol, atol=atol)
+    for name, a, r in zip(("z", "weight", "bias", None, "gates"), tri_in, ref_in):
+        if name:
+            torch.testing.assert_close(a.grad.double(), r.grad, rtol=rtol, atol=atol * max(1.0, r.grad.abs().max().item()),
+                                       msg=lambda s, n=name: f"grad {n}: {s}")
+
+
+@pytest.mark.parametrize(
+    "b, l, d, m, k",
+    [
+        (2, 5, 16, 3, 2),   # L not a multiple of the block
+        (3, 16, 32, 4, 1),  # k = 1
+        (2, 7, 16, 3, 3),   # k = M
+        (2, 3, 24, 8, 2),   # M = 8, D not a power of two
+    ],
+)
+def test_triton_forward_and_gradients_match_reference_fp32(b, l, d, m, k):
+    _check(b, l, d, m, k, torch.float32, rtol=1e-5, atol=1e-5)
+
+
+def test_triton_matches_reference_fp16():
+    _check(2, 5, 16, 3, 2, torch.float16, rtol=2e-2, atol=2e-2)
+
+
+def test_an_expert_no_sample_routes_to_gets_zero_gradient():
+    idx = torch.tensor([[0, 2], [2, 0], [0, 2]])  # expert 1 unused
+    _check(3, 4, 16, 3, 2, torch.float32, rtol=1e-5, atol=1e-5, idx=idx)
+    z, w, bias, idx, gates = _inputs(3, 4, 16, 3, 2, torch.float32, idx=idx)
+    w.requires_grad_(True)
+    bias.requires_grad_(True)
+    out, _ = sample_routed_linear_triton(z, w, bias, idx.to(DEVICE), gates, True)
+    out.sum().backward()
+    assert torch.count_nonzero(w.grad[1]) == 0 and torch.count_nonzero(bias.grad[1]) == 0
+    assert torch.count_nonzero(w.grad[0]) > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tl.dot needs a GPU")
+def test_triton_matches_reference_bf16_gpu():
+    _check(4, 77, 128, 3, 2, torch.bfloat16, rtol=5e-2, atol=5e-2)
+
+
+def test_shared_routing_folds_into_one_dense_gemm():
+    z, w, bias, idx, gates = _inputs(4, 6, 16, 3, 2, torch.float64)
+    shared_idx, shared_g = idx[:1].expand(4, -1), gates[:1].expand(4, -1)
+    assert routing_is_shared(shared_idx, shared_g) and not routing_is_shared(idx, gates)
+    ref = sample_routed_linear_reference(z, w, bias, shared_idx.contiguous(), shared_g.contiguous())
+    torch.testing.assert_close(sample_routed_linear(z, w, bias, shared_idx, shared_g), ref)
+    torch.testing.assert_close(shared_routing_linear(z, w, bias, idx[0], gates[0]), ref)
+
+
+def test_reference_equals_the_per_expert_definition():
+    z, w, bias, idx, gates = _inputs(3, 5, 8, 4, 2, torch.float64)
+    want = torch.empty_like(z)
+    for b in range(3):
+        m = 1 + sum(gates[b, j] * (z[b] @ w[idx[b, j]] + bias[idx[b, j]]) for j in range(2))
+        want[b] = z[b] * m
+    torch.testing.assert_close(sample_routed_linear_reference(z, w, bias, idx, gates), want)
+
+
+def test_switch_dit_with_a_broadcast_timestep_matches_per_sample_timesteps():
+    from switchsweep.models import build_model
+    from switchsweep.platform.config import Config
+
+    cfg = Config()
+    model = build_model(cfg.model, cfg.data, cfg.diffusion.num_timesteps).eval()
+    with torch.no_grad():
+        for block in model.blocks:  # experts start at zero; make them matter
+            block.expert_weight.normal_(0, 0.05)
+            block.expert_bias.normal_(0, 0.05)
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 3, 5, 9])
+    with torch.no_grad():
+        per_sample = model(x, torch.full((4,), 417), y)
+        shared = model(x, torch.tensor(417).expand(4), y)
+    torch.testing.assert_close(shared, per_sample, rtol=1e-5, atol=1e-5)
+
+
+# -- token-routed experts (DiT-MoE) --------------------------------------------------------------
+
+
+def _token_inputs(t, din, dout, m, k, dtype, x_is_pairs, idx=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(t * k if x_is_pairs else t, din, generator=g)
+    w = torch.randn(m, din, dout, generator=g) / din**0.5
+    if idx is None:
+        idx = torch.stack([torch.randperm(m, generator=g)[:k] for _ in range(t)])
+    gates = torch.softmax(torch.randn(t, m, generator=g), -1).gather(1, idx)
+    return x.to(dtype).to(DEVICE), w.to(dtype).to(DEVICE), idx.to(DEVICE), gates.to(dtype).to(DEVICE)
+
+
+@pytest.mark.parametrize(
+    "t, din, dout, m, k, x_is_pairs, gated",
+    [
+        (37, 16, 24, 4, 2, False, True),   # T*k not a multiple of the block, Din != Dout
+        (20, 32, 16, 8, 1, False, True),   # k = 1, M = 8
+        (9, 16, 16, 3, 3, True, True),     # k = M, per-pair inputs (a SwiGLU expert's down projection)
+        (15, 24, 40, 4, 2, False, False),  # no gates (the up projection)
+    ],
+)
+def test_grouped_triton_forward_and_gradients_match_reference_fp32(t, din, dout, m, k, x_is_pairs, gated):
+    x, w, idx, gates = _token_inputs(t, din, dout, m, k, torch.float32, x_is_pairs)
+    ref_in = [x.double().requires_grad_(), w.double().requires_grad_(), gates.double().requires_grad_()]
+    tri_in = [x.clone().requires_grad_(), w.clone().requires_grad_(), gates.clone().requires_grad_()]
+    ref = moe_grouped_linear_reference(ref_in[0], ref_in[1], idx, ref_in[2] if gated else None, x_is_pairs)
+    out = moe_grouped_linear_triton(tri_in[0], tri_in[1], idx, tri_in[2] if gated else None, x_is_pairs)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(DEVICE)
+    ref.backward(dy)
+    out.backward(dy.float())
+    torch.testing.assert_close(out.double(), ref.detach(), rtol=1e-5, atol=1e-5)
+    for name, a, r in zip(("x", "weight", "gates"), tri_in, ref_in):
+        if name == "gates" and not gated:
+            assert a.grad is None
+            continue
+        torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-5, atol=1e-5, msg=lambda s, n=name: f"grad {n}: {s}")
+
+
+def test_grouped_triton_fp16_and_an_expert_without_tokens():
+    idx = torch.tensor([[0, 2], [2, 0], [3, 0], [0, 3]] * 5)  # expert 1 gets no token
+    x, w, idx, gates = _token_inputs(20, 16, 16, 4, 2, torch.float16, False, idx=idx)
+    w.requires_grad_(True)
+    out = moe_grouped_linear_triton(x, w, idx, gates, False)
+    ref = moe_grouped_linear_reference(x.double(), w.detach().double(), idx, gates.double(), False)
+    torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2)
+    out.float().sum().backward()
+    assert torch.count_nonzero(w.grad[1]) == 0 and torch.count_nonzero(w.grad[0]) > 0
+
+
+def test_token_routed_linear_is_the_gate_weighted_sum_of_expert_outputs():
+    x, w, idx, gates = _token_inputs(6, 8, 5, 4, 2, torch.float64, False)
+    want = torch.stack([sum(gates[t, j] * x[t] @ w[idx[t, j]] for j in range(2)) for t in range(6)])
+    torch.testing.assert_close(token_routed_linear_reference(x, w, idx, gates), want)
+
+
+def test_routing_tables_cover_every_pair_once_in_expert_blocks():
+    idx = torch.tensor([[1, 3], [3, 0], [1, 0], [3, 1], [3, 0]])
+    pairs, start, end, block_expert, block_start = route(idx, num_experts=5, block_p=2)
+    flat = idx.reshape(-1)
+    assert sorted(pairs.tolist()) == list(range(10))
+    for e in range(5):
+        assert (flat[pairs[start[e]:end[e]].long()] == e).all() and end[e] - start[e] == (flat == e).sum()
+    covered = []
+    for b, e in enumerate(block_expert.tolist()):
+        if e < 5:
+            covered += list(range(block_start[b], min(block_start[b] + 2, end[e])))
+    assert sorted(covered) == list(range(10))  # every sorted position in exactly one block
+    assert len(block_expert) == 5 + 5  # the fixed upper bound cdiv(P, block) + M

@@ -1,0 +1,141 @@
+"""Sweep configs, search spaces and their bad-input errors: all checked before Ray or MLflow start."""
+
+import dataclasses
+import math
+
+import pytest
+from ray import tune
+
+from switchsweep.cli import main
+from switchsweep.platform.compose import load_sweep_config
+from switchsweep.platform.errors import ConfigError
+from switchsweep.platform.runtime import check_resources
+from switchsweep.platform.sweep_config import RayConfig, trial_resources
+from switchsweep.sweeps.space import FRACTION_SUFFIX, apply_params, config_from_dict, param_space, trial_bases
+
+
+@pytest.mark.parametrize("name", ["design_space", "table1", "lambda_dp", "alpha"])
+def test_every_shipped_sweep_composes_and_validates(name):
+    job = load_sweep_config([f"sweep={name}"])
+    assert job.sweep.name == name
+    bases = trial_bases(job, [f"sweep={name}"])
+    for base in bases:
+        config_from_dict(base)  # each row is a runnable training config
+    if job.sweep.search == "grid":
+        assert len(bases) == len(job.sweep.grid)
+
+
+def test_table1_rows_reach_the_baseline_and_every_mk_pair():
+    job = load_sweep_config(["sweep=table1"])
+    bases = trial_bases(job, ["sweep=table1"])
+    assert bases[0]["model"]["name"] == "dit"
+    pairs = {(b["model"]["num_experts"], b["model"]["top_k"]) for b in bases[1:]}
+    assert (3, 2) in pairs and (3, 3) in pairs and all(k <= m for m, k in pairs)
+    space = param_space(job.sweep)
+    assert space["row"] == tune.grid_search(list(range(len(bases))))
+
+
+@pytest.mark.parametrize("m", [2, 3, 4, 6])
+def test_top_k_fraction_covers_exactly_1_to_m(m):
+    job = load_sweep_config(["sweep=design_space"])
+    base = trial_bases(job, [])[0]
+    space = [dataclasses.asdict(s) for s in job.sweep.space]
+    params = {"model.num_experts": m, "model.lambda_dp": 0.5, "model.prior_alpha": 2.0}
+    ks = set()
+    for u in [0.0, 1e-9, *[i / 97 for i in range(1, 98)], 1.0]:
+        tree = apply_params(base, space, {**params, "model.top_k" + FRACTION_SUFFIX: u})
+        cfg = config_from_dict(tree)
+        assert (cfg.model.num_experts, cfg.model.lambda_dp, cfg.model.prior_alpha) == (m, 0.5, 2.0)
+        ks.add(cfg.model.top_k)
+    assert ks == set(range(1, m + 1))
+
+
+def test_uniform_fraction_gives_uniform_k():
+    # k = ceil(u * M) with u ~ U(0, 1]: every k in 1..M gets probability 1/M.
+    m, n = 3, 3000
+    counts = {k: 0 for k in range(1, m + 1)}
+    for i in range(n):
+        counts[max(1, math.ceil((i + 0.5) / n * m))] += 1
+    assert all(abs(c / n - 1 / m) < 1e-3 for c in counts.values())
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sweep=nope"], "sweep/nope"),
+        (["sweep.space=[]"], "sweep.space is empty"),
+        (["sweep.metric=ssim"], "sweep.metric='ssim' is never reported"),
+        (["sweep.mode=max"], "set sweep.mode=min"),
+        (["sweep.search=bayes"], "sweep.search='bayes'"),
+        (["sweep.num_trials=0"], "sweep.num_trials=0"),
+        (["sweep.eval_every=700"], "sweep.eval_every=700"),
+        (["sweep.ray.num_workers=0"], "sweep.ray.num_workers=0"),
+        (["sweep.ray.trainable_cpus=0"], "sweep.ray.trainable_cpus=0"),
+        (["sweep.ray.num_workers=3"], "data.batch_size=64 is not divisible by sweep.ray.num_workers=3"),
+        (["sweep=table1", "sweep.grid=[]"], "sweep.grid is empty"),
+        (["sweep=table1", "sweep.grid=[['model.top_k=5']]"], "sweep.grid[0] ['model.top_k=5']: model.top_k=5 must be <="),
+        (["sweep=table1", "sweep.grid=[['model=resnet']]"], "sweep.grid[0]"),
+        (["sweep.space=[{key: model.nope, choice: [1]}]"], "model.nope is not a setting"),
+        (["sweep.space=[{key: model.top_k, choice: []}]"], "choice for model.top_k is empty"),
+        (["sweep.space=[{key: model.top_k}]"], "set exactly one of"),
+        (["sweep.space=[{key: model.lambda_dp, loguniform: [0, 1]}]"], "needs low > 0"),
+        (["sweep.space=[{key: model.lambda_dp, uniform: [2, 1]}]"], "low <= high"),
+        (["sweep.space=[{key: model.top_k, choice: [1]}, {key: model.top_k, choice: [2]}]"], "more than once"),
+        (["sweep.space=[{key: model.top_k, choice: [1, 2, 4]}]"], "model.top_k=4 must be <= model.num_experts=3"),
+        (["sweep.space=[{key: model.lambda_dp, uniform: [-1, 1]}]"], "model.lambda_dp=-1"),
+        (["model.top_k=5"], "model.top_k=5 must be <="),
+    ],
+)
+def test_bad_sweep_input_is_one_line_before_any_work(overrides, message, capsys, tmp_path):
+    code = main(["sweep", *overrides, f"sweep.root={tmp_path}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "sweeps").exists() and not (tmp_path / "mlflow.db").exists()  # nothing was started
+
+
+def test_more_workers_than_the_cluster_has_is_refused():
+    r = RayConfig(num_workers=4, cpus_per_worker=1.0)
+    assert trial_resources(r) == {"CPU": 4.05}
+    with pytest.raises(ConfigError, match=r"needs 4.05 CPU per trial but the cluster has 3"):
+        check_resources(r, {"CPU": 3.0})
+    gpu = RayConfig(num_workers=2, use_gpu=True, gpus_per_worker=1.0)
+    with pytest.raises(ConfigError, match=r"needs 2 GPU per trial but the cluster has 0"):
+        check_resources(gpu, {"CPU": 16.0})
+    check_resources(RayConfig(num_workers=2, cpus_per_worker=1.0), {"CPU": 3.0})  # 2.05 fits
+
+
+def test_resume_without_an_interrupted_sweep_and_export_without_a_sweep(tmp_path, capsys):
+    assert main(["sweep", "--resume", f"sweep.root={tmp_path}"]) == 2
+    assert "no interrupted design_space sweep" in capsys.readouterr().err
+    assert main(["export", "sweep=design_space", f"sweep.root={tmp_path}", f"out={tmp_path / 'x'}"]) == 2
+    assert "no such sweep" in capsys.readouterr().err
+    assert main(["export", "sweep=design_space", "top=two"]) == 2
+    assert "top=two is not a whole number" in capsys.readouterr().err
+
+
+def test_train_runs_a_written_config_file_and_refuses_group_overrides(tmp_path, capsys):
+    job = load_sweep_config(["sweep=design_space"])
+    path = tmp_path / "cfg.yaml"
+    from omegaconf import OmegaConf
+
+    base = trial_bases(job, [])[0]
+    base["model"]["top_k"] = 1
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(base)))
+    assert main(["train", "--config", str(path), "--cfg"]) == 0
+    assert "top_k: 1" in capsys.readouterr().out
+    assert main(["train", "--config", str(path), "model=dit"]) == 2
+    assert "--config fixes the config groups" in capsys.readouterr().err
+    path.write_text("model: [unclosed")
+    assert main(["train", "--config", str(path)]) == 2
+    assert "not a readable YAML config" in capsys.readouterr().err
+
+
+def test_unset_worker_cpus_share_the_local_cores(monkeypatch):
+    from switchsweep.platform import runtime
+
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 8)
+    assert runtime.resolve_worker_cpus(RayConfig(num_workers=2), max_concurrent=2).cpus_per_worker == 2.0
+    assert runtime.resolve_worker_cpus(RayConfig(num_workers=4), max_concurrent=4).cpus_per_worker == 1.0
+    assert runtime.resolve_worker_cpus(RayConfig(address="auto"), max_concurrent=1).cpus_per_worker == 1.0
+    assert runtime.resolve_worker_cpus(RayConfig(cpus_per_worker=3.0), max_concurrent=8).cpus_per_worker == 3.0
