@@ -34,6 +34,7 @@ ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: $(STAMP)
+	$(PY) -m benchmarks.moe_kernels
 	$(PY) -m benchmarks.step_time
 	$(PY) -m benchmarks.eval_throughput
 	$(PY) -m benchmarks.sweep_overhead

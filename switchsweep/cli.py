@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from switchsweep.platform.compose import load_config, load_eval_config, load_sweep_config
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
+from switchsweep.platform.export import variant_label
 from switchsweep.platform.tracking import default_tracking_uri
 
 
@@ -18,6 +19,8 @@ def _train(cfg) -> int:
     from switchsweep.trainers.loop import train  # heavy imports only once the config is valid
 
     result = train(cfg)
+    stats = result.model_stats
+    print(f"model: {cfg.model.name}, {stats['params'] / 1e6:.3f} M parameters, {stats['gflops']:.4f} GFLOPs per image forward")
     print(f"trained to step {result.step}: loss {result.last_metrics.get('loss', float('nan')):.4f}")
     print(f"checkpoint: {result.checkpoint}")
     if result.samples:
@@ -40,10 +43,11 @@ def _sweep(job, overrides) -> int:
     result = run_sweep(job, overrides)
     metric = job.sweep.metric
     print(f"\nsweep {result.sweep_id}: {len(result.ranked)} trials, best first by {metric}")
-    for r in result.ranked[:5]:
-        searched = ", ".join(f"{k.removeprefix('model.')}={r.params.get(k)}" for k in
-                             ("model.name", "model.num_experts", "model.top_k", "model.lambda_dp", "model.prior_alpha"))
-        print(f"  {r.rank:2d}. {r.trial_id}  {metric}={r.value:.5g}  steps={r.steps}  {r.status:<8}  {searched}")
+    for r in result.ranked[:8]:
+        extra = ""
+        if r.params.get("model.name") == "switch_dit":
+            extra = f"  lambda_dp={float(r.params['model.lambda_dp']):.3g} alpha={r.params['model.prior_alpha']}"
+        print(f"  {r.rank:2d}. {r.trial_id}  {metric}={r.value:.5g}  steps={r.steps}  {r.status:<8}  {variant_label(r.params)}{extra}")
     print(f"sweep dir:   {result.sweep_dir}  (ranking.md, ranking.csv)")
     print(f"MLflow:      {result.tracking_uri}  experiment '{result.experiment}'")
     print("open it:     make ui   (http://127.0.0.1:5000)")

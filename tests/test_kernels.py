@@ -183,3 +183,25 @@ def test_routing_tables_cover_every_pair_once_in_expert_blocks():
             covered += list(range(block_start[b], min(block_start[b] + 2, end[e])))
     assert sorted(covered) == list(range(10))  # every sorted position in exactly one block
     assert len(block_expert) == 5 + 5  # the fixed upper bound cdiv(P, block) + M
+
+
+def test_custom_ops_pass_torch_opcheck():
+    # Schema, fake (meta) kernels for torch.compile, and the autograd registration.
+    z, w, bias, idx, gates = _inputs(2, 5, 16, 3, 2, torch.float32)
+    torch.library.opcheck(sample_routed_linear_triton, (z, w.requires_grad_(), bias, idx, gates, True))
+    x, w2, idx2, g2 = _token_inputs(7, 16, 16, 4, 2, torch.float32, False)
+    torch.library.opcheck(moe_grouped_linear_triton, (x, w2.requires_grad_(), idx2, g2, False))
+
+
+def test_ops_trace_into_one_graph_without_breaks():
+    z, w, bias, idx, gates = _inputs(2, 5, 16, 3, 2, torch.float32)
+    w.requires_grad_(True)
+
+    def layer(z, w, bias, idx, gates):
+        return sample_routed_linear_triton(z, w, bias, idx, gates, True)[0].sum()
+
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    loss = compiled(z, w, bias, idx, gates)
+    loss.backward()
+    torch.testing.assert_close(loss, layer(z, w, bias, idx, gates))
+    assert w.grad is not None and torch.isfinite(w.grad).all()

@@ -44,10 +44,10 @@ def moe_grouped_linear_reference(x: Tensor, weight: Tensor, expert_idx: Tensor, 
     rows = torch.arange(flat.numel(), device=x.device)
     if not x_is_pairs:
         rows = rows // k
-    out = x.new_zeros(flat.numel(), weight.shape[2])
-    for e in range(weight.shape[0]):
-        sel = (flat == e).nonzero().squeeze(1)
-        out = out.index_copy(0, sel, x[rows[sel]] @ weight[e])
+    order = torch.argsort(flat, stable=True)
+    sizes = torch.bincount(flat, minlength=weight.shape[0]).tolist()  # a host read: this is the CPU path
+    parts = [x[rows[chunk]] @ weight[e] for e, chunk in enumerate(order.split(sizes))]
+    out = x.new_empty(flat.numel(), weight.shape[2]).index_copy(0, order, torch.cat(parts))
     return out if gates is None else out * gates.reshape(-1, 1).to(out.dtype)
 
 

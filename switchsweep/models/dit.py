@@ -56,7 +56,8 @@ class DiT(nn.Module):
         def basic(m: nn.Module) -> None:
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
         self.apply(basic)
         w = self.x_embedder.weight

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from switchsweep.models.dit import DiT
+from switchsweep.models.dit_moe import DiTMoE
 from switchsweep.models.dtr import DTR
+from switchsweep.models.multi_experts import MultiExpertDiT
 from switchsweep.models.switch_dit import SwitchDiT
 from switchsweep.platform.config import MODEL_SIZES, DataConfig, ModelConfig
 
 
-def build_model(model: ModelConfig, data: DataConfig, num_timesteps: int, seed: int = 0) -> DiT:
+def build_model(model: ModelConfig, data: DataConfig, num_timesteps: int, seed: int = 0) -> nn.Module:
     depth, hidden, heads = MODEL_SIZES[model.size]
     common = dict(
         image_size=data.image_size,
@@ -32,7 +36,15 @@ def build_model(model: ModelConfig, data: DataConfig, num_timesteps: int, seed: 
             top_k=model.top_k,
             lambda_dp=model.lambda_dp,
             prior_alpha=model.prior_alpha,
+            gating=model.gating,
+            integration=model.integration,
+            balance_loss=model.balance_loss,
             matching_seed=seed,
             **common,
         )
+    if model.name == "dit_moe":
+        return DiTMoE(num_experts=model.num_experts, top_k=model.top_k, shared_experts=model.shared_experts,
+                      expert_balance=model.expert_balance, **common)
+    if model.name == "multi_experts":
+        return MultiExpertDiT(num_intervals=model.num_intervals, **common)
     raise ValueError(f"unknown model {model.name!r}")

@@ -1,8 +1,9 @@
-"""Routing functions of Switch-DiT and DTR: gates, top-k selection, prior and channel masks."""
+"""Routing functions: gates, top-k selection, prior and channel masks, and the balance losses."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -52,3 +53,27 @@ def gate_selection_mask(probs: Tensor, k: int) -> Tensor:
     _, idx = probs.topk(k, dim=-1)
     mask = torch.zeros_like(probs).scatter_(-1, idx, 1.0)
     return mask.flatten(-2)
+
+
+def noisy_logits(clean: Tensor, noise_logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Noisy top-k gating (Shazeer et al. 2017, Eq. 4): H = clean + N(0, 1) * softplus(W_noise x);
+    used while training only, so evaluation is deterministic."""
+    eps = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+    return clean + eps * F.softplus(noise_logits)
+
+
+def importance_balance_loss(gates: Tensor) -> Tensor:
+    """Load-balancing loss (Shazeer et al. 2017, Eq. 6): CV(Importance)^2 with Importance_e the sum of
+    expert e's gate values over the batch; gates [B, ..., M] (0 off the top-k). Zero exactly when
+    every expert carries the same total gate, and averaged over any middle dimensions (blocks)."""
+    importance = gates.sum(0)
+    return (importance.var(-1, unbiased=False) / importance.mean(-1).pow(2).clamp(min=1e-12)).mean()
+
+
+def expert_balance_loss(probs: Tensor, expert_idx: Tensor) -> Tensor:
+    """Expert-level balance loss of token routing (Switch Transformer Eq. 4; DiT-MoE):
+    M * sum_e f_e P_e, f_e = share of the T*k routing choices that go to e, P_e = mean router
+    probability of e. Equals 1 for uniform routing. probs [T, M], expert_idx [T, k]."""
+    m = probs.shape[-1]
+    f = torch.bincount(expert_idx.reshape(-1), minlength=m).to(probs.dtype) / expert_idx.numel()
+    return m * (f * probs.mean(0)).sum()

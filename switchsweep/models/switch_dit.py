@@ -9,35 +9,62 @@ import torch
 from torch import Tensor, nn
 
 from switchsweep.kernels import sample_routed_linear
+from switchsweep.kernels.reference import mixed_expert_params
 from switchsweep.models.dit import DiT
 from switchsweep.models.layers import AdaLNBranches
 from switchsweep.models.prior_loss import PendingMatch, diffusion_prior_loss, hungarian_match, matching_cost
-from switchsweep.models.routing import gate_probs, gate_selection_mask, prior_mask, topk_gates
+from switchsweep.models.routing import (
+    gate_probs,
+    gate_selection_mask,
+    importance_balance_loss,
+    noisy_logits,
+    prior_mask,
+    topk_gates,
+)
 
 
 class SwitchDiTBlock(AdaLNBranches):
-    """DiT block whose branches see z*m(z), m(z) = 1 + sum_{j in top-k} p_j (z W_j + b_j) (Sec. 4.1).
+    """DiT block with a timestep-gated SMoE of linear experts (Sec. 4.1), in one of three integrations:
 
-    Experts start at zero ("one-vector init": m = 1), so the block starts as the plain DiT block;
-    z*(1 - m) is added back at the end, leaving the residual stream itself unchanged.
+    - skip_onevec (default): branches see z*m(z), m = 1 + sum_j g_j (z W_j + b_j); experts start at
+      zero ("one-vector init": m = 1, the block starts as plain DiT); z*(1 - m) is added back at the
+      end, so the residual stream itself is unchanged;
+    - skip: the same with m = sum_j g_j (z W_j + b_j), experts randomly initialised;
+    - direct: the SMoE output sum_j g_j (z W_j + b_j) replaces the block input.
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, num_experts: int, top_k: int):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, num_experts: int, top_k: int,
+                 gating: str = "timestep", integration: str = "skip_onevec"):
         super().__init__(dim, heads, mlp_ratio)
-        self.top_k = top_k
+        self.top_k, self.integration = top_k, integration
         self.gate = nn.Sequential(nn.SiLU(), nn.Linear(dim, num_experts))
+        # Noisy gating: a second head sets the noise scale (zero-initialised by SwitchDiT: softplus(0) at start).
+        self.noise = nn.Sequential(nn.SiLU(), nn.Linear(dim, num_experts)) if gating == "noisy" else None
         self.expert_weight = nn.Parameter(torch.zeros(num_experts, dim, dim))
         self.expert_bias = nn.Parameter(torch.zeros(num_experts, dim))
+        if integration != "skip_onevec":  # nn.Linear's default range
+            bound = dim**-0.5
+            nn.init.uniform_(self.expert_weight, -bound, bound)
+            nn.init.uniform_(self.expert_bias, -bound, bound)
 
-    def gate_probs(self, e_t: Tensor) -> Tensor:
-        return gate_probs(self.gate(e_t))
+    def gate_probs(self, e_t: Tensor, noisy: bool = False) -> Tensor:
+        logits = self.gate(e_t)
+        if noisy and self.noise is not None:
+            logits = noisy_logits(logits, self.noise(e_t))
+        return gate_probs(logits)
 
     def forward(self, x: Tensor, c: Tensor, probs: Tensor) -> Tensor:
         if probs.stride(0) == 0:  # one timestep for the whole batch: keep the routing a broadcast view
             gates, idx = (v.expand(x.shape[0], -1) for v in topk_gates(probs[:1], self.top_k))
         else:
             gates, idx = topk_gates(probs, self.top_k)
-        zm = sample_routed_linear(x, self.expert_weight, self.expert_bias, idx, gates.to(x.dtype))
+        gates = gates.to(x.dtype)
+        if self.integration == "direct":
+            w_mix, b_mix = mixed_expert_params(self.expert_weight, self.expert_bias, idx, gates)
+            return super().forward(torch.baddbmm(b_mix.unsqueeze(1), x, w_mix), c)
+        zm = sample_routed_linear(x, self.expert_weight, self.expert_bias, idx, gates)  # z * (1 + experts)
+        if self.integration == "skip":
+            zm = zm - x  # z * experts
         return super().forward(zm, c) + (x - zm)
 
 
@@ -49,11 +76,19 @@ class SwitchDiT(DiT):
         top_k: int = 2,
         lambda_dp: float = 1.0,
         prior_alpha: float = 4.0,
+        gating: str = "timestep",
+        integration: str = "skip_onevec",
+        balance_loss: float = 0.0,
         matching_seed: int = 0,
         **kwargs,
     ):
         self.num_experts, self.top_k = num_experts, top_k
+        self.gating, self.integration, self.balance_loss = gating, integration, balance_loss
         super().__init__(**kwargs)
+        for block in self.blocks:
+            if block.noise is not None:
+                nn.init.zeros_(block.noise[-1].weight)
+                nn.init.zeros_(block.noise[-1].bias)
         self.lambda_dp, self.prior_alpha = lambda_dp, prior_alpha
         prior = prior_mask(self.depth, num_experts, top_k, alpha=prior_alpha, num_timesteps=self.num_timesteps)
         self.register_buffer("w_prior", prior, persistent=False)
@@ -61,7 +96,8 @@ class SwitchDiT(DiT):
         self._matchings = 0  # matchings solved so far; seeds their tie-breaking and is checkpointed
 
     def _make_block(self, index: int) -> SwitchDiTBlock:
-        return SwitchDiTBlock(self.hidden, self.heads, self.mlp_ratio, self.num_experts, self.top_k)
+        return SwitchDiTBlock(self.hidden, self.heads, self.mlp_ratio, self.num_experts, self.top_k, self.gating,
+                              self.integration)
 
     def _run_blocks(self, x: Tensor, c: Tensor, t: Tensor, e_t: Tensor, aux: dict[str, Any] | None) -> Tensor:
         if aux is not None and self.training and self.lambda_dp > 0:
@@ -70,7 +106,7 @@ class SwitchDiT(DiT):
         if t.stride(0) == 0 and len(t) > 1:  # a shared timestep (sampling): route once, broadcast
             probs = [block.gate_probs(e_t[:1]).expand(len(t), -1) for block in self.blocks]
         else:
-            probs = [block.gate_probs(e_t) for block in self.blocks]
+            probs = [block.gate_probs(e_t, noisy=self.training) for block in self.blocks]
         for block, p in zip(self.blocks, probs):
             x = block(x, c, p)
         if aux is not None:
@@ -93,11 +129,16 @@ class SwitchDiT(DiT):
         return PendingMatch(matching_cost(self.gate_matrix(), self.w_prior), rng)
 
     def aux_losses(self, aux: dict[str, Any], t: Tensor) -> dict[str, tuple[float, Tensor]]:
-        if "matching" not in aux:
-            return {}
-        col = aux["matching"].wait()
-        matched = self.w_prior[t][:, col]
-        return {"prior": (self.lambda_dp, diffusion_prior_loss(aux["gate_probs"], matched, self.top_k))}
+        losses = {}
+        if "matching" in aux:
+            col = aux["matching"].wait()
+            matched = self.w_prior[t][:, col]
+            losses["prior"] = (self.lambda_dp, diffusion_prior_loss(aux["gate_probs"], matched, self.top_k))
+        if self.balance_loss > 0:
+            probs = aux["gate_probs"]
+            selected = gate_selection_mask(probs, self.top_k).view_as(probs)
+            losses["balance"] = (self.balance_loss, importance_balance_loss(probs * selected))
+        return losses
 
     @torch.no_grad()
     def routing_matrices(self) -> dict[str, Tensor]:

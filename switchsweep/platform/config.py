@@ -22,7 +22,10 @@ MODEL_SIZES: dict[str, tuple[int, int, int]] = {
     "L": (24, 1024, 16),
     "XL": (28, 1152, 16),
 }
-MODEL_NAMES = ("dit", "dtr", "switch_dit")
+MODEL_NAMES = ("dit", "dtr", "switch_dit", "dit_moe", "multi_experts")
+GATINGS = ("timestep", "noisy")
+INTEGRATIONS = ("skip_onevec", "skip", "direct")
+LOSS_WEIGHTINGS = ("constant", "uw", "min_snr", "p2")
 PATCH_SIZES = (2, 4, 8)
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
@@ -38,11 +41,20 @@ class ModelConfig:
     patch_size: int = 2
     mlp_ratio: float = 4.0
     learn_sigma: bool = True
-    # Switch-DiT
+    # Switch-DiT (num_experts / top_k also size DiT-MoE's token-routed experts)
     num_experts: int = 3
     top_k: int = 2
-    lambda_dp: float = 1.0
+    lambda_dp: float = 1.0  # diffusion prior loss weight; 0 turns it off
     prior_alpha: float = 4.0
+    gating: str = "timestep"  # timestep: softmax of a gate on e_t; noisy: plus trainable noise while training
+    balance_loss: float = 0.0  # weight of the load-balancing (importance CV^2) loss; 0: off
+    integration: str = "skip_onevec"  # skip_onevec: z*m, z*(1-m) skip, m = 1 + experts (zero init); skip: same,
+    # m = experts only, random init; direct: the SMoE output replaces the block input
+    # DiT-MoE
+    shared_experts: int = 1  # always-on SwiGLU experts beside the routed ones
+    expert_balance: float = 0.01  # weight of the expert-level balance loss
+    # Multi-experts: separate DiTs, one per exclusive timestep interval
+    num_intervals: int = 4
     # DTR
     dtr_alpha: float = 4.0
     dtr_beta: float = 0.8
@@ -78,6 +90,13 @@ class TrainConfig:
     out_dir: str = "runs/train"
     resume: Optional[str] = None
     progress: bool = True
+    # Weighting of the noise-prediction loss over timesteps
+    loss_weighting: str = "constant"  # constant, uw (ANT uncertainty weighting), min_snr, p2
+    uw_clusters: int = 8
+    uw_lr: float = 1e-2  # the learning rate of the UW log-variances s_i
+    min_snr_gamma: float = 5.0
+    p2_gamma: float = 1.0
+    p2_k: float = 1.0
 
 
 @dataclass
@@ -151,15 +170,24 @@ def validate_model(m: ModelConfig | DictConfig, image_size: int) -> None:
         f"model.patch_size={m.patch_size} does not divide data.image_size={image_size}: pick a patch size that divides it",
     )
     _need(m.mlp_ratio > 0, f"model.mlp_ratio={m.mlp_ratio} must be > 0")
-    if m.name == "switch_dit":
+    if m.name in ("switch_dit", "dit_moe"):
         _need(m.num_experts >= 1, f"model.num_experts={m.num_experts} must be >= 1")
         _need(m.top_k >= 1, f"model.top_k={m.top_k} must be >= 1")
         _need(
             m.top_k <= m.num_experts,
             f"model.top_k={m.top_k} must be <= model.num_experts={m.num_experts}: lower top_k or raise num_experts",
         )
+    if m.name == "switch_dit":
         _need(m.lambda_dp >= 0, f"model.lambda_dp={m.lambda_dp} must be >= 0 (0 turns the prior loss off)")
         _need(m.prior_alpha > 0, f"model.prior_alpha={m.prior_alpha} must be > 0")
+        _one_of("model.gating", m.gating, GATINGS)
+        _one_of("model.integration", m.integration, INTEGRATIONS)
+        _need(m.balance_loss >= 0, f"model.balance_loss={m.balance_loss} must be >= 0 (0: off)")
+    if m.name == "dit_moe":
+        _need(m.shared_experts >= 0, f"model.shared_experts={m.shared_experts} must be >= 0")
+        _need(m.expert_balance >= 0, f"model.expert_balance={m.expert_balance} must be >= 0 (0: off)")
+    if m.name == "multi_experts":
+        _need(m.num_intervals >= 1, f"model.num_intervals={m.num_intervals} must be >= 1")
     if m.name == "dtr":
         _need(m.dtr_alpha > 0, f"model.dtr_alpha={m.dtr_alpha} must be > 0")
         _need(0 < m.dtr_beta <= 1, f"model.dtr_beta={m.dtr_beta} must be in (0, 1]")
@@ -190,6 +218,17 @@ def validate(cfg: Config | DictConfig) -> None:
     _need(t.log_every > 0, f"train.log_every={t.log_every} must be > 0")
     _need(t.ckpt_every >= 0, f"train.ckpt_every={t.ckpt_every} must be >= 0 (0: only at the end)")
     _need(bool(t.out_dir), "train.out_dir is empty: give a directory for checkpoints and samples")
+    _one_of("train.loss_weighting", t.loss_weighting, LOSS_WEIGHTINGS)
+    if t.loss_weighting == "uw":
+        _need(t.uw_clusters >= 1, f"train.uw_clusters={t.uw_clusters} must be >= 1")
+        _need(t.uw_clusters <= f.num_timesteps, f"train.uw_clusters={t.uw_clusters} must be <= diffusion.num_timesteps={f.num_timesteps}")
+        _need(t.uw_lr > 0, f"train.uw_lr={t.uw_lr} must be > 0")
+    _need(t.min_snr_gamma > 0, f"train.min_snr_gamma={t.min_snr_gamma} must be > 0")
+    _need(t.p2_k > 0, f"train.p2_k={t.p2_k} must be > 0")
+    _need(t.p2_gamma >= 0, f"train.p2_gamma={t.p2_gamma} must be >= 0")
+    if cfg.model.name == "multi_experts":
+        _need(cfg.model.num_intervals <= f.num_timesteps,
+              f"model.num_intervals={cfg.model.num_intervals} must be <= diffusion.num_timesteps={f.num_timesteps}")
 
     s = cfg.sample
     _one_of("sample.sampler", s.sampler, SAMPLERS)

@@ -17,7 +17,31 @@ from omegaconf import OmegaConf
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, Tracker
 
-RANK_COLUMNS = ("rank", "trial_id", "status", "steps", "model", "num_experts", "top_k", "lambda_dp", "prior_alpha")
+RANK_COLUMNS = ("rank", "trial_id", "status", "steps", "variant", "lambda_dp", "prior_alpha", "params_M", "gflops", "steps_per_s")
+
+
+def variant_label(params: dict[str, str]) -> str:
+    """A short name of the design a trial trained, from its flattened config, e.g.
+    switch_dit(M=4,k=1,noisy,direct,no-prior) or dit_moe(M=8,k=2,shared=1)+min_snr."""
+    name = params.get("model.name", "?")
+    extra: list[str] = []
+    if name == "switch_dit":
+        extra = [f"M={params.get('model.num_experts')}", f"k={params.get('model.top_k')}"]
+        if params.get("model.gating", "timestep") != "timestep":
+            extra.append(params["model.gating"])
+        if params.get("model.integration", "skip_onevec") != "skip_onevec":
+            extra.append(params["model.integration"])
+        if float(params.get("model.lambda_dp", 1)) == 0:
+            extra.append("no-prior")
+        if float(params.get("model.balance_loss", 0)) > 0:
+            extra.append("balance")
+    elif name == "dit_moe":
+        extra = [f"M={params.get('model.num_experts')}", f"k={params.get('model.top_k')}", f"shared={params.get('model.shared_experts')}"]
+    elif name == "multi_experts":
+        extra = [f"n={params.get('model.num_intervals')}"]
+    label = f"{name}({','.join(extra)})" if extra else name
+    weighting = params.get("train.loss_weighting", "constant")
+    return label if weighting == "constant" else f"{label}+{weighting}"
 
 
 @dataclass
@@ -67,15 +91,21 @@ def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> tup
     return parent.data.tags[SWEEP_TAG], metric, ranked
 
 
-def _cells(r: Ranked, metric: str) -> list[str]:
-    p = r.params
-    return [str(r.rank), r.trial_id, r.status, str(r.steps), p.get("model.name", ""), p.get("model.num_experts", ""),
-            p.get("model.top_k", ""), p.get("model.lambda_dp", ""), p.get("model.prior_alpha", ""), f"{r.value:.6g}"]
+def _cells(r: Ranked) -> list[str]:
+    p, m = r.params, r.metrics
+    switch = p.get("model.name") == "switch_dit"
+
+    def num(key: str, scale: float = 1.0, fmt: str = ".4g") -> str:
+        return format(m[key] * scale, fmt) if key in m else ""
+
+    return [str(r.rank), r.trial_id, r.status, str(r.steps), variant_label(p),
+            f"{float(p['model.lambda_dp']):.4g}" if switch else "", p.get("model.prior_alpha", "") if switch else "",
+            num("params", 1e-6, ".3f"), num("gflops", 1.0, ".4f"), num("steps_per_sec", 1.0, ".2f"), f"{r.value:.6g}"]
 
 
 def write_ranking(ranked: list[Ranked], metric: str, out: Path) -> tuple[Path, Path]:
     header = [*RANK_COLUMNS, metric]
-    rows = [_cells(r, metric) for r in ranked]
+    rows = [_cells(r) for r in ranked]
     csv = out / "ranking.csv"
     csv.write_text("\n".join(",".join(c) for c in [header, *rows]) + "\n")
     md = out / "ranking.md"

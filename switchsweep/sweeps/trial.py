@@ -73,6 +73,9 @@ class SweepHooks(TrainHooks):
         self.started = started
         self.rank = ray.train.get_context().get_world_rank()
 
+    def on_start(self, stats: dict[str, float]) -> None:
+        self.tracker.log_metrics(self.run_id, stats, step=0)
+
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(self.run_id, metrics, step)
 

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from switchsweep.models import build_model
+from switchsweep.models.flops import forward_gflops, parameter_count
 from switchsweep.platform.checkpoint import load_checkpoint, save_checkpoint
 from switchsweep.platform.config import Config
 from switchsweep.platform.errors import CheckpointError, TrainingError
@@ -23,14 +24,18 @@ from switchsweep.trainers.diffusion import GaussianDiffusion
 from switchsweep.trainers.ema import EMA
 from switchsweep.trainers.images import save_image_grid
 from switchsweep.trainers.sampling import sample_images
+from switchsweep.trainers.weighting import LossWeighting
 
 
 class TrainHooks:
-    """Subclass to report elsewhere (MLflow, Ray Train). `on_log` and `on_checkpoint` run on rank 0
-    only; `on_report` runs on every rank every `report_every` steps and at the last step (0: never),
+    """Subclass to report elsewhere (MLflow, Ray Train). `on_start` (model size and compute), `on_log` and
+    `on_checkpoint` run on rank 0 only; `on_report` runs on every rank every `report_every` steps and at the last step (0: never),
     so it may hold collectives such as `ray.train.report`."""
 
     report_every: int = 0
+
+    def on_start(self, stats: dict[str, float]) -> None:
+        pass
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         pass
@@ -49,6 +54,7 @@ class TrainResult:
     checkpoint: Path | None = None
     samples: Path | None = None
     last_metrics: dict[str, float] = field(default_factory=dict)
+    model_stats: dict[str, float] = field(default_factory=dict)  # params, GFLOPs per image forward
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,7 +89,11 @@ class Trainer:
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
         self.model = build_model(cfg.model, cfg.data, cfg.diffusion.num_timesteps, seed=cfg.train.seed).to(self.device)
         self.ema = EMA(self.model, cfg.train.ema_decay)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.weighting = LossWeighting(cfg.train, self.diffusion.alphas_cumprod, cfg.diffusion.num_timesteps).to(self.device)
+        groups = [{"params": list(self.model.parameters())}]
+        if self.weighting.uw is not None:  # the UW log-variances learn at their own rate
+            groups.append({"params": list(self.weighting.parameters()), "lr": cfg.train.uw_lr, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.net: torch.nn.Module = self.model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -97,6 +107,7 @@ class Trainer:
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
+            "weighting": self.weighting.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
             "config": dataclasses.asdict(self.cfg),
@@ -107,6 +118,7 @@ class Trainer:
         try:
             self.model.load_state_dict(payload["model"])
             self.ema.load_state_dict(payload["ema"])
+            self.weighting.load_state_dict(payload.get("weighting", {}))
             self.optimizer.load_state_dict(payload["optimizer"])
             self.generator.set_state(payload["rng"]["generator"])
             torch.set_rng_state(payload["rng"]["torch"])
@@ -125,14 +137,14 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         x0, y = (v.to(dev, non_blocking=True) for v in self.stream.batch(self.step))
         b = x0.shape[0]
-        t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=self.generator, device=dev)
+        t = self.weighting.sample_timesteps(b, self.diffusion.num_timesteps, self.generator, dev)
         noise = torch.randn(x0.shape, generator=self.generator, device=dev)
         drop = torch.rand(b, generator=self.generator, device=dev) < cfg.train.class_dropout
         y = torch.where(drop, torch.full_like(y, self.model.null_class), y)
         xt = self.diffusion.q_sample(x0, t, noise)
         out, aux = self.net(xt, t, y, return_aux=True)
         terms = self.diffusion.training_losses(out, x0, xt, t, noise)
-        loss_noise = terms["loss"].mean()
+        loss_noise = self.weighting(terms, t)
         logs = {"loss_noise": loss_noise.detach(), "loss_mse": terms["mse"].mean().detach()}
         if "vb" in terms:
             logs["loss_vb"] = terms["vb"].mean().detach()
@@ -142,6 +154,10 @@ class Trainer:
             logs[f"loss_{name}"] = value.detach()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.weighting.uw is not None and self.world_size > 1:  # outside DDP: average its grads by hand
+            for p in self.weighting.parameters():
+                dist.all_reduce(p.grad)  # gloo has no AVG
+                p.grad /= self.world_size
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
         self.optimizer.step()
@@ -184,6 +200,12 @@ def train(cfg: Config, hooks: TrainHooks | None = None) -> TrainResult:
     ckpt_path = out_dir / "ckpt.pt"
     result = TrainResult(step=trainer.step)
     main = trainer.rank == 0
+    result.model_stats = {
+        "params": float(parameter_count(trainer.model)),
+        "gflops": forward_gflops(trainer.model, cfg.data.channels, cfg.data.image_size, cfg.diffusion.num_timesteps),
+    }
+    if main:
+        hooks.on_start(result.model_stats)
     if trainer.step >= cfg.train.steps:
         raise TrainingError(
             f"train.steps={cfg.train.steps} is not beyond the checkpoint's step {trainer.step}: raise train.steps to continue"
