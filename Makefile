@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test train evaluate sweep ui bench clean
+.PHONY: install test train evaluate sweep variants ui bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ evaluate: $(STAMP)
 
 sweep: $(STAMP)
 	$(VENV)/bin/switchsweep sweep sweep=design_space
+
+# Every design side by side at equal (short) training, sized for a CPU.
+variants: $(STAMP)
+	$(VENV)/bin/switchsweep sweep sweep=variants train.steps=150 sweep.eval_every=150
 
 # The MLflow UI over the sweeps' local store, on this machine only.
 ui: $(STAMP)

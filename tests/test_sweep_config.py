@@ -99,7 +99,7 @@ def test_more_workers_than_the_cluster_has_is_refused():
     assert trial_resources(r) == {"CPU": 4.05}
     with pytest.raises(ConfigError, match=r"needs 4.05 CPU per trial but the cluster has 3"):
         check_resources(r, {"CPU": 3.0})
-    gpu = RayConfig(num_workers=2, use_gpu=True, gpus_per_worker=1.0)
+    gpu = RayConfig(num_workers=2, use_gpu=True, cpus_per_worker=1.0, gpus_per_worker=1.0)
     with pytest.raises(ConfigError, match=r"needs 2 GPU per trial but the cluster has 0"):
         check_resources(gpu, {"CPU": 16.0})
     check_resources(RayConfig(num_workers=2, cpus_per_worker=1.0), {"CPU": 3.0})  # 2.05 fits

@@ -20,6 +20,8 @@ from switchsweep.models.routing import prior_mask
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
+# A throwaway head on 127.0.0.1 for this module: token auth off for it and its clients alike.
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 
 
 def _free_port() -> int:
@@ -37,12 +39,12 @@ def ray_address(tmp_path_factory):
         [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=3", "--node-ip-address=127.0.0.1",
          f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
          f"--temp-dir={temp}", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
     )
     address = f"127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
-        ok = subprocess.run([str(BIN / "ray"), "status", f"--address={address}"], capture_output=True).returncode == 0
+        ok = subprocess.run([str(BIN / "ray"), "status", f"--address={address}"], capture_output=True, env=ENV).returncode == 0
         if ok:
             break
         assert head.poll() is None, "ray start exited"
@@ -63,7 +65,7 @@ def _sweep_cmd(root: Path, cache: Path, address: str, *extra: str) -> list[str]:
 
 def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net, tmp_path):
     root, cache = tmp_path / "runs", digits_net[2]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = ENV
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(_sweep_cmd(root, cache, ray_address), stdout=log, stderr=subprocess.STDOUT, env=env)
     # Interrupt (Ctrl+C) once the first trial has finished.
@@ -80,6 +82,9 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
     state = json.loads(next(root.glob("sweeps/design_space/*/sweep.json")).read_text())
     assert state["status"] == "interrupted"
 
+    changed = subprocess.run(_sweep_cmd(root, cache, ray_address, "--resume", "train.steps=12"), capture_output=True,
+                             text=True, env=env, timeout=120)
+    assert changed.returncode == 2 and "train.steps=12: a resumed sweep keeps" in changed.stderr
     resumed = subprocess.run(_sweep_cmd(root, cache, ray_address, "--resume"), capture_output=True, text=True, env=env,
                              timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

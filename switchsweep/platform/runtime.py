@@ -12,8 +12,10 @@ import ray
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.sweep_config import RayConfig, trial_resources
 
-# Starting a Train worker group on a loaded machine can take longer than Ray's default 60 s.
-os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "180")
+# Environment of every Ray worker of the sweep: a Train worker group on a loaded machine can take
+# longer than the default 60 s to start, and the Train controller's 2 s poll adds up to a poll to
+# every report and to every trial's end.
+WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
 def local_num_cpus(r: RayConfig) -> int:
@@ -39,7 +41,7 @@ def start_ray(r: RayConfig) -> None:
     keeps its instance."""
     if ray.is_initialized():
         return
-    quiet = dict(logging_level=logging.WARNING, log_to_driver=False)
+    quiet = dict(logging_level=logging.WARNING, log_to_driver=False, runtime_env={"env_vars": WORKER_ENV})
     if r.address:
         try:
             ray.init(address=r.address, **quiet)

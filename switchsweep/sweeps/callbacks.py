@@ -12,6 +12,8 @@ from ray.tune import Callback
 
 from switchsweep.platform.tracking import PARENT_TAG, TRIAL_TAG, Tracker
 
+TRIAL_SUMMARY = "trial.json"  # written once a trial is over (finished, stopped early or failed)
+
 
 class TrialTracking(Callback):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_dir: str, train_steps: int):
@@ -59,4 +61,4 @@ class TrialTracking(Callback):
             tracker.set_status(run_id, "FAILED" if failed else "FINISHED" if summary["complete"] else "KILLED")
         out = self.sweep_dir / "trials" / trial_id
         out.mkdir(parents=True, exist_ok=True)
-        (out / "trial.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (out / TRIAL_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")

@@ -22,7 +22,7 @@ from switchsweep.platform.export import Ranked, rank_trials, write_ranking
 from switchsweep.platform.runtime import check_resources, resolve_worker_cpus, start_ray
 from switchsweep.platform.sweep_config import SweepJobConfig
 from switchsweep.platform.tracking import ROLE_TAG, SWEEP_TAG, Tracker, default_tracking_uri, git_commit
-from switchsweep.sweeps.callbacks import TrialTracking
+from switchsweep.sweeps.callbacks import TRIAL_SUMMARY, TrialTracking
 from switchsweep.sweeps.space import param_space, trial_bases
 from switchsweep.sweeps.trial import TrialJob, run_trial
 from switchsweep.trainers.features import build_feature_net, reference_features
@@ -98,10 +98,11 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str
     """The sweep's directory and state: a new one, or the interrupted one being resumed."""
     if job.sweep.resume:
         sweep_dir = _latest_unfinished(job)
-        changed = [o for o in overrides if not o.lstrip("+").startswith(RESUME_OVERRIDES)]
+        state = json.loads((sweep_dir / STATE_FILE).read_text())
+        changed = [o for o in overrides if not o.lstrip("+").startswith(RESUME_OVERRIDES) and o not in state["overrides"]]
         if changed:
             raise ConfigError(f"{changed[0]}: a resumed sweep keeps its search and training config; drop it or start a new sweep")
-        return sweep_dir, json.loads((sweep_dir / STATE_FILE).read_text())
+        return sweep_dir, state
     sweep_id = job.sweep.id or f"{job.sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = sweeps_root(job) / sweep_id
     if sweep_dir.exists():
@@ -111,70 +112,82 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str
     return sweep_dir, state
 
 
-def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
+def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], sweep_dir: Path, root: Path,
+                 overrides: Sequence[str]) -> None:
+    """Create the experiment and the sweep's parent run once (here, on the driver: trials only add
+    child runs), or reopen it on resume."""
     s = job.sweep
+    if "parent_run_id" in state:
+        tracker.set_status(state["parent_run_id"], "RUNNING")
+        return
+    experiment_id = tracker.experiment(s.name, root / "mlartifacts")
+    parent = tracker.create_run(experiment_id, state["sweep_id"], {
+        ROLE_TAG: "sweep", SWEEP_TAG: state["sweep_id"], "switchsweep.metric": s.metric, "switchsweep.mode": s.mode,
+        "switchsweep.git_commit": git_commit()})
+    tracker.log_dict(parent, {"search": s.search, "space": [dataclasses.asdict(p) for p in s.space],
+                              "grid": [list(r) for r in s.grid], "num_trials": s.num_trials}, "search_space.json")
+    tracker.log_params(parent, {"sweep.search": s.search, "sweep.metric": s.metric, "sweep.mode": s.mode,
+                                "sweep.num_trials": s.num_trials, "sweep.eval_every": s.eval_every,
+                                "train.steps": job.train.steps, "sweep.overrides": " ".join(overrides)})
+    state.update(experiment_id=experiment_id, parent_run_id=parent, tracking_uri=tracker.uri)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    _write_state(sweep_dir, state)
+
+
+def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path) -> tune.Tuner:
+    s = job.sweep
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job), {"cpu": s.ray.trainable_cpus})
+    storage = trial_job.storage_path
+    tune_path = str(Path(storage) / "tune") if "://" not in storage else f"{storage.rstrip('/')}/tune"
+    if s.resume and tune.Tuner.can_restore(tune_path):
+        return tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True)
+    tracking = TrialTracking(trial_job.tracking_uri, trial_job.experiment_id, trial_job.parent_run_id, str(sweep_dir),
+                             job.train.steps)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(s),
+        tune_config=tune.TuneConfig(
+            metric=s.metric, mode=s.mode, search_alg=_search_alg(job, sweep_dir, trial_job.sweep_id),
+            scheduler=_scheduler(job), num_samples=1 if s.search == "grid" else s.num_trials,
+            max_concurrent_trials=s.max_concurrent,
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=storage, failure_config=tune.FailureConfig(max_failures=1),
+                                  verbose=1, callbacks=[tracking]),
+    )
+
+
+def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
+    """Run (or resume) the sweep. Everything that can fail on bad input (the configs every trial can
+    reach, the cluster's resources) is checked before the sweep's directory or MLflow runs exist."""
     sweep_dir, state = _open(job, overrides)
-    if s.resume:  # the job exactly as it was composed when the sweep started; only where it runs may change
+    if job.sweep.resume:  # the job exactly as it was composed when the sweep started; only where it runs may change
         overrides = [*state["overrides"], *(o for o in overrides if o.lstrip("+").startswith(RESUME_OVERRIDES))]
         job = load_sweep_config(overrides)
-        s = job.sweep
     else:
         overrides = state["overrides"]
+    s = job.sweep
     job = dataclasses.replace(job, sweep=dataclasses.replace(s, ray=resolve_worker_cpus(s.ray, s.max_concurrent)))
     s = job.sweep
     bases = trial_bases(job, overrides)
-    root = Path(s.root).expanduser().resolve()
-    uri = s.tracking_uri or default_tracking_uri(root)
-    tracker = Tracker(uri)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    sweep_id = state["sweep_id"]
-    if "parent_run_id" not in state:
-        experiment_id = tracker.experiment(s.name, root / "mlartifacts")
-        parent = tracker.create_run(experiment_id, sweep_id, {ROLE_TAG: "sweep", SWEEP_TAG: sweep_id,
-                                                              "switchsweep.metric": s.metric, "switchsweep.mode": s.mode,
-                                                              "switchsweep.git_commit": git_commit()})
-        tracker.log_dict(parent, {"search": s.search, "space": [dataclasses.asdict(p) for p in s.space],
-                                  "grid": [list(r) for r in s.grid], "num_trials": s.num_trials}, "search_space.json")
-        tracker.log_params(parent, {"sweep.search": s.search, "sweep.metric": s.metric, "sweep.mode": s.mode,
-                                    "sweep.num_trials": s.num_trials, "sweep.eval_every": s.eval_every,
-                                    "train.steps": job.train.steps, "sweep.overrides": " ".join(overrides)})
-        state.update(experiment_id=experiment_id, parent_run_id=parent, tracking_uri=uri)
-        _write_state(sweep_dir, state)
-    else:
-        tracker.set_status(state["parent_run_id"], "RUNNING")
-    _warm_feature_cache(job)
     start_ray(s.ray)
     if not s.ray.address:  # a remote cluster may autoscale to more than it has now
         check_resources(s.ray)
-    storage = s.ray.storage_path or str(sweep_dir)
+    root = Path(s.root).expanduser().resolve()
+    tracker = Tracker(s.tracking_uri or default_tracking_uri(root))
+    _open_parent(tracker, job, state, sweep_dir, root, overrides)
+    _warm_feature_cache(job)
     trial_job = TrialJob(
-        bases=bases, space=[dataclasses.asdict(p) for p in s.space], sweep_id=sweep_id, sweep_dir=str(sweep_dir),
-        storage_path=storage, tracking_uri=uri, experiment_id=state["experiment_id"],
-        parent_run_id=state["parent_run_id"], metric=s.metric, eval_every=s.eval_every,
-        ray=dataclasses.asdict(s.ray), git_commit=git_commit(),
+        bases=bases, space=[dataclasses.asdict(p) for p in s.space], sweep_id=state["sweep_id"], sweep_dir=str(sweep_dir),
+        storage_path=s.ray.storage_path or str(sweep_dir), tracking_uri=tracker.uri,
+        experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"], metric=s.metric,
+        eval_every=s.eval_every, ray=dataclasses.asdict(s.ray), git_commit=git_commit(),
     )
-    trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job), {"cpu": s.ray.trainable_cpus})
-    tune_path = str(Path(storage) / "tune") if "://" not in storage else f"{storage.rstrip('/')}/tune"
-    if s.resume and tune.Tuner.can_restore(tune_path):
-        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space(s),
-            tune_config=tune.TuneConfig(
-                metric=s.metric, mode=s.mode, search_alg=_search_alg(job, sweep_dir, sweep_id), scheduler=_scheduler(job),
-                num_samples=1 if s.search == "grid" else s.num_trials, max_concurrent_trials=s.max_concurrent,
-            ),
-            run_config=tune.RunConfig(
-                name="tune", storage_path=storage, failure_config=tune.FailureConfig(max_failures=1), verbose=1,
-                callbacks=[TrialTracking(uri, state["experiment_id"], state["parent_run_id"], str(sweep_dir), job.train.steps)],
-            ),
-        )
-    grid = tuner.fit()
+    grid = _tuner(job, trial_job, sweep_dir).fit()
     expected = len(s.grid) * s.num_trials if s.search == "grid" else s.num_trials
-    interrupted = grid.num_terminated + grid.num_errors < expected
+    # Tune returns normally on Ctrl+C; a trial is over once TrialTracking has written its summary.
+    interrupted = len(list((sweep_dir / "trials").glob(f"*/{TRIAL_SUMMARY}"))) < expected
     parent = state["parent_run_id"]
-    _, _, ranked = rank_trials(tracker, s.name, sweep_id)
+    _, _, ranked = rank_trials(tracker, s.name, state["sweep_id"])
     if ranked:
         tracker.log_artifacts(parent, write_ranking(ranked, s.metric, sweep_dir))
         best = ranked[0]
@@ -184,6 +197,6 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
     state["status"] = "interrupted" if interrupted else "finished"
     _write_state(sweep_dir, state)
     tracker.set_status(parent, "KILLED" if interrupted else "FINISHED")
-    if grid.num_errors and not interrupted and grid.num_errors == expected:
-        raise SwitchsweepError(f"every trial failed; see {sweep_dir}/tune for their errors")
-    return SweepResult(sweep_id, sweep_dir, uri, s.name, parent, ranked, interrupted)
+    if grid.num_errors and grid.num_errors == expected:
+        raise SwitchsweepError(f"every trial failed; their errors are under {sweep_dir}/tune")
+    return SweepResult(state["sweep_id"], sweep_dir, tracker.uri, s.name, parent, ranked, interrupted)
