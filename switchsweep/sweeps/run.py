@@ -179,7 +179,7 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
     trial_job = TrialJob(
         bases=bases, space=[dataclasses.asdict(p) for p in s.space], sweep_id=state["sweep_id"], sweep_dir=str(sweep_dir),
         storage_path=s.ray.storage_path or str(sweep_dir), tracking_uri=tracker.uri,
-        experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"], metric=s.metric,
+        experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
         eval_every=s.eval_every, ray=dataclasses.asdict(s.ray), git_commit=git_commit(),
     )
     grid = _tuner(job, trial_job, sweep_dir).fit()

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import ray.train
-import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 from ray import tune
@@ -46,7 +45,6 @@ class TrialJob:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    metric: str
     eval_every: int
     ray: dict[str, Any]
     git_commit: str
