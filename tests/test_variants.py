@@ -15,6 +15,7 @@ from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.config import Config, TrainConfig
 from switchsweep.platform.export import variant_label
 from switchsweep.trainers.diffusion import GaussianDiffusion
+from switchsweep.trainers.sampling import sample_images
 from switchsweep.trainers.weighting import (
     LossWeighting,
     UncertaintyWeighting,
@@ -207,6 +208,13 @@ def test_multi_experts_route_each_timestep_to_exactly_one_model():
         for j, tj in enumerate(t.tolist()):  # each output row is its owner's own prediction
             own = model.experts[tj * 4 // 1000](x[j : j + 1], t[j : j + 1], y[j : j + 1])
             torch.testing.assert_close(out[j : j + 1], own)
+    for i in range(4):
+        seen[i].clear()
+    diffusion = GaussianDiffusion.from_config("linear", 1000)
+    images = sample_images(model.eval(), diffusion, torch.tensor([1, 7]), sampler="ddim", steps=4, cfg_scale=1.5)
+    assert images.shape == (2, 1, 8, 8) and torch.isfinite(images).all()
+    # DDIM-4 visits t = 999, 666, 333, 0: each step goes to its interval's model alone, for the whole (2B) batch.
+    assert {i: sorted(set(v)) for i, v in seen.items()} == {0: [0], 1: [333], 2: [666], 3: [999]}
 
 
 def test_gflops_match_the_closed_form_difference_of_switch_dit_and_dit():

@@ -16,7 +16,8 @@ class MultiExpertDiT(nn.Module):
         super().__init__()
         self.num_intervals, self.num_timesteps = num_intervals, num_timesteps
         self.experts = nn.ModuleList(DiT(num_timesteps=num_timesteps, **kwargs) for _ in range(num_intervals))
-        self.out_channels = self.experts[0].out_channels
+        first = self.experts[0]  # shape attributes the samplers read
+        self.channels, self.image_size, self.out_channels = first.channels, first.image_size, first.out_channels
 
     @property
     def null_class(self) -> int:
