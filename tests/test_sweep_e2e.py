@@ -1,6 +1,7 @@
 """End to end on one local Ray instance for the whole module: a 2-trial sweep through the CLI is
 interrupted after its first trial, resumed, checked in MLflow, exported and re-trained."""
 
+import csv
 import json
 import os
 import signal
@@ -138,8 +139,10 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
     assert exported.returncode == 0, exported.stderr
     files = sorted(out.glob("rank*.yaml"))
     assert len(files) == 2 and (out / "ranking.md").is_file()
-    ranking = (out / "ranking.csv").read_text().splitlines()
-    assert len(ranking) == 3 and ranking[1].split(",")[1] == parent.data.tags["switchsweep.best_trial"]
+    with open(out / "ranking.csv", newline="") as fh:
+        ranking = list(csv.DictReader(fh))
+    assert len(ranking) == 2 and ranking[0]["trial_id"] == parent.data.tags["switchsweep.best_trial"]
+    assert ranking[0]["variant"].startswith("switch_dit(M=") and float(ranking[0]["params_M"]) > 0
     assert "sqlite" not in files[0].read_text() and "mlflow" not in files[0].read_text()
     trained = subprocess.run([str(BIN / "switchsweep"), "train", "--config", str(files[0]), "train.progress=false"],
                              capture_output=True, text=True, env=env, timeout=300)

@@ -7,6 +7,7 @@ URIs, hosts and credentials never are.
 
 from __future__ import annotations
 
+import csv
 import math
 import tempfile
 from dataclasses import dataclass
@@ -106,13 +107,14 @@ def _cells(r: Ranked) -> list[str]:
 def write_ranking(ranked: list[Ranked], metric: str, out: Path) -> tuple[Path, Path]:
     header = [*RANK_COLUMNS, metric]
     rows = [_cells(r) for r in ranked]
-    csv = out / "ranking.csv"
-    csv.write_text("\n".join(",".join(c) for c in [header, *rows]) + "\n")
+    table = out / "ranking.csv"
+    with open(table, "w", newline="") as fh:  # labels such as switch_dit(M=3,k=2) hold commas: quote them
+        csv.writer(fh).writerows([header, *rows])
     md = out / "ranking.md"
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c) + " |" for c in rows]
     md.write_text("\n".join(lines) + "\n")
-    return csv, md
+    return table, md
 
 
 def export_best(tracking_uri: str, name: str, top: int, out: str | Path, sweep_id: str | None = None) -> list[Path]:
