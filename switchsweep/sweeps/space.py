@@ -17,7 +17,7 @@ from ray import tune
 from switchsweep.platform.compose import compose_config
 from switchsweep.platform.config import Config, to_config
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.sweep_config import ParamSpec, SweepConfig, SweepJobConfig, validate_sweep
+from switchsweep.platform.sweep_config import SPEC_KINDS, ParamSpec, SweepConfig, SweepJobConfig, validate_sweep
 
 FRACTION_SUFFIX = ":fraction"
 ROW, REPEAT = "row", "repeat"
@@ -31,7 +31,7 @@ def training_dict(job: SweepJobConfig | Config) -> dict[str, Any]:
 
 
 def _spec_kind(spec: ParamSpec) -> tuple[str, Any]:
-    for kind in ("choice", "loguniform", "uniform", "randint", "fraction_of"):
+    for kind in SPEC_KINDS:
         value = getattr(spec, kind)
         if value is not None:
             return kind, value

@@ -28,7 +28,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from switchsweep.dashboards.routing import routing_heatmap
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.tracking import Tracker, flatten
-from switchsweep.sweeps.space import apply_params, config_from_dict
+from switchsweep.sweeps.space import REPEAT, ROW, apply_params, config_from_dict
 from switchsweep.trainers.evaluate import evaluate_model
 from switchsweep.trainers.loop import Trainer, TrainHooks, train
 
@@ -51,9 +51,9 @@ class TrialJob:
 
 
 def trial_config(job: TrialJob, params: dict[str, Any], trial_id: str) -> dict[str, Any]:
-    base = job.bases[params.get("row", 0)]
+    base = job.bases[params.get(ROW, 0)]
     tree = apply_params(base, job.space, params)
-    tree["train"]["seed"] += params.get("repeat", 0)
+    tree["train"]["seed"] += params.get(REPEAT, 0)
     tree["train"]["out_dir"] = str(Path(job.sweep_dir) / "trials" / trial_id)
     tree["train"]["progress"] = False
     tree["train"]["resume"] = None
