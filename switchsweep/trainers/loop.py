@@ -28,9 +28,9 @@ from switchsweep.trainers.weighting import LossWeighting
 
 
 class TrainHooks:
-    """Subclass to report elsewhere (MLflow, Ray Train). `on_start` (model size and compute), `on_log` and
-    `on_checkpoint` run on rank 0 only; `on_report` runs on every rank every `report_every` steps and at the last step (0: never),
-    so it may hold collectives such as `ray.train.report`."""
+    """Subclass to report elsewhere (MLflow, Ray Train). `on_start` (model size and compute), `on_log`
+    and `on_checkpoint` run on rank 0 only; `on_report` runs on every rank every `report_every` steps
+    and at the last step (0: never), so it may hold collectives such as `ray.train.report`."""
 
     report_every: int = 0
 
@@ -200,16 +200,16 @@ def train(cfg: Config, hooks: TrainHooks | None = None) -> TrainResult:
     ckpt_path = out_dir / "ckpt.pt"
     result = TrainResult(step=trainer.step)
     main = trainer.rank == 0
-    result.model_stats = {
-        "params": float(parameter_count(trainer.model)),
-        "gflops": forward_gflops(trainer.model, cfg.data.channels, cfg.data.image_size, cfg.diffusion.num_timesteps),
-    }
-    if main:
-        hooks.on_start(result.model_stats)
     if trainer.step >= cfg.train.steps:
         raise TrainingError(
             f"train.steps={cfg.train.steps} is not beyond the checkpoint's step {trainer.step}: raise train.steps to continue"
         )
+    if main:  # model size and compute, counted once, by the rank that reports them
+        result.model_stats = {
+            "params": float(parameter_count(trainer.model)),
+            "gflops": forward_gflops(trainer.model, cfg.data.channels, cfg.data.image_size, cfg.diffusion.num_timesteps),
+        }
+        hooks.on_start(result.model_stats)
     trainer.model.train()
     pending: list[torch.Tensor] = []
     sums: dict[str, torch.Tensor] = {}
