@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -119,3 +120,21 @@ def test_sample_routed_linear_gradients_match_per_expert_loop():
     torch.stack(outs).square().sum().backward()
     for a, r in zip(leaves, loop):
         assert torch.allclose(a.grad, r.grad, atol=1e-4)
+
+
+def test_position_embedding_has_dit_s_layout():
+    from switchsweep.models.layers import sincos_pos_embed_2d
+
+    dim, grid = 16, 4
+
+    def one_axis(d, pos):  # MAE/DiT: [sin | cos] of pos * 1 / 10000^(i / (d/2))
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    w, h = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))  # "xy": w varies along a row
+    ref = np.concatenate([one_axis(dim // 2, w), one_axis(dim // 2, h)], axis=1)
+    got = sincos_pos_embed_2d(dim, grid).numpy()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+    # Token 1 is (row 0, column 1): the first half encodes the column.
+    assert got[1, 0] == pytest.approx(np.sin(1.0)) and got[1, dim // 2] == pytest.approx(0.0)

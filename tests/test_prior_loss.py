@@ -105,3 +105,26 @@ def test_routing_matrices_for_logging():
     assert torch.all(r["w_gate"].sum(1) == 3 * 2)  # each of N=3 blocks picks k=2
     assert torch.equal(r["w_prior_matched"], model.w_prior[:, r["permutation"]])
     assert sorted(r["permutation"].tolist()) == list(range(9))
+
+
+def test_jensen_shannon_gradient_is_finite_when_a_gate_probability_underflows():
+    # Logits [0, 0, -110]: the third probability underflows to exactly 0 in float32.
+    logits = torch.tensor([[0.0, 0.0, -110.0]], requires_grad=True)
+    p = torch.softmax(logits, -1)
+    assert p[0, 2].item() == 0.0
+    q = torch.tensor([[0.5, 0.5, 0.0]])
+    loss = jensen_shannon(p, q).sum()
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)
+    assert torch.isfinite(logits.grad).all()
+    # Reference: float64, where exp(-110) is representable and nothing underflows.
+    ref_logits = logits.detach().double().requires_grad_(True)
+    jensen_shannon(torch.softmax(ref_logits, -1), q.double()).sum().backward()
+    torch.testing.assert_close(logits.grad.double(), ref_logits.grad, atol=1e-12, rtol=0)
+
+
+def test_jensen_shannon_gradient_matches_finite_differences():
+    torch.manual_seed(3)
+    logits = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    q = torch.tensor([[0.2, 0.3, 0.5, 0.0, 0.0], [0.0, 0.25, 0.25, 0.25, 0.25]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: jensen_shannon(torch.softmax(x, -1), q), (logits,))

@@ -147,23 +147,24 @@ def test_dit_moe_mlp_matches_a_per_token_reference():
     torch.testing.assert_close(out.reshape(10, 16), torch.stack(want), rtol=1e-5, atol=1e-5)
 
 
-def test_uncertainty_weighting_optimum_is_log_of_the_cluster_loss():
+def test_uncertainty_weighting_matches_the_official_form():
+    # Official Switch-DiT: 0.5 * (exp(-s_i) L_i / n + s_i), summed over the n clusters; optimum s_i = log(L_i / n).
     uw = UncertaintyWeighting(num_clusters=4, num_timesteps=1000)
     t = torch.tensor([10, 100, 300, 400, 600, 700, 900, 999])
     losses = torch.tensor([0.5, 1.5, 2.0, 2.0, 0.1, 0.3, 4.0, 2.0])
     means, present = uw.cluster_means(losses, t)
     torch.testing.assert_close(means, torch.tensor([1.0, 2.0, 0.2, 3.0]))
     with torch.no_grad():
-        uw.log_var.copy_(torch.log(means))
+        uw.log_var.copy_(torch.log(means / 4))
     objective = uw(losses, t)
     objective.backward()
     torch.testing.assert_close(uw.log_var.grad, torch.zeros(4), atol=1e-6, rtol=0)
-    assert objective.item() == pytest.approx(float((0.5 * (1 + torch.log(means))).sum()))
+    assert objective.item() == pytest.approx(float((0.5 * (1 + torch.log(means / 4))).sum()))
     with torch.no_grad():
         uw.log_var.zero_()
     uw.log_var.grad = None
     uw(losses, t).backward()
-    torch.testing.assert_close(uw.log_var.grad, 0.5 * (1 - means))  # d/ds of 0.5 (e^-s L + s) at s = 0
+    torch.testing.assert_close(uw.log_var.grad, 0.5 * (1 - means / 4))  # d/ds of 0.5 (e^-s L / n + s) at s = 0
 
 
 def test_stratified_timesteps_fill_every_cluster_equally():

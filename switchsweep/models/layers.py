@@ -26,7 +26,9 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> Tensor:
-    """Fixed 2-D sine-cosine position embedding, [grid*grid, dim]."""
+    """Fixed 2-D sine-cosine position embedding, [grid*grid, dim], in DiT/MAE's layout so DiT
+    checkpoints load as they are: token n = h * grid + w; the first dim/2 channels encode the column
+    w, the last dim/2 the row h, each as [sin, cos] of pos * 10000^(-i / (dim/4)), i < dim/4."""
     if dim % 4:
         raise ValueError(f"position embedding needs a hidden size divisible by 4, got {dim}")
     coords = torch.arange(grid, dtype=torch.float64)
@@ -37,7 +39,7 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> Tensor:
         out = pos.reshape(-1)[:, None] * omega[None]
         return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
-    return torch.cat([axis(gy), axis(gx)], dim=1).float()
+    return torch.cat([axis(gx), axis(gy)], dim=1).float()
 
 
 class TimestepEmbedder(nn.Module):

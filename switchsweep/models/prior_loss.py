@@ -31,12 +31,20 @@ def hungarian_match(cost: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return col
 
 
+def _kl_terms(p: Tensor, m: Tensor) -> Tensor:
+    """p log(p / m) elementwise, 0 where p = 0. Masked with `where` on safe operands rather than
+    `xlogy`, whose derivative at p = 0 is 0/0: a gate probability that underflows to exactly 0
+    would otherwise turn every logit gradient of its row into NaN."""
+    pos = p > 0
+    ratio = torch.where(pos, p, torch.ones_like(p)) / torch.where(pos, m, torch.ones_like(m))
+    return torch.where(pos, p * torch.log(ratio), torch.zeros_like(p))
+
+
 def jensen_shannon(p: Tensor, q: Tensor) -> Tensor:
-    """JSD(p || q) = KL(p || m)/2 + KL(q || m)/2 with m = (p + q)/2, per row over the last dim (nats)."""
+    """JSD(p || q) = KL(p || m)/2 + KL(q || m)/2 with m = (p + q)/2, per row over the last dim (nats)
+    (the divergence of the diffusion prior loss, Sec. 4.2). Exact, with finite gradients at p = 0."""
     m = 0.5 * (p + q)
-    kl_pm = torch.xlogy(p, p) - torch.xlogy(p, m)
-    kl_qm = torch.xlogy(q, q) - torch.xlogy(q, m)
-    return 0.5 * (kl_pm + kl_qm).sum(-1)
+    return 0.5 * (_kl_terms(p, m) + _kl_terms(q, m)).sum(-1)
 
 
 def diffusion_prior_loss(gate_probs: Tensor, matched_prior: Tensor, k: int) -> Tensor:

@@ -93,7 +93,7 @@ class TrainConfig:
     # Weighting of the noise-prediction loss over timesteps
     loss_weighting: str = "constant"  # constant, uw (ANT uncertainty weighting), min_snr, p2
     uw_clusters: int = 8
-    uw_lr: float = 1e-2  # the learning rate of the UW log-variances s_i
+    uw_lr: float = 0.025  # the learning rate of the UW log-variances s_i (the official code's)
     min_snr_gamma: float = 5.0
     p2_gamma: float = 1.0
     p2_k: float = 1.0

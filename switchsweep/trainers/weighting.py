@@ -47,9 +47,9 @@ def stratified_timesteps(batch: int, num_clusters: int, num_timesteps: int, gene
 
 
 class UncertaintyWeighting(nn.Module):
-    """ANT's uncertainty weighting (Go et al. 2023, after Kendall et al. 2018):
-    L = sum_i 0.5 * (exp(-s_i) L_i + s_i) over timestep clusters, with learnable log-variances s_i;
-    for a fixed L_i the optimum is s_i = log L_i."""
+    """ANT's uncertainty weighting (Go et al. 2023, after Kendall et al. 2018), in the official
+    Switch-DiT code's form: L = sum_i 0.5 * (exp(-s_i) L_i / n + s_i) over n timestep clusters, with
+    learnable log-variances s_i; for a fixed L_i the optimum is s_i = log(L_i / n)."""
 
     def __init__(self, num_clusters: int, num_timesteps: int):
         super().__init__()
@@ -66,7 +66,7 @@ class UncertaintyWeighting(nn.Module):
     def forward(self, losses: Tensor, t: Tensor) -> Tensor:
         means, present = self.cluster_means(losses, t)
         s = self.log_var.to(losses.dtype)
-        terms = 0.5 * (torch.exp(-s) * means + s)
+        terms = 0.5 * (torch.exp(-s) * means / self.num_clusters + s)
         return torch.where(present, terms, torch.zeros_like(terms)).sum()
 
 
