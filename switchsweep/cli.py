@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from switchsweep.platform.compose import load_config, load_eval_config, load_sweep_config
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
-from switchsweep.platform.export import variant_label
+from switchsweep.platform.export import value_text, variant_label
 from switchsweep.platform.tracking import default_tracking_uri
 
 
@@ -41,13 +41,17 @@ def _sweep(job, overrides) -> int:
     from switchsweep.sweeps.run import run_sweep
 
     result = run_sweep(job, overrides)
-    metric = job.sweep.metric
-    print(f"\nsweep {result.sweep_id}: {len(result.ranked)} trials, best first by {metric}")
-    for r in result.ranked[:8]:
+    metric, seeds = job.sweep.metric, job.sweep.seeds
+    print(f"\nsweep {result.sweep_id}: {len(result.ranked)} configurations x {seeds} seed(s), best first by {metric} "
+          "(mean +- 95% half-width; tied = not separable from the best)")
+    for r in result.ranked[:12]:
         extra = ""
         if r.params.get("model.name") == "switch_dit":
             extra = f"  lambda_dp={float(r.params['model.lambda_dp']):.3g} alpha={r.params['model.prior_alpha']}"
-        print(f"  {r.rank:2d}. {r.trial_id}  {metric}={r.value:.5g}  steps={r.steps}  {r.status:<8}  {variant_label(r.params)}{extra}")
+        objectives = "".join(f"  {o}={r.objectives[o]:.4g}" for o in job.sweep.objectives[1:])
+        flags = " ".join(x for x in (r.vs_best, "pareto" if r.pareto else "") if x)
+        print(f"  {r.rank:2d}. {r.group:<6} {metric}={value_text(r):<16} steps={r.steps:<5} {r.status:<8} "
+              f"{variant_label(r.params)}{extra}{objectives}  {flags}")
     print(f"sweep dir:   {result.sweep_dir}  (ranking.md, ranking.csv)")
     print(f"MLflow:      {result.tracking_uri}  experiment '{result.experiment}'")
     print("open it:     make ui   (http://127.0.0.1:5000)")
@@ -79,6 +83,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "export":
         return _export(args)
     overrides = list(args.overrides) + (["sweep.resume=true"] if getattr(args, "resume", False) else [])
+    if getattr(args, "extend", None) is not None:
+        if args.extend < 1:
+            raise ConfigError(f"--extend {args.extend}: give how many configurations to add, at least 1")
+        overrides.append(f"sweep.extend={args.extend}")
     if getattr(args, "config", None):
         cfg = load_config(overrides, config_file=args.config)
     else:
@@ -105,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="sweep=<design_space|table1|lambda_dp|alpha> and overrides, e.g. sweep.num_trials=4")
     p.add_argument("--cfg", action="store_true", help="print the resolved, validated sweep job and exit")
     p.add_argument("--resume", action="store_true", help="continue the latest interrupted sweep of that name (or sweep.id=...)")
+    p.add_argument("--extend", type=int, metavar="N",
+                   help="add N configurations to the latest finished sweep of that name (or sweep.id=...), same study and parent run")
     p.set_defaults(load=load_sweep_config)
     p = sub.add_parser("export", help="write the best trials of a sweep as runnable configs plus a ranking table")
     p.add_argument("overrides", nargs="*", help="sweep=<name> top=K out=DIR, and sweep.id=<id> for a sweep other than the latest")

@@ -1,9 +1,8 @@
 """Sweep configs, search spaces and their bad-input errors: all checked before Ray or MLflow start."""
 
-import dataclasses
-import math
-
+import numpy as np
 import pytest
+from scipy import stats
 from ray import tune
 
 from switchsweep.cli import main
@@ -11,7 +10,8 @@ from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.runtime import check_resources
 from switchsweep.platform.sweep_config import RayConfig, trial_resources
-from switchsweep.sweeps.space import FRACTION_SUFFIX, apply_params, config_from_dict, param_space, trial_bases
+from switchsweep.sweeps.space import (FRACTION_SUFFIX, apply_params, config_from_dict, param_space, resolve_point,
+                                      to_sampled, trial_bases)
 
 
 @pytest.mark.parametrize("name", ["design_space", "table1", "lambda_dp", "alpha"])
@@ -39,24 +39,39 @@ def test_table1_rows_reach_the_baseline_and_every_mk_pair():
 def test_top_k_fraction_covers_exactly_1_to_m(m):
     job = load_sweep_config(["sweep=design_space"])
     base = trial_bases(job, [])[0]
-    space = [dataclasses.asdict(s) for s in job.sweep.space]
-    params = {"model.num_experts": m, "model.lambda_dp": 0.5, "model.prior_alpha": 2.0}
     ks = set()
     for u in [0.0, 1e-9, *[i / 97 for i in range(1, 98)], 1.0]:
-        tree = apply_params(base, space, {**params, "model.top_k" + FRACTION_SUFFIX: u})
-        cfg = config_from_dict(tree)
+        point = resolve_point(job.sweep.space, {"model.num_experts": m, "model.top_k" + FRACTION_SUFFIX: u,
+                                                "model.lambda_dp": 0.5, "model.prior_alpha": 2.0}, base)
+        cfg = config_from_dict(apply_params(base, point))
         assert (cfg.model.num_experts, cfg.model.lambda_dp, cfg.model.prior_alpha) == (m, 0.5, 2.0)
         ks.add(cfg.model.top_k)
     assert ks == set(range(1, m + 1))
 
 
-def test_uniform_fraction_gives_uniform_k():
-    # k = ceil(u * M) with u ~ U(0, 1]: every k in 1..M gets probability 1/M.
-    m, n = 3, 3000
-    counts = {k: 0 for k in range(1, m + 1)}
-    for i in range(n):
-        counts[max(1, math.ceil((i + 0.5) / n * m))] += 1
-    assert all(abs(c / n - 1 / m) < 1e-3 for c in counts.values())
+@pytest.mark.parametrize("m", [2, 3, 4, 6])
+def test_uniform_fraction_gives_uniform_k(m):
+    # u ~ U(0, 1) as Optuna samples it; every k in 1..M must come out with probability 1/M.
+    job = load_sweep_config(["sweep=design_space"])
+    base = trial_bases(job, [])[0]
+    rng = np.random.default_rng(m)
+    n = 6000
+    counts = np.zeros(m + 1)
+    for u in rng.uniform(0.0, 1.0, n):
+        point = resolve_point(job.sweep.space, {"model.num_experts": m, "model.top_k" + FRACTION_SUFFIX: u,
+                                                "model.lambda_dp": 1.0, "model.prior_alpha": 4.0}, base)
+        counts[point["model.top_k"]] += 1
+    assert counts[0] == 0
+    assert stats.chisquare(counts[1:]).pvalue > 1e-3, counts  # a k made rare (e.g. round instead of ceil) fails
+
+
+def test_given_points_round_trip_through_the_fraction():
+    job = load_sweep_config(["sweep=design_space"])
+    base = trial_bases(job, [])[0]
+    for m in (2, 3, 4, 6):
+        for k in range(1, m + 1):
+            point = {"model.num_experts": m, "model.top_k": k, "model.lambda_dp": 1.0, "model.prior_alpha": 4.0}
+            assert resolve_point(job.sweep.space, to_sampled(job.sweep.space, point, base), base) == point
 
 
 @pytest.mark.parametrize(
@@ -82,6 +97,31 @@ def test_uniform_fraction_gives_uniform_k():
         (["sweep.space=[{key: model.lambda_dp, uniform: [2, 1]}]"], "low <= high"),
         (["sweep.space=[{key: model.top_k, choice: [1]}, {key: model.top_k, choice: [2]}]"], "more than once"),
         (["sweep.space=[{key: model.top_k, choice: [1, 2, 4]}]"], "model.top_k=4 must be <= model.num_experts=3"),
+        # Each key alone is valid; the combination M=2, k=3 is not.
+        (["sweep.space=[{key: model.num_experts, choice: [2, 3]}, {key: model.top_k, choice: [1, 3]}]"],
+         "sweep.space can reach an invalid config at model.num_experts=2, model.top_k=3"),
+        (["sweep.space=[{key: model.top_k, fraction_of: model.top_k}]"], "model.top_k is a fraction of itself"),
+        (["sweep.space=[{key: model.num_experts, fraction_of: model.top_k}, {key: model.top_k, fraction_of: model.num_experts}]"],
+         "itself a fraction"),
+        (["sweep.space=[{key: model.num_experts, uniform: [2, 6]}, {key: model.top_k, fraction_of: model.num_experts}]"],
+         "not searched over integers"),
+        (["sweep.space=[{key: model.top_k, fraction_of: model.lambda_dp}]"], "not an integer setting"),
+        (["sweep.points_to_evaluate=[{model.num_experts: 3}]"], "must set exactly the searched keys"),
+        (["sweep.points_to_evaluate=[{model.num_experts: 5, model.top_k: 2, model.lambda_dp: 1.0, model.prior_alpha: 4.0}]"],
+         "model.num_experts=5 is outside"),
+        (["sweep.points_to_evaluate=[{model.num_experts: 2, model.top_k: 3, model.lambda_dp: 1.0, model.prior_alpha: 4.0}]"],
+         "model.top_k=3 must be <= model.num_experts=2"),
+        (["sweep.objectives=[kid, gflops]"], "sweep.asha=false"),
+        (["sweep.objectives=[kid]", "sweep.asha=false"], "two or more different metrics"),
+        (["sweep.objectives=[gflops, kid]", "sweep.asha=false"], "set sweep.metric=gflops"),
+        (["sweep.objectives=[kid, ssim]", "sweep.asha=false"], "'ssim' is never reported"),
+        (["sweep.seeds=0"], "sweep.seeds=0 must be >= 1"),
+        (["sweep.tpe_startup=0"], "sweep.tpe_startup=0"),
+        (["sweep=table1", "sweep.num_trials=3"], "repeat rows with sweep.seeds"),
+        (["sweep=table1", "--extend", "2"], "a grid runs a fixed set of rows"),
+        (["--extend", "2"], "no finished design_space sweep"),
+        (["--extend", "0"], "--extend 0"),
+        (["--resume", "--extend", "2"], "--resume and --extend together"),
         (["sweep.space=[{key: model.lambda_dp, uniform: [-1, 1]}]"], "model.lambda_dp=-1"),
         (["model.top_k=5"], "model.top_k=5 must be <="),
     ],

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.tracking import default_tracking_uri
@@ -60,7 +62,10 @@ def _sweep_cmd(root: Path, cache: Path, address: str, *extra: str) -> list[str]:
         str(BIN / "switchsweep"), "sweep", "sweep=design_space", f"sweep.root={root}", f"sweep.ray.address={address}",
         "sweep.num_trials=2", "sweep.eval_every=4", "sweep.ray.num_workers=2", "train.steps=8", "train.log_every=2",
         "data.batch_size=16", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=2", "eval.kid_subset_size=20",
-        "eval.kid_subsets=2", "sample.per_class=1", "sample.steps=2", f"eval.cache_dir={cache}", *extra,
+        "eval.kid_subsets=2", "sample.per_class=1", "sample.steps=2", f"eval.cache_dir={cache}",
+        # The paper's default design is the first configuration tried.
+        "sweep.points_to_evaluate=[{model.num_experts: 3, model.top_k: 2, model.lambda_dp: 1.0, model.prior_alpha: 4.0}]",
+        *extra,
     ]
 
 
@@ -85,11 +90,11 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
 
     changed = subprocess.run(_sweep_cmd(root, cache, ray_address, "--resume", "train.steps=12"), capture_output=True,
                              text=True, env=env, timeout=120)
-    assert changed.returncode == 2 and "train.steps=12: a resumed sweep keeps" in changed.stderr
+    assert changed.returncode == 2 and "train.steps=12: a resumed or extended sweep keeps" in changed.stderr
     resumed = subprocess.run(_sweep_cmd(root, cache, ray_address, "--resume"), capture_output=True, text=True, env=env,
                              timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "2 trials, best first by kid" in resumed.stdout
+    assert "2 configurations x 1 seed(s), best first by kid" in resumed.stdout
     assert (done[0]).read_text() == first_summary  # the finished trial was not rerun
     state = json.loads(next(root.glob("sweeps/design_space/*/sweep.json")).read_text())
     assert state["status"] == "finished"
@@ -132,6 +137,35 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert finished and all("checkpoint" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in finished)
 
+    # Optuna was told each trial's truth: finished -> COMPLETE with its value, stopped early -> PRUNED.
+    sweep_dir = next(root.glob("sweeps/design_space/*"))
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep_dir / "optuna.journal")))
+    study = optuna.load_study(study_name=sweep_dir.name, storage=storage)
+    by_group = {c.data.tags["switchsweep.group"]: c for c in children}
+    assert sorted(by_group) == ["g000", "g001"]
+    first_point = by_group["g000"].data.params
+    assert (first_point["model.num_experts"], first_point["model.top_k"], first_point["model.lambda_dp"],
+            first_point["model.prior_alpha"]) == ("3", "2", "1.0", "4.0")
+    for t in study.trials:
+        child = by_group[f"g{t.number:03d}"]
+        want = TrialState.COMPLETE if child.info.status == "FINISHED" else TrialState.PRUNED
+        assert t.state == want, (t, child.info.status)
+        assert t.user_attrs["model.top_k"] == int(child.data.params["model.top_k"])
+        if want == TrialState.COMPLETE:
+            assert t.value == pytest.approx(child.data.metrics["kid"])
+
+    # --extend adds configurations to the finished sweep: same parent run, same study.
+    extended = subprocess.run(_sweep_cmd(root, cache, ray_address, "--extend", "1"), capture_output=True, text=True,
+                              env=env, timeout=400)
+    assert extended.returncode == 0, extended.stdout[-3000:] + extended.stderr[-3000:]
+    assert "3 configurations x 1 seed(s)" in extended.stdout
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 4 and sum(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in runs) == 3
+    assert len(optuna.load_study(study_name=sweep_dir.name, storage=storage).trials) == 3
+    assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "finished"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    parent = client.get_run(parent.info.run_id)
+
     # Export the best trial and train it from the exported file as it is.
     out = tmp_path / "export"
     exported = subprocess.run([str(BIN / "switchsweep"), "export", "sweep=design_space", "top=2", f"out={out}",
@@ -141,7 +175,7 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
     assert len(files) == 2 and (out / "ranking.md").is_file()
     with open(out / "ranking.csv", newline="") as fh:
         ranking = list(csv.DictReader(fh))
-    assert len(ranking) == 2 and ranking[0]["trial_id"] == parent.data.tags["switchsweep.best_trial"]
+    assert len(ranking) == 3 and ranking[0]["trial_id"] == parent.data.tags["switchsweep.best_trial"]
     assert ranking[0]["variant"].startswith("switch_dit(M=") and float(ranking[0]["params_M"]) > 0
     assert "sqlite" not in files[0].read_text() and "mlflow" not in files[0].read_text()
     trained = subprocess.run([str(BIN / "switchsweep"), "train", "--config", str(files[0]), "train.progress=false"],

@@ -16,9 +16,13 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, Tracker
+from switchsweep.platform.ranking import Ranked, TrialRecord, rank_groups
+from switchsweep.platform.sweep_config import METRIC_STD, REPORTED_METRICS
+from switchsweep.platform.tracking import (GROUP_TAG, OBJECTIVES_TAG, PARENT_TAG, ROLE_TAG, SEED_TAG, SWEEP_TAG, TRIAL_TAG,
+                                           Tracker)
 
-RANK_COLUMNS = ("rank", "trial_id", "status", "steps", "variant", "lambda_dp", "prior_alpha", "params_M", "gflops", "steps_per_s")
+RANK_COLUMNS = ("rank", "group", "trial_id", "seeds", "status", "steps", "variant", "lambda_dp", "prior_alpha", "params_M",
+                "gflops", "steps_per_s")
 
 
 def variant_label(params: dict[str, str]) -> str:
@@ -45,18 +49,6 @@ def variant_label(params: dict[str, str]) -> str:
     return label if weighting == "constant" else f"{label}+{weighting}"
 
 
-@dataclass
-class Ranked:
-    rank: int
-    trial_id: str
-    run_id: str
-    status: str
-    steps: int
-    value: float  # the sweep's metric at the trial's last evaluation
-    params: dict[str, str]
-    metrics: dict[str, float]
-
-
 def _parent(tracker: Tracker, experiment_id: str, name: str, sweep_id: str | None):
     filt = f"tags.`{ROLE_TAG}` = 'sweep'" + (f" and tags.`{SWEEP_TAG}` = '{sweep_id}'" if sweep_id else "")
     runs = tracker.search(experiment_id, filt, order_by=["attributes.start_time DESC"])
@@ -66,83 +58,107 @@ def _parent(tracker: Tracker, experiment_id: str, name: str, sweep_id: str | Non
     return runs[0]
 
 
-def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> tuple[str, str, list[Ranked]]:
-    """(sweep id, metric, trials best first): trials that trained all their steps ranked by the
-    sweep's metric, then trials stopped early or failed (their metric is from fewer steps)."""
+@dataclass
+class SweepRanking:
+    sweep_id: str
+    metric: str
+    objectives: list[str]
+    ranked: list[Ranked]  # best first
+
+
+def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> SweepRanking:
+    """The sweep's configurations best first (see `platform.ranking`), from its MLflow child runs."""
     experiment_id = tracker.find_experiment(name)
     if experiment_id is None:
         raise ConfigError(f"sweep={name}: no such sweep in {tracker.uri}: run `switchsweep sweep sweep={name}` first")
     parent = _parent(tracker, experiment_id, name, sweep_id)
-    metric, mode = parent.data.tags["switchsweep.metric"], parent.data.tags["switchsweep.mode"]
-    ranked = []
+    tags = parent.data.tags
+    metric, mode = tags["switchsweep.metric"], tags["switchsweep.mode"]
+    objectives = [o for o in tags.get(OBJECTIVES_TAG, "").split(",") if o]
+    records = []
     for run in tracker.search(experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"):
-        steps = int(run.data.metrics.get("step", 0))
-        value = run.data.metrics.get(metric, math.nan)
-        ranked.append(Ranked(0, run.data.tags.get("switchsweep.trial_id", ""), run.info.run_id, run.info.status, steps,
-                             value, dict(run.data.params), dict(run.data.metrics)))
-    sign = 1.0 if mode == "min" else -1.0
-
-    def key(r: Ranked):
-        complete = r.status == "FINISHED" and r.steps >= int(r.params.get("train.steps", 0))
-        return (not complete, math.isnan(r.value), sign * r.value if not math.isnan(r.value) else 0.0)
-
-    ranked.sort(key=key)
-    for i, r in enumerate(ranked):
-        r.rank = i + 1
-    return parent.data.tags[SWEEP_TAG], metric, ranked
+        t = run.data.tags
+        records.append(TrialRecord(
+            trial_id=t.get(TRIAL_TAG, ""), run_id=run.info.run_id, status=run.info.status,
+            steps=int(run.data.metrics.get("step", 0)), train_steps=int(run.data.params.get("train.steps", 0)),
+            group=t.get(GROUP_TAG, t.get(TRIAL_TAG, "")), seed_index=int(t.get(SEED_TAG, 0)),
+            params=dict(run.data.params), metrics=dict(run.data.metrics)))
+    ranked = rank_groups(records, metric, mode, METRIC_STD.get(metric), objectives,
+                         [REPORTED_METRICS[o] for o in objectives])
+    return SweepRanking(tags[SWEEP_TAG], metric, objectives, ranked)
 
 
-def _cells(r: Ranked) -> list[str]:
+def value_text(r: Ranked) -> str:
+    """mean +- 95% half-width, e.g. 159.1 +- 6.3, or the value alone when its noise is unknown."""
+    if math.isnan(r.value):
+        return "nan"
+    return f"{r.value:.4g}" if math.isnan(r.half_width) else f"{r.value:.4g} +- {r.half_width:.2g}"
+
+
+def _cells(r: Ranked, objectives: list[str]) -> list[str]:
     p, m = r.params, r.metrics
     switch = p.get("model.name") == "switch_dit"
 
-    def num(key: str, scale: float = 1.0, fmt: str = ".4g") -> str:
-        return format(m[key] * scale, fmt) if key in m else ""
+    def num(value: float, fmt: str) -> str:
+        return "" if math.isnan(value) else format(value, fmt)
 
-    return [str(r.rank), r.trial_id, r.status, str(r.steps), variant_label(p),
+    return [str(r.rank), r.group, r.trial_id, str(r.seeds), r.status, str(r.steps), variant_label(p),
             f"{float(p['model.lambda_dp']):.4g}" if switch else "", p.get("model.prior_alpha", "") if switch else "",
-            num("params", 1e-6, ".3f"), num("gflops", 1.0, ".4f"), num("steps_per_sec", 1.0, ".2f"), f"{r.value:.6g}"]
+            num(m.get("params", math.nan) * 1e-6, ".3f"), num(m.get("gflops", math.nan), ".4f"),
+            num(m.get("steps_per_sec", math.nan), ".2f"), num(r.value, ".6g"), num(r.std, ".3g"), num(r.noise, ".3g"),
+            num(r.half_width, ".3g"), r.vs_best, *([("yes" if r.pareto else "")] if objectives else []),
+            *(num(r.objectives[o], ".6g") for o in objectives[1:])]
 
 
-def write_ranking(ranked: list[Ranked], metric: str, out: Path) -> tuple[Path, Path]:
-    header = [*RANK_COLUMNS, metric]
-    rows = [_cells(r) for r in ranked]
+def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
+    """ranking.csv (every column, machine-readable) and ranking.md (the same rows for people)."""
+    metric, objectives = ranking.metric, ranking.objectives
+    header = [*RANK_COLUMNS, metric, f"{metric}_sd_seeds", f"{metric}_noise", f"{metric}_ci95", "vs_best",
+              *(["pareto"] if objectives else []), *objectives[1:]]
+    rows = [_cells(r, objectives) for r in ranking.ranked]
     table = out / "ranking.csv"
     with open(table, "w", newline="") as fh:  # labels such as switch_dit(M=3,k=2) hold commas: quote them
         csv.writer(fh).writerows([header, *rows])
     md = out / "ranking.md"
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"{metric}: mean over seeds; ci95: half-width of its 95% interval (t over seeds, or 1.96 x the "
+             f"metric's own std with one seed); vs_best: tied = not separable from the best.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c) + " |" for c in rows]
     md.write_text("\n".join(lines) + "\n")
     return table, md
 
 
 def export_best(tracking_uri: str, name: str, top: int, out: str | Path, sweep_id: str | None = None) -> list[Path]:
-    """Write the `top` best trials' configs (rank01-<trial>.yaml, ...) and the full ranking into `out`."""
+    """Write the `top` best configurations (rank01-<trial>.yaml, ...; their lowest seed's config) and
+    the full ranking into `out`. A multi-objective sweep writes its Pareto set (pareto01-<trial>.yaml, ...)."""
     if top < 1:
         raise ConfigError(f"top={top} must be >= 1")
     local = tracking_uri.removeprefix("sqlite:///")
     if local != tracking_uri and not Path(local).is_file():  # do not create an empty store just to look
         raise ConfigError(f"sweep={name}: no such sweep: {local} does not exist; run `switchsweep sweep sweep={name}` first")
     tracker = Tracker(tracking_uri)
-    sweep_id, metric, ranked = rank_trials(tracker, name, sweep_id)
-    if not ranked:
-        raise ConfigError(f"sweep {sweep_id} has no trials yet: resume it with `switchsweep sweep sweep={name} --resume`")
+    ranking = rank_trials(tracker, name, sweep_id)
+    if not ranking.ranked:
+        raise ConfigError(f"sweep {ranking.sweep_id} has no trials yet: resume it with `switchsweep sweep sweep={name} --resume`")
+    chosen = [r for r in ranking.ranked if r.pareto] if ranking.objectives else ranking.ranked[:top]
+    prefix = "pareto" if ranking.objectives else "rank"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for r in ranked[:top]:
+    for i, r in enumerate(chosen, 1):
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 cfg = OmegaConf.load(tracker.download(r.run_id, "config.yaml", tmp))
             except Exception as e:  # a trial whose artifact store is gone: say which, keep the others
                 raise ConfigError(f"trial {r.trial_id}: its config.yaml artifact cannot be read ({type(e).__name__}): "
                                   "check the MLflow artifact store") from e
-        stem = f"rank{r.rank:02d}-{r.trial_id}"
+        stem = f"{prefix}{i:02d}-{r.trial_id}"
         cfg.train.out_dir = str(out / stem)
         path = out / f"{stem}.yaml"
-        header = f"# {sweep_id} rank {r.rank}: {metric}={r.value:.6g} after {r.steps} steps ({r.status})\n"
+        objectives = "".join(f", {o}={r.objectives[o]:.6g}" for o in ranking.objectives[1:])
+        header = (f"# {ranking.sweep_id} rank {r.rank}: {ranking.metric}={value_text(r)} over {r.seeds} seed(s){objectives} "
+                  f"after {r.steps} steps ({r.status})\n")
         path.write_text(header + OmegaConf.to_yaml(cfg))
         written.append(path)
-    write_ranking(ranked, metric, out)
+    write_ranking(ranking, out)
     return written

@@ -8,7 +8,7 @@ check against the running cluster lives in `platform.runtime`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +25,12 @@ REPORTED_METRICS = {
     "precision": "max",
     "recall": "max",
     "loss": "min",
+    "gflops": "min",  # per image forward: the compute side of a quality/compute trade-off
+    "params": "min",
+    "steps_per_sec": "max",
 }
+# The measurement noise a trial reports beside a metric (std over KID subsets).
+METRIC_STD = {"kid": "kid_std"}
 SPEC_KINDS = ("choice", "loguniform", "uniform", "randint", "fraction_of")
 
 
@@ -62,10 +67,14 @@ class RayConfig:
 class SweepConfig:
     name: str = "design_space"
     search: str = "tpe"
-    num_trials: int = 8  # tpe/random: trials; grid: repeats of every row, each with its own train.seed
+    num_trials: int = 8  # tpe/random: sampled configurations (grid: 1, every row once)
+    seeds: int = 1  # runs of every configuration, train.seed + 0..seeds-1; Optuna is told their mean
     max_concurrent: int = 1
     metric: str = "kid"
     mode: str = "min"
+    objectives: List[str] = field(default_factory=list)  # >= 2 metrics: multi-objective search, Pareto ranking
+    tpe_startup: Optional[int] = None  # TPE's random start-up configurations; null: max(2, num_trials // 4)
+    points_to_evaluate: List[Dict[str, Any]] = field(default_factory=list)  # first configurations, e.g. the paper's
     eval_every: int = 100  # steps between evaluations; one ASHA time unit
     asha: bool = True
     grace_period: int = 1  # evaluations before ASHA may stop a trial
@@ -75,6 +84,7 @@ class SweepConfig:
     seed: int = 0
     id: Optional[str] = None  # a sweep's id (<name>-<time>); null: a new one, or the latest with resume/export
     resume: bool = False
+    extend: int = 0  # set by `--extend N`: N more configurations for a finished sweep, same parent run and study
     root: str = "runs"  # sweeps, the MLflow store and its artifacts live under it
     tracking_uri: Optional[str] = None  # null: sqlite:///<root>/mlflow.db; an http(s) MLflow server on clusters
     ray: RayConfig = field(default_factory=RayConfig)
@@ -113,6 +123,51 @@ def _check_spec(i: int, spec: ParamSpec | DictConfig, base: DictConfig) -> None:
             _need(value[0] > 0, f"{where}.loguniform for {spec.key} needs low > 0, got {value[0]}")
 
 
+def _check_fractions(space: List[ParamSpec]) -> None:
+    """`fraction_of` must name a fixed integer setting or a searched integer one (choice of ints or randint)."""
+    by_key = {spec.key: spec for spec in space}
+    for spec in space:
+        ref = spec.fraction_of
+        if ref is None:
+            continue
+        _need(ref != spec.key, f"sweep.space entry {spec.key} is a fraction of itself: name another setting, e.g. model.num_experts")
+        other = by_key.get(ref)
+        if other is None:
+            continue
+        _need(other.fraction_of is None,
+              f"sweep.space entry {spec.key} is a fraction of {ref}, itself a fraction: search {ref} with choice or randint")
+        ints = other.randint is not None or (other.choice is not None and all(isinstance(v, int) for v in other.choice))
+        _need(ints and all(v >= 1 for v in (other.randint or other.choice or [])),
+              f"sweep.space entry {spec.key} is a fraction of {ref}, which is not searched over integers >= 1: "
+              f"use choice or randint for {ref}")
+
+
+def _in_domain(spec: ParamSpec | DictConfig, value: Any) -> bool:
+    if spec.choice is not None:
+        return value in list(spec.choice)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    if spec.fraction_of is not None:
+        return isinstance(value, int) and value >= 1  # checked against the referenced value when resolved
+    low, high = (spec.loguniform or spec.uniform or spec.randint)
+    return low <= value <= high and (spec.randint is None or isinstance(value, int))
+
+
+def check_point(i: int, point: Any, space: List[ParamSpec]) -> None:
+    """A `points_to_evaluate` entry sets every searched key to a value its distribution can take
+    (a `fraction_of` key as the integer itself, e.g. model.top_k: 2)."""
+    where = f"sweep.points_to_evaluate[{i}]"
+    keys = {spec.key for spec in space}
+    given = set(point.keys()) if hasattr(point, "keys") else set()
+    _need(given == keys, f"{where} must set exactly the searched keys {sorted(keys)}; it sets {sorted(given)}")
+    for spec in space:
+        value = point[spec.key]
+        _need(_in_domain(spec, value), f"{where}: {spec.key}={value!r} is outside its sweep.space distribution")
+        if spec.fraction_of is not None and spec.fraction_of in point:
+            _need(value <= point[spec.fraction_of],
+                  f"{where}: {spec.key}={value} must be <= {spec.fraction_of}={point[spec.fraction_of]}")
+
+
 def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
     """Static checks of the sweep section; raise ConfigError naming the field on the first bad one."""
     s = job.sweep
@@ -132,13 +187,30 @@ def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
         raise ConfigError(f"sweep.space lists {dupes[0]} more than once: keep one entry per setting")
+    _check_fractions(s.space)
+    for i, point in enumerate(s.points_to_evaluate):
+        check_point(i, point, s.space)
     _need(s.num_trials >= 1, f"sweep.num_trials={s.num_trials} must be >= 1")
+    _need(s.search != "grid" or s.num_trials == 1,
+          f"sweep.num_trials={s.num_trials} with sweep.search=grid: a grid runs every row once; repeat rows with sweep.seeds")
+    _need(s.seeds >= 1, f"sweep.seeds={s.seeds} must be >= 1")
     _need(s.max_concurrent >= 1, f"sweep.max_concurrent={s.max_concurrent} must be >= 1")
-    _need(s.metric in REPORTED_METRICS,
-          f"sweep.metric={s.metric!r} is never reported by a trial: use one of {', '.join(REPORTED_METRICS)}")
+    _need(s.tpe_startup is None or s.tpe_startup >= 1, f"sweep.tpe_startup={s.tpe_startup} must be >= 1 (or null)")
+    _need(s.extend >= 0, f"--extend {s.extend} must be >= 1")
+    _need(not s.points_to_evaluate or s.search != "grid",
+          "sweep.points_to_evaluate is set with sweep.search=grid: add the point as a sweep.grid row instead")
+    for name in [s.metric, *s.objectives]:
+        _need(name in REPORTED_METRICS,
+              f"sweep.metric={name!r} is never reported by a trial: use one of {', '.join(REPORTED_METRICS)}")
     _need(s.mode == REPORTED_METRICS[s.metric],
           f"sweep.mode={s.mode!r} but {s.metric} is {'lower' if REPORTED_METRICS[s.metric] == 'min' else 'higher'}"
           f"-is-better: set sweep.mode={REPORTED_METRICS[s.metric]}")
+    if s.objectives:
+        _need(len(s.objectives) >= 2 and len(set(s.objectives)) == len(s.objectives),
+              f"sweep.objectives={list(s.objectives)} needs two or more different metrics, e.g. [kid, gflops]")
+        _need(s.objectives[0] == s.metric,
+              f"sweep.objectives starts with {s.objectives[0]} but sweep.metric={s.metric}: set sweep.metric={s.objectives[0]}")
+        _need(not s.asha, "sweep.objectives with sweep.asha=true: ASHA stops trials on one metric; set sweep.asha=false")
     _need(0 < s.eval_every <= job.train.steps,
           f"sweep.eval_every={s.eval_every} must be in [1, train.steps={job.train.steps}]: trials report only at evaluations")
     _need(s.grace_period >= 1, f"sweep.grace_period={s.grace_period} must be >= 1 evaluation")

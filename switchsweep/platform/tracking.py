@@ -26,6 +26,9 @@ PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "switchsweep.sweep_id"
 TRIAL_TAG = "switchsweep.trial_id"
 ROLE_TAG = "switchsweep.role"  # "sweep" (parent) or "trial" (child)
+GROUP_TAG = "switchsweep.group"  # the configuration a trial runs (one per seed of it)
+SEED_TAG = "switchsweep.seed_index"
+OBJECTIVES_TAG = "switchsweep.objectives"  # comma-separated, on the parent of a multi-objective sweep
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
 
 

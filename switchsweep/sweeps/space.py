@@ -1,26 +1,33 @@
-"""From a sweep config to what Tune searches, and from one sampled point back to a training config.
+"""From a sweep config to what is searched, and from one sampled point back to a training config.
 
 Trials receive plain resolved dicts (never Hydra state): one base training config per grid row (one in
-all for tpe/random), plus the sampled values applied as dotted overrides.
+all for tpe/random), plus the trial's resolved settings applied as dotted overrides.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from ray import tune
 
 from switchsweep.platform.compose import compose_config
-from switchsweep.platform.config import Config, to_config
+from switchsweep.platform.config import Config, to_config, validate
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.sweep_config import SPEC_KINDS, ParamSpec, SweepConfig, SweepJobConfig, validate_sweep
 
-FRACTION_SUFFIX = ":fraction"
-ROW, REPEAT = "row", "repeat"
+FRACTION_SUFFIX = ":fraction"  # the name Optuna sees for a `fraction_of` key: the fraction u itself
+# Keys of a trial's config that are not training settings: the grid row, the seed index, the group
+# (one sampled configuration or grid row, run once per seed).
+ROW, SEED, GROUP = "row", "seed", "group"
+META_KEYS = (ROW, SEED, GROUP)
+MAX_COMBINATIONS = 100_000  # beyond this a space is too large to check exhaustively before starting
 
 
 def training_dict(job: SweepJobConfig | Config) -> dict[str, Any]:
@@ -38,38 +45,71 @@ def _spec_kind(spec: ParamSpec) -> tuple[str, Any]:
     raise ConfigError(f"sweep.space entry {spec.key} sets no distribution")
 
 
-def param_space(sweep: SweepConfig) -> dict[str, Any]:
-    """Tune's param_space: distributions for tpe/random, a grid of (row, repeat) for grid."""
-    if sweep.search == "grid":
-        return {ROW: tune.grid_search(list(range(len(sweep.grid)))), REPEAT: tune.grid_search(list(range(sweep.num_trials)))}
-    space: dict[str, Any] = {}
-    for spec in sweep.space:
+def optuna_distributions(space: Sequence[ParamSpec]) -> dict[str, BaseDistribution]:
+    """What Optuna samples: one fixed distribution per searched key (a `fraction_of` key as its
+    fraction u in [0, 1], so the distribution of k does not change with M)."""
+    out: dict[str, BaseDistribution] = {}
+    for spec in space:
         kind, v = _spec_kind(spec)
         if kind == "choice":
-            space[spec.key] = tune.choice(list(v))
-        elif kind == "loguniform":
-            space[spec.key] = tune.loguniform(v[0], v[1])
-        elif kind == "uniform":
-            space[spec.key] = tune.uniform(v[0], v[1])
+            out[spec.key] = CategoricalDistribution(list(v))
+        elif kind in ("loguniform", "uniform"):
+            out[spec.key] = FloatDistribution(float(v[0]), float(v[1]), log=kind == "loguniform")
         elif kind == "randint":
-            space[spec.key] = tune.randint(v[0], v[1] + 1)  # Tune's upper bound is exclusive
+            out[spec.key] = IntDistribution(int(v[0]), int(v[1]))
         else:
-            space[spec.key + FRACTION_SUFFIX] = tune.uniform(0.0, 1.0)
-    return space
+            out[spec.key + FRACTION_SUFFIX] = FloatDistribution(0.0, 1.0)
+    return out
 
 
-def apply_params(base: dict[str, Any], space: Sequence[ParamSpec | dict], params: dict[str, Any]) -> dict[str, Any]:
-    """The trial's training dict: `base` with the sampled values set; `fraction_of` entries become
-    integers in 1..N as ceil(u * N), N read after the other values are set."""
-    cfg = OmegaConf.create(copy.deepcopy(base))
-    specs = [OmegaConf.structured(ParamSpec(**s)) if isinstance(s, dict) else s for s in space]
-    for spec in specs:
-        if spec.fraction_of is None:
-            OmegaConf.update(cfg, spec.key, params[spec.key])
-    for spec in specs:
+def fraction_to_int(u: float, n: int) -> int:
+    """k = ceil(u * n) in 1..n: for u ~ U(0, 1] every k is equally likely."""
+    return min(n, max(1, math.ceil(u * n)))
+
+
+def int_to_fraction(k: int, n: int) -> float:
+    """A fraction u in the middle of k's interval ((k-1)/n, k/n], so fraction_to_int(u, n) == k exactly."""
+    return (k - 0.5) / n
+
+
+def resolve_point(space: Sequence[ParamSpec], sampled: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The training settings of one sampled point: `fraction_of` keys resolved to integers from the
+    sampled (or, if not searched, the base config's) value of what they are a fraction of."""
+    point = {spec.key: sampled[spec.key] for spec in space if spec.fraction_of is None}
+    for spec in space:
         if spec.fraction_of is not None:
-            n = int(OmegaConf.select(cfg, spec.fraction_of))
-            OmegaConf.update(cfg, spec.key, max(1, math.ceil(params[spec.key + FRACTION_SUFFIX] * n)))
+            n = point[spec.fraction_of] if spec.fraction_of in point else OmegaConf.select(OmegaConf.create(base), spec.fraction_of)
+            point[spec.key] = fraction_to_int(sampled[spec.key + FRACTION_SUFFIX], int(n))
+    return point
+
+
+def to_sampled(space: Sequence[ParamSpec], point: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `resolve_point` for a given point (points_to_evaluate): Optuna's parameters."""
+    sampled: dict[str, Any] = {}
+    for spec in space:
+        if spec.fraction_of is None:
+            sampled[spec.key] = point[spec.key]
+        else:
+            n = point.get(spec.fraction_of, OmegaConf.select(OmegaConf.create(base), spec.fraction_of))
+            sampled[spec.key + FRACTION_SUFFIX] = int_to_fraction(int(point[spec.key]), int(n))
+    return sampled
+
+
+def param_space(sweep: SweepConfig) -> dict[str, Any]:
+    """Tune's param_space: every (row, seed) for grid; nothing for tpe/random, whose searcher
+    hands each trial its resolved settings."""
+    if sweep.search == "grid":
+        return {ROW: tune.grid_search(list(range(len(sweep.grid)))), SEED: tune.grid_search(list(range(sweep.seeds)))}
+    return {}
+
+
+def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The trial's training dict: `base` with the trial's settings set and train.seed offset by its seed index."""
+    cfg = OmegaConf.create(copy.deepcopy(base))
+    for key, value in params.items():
+        if key not in META_KEYS:
+            OmegaConf.update(cfg, key, value)
+    cfg.train.seed = int(cfg.train.seed) + int(params.get(SEED, 0))
     return OmegaConf.to_container(cfg)  # type: ignore[return-value]
 
 
@@ -78,34 +118,58 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
     return to_config(OmegaConf.merge(OmegaConf.structured(Config), tree))
 
 
-def _extremes(spec: ParamSpec) -> list[Any]:
+def _values(spec: ParamSpec) -> list[Any]:
+    """The values a key's validity can depend on: every choice, or both ends of a range."""
     kind, v = _spec_kind(spec)
-    if kind == "choice":
-        return list(v)
-    if kind in ("loguniform", "uniform", "randint"):
-        return [v[0], v[1]]
-    return []
+    return list(v) if kind == "choice" else [v[0], v[1]]
 
 
-def _check_space_corners(job: SweepJobConfig, base: dict[str, Any]) -> None:
-    """Every value a searched setting can take must give a valid training config on its own, and
-    `fraction_of` settings at 1 and at the largest value of what they are a fraction of."""
-    by_key = {s.key: s for s in job.sweep.space}
-    for spec in job.sweep.space:
-        if spec.fraction_of is not None:
-            ref = by_key.get(spec.fraction_of)
-            tops = _extremes(ref) if ref is not None else [OmegaConf.select(OmegaConf.create(base), spec.fraction_of)]
-            cases = [{spec.fraction_of: max(tops), spec.key: 1}, {spec.fraction_of: max(tops), spec.key: max(tops)}]
-        else:
-            cases = [{spec.key: value} for value in _extremes(spec)]
-        for case in cases:
-            cfg = OmegaConf.create(copy.deepcopy(base))
-            for key, value in case.items():
-                OmegaConf.update(cfg, key, value)
-            try:
-                to_config(OmegaConf.merge(OmegaConf.structured(Config), cfg))
-            except ConfigError as e:
-                raise ConfigError(f"sweep.space entry {spec.key} can reach an invalid config ({e})") from e
+def reachable_points(space: Sequence[ParamSpec], base: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every combination of every choice and range end, with each `fraction_of` key at every
+    integer 1..N it can reach for that combination's N."""
+    plain = [s for s in space if s.fraction_of is None]
+    fractions = [s for s in space if s.fraction_of is not None]
+    size = math.prod(len(_values(s)) for s in plain)
+    if size > MAX_COMBINATIONS:
+        raise ConfigError(f"sweep.space has {size} corner combinations, too many to check before starting: "
+                          "search fewer settings or fewer choices")
+    base_cfg = OmegaConf.create(base)
+    for combo in itertools.product(*(_values(s) for s in plain)):
+        point = dict(zip((s.key for s in plain), combo))
+        tops = [int(point.get(s.fraction_of, OmegaConf.select(base_cfg, s.fraction_of))) for s in fractions]
+        for ks in itertools.product(*(range(1, n + 1) for n in tops)):
+            yield {**point, **dict(zip((s.key for s in fractions), ks))}
+
+
+def _with_settings(typed: DictConfig, settings: dict[str, Any]) -> DictConfig:
+    """A copy of the typed config with dotted settings applied (a value of the wrong type raises ConfigError)."""
+    cfg = copy.deepcopy(typed)
+    try:
+        for key, value in settings.items():
+            OmegaConf.update(cfg, key, value)
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from e
+    return cfg
+
+
+def check_space(job: SweepJobConfig, base: dict[str, Any]) -> int:
+    """Every configuration the space can reach, as a whole, and every points_to_evaluate entry must be
+    a valid training config; returns how many were checked. The first invalid one is named in one line."""
+    typed = OmegaConf.merge(OmegaConf.structured(Config), base)
+    count = 0
+    for point in reachable_points(job.sweep.space, base):
+        try:
+            validate(_with_settings(typed, point))
+        except ConfigError as e:
+            where = ", ".join(f"{k}={v}" for k, v in point.items())
+            raise ConfigError(f"sweep.space can reach an invalid config at {where}: {e}") from e
+        count += 1
+    for i, point in enumerate(job.sweep.points_to_evaluate):
+        try:
+            validate(_with_settings(typed, dict(point)))
+        except ConfigError as e:
+            raise ConfigError(f"sweep.points_to_evaluate[{i}]: {e}") from e
+    return count
 
 
 def trial_bases(job: SweepJobConfig, overrides: Sequence[str]) -> list[dict[str, Any]]:
@@ -114,7 +178,7 @@ def trial_bases(job: SweepJobConfig, overrides: Sequence[str]) -> list[dict[str,
     validate_sweep(job)
     if job.sweep.search != "grid":
         base = training_dict(job)
-        _check_space_corners(job, base)
+        check_space(job, base)
         return [base]
     bases = []
     for i, row in enumerate(job.sweep.grid):

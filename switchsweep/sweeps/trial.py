@@ -27,8 +27,8 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from switchsweep.dashboards.routing import routing_heatmap
 from switchsweep.platform.checkpoint import load_checkpoint
-from switchsweep.platform.tracking import Tracker, flatten
-from switchsweep.sweeps.space import REPEAT, ROW, apply_params, config_from_dict
+from switchsweep.platform.tracking import GROUP_TAG, SEED_TAG, Tracker, flatten
+from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params, config_from_dict
 from switchsweep.trainers.evaluate import evaluate_model
 from switchsweep.trainers.loop import Trainer, TrainHooks, train
 
@@ -38,7 +38,6 @@ class TrialJob:
     """Everything a trial needs, as plain data (Tune ships it to every trial process)."""
 
     bases: list[dict[str, Any]]  # one training dict per grid row; one for tpe/random
-    space: list[dict[str, Any]]  # ParamSpec dicts
     sweep_id: str
     sweep_dir: str  # absolute
     storage_path: str  # absolute path or URI shared by all nodes
@@ -50,10 +49,13 @@ class TrialJob:
     git_commit: str
 
 
+def trial_group(params: dict[str, Any]) -> str:
+    """The configuration a trial belongs to: its sampled group, or its grid row."""
+    return str(params.get(GROUP) or f"row{int(params.get(ROW, 0)):02d}")
+
+
 def trial_config(job: TrialJob, params: dict[str, Any], trial_id: str) -> dict[str, Any]:
-    base = job.bases[params.get(ROW, 0)]
-    tree = apply_params(base, job.space, params)
-    tree["train"]["seed"] += params.get(REPEAT, 0)
+    tree = apply_params(job.bases[params.get(ROW, 0)], params)
     tree["train"]["out_dir"] = str(Path(job.sweep_dir) / "trials" / trial_id)
     tree["train"]["progress"] = False
     tree["train"]["resume"] = None
@@ -70,8 +72,10 @@ class SweepHooks(TrainHooks):
         self.tracker = Tracker(config["tracking_uri"])
         self.started = started
         self.rank = ray.train.get_context().get_world_rank()
+        self.stats: dict[str, float] = {}
 
     def on_start(self, stats: dict[str, float]) -> None:
+        self.stats = stats  # reported with every evaluation: compute is an objective of multi-objective sweeps
         self.tracker.log_metrics(self.run_id, stats, step=0)
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
@@ -80,8 +84,9 @@ class SweepHooks(TrainHooks):
     def _evaluate_and_log(self, trainer: Trainer, step: int, metrics: dict[str, float], ckpt_dir: Path) -> dict[str, float]:
         cfg = self.cfg
         report = evaluate_model(trainer.ema.model, trainer.diffusion, cfg.data, cfg.eval, trainer.device)
-        report["loss"] = metrics["loss"]
-        self.tracker.log_metrics(self.run_id, {**{k: v for k, v in report.items() if k != "loss"}, "step": step}, step)
+        report.update(loss=metrics["loss"], steps_per_sec=metrics["steps_per_sec"], **self.stats)
+        logged = {k: v for k, v in report.items() if k not in ("loss", "steps_per_sec", *self.stats)}
+        self.tracker.log_metrics(self.run_id, {**logged, "step": step}, step)
         trainer.save(ckpt_dir / "ckpt.pt")
         art = ckpt_dir.parent / "artifacts"
         if hasattr(trainer.model, "routing_matrices"):
@@ -144,7 +149,8 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
     tracker = Tracker(job.tracking_uri)
     run_id, created = tracker.child_run(
         job.experiment_id, job.parent_run_id, job.sweep_id, trial_id, name=f"{job.sweep_id}/{trial_id}",
-        tags={"switchsweep.git_commit": job.git_commit, "switchsweep.model": tree["model"]["name"]},
+        tags={"switchsweep.git_commit": job.git_commit, "switchsweep.model": tree["model"]["name"],
+              GROUP_TAG: trial_group(params), SEED_TAG: int(params.get(SEED, 0))},
     )
     if created:
         tracker.log_params(run_id, flatten(tree))

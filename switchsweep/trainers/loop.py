@@ -243,6 +243,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None) -> TrainResult:
             hooks.on_checkpoint(step, ckpt_path)
         if at_report:
             hooks.on_report(trainer, step, result.last_metrics)
+            window_start = time.perf_counter()  # steps/s counts training, not the evaluation
     bar.close()
     result.step = trainer.step
     if main and cfg.sample.per_class > 0:

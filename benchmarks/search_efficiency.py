@@ -1,0 +1,111 @@
+"""P5, search efficiency: the table1 (M, k) grid against TPE + ASHA over M in {2, 3, 4, 6}, k in 1..M
+(the grid's rows are a subset of that space), one seed each, the same steps and evaluation. Reports
+the compute, in trial-steps (the training steps every trial ran, stopped ones included), each search
+spent until it first finished a configuration within the grid best's noise (its KID + 1.96 x kid_std).
+A grid knows its best only after every row, so its cost is all of its rows.
+
+    python -m benchmarks.search_efficiency                      # runs both sweeps (about 20 min on 2 cores)
+    python -m benchmarks.search_efficiency -- train.steps=600   # overrides for both sweeps after --
+    python -m benchmarks.search_efficiency --root DIR           # report the two sweeps already under DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from switchsweep.platform.compose import load_sweep_config
+from switchsweep.platform.export import rank_trials, variant_label
+from switchsweep.platform.tracking import PARENT_TAG, ROLE_TAG, Tracker, default_tracking_uri
+
+GRID, TPE = "efficiency_grid", "efficiency_tpe"
+SETTINGS = ["train.steps=450", "sweep.eval_every=150"]
+
+
+def grid_rows() -> list[list[str]]:
+    """table1's Switch-DiT (M, k) rows at default gating, loss and integration."""
+    rows = load_sweep_config(["sweep=table1"]).sweep.grid
+    return [list(r) for r in rows if any(o.startswith("model.num_experts=") for o in r)]
+
+
+def commands(root: Path, extra: list[str], tpe_trials: int) -> list[list[str]]:
+    exe = str(Path(sys.executable).parent / "switchsweep")
+    rows = ",".join("[" + ",".join(f"'{o}'" for o in r) + "]" for r in grid_rows())
+    common = [f"sweep.root={root}", *SETTINGS, *extra]
+    return [
+        [exe, "sweep", "sweep=table1", f"sweep.name={GRID}", f"sweep.grid=[{rows}]", *common],
+        [exe, "sweep", "sweep=design_space", f"sweep.name={TPE}", f"sweep.num_trials={tpe_trials}",
+         "sweep.space=[{key: model.num_experts, choice: [2, 3, 4, 6]}, {key: model.top_k, fraction_of: model.num_experts}]",
+         *common],
+    ]
+
+
+def trajectory(tracker: Tracker, name: str) -> list[tuple[str, int, bool, float]]:
+    """(design, steps, complete, kid) of every trial of the latest `name` sweep, in the order they ended."""
+    exp = tracker.find_experiment(name)
+    parent = tracker.search(exp, f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"])[0]
+    runs = tracker.search(exp, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'", order_by=["attributes.end_time ASC"])
+    out = []
+    for r in runs:
+        steps = int(r.data.metrics.get("step", 0))
+        complete = r.info.status == "FINISHED" and steps >= int(r.data.params["train.steps"])
+        out.append((variant_label(r.data.params), steps, complete, r.data.metrics.get("kid", math.nan)))
+    return out
+
+
+def cost_to_reach(traj: list[tuple[str, int, bool, float]], threshold: float) -> tuple[int | None, int]:
+    """(trial-steps until the first complete trial with kid <= threshold, or None; total trial-steps)."""
+    spent = 0
+    reached = None
+    for _, steps, complete, kid in traj:
+        spent += steps
+        if reached is None and complete and kid <= threshold:
+            reached = spent
+    return reached, spent
+
+
+def report(root: Path) -> str:
+    tracker = Tracker(default_tracking_uri(root))
+    best = rank_trials(tracker, GRID).ranked[0]
+    noise = 0.0 if math.isnan(best.half_width) else best.half_width
+    threshold = best.value + noise
+    grid, tpe = trajectory(tracker, GRID), trajectory(tracker, TPE)
+    _, grid_total = cost_to_reach(grid, threshold)
+    grid_first, _ = cost_to_reach(grid, threshold)
+    tpe_reach, tpe_total = cost_to_reach(tpe, threshold)
+    lines = [f"grid best: {variant_label(best.params)} kid={best.value:.4g} +- {noise:.2g} -> target kid <= {threshold:.4g}",
+             f"grid ({len(grid)} rows): {grid_total} trial-steps to know its best (first row within the target after {grid_first})",
+             "tpe+asha trials in order: " + ", ".join(f"{d} {s} steps kid={k:.4g}{'' if c else ' (stopped)'}" for d, s, c, k in tpe)]
+    if tpe_reach is None:
+        lines.append(f"tpe+asha ({len(tpe)} trials, {tpe_total} trial-steps): never finished a configuration within the target")
+    else:
+        lines.append(f"tpe+asha ({len(tpe)} trials, {tpe_total} trial-steps in all): reached the target after {tpe_reach} trial-steps")
+        lines.append(f"P5 compute ratio, grid / tpe+asha: {grid_total / tpe_reach:.2f}x")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, help="report the two sweeps under this sweep.root instead of running them")
+    parser.add_argument("--tpe-trials", type=int, default=8, help="configurations TPE may try (default 8)")
+    parser.add_argument("overrides", nargs="*", help="overrides for both sweeps (after --)")
+    args = parser.parse_args()
+    if args.root:
+        print(report(args.root.resolve()))
+        return
+    root = Path(tempfile.mkdtemp(prefix="switchsweep-search-efficiency-"))
+    start = time.perf_counter()
+    for cmd in commands(root, args.overrides, args.tpe_trials):
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    total = time.perf_counter() - start
+    print(report(root))
+    print(f"\nwall time: {total / 60:.1f} min; results in {root}")
+
+
+if __name__ == "__main__":
+    main()

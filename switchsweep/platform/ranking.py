@@ -1,0 +1,147 @@
+"""Ranking a sweep's configurations with their noise: seeds aggregated, intervals, ties with the best,
+and the Pareto set of multi-objective sweeps. Pure functions of trial records (no MLflow here).
+
+A configuration (group) is one sampled point or grid row, run once per seed. Its value is the mean
+over seeds of the metric at each trial's last evaluation. Its 95% interval is
+- with n >= 2 seeds: mean +- t(0.975, n-1) * sd / sqrt(n) (seed-to-seed variation, which includes
+  the metric's own sampling noise);
+- with one seed: value +- 1.96 * the metric's own standard error where the trial reports one (KID's
+  std over subsets), else unknown.
+A complete configuration whose interval overlaps the best one's is "tied": not separable from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+
+BEST, TIED, WORSE = "best", "tied", "worse"
+
+
+@dataclass
+class TrialRecord:
+    """One trial as tracking holds it: status, steps trained, its configuration and seed, last metrics."""
+
+    trial_id: str
+    run_id: str
+    status: str  # FINISHED, KILLED (stopped early), FAILED, RUNNING
+    steps: int
+    train_steps: int
+    group: str
+    seed_index: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "FINISHED" and self.steps >= self.train_steps
+
+
+@dataclass
+class Ranked:
+    """One configuration, best first. `trial_id`/`run_id`/`params` are those of its lowest seed."""
+
+    rank: int
+    group: str
+    trial_id: str
+    run_id: str
+    status: str  # FINISHED only if every seed trained all its steps
+    steps: int  # the fewest steps any seed trained
+    value: float  # mean over seeds of the metric
+    std: float  # sd over seeds (nan with one seed)
+    noise: float  # mean over seeds of the metric's own std (e.g. kid_std; nan if none)
+    half_width: float  # of the 95% interval (nan: unknown)
+    seeds: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    trials: list[str] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)  # the metric of each seed, in seed order
+    objectives: dict[str, float] = field(default_factory=dict)  # mean over seeds, multi-objective sweeps
+    vs_best: str = ""  # best / tied / worse among complete configurations
+    pareto: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "FINISHED"
+
+
+def interval_half_width(values: Sequence[float], noise: float) -> float:
+    """Half-width of the 95% interval of a configuration's mean value (see the module docstring)."""
+    n = len(values)
+    if n >= 2:
+        return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+    return 1.96 * noise if math.isfinite(noise) else math.nan
+
+
+def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[bool]:
+    """Which points no other point dominates (at least as good in every objective, better in one)."""
+    signed = np.array([[v if m == "min" else -v for v, m in zip(p, modes)] for p in points], dtype=float)
+    front = []
+    for i, p in enumerate(signed):
+        dominated = any(np.all(q <= p) and np.any(q < p) for j, q in enumerate(signed) if j != i)
+        front.append(not dominated and bool(np.all(np.isfinite(p))))
+    return front
+
+
+def _status(members: Sequence[TrialRecord]) -> str:
+    if all(m.complete for m in members):
+        return "FINISHED"
+    for status in ("FAILED", "RUNNING", "KILLED"):
+        if any(m.status == status for m in members):
+            return status
+    return "KILLED"  # FINISHED but short of its steps: stopped at ASHA's max_t
+
+
+def rank_groups(records: Sequence[TrialRecord], metric: str, mode: str, noise_metric: str | None = None,
+                objectives: Sequence[str] = (), modes: Sequence[str] = ()) -> list[Ranked]:
+    """Configurations best first: complete ones by mean value (Pareto members first in multi-objective
+    sweeps), then incomplete ones (fewer steps: not comparable), each with a NaN value last."""
+    groups: dict[str, list[TrialRecord]] = {}
+    for r in records:
+        groups.setdefault(r.group, []).append(r)
+    ranked = []
+    for name, members in groups.items():
+        members = sorted(members, key=lambda r: (r.seed_index, r.trial_id))
+        values = [m.metrics.get(metric, math.nan) for m in members]
+        finite = [v for v in values if math.isfinite(v)]
+        value = float(np.mean(finite)) if len(finite) == len(values) else math.nan
+        noises = [m.metrics.get(noise_metric, math.nan) for m in members] if noise_metric else [math.nan]
+        noise = float(np.mean(noises))
+        first = members[0]
+        ranked.append(Ranked(
+            rank=0, group=name, trial_id=first.trial_id, run_id=first.run_id, status=_status(members),
+            steps=min(m.steps for m in members), value=value,
+            std=float(np.std(finite, ddof=1)) if len(finite) >= 2 else math.nan, noise=noise,
+            half_width=interval_half_width(finite, noise) if finite else math.nan, seeds=len(members),
+            params=dict(first.params), metrics=dict(first.metrics), trials=[m.trial_id for m in members], values=values,
+            objectives={o: float(np.mean([m.metrics.get(o, math.nan) for m in members])) for o in objectives},
+        ))
+    if objectives:
+        complete = [r for r in ranked if r.complete]
+        for r, on in zip(complete, pareto_front([[r.objectives[o] for o in objectives] for r in complete], modes)):
+            r.pareto = on
+    sign = 1.0 if mode == "min" else -1.0
+    ranked.sort(key=lambda r: (not r.complete, not r.pareto, math.isnan(r.value),
+                               sign * r.value if not math.isnan(r.value) else 0.0, r.group))
+    _mark_ties(ranked)
+    for i, r in enumerate(ranked):
+        r.rank = i + 1
+    return ranked
+
+
+def _mark_ties(ranked: list[Ranked]) -> None:
+    """best / tied / worse for complete configurations with a finite value; the best is the first."""
+    complete = [r for r in ranked if r.complete and math.isfinite(r.value)]
+    if not complete:
+        return
+    best = complete[0]
+    best.vs_best = BEST
+    for r in complete[1:]:
+        if math.isnan(r.half_width) or math.isnan(best.half_width):
+            continue  # no noise estimate: say nothing rather than guess
+        overlap = abs(r.value - best.value) <= r.half_width + best.half_width
+        r.vs_best = TIED if overlap else WORSE

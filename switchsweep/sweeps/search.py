@@ -1,0 +1,164 @@
+"""Optuna behind Tune, told the truth about every trial.
+
+One Optuna trial is one *configuration* (a group), run `sweep.seeds` times as Tune trials with
+train.seed + 0..seeds-1. The group is told to Optuna once all its seeds are over:
+- COMPLETE with the mean over seeds of the objective(s), when every seed trained all its steps;
+- PRUNED when ASHA stopped any seed early, after reporting the mean intermediate value at each
+  evaluation (TPE ranks pruned trials by how far they got, never as equals of finished ones);
+- FAIL when any seed failed or reported a non-finite objective.
+Averaging seeds inside one Optuna trial (rather than one Optuna trial per seed) keeps TPE from
+treating seed noise as a difference between configurations, and keeps `study.best_trial` and the
+importances on the same footing as the sweep's own seed-aggregated ranking.
+
+Trials receive the *resolved* settings (k as an integer, not the fraction Optuna samples); the
+resolved values are also stored on each Optuna trial as user attributes.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search import Searcher
+
+from switchsweep.platform.sweep_config import ParamSpec
+from switchsweep.sweeps.space import GROUP, SEED, optuna_distributions, resolve_point, to_sampled
+
+COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
+
+
+@dataclass
+class _Group:
+    name: str
+    number: int  # the Optuna trial's number in the study
+    storage_id: int  # its id in the storage (to report intermediate values after a restore)
+    settings: dict[str, Any]
+    outcomes: dict[str, tuple[str, list[float]] | None] = field(default_factory=dict)  # Tune trial id -> outcome
+    intermediate: dict[str, dict[int, float]] = field(default_factory=dict)  # Tune trial id -> {iteration: value}
+    told: bool = False
+
+
+def default_tpe_startup(num_trials: int) -> int:
+    """TPE's random start-up, sized to the sweep so a short one still gets model-based proposals."""
+    return max(2, num_trials // 4)
+
+
+def group_state(outcomes: Sequence[str]) -> str:
+    """A configuration failed if any seed failed, was pruned if any seed was stopped early."""
+    if FAILED in outcomes:
+        return FAILED
+    return PRUNED if PRUNED in outcomes else COMPLETE
+
+
+def trial_outcome(result: dict[str, Any] | None, error: bool, objectives: Sequence[str], train_steps: int) -> tuple[str, list[float]]:
+    """(outcome, objective values) of one finished Tune trial from its last result."""
+    if error or not result or any(m not in result for m in objectives):
+        return FAILED, []
+    values = [float(result[m]) for m in objectives]
+    if not all(math.isfinite(v) for v in values):
+        return FAILED, []
+    return (COMPLETE if int(result.get("step", 0)) >= train_steps else PRUNED), values
+
+
+class SeededStudySearch(Searcher):
+    """A Tune searcher over an Optuna study kept in a journal file; see the module docstring."""
+
+    def __init__(self, *, space: Sequence[ParamSpec], base: dict[str, Any], journal: str, study_name: str,
+                 objectives: Sequence[str], modes: Sequence[str], search: str, seed: int, tpe_startup: int,
+                 seeds: int, train_steps: int):
+        super().__init__(metric=objectives[0], mode=modes[0])
+        self.space, self.base = list(space), base
+        self.journal, self.study_name = journal, study_name
+        self.objectives, self.modes = list(objectives), list(modes)
+        self.search, self.seed, self.tpe_startup = search, seed, tpe_startup
+        self.seeds, self.train_steps = seeds, train_steps
+        self.distributions = optuna_distributions(self.space)
+        self.groups: dict[str, _Group] = {}
+        self.trial_group: dict[str, str] = {}  # Tune trial id -> group name
+        self.filling: str | None = None  # the group still handing out seeds
+        self._study: optuna.Study | None = None
+
+    # The study is reopened from its journal after a restore; only plain state is pickled.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_study": None}
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            if self.search == "tpe":
+                # constant_liar: configurations proposed while others still run are not all alike.
+                sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.tpe_startup, constant_liar=True)
+            else:
+                sampler = optuna.samplers.RandomSampler(seed=self.seed)
+            storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(self.journal))
+            directions = ["minimize" if m == "min" else "maximize" for m in self.modes]
+            self._study = optuna.create_study(storage=storage, sampler=sampler, study_name=self.study_name,
+                                              directions=directions, load_if_exists=True)
+        return self._study
+
+    def enqueue(self, points: Sequence[dict[str, Any]]) -> None:
+        """Evaluate these configurations first (resolved settings, e.g. model.top_k: 2)."""
+        for point in points:
+            self.study.enqueue_trial(to_sampled(self.space, dict(point), self.base))
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space, metric and mode are this searcher's own
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        group = self.groups.get(self.filling) if self.filling else None
+        if group is None or len(group.outcomes) >= self.seeds:
+            ot = self.study.ask(self.distributions)
+            settings = resolve_point(self.space, ot.params, self.base)
+            for key, value in settings.items():
+                ot.set_user_attr(key, value)
+            group = _Group(f"g{ot.number:03d}", ot.number, ot._trial_id, settings)
+            self.groups[group.name] = group
+            self.filling = group.name
+        seed = len(group.outcomes)
+        group.outcomes[trial_id] = None
+        self.trial_group[trial_id] = group.name
+        return {GROUP: group.name, SEED: seed, **group.settings}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        group = self.groups.get(self.trial_group.get(trial_id, ""))
+        if group is None or len(self.objectives) > 1 or self.metric not in result:
+            return
+        group.intermediate.setdefault(trial_id, {})[int(result["training_iteration"])] = float(result[self.metric])
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        group = self.groups.get(self.trial_group.get(trial_id, ""))
+        if group is None or group.told:
+            return
+        group.outcomes[trial_id] = trial_outcome(result, error, self.objectives, self.train_steps)
+        if len(group.outcomes) == self.seeds and all(o is not None for o in group.outcomes.values()):
+            self._tell(group)
+
+    def _tell(self, group: _Group) -> None:
+        outcomes = [o for o in group.outcomes.values() if o is not None]
+        state = group_state([o[0] for o in outcomes])
+        if state == FAILED:
+            self.study.tell(group.number, state=TrialState.FAIL)
+        elif state == PRUNED:
+            if len(self.objectives) == 1:
+                trial = optuna.trial.Trial(self.study, group.storage_id)
+                steps = sorted({s for values in group.intermediate.values() for s in values})
+                for step in steps:
+                    trial.report(float(np.mean([v[step] for v in group.intermediate.values() if step in v])), step)
+            self.study.tell(group.number, state=TrialState.PRUNED)
+        else:
+            means = [float(np.mean([o[1][i] for o in outcomes])) for i in range(len(self.objectives))]
+            self.study.tell(group.number, means if len(means) > 1 else means[0])
+        group.told = True
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.__getstate__(), fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            self.__dict__.update(pickle.load(fh))

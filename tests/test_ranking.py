@@ -1,0 +1,98 @@
+"""Ranking configurations on fake trial records: finished first, NaN last, both modes, seeds
+aggregated with their intervals, ties with the best, and the Pareto set."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from switchsweep.platform.ranking import BEST, TIED, WORSE, TrialRecord, pareto_front, rank_groups
+
+
+def rec(group, seed, value, status="FINISHED", steps=100, noise=None, **metrics):
+    m = {"kid": value, **metrics}
+    if noise is not None:
+        m["kid_std"] = noise
+    return TrialRecord(f"{group}-{seed}", f"run-{group}-{seed}", status, steps, 100, group, seed,
+                       {"model.name": "switch_dit"}, m)
+
+
+def test_finished_configurations_come_first_then_stopped_then_nan():
+    records = [
+        rec("stopped", 0, 1.0, status="KILLED", steps=50),  # best number, but from half the training
+        rec("short", 0, 2.0, status="FINISHED", steps=50),  # FINISHED at ASHA's max_t short of train.steps
+        rec("good", 0, 5.0),
+        rec("bad", 0, 9.0),
+        rec("nan", 0, math.nan),
+        rec("failed", 0, math.nan, status="FAILED", steps=10),
+    ]
+    ranked = rank_groups(records, "kid", "min")
+    assert [r.group for r in ranked][:3] == ["good", "bad", "nan"]
+    assert {r.group for r in ranked[3:5]} == {"stopped", "short"} and ranked[-1].group == "failed"
+    assert [r.rank for r in ranked] == list(range(1, 7))
+    assert ranked[3].status == "KILLED" and ranked[-1].status == "FAILED"
+
+
+def test_max_mode_ranks_higher_first():
+    ranked = rank_groups([rec("a", 0, 1.0), rec("b", 0, 3.0), rec("c", 0, 2.0)], "kid", "max")
+    assert [r.group for r in ranked] == ["b", "c", "a"]
+    ranked = rank_groups([rec("a", 0, 1.0), rec("b", 0, 3.0), rec("c", 0, 2.0)], "kid", "min")
+    assert [r.group for r in ranked] == ["a", "c", "b"]
+
+
+def test_seeds_aggregate_to_mean_sd_and_a_t_interval():
+    a = [10.0, 12.0, 14.0]
+    b = [20.0, 21.0, 25.0]
+    records = [rec("a", i, v) for i, v in enumerate(a)] + [rec("b", i, v) for i, v in enumerate(b)]
+    records.append(rec("b", 3, 22.0, status="KILLED", steps=40))  # one seed stopped early: b is incomplete
+    ranked = rank_groups(records, "kid", "min")
+    top = ranked[0]
+    assert top.group == "a" and top.seeds == 3 and top.trials == ["a-0", "a-1", "a-2"]
+    assert top.value == pytest.approx(12.0) and top.std == pytest.approx(2.0)
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean(a), scale=stats.sem(a))
+    assert top.half_width == pytest.approx((hi - lo) / 2)
+    assert ranked[1].group == "b" and ranked[1].status == "KILLED" and ranked[1].steps == 40 and ranked[1].seeds == 4
+
+
+def test_ties_with_the_best_are_marked_from_the_intervals():
+    records = (
+        [rec("best", i, v) for i, v in enumerate([10.0, 11.0, 12.0])]
+        + [rec("close", i, v) for i, v in enumerate([11.0, 12.0, 13.0])]  # overlaps the best's interval
+        + [rec("far", i, v) for i, v in enumerate([30.0, 31.0, 32.0])]
+    )
+    ranked = {r.group: r.vs_best for r in rank_groups(records, "kid", "min")}
+    assert ranked == {"best": BEST, "close": TIED, "far": WORSE}
+
+
+def test_one_seed_uses_the_metric_s_own_noise_or_says_nothing():
+    records = [rec("a", 0, 100.0, noise=10.0), rec("b", 0, 130.0, noise=10.0), rec("c", 0, 150.0, noise=2.0)]
+    ranked = rank_groups(records, "kid", "min", noise_metric="kid_std")
+    assert ranked[0].half_width == pytest.approx(1.96 * 10.0)
+    assert [r.vs_best for r in ranked] == [BEST, TIED, WORSE]  # 30 <= 19.6 + 19.6; 50 > 19.6 + 3.9
+    quiet = rank_groups([rec("a", 0, 1.0), rec("b", 0, 2.0)], "kid", "min")
+    assert [r.vs_best for r in quiet] == [BEST, ""] and math.isnan(quiet[0].half_width)
+
+
+def test_pareto_front_matches_brute_force():
+    rng = np.random.default_rng(0)
+    points = rng.integers(0, 6, size=(40, 2)).astype(float).tolist()
+    front = pareto_front(points, ["min", "max"])
+    for i, p in enumerate(points):
+        dominated = any(q[0] <= p[0] and q[1] >= p[1] and (q[0] < p[0] or q[1] > p[1]) for q in points)
+        assert front[i] == (not dominated)
+
+
+def test_multi_objective_ranking_puts_the_pareto_set_first():
+    records = [rec("cheap", 0, 20.0, gflops=1.0), rec("good", 0, 10.0, gflops=5.0), rec("worse", 0, 21.0, gflops=2.0),
+               rec("stopped", 0, 1.0, status="KILLED", steps=3, gflops=0.1)]
+    ranked = rank_groups(records, "kid", "min", objectives=["kid", "gflops"], modes=["min", "min"])
+    assert [(r.group, r.pareto) for r in ranked] == [("good", True), ("cheap", True), ("worse", False), ("stopped", False)]
+    assert ranked[1].objectives == {"kid": 20.0, "gflops": 1.0}
+
+
+def test_every_permutation_of_the_input_ranks_the_same():
+    records = [rec("a", 0, 3.0), rec("a", 1, 4.0), rec("b", 0, 1.0), rec("b", 1, 9.0), rec("c", 0, 2.0, status="KILLED")]
+    orders = {tuple(r.group for r in rank_groups(list(p), "kid", "min")) for p in itertools.permutations(records)}
+    assert orders == {("a", "b", "c")}

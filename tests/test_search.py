@@ -1,0 +1,110 @@
+"""The Optuna searcher behind Tune, driven the way Tune drives it, checked in the study journal."""
+
+import pickle
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from switchsweep.platform.compose import load_sweep_config
+from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
+from switchsweep.sweeps.space import GROUP, SEED, trial_bases
+
+STEPS = 8
+
+
+def _searcher(tmp_path, seeds=1, objectives=("kid",), modes=("min",), search="tpe", tpe_startup=2):
+    job = load_sweep_config(["sweep=design_space"])
+    return SeededStudySearch(
+        space=job.sweep.space, base=trial_bases(job, [])[0], journal=str(tmp_path / "optuna.journal"), study_name="s",
+        objectives=list(objectives), modes=list(modes), search=search, seed=0, tpe_startup=tpe_startup, seeds=seeds,
+        train_steps=STEPS)
+
+
+def _reopen(tmp_path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal")))
+    return optuna.load_study(study_name="s", storage=storage)
+
+
+def _run(searcher, trial_id, kids, stop_at=None, error=False):
+    """Feed one trial's evaluations (training_iteration 1, 2, ...) and its end, as Tune does."""
+    result = None
+    for i, kid in enumerate(kids, 1):
+        result = {"kid": kid, "gflops": 0.01, "training_iteration": i, "step": i * STEPS // len(kids)}
+        if stop_at is not None and i == stop_at:
+            result["step"] = i  # fewer than STEPS: stopped early
+            searcher.on_trial_result(trial_id, result)
+            break
+        searcher.on_trial_result(trial_id, result)
+    searcher.on_trial_complete(trial_id, result=None if error else result, error=error)
+
+
+def test_seeds_group_into_one_optuna_trial_told_complete_pruned_or_failed(tmp_path):
+    s = _searcher(tmp_path, seeds=2)
+    configs = [s.suggest(f"t{i}") for i in range(6)]
+    assert [c[GROUP] for c in configs] == ["g000", "g000", "g001", "g001", "g002", "g002"]
+    assert [c[SEED] for c in configs] == [0, 1] * 3
+    assert configs[0] == {**configs[1], SEED: 0}  # the same settings for both seeds
+    for c in configs:  # the trial gets k itself, within 1..M, never the fraction
+        assert 1 <= c["model.top_k"] <= c["model.num_experts"] and not any(":" in k for k in c)
+
+    _run(s, "t0", [30.0, 10.0])
+    assert _reopen(tmp_path).trials[0].state == TrialState.RUNNING  # one seed of two is not a result yet
+    _run(s, "t1", [34.0, 12.0])
+    _run(s, "t2", [20.0, 15.0])
+    _run(s, "t3", [40.0, 25.0], stop_at=1)  # ASHA stopped the second seed after its first evaluation
+    _run(s, "t4", [5.0, 1.0])
+    _run(s, "t5", [], error=True)
+
+    trials = _reopen(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert trials[0].value == pytest.approx(11.0)  # the mean over seeds of the final values
+    assert trials[1].intermediate_values == {1: pytest.approx(30.0), 2: pytest.approx(15.0)}  # step means over the seeds there
+    assert trials[0].user_attrs["model.top_k"] == configs[0]["model.top_k"]  # Optuna's views see k, not the fraction
+
+
+def test_non_finite_final_value_is_a_failure(tmp_path):
+    s = _searcher(tmp_path)
+    s.suggest("a")
+    _run(s, "a", [float("nan")])
+    assert _reopen(tmp_path).trials[0].state == TrialState.FAIL
+
+
+def test_points_to_evaluate_come_first_with_their_exact_settings(tmp_path):
+    s = _searcher(tmp_path, seeds=2)
+    paper = {"model.num_experts": 3, "model.top_k": 2, "model.lambda_dp": 1.0, "model.prior_alpha": 4.0}
+    s.enqueue([paper])
+    first, second = s.suggest("a"), s.suggest("b")
+    assert {k: first[k] for k in paper} == paper and {k: second[k] for k in paper} == paper
+    assert s.suggest("c")[GROUP] == "g001"
+
+
+def test_a_restored_searcher_finishes_the_open_group_and_reuses_the_study(tmp_path):
+    s = _searcher(tmp_path, seeds=2)
+    a = s.suggest("a")
+    _run(s, "a", [10.0])
+    restored = pickle.loads(pickle.dumps(s))  # as Tune checkpoints and restores its searcher
+    b = restored.suggest("b")
+    assert b == {**a, SEED: 1}
+    _run(restored, "b", [14.0])
+    assert _reopen(tmp_path).trials[0].value == pytest.approx(12.0)
+    assert restored.suggest("c")[GROUP] == "g001"
+
+
+def test_tpe_start_up_is_sized_to_the_sweep(tmp_path):
+    # Optuna's own default (10 random trials) would make an 8-trial "TPE" sweep a random search.
+    assert default_tpe_startup(8) == 2 and default_tpe_startup(40) == 10 and default_tpe_startup(3) == 2
+    sampler = _searcher(tmp_path, tpe_startup=2).study.sampler
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 2
+    (tmp_path / "journal.random").mkdir()
+    assert isinstance(_searcher(tmp_path / "journal.random", search="random").study.sampler, optuna.samplers.RandomSampler)
+
+
+def test_multi_objective_trials_are_told_every_objective(tmp_path):
+    s = _searcher(tmp_path, objectives=("kid", "gflops"), modes=("min", "min"))
+    for i, (kid, gflops) in enumerate([(10.0, 3.0), (5.0, 5.0), (12.0, 4.0)]):
+        s.suggest(f"t{i}")
+        s.on_trial_complete(f"t{i}", {"kid": kid, "gflops": gflops, "step": STEPS, "training_iteration": 1})
+    study = _reopen(tmp_path)
+    assert [t.values for t in study.trials] == [[10.0, 3.0], [5.0, 5.0], [12.0, 4.0]]
+    assert sorted(t.number for t in study.best_trials) == [0, 1]  # (12, 4) is dominated by (10, 3)
