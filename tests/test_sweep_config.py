@@ -1,10 +1,13 @@
 """Sweep configs, search spaces and their bad-input errors: all checked before Ray or MLflow start."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats
 from ray import tune
 
+import switchsweep
 from switchsweep.cli import main
 from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.errors import ConfigError
@@ -14,7 +17,10 @@ from switchsweep.sweeps.space import (FRACTION_SUFFIX, apply_params, config_from
                                       to_sampled, trial_bases)
 
 
-@pytest.mark.parametrize("name", ["design_space", "table1", "lambda_dp", "alpha"])
+SHIPPED = sorted(p.stem for p in (Path(switchsweep.__file__).parent / "conf" / "sweep").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_sweep_composes_and_validates(name):
     job = load_sweep_config([f"sweep={name}"])
     assert job.sweep.name == name

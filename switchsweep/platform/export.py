@@ -114,7 +114,7 @@ def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
     """ranking.csv (every column, machine-readable) and ranking.md (the same rows for people)."""
     metric, objectives = ranking.metric, ranking.objectives
     header = [*RANK_COLUMNS, metric, f"{metric}_sd_seeds", f"{metric}_noise", f"{metric}_ci95", "vs_best",
-              *(["pareto"] if objectives else []), *objectives[1:]]
+              *(["pareto"] if objectives else []), *(f"{o}_mean" for o in objectives[1:])]
     rows = [_cells(r, objectives) for r in ranking.ranked]
     table = out / "ranking.csv"
     with open(table, "w", newline="") as fh:  # labels such as switch_dit(M=3,k=2) hold commas: quote them
