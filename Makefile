@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test train evaluate sweep variants ui bench clean
+.PHONY: install test train evaluate sweep variants ui bench mutation clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat  # a path entry: mutmut's copies can shadow it
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -43,5 +43,11 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.eval_throughput
 	$(PY) -m benchmarks.sweep_overhead
 
+# Mutation testing of the core modules against the fast suite (not part of `make test`; tens of minutes).
+mutation: $(STAMP)
+	cd $(CURDIR) && TRITON_INTERPRET=1 $(VENV)/bin/mutmut run --max-children 2 || true
+	$(VENV)/bin/mutmut results
+	$(PY) -m benchmarks.mutation_score
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache mutants

@@ -96,9 +96,26 @@ def test_ddim_eta0_is_deterministic_and_recovers_a_point_mass():
     b = ddim_sample(_oracle(base, x0), d, noise, y, eta=0.0, generator=torch.Generator().manual_seed(2))
     assert torch.equal(a, b)
     assert torch.allclose(a, x0.expand_as(a), atol=1e-4)
-    c = ddim_sample(_oracle(base, x0), d, noise, y, eta=1.0, generator=torch.Generator().manual_seed(1))
-    e = ddim_sample(_oracle(base, x0), d, noise, y, eta=1.0, generator=torch.Generator().manual_seed(2))
-    assert torch.allclose(c, e, atol=1e-4)  # the oracle pins x0 whatever the noise
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+def test_ddim_eta_adds_noise_of_the_closed_form_scale(eta):
+    # A model that predicts eps = 0, two DDIM steps from x_T = 0: step t=999 -> t=0 is pred_x0 * sqrt(a_prev)
+    # (= 0) plus sigma z, and the last step returns x / sqrt(alpha_bar at t=0). So the samples are
+    # N(0, (sigma / sqrt(a0))^2) with sigma = eta sqrt((1 - a0) / (1 - a1)) sqrt(1 - a1 / a0) (DDIM Eq. 16).
+    base = GaussianDiffusion.from_config("linear", 1000)
+    d = base.respaced(2)
+    assert d.timestep_map.tolist() == [0, 999]
+    a0, a1 = float(base.alphas_cumprod[0]), float(base.alphas_cumprod[999])
+    sigma = eta * math.sqrt((1 - a0) / (1 - a1)) * math.sqrt(1 - a1 / a0)
+    zero_eps = lambda x, t, y: torch.zeros_like(x)  # noqa: E731
+    n = 20000
+    out = ddim_sample(zero_eps, d, torch.zeros(n, 1, 1, 1, dtype=torch.float64), torch.zeros(n, dtype=torch.long), eta=eta,
+                      generator=torch.Generator().manual_seed(0))
+    assert out.mean().item() == pytest.approx(0.0, abs=4 * sigma / math.sqrt(a0) / math.sqrt(n))
+    assert out.std().item() == pytest.approx(sigma / math.sqrt(a0), rel=0.03)
+    quiet = ddim_sample(zero_eps, d, torch.zeros(4, 1, 1, 1, dtype=torch.float64), torch.zeros(4, dtype=torch.long), eta=0.0)
+    assert (quiet == 0).all()
 
 
 def test_respaced_ddpm_recovers_a_point_mass():
@@ -138,6 +155,8 @@ def test_sample_images_shapes_and_range():
     model = DiT(image_size=8, channels=1, num_classes=10, patch_size=4, hidden=32, depth=1, heads=2, num_timesteps=100).eval()
     d = GaussianDiffusion.from_config("linear", 100)
     for sampler in ("ddim", "ddpm"):
-        imgs = sample_images(model, d, torch.arange(4), sampler=sampler, steps=5, cfg_scale=2.0,
-                             generator=torch.Generator().manual_seed(0))
-        assert imgs.shape == (4, 1, 8, 8) and imgs.min() >= -1 and imgs.max() <= 1
+        draw = lambda seed: sample_images(model, d, torch.arange(4), sampler=sampler, steps=5, cfg_scale=2.0,  # noqa: E731
+                                          generator=torch.Generator().manual_seed(seed))
+        imgs = draw(0)
+        assert imgs.shape == (4, 1, 8, 8)
+        assert torch.equal(imgs, draw(0)) and not torch.allclose(imgs, draw(1))  # a function of the generator

@@ -32,8 +32,7 @@ def _run(searcher, trial_id, kids, stop_at=None, error=False):
     for i, kid in enumerate(kids, 1):
         result = {"kid": kid, "gflops": 0.01, "training_iteration": i, "step": i * STEPS // len(kids)}
         if stop_at is not None and i == stop_at:
-            result["step"] = i  # fewer than STEPS: stopped early
-            searcher.on_trial_result(trial_id, result)
+            result["step"] = i  # fewer than STEPS: stopped early; Tune gives the searcher this result only at the end
             break
         searcher.on_trial_result(trial_id, result)
     searcher.on_trial_complete(trial_id, result=None if error else result, error=error)
@@ -108,3 +107,30 @@ def test_multi_objective_trials_are_told_every_objective(tmp_path):
     study = _reopen(tmp_path)
     assert [t.values for t in study.trials] == [[10.0, 3.0], [5.0, 5.0], [12.0, 4.0]]
     assert sorted(t.number for t in study.best_trials) == [0, 1]  # (12, 4) is dominated by (10, 3)
+
+
+class _Trial:
+    def __init__(self, trial_id):
+        self.trial_id = trial_id
+
+
+def test_asha_remembers_its_rungs_across_a_driver_restart(tmp_path):
+    from ray.tune.schedulers import TrialScheduler
+
+    from switchsweep.sweeps.asha import ResumableASHA
+
+    def fresh():  # what Tuner.restore brings back: the scheduler as it was built
+        return ResumableASHA(tmp_path / "asha.pkl", metric="kid", mode="min", time_attr="training_iteration", max_t=4,
+                             grace_period=1, reduction_factor=2)
+
+    first, second = _Trial("a"), _Trial("b")
+    before = fresh()
+    before.on_trial_add(None, first)
+    assert before.on_trial_result(None, first, {"training_iteration": 1, "kid": 10.0}) == TrialScheduler.CONTINUE
+    after = fresh()
+    after.on_trial_add(None, second)
+    assert after.on_trial_result(None, second, {"training_iteration": 1, "kid": 20.0}) == TrialScheduler.STOP
+    forgetful = ResumableASHA(tmp_path / "other.pkl", metric="kid", mode="min", time_attr="training_iteration", max_t=4,
+                              grace_period=1, reduction_factor=2)
+    forgetful.on_trial_add(None, second)  # without the saved rungs the same result would go on
+    assert forgetful.on_trial_result(None, second, {"training_iteration": 1, "kid": 20.0}) == TrialScheduler.CONTINUE

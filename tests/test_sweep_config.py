@@ -1,5 +1,6 @@
 """Sweep configs, search spaces and their bad-input errors: all checked before Ray or MLflow start."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,21 @@ def test_unset_worker_cpus_share_the_local_cores(monkeypatch):
     assert runtime.resolve_worker_cpus(RayConfig(num_workers=4), max_concurrent=4).cpus_per_worker == 1.0
     assert runtime.resolve_worker_cpus(RayConfig(address="auto"), max_concurrent=1).cpus_per_worker == 1.0
     assert runtime.resolve_worker_cpus(RayConfig(cpus_per_worker=3.0), max_concurrent=8).cpus_per_worker == 3.0
+
+
+def test_resume_and_extend_pick_the_latest_sweep_in_the_right_state(tmp_path):
+    from switchsweep.sweeps.run import STATE_FILE, _find
+
+    root = tmp_path / "sweeps" / "design_space"
+    made = [("old-unfinished", 1.0, "interrupted"), ("newest-finished", 4.0, "finished"), ("mid-unfinished", 3.0, "running"),
+            ("old-finished", 2.0, "finished")]
+    for sweep_id, created, status in made:
+        (root / sweep_id).mkdir(parents=True)
+        (root / sweep_id / STATE_FILE).write_text(json.dumps({"created": created, "status": status}))
+    job = load_sweep_config([f"sweep.root={tmp_path}"])
+    assert _find(job, finished=False).name == "mid-unfinished"  # newest of the unfinished, by creation time
+    assert _find(job, finished=True).name == "newest-finished"
+    chosen = load_sweep_config([f"sweep.root={tmp_path}", "sweep.id=old-unfinished"])
+    assert _find(chosen, finished=False).name == "old-unfinished"
+    with pytest.raises(ConfigError, match="sweep old-unfinished is interrupted: resume it with --resume first"):
+        _find(chosen, finished=True)

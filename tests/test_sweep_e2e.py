@@ -16,6 +16,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+from scipy.optimize import linear_sum_assignment
 
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.tracking import default_tracking_uri
@@ -63,8 +64,11 @@ def _sweep_cmd(root: Path, cache: Path, address: str, *extra: str) -> list[str]:
         "sweep.num_trials=2", "sweep.eval_every=4", "sweep.ray.num_workers=2", "train.steps=8", "train.log_every=2",
         "data.batch_size=16", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=2", "eval.kid_subset_size=20",
         "eval.kid_subsets=2", "sample.per_class=1", "sample.steps=2", f"eval.cache_dir={cache}",
-        # The paper's default design is the first configuration tried.
-        "sweep.points_to_evaluate=[{model.num_experts: 3, model.top_k: 2, model.lambda_dp: 1.0, model.prior_alpha: 4.0}]",
+        # Two given configurations, and ASHA on GFLOPs (deterministic, unlike KID after 4 steps): the second,
+        # M=6 k=3, costs more than the first at the first evaluation, so ASHA stops it there.
+        "sweep.metric=gflops", "sweep.mode=min",
+        "sweep.points_to_evaluate=[{model.num_experts: 3, model.top_k: 1, model.lambda_dp: 1.0, model.prior_alpha: 4.0},"
+        " {model.num_experts: 6, model.top_k: 3, model.lambda_dp: 0.5, model.prior_alpha: 2.0}]",
         *extra,
     ]
 
@@ -94,7 +98,7 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
     resumed = subprocess.run(_sweep_cmd(root, cache, ray_address, "--resume"), capture_output=True, text=True, env=env,
                              timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "2 configurations x 1 seed(s), best first by kid" in resumed.stdout
+    assert "2 configurations x 1 seed(s), best first by gflops" in resumed.stdout
     assert (done[0]).read_text() == first_summary  # the finished trial was not rerun
     state = json.loads(next(root.glob("sweeps/design_space/*/sweep.json")).read_text())
     assert state["status"] == "finished"
@@ -132,8 +136,13 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
         assert w_gate.shape == (1000, depth * m) and (w_gate.sum(1) == depth * k).all()  # k experts on per block
         assert sorted(perm.tolist()) == list(range(depth * m))
         prior = prior_mask(depth, m, k, alpha=float(params["model.prior_alpha"]), num_timesteps=1000).numpy()
-        np.testing.assert_array_equal(matched, prior[:, perm])
+        # The logged matched prior is the trial's own prior (its alpha, M, k), optimally assigned to w_gate.
+        cost = np.abs(w_gate[:, :, None] - prior[:, None, :]).sum(0)
+        rows, cols = linear_sum_assignment(cost)
+        assert np.abs(w_gate - matched).sum() == cost[rows, cols].sum()
+        assert sorted(map(tuple, matched.T.tolist())) == sorted(map(tuple, prior.T.tolist()))
         assert child.info.status in ("FINISHED", "KILLED")  # KILLED: stopped early by ASHA
+        assert np.isfinite(child.data.metrics["gflops"])
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert finished and all("checkpoint" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in finished)
 
@@ -143,16 +152,22 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
     study = optuna.load_study(study_name=sweep_dir.name, storage=storage)
     by_group = {c.data.tags["switchsweep.group"]: c for c in children}
     assert sorted(by_group) == ["g000", "g001"]
-    first_point = by_group["g000"].data.params
-    assert (first_point["model.num_experts"], first_point["model.top_k"], first_point["model.lambda_dp"],
-            first_point["model.prior_alpha"]) == ("3", "2", "1.0", "4.0")
+    design = {g: tuple(c.data.params[f"model.{k}"] for k in ("num_experts", "top_k", "lambda_dp", "prior_alpha"))
+              for g, c in by_group.items()}
+    assert design == {"g000": ("3", "1", "1.0", "4.0"), "g001": ("6", "3", "0.5", "2.0")}
+    # The first trained all its steps; ASHA stopped the second at its first evaluation (also after the resume).
+    stopped = by_group["g001"]
+    assert by_group["g000"].info.status == "FINISHED"
+    assert stopped.info.status == "KILLED" and stopped.data.tags.get("switchsweep.stopped_early") == "true"
+    assert stopped.data.metrics["step"] == 4 and stopped.data.metrics["gflops"] > by_group["g000"].data.metrics["gflops"]
+    assert study.trials[1].intermediate_values == {1: pytest.approx(stopped.data.metrics["gflops"])}
     for t in study.trials:
         child = by_group[f"g{t.number:03d}"]
         want = TrialState.COMPLETE if child.info.status == "FINISHED" else TrialState.PRUNED
         assert t.state == want, (t, child.info.status)
         assert t.user_attrs["model.top_k"] == int(child.data.params["model.top_k"])
         if want == TrialState.COMPLETE:
-            assert t.value == pytest.approx(child.data.metrics["kid"])
+            assert t.value == pytest.approx(child.data.metrics["gflops"])
 
     # --extend adds configurations to the finished sweep: same parent run, same study.
     extended = subprocess.run(_sweep_cmd(root, cache, ray_address, "--extend", "1"), capture_output=True, text=True,
@@ -175,7 +190,11 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
     assert len(files) == 2 and (out / "ranking.md").is_file()
     with open(out / "ranking.csv", newline="") as fh:
         ranking = list(csv.DictReader(fh))
-    assert len(ranking) == 3 and ranking[0]["trial_id"] == parent.data.tags["switchsweep.best_trial"]
+    # Independently of the ranking code: finished trials first by lowest GFLOPs, the stopped one last.
+    finished = sorted((c for c in children if c.info.status == "FINISHED"), key=lambda c: (c.data.metrics["gflops"], c.data.tags["switchsweep.group"]))
+    assert [r["trial_id"] for r in ranking] == [c.data.tags["switchsweep.trial_id"] for c in finished] + [
+        stopped.data.tags["switchsweep.trial_id"]]
+    assert ranking[-1]["status"] == "KILLED" and parent.data.tags["switchsweep.best_trial"] == ranking[0]["trial_id"]
     assert ranking[0]["variant"].startswith("switch_dit(M=") and float(ranking[0]["params_M"]) > 0
     assert "sqlite" not in files[0].read_text() and "mlflow" not in files[0].read_text()
     trained = subprocess.run([str(BIN / "switchsweep"), "train", "--config", str(files[0]), "train.progress=false"],

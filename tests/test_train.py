@@ -10,9 +10,10 @@ from PIL import Image
 
 from switchsweep.cli import main
 from switchsweep.platform.checkpoint import load_checkpoint, save_checkpoint
-from switchsweep.platform.compose import load_config
+from switchsweep.platform.compose import load_config, load_eval_config
 from switchsweep.platform.errors import CheckpointError, TrainingError
 from switchsweep.trainers import loop
+from switchsweep.trainers.evaluate import evaluate_checkpoint
 from switchsweep.trainers.loop import train
 
 
@@ -129,5 +130,12 @@ def test_evaluate_cli_scores_a_checkpoint_and_writes_json(tiny_cfg, tmp_path):
     result = json.loads(out.read_text())
     assert result["step"] == 6 and result["num_samples"] == 24
     assert set(result["metrics"]) >= {"fid", "kid", "kid_std", "inception_score", "precision", "recall"}
-    assert result["metrics"]["fid"] > 0 and 1.0 <= result["metrics"]["inception_score"] <= 10.0
     assert (tmp_path / "cache" / "ref-digits-8-digits-cnn-v1.pt").is_file()
+    # The same settings score the same samples again; eval.seed draws other samples (and labels).
+    again = [f"checkpoint={ckpt}", "eval.num_samples=24", "eval.batch_size=10", "eval.steps=3", "eval.kid_subsets=5",
+             f"eval.cache_dir={tmp_path / 'cache'}", f"eval.out={tmp_path / 'again.json'}", "eval.device=cpu"]
+    quality = ("fid", "kid", "inception_score", "precision", "recall")
+    same = evaluate_checkpoint(load_eval_config(again), progress=False)["metrics"]
+    assert {k: same[k] for k in quality} == {k: result["metrics"][k] for k in quality}
+    other = evaluate_checkpoint(load_eval_config([*again, "eval.seed=1"]), progress=False)["metrics"]
+    assert other["fid"] != same["fid"]

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
@@ -21,6 +20,7 @@ from switchsweep.platform.ranking import Ranked
 from switchsweep.platform.runtime import check_resources, resolve_worker_cpus, start_ray
 from switchsweep.platform.sweep_config import REPORTED_METRICS, SweepJobConfig
 from switchsweep.platform.tracking import OBJECTIVES_TAG, ROLE_TAG, SWEEP_TAG, Tracker, default_tracking_uri, git_commit
+from switchsweep.sweeps.asha import ResumableASHA
 from switchsweep.sweeps.callbacks import TRIAL_SUMMARY, TrialTracking
 from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
 from switchsweep.sweeps.space import param_space, trial_bases
@@ -96,13 +96,14 @@ def _search_alg(job: SweepJobConfig, sweep_dir: Path, sweep_id: str, base: dict[
         tpe_startup=s.tpe_startup or default_tpe_startup(s.num_trials), seeds=s.seeds, train_steps=job.train.steps)
 
 
-def _scheduler(job: SweepJobConfig) -> ASHAScheduler | None:
+def _scheduler(job: SweepJobConfig, sweep_dir: Path) -> ResumableASHA | None:
     s = job.sweep
     if not s.asha:
         return None
     evals = math.ceil(job.train.steps / s.eval_every)
-    return ASHAScheduler(time_attr="training_iteration", max_t=evals, grace_period=min(s.grace_period, evals),
-                         reduction_factor=s.reduction_factor)
+    # One ASHA state per sweep: a resume or an --extend compares new results with every earlier one.
+    return ResumableASHA(sweep_dir / "asha.pkl", time_attr="training_iteration", max_t=evals,
+                         grace_period=min(s.grace_period, evals), reduction_factor=s.reduction_factor)
 
 
 def _warm_feature_cache(job: SweepJobConfig) -> None:
@@ -185,7 +186,7 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
         trainable,
         param_space=param_space(s),
         tune_config=tune.TuneConfig(
-            metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=_scheduler(job),
+            metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=_scheduler(job, sweep_dir),
             num_samples=1 if s.search == "grid" else configs * s.seeds, max_concurrent_trials=s.max_concurrent,
         ),
         run_config=tune.RunConfig(name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=1),

@@ -124,16 +124,20 @@ class SeededStudySearch(Searcher):
         self.trial_group[trial_id] = group.name
         return {GROUP: group.name, SEED: seed, **group.settings}
 
+    def _record(self, group: _Group, trial_id: str, result: dict[str, Any] | None) -> None:
+        if result and len(self.objectives) == 1 and self.metric in result and "training_iteration" in result:
+            group.intermediate.setdefault(trial_id, {})[int(result["training_iteration"])] = float(result[self.metric])
+
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         group = self.groups.get(self.trial_group.get(trial_id, ""))
-        if group is None or len(self.objectives) > 1 or self.metric not in result:
-            return
-        group.intermediate.setdefault(trial_id, {})[int(result["training_iteration"])] = float(result[self.metric])
+        if group is not None:
+            self._record(group, trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         group = self.groups.get(self.trial_group.get(trial_id, ""))
         if group is None or group.told:
             return
+        self._record(group, trial_id, result)  # Tune withholds the result that makes ASHA stop a trial
         group.outcomes[trial_id] = trial_outcome(result, error, self.objectives, self.train_steps)
         if len(group.outcomes) == self.seeds and all(o is not None for o in group.outcomes.values()):
             self._tell(group)

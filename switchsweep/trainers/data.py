@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils.data import DistributedSampler
 
 from switchsweep.platform.config import DataConfig
 from switchsweep.platform.errors import ConfigError
@@ -34,30 +33,28 @@ def load_dataset(cfg: DataConfig) -> tuple[Tensor, Tensor]:
 
 
 class BatchStream:
-    """Batch `step` of this rank, from DistributedSampler's per-epoch shuffle of (seed, epoch).
+    """Rank `rank`'s contiguous slice of global batch `step`, from a per-epoch shuffle of (seed, epoch).
 
-    Being a function of the step alone, a resumed run sees exactly the batches the uninterrupted
-    one would have seen, and ranks see disjoint shards.
+    Being a function of the step alone, a resumed run sees exactly the batches the uninterrupted one
+    would have seen; and the global batch does not depend on the number of workers, so W workers
+    of batch B/W train on exactly the batches one worker of batch B would.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.sampler = DistributedSampler(
-            range(len(images)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
-        )
-        self.batches_per_epoch = len(self.sampler) // batch_size
+    def __init__(self, images: Tensor, labels: Tensor, global_batch: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.images, self.labels, self.seed = images, labels, seed
+        self.global_batch, self.local = global_batch, global_batch // world_size
+        self.offset = rank * self.local
+        self.batches_per_epoch = len(images) // global_batch
         if self.batches_per_epoch == 0:
-            raise ConfigError(
-                f"data.batch_size={batch_size} exceeds the {len(self.sampler)} images per worker: lower data.batch_size"
-            )
+            raise ConfigError(f"data.batch_size={global_batch} exceeds the {len(images)} images: lower data.batch_size")
         self._epoch = -1
         self._order = torch.empty(0, dtype=torch.long)
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         epoch, i = divmod(step, self.batches_per_epoch)
         if epoch != self._epoch:
-            self.sampler.set_epoch(epoch)
-            self._order = torch.tensor(list(self.sampler), dtype=torch.long)
+            self._order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed + epoch))
             self._epoch = epoch
-        idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
+        start = i * self.global_batch + self.offset
+        idx = self._order[start : start + self.local]
         return self.images[idx], self.labels[idx]

@@ -84,7 +84,7 @@ class Trainer:
                 f"data.batch_size={cfg.data.batch_size} is not divisible by {self.world_size} workers: make it a multiple"
             )
         images, labels = load_dataset(cfg.data)
-        self.stream = BatchStream(images, labels, cfg.data.batch_size // self.world_size, cfg.train.seed, self.rank, self.world_size)
+        self.stream = BatchStream(images, labels, cfg.data.batch_size, cfg.train.seed, self.rank, self.world_size)
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
         self.model = build_model(cfg.model, cfg.data, cfg.diffusion.num_timesteps, seed=cfg.train.seed).to(self.device)
@@ -98,7 +98,8 @@ class Trainer:
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed * 1000 + self.rank)
+        # The same stream on every rank: each draws the global batch's noise and keeps its own slice.
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed * 1000)
         self.step = 0
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -136,10 +137,10 @@ class Trainer:
     def train_step(self) -> dict[str, torch.Tensor]:
         cfg, dev = self.cfg, self.device
         x0, y = (v.to(dev, non_blocking=True) for v in self.stream.batch(self.step))
-        b = x0.shape[0]
-        t = self.weighting.sample_timesteps(b, self.diffusion.num_timesteps, self.generator, dev)
-        noise = torch.randn(x0.shape, generator=self.generator, device=dev)
-        drop = torch.rand(b, generator=self.generator, device=dev) < cfg.train.class_dropout
+        b, mine = cfg.data.batch_size, slice(self.stream.offset, self.stream.offset + x0.shape[0])
+        t = self.weighting.sample_timesteps(b, self.diffusion.num_timesteps, self.generator, dev)[mine]
+        noise = torch.randn((b, *x0.shape[1:]), generator=self.generator, device=dev)[mine]
+        drop = (torch.rand(b, generator=self.generator, device=dev) < cfg.train.class_dropout)[mine]
         y = torch.where(drop, torch.full_like(y, self.model.null_class), y)
         xt = self.diffusion.q_sample(x0, t, noise)
         out, aux = self.net(xt, t, y, return_aux=True)

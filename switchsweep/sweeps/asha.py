@@ -1,0 +1,60 @@
+"""ASHA whose rungs survive a driver restart.
+
+Tune checkpoints a sweep's searcher and callbacks but not its scheduler: `Tuner.restore` brings back the
+ASHA object as it was built, with empty rungs, so a resumed sweep would forget every result recorded
+before the interruption and let through the trials it would have stopped. This one keeps its state in a
+file beside the sweep, written after every decision and read back on first use after a restore.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler
+
+_OWN = ("_state_file", "_loaded")
+
+
+class ResumableASHA(ASHAScheduler):
+    def __init__(self, state_file: str | Path, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._state_file = str(state_file)
+        self._loaded = False
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        path = Path(self._state_file)
+        if path.is_file():
+            with open(path, "rb") as fh:
+                self.__dict__.update(pickle.load(fh))
+
+    def _save(self) -> None:
+        path = Path(self._state_file)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as fh:
+            pickle.dump({k: v for k, v in self.__dict__.items() if k not in _OWN}, fh)
+        tmp.replace(path)
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._load()
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self._load()
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._load()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save()
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        self._load()
+        super().on_trial_remove(tune_controller, trial)
+        self._save()
