@@ -96,3 +96,35 @@ def test_every_permutation_of_the_input_ranks_the_same():
     records = [rec("a", 0, 3.0), rec("a", 1, 4.0), rec("b", 0, 1.0), rec("b", 1, 9.0), rec("c", 0, 2.0, status="KILLED")]
     orders = {tuple(r.group for r in rank_groups(list(p), "kid", "min")) for p in itertools.permutations(records)}
     assert orders == {("a", "b", "c")}
+
+
+def test_export_reads_mlflow_and_writes_the_pareto_set(tmp_path):
+    from omegaconf import OmegaConf
+
+    from switchsweep.platform.export import export_best
+    from switchsweep.platform.tracking import (GROUP_TAG, OBJECTIVES_TAG, PARENT_TAG, ROLE_TAG, SEED_TAG, SWEEP_TAG,
+                                               TRIAL_TAG, Tracker, default_tracking_uri)
+
+    uri = default_tracking_uri(tmp_path)
+    tracker = Tracker(uri)
+    exp = tracker.experiment("mo", tmp_path / "artifacts")
+    parent = tracker.create_run(exp, "mo-1", {ROLE_TAG: "sweep", SWEEP_TAG: "mo-1", "switchsweep.metric": "kid",
+                                              "switchsweep.mode": "min", OBJECTIVES_TAG: "kid,gflops"})
+    # (group, seed, kid, gflops): g0 and g1 are on the front, g2 is dominated by g0, g3 was stopped early.
+    rows = [("g0", 0, 10.0, 2.0), ("g0", 1, 12.0, 2.0), ("g1", 0, 5.0, 4.0), ("g1", 1, 7.0, 4.0),
+            ("g2", 0, 14.0, 3.0), ("g2", 1, 13.0, 3.0), ("g3", 0, 1.0, 1.0)]
+    for i, (group, seed, kid, gflops) in enumerate(rows):
+        run = tracker.create_run(exp, f"t{i}", {PARENT_TAG: parent, TRIAL_TAG: f"t{i}", ROLE_TAG: "trial",
+                                                GROUP_TAG: group, SEED_TAG: seed})
+        steps = 4 if group == "g3" else 8
+        tracker.log_params(run, {"train.steps": 8, "model.name": "dit", "train.seed": seed})
+        tracker.log_metrics(run, {"kid": kid, "gflops": gflops, "step": steps}, step=steps)
+        tracker.log_text(run, OmegaConf.to_yaml({"model": {"name": "dit"}, "train": {"seed": seed, "out_dir": "x"}}),
+                         "config.yaml")
+        tracker.set_status(run, "FINISHED" if group != "g3" else "KILLED")
+    written = export_best(uri, "mo", top=1, out=tmp_path / "out")
+    assert [p.name for p in written] == ["pareto01-t2.yaml", "pareto02-t0.yaml"]  # g1 (kid 6), then g0 (kid 11)
+    assert "kid=6 +- " in written[0].read_text().splitlines()[0] and "gflops=4" in written[0].read_text().splitlines()[0]
+    assert OmegaConf.load(written[1]).train.seed == 0  # the configuration's first seed
+    table = (tmp_path / "out" / "ranking.csv").read_text().splitlines()
+    assert table[0].endswith("vs_best,pareto,gflops_mean") and len(table) == 5

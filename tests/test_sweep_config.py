@@ -42,25 +42,30 @@ def test_table1_rows_reach_the_baseline_and_every_mk_pair():
     assert space["row"] == tune.grid_search(list(range(len(bases))))
 
 
-@pytest.mark.parametrize("m", [2, 3, 4, 6])
-def test_top_k_fraction_covers_exactly_1_to_m(m):
+@pytest.fixture(scope="module")
+def design_space():
     job = load_sweep_config(["sweep=design_space"])
-    base = trial_bases(job, [])[0]
-    ks = set()
+    return job, trial_bases(job, [])[0]
+
+
+@pytest.mark.parametrize("m", [2, 3, 4, 6])
+def test_top_k_fraction_covers_exactly_1_to_m(m, design_space):
+    job, base = design_space
+    points = {}
     for u in [0.0, 1e-9, *[i / 97 for i in range(1, 98)], 1.0]:
         point = resolve_point(job.sweep.space, {"model.num_experts": m, "model.top_k" + FRACTION_SUFFIX: u,
                                                 "model.lambda_dp": 0.5, "model.prior_alpha": 2.0}, base)
+        points[point["model.top_k"]] = point
+    assert set(points) == set(range(1, m + 1))
+    for k, point in points.items():  # each reaches the trial's config as it is
         cfg = config_from_dict(apply_params(base, point))
-        assert (cfg.model.num_experts, cfg.model.lambda_dp, cfg.model.prior_alpha) == (m, 0.5, 2.0)
-        ks.add(cfg.model.top_k)
-    assert ks == set(range(1, m + 1))
+        assert (cfg.model.num_experts, cfg.model.top_k, cfg.model.lambda_dp, cfg.model.prior_alpha) == (m, k, 0.5, 2.0)
 
 
 @pytest.mark.parametrize("m", [2, 3, 4, 6])
-def test_uniform_fraction_gives_uniform_k(m):
+def test_uniform_fraction_gives_uniform_k(m, design_space):
     # u ~ U(0, 1) as Optuna samples it; every k in 1..M must come out with probability 1/M.
-    job = load_sweep_config(["sweep=design_space"])
-    base = trial_bases(job, [])[0]
+    job, base = design_space
     rng = np.random.default_rng(m)
     n = 6000
     counts = np.zeros(m + 1)
@@ -72,9 +77,8 @@ def test_uniform_fraction_gives_uniform_k(m):
     assert stats.chisquare(counts[1:]).pvalue > 1e-3, counts  # a k made rare (e.g. round instead of ceil) fails
 
 
-def test_given_points_round_trip_through_the_fraction():
-    job = load_sweep_config(["sweep=design_space"])
-    base = trial_bases(job, [])[0]
+def test_given_points_round_trip_through_the_fraction(design_space):
+    job, base = design_space
     for m in (2, 3, 4, 6):
         for k in range(1, m + 1):
             point = {"model.num_experts": m, "model.top_k": k, "model.lambda_dp": 1.0, "model.prior_alpha": 4.0}
