@@ -1,7 +1,5 @@
 """The Optuna searcher behind Tune, driven the way Tune drives it, checked in the study journal."""
 
-import pickle
-
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -82,7 +80,9 @@ def test_a_restored_searcher_finishes_the_open_group_and_reuses_the_study(tmp_pa
     s = _searcher(tmp_path, seeds=2)
     a = s.suggest("a")
     _run(s, "a", [10.0])
-    restored = pickle.loads(pickle.dumps(s))  # as Tune checkpoints and restores its searcher
+    s.save(str(tmp_path / "searcher.pkl"))  # as Tune checkpoints its searcher, and restores it into the built one
+    restored = _searcher(tmp_path, seeds=2)
+    restored.restore(str(tmp_path / "searcher.pkl"))
     b = restored.suggest("b")
     assert b == {**a, SEED: 1}
     _run(restored, "b", [14.0])

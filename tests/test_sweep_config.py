@@ -83,6 +83,13 @@ def test_given_points_round_trip_through_the_fraction(design_space):
         for k in range(1, m + 1):
             point = {"model.num_experts": m, "model.top_k": k, "model.lambda_dp": 1.0, "model.prior_alpha": 4.0}
             assert resolve_point(job.sweep.space, to_sampled(job.sweep.space, point, base), base) == point
+    # A fraction of a setting that is not searched takes it from the base config (M = 5 here).
+    fixed = load_sweep_config(["sweep.space=[{key: model.top_k, fraction_of: model.num_experts}]", "model.num_experts=5"])
+    fixed_base = trial_bases(fixed, [])[0]
+    for k in range(1, 6):
+        sampled = to_sampled(fixed.sweep.space, {"model.top_k": k}, fixed_base)
+        assert sampled == {"model.top_k" + FRACTION_SUFFIX: pytest.approx((k - 0.5) / 5)}
+        assert resolve_point(fixed.sweep.space, sampled, fixed_base) == {"model.top_k": k}
 
 
 @pytest.mark.parametrize(
