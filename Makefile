@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test train evaluate sweep variants ui bench paper-check search-efficiency mutation clean
+.PHONY: install test train evaluate sweep variants ui optuna-ui report bench paper-check search-efficiency mutation clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,9 +33,16 @@ sweep: $(STAMP)
 variants: $(STAMP)
 	$(VENV)/bin/switchsweep sweep sweep=variants train.steps=150 sweep.eval_every=150
 
-# The MLflow UI over the sweeps' local store, on this machine only.
+# Dashboards, on this machine only (127.0.0.1). ARGS: e.g. ARGS="sweep.root=/data/runs port=5001".
+SWEEP ?= design_space
 ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db --host 127.0.0.1 --port 5000
+	$(VENV)/bin/switchsweep ui $(ARGS)
+
+optuna-ui: $(STAMP)
+	$(VENV)/bin/switchsweep optuna-ui sweep=$(SWEEP) $(ARGS)
+
+report: $(STAMP)
+	$(VENV)/bin/switchsweep report sweep=$(SWEEP) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.moe_kernels

@@ -1,10 +1,12 @@
-"""Command line: `switchsweep train|evaluate|sweep|export [overrides...]` (Hydra override syntax, e.g. model=dit train.steps=300)."""
+"""Command line: `switchsweep train|evaluate|sweep|export|report|ui|optuna-ui [overrides...]` (Hydra override syntax, e.g. model=dit train.steps=300)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from omegaconf import OmegaConf
@@ -12,7 +14,7 @@ from omegaconf import OmegaConf
 from switchsweep.platform.compose import load_config, load_eval_config, load_sweep_config
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
 from switchsweep.platform.export import value_text, variant_label
-from switchsweep.platform.tracking import default_tracking_uri
+from switchsweep.platform.tracking import default_tracking_uri, require_store
 
 
 def _train(cfg) -> int:
@@ -52,36 +54,108 @@ def _sweep(job, overrides) -> int:
         flags = " ".join(x for x in (r.vs_best, "pareto" if r.pareto else "") if x)
         print(f"  {r.rank:2d}. {r.group:<6} {metric}={value_text(r):<16} steps={r.steps:<5} {r.status:<8} "
               f"{variant_label(r.params)}{extra}{objectives}  {flags}")
+    name, root = job.sweep.name, Path(job.sweep.root).expanduser().resolve()
+    where = f"sweep={name} sweep.id={result.sweep_id} sweep.root={root}"
     print(f"sweep dir:   {result.sweep_dir}  (ranking.md, ranking.csv)")
-    print(f"MLflow:      {result.tracking_uri}  experiment '{result.experiment}'")
-    print("open it:     make ui   (http://127.0.0.1:5000)")
-    print(f"export best: switchsweep export sweep={job.sweep.name} top=3 out=runs/export/{job.sweep.name}")
+    if result.report:
+        print(f"report:      {result.report}  (open it in a browser; rebuild: switchsweep report {where})")
+    print(f"MLflow:      {result.tracking_uri}  experiment '{name}'")
+    if result.tracking_uri.startswith("sqlite:"):
+        print(f"open it:     switchsweep ui sweep.root={root}   (http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)")
+    if job.sweep.search != "grid":
+        print(f"the search:  switchsweep optuna-ui {where}   (optuna-dashboard, http://127.0.0.1:8080)")
+    print(f"export best: switchsweep export {where} top=3 out=runs/export/{name}")
     if result.interrupted:
-        print(f"interrupted: continue with `switchsweep sweep sweep={job.sweep.name} --resume`", file=sys.stderr)
+        print(f"interrupted: continue with `switchsweep sweep sweep={name} sweep.id={result.sweep_id} --resume`", file=sys.stderr)
         return 130
     return 0
+
+
+def _own(overrides: Sequence[str], keys: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Split a command's own key=value arguments (top=, out=, port=, ...) from the config overrides."""
+    own = {k: v for k, _, v in (o.partition("=") for o in overrides) if k in keys}
+    return own, [o for o in overrides if o.partition("=")[0] not in keys]
+
+
+def _port(own: dict[str, str], default: int) -> int:
+    port = own.get("port", str(default))
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"port={port} is not a TCP port: give a number from 1 to 65535, e.g. port={default}")
+    return int(port)
+
+
+def _local_store(job) -> str:
+    return require_store(job.sweep.tracking_uri or default_tracking_uri(job.sweep.root))
 
 
 def _export(args: argparse.Namespace) -> int:
     from switchsweep.platform.export import export_best
 
-    own = {k: v for k, _, v in (o.partition("=") for o in args.overrides) if k in ("top", "out")}
-    job = load_sweep_config([o for o in args.overrides if o.partition("=")[0] not in ("top", "out")])
+    own, overrides = _own(args.overrides, ("top", "out"))
+    job = load_sweep_config(overrides)
     top = own.get("top", "1")
     if not top.isdigit():
         raise ConfigError(f"top={top} is not a whole number: give how many of the best trials to export, e.g. top=3")
     out = own.get("out") or f"runs/export/{job.sweep.name}"
-    uri = job.sweep.tracking_uri or default_tracking_uri(job.sweep.root)
-    written = export_best(uri, job.sweep.name, int(top), out, sweep_id=job.sweep.id)
+    written = export_best(_local_store(job), job.sweep.name, int(top), out, sweep_id=job.sweep.id)
     for path in written:
         print(f"{path}    run it: switchsweep train --config {path}")
     print(f"ranking: {out}/ranking.md, {out}/ranking.csv")
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    own, overrides = _own(args.overrides, ("out",))
+    job = load_sweep_config(overrides)
+    uri = _local_store(job)
+    from switchsweep.dashboards.report import make_report
+    from switchsweep.platform.tracking import Tracker
+    from switchsweep.sweeps.run import sweeps_root
+
+    path = make_report(Tracker(uri), job.sweep.name, job.sweep.id, sweeps_root(job), own.get("out"))
+    print(f"report: {path}  (one file: open it in a browser; also on the sweep's parent run in MLflow)")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    own, overrides = _own(args.overrides, ("port", "host"))
+    job = load_sweep_config(overrides)
+    uri, port, host = _local_store(job), _port(own, 5000), own.get("host", "127.0.0.1")
+    if not uri.startswith("sqlite:"):
+        raise ConfigError(f"sweep.tracking_uri={uri} is an MLflow server already: open it in a browser")
+    # MLflow 3 opens experiments in its GenAI view unless the link asks for the model-training one.
+    print(f"MLflow UI over {uri}: open http://{host}:{port}/#/experiments?workflowType=machine_learning "
+          "(Ctrl+C stops it)", flush=True)
+    exe = Path(sys.executable).parent / "mlflow"
+    return subprocess.run([str(exe), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]).returncode
+
+
+def _optuna_ui(args: argparse.Namespace) -> int:
+    own, overrides = _own(args.overrides, ("port", "host"))
+    job = load_sweep_config(overrides)
+    port, host = _port(own, 8080), own.get("host", "127.0.0.1")
+    from switchsweep.dashboards.sweep_data import JOURNAL
+    from switchsweep.sweeps.run import find_sweep
+
+    journal = find_sweep(job) / JOURNAL
+    if not journal.is_file():
+        raise ConfigError(f"sweep={job.sweep.name}: {journal.parent.name} has no Optuna study ({journal} is missing): "
+                          "grid sweeps search none; use `switchsweep report` for them")
+    import optuna
+    import optuna_dashboard
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    print(f"optuna-dashboard over {journal} on http://{host}:{port} (Ctrl+C stops it)", flush=True)
+    optuna_dashboard.run_server(storage, host=host, port=port)
+    return 0
+
+
+COMMANDS = {"export": _export, "report": _report, "ui": _ui, "optuna-ui": _optuna_ui}
+
+
 def _run(args: argparse.Namespace) -> int:
-    if args.command == "export":
-        return _export(args)
+    if args.command in COMMANDS:
+        return COMMANDS[args.command](args)
     overrides = list(args.overrides) + (["sweep.resume=true"] if getattr(args, "resume", False) else [])
     if getattr(args, "extend", None) is not None:
         if args.extend < 1:
@@ -118,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(load=load_sweep_config)
     p = sub.add_parser("export", help="write the best trials of a sweep as runnable configs plus a ranking table")
     p.add_argument("overrides", nargs="*", help="sweep=<name> top=K out=DIR, and sweep.id=<id> for a sweep other than the latest")
+    p = sub.add_parser("report", help="write a sweep's HTML report (ranking, search space, Pareto fronts, curves, routing)")
+    p.add_argument("overrides", nargs="*", help="sweep=<name> [sweep.id=<id>] [out=FILE] (default: report.html in the sweep's folder)")
+    p = sub.add_parser("ui", help="the MLflow UI over the sweeps' local store, on 127.0.0.1")
+    p.add_argument("overrides", nargs="*", help="[sweep.root=DIR] [port=5000] [host=127.0.0.1]")
+    p = sub.add_parser("optuna-ui", help="optuna-dashboard over a sweep's Optuna study, on 127.0.0.1")
+    p.add_argument("overrides", nargs="*", help="sweep=<name> [sweep.id=<id>] [sweep.root=DIR] [port=8080] [host=127.0.0.1]")
     return parser
 
 

@@ -36,3 +36,18 @@ def digits_net(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright (which cannot download its own browser here)."""
+    import shutil
+
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.skip("no chromium on this machine: apt-get install -y chromium (.ci/run does) for the browser tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[dev]'")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        yield b
+        b.close()

@@ -65,3 +65,12 @@ def test_a_real_sample_grid_is_not_blank(tiny_cfg, tmp_path):
     tiny_cfg.sample.steps = 3
     cells, _ = _cells(Trainer(tiny_cfg).sample_grid(tmp_path / "grid.png"), rows=1, cols=10)
     assert cells.std() > 0 and 0.05 < (cells > 0).mean() < 0.95
+
+
+def test_sample_grid_takes_per_class_from_its_caller(tiny_cfg, tmp_path):
+    """A sweep trainer has sample.per_class=0 (no grid at the end of training) and asks for its grids
+    at each evaluation with the sweep's own per_class: they must not come out empty."""
+    tiny_cfg.sample.per_class = 0
+    tiny_cfg.sample.steps = 2
+    cells, _ = _cells(Trainer(tiny_cfg).sample_grid(tmp_path / "grid.png", per_class=2), rows=2, cols=10)
+    assert cells.std() > 0

@@ -167,9 +167,37 @@ def test_resume_without_an_interrupted_sweep_and_export_without_a_sweep(tmp_path
     assert main(["sweep", "--resume", f"sweep.root={tmp_path}"]) == 2
     assert "no interrupted design_space sweep" in capsys.readouterr().err
     assert main(["export", "sweep=design_space", f"sweep.root={tmp_path}", f"out={tmp_path / 'x'}"]) == 2
-    assert "no such sweep" in capsys.readouterr().err
+    assert f"no MLflow store at {tmp_path.resolve()}/mlflow.db" in capsys.readouterr().err
     assert main(["export", "sweep=design_space", "top=two"]) == 2
     assert "top=two is not a whole number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, store, message", [
+    (["report", "sweep=design_space"], False, "no MLflow store at"),
+    (["ui"], False, "no MLflow store at"),
+    (["ui", "port=http"], True, "port=http is not a TCP port"),
+    (["ui", "port=70000"], True, "port=70000 is not a TCP port"),
+    (["ui", "sweep.tracking_uri=http://127.0.0.1:1"], False, "is an MLflow server already: open it in a browser"),
+    (["optuna-ui", "sweep=design_space"], False, "no design_space sweep under"),
+    (["optuna-ui", "sweep=design_space", "sweep.id=nope"], False, "sweep.id=nope: no such sweep under"),
+])
+def test_dashboard_commands_refuse_bad_input_in_one_line(tmp_path, capsys, argv, store, message):
+    if store:  # a store exists: only the port is wrong
+        (tmp_path / "mlflow.db").touch()
+    assert main([*argv, f"sweep.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_optuna_ui_refuses_a_grid_sweep_that_has_no_study(tmp_path, capsys):
+    from switchsweep.sweeps.run import STATE_FILE
+
+    folder = tmp_path / "sweeps" / "table1" / "table1-1"
+    folder.mkdir(parents=True)
+    (folder / STATE_FILE).write_text(json.dumps({"created": 1.0, "status": "finished"}))
+    assert main(["optuna-ui", "sweep=table1", f"sweep.root={tmp_path}"]) == 2
+    assert "table1-1 has no Optuna study" in capsys.readouterr().err
 
 
 def test_train_runs_a_written_config_file_and_refuses_group_overrides(tmp_path, capsys):
@@ -200,7 +228,7 @@ def test_unset_worker_cpus_share_the_local_cores(monkeypatch):
 
 
 def test_resume_and_extend_pick_the_latest_sweep_in_the_right_state(tmp_path):
-    from switchsweep.sweeps.run import STATE_FILE, _find
+    from switchsweep.sweeps.run import STATE_FILE, find_sweep
 
     root = tmp_path / "sweeps" / "design_space"
     made = [("old-unfinished", 1.0, "interrupted"), ("newest-finished", 4.0, "finished"), ("mid-unfinished", 3.0, "running"),
@@ -209,9 +237,10 @@ def test_resume_and_extend_pick_the_latest_sweep_in_the_right_state(tmp_path):
         (root / sweep_id).mkdir(parents=True)
         (root / sweep_id / STATE_FILE).write_text(json.dumps({"created": created, "status": status}))
     job = load_sweep_config([f"sweep.root={tmp_path}"])
-    assert _find(job, finished=False).name == "mid-unfinished"  # newest of the unfinished, by creation time
-    assert _find(job, finished=True).name == "newest-finished"
+    assert find_sweep(job, finished=False).name == "mid-unfinished"  # newest of the unfinished, by creation time
+    assert find_sweep(job, finished=True).name == "newest-finished"
+    assert find_sweep(job).name == "newest-finished"  # any status: the newest of all (report, optuna-ui)
     chosen = load_sweep_config([f"sweep.root={tmp_path}", "sweep.id=old-unfinished"])
-    assert _find(chosen, finished=False).name == "old-unfinished"
+    assert find_sweep(chosen, finished=False).name == "old-unfinished"
     with pytest.raises(ConfigError, match="sweep old-unfinished is interrupted: resume it with --resume first"):
-        _find(chosen, finished=True)
+        find_sweep(chosen, finished=True)

@@ -15,6 +15,7 @@ import numpy as np
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 from optuna.trial import TrialState
 from scipy.optimize import linear_sum_assignment
 
@@ -73,8 +74,14 @@ def _sweep_cmd(root: Path, cache: Path, address: str, *extra: str) -> list[str]:
     ]
 
 
-def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net, tmp_path):
-    root, cache = tmp_path / "runs", digits_net[2]
+@pytest.fixture(scope="module")
+def sweep_root(tmp_path_factory) -> Path:
+    """The end-to-end sweep's root, shared with the browser tests that look at what it produced."""
+    return tmp_path_factory.mktemp("e2e") / "runs"
+
+
+def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net, sweep_root, tmp_path):
+    root, cache = sweep_root, digits_net[2]
     env = ENV
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(_sweep_cmd(root, cache, ray_address), stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -112,10 +119,14 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2 and len(runs) == 3
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training-runs view
+    assert {c.info.run_name for c in children} == {"switch_dit M3 k1 ldp1.0 a4 s0", "switch_dit M6 k3 ldp0.5 a2 s0"}
     trial_ids = {c.data.tags["switchsweep.trial_id"] for c in children}
     assert first_trial in trial_ids
     assert parent.data.tags["switchsweep.best_trial"] in trial_ids
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"ranking.csv", "ranking.md", "search_space.json"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"ranking.csv", "ranking.md", "search_space.json",
+                                                                          "report.html"}
+    assert "report:      " in resumed.stdout and (next(root.glob("sweeps/design_space/*")) / "report.html").is_file()
     for child in children:
         run_id = child.info.run_id
         kid = client.get_metric_history(run_id, "kid")
@@ -141,6 +152,21 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
         rows, cols = linear_sum_assignment(cost)
         assert np.abs(w_gate - matched).sum() == cost[rows, cols].sum()
         assert sorted(map(tuple, matched.T.tolist())) == sorted(map(tuple, prior.T.tolist()))
+        # Routing summaries as metrics, at each evaluation: JSD to the prior and every expert's usage,
+        # which sums to k per block (k of M experts are on at every timestep).
+        jsd = client.get_metric_history(run_id, "routing_jsd")
+        assert [j.step for j in jsd] == steps and all(0 < j.value < np.log(2) for j in jsd)
+        usage = np.array([[child.data.metrics[f"usage/block{b}/expert{e}"] for e in range(m)] for b in range(depth)])
+        np.testing.assert_allclose(usage.sum(1), k, rtol=1e-6)
+        last_dir = Path(client.download_artifacts(run_id, f"routing/step_{steps[-1]:07d}", str(tmp_path / run_id / "last")))
+        np.testing.assert_allclose(usage, np.load(last_dir / "w_gate.npy").reshape(1000, depth, m).mean(0), rtol=1e-6)
+        # Every sample grid logged is a full grid (10 classes x per_class=1 of 8x8 digits, scaled 4x, padded) and not blank.
+        grids = [a.path for a in client.list_artifacts(run_id, "images") if "samples" in a.path and a.path.endswith(".png")]
+        assert len(grids) == len(steps)
+        for g in grids:
+            with Image.open(client.download_artifacts(run_id, g, str(tmp_path / run_id / "img"))) as im:
+                pixels = np.asarray(im.convert("L"), dtype=float)
+            assert pixels.shape == ((1 * 9 + 1) * 4, (10 * 9 + 1) * 4) and pixels.var() > 0
         assert child.info.status in ("FINISHED", "KILLED")  # KILLED: stopped early by ASHA
         assert np.isfinite(child.data.metrics["gflops"])
     finished = [c for c in children if c.info.status == "FINISHED"]
@@ -205,3 +231,94 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
     assert ckpt["step"] == 8
     for key in ("num_experts", "top_k", "lambda_dp", "prior_alpha"):
         assert str(ckpt["config"]["model"][key]) == best.data.params[f"model.{key}"]
+
+
+def _sweep_report(sweep_root: Path) -> Path:
+    reports = list(sweep_root.glob("sweeps/design_space/*/report.html"))
+    assert reports, "the end-to-end sweep above wrote no report: see its failure"
+    return reports[0]
+
+
+def test_report_opens_in_a_browser_with_every_plot_drawn(sweep_root, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(_sweep_report(sweep_root).as_uri())
+    page.wait_for_function("() => document.querySelectorAll('.plotly-graph-div .main-svg').length > 0")
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+    plots = page.evaluate("""() => [...document.querySelectorAll('.plotly-graph-div')].map(d => ({
+        id: d.id, drawn: !!d.querySelector('.main-svg'),
+        points: d.data.reduce((n, t) => n + ((t.x || t.z || (t.dimensions || [{}])[0].values || []).length || 0), 0),
+        slider: (d.layout.sliders || []).length > 0}))""")
+    assert errors == []
+    # Pareto, learning curves, JSD, one routing figure per Switch-DiT trial (3), importances need 3 finished: none.
+    assert len(plots) >= 6 and all(p["drawn"] and p["points"] > 0 for p in plots), plots
+    routing = [p["id"] for p in plots if p["slider"]]
+    assert len(routing) == 3
+    plot = page.locator(f"#{routing[0]}")
+    plot.scroll_into_view_if_needed()
+    before = plot.screenshot(path=str(tmp_path / "routing-last.png"))
+    shown = "() => document.getElementById('%s')._fullData.filter(t => t.visible === true).map(t => t.name)" % routing[0]
+    last = page.evaluate(shown)
+    rail = page.locator(f"#{routing[0]} .slider-rail-touch-rect").bounding_box()
+    page.mouse.click(rail["x"] + 2, rail["y"] + rail["height"] / 2)  # the slider's first step
+    page.wait_for_function(f"() => JSON.stringify(({shown})()) !== {json.dumps(json.dumps(last))}")
+    first = page.evaluate(shown)
+    assert last == ["step 8", "step 8"] and first == ["step 4", "step 4"]  # opens on the last evaluation
+    assert plot.screenshot(path=str(tmp_path / "routing-first.png")) != before
+    assert "Sweep design_space-" in page.inner_text("h1")
+
+
+def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, browser, tmp_path):
+    client = MlflowClient(default_tracking_uri(sweep_root))
+    exp = client.get_experiment_by_name("design_space")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("switchsweep.role") == "sweep")
+    child = next(r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("switchsweep.role") == "trial")
+    port = _free_port()
+    ui = subprocess.Popen([str(BIN / "switchsweep"), "ui", f"sweep.root={sweep_root}", f"port={port}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    try:
+        banner = ui.stdout.readline()
+        assert f"http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning" in banner, banner
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(1)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{base}/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
+        page.wait_for_selector(f"text={parent.info.run_name}", timeout=60_000)
+        assert page.locator("text=Training runs").count() + page.locator("h2:has-text('Runs')").count() > 0
+        page.click("[data-component-id$='runnamecellrenderer.tsx_46']")  # expand the sweep's parent run
+        for r in runs:
+            if r.info.run_id != parent.info.run_id:
+                page.wait_for_selector(f"text={r.info.run_name}", timeout=20_000)
+        page.screenshot(path=str(tmp_path / "mlflow-runs.png"))
+        # The last sample grid of a finished trial, as the UI's artifact viewer shows it.
+        grid = sorted(a.path for a in client.list_artifacts(child.info.run_id, "images")
+                      if "samples" in a.path and a.path.endswith(".png"))[-1]
+        page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}/artifacts/{grid}")
+        page.wait_for_function("() => [...document.images].some(i => i.src.startsWith('blob:') && i.naturalWidth > 0)",
+                               timeout=30_000)
+        page.screenshot(path=str(tmp_path / "mlflow-samples.png"))
+        stats = page.evaluate("""() => {
+            const img = [...document.images].find(i => i.src.startsWith('blob:'));
+            const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+            const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+            const d = ctx.getImageData(0, 0, c.width, c.height).data;
+            let s = 0, s2 = 0, n = d.length / 4;
+            for (let i = 0; i < d.length; i += 4) { s += d[i]; s2 += d[i] * d[i]; }
+            return {w: c.width, h: c.height, variance: s2 / n - (s / n) ** 2};
+        }""")
+        assert (stats["w"], stats["h"]) == ((10 * 9 + 1) * 4, (1 * 9 + 1) * 4) and stats["variance"] > 0, stats
+        assert errors == []
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)

@@ -142,13 +142,18 @@ class SwitchDiT(DiT):
 
     @torch.no_grad()
     def routing_matrices(self) -> dict[str, Tensor]:
-        """w_gate [T, U], the prior matched to it [T, U] and the matching (gate unit i -> prior unit col[i]), on the CPU."""
-        w_gate = self.gate_matrix()
+        """On the CPU: w_gate [T, U], the prior matched to it [T, U], the matching (gate unit i -> prior
+        unit col[i]), each expert's usage [N, M] (the fraction of timesteps that select it) and
+        prior_jsd, the diffusion prior loss over all T timesteps against that matched prior."""
+        probs = self.all_gate_probs()
+        w_gate = gate_selection_mask(probs, self.top_k)
         cost = matching_cost(w_gate, self.w_prior)
         # A fixed rng: logging must not move the training run's tie-breaking sequence.
         col = torch.from_numpy(hungarian_match(cost.cpu().numpy(), np.random.default_rng(self.matching_seed)))
-        w_prior = self.w_prior.cpu()
-        return {"w_gate": w_gate.cpu(), "w_prior_matched": w_prior[:, col], "permutation": col, "cost": cost.cpu()}
+        matched = self.w_prior[:, col.to(self.w_prior.device)]
+        return {"w_gate": w_gate.cpu(), "w_prior_matched": matched.cpu(), "permutation": col, "cost": cost.cpu(),
+                "usage": w_gate.view_as(probs).mean(0).cpu(),
+                "prior_jsd": diffusion_prior_loss(probs, matched, self.top_k).cpu()}
 
     def get_extra_state(self) -> dict[str, int]:
         return {"matchings": self._matchings}

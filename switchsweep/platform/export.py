@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -19,23 +20,22 @@ from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.ranking import Ranked, TrialRecord, rank_groups
 from switchsweep.platform.sweep_config import METRIC_STD, REPORTED_METRICS
 from switchsweep.platform.tracking import (GROUP_TAG, OBJECTIVES_TAG, PARENT_TAG, ROLE_TAG, SEED_TAG, SWEEP_TAG, TRIAL_TAG,
-                                           Tracker)
+                                           Tracker, require_store)
 
 RANK_COLUMNS = ("rank", "group", "trial_id", "seeds", "status", "steps", "variant", "lambda_dp", "prior_alpha", "params_M",
                 "gflops", "steps_per_s")
 
 
-def variant_label(params: dict[str, str]) -> str:
-    """A short name of the design a trial trained, from its flattened config, e.g.
-    switch_dit(M=4,k=1,noisy,direct,no-prior) or dit_moe(M=8,k=2,shared=1)+min_snr."""
-    name = params.get("model.name", "?")
+def _design(params: dict[str, Any]) -> tuple[str, list[str]]:
+    """The model name and what sets this design apart, from a flattened config (values as logged)."""
+    name = str(params.get("model.name", "?"))
     extra: list[str] = []
     if name == "switch_dit":
         extra = [f"M={params.get('model.num_experts')}", f"k={params.get('model.top_k')}"]
         if params.get("model.gating", "timestep") != "timestep":
-            extra.append(params["model.gating"])
+            extra.append(str(params["model.gating"]))
         if params.get("model.integration", "skip_onevec") != "skip_onevec":
-            extra.append(params["model.integration"])
+            extra.append(str(params["model.integration"]))
         if float(params.get("model.lambda_dp", 1)) == 0:
             extra.append("no-prior")
         if float(params.get("model.balance_loss", 0)) > 0:
@@ -44,9 +44,30 @@ def variant_label(params: dict[str, str]) -> str:
         extra = [f"M={params.get('model.num_experts')}", f"k={params.get('model.top_k')}", f"shared={params.get('model.shared_experts')}"]
     elif name == "multi_experts":
         extra = [f"n={params.get('model.num_intervals')}"]
+    return name, extra
+
+
+def variant_label(params: dict[str, Any]) -> str:
+    """A short name of the design a trial trained, from its flattened config, e.g.
+    switch_dit(M=4,k=1,noisy,direct,no-prior) or dit_moe(M=8,k=2,shared=1)+min_snr."""
+    name, extra = _design(params)
     label = f"{name}({','.join(extra)})" if extra else name
     weighting = params.get("train.loss_weighting", "constant")
     return label if weighting == "constant" else f"{label}+{weighting}"
+
+
+def run_name(params: dict[str, Any], seed_index: int) -> str:
+    """A trial's MLflow run name: its design and seed, e.g. `switch_dit M3 k2 ldp1.0 a4 s0`,
+    `dit_moe M8 k2 shared1 s0`, `dit uw s1`."""
+    name, extra = _design(params)
+    parts = [name, *(e.replace("=", "") for e in extra if e != "no-prior")]
+    if name == "switch_dit":
+        ldp = f"{float(params.get('model.lambda_dp', 1)):.3g}"
+        parts += [f"ldp{ldp if '.' in ldp or 'e' in ldp else ldp + '.0'}", f"a{float(params.get('model.prior_alpha', 4)):g}"]
+    weighting = params.get("train.loss_weighting", "constant")
+    if weighting != "constant":
+        parts.append(str(weighting))
+    return " ".join([*parts, f"s{seed_index}"])
 
 
 def _parent(tracker: Tracker, experiment_id: str, name: str, sweep_id: str | None):
@@ -64,6 +85,9 @@ class SweepRanking:
     metric: str
     objectives: list[str]
     ranked: list[Ranked]  # best first
+    parent_run_id: str = ""
+    parent_params: dict[str, str] = field(default_factory=dict)  # the sweep's settings as logged
+    mode: str = "min"
 
 
 def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> SweepRanking:
@@ -85,7 +109,7 @@ def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> Swe
             params=dict(run.data.params), metrics=dict(run.data.metrics)))
     ranked = rank_groups(records, metric, mode, METRIC_STD.get(metric), objectives,
                          [REPORTED_METRICS[o] for o in objectives])
-    return SweepRanking(tags[SWEEP_TAG], metric, objectives, ranked)
+    return SweepRanking(tags[SWEEP_TAG], metric, objectives, ranked, parent.info.run_id, dict(parent.data.params), mode)
 
 
 def value_text(r: Ranked) -> str:
@@ -133,10 +157,7 @@ def export_best(tracking_uri: str, name: str, top: int, out: str | Path, sweep_i
     the full ranking into `out`. A multi-objective sweep writes its Pareto set (pareto01-<trial>.yaml, ...)."""
     if top < 1:
         raise ConfigError(f"top={top} must be >= 1")
-    local = tracking_uri.removeprefix("sqlite:///")
-    if local != tracking_uri and not Path(local).is_file():  # do not create an empty store just to look
-        raise ConfigError(f"sweep={name}: no such sweep: {local} does not exist; run `switchsweep sweep sweep={name}` first")
-    tracker = Tracker(tracking_uri)
+    tracker = Tracker(require_store(tracking_uri))
     ranking = rank_trials(tracker, name, sweep_id)
     if not ranking.ranked:
         raise ConfigError(f"sweep {ranking.sweep_id} has no trials yet: resume it with `switchsweep sweep sweep={name} --resume`")

@@ -77,6 +77,19 @@ def interval_half_width(values: Sequence[float], noise: float) -> float:
     return 1.96 * noise if math.isfinite(noise) else math.nan
 
 
+def paired_difference(values: Sequence[float], baseline: Sequence[float], noise: float = math.nan,
+                      baseline_noise: float = math.nan) -> tuple[float, float]:
+    """(mean, 95% half-width) of values[i] - baseline[i], pairing seed i with seed i (the same
+    train.seed, so the same batches and noise). With one pair the half-width comes from the two
+    metrics' own noise, 1.96 x sqrt(noise^2 + baseline_noise^2), as in `interval_half_width`."""
+    diffs = [a - b for a, b in zip(values, baseline) if math.isfinite(a) and math.isfinite(b)]
+    if not diffs:
+        return math.nan, math.nan
+    if len(diffs) >= 2:
+        return float(np.mean(diffs)), interval_half_width(diffs, math.nan)
+    return diffs[0], 1.96 * math.hypot(noise, baseline_noise)
+
+
 def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[bool]:
     """Which points no other point dominates (at least as good in every objective, better in one)."""
     signed = np.array([[v if m == "min" else -v for v, m in zip(p, modes)] for p in points], dtype=float)

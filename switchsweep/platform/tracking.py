@@ -17,7 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from switchsweep.platform.errors import SwitchsweepError
+from switchsweep.platform.errors import ConfigError, SwitchsweepError
 
 T = TypeVar("T")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep CLI output to our own lines
@@ -29,12 +29,23 @@ ROLE_TAG = "switchsweep.role"  # "sweep" (parent) or "trial" (child)
 GROUP_TAG = "switchsweep.group"  # the configuration a trial runs (one per seed of it)
 SEED_TAG = "switchsweep.seed_index"
 OBJECTIVES_TAG = "switchsweep.objectives"  # comma-separated, on the parent of a multi-objective sweep
+# MLflow 3's UI opens an experiment on its training-runs table only with this kind.
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
 
 
 def default_tracking_uri(root: str | Path) -> str:
     """The local default store: an absolute SQLite URI, so Tune's per-trial chdir cannot move it."""
     return f"sqlite:///{(Path(root).expanduser().resolve() / 'mlflow.db')}"
+
+
+def require_store(uri: str) -> str:
+    """`uri`, once a local SQLite store is known to exist: reading must not create an empty one."""
+    local = uri.removeprefix("sqlite:///")
+    if local != uri and not Path(local).is_file():
+        raise ConfigError(f"no MLflow store at {local}: run `switchsweep sweep` first, or set sweep.root to the folder "
+                          "a sweep used (sweep.root=DIR)")
+    return uri
 
 
 def git_commit(cwd: str | Path = Path(__file__).parent) -> str:
@@ -75,15 +86,19 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
 
     def experiment(self, name: str, artifact_root: str | Path | None = None) -> str:
-        """The id of experiment `name`, created (with an absolute artifact location) if missing."""
+        """The id of experiment `name`, created (with an absolute artifact location) if missing, and
+        marked as model training so the MLflow UI opens it on its runs table (not the GenAI view)."""
         exp = _retry(lambda: self.client.get_experiment_by_name(name))
         if exp is not None:
-            return exp.experiment_id
-        location = None if artifact_root is None else (Path(artifact_root).expanduser().resolve() / name).as_uri()
-        try:
-            return _retry(lambda: self.client.create_experiment(name, artifact_location=location))
-        except MlflowException as e:
-            raise SwitchsweepError(f"MLflow at {self.uri} refused to create experiment {name!r}: {str(e).splitlines()[0]}") from e
+            experiment_id = exp.experiment_id
+        else:
+            location = None if artifact_root is None else (Path(artifact_root).expanduser().resolve() / name).as_uri()
+            try:
+                experiment_id = _retry(lambda: self.client.create_experiment(name, artifact_location=location))
+            except MlflowException as e:
+                raise SwitchsweepError(f"MLflow at {self.uri} refused to create experiment {name!r}: {str(e).splitlines()[0]}") from e
+        _retry(lambda: self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND))
+        return experiment_id
 
     def find_experiment(self, name: str) -> str | None:
         exp = _retry(lambda: self.client.get_experiment_by_name(name))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any, Sequence
 
 from ray import tune
 
+from switchsweep.dashboards.report import make_report
 from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
 from switchsweep.platform.export import rank_trials, write_ranking
@@ -43,30 +45,33 @@ class SweepResult:
     parent_run_id: str
     ranked: list[Ranked]  # best first
     interrupted: bool
+    report: Path | None = None  # the HTML report, unless it could not be written
 
 
 def sweeps_root(job: SweepJobConfig) -> Path:
     return Path(job.sweep.root).expanduser().resolve() / "sweeps" / job.sweep.name
 
 
-def _find(job: SweepJobConfig, finished: bool) -> Path:
-    """The sweep named by sweep.id, else the latest one that is (not) finished."""
+def find_sweep(job: SweepJobConfig, finished: bool | None = None) -> Path:
+    """The sweep named by sweep.id, else the latest one that is (not) finished (None: either)."""
     root = sweeps_root(job)
-    flag = "--extend" if finished else "--resume"
+    flag = {True: "--extend", False: "--resume", None: f"sweep={job.sweep.name}"}[finished]
     if job.sweep.id:
         path = root / job.sweep.id
         if not (path / STATE_FILE).is_file():
             raise ConfigError(f"sweep.id={job.sweep.id}: no such sweep under {root}: check the id (ls {root})")
         status = json.loads((path / STATE_FILE).read_text())["status"]
-        if (status == "finished") != finished:
+        if finished is not None and (status == "finished") != finished:
             hint = "resume it with --resume first" if finished else "add trials with --extend N instead"
             raise ConfigError(f"{flag}: sweep {job.sweep.id} is {status}: {hint}")
         return path
     states = sorted(root.glob(f"*/{STATE_FILE}"), key=lambda p: json.loads(p.read_text())["created"])
-    found = [p.parent for p in states if (json.loads(p.read_text())["status"] == "finished") == finished]
+    found = [p.parent for p in states
+             if finished is None or (json.loads(p.read_text())["status"] == "finished") == finished]
     if not found:
-        what = "finished" if finished else "interrupted"
-        raise ConfigError(f"{flag}: no {what} {job.sweep.name} sweep under {root}: start one without {flag}")
+        what = {True: "finished ", False: "interrupted ", None: ""}[finished]
+        hint = f"start one without {flag}" if finished is not None else f"run `switchsweep sweep sweep={job.sweep.name}` first"
+        raise ConfigError(f"{flag}: no {what}{job.sweep.name} sweep under {root}: {hint}")
     return found[-1]
 
 
@@ -123,7 +128,7 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str
         if s.extend and s.search == "grid":
             raise ConfigError(f"--extend with sweep={s.name}: a grid runs a fixed set of rows; start a new sweep "
                               "(e.g. with more sweep.seeds) instead")
-        sweep_dir = _find(job, finished=bool(s.extend))
+        sweep_dir = find_sweep(job, finished=bool(s.extend))
         state = json.loads((sweep_dir / STATE_FILE).read_text())
         changed = [o for o in overrides if not o.lstrip("+").startswith(RESUME_OVERRIDES) and o not in state["overrides"]]
         if changed:
@@ -162,7 +167,10 @@ def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], s
     tracker.log_params(parent, {"sweep.search": s.search, "sweep.metric": s.metric, "sweep.mode": s.mode,
                                 "sweep.num_trials": s.num_trials, "sweep.seeds": s.seeds, "sweep.eval_every": s.eval_every,
                                 "sweep.objectives": ",".join(s.objectives),
-                                "train.steps": job.train.steps, "sweep.overrides": " ".join(overrides)})
+                                "train.steps": job.train.steps, "sweep.overrides": " ".join(overrides),
+                                # what one trial occupies: the report turns wall time into device-hours
+                                **{f"sweep.ray.{k}": getattr(s.ray, k) for k in
+                                   ("num_workers", "use_gpu", "cpus_per_worker", "gpus_per_worker")}})
     state.update(experiment_id=experiment_id, parent_run_id=parent, tracking_uri=tracker.uri)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     _write_state(sweep_dir, state)
@@ -192,6 +200,17 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
         run_config=tune.RunConfig(name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=1),
                                   verbose=1, callbacks=[tracking]),
     )
+
+
+def _report(tracker: Tracker, name: str, sweep_id: str, sweeps_dir: Path) -> Path | None:
+    """The sweep's HTML report. The sweep's results are already saved when it is written, so a
+    failure here is reported in one line (with how to rebuild it) rather than failing the sweep."""
+    try:
+        return make_report(tracker, name, sweep_id, sweeps_dir)
+    except Exception as e:  # noqa: BLE001 - any failure: the ranking and MLflow runs stand regardless
+        print(f"switchsweep sweep: warning: the report was not written ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+              f"rebuild it with `switchsweep report sweep={name} sweep.id={sweep_id}`", file=sys.stderr)
+        return None
 
 
 def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
@@ -239,7 +258,8 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
             tracker.log_metrics(parent, {f"best_{s.metric}": best.value}, step=0)
     state["status"] = "interrupted" if interrupted else "finished"
     _write_state(sweep_dir, state)
+    report = _report(tracker, s.name, state["sweep_id"], sweeps_root(job)) if ranked else None
     tracker.set_status(parent, "KILLED" if interrupted else "FINISHED")
     if grid.num_errors and grid.num_errors == expected:
         raise SwitchsweepError(f"every trial failed; their errors are under {sweep_dir}/tune")
-    return SweepResult(state["sweep_id"], sweep_dir, tracker.uri, s.name, parent, ranked, interrupted)
+    return SweepResult(state["sweep_id"], sweep_dir, tracker.uri, s.name, parent, ranked, interrupted, report)

@@ -27,6 +27,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from switchsweep.dashboards.routing import routing_heatmap
 from switchsweep.platform.checkpoint import load_checkpoint
+from switchsweep.platform.export import run_name
 from switchsweep.platform.tracking import GROUP_TAG, SEED_TAG, Tracker, flatten
 from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params, config_from_dict
 from switchsweep.trainers.evaluate import evaluate_model
@@ -99,8 +100,12 @@ class SweepHooks(TrainHooks):
                                   folder / "routing.png", title=f"step {step}")
             self.tracker.log_artifacts(self.run_id, sorted(folder.iterdir()), f"routing/step_{step:07d}")
             self.tracker.log_image(self.run_id, png, key="routing", step=step)
+            # Scalars MLflow's chart view can plot over training: distance to the prior, expert usage.
+            usage = {f"usage/block{b}/expert{e}": float(u) for (b, e), u in np.ndenumerate(mats["usage"].numpy())}
+            self.tracker.log_metrics(self.run_id, {"routing_jsd": float(mats["prior_jsd"]), **usage}, step)
         if cfg.sample.per_class > 0:
-            grid = trainer.sample_grid(art / f"samples_{step:07d}.png")
+            # The trainer's own per_class is 0 (no grid at the end of training): pass the sweep's.
+            grid = trainer.sample_grid(art / f"samples_{step:07d}.png", per_class=cfg.sample.per_class)
             self.tracker.log_image(self.run_id, grid, key="samples", step=step)
         if step == cfg.train.steps:
             self.tracker.log_artifact(self.run_id, ckpt_dir / "ckpt.pt", "checkpoint")
@@ -147,10 +152,11 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
     trial_id = tune.get_context().get_trial_id()
     tree = trial_config(job, params, trial_id)
     tracker = Tracker(job.tracking_uri)
+    seed = int(params.get(SEED, 0))
     run_id, created = tracker.child_run(
-        job.experiment_id, job.parent_run_id, job.sweep_id, trial_id, name=f"{job.sweep_id}/{trial_id}",
+        job.experiment_id, job.parent_run_id, job.sweep_id, trial_id, name=run_name(flatten(tree), seed),
         tags={"switchsweep.git_commit": job.git_commit, "switchsweep.model": tree["model"]["name"],
-              GROUP_TAG: trial_group(params), SEED_TAG: int(params.get(SEED, 0))},
+              GROUP_TAG: trial_group(params), SEED_TAG: seed},
     )
     if created:
         tracker.log_params(run_id, flatten(tree))

@@ -168,9 +168,10 @@ class Trainer:
         return logs
 
     # -- samples -----------------------------------------------------------------------------
-    def sample_grid(self, path: Path) -> Path:
+    def sample_grid(self, path: Path, per_class: int | None = None) -> Path:
+        """EMA samples, one column per class and `per_class` rows (default: `sample.per_class`)."""
         s, n_cls = self.cfg.sample, self.cfg.data.num_classes
-        labels = torch.arange(n_cls, device=self.device).repeat(s.per_class)
+        labels = torch.arange(n_cls, device=self.device).repeat(s.per_class if per_class is None else per_class)
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed)
         images = sample_images(
             self.ema.model, self.diffusion, labels, sampler=s.sampler, steps=s.steps,
