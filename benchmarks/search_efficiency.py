@@ -75,8 +75,7 @@ def report(root: Path) -> str:
     noise = 0.0 if math.isnan(best.half_width) else best.half_width
     threshold = best.value + noise
     grid, tpe = trajectory(tracker, GRID), trajectory(tracker, TPE)
-    _, grid_total = cost_to_reach(grid, threshold)
-    grid_first, _ = cost_to_reach(grid, threshold)
+    grid_first, grid_total = cost_to_reach(grid, threshold)
     tpe_reach, tpe_total = cost_to_reach(tpe, threshold)
     lines = [f"grid best: {variant_label(best.params)} kid={best.value:.4g} +- {noise:.2g} -> target kid <= {threshold:.4g}",
              f"grid ({len(grid)} rows): {grid_total} trial-steps to know its best (first row within the target after {grid_first})",

@@ -249,7 +249,7 @@ def test_report_opens_in_a_browser_with_every_plot_drawn(sweep_root, browser, tm
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     plots = page.evaluate("""() => [...document.querySelectorAll('.plotly-graph-div')].map(d => ({
         id: d.id, drawn: !!d.querySelector('.main-svg'),
-        points: d.data.reduce((n, t) => n + ((t.x || t.z || (t.dimensions || [{}])[0].values || []).length || 0), 0),
+        points: d._fullData.reduce((n, t) => n + ((t.x || t.z || (t.dimensions || [{}])[0].values || []).length || 0), 0),
         slider: (d.layout.sliders || []).length > 0}))""")
     assert errors == []
     # Pareto, learning curves, JSD, one routing figure per Switch-DiT trial (3), importances need 3 finished: none.
@@ -304,7 +304,7 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, 
         # The last sample grid of a finished trial, as the UI's artifact viewer shows it.
         grid = sorted(a.path for a in client.list_artifacts(child.info.run_id, "images")
                       if "samples" in a.path and a.path.endswith(".png"))[-1]
-        page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}/artifacts/{grid}")
+        page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}/artifacts/{grid}?workflowType=machine_learning")
         page.wait_for_function("() => [...document.images].some(i => i.src.startsWith('blob:') && i.naturalWidth > 0)",
                                timeout=30_000)
         page.screenshot(path=str(tmp_path / "mlflow-samples.png"))
