@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
+from scipy.spatial.distance import jensenshannon
 import torch
 
 from switchsweep.models.prior_loss import diffusion_prior_loss, hungarian_match, jensen_shannon, matching_cost
@@ -112,6 +113,13 @@ def test_routing_matrices_for_logging():
     rows, cols = linear_sum_assignment(cost)
     assert np.abs(gate - r["w_prior_matched"].numpy()).sum() == cost[rows, cols].sum()
     assert sorted(map(tuple, r["w_prior_matched"].numpy().T.tolist())) == sorted(map(tuple, prior.T.tolist()))
+    # The logged summaries: each expert's share of timesteps, and the prior loss over all timesteps,
+    # here from SciPy's Jensen-Shannon distance (its square is the divergence, in nats).
+    np.testing.assert_allclose(r["usage"].numpy(), gate.reshape(50, 3, 3).mean(0))
+    p = model.all_gate_probs().reshape(50, 9).double().numpy() / 3
+    q = r["w_prior_matched"].double().numpy() / (2 * 3)
+    expected = np.mean([jensenshannon(p[t], q[t]) ** 2 for t in range(50)])
+    assert float(r["prior_jsd"]) == pytest.approx(expected, rel=1e-4)
 
 
 def test_jensen_shannon_gradient_is_finite_when_a_gate_probability_underflows():

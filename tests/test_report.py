@@ -45,7 +45,7 @@ def _sweep(designs, seeds=2, stopped=()):
     ranked = rank_groups(records, "kid", "min", "kid_std")
     order = {t: i for i, r in enumerate(ranked) for t in r.trials}
     trials.sort(key=lambda t: order[t.trial_id])
-    ranking = SweepRanking("grid-1", "kid", [], ranked, "parent", dict(PARENT), "min")
+    ranking = SweepRanking("grid-1", "kid", [], ranked, "parent", dict(PARENT))
     return SweepData("table1", ranking, trials, None, "no Optuna study")
 
 

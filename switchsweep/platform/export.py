@@ -87,7 +87,6 @@ class SweepRanking:
     ranked: list[Ranked]  # best first
     parent_run_id: str = ""
     parent_params: dict[str, str] = field(default_factory=dict)  # the sweep's settings as logged
-    mode: str = "min"
 
 
 def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> SweepRanking:
@@ -109,7 +108,7 @@ def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> Swe
             params=dict(run.data.params), metrics=dict(run.data.metrics)))
     ranked = rank_groups(records, metric, mode, METRIC_STD.get(metric), objectives,
                          [REPORTED_METRICS[o] for o in objectives])
-    return SweepRanking(tags[SWEEP_TAG], metric, objectives, ranked, parent.info.run_id, dict(parent.data.params), mode)
+    return SweepRanking(tags[SWEEP_TAG], metric, objectives, ranked, parent.info.run_id, dict(parent.data.params))
 
 
 def value_text(r: Ranked) -> str:

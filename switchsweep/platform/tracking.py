@@ -29,7 +29,7 @@ ROLE_TAG = "switchsweep.role"  # "sweep" (parent) or "trial" (child)
 GROUP_TAG = "switchsweep.group"  # the configuration a trial runs (one per seed of it)
 SEED_TAG = "switchsweep.seed_index"
 OBJECTIVES_TAG = "switchsweep.objectives"  # comma-separated, on the parent of a multi-objective sweep
-# MLflow 3's UI opens an experiment on its training-runs table only with this kind.
+# MLflow 3's experiment kind for model training (the UI's view itself follows its workflowType link parameter).
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
 
@@ -87,7 +87,7 @@ class Tracker:
 
     def experiment(self, name: str, artifact_root: str | Path | None = None) -> str:
         """The id of experiment `name`, created (with an absolute artifact location) if missing, and
-        marked as model training so the MLflow UI opens it on its runs table (not the GenAI view)."""
+        marked as a model-training experiment (not a GenAI one)."""
         exp = _retry(lambda: self.client.get_experiment_by_name(name))
         if exp is not None:
             experiment_id = exp.experiment_id
