@@ -322,3 +322,25 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, 
     finally:
         ui.terminate()
         ui.wait(timeout=30)
+
+
+def test_optuna_ui_serves_the_sweeps_study_on_loopback(sweep_root):
+    import urllib.request
+
+    sweep_id = _sweep_report(sweep_root).parent.name
+    port = _free_port()
+    ui = subprocess.Popen([str(BIN / "switchsweep"), "optuna-ui", "sweep=design_space", f"sweep.root={sweep_root}",
+                           f"port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        deadline, body = time.time() + 90, None
+        while time.time() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    body = json.loads(r.read())
+            except OSError:
+                assert ui.poll() is None, "optuna-ui exited"
+                time.sleep(1)
+        assert body is not None and [s["study_name"] for s in body["study_summaries"]] == [sweep_id]
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
