@@ -93,7 +93,12 @@ def study_importances(journal: Path, keys: list[str]) -> tuple[dict[str, float] 
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         dists[k] = (optuna.distributions.FloatDistribution(float(min(values)), float(max(values))) if numeric
                     else optuna.distributions.CategoricalDistribution(sorted(set(map(str, values)))))
-    resolved = optuna.create_study(direction=study.directions[0].name.lower())
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line for a throwaway study
+    try:
+        resolved = optuna.create_study(direction=study.directions[0].name.lower())
+    finally:
+        optuna.logging.set_verbosity(level)
     for t in done:
         params = {k: (float(t.user_attrs[k]) if isinstance(dists[k], optuna.distributions.FloatDistribution)
                       else str(t.user_attrs[k])) for k in varying}
