@@ -3,6 +3,7 @@ aggregated with their intervals, ties with the best, and the Pareto set."""
 
 import itertools
 import math
+import time
 
 import numpy as np
 import pytest
@@ -128,3 +129,35 @@ def test_export_reads_mlflow_and_writes_the_pareto_set(tmp_path):
     assert OmegaConf.load(written[1]).train.seed == 0  # the configuration's first seed
     table = (tmp_path / "out" / "ranking.csv").read_text().splitlines()
     assert table[0].endswith("vs_best,pareto,gflops_mean") and len(table) == 5
+
+
+def test_rank_trials_reads_the_sweep_asked_for_or_the_latest(tmp_path):
+    from switchsweep.platform.errors import ConfigError
+    from switchsweep.platform.export import rank_trials
+    from switchsweep.platform.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, Tracker, default_tracking_uri
+
+    tracker = Tracker(default_tracking_uri(tmp_path))
+    exp = tracker.experiment("design_space", tmp_path / "artifacts")
+    for sweep_id, kid in (("ds-1", 3.0), ("ds-2", 5.0)):  # ds-2 starts later: the latest
+        parent = tracker.create_run(exp, sweep_id, {ROLE_TAG: "sweep", SWEEP_TAG: sweep_id, "switchsweep.metric": "kid",
+                                                    "switchsweep.mode": "min"})  # no objectives tag: single-objective
+        run = tracker.create_run(exp, f"{sweep_id}-t", {PARENT_TAG: parent, TRIAL_TAG: f"{sweep_id}-t", ROLE_TAG: "trial"})
+        tracker.log_params(run, {"train.steps": 8, "model.name": "dit"})
+        tracker.log_metrics(run, {"kid": kid, "step": 8}, step=8)
+        tracker.set_status(run, "FINISHED")
+        time.sleep(0.01)
+    latest = rank_trials(tracker, "design_space")
+    assert latest.sweep_id == "ds-2" and latest.objectives == [] and [r.trial_id for r in latest.ranked] == ["ds-2-t"]
+    first = rank_trials(tracker, "design_space", "ds-1").ranked
+    assert [(r.trial_id, r.group, r.value, r.steps, r.complete) for r in first] == [("ds-1-t", "ds-1-t", 3.0, 8, True)]
+    with pytest.raises(ConfigError, match="sweep.id=ds-9 is not in"):
+        rank_trials(tracker, "design_space", "ds-9")
+    with pytest.raises(ConfigError, match="sweep=table1: no such sweep in"):
+        rank_trials(tracker, "table1")
+
+
+def test_paired_difference_drops_pairs_with_a_missing_value():
+    from switchsweep.platform.ranking import paired_difference
+
+    mean, hw = paired_difference([1.0, math.nan, 3.0, 6.0], [0.0, 5.0, math.nan, 4.0])  # pairs 0 and 3 only
+    assert mean == pytest.approx(1.5) and hw == pytest.approx(stats.t.ppf(0.975, 1) * np.std([1.0, 2.0], ddof=1) / math.sqrt(2))

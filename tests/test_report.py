@@ -178,3 +178,8 @@ def test_run_names_say_the_design_and_seed():
     assert run_name({"model.name": "dit_moe", "model.num_experts": 8, "model.top_k": 2, "model.shared_experts": 1}, 0) == \
         "dit_moe M8 k2 shared1 s0"
     assert run_name({"model.name": "dit", "train.loss_weighting": "min_snr"}, 1) == "dit min_snr s1"
+    # lambda_dp = 0 reads ldp0.0 (not also "no-prior"); tiny values keep their exponent.
+    assert run_name({"model.name": "switch_dit", "model.num_experts": 3, "model.top_k": 2, "model.lambda_dp": 0.0,
+                     "model.prior_alpha": 8.0}, 0) == "switch_dit M3 k2 ldp0.0 a8 s0"
+    assert run_name({"model.name": "switch_dit", "model.num_experts": 3, "model.top_k": 2, "model.lambda_dp": 1e-5,
+                     "model.prior_alpha": 4.0}, 0) == "switch_dit M3 k2 ldp1e-05 a4 s0"

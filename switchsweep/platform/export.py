@@ -62,8 +62,8 @@ def run_name(params: dict[str, Any], seed_index: int) -> str:
     name, extra = _design(params)
     parts = [name, *(e.replace("=", "") for e in extra if e != "no-prior")]
     if name == "switch_dit":
-        ldp = f"{float(params.get('model.lambda_dp', 1)):.3g}"
-        parts += [f"ldp{ldp if '.' in ldp or 'e' in ldp else ldp + '.0'}", f"a{float(params.get('model.prior_alpha', 4)):g}"]
+        ldp = f"{float(params['model.lambda_dp']):.3g}"  # 1 -> 1.0, 1e-05 stays
+        parts += [f"ldp{ldp if '.' in ldp or 'e' in ldp else ldp + '.0'}", f"a{float(params['model.prior_alpha']):g}"]
     weighting = params.get("train.loss_weighting", "constant")
     if weighting != "constant":
         parts.append(str(weighting))
