@@ -56,3 +56,18 @@ def test_topk_gates_are_not_renormalised_and_mask_marks_them():
     assert torch.allclose(vals, probs.gather(-1, idx))
     assert vals.sum(-1).lt(1).all()
     assert gate_selection_mask(probs, 2).tolist() == [[1, 1, 0, 0, 1, 1]]
+
+
+@pytest.mark.parametrize("beta", [0.0, -0.1, 1.5])
+def test_dtr_mask_refuses_a_width_outside_0_1(beta):
+    with pytest.raises(ValueError, match=f"beta={beta} must be in \\(0, 1\\]"):
+        dtr_mask(10, beta=beta)
+
+
+def test_noisy_logits_add_softplus_scaled_gaussian_noise():
+    from switchsweep.models.routing import noisy_logits
+
+    clean, noise = torch.randn(4, 3), torch.randn(4, 3)
+    got = noisy_logits(clean, noise, torch.Generator().manual_seed(7))
+    eps = torch.randn((4, 3), generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(got, clean + eps * torch.log1p(torch.exp(noise)))

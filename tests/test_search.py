@@ -93,6 +93,7 @@ def test_a_restored_searcher_finishes_the_open_group_and_reuses_the_study(tmp_pa
 def test_tpe_start_up_is_sized_to_the_sweep(tmp_path):
     # Optuna's own default (10 random trials) would make an 8-trial "TPE" sweep a random search.
     assert default_tpe_startup(8) == 2 and default_tpe_startup(40) == 10 and default_tpe_startup(3) == 2
+    assert default_tpe_startup(10) == 2 and default_tpe_startup(14) == 3  # whole configurations, rounded down
     sampler = _searcher(tmp_path, tpe_startup=2).study.sampler
     assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 2
     (tmp_path / "journal.random").mkdir()

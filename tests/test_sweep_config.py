@@ -1,3 +1,4 @@
+import copy
 """Sweep configs, search spaces and their bad-input errors: all checked before Ray or MLflow start."""
 
 import json
@@ -40,6 +41,18 @@ def test_table1_rows_reach_the_baseline_and_every_mk_pair():
     assert (3, 2) in pairs and (3, 3) in pairs and all(k <= m for m, k in pairs)
     space = param_space(job.sweep)
     assert space["row"] == tune.grid_search(list(range(len(bases))))
+    seeded = load_sweep_config(["sweep=table1", "sweep.seeds=3"])
+    assert param_space(seeded.sweep)["seed"] == tune.grid_search([0, 1, 2])
+
+
+def test_a_trial_config_offsets_the_seed_and_leaves_the_base_alone():
+    base = trial_bases(load_sweep_config(["sweep=design_space", "train.seed=5"]), [])[0]
+    before = copy.deepcopy(base)
+    tree = apply_params(base, {"model.num_experts": 6, "model.top_k": 4, "seed": 2, "group": "g003"})
+    assert tree["train"]["seed"] == 7 and tree["model"]["num_experts"] == 6 and tree["model"]["top_k"] == 4
+    assert "group" not in tree and "seed" not in tree
+    assert apply_params(base, {})["train"]["seed"] == 5  # no seed index: the first seed
+    assert base == before  # nested settings of the shared base are not touched
 
 
 @pytest.fixture(scope="module")
