@@ -1,6 +1,6 @@
-import copy
 """Sweep configs, search spaces and their bad-input errors: all checked before Ray or MLflow start."""
 
+import copy
 import json
 from pathlib import Path
 
