@@ -161,3 +161,31 @@ def test_paired_difference_drops_pairs_with_a_missing_value():
 
     mean, hw = paired_difference([1.0, math.nan, 3.0, 6.0], [0.0, 5.0, math.nan, 4.0])  # pairs 0 and 3 only
     assert mean == pytest.approx(1.5) and hw == pytest.approx(stats.t.ppf(0.975, 1) * np.std([1.0, 2.0], ddof=1) / math.sqrt(2))
+
+
+def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
+    import csv
+
+    from switchsweep.platform.export import SweepRanking, write_ranking
+
+    switch = {"model.name": "switch_dit", "model.num_experts": "3", "model.top_k": "2", "model.lambda_dp": "0.54637",
+              "model.prior_alpha": "4.0", "train.loss_weighting": "constant"}
+    extra = {"params": 2.166e6, "gflops": 0.04271, "steps_per_sec": 5.678}
+    records = [TrialRecord(f"s-{i}", f"r-s-{i}", "FINISHED", 100, 100, "gs", i, switch, {"kid": v, "kid_std": 2.0, **extra})
+               for i, v in enumerate([10.0, 14.0])]
+    records.append(TrialRecord("d-0", "r-d-0", "KILLED", 50, 100, "gd", 0, {"model.name": "dit"}, {"kid": math.nan}))
+    ranked = rank_groups(records, "kid", "min", "kid_std")
+    table, md = write_ranking(SweepRanking("sw-1", "kid", [], ranked), tmp_path)
+    with open(table, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    best, dit = rows
+    hw = stats.t.ppf(0.975, 1) * np.std([10.0, 14.0], ddof=1) / math.sqrt(2)
+    assert best == {"rank": "1", "group": "gs", "trial_id": "s-0", "seeds": "2", "status": "FINISHED", "steps": "100",
+                    "variant": "switch_dit(M=3,k=2)", "lambda_dp": "0.5464", "prior_alpha": "4.0", "params_M": "2.166",
+                    "gflops": "0.0427", "steps_per_s": "5.68", "kid": "12", "kid_sd_seeds": "2.83", "kid_noise": "2",
+                    "kid_ci95": f"{hw:.3g}", "vs_best": "best"}
+    assert dit == {"rank": "2", "group": "gd", "trial_id": "d-0", "seeds": "1", "status": "KILLED", "steps": "50",
+                   "variant": "dit", "lambda_dp": "", "prior_alpha": "", "params_M": "", "gflops": "", "steps_per_s": "",
+                   "kid": "", "kid_sd_seeds": "", "kid_noise": "", "kid_ci95": "", "vs_best": ""}
+    lines = md.read_text().splitlines()
+    assert lines[2].startswith("| rank | group |") and lines[4].startswith("| 1 | gs | s-0 | 2 | FINISHED |") and len(lines) == 6
