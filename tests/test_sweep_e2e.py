@@ -277,8 +277,9 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, 
     parent = next(r for r in runs if r.data.tags.get("switchsweep.role") == "sweep")
     child = next(r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("switchsweep.role") == "trial")
     port = _free_port()
+    # Its own process group: stopping it must stop the MLflow server processes it starts too.
     ui = subprocess.Popen([str(BIN / "switchsweep"), "ui", f"sweep.root={sweep_root}", f"port={port}"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
     try:
         banner = ui.stdout.readline()
         assert f"http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning" in banner, banner
@@ -320,7 +321,7 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, 
         assert (stats["w"], stats["h"]) == ((10 * 9 + 1) * 4, (1 * 9 + 1) * 4) and stats["variance"] > 0, stats
         assert errors == []
     finally:
-        ui.terminate()
+        os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
 
 
