@@ -39,18 +39,25 @@ def _float(params: dict[str, str], key: str) -> float:
         return math.nan
 
 
-def compute_cost(trial: TrialData, parent_params: dict[str, str]) -> tuple[float, str]:
-    """(cost, unit) of one trial: wall time x workers x each worker's GPUs (GPU-hours) or CPUs (CPU-seconds)."""
+def _on_gpus(parent_params: dict[str, str]) -> bool:
+    return parent_params.get("sweep.ray.use_gpu") == "True"
+
+
+def compute_unit(parent_params: dict[str, str]) -> str:
+    return "GPU-hours" if _on_gpus(parent_params) else "CPU-seconds"
+
+
+def compute_cost(trial: TrialData, parent_params: dict[str, str]) -> float:
+    """One trial's compute in `compute_unit`: wall time x workers x each worker's GPUs (hours) or CPUs (seconds)."""
     wall = trial.metrics.get("trial_wall_s", math.nan)
     workers = _float(parent_params, "sweep.ray.num_workers")
-    if parent_params.get("sweep.ray.use_gpu") == "True":
-        return wall * workers * _float(parent_params, "sweep.ray.gpus_per_worker") / 3600, "GPU-hours"
-    return wall * workers * _float(parent_params, "sweep.ray.cpus_per_worker"), "CPU-seconds"
+    if _on_gpus(parent_params):
+        return wall * workers * _float(parent_params, "sweep.ray.gpus_per_worker") / 3600
+    return wall * workers * _float(parent_params, "sweep.ray.cpus_per_worker")
 
 
-def _group_cost(data: SweepData, group: Ranked) -> tuple[float, str]:
-    costs = [compute_cost(t, data.ranking.parent_params) for t in data.trials if t.trial_id in group.trials]
-    return sum(c for c, _ in costs), costs[0][1] if costs else "CPU-seconds"
+def _group_cost(data: SweepData, group: Ranked) -> float:
+    return sum(compute_cost(t, data.ranking.parent_params) for t in data.trials if t.trial_id in group.trials)
 
 
 def _color(i: int) -> str:
@@ -67,13 +74,13 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], css: str = "") 
 def ranking_table(data: SweepData) -> str:
     metric = data.metric
     noise = METRIC_STD.get(metric, "")
-    unit = _group_cost(data, data.ranking.ranked[0])[1] if data.ranking.ranked else "CPU-seconds"
+    unit = compute_unit(data.ranking.parent_params)
     header = ["rank", "design", "seeds", "status", "steps", f"{metric} mean +- 95%", "sd over seeds",
               f"{noise or 'metric'} (own noise)", "vs best", "params (M)", "GFLOPs", "steps/s", unit,
               *(["pareto"] if data.ranking.objectives else [])]
     rows = []
     for r in data.ranking.ranked:
-        cost, _ = _group_cost(data, r)
+        cost = _group_cost(data, r)
         rows.append([str(r.rank), variant_label(r.params), str(r.seeds), r.status, str(r.steps), value_text(r),
                      _num(r.std, ".3g"), _num(r.noise, ".3g"), r.vs_best, _num(r.metrics.get("params", math.nan) * 1e-6, ".3f"),
                      _num(r.metrics.get("gflops", math.nan), ".4f"), _num(r.metrics.get("steps_per_sec", math.nan), ".2f"),
@@ -138,10 +145,8 @@ def pareto_figure(data: SweepData) -> go.Figure | None:
     if not rows:
         return None
     mode = REPORTED_METRICS[data.metric]
-    costs = [_group_cost(data, r) for r in rows]
-    unit = costs[0][1]
     xs = {"GFLOPs per image forward": [r.metrics.get("gflops", math.nan) for r in rows],
-          f"{unit} (all seeds)": [c for c, _ in costs]}
+          f"{compute_unit(data.ranking.parent_params)} (all seeds)": [_group_cost(data, r) for r in rows]}
     fig = make_subplots(rows=1, cols=2, subplot_titles=list(xs))
     for col, (axis, x) in enumerate(xs.items(), 1):
         labels = [variant_label(r.params) for r in rows]
