@@ -21,7 +21,7 @@ from pathlib import Path
 
 from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.export import rank_trials, variant_label
-from switchsweep.platform.tracking import PARENT_TAG, ROLE_TAG, Tracker, default_tracking_uri
+from switchsweep.platform.tracking import Tracker, default_tracking_uri
 
 GRID, TPE = "efficiency_grid", "efficiency_tpe"
 SETTINGS = ["train.steps=450", "sweep.eval_every=150"]
@@ -48,8 +48,8 @@ def commands(root: Path, extra: list[str], tpe_trials: int) -> list[list[str]]:
 def trajectory(tracker: Tracker, name: str) -> list[tuple[str, int, bool, float]]:
     """(design, steps, complete, kid) of every trial of the latest `name` sweep, in the order they ended."""
     exp = tracker.find_experiment(name)
-    parent = tracker.search(exp, f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"])[0]
-    runs = tracker.search(exp, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'", order_by=["attributes.end_time ASC"])
+    parent = tracker.parent_run(exp)
+    runs = sorted(tracker.children(exp, parent.info.run_id), key=lambda r: r.info.end_time or 0)
     out = []
     for r in runs:
         steps = int(r.data.metrics.get("step", 0))

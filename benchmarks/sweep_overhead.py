@@ -12,7 +12,6 @@ the checkpoint hand-over to Ray, tracking, and teardown.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -20,9 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from switchsweep.platform import sweep_state
+
 
 def summarise(sweep_dir: Path) -> list[dict]:
-    rows = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("trials/*/trial.json"))]
+    trials = sweep_state.load(sweep_dir).get("trials", {})
+    rows = [{"trial_id": t, **e} for t, e in sorted(trials.items())]
     print(f"{'trial':<10} {'steps':>5} {'wall s':>8} {'loop s':>8} {'overhead s':>10}")
     for r in rows:
         print(f"{r['trial_id']:<10} {r['step']:>5} {r.get('wall_s', float('nan')):>8.1f} "

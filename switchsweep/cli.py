@@ -14,7 +14,9 @@ from omegaconf import OmegaConf
 from switchsweep.platform.compose import load_config, load_eval_config, load_sweep_config
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
 from switchsweep.platform.export import value_text, variant_label
-from switchsweep.platform.tracking import default_tracking_uri, require_store
+from switchsweep.platform.tracking import default_tracking_uri, redact, require_store
+
+EXIT_TRIALS_FAILED = 3  # the sweep ran to its end but some trials failed (2: bad input, 130: interrupted)
 
 
 def _train(cfg) -> int:
@@ -65,10 +67,14 @@ def _sweep(job, overrides) -> int:
     if job.sweep.search != "grid":
         print(f"the search:  switchsweep optuna-ui {where}   (optuna-dashboard, http://127.0.0.1:8080)")
     print(f"export best: switchsweep export {where} top=3 out=runs/export/{name}")
+    if result.failed:
+        first = next(iter(result.failed.items()))
+        print(f"failed:      {len(result.failed)} trial(s) failed and were not retried (first: {first[0]}: {first[1]}); "
+              f"reasons in ranking.md and on their MLflow runs (failure/worker.log)", file=sys.stderr)
     if result.interrupted:
         print(f"interrupted: continue with `switchsweep sweep sweep={name} sweep.id={result.sweep_id} --resume`", file=sys.stderr)
         return 130
-    return 0
+    return EXIT_TRIALS_FAILED if result.failed else 0
 
 
 def _own(overrides: Sequence[str], keys: Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -122,7 +128,7 @@ def _ui(args: argparse.Namespace) -> int:
     job = load_sweep_config(overrides)
     uri, port, host = _local_store(job), _port(own, 5000), own.get("host", "127.0.0.1")
     if not uri.startswith("sqlite:"):
-        raise ConfigError(f"sweep.tracking_uri={uri} is an MLflow server already: open it in a browser")
+        raise ConfigError(f"sweep.tracking_uri={redact(uri)} is an MLflow server already: open it in a browser")
     # MLflow 3 opens experiments in its GenAI view unless the link asks for the model-training one.
     print(f"MLflow UI over {uri}: open http://{host}:{port}/#/experiments?workflowType=machine_learning "
           "(Ctrl+C stops it)", flush=True)

@@ -128,7 +128,7 @@ def test_export_reads_mlflow_and_writes_the_pareto_set(tmp_path):
     assert "kid=6 +- " in written[0].read_text().splitlines()[0] and "gflops=4" in written[0].read_text().splitlines()[0]
     assert OmegaConf.load(written[1]).train.seed == 0  # the configuration's first seed
     table = (tmp_path / "out" / "ranking.csv").read_text().splitlines()
-    assert table[0].endswith("vs_best,pareto,gflops_mean") and len(table) == 5
+    assert table[0].endswith("vs_best,pareto,gflops_mean,failure") and len(table) == 5
 
 
 def test_rank_trials_reads_the_sweep_asked_for_or_the_latest(tmp_path):
@@ -174,18 +174,22 @@ def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
     records = [TrialRecord(f"s-{i}", f"r-s-{i}", "FINISHED", 100, 100, "gs", i, switch, {"kid": v, "kid_std": 2.0, **extra})
                for i, v in enumerate([10.0, 14.0])]
     records.append(TrialRecord("d-0", "r-d-0", "KILLED", 50, 100, "gd", 0, {"model.name": "dit"}, {"kid": math.nan}))
+    records.append(TrialRecord("f-0", "r-f-0", "FAILED", 3, 100, "gf", 0, {"model.name": "dit"}, {},
+                               failure="TrainingError: non-finite loss (nan) at step 3 | lower train.lr"))
     ranked = rank_groups(records, "kid", "min", "kid_std")
     table, md = write_ranking(SweepRanking("sw-1", "kid", [], ranked), tmp_path)
     with open(table, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    best, dit = rows
+    best, dit, failed = rows
+    assert failed["status"] == "FAILED" and failed["failure"] == "f-0: TrainingError: non-finite loss (nan) at step 3 | lower train.lr"
     hw = stats.t.ppf(0.975, 1) * np.std([10.0, 14.0], ddof=1) / math.sqrt(2)
     assert best == {"rank": "1", "group": "gs", "trial_id": "s-0", "seeds": "2", "status": "FINISHED", "steps": "100",
                     "variant": "switch_dit(M=3,k=2)", "lambda_dp": "0.5464", "prior_alpha": "4.0", "params_M": "2.166",
                     "gflops": "0.0427", "steps_per_s": "5.68", "kid": "12", "kid_sd_seeds": "2.83", "kid_noise": "2",
-                    "kid_ci95": f"{hw:.3g}", "vs_best": "best"}
+                    "kid_ci95": f"{hw:.3g}", "vs_best": "best", "failure": ""}
     assert dit == {"rank": "2", "group": "gd", "trial_id": "d-0", "seeds": "1", "status": "KILLED", "steps": "50",
                    "variant": "dit", "lambda_dp": "", "prior_alpha": "", "params_M": "", "gflops": "", "steps_per_s": "",
-                   "kid": "", "kid_sd_seeds": "", "kid_noise": "", "kid_ci95": "", "vs_best": ""}
+                   "kid": "", "kid_sd_seeds": "", "kid_noise": "", "kid_ci95": "", "vs_best": "", "failure": ""}
     lines = md.read_text().splitlines()
-    assert lines[2].startswith("| rank | group |") and lines[4].startswith("| 1 | gs | s-0 | 2 | FINISHED |") and len(lines) == 6
+    assert lines[2].startswith("| rank | group |") and lines[4].startswith("| 1 | gs | s-0 | 2 | FINISHED |") and len(lines) == 7
+    assert lines[6].endswith("| f-0: TrainingError: non-finite loss (nan) at step 3 / lower train.lr |")  # a | kept out of the cells

@@ -239,5 +239,5 @@ def test_gflops_match_the_closed_form_difference_of_switch_dit_and_dit():
 
 def test_variant_labels_name_the_design():
     assert variant_label({"model.name": "switch_dit", "model.num_experts": "4", "model.top_k": "1", "model.gating": "noisy",
-                          "model.integration": "direct", "model.lambda_dp": "0.0"}) == "switch_dit(M=4,k=1,noisy,direct,no-prior)"
+                          "model.integration": "direct", "model.lambda_dp": "0.0"}) == "switch_dit(M=4,k=1,no-prior,noisy,direct)"
     assert variant_label({"model.name": "dit", "train.loss_weighting": "p2"}) == "dit+p2"

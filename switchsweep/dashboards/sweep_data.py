@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 
 from switchsweep.platform.export import SweepRanking, rank_trials, run_name
-from switchsweep.platform.tracking import PARENT_TAG, SEED_TAG, TRIAL_TAG, Tracker
+from switchsweep.platform.tracking import SEED_TAG, STOPPED_TAG, TRIAL_TAG, Tracker
 
 CURVES = ("loss", "routing_jsd")  # besides the sweep's metric
 JOURNAL = "optuna.journal"  # the study of a tpe/random sweep, in its folder
@@ -119,8 +119,7 @@ def collect(tracker: Tracker, name: str, sweep_id: str | None, sweeps_dir: Path)
     `sweeps_dir` holds the sweeps of that name, each with its Optuna journal if it searched."""
     ranking = rank_trials(tracker, name, sweep_id)
     experiment_id = tracker.find_experiment(name)
-    runs = {r.data.tags.get(TRIAL_TAG, ""): r for r in
-            tracker.search(experiment_id, f"tags.`{PARENT_TAG}` = '{ranking.parent_run_id}'")}
+    runs = {r.data.tags.get(TRIAL_TAG, ""): r for r in tracker.children(experiment_id, ranking.parent_run_id)}
     trials = []
     for group in ranking.ranked:
         for trial_id in group.trials:
@@ -128,7 +127,7 @@ def collect(tracker: Tracker, name: str, sweep_id: str | None, sweeps_dir: Path)
             params, seed = dict(run.data.params), int(run.data.tags.get(SEED_TAG, 0))
             t = TrialData(trial_id=trial_id, run_id=run.info.run_id, name=run.info.run_name or run_name(params, seed),
                           group=group.group, status=run.info.status,
-                          stopped_early=run.data.tags.get("switchsweep.stopped_early") == "true",
+                          stopped_early=run.data.tags.get(STOPPED_TAG) == "true",
                           params=params, metrics=dict(run.data.metrics))
             for key in (ranking.metric, *CURVES):
                 history = tracker.client.get_metric_history(run.info.run_id, key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -74,20 +75,36 @@ def _on_top_of(saved: Any, overrides: Sequence[str], setting: str) -> Config:
     if groups:
         raise ConfigError(f"{groups[0]}: {setting} fixes the config groups; give dotted overrides only (e.g. model.top_k=1)")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
+    except OmegaConfBaseException as e:  # name the setting only: the file may hold anything
+        key = getattr(e, "full_key", "") or "a setting"
+        raise ConfigError(f"{setting}: {key} is not a setting of this version's config or has a value of the wrong type: "
+                          "fix it or write the file again with switchsweep export") from None
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid override: {_one_line(e)}") from e
     return to_config(cfg)
 
 
 def _config_file(path: str) -> Any:
+    """The YAML mapping in `path`. Its errors say where, never what the file holds (it may be any file)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--config {path}: no such file: give a YAML written by switchsweep export or --cfg")
     try:
-        return OmegaConf.load(p)
-    except (OmegaConfBaseException, yaml.YAMLError, ValueError, OSError) as e:
-        raise ConfigError(f"--config {path}: not a readable YAML config ({_one_line(e)})") from e
+        data = yaml.safe_load(p.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"--config {path}: not valid YAML{where}: give a YAML written by switchsweep export or --cfg") from None
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"--config {path}: not a readable YAML file ({type(e).__name__}): give a YAML written by "
+                          "switchsweep export or --cfg") from None
+    if not isinstance(data, dict) or not set(data) <= {f.name for f in dataclasses.fields(Config)}:
+        raise ConfigError(f"--config {path}: not a switchsweep config (its top level must be sections such as model:, "
+                          "train:, data:): give a YAML written by switchsweep export or --cfg")
+    return OmegaConf.create(data)
 
 
 def load_config(overrides: Sequence[str], config_file: str | None = None) -> Config:

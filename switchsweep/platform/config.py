@@ -7,6 +7,7 @@ Validation runs on the composed config before any data or model work, and every 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -34,6 +35,16 @@ DEVICES = ("auto", "cpu", "cuda")
 FEATURE_NETS = ("digits", "inception")
 
 
+def _design(models: tuple[str, ...], default: Any, **how: Any) -> Any:
+    """A model setting that tells designs apart, for labels and run names (`platform.export`):
+    label="M": always shown as M=<value>; flag=True: its value, when not the default; off="x" / on="x":
+    x when the value is 0 / above 0; run="ldp": a run-name part <run><value> (decimal=True: 1 -> 1.0)."""
+    return field(default=default, metadata={"models": models, **how})
+
+
+SWITCH, MOE = ("switch_dit",), ("switch_dit", "dit_moe")
+
+
 @dataclass
 class ModelConfig:
     name: str = "switch_dit"
@@ -42,19 +53,21 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     learn_sigma: bool = True
     # Switch-DiT (num_experts / top_k also size DiT-MoE's token-routed experts)
-    num_experts: int = 3
-    top_k: int = 2
-    lambda_dp: float = 1.0  # diffusion prior loss weight; 0 turns it off
-    prior_alpha: float = 4.0
-    gating: str = "timestep"  # timestep: softmax of a gate on e_t; noisy: plus trainable noise while training
-    balance_loss: float = 0.0  # weight of the load-balancing (importance CV^2) loss; 0: off
-    integration: str = "skip_onevec"  # skip_onevec: z*m, z*(1-m) skip, m = 1 + experts (zero init); skip: same,
-    # m = experts only, random init; direct: the SMoE output replaces the block input
+    num_experts: int = _design(MOE, 3, label="M")
+    top_k: int = _design(MOE, 2, label="k")
+    lambda_dp: float = _design(SWITCH, 1.0, off="no-prior", run="ldp", decimal=True)  # diffusion prior loss weight; 0: off
+    prior_alpha: float = _design(SWITCH, 4.0, run="a")
+    # timestep: softmax of a gate on e_t; noisy: plus trainable noise while training
+    gating: str = _design(SWITCH, "timestep", flag=True)
+    balance_loss: float = _design(SWITCH, 0.0, on="balance")  # weight of the load-balancing (importance CV^2) loss; 0: off
+    # skip_onevec: z*m, z*(1-m) skip, m = 1 + experts (zero init); skip: same, m = experts only, random init;
+    # direct: the SMoE output replaces the block input
+    integration: str = _design(SWITCH, "skip_onevec", flag=True)
     # DiT-MoE
-    shared_experts: int = 1  # always-on SwiGLU experts beside the routed ones
+    shared_experts: int = _design(("dit_moe",), 1, label="shared")  # always-on SwiGLU experts beside the routed ones
     expert_balance: float = 0.01  # weight of the expert-level balance loss
     # Multi-experts: separate DiTs, one per exclusive timestep interval
-    num_intervals: int = 4
+    num_intervals: int = _design(("multi_experts",), 4, label="n")
     # DTR
     dtr_alpha: float = 4.0
     dtr_beta: float = 0.8
@@ -263,3 +276,17 @@ def to_config(cfg: DictConfig) -> Config:
     """Validated typed config from a composed DictConfig."""
     validate(cfg)
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+# Settings that name files or folders. A sweep resolves them on its driver before trials start, since
+# Tune runs each trial in its own working folder.
+PATH_SETTINGS = (("eval", "cache_dir"), ("eval", "inception_weights"), ("eval", "out"), ("train", "resume"))
+
+
+def resolve_paths(tree: dict[str, Any]) -> dict[str, Any]:
+    """`tree` (a training config as a dict) with relative and ~ paths made absolute, here."""
+    for section, key in PATH_SETTINGS:
+        value = tree.get(section, {}).get(key)
+        if isinstance(value, str) and value and "://" not in value:
+            tree[section][key] = str(Path(value).expanduser().resolve())
+    return tree

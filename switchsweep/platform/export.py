@@ -8,6 +8,7 @@ URIs, hosts and credentials never are.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -19,38 +20,43 @@ from omegaconf import OmegaConf
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.ranking import Ranked, TrialRecord, rank_groups
 from switchsweep.platform.sweep_config import METRIC_STD, REPORTED_METRICS
-from switchsweep.platform.tracking import (GROUP_TAG, OBJECTIVES_TAG, PARENT_TAG, ROLE_TAG, SEED_TAG, SWEEP_TAG, TRIAL_TAG,
-                                           Tracker, require_store)
+from switchsweep.platform.config import ModelConfig
+from switchsweep.platform.tracking import (FAILURE_TAG, GROUP_TAG, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG, SEED_TAG, SWEEP_TAG,
+                                           TRIAL_TAG, Tracker, redact, require_store)
 
 RANK_COLUMNS = ("rank", "group", "trial_id", "seeds", "status", "steps", "variant", "lambda_dp", "prior_alpha", "params_M",
                 "gflops", "steps_per_s")
 
 
-def _design(params: dict[str, Any]) -> tuple[str, list[str]]:
-    """The model name and what sets this design apart, from a flattened config (values as logged)."""
+def _design(params: dict[str, Any]) -> tuple[str, list[str], list[str]]:
+    """The model name, what sets this design apart and the run-name parts, from a flattened config
+    (values as logged), as the config schema's design settings say (`platform.config.ModelConfig`)."""
     name = str(params.get("model.name", "?"))
     extra: list[str] = []
-    if name == "switch_dit":
-        extra = [f"M={params.get('model.num_experts')}", f"k={params.get('model.top_k')}"]
-        if params.get("model.gating", "timestep") != "timestep":
-            extra.append(str(params["model.gating"]))
-        if params.get("model.integration", "skip_onevec") != "skip_onevec":
-            extra.append(str(params["model.integration"]))
-        if float(params.get("model.lambda_dp", 1)) == 0:
-            extra.append("no-prior")
-        if float(params.get("model.balance_loss", 0)) > 0:
-            extra.append("balance")
-    elif name == "dit_moe":
-        extra = [f"M={params.get('model.num_experts')}", f"k={params.get('model.top_k')}", f"shared={params.get('model.shared_experts')}"]
-    elif name == "multi_experts":
-        extra = [f"n={params.get('model.num_intervals')}"]
-    return name, extra
+    run: list[str] = []
+    for f in dataclasses.fields(ModelConfig):
+        how = f.metadata
+        if name not in how.get("models", ()):
+            continue
+        value = params.get(f"model.{f.name}", f.default)
+        if "label" in how:
+            extra.append(f"{how['label']}={value}")
+        elif how.get("flag") and str(value) != str(f.default):
+            extra.append(str(value))
+        elif "off" in how and float(value) == 0:
+            extra.append(how["off"])
+        elif "on" in how and float(value) > 0:
+            extra.append(how["on"])
+        if "run" in how:
+            text = f"{float(value):.3g}" if how.get("decimal") else f"{float(value):g}"
+            run.append(f"{how['run']}{text if not how.get('decimal') or '.' in text or 'e' in text else text + '.0'}")
+    return name, extra, run
 
 
 def variant_label(params: dict[str, Any]) -> str:
     """A short name of the design a trial trained, from its flattened config, e.g.
     switch_dit(M=4,k=1,noisy,direct,no-prior) or dit_moe(M=8,k=2,shared=1)+min_snr."""
-    name, extra = _design(params)
+    name, extra, _ = _design(params)
     label = f"{name}({','.join(extra)})" if extra else name
     weighting = params.get("train.loss_weighting", "constant")
     return label if weighting == "constant" else f"{label}+{weighting}"
@@ -58,12 +64,10 @@ def variant_label(params: dict[str, Any]) -> str:
 
 def run_name(params: dict[str, Any], seed_index: int) -> str:
     """A trial's MLflow run name: its design and seed, e.g. `switch_dit M3 k2 ldp1.0 a4 s0`,
-    `dit_moe M8 k2 shared1 s0`, `dit uw s1`."""
-    name, extra = _design(params)
-    parts = [name, *(e.replace("=", "") for e in extra if e != "no-prior")]
-    if name == "switch_dit":
-        ldp = f"{float(params['model.lambda_dp']):.3g}"  # 1 -> 1.0, 1e-05 stays
-        parts += [f"ldp{ldp if '.' in ldp or 'e' in ldp else ldp + '.0'}", f"a{float(params['model.prior_alpha']):g}"]
+    `dit_moe M8 k2 shared1 s0`, `dit uw s1` (a setting with a run-name part shows there, not as a flag)."""
+    name, extra, run = _design(params)
+    off = {f.metadata["off"] for f in dataclasses.fields(ModelConfig) if "off" in f.metadata and "run" in f.metadata}
+    parts = [name, *(e.replace("=", "") for e in extra if e not in off), *run]
     weighting = params.get("train.loss_weighting", "constant")
     if weighting != "constant":
         parts.append(str(weighting))
@@ -71,12 +75,11 @@ def run_name(params: dict[str, Any], seed_index: int) -> str:
 
 
 def _parent(tracker: Tracker, experiment_id: str, name: str, sweep_id: str | None):
-    filt = f"tags.`{ROLE_TAG}` = 'sweep'" + (f" and tags.`{SWEEP_TAG}` = '{sweep_id}'" if sweep_id else "")
-    runs = tracker.search(experiment_id, filt, order_by=["attributes.start_time DESC"])
-    if not runs:
+    parent = tracker.parent_run(experiment_id, sweep_id)
+    if parent is None:
         which = f"sweep.id={sweep_id}" if sweep_id else f"a {name} sweep"
-        raise ConfigError(f"{which} is not in {tracker.uri}: list sweeps in the MLflow UI (make ui) or run one first")
-    return runs[0]
+        raise ConfigError(f"{which} is not in {redact(tracker.uri)}: list sweeps in the MLflow UI (make ui) or run one first")
+    return parent
 
 
 @dataclass
@@ -93,19 +96,19 @@ def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> Swe
     """The sweep's configurations best first (see `platform.ranking`), from its MLflow child runs."""
     experiment_id = tracker.find_experiment(name)
     if experiment_id is None:
-        raise ConfigError(f"sweep={name}: no such sweep in {tracker.uri}: run `switchsweep sweep sweep={name}` first")
+        raise ConfigError(f"sweep={name}: no such sweep in {redact(tracker.uri)}: run `switchsweep sweep sweep={name}` first")
     parent = _parent(tracker, experiment_id, name, sweep_id)
     tags = parent.data.tags
-    metric, mode = tags["switchsweep.metric"], tags["switchsweep.mode"]
+    metric, mode = tags[METRIC_TAG], tags[MODE_TAG]
     objectives = [o for o in tags.get(OBJECTIVES_TAG, "").split(",") if o]
     records = []
-    for run in tracker.search(experiment_id, f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"):
+    for run in tracker.children(experiment_id, parent.info.run_id):
         t = run.data.tags
         records.append(TrialRecord(
             trial_id=t.get(TRIAL_TAG, ""), run_id=run.info.run_id, status=run.info.status,
             steps=int(run.data.metrics.get("step", 0)), train_steps=int(run.data.params.get("train.steps", 0)),
             group=t.get(GROUP_TAG, t.get(TRIAL_TAG, "")), seed_index=int(t.get(SEED_TAG, 0)),
-            params=dict(run.data.params), metrics=dict(run.data.metrics)))
+            params=dict(run.data.params), metrics=dict(run.data.metrics), failure=t.get(FAILURE_TAG, "")))
     ranked = rank_groups(records, metric, mode, METRIC_STD.get(metric), objectives,
                          [REPORTED_METRICS[o] for o in objectives])
     return SweepRanking(tags[SWEEP_TAG], metric, objectives, ranked, parent.info.run_id, dict(parent.data.params))
@@ -130,14 +133,14 @@ def _cells(r: Ranked, objectives: list[str]) -> list[str]:
             num(m.get("params", math.nan) * 1e-6, ".3f"), num(m.get("gflops", math.nan), ".4f"),
             num(m.get("steps_per_sec", math.nan), ".2f"), num(r.value, ".6g"), num(r.std, ".3g"), num(r.noise, ".3g"),
             num(r.half_width, ".3g"), r.vs_best, *([("yes" if r.pareto else "")] if objectives else []),
-            *(num(r.objectives[o], ".6g") for o in objectives[1:])]
+            *(num(r.objectives[o], ".6g") for o in objectives[1:]), r.failure]
 
 
 def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
     """ranking.csv (every column, machine-readable) and ranking.md (the same rows for people)."""
     metric, objectives = ranking.metric, ranking.objectives
     header = [*RANK_COLUMNS, metric, f"{metric}_sd_seeds", f"{metric}_noise", f"{metric}_ci95", "vs_best",
-              *(["pareto"] if objectives else []), *(f"{o}_mean" for o in objectives[1:])]
+              *(["pareto"] if objectives else []), *(f"{o}_mean" for o in objectives[1:]), "failure"]
     rows = [_cells(r, objectives) for r in ranking.ranked]
     table = out / "ranking.csv"
     with open(table, "w", newline="") as fh:  # labels such as switch_dit(M=3,k=2) hold commas: quote them
@@ -146,7 +149,7 @@ def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
     lines = [f"{metric}: mean over seeds; ci95: half-width of its 95% interval (t over seeds, or 1.96 x the "
              f"metric's own std with one seed); vs_best: tied = not separable from the best.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c) + " |" for c in rows]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     md.write_text("\n".join(lines) + "\n")
     return table, md
 

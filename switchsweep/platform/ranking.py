@@ -35,6 +35,7 @@ class TrialRecord:
     seed_index: int
     params: dict[str, str]
     metrics: dict[str, float]
+    failure: str = ""  # why it failed (FAILED only)
 
     @property
     def complete(self) -> bool:
@@ -63,6 +64,7 @@ class Ranked:
     objectives: dict[str, float] = field(default_factory=dict)  # mean over seeds, multi-objective sweeps
     vs_best: str = ""  # best / tied / worse among complete configurations
     pareto: bool = False
+    failure: str = ""  # why its first failed seed failed
 
     @property
     def complete(self) -> bool:
@@ -132,6 +134,7 @@ def rank_groups(records: Sequence[TrialRecord], metric: str, mode: str, noise_me
             half_width=interval_half_width(finite, noise) if finite else math.nan, seeds=len(members),
             params=dict(first.params), metrics=dict(first.metrics), trials=[m.trial_id for m in members], values=values,
             objectives={o: float(np.mean([m.metrics.get(o, math.nan) for m in members])) for o in objectives},
+            failure=next((f"{m.trial_id}: {m.failure}" for m in members if m.status == "FAILED"), ""),
         ))
     if objectives:
         complete = [r for r in ranked if r.complete]

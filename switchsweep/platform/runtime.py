@@ -49,8 +49,19 @@ def start_ray(r: RayConfig) -> None:
             raise ConfigError(f"sweep.ray.address={r.address}: cannot connect ({str(e).splitlines()[0][:160]}): "
                               "start the cluster or drop the setting for a local instance") from e
         return
+    _loopback_only()
     ray.init(num_cpus=local_num_cpus(r), include_dashboard=True, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", **quiet)
+
+
+def _loopback_only() -> None:
+    """Keep a local instance on 127.0.0.1. On Linux Ray swaps a loopback node address for the machine's
+    own and then binds its servers (GCS, raylet, agents, workers) to every interface; the switch that
+    keeps a node local is read at import in this process and from the environment in the ones it starts."""
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def check_resources(r: RayConfig, total: dict[str, float] | None = None) -> None:

@@ -7,6 +7,7 @@ check against the running cluster lives in `platform.runtime`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -32,6 +33,9 @@ REPORTED_METRICS = {
 # The measurement noise a trial reports beside a metric (std over KID subsets).
 METRIC_STD = {"kid": "kid_std"}
 SPEC_KINDS = ("choice", "loguniform", "uniform", "randint", "fraction_of")
+LOG_CHECKPOINTS = ("last", "best", "false")
+# Sweep names and ids become folder names and MLflow filter values: letters, digits, . _ - only.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass
@@ -87,6 +91,9 @@ class SweepConfig:
     extend: int = 0  # set by `--extend N`: N more configurations for a finished sweep, same parent run and study
     root: str = "runs"  # sweeps, the MLflow store and its artifacts live under it
     tracking_uri: Optional[str] = None  # null: sqlite:///<root>/mlflow.db; an http(s) MLflow server on clusters
+    # A trial's final checkpoint, kept once: last: every finished trial's in MLflow; best: the best trial's in
+    # MLflow, the others' in Ray Train's storage; false: every one in Ray Train's storage only.
+    log_checkpoints: str = "last"
     ray: RayConfig = field(default_factory=RayConfig)
 
 
@@ -171,7 +178,13 @@ def check_point(i: int, point: Any, space: List[ParamSpec]) -> None:
 def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
     """Static checks of the sweep section; raise ConfigError naming the field on the first bad one."""
     s = job.sweep
-    _need(bool(s.name) and "/" not in s.name, f"sweep.name={s.name!r} must be a non-empty name without '/'")
+    _need(bool(SAFE_NAME.fullmatch(str(s.name))),
+          f"sweep.name={str(s.name)[:60]!r} must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+    _need(s.id is None or bool(SAFE_NAME.fullmatch(str(s.id))),
+          f"sweep.id={str(s.id)[:60]!r} must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), "
+          "e.g. design_space-20261201-120000")
+    _need(str(s.log_checkpoints).lower() in LOG_CHECKPOINTS,
+          f"sweep.log_checkpoints={s.log_checkpoints!r} is not one of {', '.join(LOG_CHECKPOINTS)}: pick one of those")
     _need(s.search in SEARCHES, f"sweep.search={s.search!r} is not one of {', '.join(SEARCHES)}: pick one of those")
     if s.search == "grid":
         _need(len(s.grid) > 0, "sweep.grid is empty: list rows of overrides, or use sweep.search=tpe with sweep.space")

@@ -8,7 +8,11 @@ serialise writers; a write that meets "database is locked" is retried with backo
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
@@ -29,6 +33,13 @@ ROLE_TAG = "switchsweep.role"  # "sweep" (parent) or "trial" (child)
 GROUP_TAG = "switchsweep.group"  # the configuration a trial runs (one per seed of it)
 SEED_TAG = "switchsweep.seed_index"
 OBJECTIVES_TAG = "switchsweep.objectives"  # comma-separated, on the parent of a multi-objective sweep
+METRIC_TAG, MODE_TAG = "switchsweep.metric", "switchsweep.mode"  # on the parent: what the sweep ranks by
+GIT_TAG, MODEL_TAG = "switchsweep.git_commit", "switchsweep.model"
+BEST_TRIAL_TAG, BEST_GROUP_TAG, BEST_RUN_TAG = "switchsweep.best_trial", "switchsweep.best_group", "switchsweep.best_run_id"
+STOPPED_TAG = "switchsweep.stopped_early"  # "true" on a trial the scheduler stopped
+FAILURE_TAG = "switchsweep.failure"  # why a trial failed, one line
+RESUMED_TAG = "switchsweep.resumed_from_step"  # the checkpoint step a restarted trial went on from
+CHECKPOINT_TAG = "switchsweep.checkpoint"  # where the trial's final checkpoint is kept
 # MLflow 3's experiment kind for model training (the UI's view itself follows its workflowType link parameter).
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
@@ -46,6 +57,16 @@ def require_store(uri: str) -> str:
         raise ConfigError(f"no MLflow store at {local}: run `switchsweep sweep` first, or set sweep.root to the folder "
                           "a sweep used (sweep.root=DIR)")
     return uri
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_SECRET_QUERY = re.compile(r"(?P<key>[?&][^=&\s]*(?:secret|token|password|passwd|key|signature|credential|auth)[^=&\s]*=)[^&\s]*",
+                           re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with URI credentials masked: `user:token@` and secret-looking query values become ***."""
+    return _SECRET_QUERY.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))
 
 
 def git_commit(cwd: str | Path = Path(__file__).parent) -> str:
@@ -111,10 +132,21 @@ class Tracker:
     def search(self, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list:
         return list(_retry(lambda: self.client.search_runs([experiment_id], filter_string, order_by=order_by, max_results=5000)))
 
+    def parent_run(self, experiment_id: str, sweep_id: str | None = None):
+        """A sweep's parent run (the latest sweep of the experiment without `sweep_id`), or None."""
+        filt = f"tags.`{ROLE_TAG}` = 'sweep'" + (f" and tags.`{SWEEP_TAG}` = '{sweep_id}'" if sweep_id else "")
+        runs = self.search(experiment_id, filt, order_by=["attributes.start_time DESC"])
+        return runs[0] if runs else None
+
+    def children(self, experiment_id: str, parent_id: str, trial_id: str | None = None) -> list:
+        """The trial runs of a sweep (or the one of `trial_id`): the only lookup of a sweep's child runs."""
+        filt = f"tags.`{PARENT_TAG}` = '{parent_id}'" + (f" and tags.`{TRIAL_TAG}` = '{trial_id}'" if trial_id else "")
+        return self.search(experiment_id, filt)
+
     def child_run(self, experiment_id: str, parent_id: str, sweep_id: str, trial_id: str, name: str,
                   tags: Mapping[str, Any]) -> tuple[str, bool]:
         """The trial's run under `parent_id`: the existing one on resume (never a duplicate), else a new one."""
-        found = self.search(experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'")
+        found = self.children(experiment_id, parent_id, trial_id)
         if found:
             run_id = found[0].info.run_id
             _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
@@ -167,3 +199,94 @@ class Tracker:
 
     def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path:
         return Path(_retry(lambda: self.client.download_artifacts(run_id, artifact_path, str(dst))))
+
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        folder = str(Path(path).parent) if "/" in path else None
+        return any(a.path == path for a in _retry(lambda: self.client.list_artifacts(run_id, folder)))
+
+    def logged_steps(self, run_id: str) -> dict[str, set[int]]:
+        """The steps already logged per metric, and per image key (as "image:<key>"): what a retry skips."""
+        run = _retry(lambda: self.client.get_run(run_id))
+        seen = {k: {m.step for m in _retry(lambda k=k: self.client.get_metric_history(run_id, k))} for k in run.data.metrics}
+        for art in _retry(lambda: self.client.list_artifacts(run_id, "images")):
+            key, _, rest = Path(art.path).name.partition("%step%")  # MLflow names images <key>%step%<step>%...
+            if rest:
+                seen.setdefault(f"image:{key}", set()).add(int(rest.split("%")[0]))
+        return seen
+
+
+class ResilientLog:
+    """Rank 0's logging during training: a write that fails is retried, and one that still fails is
+    kept and sent again with the next write (and at `flush`), so a tracking outage never stops or
+    restarts training. Writes already in the run (a retried attempt re-running steps) are skipped,
+    so every metric step is logged once."""
+
+    def __init__(self, tracker: Tracker, run_id: str, seen: dict[str, set[int]] | None = None, attempts: int = 4):
+        self.tracker, self.run_id, self.attempts = tracker, run_id, attempts
+        self.seen = seen or {}
+        self.pending: list[tuple[str, tuple, dict]] = []
+        self.hold: Path | None = None
+        self.warned = False
+
+    def _send(self, method: str, args: tuple, kwargs: dict) -> None:
+        for i in range(self.attempts):
+            try:
+                getattr(self.tracker, method)(self.run_id, *args, **kwargs)
+                return
+            except (MlflowException, OSError, ConnectionError) as e:
+                if i == self.attempts - 1:
+                    raise
+                if not self.warned:
+                    print(f"switchsweep: MLflow write failed ({type(e).__name__}); retrying", file=sys.stderr)
+                    self.warned = True
+                time.sleep(0.5 * 2**i)
+
+    def _write(self, method: str, *args: Any, **kwargs: Any) -> None:
+        self.pending.append((method, args, kwargs))
+        if not self.flush(quiet=True) and method in ("log_image", "log_artifacts"):
+            self.pending[-1] = (method, (self._hold(args[0]), *args[1:]), kwargs)  # the caller may delete its files
+
+    def _hold(self, paths: Any) -> Any:
+        """Copies of files kept for a later send."""
+        if self.hold is None:
+            self.hold = Path(tempfile.mkdtemp(prefix="switchsweep-unsent-"))
+        many = isinstance(paths, list)
+        copies = []
+        for src in paths if many else [paths]:
+            dst = self.hold / str(len(list(self.hold.iterdir()))) / Path(src).name
+            dst.parent.mkdir()
+            shutil.copy2(src, dst)
+            copies.append(dst)
+        return copies if many else copies[0]
+
+    def flush(self, quiet: bool = False) -> bool:
+        """Send what is kept, in order; True once nothing is left."""
+        while self.pending:
+            method, args, kwargs = self.pending[0]
+            try:
+                self._send(method, args, kwargs)
+            except (MlflowException, OSError, ConnectionError) as e:
+                if not quiet:
+                    print(f"switchsweep: {len(self.pending)} MLflow writes not sent ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''})", file=sys.stderr)
+                return False
+            self.pending.pop(0)
+        return True
+
+    def _new(self, key: str, step: int) -> bool:
+        return step not in self.seen.get(key, ())
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        fresh = {k: v for k, v in metrics.items() if self._new(k, step)}
+        if fresh:
+            self._write("log_metrics", fresh, step)
+
+    def log_image(self, png: str | Path, key: str, step: int) -> None:
+        if self._new(f"image:{key}", step):
+            self._write("log_image", png, key=key, step=step)
+
+    def log_artifacts(self, paths: Iterable[str | Path], artifact_dir: str | None = None) -> None:
+        self._write("log_artifacts", list(paths), artifact_dir)  # same path on a retry: overwritten, not added
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._write("set_tags", dict(tags))

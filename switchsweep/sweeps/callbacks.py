@@ -1,64 +1,97 @@
 """Driver-side bookkeeping of trials (a Tune callback): Tune may stop a trial's process at any
-report, so its end (wall time, orchestration overhead, MLflow status) is recorded here."""
+report, so its progress and end are written here, into the sweep's record (`platform.sweep_state`),
+and from there onto the trial's MLflow run (status, timing, why it failed)."""
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
-from switchsweep.platform.tracking import PARENT_TAG, TRIAL_TAG, Tracker
+from switchsweep.platform import sweep_state
+from switchsweep.platform.tracking import FAILURE_TAG, STOPPED_TAG, Tracker
+from switchsweep.sweeps.trial import FAILURE_REASON
 
-TRIAL_SUMMARY = "trial.json"  # written once a trial is over (finished, stopped early or failed)
+_REASON = re.compile(rf"{FAILURE_REASON}=(.+)")
+MLFLOW_STATUS = {sweep_state.TRIAL_FINISHED: "FINISHED", sweep_state.TRIAL_STOPPED: "KILLED",
+                 sweep_state.TRIAL_FAILED: "FAILED"}
+
+
+def failure_reason(error_text: str | None) -> str:
+    """The one-line reason run_trial put in a failed trial's error, else the error's last line."""
+    text = error_text or ""
+    found = _REASON.search(text)
+    if found:
+        return found.group(1).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "the trial's process failed without an error message"
 
 
 class TrialTracking(Callback):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_dir: str, train_steps: int):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.sweep_dir, self.train_steps = Path(sweep_dir), train_steps
-        self.started: dict[str, float] = {}
-        self.last: dict[str, dict[str, Any]] = {}
+        self.started: dict[str, tuple[float, float]] = {}  # trial -> (clock at start, wall seconds before it)
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune checkpoints callbacks with the experiment; keep only the settings (clocks restart on resume).
-        return {**self.__dict__, "started": {}, "last": {}}
+        # Tune checkpoints callbacks with the experiment; clocks restart on resume (the record keeps the totals).
+        return {**self.__dict__, "started": {}}
 
-    def _run_id(self, trial_id: str) -> str | None:
-        runs = Tracker(self.tracking_uri).search(
-            self.experiment_id, f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'")
-        return runs[0].info.run_id if runs else None
+    def _wall(self, trial_id: str) -> float | None:
+        if trial_id not in self.started:
+            return None
+        clock, before = self.started[trial_id]
+        return before + time.perf_counter() - clock
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.started[trial.trial_id] = time.perf_counter()
+        entry = sweep_state.load(self.sweep_dir).get("trials", {}).get(trial.trial_id, {})
+        if entry.get("status") in sweep_state.TRIAL_OVER:
+            return  # over before a driver restart: Tune's snapshot was older than the record
+        self.started[trial.trial_id] = (time.perf_counter(), float(entry.get("wall_s", 0.0)))
+        sweep_state.update_trial(self.sweep_dir, trial.trial_id, status="running")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self.last[trial.trial_id] = result
+        fields = {k: result[k] for k in ("step", "loop_s", "attempt") if k in result}
+        wall = self._wall(trial.trial_id)
+        if wall is not None:
+            fields["wall_s"] = wall
+        sweep_state.update_trial(self.sweep_dir, trial.trial_id, **fields)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._finish(trial.trial_id, failed=False)
+        self._finish(trial.trial_id, failure=None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._finish(trial.trial_id, failed=True)
+        self._finish(trial.trial_id, failure=failure_reason(trial.get_error()))
 
-    def _finish(self, trial_id: str, failed: bool) -> None:
-        last = self.last.get(trial_id, {})
-        step = int(last.get("step", 0))
-        summary: dict[str, Any] = {"trial_id": trial_id, "step": step, "complete": step >= self.train_steps and not failed}
-        if trial_id in self.started and "loop_s" in last:
-            wall = time.perf_counter() - self.started[trial_id]
-            summary.update(wall_s=wall, loop_s=float(last["loop_s"]), overhead_s=wall - float(last["loop_s"]))
-        run_id = self._run_id(trial_id)
-        if run_id is not None:
-            tracker = Tracker(self.tracking_uri)
-            timing = {k: summary[k] for k in ("wall_s", "overhead_s") if k in summary}
+    def _finish(self, trial_id: str, failure: str | None) -> None:
+        entry = sweep_state.load(self.sweep_dir).get("trials", {}).get(trial_id, {})
+        if entry.get("status") in sweep_state.TRIAL_OVER:
+            return  # recorded once; a restored Tune may report the same end again
+        step = int(entry.get("step", 0))
+        if failure is not None:
+            status = sweep_state.TRIAL_FAILED
+        else:
+            status = sweep_state.TRIAL_FINISHED if step >= self.train_steps else sweep_state.TRIAL_STOPPED
+        fields: dict[str, Any] = {"status": status, "step": step}
+        if failure is not None:
+            fields["reason"] = failure
+        wall = self._wall(trial_id)
+        if wall is not None and "loop_s" in entry:
+            fields.update(wall_s=wall, overhead_s=wall - float(entry["loop_s"]))
+        tracker = Tracker(self.tracking_uri)
+        runs = tracker.children(self.experiment_id, self.parent_run_id, trial_id)
+        if runs:
+            run_id = runs[0].info.run_id
+            timing = {f"trial_{k}": fields[k] for k in ("wall_s", "overhead_s") if k in fields}
             if timing:
-                tracker.log_metrics(run_id, {f"trial_{k}": v for k, v in timing.items()}, step=step)
-            if not failed and not summary["complete"]:
-                tracker.set_tags(run_id, {"switchsweep.stopped_early": "true"})
-            tracker.set_status(run_id, "FAILED" if failed else "FINISHED" if summary["complete"] else "KILLED")
-        out = self.sweep_dir / "trials" / trial_id
-        out.mkdir(parents=True, exist_ok=True)
-        (out / TRIAL_SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+                tracker.log_metrics(run_id, timing, step=step)
+            tags = {STOPPED_TAG: "true"} if status == sweep_state.TRIAL_STOPPED else {}
+            if failure is not None:
+                tags[FAILURE_TAG] = failure
+            if tags:
+                tracker.set_tags(run_id, tags)
+            tracker.set_status(run_id, MLFLOW_STATUS[status])
+        sweep_state.update_trial(self.sweep_dir, trial_id, **fields)

@@ -1,10 +1,13 @@
 """The sweep driver: validate, open the MLflow parent run, start Ray, run (or resume) the Tuner,
-then write the results table and the best trial onto the parent run."""
+then write the results table and the best trial onto the parent run.
+
+The sweep's state lives in one record, `sweep.json` (`platform.sweep_state`): this driver holds the
+sweep's lock while it runs and decides from the record alone whether the sweep is finished.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -15,22 +18,26 @@ from typing import Any, Sequence
 from ray import tune
 
 from switchsweep.dashboards.report import make_report
+from switchsweep.platform import sweep_state
 from switchsweep.platform.compose import load_sweep_config
-from switchsweep.platform.errors import ConfigError, SwitchsweepError
+from switchsweep.platform.config import resolve_paths
+from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.export import rank_trials, write_ranking
 from switchsweep.platform.ranking import Ranked
 from switchsweep.platform.runtime import check_resources, resolve_worker_cpus, start_ray
 from switchsweep.platform.sweep_config import REPORTED_METRICS, SweepJobConfig
-from switchsweep.platform.tracking import OBJECTIVES_TAG, ROLE_TAG, SWEEP_TAG, Tracker, default_tracking_uri, git_commit
+from switchsweep.platform.sweep_state import STATE_FILE, DriverLock
+from switchsweep.platform.tracking import (BEST_GROUP_TAG, BEST_RUN_TAG, BEST_TRIAL_TAG, CHECKPOINT_TAG, GIT_TAG,
+                                           METRIC_TAG, MODE_TAG, OBJECTIVES_TAG, ROLE_TAG, SWEEP_TAG, Tracker,
+                                           default_tracking_uri, git_commit, redact)
 from switchsweep.sweeps.asha import ResumableASHA
-from switchsweep.sweeps.callbacks import TRIAL_SUMMARY, TrialTracking
+from switchsweep.sweeps.callbacks import TrialTracking
 from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
 from switchsweep.sweeps.space import param_space, trial_bases
 from switchsweep.sweeps.trial import TrialJob, run_trial
 from switchsweep.trainers.features import build_feature_net, reference_features
 from switchsweep.trainers.loop import resolve_device
 
-STATE_FILE = "sweep.json"
 # Overrides a resumed sweep may change: where and how it runs, never what it searches.
 RESUME_OVERRIDES = ("sweep=", "sweep.id=", "sweep.resume=", "sweep.extend=", "sweep.ray.", "sweep.root=",
                     "sweep.tracking_uri=")
@@ -46,6 +53,12 @@ class SweepResult:
     ranked: list[Ranked]  # best first
     interrupted: bool
     report: Path | None = None  # the HTML report, unless it could not be written
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)  # trial id -> why it failed
+
+
+def _stored(overrides: Sequence[str]) -> list[str]:
+    """The overrides that define the sweep (not how this one command was started)."""
+    return [o for o in overrides if not o.lstrip("+").startswith(("sweep.resume=", "sweep.id=", "sweep.extend="))]
 
 
 def sweeps_root(job: SweepJobConfig) -> Path:
@@ -60,14 +73,15 @@ def find_sweep(job: SweepJobConfig, finished: bool | None = None) -> Path:
         path = root / job.sweep.id
         if not (path / STATE_FILE).is_file():
             raise ConfigError(f"sweep.id={job.sweep.id}: no such sweep under {root}: check the id (ls {root})")
-        status = json.loads((path / STATE_FILE).read_text())["status"]
-        if finished is not None and (status == "finished") != finished:
+        status = sweep_state.status(path)
+        if finished is not None and (status == sweep_state.FINISHED) != finished:
             hint = "resume it with --resume first" if finished else "add trials with --extend N instead"
+            if status == sweep_state.RUNNING:
+                hint = "its driver is still running: wait for it or stop it"
             raise ConfigError(f"{flag}: sweep {job.sweep.id} is {status}: {hint}")
         return path
-    states = sorted(root.glob(f"*/{STATE_FILE}"), key=lambda p: json.loads(p.read_text())["created"])
-    found = [p.parent for p in states
-             if finished is None or (json.loads(p.read_text())["status"] == "finished") == finished]
+    found = [p for p in sweep_state.sweeps(root)
+             if finished is None or (sweep_state.status(p) == sweep_state.FINISHED) == finished]
     if not found:
         what = {True: "finished ", False: "interrupted ", None: ""}[finished]
         hint = f"start one without {flag}" if finished is not None else f"run `switchsweep sweep sweep={job.sweep.name}` first"
@@ -81,12 +95,6 @@ def expected_trials(job: SweepJobConfig, state: dict[str, Any]) -> int:
     s = job.sweep
     configs = len(s.grid) if s.search == "grid" else s.num_trials + sum(state.get("extensions", []))
     return configs * s.seeds
-
-
-def _write_state(sweep_dir: Path, state: dict[str, Any]) -> None:
-    tmp = sweep_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(sweep_dir / STATE_FILE)
 
 
 def _search_alg(job: SweepJobConfig, sweep_dir: Path, sweep_id: str, base: dict[str, Any]) -> SeededStudySearch | None:
@@ -129,7 +137,7 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str
             raise ConfigError(f"--extend with sweep={s.name}: a grid runs a fixed set of rows; start a new sweep "
                               "(e.g. with more sweep.seeds) instead")
         sweep_dir = find_sweep(job, finished=bool(s.extend))
-        state = json.loads((sweep_dir / STATE_FILE).read_text())
+        state = sweep_state.load(sweep_dir)
         changed = [o for o in overrides if not o.lstrip("+").startswith(RESUME_OVERRIDES) and o not in state["overrides"]]
         if changed:
             raise ConfigError(f"{changed[0]}: a resumed or extended sweep keeps its search and training config; "
@@ -142,8 +150,9 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str
     sweep_dir = sweeps_root(job) / sweep_id
     if sweep_dir.exists():
         raise ConfigError(f"sweep {sweep_id} already exists at {sweep_dir}: resume it with --resume or pick another sweep.id")
-    kept = [o for o in overrides if not o.lstrip("+").startswith(("sweep.resume=", "sweep.id=", "sweep.extend="))]
-    state = {"sweep_id": sweep_id, "name": s.name, "created": time.time(), "status": "running", "overrides": kept,
+    # Credentials in URIs are never stored: a resume is given them again.
+    kept = [redact(o) for o in _stored(overrides)]
+    state = {"sweep_id": sweep_id, "name": s.name, "created": time.time(), "status": sweep_state.RUNNING, "overrides": kept,
              "tune_dir": "tune"}
     return sweep_dir, state
 
@@ -158,8 +167,8 @@ def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], s
         return
     experiment_id = tracker.experiment(s.name, root / "mlartifacts")
     parent = tracker.create_run(experiment_id, state["sweep_id"], {
-        ROLE_TAG: "sweep", SWEEP_TAG: state["sweep_id"], "switchsweep.metric": s.metric, "switchsweep.mode": s.mode,
-        OBJECTIVES_TAG: ",".join(s.objectives), "switchsweep.git_commit": git_commit()})
+        ROLE_TAG: "sweep", SWEEP_TAG: state["sweep_id"], METRIC_TAG: s.metric, MODE_TAG: s.mode,
+        OBJECTIVES_TAG: ",".join(s.objectives), GIT_TAG: git_commit()})
     tracker.log_dict(parent, {"search": s.search, "space": [dataclasses.asdict(p) for p in s.space],
                               "grid": [list(r) for r in s.grid], "num_trials": s.num_trials, "seeds": s.seeds,
                               "objectives": list(s.objectives), "points_to_evaluate": [dict(p) for p in s.points_to_evaluate]},
@@ -167,22 +176,20 @@ def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], s
     tracker.log_params(parent, {"sweep.search": s.search, "sweep.metric": s.metric, "sweep.mode": s.mode,
                                 "sweep.num_trials": s.num_trials, "sweep.seeds": s.seeds, "sweep.eval_every": s.eval_every,
                                 "sweep.objectives": ",".join(s.objectives),
-                                "train.steps": job.train.steps, "sweep.overrides": " ".join(overrides),
+                                "train.steps": job.train.steps, "sweep.overrides": redact(" ".join(overrides)),
                                 # what one trial occupies: the report turns wall time into device-hours
                                 **{f"sweep.ray.{k}": getattr(s.ray, k) for k in
                                    ("num_workers", "use_gpu", "cpus_per_worker", "gpus_per_worker")}})
-    state.update(experiment_id=experiment_id, parent_run_id=parent, tracking_uri=tracker.uri)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    _write_state(sweep_dir, state)
+    state.update(experiment_id=experiment_id, parent_run_id=parent, tracking_uri=redact(tracker.uri))
+    sweep_state.save(sweep_dir, state)
 
 
 def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dict[str, Any]) -> tune.Tuner:
     s = job.sweep
     trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job), {"cpu": s.ray.trainable_cpus})
-    storage = trial_job.storage_path
-    name = state.get("tune_dir", "tune")
-    tune_path = str(Path(storage) / name) if "://" not in storage else f"{storage.rstrip('/')}/{name}"
-    if s.resume and tune.Tuner.can_restore(tune_path):
+    storage, name = trial_job.storage_path, state.get("tune_dir", "tune")
+    tune_path = _tune_path(storage, name)
+    if s.resume:  # that it can be restored was checked before any work
         return tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True)
     tracking = TrialTracking(trial_job.tracking_uri, trial_job.experiment_id, trial_job.parent_run_id, str(sweep_dir),
                              job.train.steps)
@@ -197,9 +204,41 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
             metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=_scheduler(job, sweep_dir),
             num_samples=1 if s.search == "grid" else configs * s.seeds, max_concurrent_trials=s.max_concurrent,
         ),
-        run_config=tune.RunConfig(name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=1),
+        # A trial's own attempts (restarts from its last checkpoint) are decided in run_trial: not retried here.
+        run_config=tune.RunConfig(name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=0),
                                   verbose=1, callbacks=[tracking]),
     )
+
+
+def _tune_path(storage: str, name: str) -> str:
+    return str(Path(storage) / name) if "://" not in storage else f"{storage.rstrip('/')}/{name}"
+
+
+def _resume_overrides(state: dict[str, Any], given: Sequence[str]) -> list[str]:
+    """The sweep's stored overrides, with where-it-runs settings given again on the command line taking
+    their place; a stored one whose credentials were redacted must be given again."""
+    keys = {o.lstrip("+").partition("=")[0] for o in given if o.lstrip("+").startswith(RESUME_OVERRIDES)}
+    stored = [o for o in state["overrides"] if o.lstrip("+").partition("=")[0] not in keys]
+    hidden = [o for o in stored if "***" in o]
+    if hidden:
+        key = hidden[0].lstrip("+").partition("=")[0]
+        raise ConfigError(f"{key}: its credentials were not stored with the sweep: give {key}=... again with --resume "
+                          "(or put them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
+    return [*stored, *(o for o in given if o.lstrip("+").startswith(RESUME_OVERRIDES))]
+
+
+def _keep_best_checkpoint(tracker: Tracker, best: Ranked) -> None:
+    """sweep.log_checkpoints=best: the best trial's final checkpoint moves from Ray Train's storage to MLflow."""
+    from ray.train import Checkpoint
+
+    where = tracker.client.get_run(best.run_id).data.tags.get(CHECKPOINT_TAG, "")
+    if not where.endswith("/ckpt.pt") or where.startswith("mlflow:"):
+        return
+    ckpt = Checkpoint(where.removesuffix("/ckpt.pt"))
+    with ckpt.as_directory() as local:
+        tracker.log_artifact(best.run_id, Path(local) / "ckpt.pt", "checkpoint")
+    tracker.set_tags(best.run_id, {CHECKPOINT_TAG: "mlflow:checkpoint/ckpt.pt"})
+    ckpt.filesystem.delete_dir(ckpt.path)
 
 
 def _report(tracker: Tracker, name: str, sweep_id: str, sweeps_dir: Path) -> Path | None:
@@ -215,51 +254,71 @@ def _report(tracker: Tracker, name: str, sweep_id: str, sweeps_dir: Path) -> Pat
 
 def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
     """Run (or resume) the sweep. Everything that can fail on bad input (the configs every trial can
-    reach, the cluster's resources) is checked before the sweep's directory or MLflow runs exist."""
+    reach, the cluster's resources, a missing Tune state to resume) is checked before the sweep's
+    directory, MLflow runs or Ray exist."""
     sweep_dir, state = _open(job, overrides)
     if job.sweep.resume or job.sweep.extend:  # the job as it was composed when the sweep started; only where it runs may change
-        overrides = [*state["overrides"], *(o for o in overrides if o.lstrip("+").startswith(RESUME_OVERRIDES))]
+        overrides = _resume_overrides(state, overrides)
         job = load_sweep_config(overrides)
     else:
-        overrides = state["overrides"]
+        overrides = _stored(overrides)
     s = job.sweep
     job = dataclasses.replace(job, sweep=dataclasses.replace(s, ray=resolve_worker_cpus(s.ray, s.max_concurrent)))
     s = job.sweep
-    bases = trial_bases(job, overrides)
-    start_ray(s.ray)
-    if not s.ray.address:  # a remote cluster may autoscale to more than it has now
-        check_resources(s.ray)
-    root = Path(s.root).expanduser().resolve()
-    tracker = Tracker(s.tracking_uri or default_tracking_uri(root))
-    _open_parent(tracker, job, state, sweep_dir, root, overrides)
+    bases = [resolve_paths(b) for b in trial_bases(job, overrides)]
+    storage = s.ray.storage_path or str(sweep_dir)
+    if s.resume and not tune.Tuner.can_restore(_tune_path(storage, state.get("tune_dir", "tune"))):
+        raise ConfigError(f"--resume: sweep {state['sweep_id']} has no Tune state under {storage} to continue from "
+                          "(interrupted before its first trial started, or sweep.ray.storage_path changed): "
+                          "start a new sweep, or pass the storage_path it used")
+    lock = DriverLock(sweep_dir)
+    if sweep_dir.exists():  # resume or extend: a second driver is refused before anything starts
+        lock.acquire()
+    try:
+        start_ray(s.ray)
+        if not s.ray.address:  # a remote cluster may autoscale to more than it has now
+            check_resources(s.ray)
+        root = Path(s.root).expanduser().resolve()
+        tracker = Tracker(s.tracking_uri or default_tracking_uri(root))
+        if not lock.held:  # a new sweep's folder appears here, once its input is known to be good
+            lock.acquire()
+        _open_parent(tracker, job, state, sweep_dir, root, overrides)
+        return _drive(job, tracker, sweep_dir, state, bases, storage)
+    finally:
+        lock.release()
+
+
+def _drive(job: SweepJobConfig, tracker: Tracker, sweep_dir: Path, state: dict[str, Any], bases: list[dict[str, Any]],
+           storage: str) -> SweepResult:
+    """Run the Tuner to its end (or an interrupt) under the sweep's lock, then rank and report."""
+    s, keep = job.sweep, str(job.sweep.log_checkpoints).lower()  # `false` arrives as a YAML boolean
     _warm_feature_cache(job)
     trial_job = TrialJob(
-        bases=bases, sweep_id=state["sweep_id"], sweep_dir=str(sweep_dir),
-        storage_path=s.ray.storage_path or str(sweep_dir), tracking_uri=tracker.uri,
-        experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
+        bases=bases, sweep_id=state["sweep_id"], sweep_dir=str(sweep_dir), storage_path=storage,
+        tracking_uri=tracker.uri, experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
         eval_every=s.eval_every, ray=dataclasses.asdict(s.ray), git_commit=git_commit(),
+        log_checkpoints=keep, done_trials=sorted(sweep_state.trials_over(state)),
     )
-    if s.extend:
-        state["status"] = "running"
-        _write_state(sweep_dir, state)
-    grid = _tuner(job, trial_job, sweep_dir, state).fit()
-    expected = expected_trials(job, state)
-    # Tune returns normally on Ctrl+C; a trial is over once TrialTracking has written its summary.
-    interrupted = len(list((sweep_dir / "trials").glob(f"*/{TRIAL_SUMMARY}"))) < expected
+    state["status"] = sweep_state.RUNNING
+    sweep_state.save(sweep_dir, state)
+    _tuner(job, trial_job, sweep_dir, state).fit()
+    state = sweep_state.load(sweep_dir)  # the trials' entries, as TrialTracking recorded them
+    over = sweep_state.trials_over(state)
+    interrupted = len(over) < expected_trials(job, state)
     parent = state["parent_run_id"]
     ranking = rank_trials(tracker, s.name, state["sweep_id"])
     ranked = ranking.ranked
     if ranked:
-        tracker.log_artifacts(parent, write_ranking(ranking, sweep_dir))
         best = ranked[0]
-        tracker.set_tags(parent, {"switchsweep.best_trial": best.trial_id, "switchsweep.best_group": best.group,
-                                  "switchsweep.best_run_id": best.run_id})
+        if keep == "best" and best.complete:
+            _keep_best_checkpoint(tracker, best)
+        tracker.log_artifacts(parent, write_ranking(ranking, sweep_dir))
+        tracker.set_tags(parent, {BEST_TRIAL_TAG: best.trial_id, BEST_GROUP_TAG: best.group, BEST_RUN_TAG: best.run_id})
         if not math.isnan(best.value):
             tracker.log_metrics(parent, {f"best_{s.metric}": best.value}, step=0)
-    state["status"] = "interrupted" if interrupted else "finished"
-    _write_state(sweep_dir, state)
+    state["status"] = sweep_state.INTERRUPTED if interrupted else sweep_state.FINISHED
+    sweep_state.save(sweep_dir, state)
     report = _report(tracker, s.name, state["sweep_id"], sweeps_root(job)) if ranked else None
     tracker.set_status(parent, "KILLED" if interrupted else "FINISHED")
-    if grid.num_errors and grid.num_errors == expected:
-        raise SwitchsweepError(f"every trial failed; their errors are under {sweep_dir}/tune")
-    return SweepResult(state["sweep_id"], sweep_dir, tracker.uri, s.name, parent, ranked, interrupted, report)
+    failed = {t: e.get("reason", "") for t, e in over.items() if e["status"] == sweep_state.TRIAL_FAILED}
+    return SweepResult(state["sweep_id"], sweep_dir, redact(tracker.uri), s.name, parent, ranked, interrupted, report, failed)

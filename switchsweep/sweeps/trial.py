@@ -1,14 +1,20 @@
 """One sweep trial: a Tune function that runs one Ray Train TorchTrainer DDP job of the training loop.
 
-The Tune side (`run_trial`) opens the trial's MLflow child run and starts the Train job; the Train
+The Tune side (`run_trial`) opens the trial's MLflow child run and runs the Train job; the Train
 side (`train_worker`) runs `trainers.loop.train` on every worker. Every `sweep.eval_every` steps rank 0
 evaluates the EMA model, logs metrics, routing matrices and samples to MLflow, and every rank reports
 the metrics (with rank 0's checkpoint) to Ray, which passes them on to Tune and ASHA.
+
+Failures: `run_trial` restarts a Train job whose workers died (up to `sweep.ray.max_failures`
+times, each from the last checkpoint) but ends the trial at once on a deterministic failure
+(`sweeps.failures`), tagging its MLflow run with the reason and the worker log's tail. A restarted
+attempt logs only the steps MLflow does not have yet, and its `loop_s` adds to the earlier attempts'.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import tempfile
 import time
@@ -22,13 +28,16 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import TrainingFailedError
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from switchsweep.dashboards.routing import routing_heatmap
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.export import run_name
-from switchsweep.platform.tracking import GROUP_TAG, SEED_TAG, Tracker, flatten
+from switchsweep.platform.tracking import (CHECKPOINT_TAG, FAILURE_TAG, GIT_TAG, GROUP_TAG, MODEL_TAG, RESUMED_TAG, SEED_TAG,
+                                           ResilientLog, Tracker, flatten)
+from switchsweep.sweeps.failures import LogTail, TrialFailure, is_deterministic, reason, trial_failure
 from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params, config_from_dict
 from switchsweep.trainers.evaluate import evaluate_model
 from switchsweep.trainers.loop import Trainer, TrainHooks, train
@@ -48,6 +57,12 @@ class TrialJob:
     eval_every: int
     ray: dict[str, Any]
     git_commit: str
+    log_checkpoints: str = "last"  # last: final checkpoint in MLflow only; false/best: in Train storage
+    done_trials: list[str] = dataclasses.field(default_factory=list)  # over by the sweep's record: never run again
+
+
+PROGRESS = "progress.json"  # beside ckpt.pt in every reported checkpoint: training seconds so far
+FAILURE_REASON = "failure_reason"  # in a failed trial's error: parsed back by the driver
 
 
 def trial_group(params: dict[str, Any]) -> str:
@@ -66,29 +81,38 @@ def trial_config(job: TrialJob, params: dict[str, Any], trial_id: str) -> dict[s
 class SweepHooks(TrainHooks):
     """Rank 0 logs to MLflow; every rank takes part in the evaluation report."""
 
-    def __init__(self, config: dict[str, Any], started: float):
+    own_checkpoints = False  # checkpoints go to Ray Train (and MLflow), not to the trial's folder
+
+    def __init__(self, config: dict[str, Any], loop_s: float):
         self.report_every = config["eval_every"]
         self.cfg = config_from_dict(config["config"])
         self.run_id = config["run_id"]
-        self.tracker = Tracker(config["tracking_uri"])
-        self.started = started
+        self.attempt, self.keep = config["attempt"], config["log_checkpoints"]
+        self.loop_s, self.started = loop_s, time.perf_counter()  # seconds of earlier attempts, this one's clock
         self.rank = ray.train.get_context().get_world_rank()
         self.stats: dict[str, float] = {}
+        self.log: ResilientLog | None = None
+        if self.rank == 0:
+            tracker = Tracker(config["tracking_uri"])
+            # What an earlier attempt (or a run before a driver restart) logged is not logged again.
+            self.log = ResilientLog(tracker, self.run_id, tracker.logged_steps(self.run_id))
+
+    def elapsed(self) -> float:
+        return self.loop_s + time.perf_counter() - self.started
 
     def on_start(self, stats: dict[str, float]) -> None:
         self.stats = stats  # reported with every evaluation: compute is an objective of multi-objective sweeps
-        self.tracker.log_metrics(self.run_id, stats, step=0)
+        self.log.log_metrics(stats, step=0)
 
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
-        self.tracker.log_metrics(self.run_id, metrics, step)
+        self.log.log_metrics(metrics, step)
 
     def _evaluate_and_log(self, trainer: Trainer, step: int, metrics: dict[str, float], ckpt_dir: Path) -> dict[str, float]:
-        cfg = self.cfg
+        cfg, log = self.cfg, self.log
         report = evaluate_model(trainer.ema.model, trainer.diffusion, cfg.data, cfg.eval, trainer.device)
         report.update(loss=metrics["loss"], steps_per_sec=metrics["steps_per_sec"], **self.stats)
         logged = {k: v for k, v in report.items() if k not in ("loss", "steps_per_sec", *self.stats)}
-        self.tracker.log_metrics(self.run_id, {**logged, "step": step}, step)
-        trainer.save(ckpt_dir / "ckpt.pt")
+        final = step == cfg.train.steps
         art = ckpt_dir.parent / "artifacts"
         if hasattr(trainer.model, "routing_matrices"):
             mats = trainer.model.routing_matrices()
@@ -98,17 +122,23 @@ class SweepHooks(TrainHooks):
                 np.save(folder / f"{name}.npy", mats[name].numpy())
             png = routing_heatmap(mats["w_gate"].numpy(), mats["w_prior_matched"].numpy(), trainer.model.depth,
                                   folder / "routing.png", title=f"step {step}")
-            self.tracker.log_artifacts(self.run_id, sorted(folder.iterdir()), f"routing/step_{step:07d}")
-            self.tracker.log_image(self.run_id, png, key="routing", step=step)
+            log.log_artifacts(sorted(folder.iterdir()), f"routing/step_{step:07d}")
+            log.log_image(png, key="routing", step=step)
             # Scalars MLflow's chart view can plot over training: distance to the prior, expert usage.
             usage = {f"usage/block{b}/expert{e}": float(u) for (b, e), u in np.ndenumerate(mats["usage"].numpy())}
-            self.tracker.log_metrics(self.run_id, {"routing_jsd": float(mats["prior_jsd"]), **usage}, step)
+            log.log_metrics({"routing_jsd": float(mats["prior_jsd"]), **usage}, step)
         if cfg.sample.per_class > 0:
             # The trainer's own per_class is 0 (no grid at the end of training): pass the sweep's.
             grid = trainer.sample_grid(art / f"samples_{step:07d}.png", per_class=cfg.sample.per_class)
-            self.tracker.log_image(self.run_id, grid, key="samples", step=step)
-        if step == cfg.train.steps:
-            self.tracker.log_artifact(self.run_id, ckpt_dir / "ckpt.pt", "checkpoint")
+            log.log_image(grid, key="samples", step=step)
+        if final and self.keep == "last":  # the last one goes to MLflow instead of Ray Train's storage
+            log.log_artifacts([trainer.save(art / "ckpt.pt")], "checkpoint")
+            log.set_tags({CHECKPOINT_TAG: "mlflow:checkpoint/ckpt.pt"})
+        # "step" last: a step MLflow has was logged whole, so a retry skips exactly what it has.
+        log.log_metrics({**logged, "loop_s": self.elapsed(), "attempt": self.attempt, "step": step}, step)
+        if not (final and self.keep == "last" and log.flush()):  # kept by Ray Train (also when MLflow is down)
+            trainer.save(ckpt_dir / "ckpt.pt")
+            (ckpt_dir / PROGRESS).write_text(json.dumps({"loop_s": self.elapsed()}))
         return report
 
     def on_report(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
@@ -121,42 +151,71 @@ class SweepHooks(TrainHooks):
                 box = [report]
                 dist.broadcast_object_list(box, src=0)
                 report = box[0]
-            report = {**report, "step": step, "loop_s": time.perf_counter() - self.started}
-            ray.train.report(report, checkpoint=Checkpoint.from_directory(str(ckpt_dir)) if self.rank == 0 else None)
+            report = {**report, "step": step, "loop_s": self.elapsed(), "attempt": self.attempt}
+            has_ckpt = self.rank == 0 and (ckpt_dir / "ckpt.pt").is_file()
+            ray.train.report(report, checkpoint=Checkpoint.from_directory(str(ckpt_dir)) if has_ckpt else None)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """The Train loop of every worker: resume from Ray's latest checkpoint if there is one, then train."""
-    started = time.perf_counter()
-    hooks = SweepHooks(config, started)
-    # The sample grid is drawn at each evaluation (hooks.cfg), not once at the end.
-    cfg = dataclasses.replace(hooks.cfg, sample=dataclasses.replace(hooks.cfg.sample, per_class=0))
-    checkpoint = ray.train.get_checkpoint()
-    scratch = Path(tempfile.mkdtemp(prefix="switchsweep-resume-"))
-    try:
-        if checkpoint is not None:
-            checkpoint.to_directory(str(scratch))
-            cfg.train.resume = str(scratch / "ckpt.pt")
-            if int(load_checkpoint(cfg.train.resume, mmap=True)["step"]) >= cfg.train.steps:
-                return  # the last report was made before a restart: nothing left to train
-        train(cfg, hooks)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    """The Train loop of every worker: resume from Ray's latest checkpoint if there is one, then train.
+    A deterministic failure is raised as `TrialFailure`, with the tail of this worker's output."""
+    with LogTail() as tail:
+        scratch = Path(tempfile.mkdtemp(prefix="switchsweep-resume-"))
+        try:
+            cfg = config_from_dict(config["config"])
+            checkpoint, loop_s = ray.train.get_checkpoint(), 0.0
+            if checkpoint is not None:
+                checkpoint.to_directory(str(scratch))
+                cfg.train.resume = str(scratch / "ckpt.pt")
+                if (scratch / PROGRESS).is_file():
+                    loop_s = float(json.loads((scratch / PROGRESS).read_text())["loop_s"])
+                if int(load_checkpoint(cfg.train.resume, mmap=True)["step"]) >= cfg.train.steps:
+                    return  # the last report was made before a restart: nothing left to train
+            hooks = SweepHooks(config, loop_s)
+            if checkpoint is not None and hooks.log is not None:
+                hooks.log.set_tags({RESUMED_TAG: int(load_checkpoint(cfg.train.resume, mmap=True)["step"])})
+            # The sample grid is drawn at each evaluation (hooks.cfg), not once at the end.
+            cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, per_class=0))
+            train(cfg, hooks)
+            if hooks.log is not None:
+                hooks.log.flush()
+        except Exception as e:
+            if is_deterministic(e):
+                raise TrialFailure(reason(e), tail.text(e)) from None
+            raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fail(tracker: Tracker, run_id: str, why: str, log_tail: str) -> None:
+    """Mark the trial's run with why it failed and its worker's last lines; the run's status is set by
+    the driver from the sweep's record."""
+    tracker.set_tags(run_id, {FAILURE_TAG: why})
+    tracker.log_text(run_id, log_tail, "failure/worker.log")
+
+
+def _drop_train_checkpoint(tracker: Tracker, run_id: str, result: Any) -> None:
+    """Ray Train's copy of a finished trial's checkpoint, once its final one is in MLflow: stored once."""
+    ckpt = result.checkpoint
+    if ckpt is not None and tracker.has_artifact(run_id, "checkpoint/ckpt.pt"):
+        ckpt.filesystem.delete_dir(ckpt.path)
 
 
 def run_trial(params: dict[str, Any], job: TrialJob) -> None:
-    """The Tune trainable: one trial = one MLflow child run + one TorchTrainer job. Tune may stop it
-    at any report (ASHA, max_t), so what follows the last report is done by `TrialTracking` instead."""
+    """The Tune trainable: one trial = one MLflow child run + one TorchTrainer job (restarted from its
+    last checkpoint when its workers die). Tune may stop it at any report (ASHA, max_t), so what follows
+    the last report is done by `TrialTracking` instead."""
     trial_id = tune.get_context().get_trial_id()
+    if trial_id in job.done_trials:
+        return  # ended before a driver restart that Tune's older snapshot does not know of
     tree = trial_config(job, params, trial_id)
     tracker = Tracker(job.tracking_uri)
     seed = int(params.get(SEED, 0))
     run_id, created = tracker.child_run(
         job.experiment_id, job.parent_run_id, job.sweep_id, trial_id, name=run_name(flatten(tree), seed),
-        tags={"switchsweep.git_commit": job.git_commit, "switchsweep.model": tree["model"]["name"],
-              GROUP_TAG: trial_group(params), SEED_TAG: seed},
+        tags={GIT_TAG: job.git_commit, MODEL_TAG: tree["model"]["name"], GROUP_TAG: trial_group(params), SEED_TAG: seed},
     )
     if created:
         tracker.log_params(run_id, flatten(tree))
@@ -164,16 +223,34 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
         tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(tree)), "config.yaml")
     r = job.ray
     resources = {"CPU": r["cpus_per_worker"], **({"GPU": r["gpus_per_worker"]} if r["use_gpu"] else {})}
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"config": tree, "run_id": run_id, "tracking_uri": job.tracking_uri, "eval_every": job.eval_every},
-        scaling_config=ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"], resources_per_worker=resources),
-        run_config=RunConfig(
-            name=f"train-{trial_id}",  # deterministic: a restarted trial resumes this Train run
-            storage_path=job.storage_path,
-            failure_config=FailureConfig(max_failures=r["max_failures"], controller_failure_limit=3),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            callbacks=[TuneReportCallback()],
-        ),
-    )
-    trainer.fit()
+    for attempt in range(1, r["max_failures"] + 2):
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"config": tree, "run_id": run_id, "tracking_uri": job.tracking_uri,
+                               "eval_every": job.eval_every, "attempt": attempt, "log_checkpoints": job.log_checkpoints},
+            scaling_config=ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"], resources_per_worker=resources),
+            run_config=RunConfig(
+                name=f"train-{trial_id}",  # deterministic: each attempt resumes this Train run's last checkpoint
+                storage_path=job.storage_path,
+                # Restarts are decided here (deterministic failures are not retried), not by Train.
+                failure_config=FailureConfig(max_failures=0, controller_failure_limit=3),
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                callbacks=[TuneReportCallback()],
+            ),
+        )
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as e:
+            failure = trial_failure(e)
+            if failure is None and attempt <= r["max_failures"]:
+                continue
+            why = failure.reason if failure else f"{reason(e)} (after {attempt} attempts)"
+            _fail(tracker, run_id, why, failure.log_tail if failure else f"{e}\n")
+            raise RuntimeError(f"{FAILURE_REASON}={why}") from None
+        break
+    if job.log_checkpoints == "last":
+        _drop_train_checkpoint(tracker, run_id, result)
+    else:
+        ckpt = result.checkpoint
+        if ckpt is not None:
+            tracker.set_tags(run_id, {CHECKPOINT_TAG: f"{ckpt.path}/ckpt.pt"})

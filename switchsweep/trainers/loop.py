@@ -33,6 +33,7 @@ class TrainHooks:
     and at the last step (0: never), so it may hold collectives such as `ray.train.report`."""
 
     report_every: int = 0
+    own_checkpoints: bool = True  # False: the hooks keep checkpoints (on_report), the loop writes none to out_dir
 
     def on_start(self, stats: dict[str, float]) -> None:
         pass
@@ -240,7 +241,7 @@ def train(cfg: Config, hooks: TrainHooks | None = None) -> TrainResult:
             bar.set_postfix(loss=f"{metrics['loss']:.4f}")
             if main:
                 hooks.on_log(step, metrics)
-        if at_ckpt and main:
+        if at_ckpt and main and hooks.own_checkpoints:
             result.checkpoint = trainer.save(ckpt_path)
             hooks.on_checkpoint(step, ckpt_path)
         if at_report:

@@ -1,0 +1,101 @@
+"""Why a trial failed, and whether another attempt could help.
+
+A non-finite loss, an invalid config, a bad checkpoint and running out of memory happen again on
+every attempt from the same checkpoint, so they end the trial at once (deterministic). Anything else
+(a killed worker, a lost node, a network error) is worth a restart from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import sys
+import traceback
+from typing import Any, Iterator
+
+import torch
+
+from switchsweep.platform.errors import CheckpointError, ConfigError, TrainingError
+
+DETERMINISTIC = (TrainingError, ConfigError, CheckpointError, torch.OutOfMemoryError, MemoryError)
+_OOM_TEXT = ("out of memory", "can't allocate memory")  # allocator errors raised as plain RuntimeError
+
+
+class TrialFailure(Exception):
+    """Raised by a worker for a failure that another attempt would repeat; carries its log's tail."""
+
+    def __init__(self, reason: str, log_tail: str = ""):
+        super().__init__(reason)
+        self.reason, self.log_tail = reason, log_tail
+
+    def __reduce__(self) -> tuple:  # crosses process boundaries through Ray
+        return TrialFailure, (self.reason, self.log_tail)
+
+
+def is_deterministic(e: BaseException) -> bool:
+    return isinstance(e, DETERMINISTIC) or (isinstance(e, RuntimeError) and any(t in str(e) for t in _OOM_TEXT))
+
+
+def reason(e: BaseException) -> str:
+    """One line: the exception's type and the first line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+
+
+def _causes(e: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    stack = [e]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack += [e.__cause__, e.__context__, *getattr(e, "worker_failures", {}).values()]
+        stack += [getattr(e, "controller_failure", None)]
+
+
+def trial_failure(e: BaseException) -> TrialFailure | None:
+    """The deterministic failure inside what `TorchTrainer.fit` raised, if there is one."""
+    return next((c for c in _causes(e) if isinstance(c, TrialFailure)), None)
+
+
+class LogTail:
+    """Copies what the process writes to stdout/stderr into a ring of its last lines, while still
+    writing it through (a failed trial's last lines become an MLflow artifact)."""
+
+    def __init__(self, lines: int = 200):
+        self.ring: collections.deque[str] = collections.deque(maxlen=lines)
+        self.partial = io.StringIO()
+
+    class _Tee:
+        def __init__(self, stream: Any, tail: "LogTail"):
+            self.stream, self.tail = stream, tail
+
+        def write(self, text: str) -> int:
+            self.tail.add(text)
+            return self.stream.write(text)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.stream, name)
+
+    def add(self, text: str) -> None:
+        self.partial.write(text)
+        *full, rest = self.partial.getvalue().split("\n")
+        self.ring.extend(full)
+        self.partial = io.StringIO(rest)
+        self.partial.seek(0, io.SEEK_END)
+
+    def __enter__(self) -> "LogTail":
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = self._Tee(sys.stdout, self), self._Tee(sys.stderr, self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stdout, sys.stderr = self.saved
+
+    def text(self, error: BaseException | None = None) -> str:
+        lines = [*self.ring, self.partial.getvalue()] if self.partial.getvalue() else list(self.ring)
+        if error is not None:
+            lines += ["", *"".join(traceback.format_exception(error)).splitlines()]
+        return "\n".join(lines) + "\n"
