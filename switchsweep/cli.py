@@ -126,7 +126,8 @@ def _report(args: argparse.Namespace) -> int:
 def _ui(args: argparse.Namespace) -> int:
     own, overrides = _own(args.overrides, ("port", "host"))
     job = load_sweep_config(overrides)
-    uri, port, host = _local_store(job), _port(own, 5000), own.get("host", "127.0.0.1")
+    port, host = _port(own, 5000), own.get("host", "127.0.0.1")
+    uri = _local_store(job)
     if not uri.startswith("sqlite:"):
         raise ConfigError(f"sweep.tracking_uri={redact(uri)} is an MLflow server already: open it in a browser")
     # MLflow 3 opens experiments in its GenAI view unless the link asks for the model-training one.

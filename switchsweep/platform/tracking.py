@@ -43,6 +43,7 @@ CHECKPOINT_TAG = "switchsweep.checkpoint"  # where the trial's final checkpoint 
 # MLflow 3's experiment kind for model training (the UI's view itself follows its workflowType link parameter).
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
+_IMAGE_NAME = re.compile(r"(?P<key>.+?)[+%]step[+%](?P<step>\d+)[+%]")  # how MLflow names a logged image's files
 
 
 def default_tracking_uri(root: str | Path) -> str:
@@ -209,9 +210,9 @@ class Tracker:
         run = _retry(lambda: self.client.get_run(run_id))
         seen = {k: {m.step for m in _retry(lambda k=k: self.client.get_metric_history(run_id, k))} for k in run.data.metrics}
         for art in _retry(lambda: self.client.list_artifacts(run_id, "images")):
-            key, _, rest = Path(art.path).name.partition("%step%")  # MLflow names images <key>%step%<step>%...
-            if rest:
-                seen.setdefault(f"image:{key}", set()).add(int(rest.split("%")[0]))
+            found = _IMAGE_NAME.match(Path(art.path).name)
+            if found:
+                seen.setdefault(f"image:{found['key']}", set()).add(int(found["step"]))
         return seen
 
 
@@ -221,8 +222,9 @@ class ResilientLog:
     restarts training. Writes already in the run (a retried attempt re-running steps) are skipped,
     so every metric step is logged once."""
 
-    def __init__(self, tracker: Tracker, run_id: str, seen: dict[str, set[int]] | None = None, attempts: int = 4):
-        self.tracker, self.run_id, self.attempts = tracker, run_id, attempts
+    def __init__(self, tracker: Tracker, run_id: str, seen: dict[str, set[int]] | None = None, attempts: int = 4,
+                 backoff_s: float = 0.5):
+        self.tracker, self.run_id, self.attempts, self.backoff_s = tracker, run_id, attempts, backoff_s
         self.seen = seen or {}
         self.pending: list[tuple[str, tuple, dict]] = []
         self.hold: Path | None = None
@@ -239,7 +241,7 @@ class ResilientLog:
                 if not self.warned:
                     print(f"switchsweep: MLflow write failed ({type(e).__name__}); retrying", file=sys.stderr)
                     self.warned = True
-                time.sleep(0.5 * 2**i)
+                time.sleep(self.backoff_s * 2**i)
 
     def _write(self, method: str, *args: Any, **kwargs: Any) -> None:
         self.pending.append((method, args, kwargs))

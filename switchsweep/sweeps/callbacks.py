@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from switchsweep.platform import sweep_state
-from switchsweep.platform.tracking import FAILURE_TAG, STOPPED_TAG, Tracker
+from switchsweep.platform.tracking import CHECKPOINT_TAG, FAILURE_TAG, STOPPED_TAG, Tracker
 from switchsweep.sweeps.trial import FAILURE_REASON
 
 _REASON = re.compile(rf"{FAILURE_REASON}=(.+)")
@@ -30,10 +31,31 @@ def failure_reason(error_text: str | None) -> str:
     return lines[-1][:300] if lines else "the trial's process failed without an error message"
 
 
+def train_checkpoints(storage_path: str, trial_id: str) -> tuple[pafs.FileSystem, list[str]]:
+    """The folders of a trial's checkpoints in Ray Train's storage (a path or URI), oldest first."""
+    fs, base = pafs.FileSystem.from_uri(storage_path) if "://" in storage_path else (pafs.LocalFileSystem(), storage_path)
+    infos = fs.get_file_info(pafs.FileSelector(f"{base.rstrip('/')}/train-{trial_id}", allow_not_found=True))
+    return fs, sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+
+
+def place_checkpoint(tracker: Tracker, run_id: str, storage_path: str, trial_id: str, keep: str, finished: bool) -> None:
+    """Keep a trial's final checkpoint once: a finished trial whose checkpoint is in MLflow (keep=last)
+    loses Ray Train's copies; otherwise the run is tagged with where Ray Train keeps it."""
+    fs, folders = train_checkpoints(storage_path, trial_id)
+    if finished and keep == "last" and tracker.has_artifact(run_id, "checkpoint/ckpt.pt"):
+        for folder in folders:
+            fs.delete_dir(folder)
+    elif folders:
+        where = folders[-1] if "://" not in storage_path else f"{storage_path.split('://')[0]}://{folders[-1]}"
+        tracker.set_tags(run_id, {CHECKPOINT_TAG: f"{where}/ckpt.pt"})
+
+
 class TrialTracking(Callback):
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_dir: str, train_steps: int):
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_dir: str, train_steps: int,
+                 storage_path: str, log_checkpoints: str):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.sweep_dir, self.train_steps = Path(sweep_dir), train_steps
+        self.storage_path, self.log_checkpoints = storage_path, log_checkpoints
         self.started: dict[str, tuple[float, float]] = {}  # trial -> (clock at start, wall seconds before it)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -93,5 +115,8 @@ class TrialTracking(Callback):
                 tags[FAILURE_TAG] = failure
             if tags:
                 tracker.set_tags(run_id, tags)
+            if status != sweep_state.TRIAL_FAILED:
+                place_checkpoint(tracker, run_id, self.storage_path, trial_id, self.log_checkpoints,
+                                 finished=status == sweep_state.TRIAL_FINISHED)
             tracker.set_status(run_id, MLFLOW_STATUS[status])
         sweep_state.update_trial(self.sweep_dir, trial_id, **fields)

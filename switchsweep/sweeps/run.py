@@ -192,7 +192,7 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
     if s.resume:  # that it can be restored was checked before any work
         return tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True)
     tracking = TrialTracking(trial_job.tracking_uri, trial_job.experiment_id, trial_job.parent_run_id, str(sweep_dir),
-                             job.train.steps)
+                             job.train.steps, storage, trial_job.log_checkpoints)
     searcher = _search_alg(job, sweep_dir, trial_job.sweep_id, trial_job.bases[0])
     if searcher is not None and not s.extend and s.points_to_evaluate:
         searcher.enqueue(s.points_to_evaluate)

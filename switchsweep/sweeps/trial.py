@@ -196,17 +196,10 @@ def _fail(tracker: Tracker, run_id: str, why: str, log_tail: str) -> None:
     tracker.log_text(run_id, log_tail, "failure/worker.log")
 
 
-def _drop_train_checkpoint(tracker: Tracker, run_id: str, result: Any) -> None:
-    """Ray Train's copy of a finished trial's checkpoint, once its final one is in MLflow: stored once."""
-    ckpt = result.checkpoint
-    if ckpt is not None and tracker.has_artifact(run_id, "checkpoint/ckpt.pt"):
-        ckpt.filesystem.delete_dir(ckpt.path)
-
-
 def run_trial(params: dict[str, Any], job: TrialJob) -> None:
     """The Tune trainable: one trial = one MLflow child run + one TorchTrainer job (restarted from its
     last checkpoint when its workers die). Tune may stop it at any report (ASHA, max_t), so what follows
-    the last report is done by `TrialTracking` instead."""
+    the last report (status, where the checkpoint is kept) is done by `TrialTracking` instead."""
     trial_id = tune.get_context().get_trial_id()
     if trial_id in job.done_trials:
         return  # ended before a driver restart that Tune's older snapshot does not know of
@@ -239,7 +232,7 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
             ),
         )
         try:
-            result = trainer.fit()
+            trainer.fit()
         except TrainingFailedError as e:
             failure = trial_failure(e)
             if failure is None and attempt <= r["max_failures"]:
@@ -247,10 +240,4 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
             why = failure.reason if failure else f"{reason(e)} (after {attempt} attempts)"
             _fail(tracker, run_id, why, failure.log_tail if failure else f"{e}\n")
             raise RuntimeError(f"{FAILURE_REASON}={why}") from None
-        break
-    if job.log_checkpoints == "last":
-        _drop_train_checkpoint(tracker, run_id, result)
-    else:
-        ckpt = result.checkpoint
-        if ckpt is not None:
-            tracker.set_tags(run_id, {CHECKPOINT_TAG: f"{ckpt.path}/ckpt.pt"})
+        return

@@ -1,0 +1,100 @@
+"""Every command refuses bad input the same way: exit code 2, one line naming the setting and the fix,
+and nothing made: no sweep folder, no MLflow store or run, no Ray process."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from switchsweep.cli import main
+
+# (command line, words the one line must hold). {tmp} is the test's folder, holding the files below.
+CASES = [
+    ("train model.top_k=5", "model.top_k=5"),
+    ("train model.name=unet", "model.name='unet'"),
+    ("train model=unet", "model"),
+    ("train train.steps=0", "train.steps=0"),
+    ("train data.batch_size=0", "data.batch_size"),
+    ("train train.lr=-1", "train.lr"),
+    ("train model.size=XXL", "model.size='XXL'"),
+    ("train no_such_setting=1", "no_such_setting"),
+    ("train --config {tmp}/missing.yaml", "no such file"),
+    ("train --config /etc/passwd", "not a switchsweep config"),
+    ("train --config {tmp}/broken.yaml", "not valid YAML at line 3, column 1"),
+    ("train train.resume={tmp}/missing.pt", "train.resume="),
+    ("train train.resume={tmp}/corrupt.pt", "corrupt or not a checkpoint"),
+    ("evaluate", "checkpoint is not set"),
+    ("evaluate checkpoint={tmp}/missing.pt", "no such checkpoint file"),
+    ("evaluate checkpoint={tmp}/corrupt.pt", "corrupt or not a checkpoint"),
+    ("evaluate checkpoint={tmp}/corrupt.pt eval.num_samples=0", "eval.num_samples"),
+    ("evaluate checkpoint={tmp}/corrupt.pt eval.sampler=euler", "eval.sampler"),
+    ("sweep sweep=no_such_sweep", "sweep"),
+    ("sweep sweep.search=bayes", "sweep.search='bayes'"),
+    ("sweep sweep.id=../../etc", "sweep.id='../../etc'"),
+    ("sweep sweep.id=a'b", "sweep.id="),
+    ("sweep sweep.name=a/b", "sweep.name='a/b'"),
+    ("sweep sweep.metric=accuracy", "sweep.metric='accuracy'"),
+    ("sweep sweep.mode=max", "sweep.mode='max'"),
+    ("sweep sweep.num_trials=0", "sweep.num_trials=0"),
+    ("sweep sweep.seeds=0", "sweep.seeds=0"),
+    ("sweep sweep.eval_every=100000", "sweep.eval_every=100000"),
+    ("sweep sweep.log_checkpoints=sometimes", "sweep.log_checkpoints='sometimes'"),
+    ("sweep sweep.ray.num_workers=3", "not divisible by sweep.ray.num_workers=3"),
+    ("sweep sweep.ray.trainable_cpus=0", "sweep.ray.trainable_cpus=0"),
+    ("sweep sweep.asha=true sweep.objectives=[kid,gflops]", "sweep.asha=true"),
+    ("sweep sweep.search=grid", "sweep.grid is empty"),
+    ("sweep sweep=table1 model.top_k=9", "model.top_k=9"),
+    ("sweep --resume", "no interrupted design_space sweep"),
+    ("sweep --resume sweep.id=design_space-1", "sweep.id=design_space-1: no such sweep"),
+    ("sweep --extend 0", "--extend 0"),
+    ("export", "no MLflow store"),
+    ("export top=many", "top=many"),
+    ("export sweep.id=../x", "sweep.id='../x'"),
+    ("report", "no MLflow store"),
+    ("report sweep.search=bayes", "sweep.search='bayes'"),
+    ("ui port=99999", "port=99999"),
+    ("optuna-ui port=http", "port=http"),
+    ("optuna-ui", "no design_space sweep"),
+]
+
+
+def _ray_processes() -> set[int]:
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"raylet" in cmd or b"gcs_server" in cmd:
+            found.add(int(pid))
+    return found
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "broken.yaml").write_text("model:\n  top_k: [2\n")
+    (tmp / "corrupt.pt").write_bytes(b"not a checkpoint at all")
+    return tmp
+
+
+def test_the_table_covers_every_command():
+    assert len(CASES) >= 30
+    assert {c.split()[0] for c, _ in CASES} == {"train", "evaluate", "sweep", "export", "report", "ui", "optuna-ui"}
+
+
+@pytest.mark.parametrize("line,words", CASES, ids=[c for c, _ in CASES])
+def test_bad_input_is_one_line_exit_2_and_makes_nothing(line, words, files, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default sweep.root (runs/) and store land here, if anywhere
+    before = _ray_processes()
+    argv = [a.replace("{tmp}", str(files)) for a in line.split()]
+    if argv[0] in ("sweep", "export", "report", "ui", "optuna-ui"):
+        argv.append(f"sweep.root={tmp_path / 'runs'}")
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    lines = [x for x in out.err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"switchsweep {argv[0]}: error: "), out.err
+    assert words.replace("{tmp}", str(files)) in lines[0]
+    assert "Traceback" not in out.err and "root:x:0" not in out.err  # never a file's contents
+    assert list(tmp_path.iterdir()) == []  # no sweep folder, no mlflow.db, no artifacts
+    assert _ray_processes() <= before

@@ -1,0 +1,215 @@
+"""Fault handling without Ray: tracking that survives outages and retries, the sweep's record and
+lock, failure classification, credential redaction, driver-side path resolution."""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow.exceptions import MlflowException
+from PIL import Image
+
+from switchsweep.platform import sweep_state
+from switchsweep.platform.config import resolve_paths
+from switchsweep.platform.errors import CheckpointError, ConfigError, TrainingError
+from switchsweep.platform.tracking import CHECKPOINT_TAG, ResilientLog, Tracker, default_tracking_uri, redact
+from switchsweep.sweeps.callbacks import failure_reason, place_checkpoint
+from switchsweep.sweeps.failures import LogTail, TrialFailure, is_deterministic, trial_failure
+from switchsweep.sweeps.run import _resume_overrides
+from switchsweep.sweeps.trial import FAILURE_REASON
+
+
+@pytest.mark.parametrize("text,want", [
+    ("sweep.tracking_uri=https://alice:s3cr3t@mlflow.example.com", "sweep.tracking_uri=https://***@mlflow.example.com"),
+    ("postgresql://u:pw@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
+    ("s3://bucket/runs?X-Amz-Signature=abc&region=eu", "s3://bucket/runs?X-Amz-Signature=***&region=eu"),
+    ("https://h/x?token=t0k&api_key=k3y&page=2", "https://h/x?token=***&api_key=***&page=2"),
+    ("sqlite:////tmp/runs/mlflow.db", "sqlite:////tmp/runs/mlflow.db"),
+    ("model.top_k=2 train.steps=300", "model.top_k=2 train.steps=300"),
+])
+def test_redact_masks_credentials_and_keeps_the_rest(text, want):
+    assert redact(text) == want
+
+
+@pytest.fixture
+def run(tmp_path):
+    tracker = Tracker(default_tracking_uri(tmp_path))
+    exp = tracker.experiment("t", tmp_path / "art")
+    return tracker, tracker.create_run(exp, "r", {})
+
+
+def _history(tracker, run_id, key):
+    return [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, key)]
+
+
+def test_a_retried_attempt_logs_only_the_steps_the_run_lacks(run, tmp_path):
+    tracker, run_id = run
+    first = ResilientLog(tracker, run_id, tracker.logged_steps(run_id))
+    png = tmp_path / "g.png"
+    Image.new("RGB", (4, 4), "white").save(png)
+    for step in (2, 4):
+        first.log_metrics({"loss": float(step)}, step)
+        first.log_image(png, key="samples", step=step)
+    # A restart from the step-2 checkpoint runs steps 3.. again: what MLflow has is not logged twice.
+    again = ResilientLog(tracker, run_id, tracker.logged_steps(run_id))
+    for step in (2, 4, 6):
+        again.log_metrics({"loss": step + 0.5}, step)
+        again.log_image(png, key="samples", step=step)
+    assert _history(tracker, run_id, "loss") == [(2, 2.0), (4, 4.0), (6, 6.5)]
+    images = [a.path for a in tracker.client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
+    assert len(images) == 3
+    assert tracker.logged_steps(run_id)["image:samples"] == {2, 4, 6}
+
+
+def test_writes_during_an_outage_are_kept_and_sent_in_order_later(run, tmp_path, capsys):
+    tracker, run_id = run
+    real = Tracker.log_metrics
+    down = {"on": True}
+
+    def flaky(self, *a, **k):
+        if down["on"]:
+            raise MlflowException("database is locked")
+        return real(self, *a, **k)
+
+    log = ResilientLog(tracker, run_id, attempts=2, backoff_s=0)
+    Tracker.log_metrics = flaky
+    try:
+        png = tmp_path / "routing.png"
+        Image.new("RGB", (4, 4), "black").save(png)
+        log.log_metrics({"loss": 1.0}, 1)
+        log.log_image(png, key="routing", step=1)  # queued behind the metric: its file is copied
+        png.unlink()  # the caller's scratch folder goes away
+        log.log_metrics({"loss": 2.0}, 2)
+        assert len(log.pending) == 3 and not log.flush()
+        down["on"] = False
+        log.log_metrics({"loss": 3.0}, 3)
+    finally:
+        Tracker.log_metrics = real
+    assert log.pending == [] and log.flush()
+    assert _history(tracker, run_id, "loss") == [(1, 1.0), (2, 2.0), (3, 3.0)]  # none lost, none twice
+    assert tracker.logged_steps(run_id)["image:routing"] == {1}
+    assert "MLflow write failed" in capsys.readouterr().err
+
+
+def test_the_record_says_running_only_while_a_driver_holds_the_lock(tmp_path):
+    sweep_state.save(tmp_path, {"status": sweep_state.RUNNING, "created": 1.0})
+    assert sweep_state.status(tmp_path) == sweep_state.INTERRUPTED  # a driver that died
+    lock = sweep_state.DriverLock(tmp_path)
+    lock.acquire()
+    try:
+        assert sweep_state.status(tmp_path) == sweep_state.RUNNING
+        with pytest.raises(ConfigError, match=rf"sweep {tmp_path.name} is being run by driver pid {os.getpid()} on "):
+            sweep_state.DriverLock(tmp_path).acquire()
+    finally:
+        lock.release()
+    assert sweep_state.status(tmp_path) == sweep_state.INTERRUPTED
+
+
+def test_a_killed_driver_leaves_no_lock(tmp_path):
+    sweep_state.save(tmp_path, {"status": sweep_state.RUNNING})
+    code = ("import sys, time; from switchsweep.platform.sweep_state import DriverLock; "
+            f"lock = DriverLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    assert sweep_state.status(tmp_path) == sweep_state.RUNNING
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    assert sweep_state.status(tmp_path) == sweep_state.INTERRUPTED
+    lock = sweep_state.DriverLock(tmp_path)
+    lock.acquire()  # a resuming driver takes it over
+    lock.release()
+
+
+def test_trial_entries_merge_and_trials_over_counts_ended_ones(tmp_path):
+    sweep_state.save(tmp_path, {"status": sweep_state.RUNNING})
+    sweep_state.update_trial(tmp_path, "a", status="running", step=4)
+    sweep_state.update_trial(tmp_path, "a", step=8)
+    sweep_state.update_trial(tmp_path, "b", status=sweep_state.TRIAL_FAILED, reason="x")
+    sweep_state.update_trial(tmp_path, "c", status=sweep_state.TRIAL_STOPPED)
+    state = sweep_state.load(tmp_path)
+    assert state["trials"]["a"] == {"status": "running", "step": 8}
+    assert sorted(sweep_state.trials_over(state)) == ["b", "c"]
+
+
+@pytest.mark.parametrize("error,deterministic", [
+    (TrainingError("non-finite loss (nan) at step 3"), True),
+    (ConfigError("model.top_k=5 must be <= 3"), True),
+    (CheckpointError("corrupt"), True),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), True),
+    (MemoryError(), True),
+    (RuntimeError("Connection reset by peer"), False),
+    (OSError("No space left on device"), False),
+])
+def test_deterministic_failures_are_told_from_retryable_ones(error, deterministic):
+    assert is_deterministic(error) is deterministic
+
+
+def test_a_workers_failure_is_found_inside_what_fit_raises():
+    from ray.train import ControllerError, WorkerGroupError
+
+    failure = pickle.loads(pickle.dumps(TrialFailure("TrainingError: non-finite loss", "last lines\n")))
+    assert (failure.reason, failure.log_tail) == ("TrainingError: non-finite loss", "last lines\n")
+    wrapped = WorkerGroupError("rank 1 failed", {0: RuntimeError("peer gone"), 1: failure})
+    assert trial_failure(wrapped) is failure
+    assert trial_failure(pickle.loads(pickle.dumps(wrapped))).reason == failure.reason
+    assert trial_failure(WorkerGroupError("killed", {0: RuntimeError("actor died")})) is None
+    assert trial_failure(ControllerError(RuntimeError("x"))) is None
+
+
+def test_log_tail_keeps_the_last_lines_and_the_traceback(capsys):
+    with LogTail(lines=3) as tail:
+        for i in range(5):
+            print(f"line {i}")
+        sys.stderr.write("warn: partial")
+    try:
+        raise TrainingError("non-finite loss")
+    except TrainingError as e:
+        text = tail.text(e)
+    assert text.startswith("line 2\nline 3\nline 4\nwarn: partial\n") and "TrainingError: non-finite loss" in text
+    assert "line 0" in capsys.readouterr().out  # still written through
+
+
+def test_failure_reason_reads_what_run_trial_raised():
+    error = f"Traceback ...\nRuntimeError: {FAILURE_REASON}=TrainingError: non-finite loss (nan) at step 3\n"
+    assert failure_reason(error) == "TrainingError: non-finite loss (nan) at step 3"
+    assert failure_reason("ray.exceptions.ActorDiedError: the actor died\n\n") == "ray.exceptions.ActorDiedError: the actor died"
+    assert failure_reason(None) == "the trial's process failed without an error message"
+
+
+def test_relative_paths_resolve_against_the_drivers_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tree = {"eval": {"cache_dir": "cache", "inception_weights": "~/w.pt", "out": None}, "train": {"resume": "s3://b/c.pt"}}
+    resolve_paths(tree)
+    assert tree == {"eval": {"cache_dir": str(tmp_path / "cache"), "inception_weights": os.path.expanduser("~/w.pt"),
+                             "out": None}, "train": {"resume": "s3://b/c.pt"}}
+
+
+def test_a_resume_must_be_given_redacted_credentials_again():
+    state = {"overrides": ["sweep=design_space", "sweep.tracking_uri=https://***@mlflow.example.com", "train.steps=8"]}
+    with pytest.raises(ConfigError, match="sweep.tracking_uri: its credentials were not stored"):
+        _resume_overrides(state, ["sweep=design_space"])
+    again = _resume_overrides(state, ["sweep.tracking_uri=https://a:b@mlflow.example.com"])
+    assert again == ["sweep=design_space", "train.steps=8", "sweep.tracking_uri=https://a:b@mlflow.example.com"]
+
+
+def test_a_finished_trials_checkpoint_is_kept_once(run, tmp_path):
+    tracker, run_id = run
+    storage = tmp_path / "storage"
+    for stamp in ("2026-01-01_00-00-01", "2026-01-01_00-00-02"):
+        (storage / "train-t1" / f"checkpoint_{stamp}").mkdir(parents=True)
+        (storage / "train-t1" / f"checkpoint_{stamp}" / "ckpt.pt").write_bytes(b"x")
+    # Stopped early (or keep=false): Ray Train's copy is the only one, and the run says where it is.
+    place_checkpoint(tracker, run_id, str(storage), "t1", "last", finished=False)
+    newest = storage / "train-t1" / "checkpoint_2026-01-01_00-00-02" / "ckpt.pt"
+    assert tracker.client.get_run(run_id).data.tags[CHECKPOINT_TAG] == str(newest)
+    # Finished with its final checkpoint in MLflow: Ray Train's copies go.
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(b"final")
+    tracker.log_artifact(run_id, ckpt, "checkpoint")
+    place_checkpoint(tracker, run_id, str(storage), "t1", "last", finished=True)
+    assert list((storage / "train-t1").iterdir()) == []
