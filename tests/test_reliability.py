@@ -213,3 +213,16 @@ def test_a_finished_trials_checkpoint_is_kept_once(run, tmp_path):
     tracker.log_artifact(run_id, ckpt, "checkpoint")
     place_checkpoint(tracker, run_id, str(storage), "t1", "last", finished=True)
     assert list((storage / "train-t1").iterdir()) == []
+
+
+def test_resume_refuses_in_one_line_when_the_tune_state_is_missing(tmp_path, capsys):
+    from switchsweep.cli import main
+
+    root = tmp_path / "runs"
+    sweep_dir = root / "sweeps" / "design_space" / "design_space-1"
+    sweep_state.save(sweep_dir, {"sweep_id": "design_space-1", "name": "design_space", "created": 1.0, "tune_dir": "tune",
+                                 "status": sweep_state.INTERRUPTED, "overrides": [f"sweep.root={root}"]})
+    assert main(["sweep", "--resume", f"sweep.root={root}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--resume: sweep design_space-1 has no Tune state under" in err[0]
+    assert [p.name for p in sweep_dir.iterdir()] == ["sweep.json"]  # not started afresh, nothing else made

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,44 +18,22 @@ from PIL import Image
 from optuna.trial import TrialState
 from scipy.optimize import linear_sum_assignment
 
+from benchmarks.faults import BIN, ENV, free_port, record, start_head, stop_head
+from netstat import LOOPBACK, listening
+from switchsweep.platform import sweep_state
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.tracking import default_tracking_uri
 from switchsweep.models.routing import prior_mask
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-# A throwaway head on 127.0.0.1 for this module: token auth off for it and its clients alike.
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def ray_address(tmp_path_factory):
     """One Ray head for every sweep process of this module (a start costs several seconds)."""
-    port, dash = _free_port(), _free_port()
-    temp = tmp_path_factory.mktemp("ray")
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus=3", "--node-ip-address=127.0.0.1",
-         f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--temp-dir={temp}", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
-    )
-    address = f"127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        ok = subprocess.run([str(BIN / "ray"), "status", f"--address={address}"], capture_output=True, env=ENV).returncode == 0
-        if ok:
-            break
-        assert head.poll() is None, "ray start exited"
-        time.sleep(2)
+    head, address = start_head(tmp_path_factory.mktemp("ray"))
     yield address
-    head.send_signal(signal.SIGTERM)
-    head.wait(timeout=60)
+    stop_head(head)
 
 
 def _sweep_cmd(root: Path, cache: Path, address: str, *extra: str) -> list[str]:
@@ -87,15 +64,14 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
     first = subprocess.Popen(_sweep_cmd(root, cache, ray_address), stdout=log, stderr=subprocess.STDOUT, env=env)
     # Interrupt (Ctrl+C) once the first trial has finished.
     deadline = time.time() + 400
-    done: list[Path] = []
+    done: dict = {}
     while time.time() < deadline and not done and first.poll() is None:
         time.sleep(1)
-        done = list(root.glob("sweeps/design_space/*/trials/*/trial.json"))
+        done = sweep_state.trials_over(record(root))
     assert done, (tmp_path / "first.log").read_text()[-3000:]
     first.send_signal(signal.SIGINT)
     assert first.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()[-3000:]
-    first_trial = done[0].parent.name
-    first_summary = done[0].read_text()
+    (first_trial, first_summary), = done.items()
     state = json.loads(next(root.glob("sweeps/design_space/*/sweep.json")).read_text())
     assert state["status"] == "interrupted"
 
@@ -106,7 +82,7 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
                              timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "2 configurations x 1 seed(s), best first by gflops" in resumed.stdout
-    assert (done[0]).read_text() == first_summary  # the finished trial was not rerun
+    assert record(root)["trials"][first_trial] == first_summary  # the finished trial was not rerun
     state = json.loads(next(root.glob("sweeps/design_space/*/sweep.json")).read_text())
     assert state["status"] == "finished"
 
@@ -276,7 +252,7 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, 
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("switchsweep.role") == "sweep")
     child = next(r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("switchsweep.role") == "trial")
-    port = _free_port()
+    port = free_port()
     # Its own process group: stopping it must stop the MLflow server processes it starts too.
     ui = subprocess.Popen([str(BIN / "switchsweep"), "ui", f"sweep.root={sweep_root}", f"port={port}"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
@@ -291,6 +267,8 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, 
                     break
             except OSError:
                 time.sleep(1)
+        served = listening(ui.pid)  # switchsweep ui, the mlflow server and its workers
+        assert (("127.0.0.1", port) in {(a, p) for a, p, _ in served} and {a for a, _, _ in served} <= set(LOOPBACK)), served
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -329,7 +307,7 @@ def test_optuna_ui_serves_the_sweeps_study_on_loopback(sweep_root):
     import urllib.request
 
     sweep_id = _sweep_report(sweep_root).parent.name
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen([str(BIN / "switchsweep"), "optuna-ui", "sweep=design_space", f"sweep.root={sweep_root}",
                            f"port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:

@@ -38,6 +38,7 @@ GIT_TAG, MODEL_TAG = "switchsweep.git_commit", "switchsweep.model"
 BEST_TRIAL_TAG, BEST_GROUP_TAG, BEST_RUN_TAG = "switchsweep.best_trial", "switchsweep.best_group", "switchsweep.best_run_id"
 STOPPED_TAG = "switchsweep.stopped_early"  # "true" on a trial the scheduler stopped
 FAILURE_TAG = "switchsweep.failure"  # why a trial failed, one line
+ATTEMPTS_TAG = "switchsweep.attempts"  # on a failed trial: Train jobs it ran (1: not retried)
 RESUMED_TAG = "switchsweep.resumed_from_step"  # the checkpoint step a restarted trial went on from
 CHECKPOINT_TAG = "switchsweep.checkpoint"  # where the trial's final checkpoint is kept
 # MLflow 3's experiment kind for model training (the UI's view itself follows its workflowType link parameter).

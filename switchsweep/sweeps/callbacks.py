@@ -86,7 +86,10 @@ class TrialTracking(Callback):
         self._finish(trial.trial_id, failure=None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._finish(trial.trial_id, failure=failure_reason(trial.get_error()))
+        # The error file is written in the trial's local folder first (storage gets its copy later).
+        local = Path(trial.error_file) if trial.error_file else None
+        text = local.read_text(errors="replace") if local is not None and local.is_file() else trial.get_error()
+        self._finish(trial.trial_id, failure=failure_reason(text))
 
     def _finish(self, trial_id: str, failure: str | None) -> None:
         entry = sweep_state.load(self.sweep_dir).get("trials", {}).get(trial_id, {})

@@ -35,8 +35,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from switchsweep.dashboards.routing import routing_heatmap
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.export import run_name
-from switchsweep.platform.tracking import (CHECKPOINT_TAG, FAILURE_TAG, GIT_TAG, GROUP_TAG, MODEL_TAG, RESUMED_TAG, SEED_TAG,
+from switchsweep.platform.tracking import (ATTEMPTS_TAG, CHECKPOINT_TAG, FAILURE_TAG, GIT_TAG, GROUP_TAG, MODEL_TAG, RESUMED_TAG, SEED_TAG,
                                            ResilientLog, Tracker, flatten)
+from switchsweep.sweeps.loopback_ddp import LoopbackTorchConfig
 from switchsweep.sweeps.failures import LogTail, TrialFailure, is_deterministic, reason, trial_failure
 from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params, config_from_dict
 from switchsweep.trainers.evaluate import evaluate_model
@@ -189,10 +190,10 @@ def train_worker(config: dict[str, Any]) -> None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _fail(tracker: Tracker, run_id: str, why: str, log_tail: str) -> None:
-    """Mark the trial's run with why it failed and its worker's last lines; the run's status is set by
-    the driver from the sweep's record."""
-    tracker.set_tags(run_id, {FAILURE_TAG: why})
+def _fail(tracker: Tracker, run_id: str, why: str, log_tail: str, attempts: int) -> None:
+    """Mark the trial's run with why it failed, after how many attempts, and its worker's last lines;
+    the run's status is set by the driver from the sweep's record."""
+    tracker.set_tags(run_id, {FAILURE_TAG: why, ATTEMPTS_TAG: attempts})
     tracker.log_text(run_id, log_tail, "failure/worker.log")
 
 
@@ -222,6 +223,7 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
             train_loop_config={"config": tree, "run_id": run_id, "tracking_uri": job.tracking_uri,
                                "eval_every": job.eval_every, "attempt": attempt, "log_checkpoints": job.log_checkpoints},
             scaling_config=ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"], resources_per_worker=resources),
+            torch_config=None if r["address"] else LoopbackTorchConfig(),  # a local instance listens on 127.0.0.1 only
             run_config=RunConfig(
                 name=f"train-{trial_id}",  # deterministic: each attempt resumes this Train run's last checkpoint
                 storage_path=job.storage_path,
@@ -238,6 +240,6 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
             if failure is None and attempt <= r["max_failures"]:
                 continue
             why = failure.reason if failure else f"{reason(e)} (after {attempt} attempts)"
-            _fail(tracker, run_id, why, failure.log_tail if failure else f"{e}\n")
+            _fail(tracker, run_id, why, failure.log_tail if failure else f"{e}\n", attempt)
             raise RuntimeError(f"{FAILURE_REASON}={why}") from None
         return

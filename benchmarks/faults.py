@@ -1,0 +1,253 @@
+"""Faults a long sweep meets, on one machine: DDP workers SIGKILLed mid-trial, the sweep's driver
+SIGKILLed mid-trial and resumed, and every MLflow metric point checked against what was reported.
+
+    python -m benchmarks.faults              # 5 worker kills, 1 driver kill (about 8 minutes on 2 cores)
+    python -m benchmarks.faults --kills 2
+
+Each scenario is a tiny sweep through the CLI against one Ray head on 127.0.0.1. A worker kill is
+survived when the trial restarts from its last checkpoint and ends at its last step with no metric
+point missing or logged twice. A driver kill is survived when `--resume` (refusing a second driver
+meanwhile) finishes the sweep without rerunning the finished trial, without a duplicate MLflow run,
+and with the interrupted trial going on from its checkpoint. The end-to-end tests run each once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+# A throwaway head: token auth off for it and its clients alike, and on 127.0.0.1 only (see
+# platform.runtime: Ray otherwise swaps a loopback node address for the machine's own).
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+STEPS, EVAL_EVERY, LOG_EVERY = 40, 10, 2
+POINTS = ("sweep.points_to_evaluate=[{model.num_experts: 3, model.top_k: 1, model.lambda_dp: 1.0, model.prior_alpha: 4.0},"
+          " {model.num_experts: 2, model.top_k: 1, model.lambda_dp: 0.5, model.prior_alpha: 2.0}]")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_head(temp: Path, num_cpus: int = 3) -> tuple[subprocess.Popen, str]:
+    """A Ray head on 127.0.0.1 with its dashboard (Train frees stopped trials' workers through it)."""
+    port, dash = free_port(), free_port()
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
+         f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--temp-dir={temp}", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if subprocess.run([str(BIN / "ray"), "status", f"--address={address}"], capture_output=True, env=ENV).returncode == 0:
+            return head, address
+        if head.poll() is not None:
+            break
+        time.sleep(2)
+    head.kill()
+    raise RuntimeError("the Ray head did not start")
+
+
+def stop_head(head: subprocess.Popen) -> None:
+    head.send_signal(signal.SIGTERM)
+    head.wait(timeout=60)
+
+
+def sweep_cmd(root: Path, address: str | None, cache: Path | None, *extra: str, sweep: str = "design_space",
+              log_every: int = LOG_EVERY) -> list[str]:
+    """A tiny sweep, long enough (40 steps, an evaluation every 10) to be hit mid-trial. Any `sweep`
+    is run under the name design_space; that one evaluates two given configurations first."""
+    given = [POINTS] if sweep == "design_space" else ["sweep.name=design_space"]
+    return [str(BIN / "switchsweep"), "sweep", f"sweep={sweep}", f"sweep.root={root}", *given,
+            *([f"sweep.ray.address={address}"] if address else []), *([f"eval.cache_dir={cache}"] if cache else []),
+            f"sweep.eval_every={EVAL_EVERY}", f"train.steps={STEPS}", f"train.log_every={log_every}", "sweep.asha=false",
+            "data.batch_size=16", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=2", "eval.kid_subset_size=20",
+            "eval.kid_subsets=2", "sample.per_class=1", "sample.steps=2", *extra]
+
+
+def record(root: Path) -> dict[str, Any]:
+    """The sweep's record (sweep.json) of the one sweep under `root`, or {} before it exists."""
+    found = glob.glob(str(root / "sweeps" / "design_space" / "*" / "sweep.json"))
+    if not found:
+        return {}
+    try:
+        return json.loads(Path(found[0]).read_text())
+    except json.JSONDecodeError:  # never half-written (atomic rename), but be safe while polling
+        return {}
+
+
+def wait_for(what, timeout: float, proc: subprocess.Popen | None = None, poll: float = 0.2) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = what()
+        if got:
+            return got
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the sweep exited ({proc.returncode}) before the fault could be injected")
+        time.sleep(poll)
+    raise TimeoutError("the sweep did not get there in time")
+
+
+def train_workers() -> list[int]:
+    """PIDs of the Ray Train DDP worker processes on this machine."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
+                pids.append(int(pid))
+        except OSError:
+            continue
+    return sorted(pids)
+
+
+def audit(root: Path, log_every: int = LOG_EVERY) -> dict[str, Any]:
+    """Every metric point of the sweep's trial runs against the steps it should be at: a point logged
+    at every log step (losses), every evaluation (metrics, routing), step 0 (model size) or the end
+    (trial timing). Failed trials count for duplicates only."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("design_space")
+    runs = client.search_runs([exp.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("switchsweep.role") == "trial"]
+    points = duplicates = lost = 0
+    for run in trials:
+        final = int(run.data.metrics.get("step", 0))
+        evals = set(range(EVAL_EVERY, final + 1, EVAL_EVERY)) | ({final} if final else set())
+        logs = set(range(log_every, final + 1, log_every)) | evals
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            points += len(steps)
+            duplicates += len(steps) - len(set(steps))
+            if run.info.status == "FAILED":
+                continue
+            have = set(steps)
+            want = {0} if have == {0} else {final} if key.startswith("trial_") else logs if have - evals - {0} else evals
+            lost += len(want - have)
+    return {"runs": len(runs), "trial_runs": len(trials), "points": points, "duplicates": duplicates, "lost": lost}
+
+
+def worker_kill(root: Path, address: str, cache: Path | None = None, at_step: int = 20) -> dict[str, Any]:
+    """SIGKILL one of a 2-worker trial's DDP workers once it has reported step `at_step`."""
+    log = open(root.parent / f"{root.name}-worker-kill.log", "w")
+    cmd = sweep_cmd(root, address, cache, "sweep.num_trials=1", "sweep.ray.num_workers=2")
+    driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    steps = lambda: [e.get("step", 0) for e in record(root).get("trials", {}).values()]  # noqa: E731
+    wait_for(lambda: any(s >= at_step for s in steps()) and train_workers(), 400, driver)
+    killed_at = max(steps())
+    os.kill(train_workers()[-1], signal.SIGKILL)
+    rc = driver.wait(timeout=600)
+    return {"rc": rc, "killed_after_step": killed_at, **_trial_facts(root), **audit(root), "log": log.name}
+
+
+def _trial_facts(root: Path) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    state = record(root)
+    client = MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("design_space")
+    out: dict[str, Any] = {"status": state.get("status"), "trials": state.get("trials", {})}
+    for run in client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'"):
+        tid = run.data.tags["switchsweep.trial_id"]
+        loop = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loop_s")}
+        resumed = run.data.tags.get("switchsweep.resumed_from_step")
+        out["trials"].setdefault(tid, {}).update(
+            mlflow_status=run.info.status, resumed_from=int(resumed) if resumed else None, loop_s_history=loop,
+            end_time=run.info.end_time, checkpoint=run.data.tags.get("switchsweep.checkpoint"),
+            artifacts=sorted(a.path for a in client.list_artifacts(run.info.run_id)))
+    return out
+
+
+def worker_kill_survived(r: dict[str, Any]) -> bool:
+    (t,) = r["trials"].values()
+    resumed = t.get("resumed_from")
+    return (r["rc"] == 0 and t["status"] == "finished" and t["step"] == STEPS and t.get("attempt") == 2
+            and resumed is not None and t["loop_s"] > t["loop_s_history"].get(resumed, float("inf"))
+            and r["duplicates"] == 0 and r["lost"] == 0)
+
+
+def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str, Any]:
+    """SIGKILL the driver of a 2-configuration sweep once its first trial is over and its second has
+    reported a checkpoint; a second driver is refused while `--resume` finishes the sweep."""
+    log = open(root.parent / f"{root.name}-driver-kill.log", "w")
+    cmd = sweep_cmd(root, address, cache, "sweep.num_trials=2", "sweep.ray.num_workers=1")
+
+    def second_under_way() -> bool:
+        entries = list(record(root).get("trials", {}).values())
+        return (any(e.get("status") == "finished" for e in entries)
+                and any(e.get("status") == "running" and e.get("step", 0) >= EVAL_EVERY for e in entries))
+
+    driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    wait_for(second_under_way, 600, driver)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    before = _trial_facts(root)
+    sweep_dir = next((root / "sweeps" / "design_space").iterdir())
+    from switchsweep.platform import sweep_state
+
+    status_after_kill = sweep_state.status(sweep_dir)
+    resumed = subprocess.Popen([*cmd, "--resume"], stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    lock = sweep_dir / sweep_state.LOCK_FILE
+    wait_for(lambda: lock.is_file() and f"pid {resumed.pid} " in lock.read_text(), 120, resumed)
+    second = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=ENV, timeout=120)
+    rc = resumed.wait(timeout=600)
+    after = _trial_facts(root)
+    return {"rc": rc, "status_after_kill": status_after_kill, "second_driver": (second.returncode, second.stderr),
+            "before": before, **after, **audit(root), "log": log.name}
+
+
+def driver_kill_survived(r: dict[str, Any]) -> bool:
+    over = {t: e for t, e in r["before"]["trials"].items() if e.get("status") == "finished"}
+    unchanged = all(r["trials"][t]["end_time"] == e["end_time"] and r["trials"][t]["wall_s"] == e["wall_s"]
+                    for t, e in over.items())
+    interrupted = [t for t in r["trials"] if t not in over]
+    return (r["rc"] == 0 and r["status"] == "finished" and r["status_after_kill"] == "interrupted"
+            and r["second_driver"][0] == 2 and len(over) == 1 and unchanged and r["trial_runs"] == 2 and r["runs"] == 3
+            and all(r["trials"][t]["resumed_from"] and r["trials"][t]["step"] == STEPS for t in interrupted)
+            and r["duplicates"] == 0 and r["lost"] == 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kills", type=int, default=5, help="worker-kill runs (default 5)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="switchsweep-faults-"))
+    head, address = start_head(work / "ray")
+    rows = []
+    try:
+        for i in range(args.kills):
+            r = worker_kill(work / f"kill{i}", address)
+            ok = worker_kill_survived(r)
+            (t,) = r["trials"].values()
+            rows.append(ok)
+            print(f"worker kill {i + 1}: {'survived' if ok else 'FAILED'}  killed after step {r['killed_after_step']}, "
+                  f"resumed from {t.get('resumed_from')}, ended at {t['step']} after {t.get('attempt')} attempts, "
+                  f"loop_s {t['loop_s']:.1f} (all attempts), overhead {t.get('overhead_s', float('nan')):.1f} s; "
+                  f"points {r['points']}, duplicates {r['duplicates']}, lost {r['lost']}", flush=True)
+        d = driver_kill(work / "driver", address)
+        d_ok = driver_kill_survived(d)
+        print(f"driver kill: {'survived' if d_ok else 'FAILED'}  second driver refused: exit {d['second_driver'][0]} "
+              f"({d['second_driver'][1].strip()[:100]}); MLflow runs {d['runs']} (1 parent + {d['trial_runs']} trials); "
+              f"points {d['points']}, duplicates {d['duplicates']}, lost {d['lost']}")
+        print(f"\nworker kills survived: {sum(rows)}/{len(rows)} (goal {len(rows)}/{len(rows)}); driver kill resumed: "
+              f"{'yes' if d_ok else 'no'}; logs under {work}")
+    finally:
+        stop_head(head)
+    sys.exit(0 if all(rows) and d_ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Faults end to end, each once (`python -m benchmarks.faults` repeats them): a SIGKILLed DDP worker,
+a SIGKILLed driver and its resume, and four concurrent trials on the default SQLite store, one of
+which fails deterministically, on the project's own local Ray instance (whose every socket must
+listen on 127.0.0.1)."""
+
+import csv
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from benchmarks.faults import ENV, STEPS, audit, driver_kill, record, start_head, stop_head, sweep_cmd, worker_kill
+from netstat import LOOPBACK, listening
+from switchsweep.cli import EXIT_TRIALS_FAILED
+from switchsweep.platform.tracking import default_tracking_uri
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    proc, address = start_head(tmp_path_factory.mktemp("ray"))
+    yield address
+    stop_head(proc)
+
+
+def _log(r) -> str:
+    return Path(r["log"]).read_text()[-3000:]
+
+
+def test_a_killed_worker_restarts_from_its_checkpoint_and_logs_each_step_once(head, digits_net, tmp_path):
+    root = tmp_path / "runs"
+    r = worker_kill(root, head, digits_net[2])
+    assert r["rc"] == 0, _log(r)
+    (t,) = r["trials"].values()
+    assert (t["status"], t["step"], t["attempt"], t["mlflow_status"]) == ("finished", STEPS, 2, "FINISHED"), _log(r)
+    # It went on from a checkpoint taken at or after the kill's step, not from the start.
+    assert r["killed_after_step"] <= t["resumed_from"] < STEPS or 20 <= t["resumed_from"] < STEPS
+    # loop_s sums the attempts: more than what the first attempt had trained by the checkpoint.
+    assert t["loop_s"] > t["loop_s_history"][t["resumed_from"]]
+    assert t["overhead_s"] == pytest.approx(t["wall_s"] - t["loop_s"]) and t["overhead_s"] > 0
+    assert (r["duplicates"], r["lost"]) == (0, 0) and r["points"] > 0
+    # Stored once: the final checkpoint in MLflow, no copy in the trial folder or Ray Train's storage.
+    assert t["checkpoint"] == "mlflow:checkpoint/ckpt.pt" and "checkpoint" in t["artifacts"]
+    assert list((root / "sweeps").rglob("*.pt")) == []
+
+
+def test_a_killed_driver_resumes_without_rerunning_or_duplicating_anything(head, digits_net, tmp_path):
+    d = driver_kill(tmp_path / "runs", head, digits_net[2])
+    assert d["status_after_kill"] == "interrupted"  # the record said running, but no driver holds its lock
+    code, err = d["second_driver"]
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "is being run by driver pid" in err, err
+    assert d["rc"] == 0 and d["status"] == "finished", _log(d)
+    over = [t for t, e in d["before"]["trials"].items() if e.get("status") == "finished"]
+    assert len(over) == 1
+    first, = over
+    for key in ("end_time", "wall_s", "loop_s", "attempt"):  # not run again
+        assert d["trials"][first][key] == d["before"]["trials"][first][key]
+    (second,) = [t for t in d["trials"] if t != first]
+    assert d["trials"][second]["step"] == STEPS and d["trials"][second]["resumed_from"] >= 10
+    assert (d["runs"], d["trial_runs"], d["duplicates"], d["lost"]) == (3, 2, 0, 0)
+
+
+def test_four_concurrent_trials_on_sqlite_lose_no_point_and_a_failing_one_is_not_retried(digits_net, tmp_path):
+    root = tmp_path / "runs"
+    grid = "sweep.grid=[['model=dit'],['model=dtr'],['model=switch_dit','model.top_k=1'],['model=dit','train.lr=1e30']]"
+    cmd = sweep_cmd(root, None, digits_net[2], "sweep.max_concurrent=4", "sweep.ray.cpus_per_worker=0.5", grid,
+                    sweep="table1", log_every=1)
+    log = open(tmp_path / "sweep.log", "w")
+    driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    sockets: set = set()
+    while driver.poll() is None:  # everything the sweep starts (Ray's processes, trials, workers)
+        sockets |= listening(driver.pid)
+        time.sleep(0.5)
+    out = (tmp_path / "sweep.log").read_text()
+    assert driver.returncode == EXIT_TRIALS_FAILED, out[-3000:]
+    assert len(sockets) >= 8 and {a for a, _, _ in sockets} <= set(LOOPBACK), sockets
+    assert "1 trial(s) failed and were not retried" in out and "database is locked" not in out
+
+    trials = record(root)["trials"]
+    failed = {t: e for t, e in trials.items() if e["status"] == "failed"}
+    assert len(trials) == 4 and len(failed) == 1
+    (failed_id, entry), = failed.items()
+    assert "non-finite loss (nan) at step 2" in entry["reason"]
+    assert all(e["status"] == "finished" and e["step"] == STEPS for t, e in trials.items() if t != failed_id)
+    assert audit(root, log_every=1) | {"points": 0} == {"runs": 5, "trial_runs": 4, "points": 0, "duplicates": 0, "lost": 0}
+
+    client = MlflowClient(default_tracking_uri(root))
+    exp = client.get_experiment_by_name("design_space")
+    run = client.search_runs([exp.experiment_id], f"tags.`switchsweep.trial_id` = '{failed_id}'")[0]
+    assert run.info.status == "FAILED" and "non-finite loss" in run.data.tags["switchsweep.failure"]
+    assert run.data.tags["switchsweep.attempts"] == "1"  # deterministic: not retried
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]  # step 2 was the NaN
+    worker_log = Path(client.download_artifacts(run.info.run_id, "failure/worker.log", str(tmp_path)))
+    assert "TrainingError: non-finite loss" in worker_log.read_text()
+    sweep_dir = next((root / "sweeps" / "design_space").iterdir())
+    with open(sweep_dir / "ranking.csv", newline="") as fh:
+        rows = {r["trial_id"]: r for r in csv.DictReader(fh)}
+    assert rows[failed_id]["status"] == "FAILED" and "non-finite loss" in rows[failed_id]["failure"]
