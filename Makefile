@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test train evaluate sweep variants ui optuna-ui report bench paper-check search-efficiency mutation clean
+.PHONY: install test train evaluate sweep variants ui optuna-ui report bench faults paper-check search-efficiency mutation clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.step_time
 	$(PY) -m benchmarks.eval_throughput
 	$(PY) -m benchmarks.sweep_overhead
+
+# Killed workers and a killed driver, survived? (about 8 minutes on 2 cores)
+faults: $(STAMP)
+	$(PY) -m benchmarks.faults
 
 # The paper's ordering at small scale (about 45 minutes on 2 cores) and the grid-vs-TPE compute ratio (about 25).
 paper-check: $(STAMP)

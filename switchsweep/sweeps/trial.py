@@ -27,18 +27,17 @@ import ray.train
 import torch.distributed as dist
 from omegaconf import OmegaConf
 from ray import tune
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train import TrainingFailedError
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from switchsweep.dashboards.routing import routing_heatmap
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.export import run_name
-from switchsweep.platform.tracking import (ATTEMPTS_TAG, CHECKPOINT_TAG, FAILURE_TAG, GIT_TAG, GROUP_TAG, MODEL_TAG, RESUMED_TAG, SEED_TAG,
-                                           ResilientLog, Tracker, flatten)
-from switchsweep.sweeps.loopback_ddp import LoopbackTorchConfig
+from switchsweep.platform.tracking import (ATTEMPTS_TAG, CHECKPOINT_TAG, FAILURE_TAG, GIT_TAG, GROUP_TAG, MODEL_TAG,
+                                           RESUMED_TAG, SEED_TAG, ResilientLog, Tracker, flatten)
 from switchsweep.sweeps.failures import LogTail, TrialFailure, is_deterministic, reason, trial_failure
+from switchsweep.sweeps.loopback_ddp import LoopbackTorchConfig
 from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params, config_from_dict
 from switchsweep.trainers.evaluate import evaluate_model
 from switchsweep.trainers.loop import Trainer, TrainHooks, train
@@ -166,17 +165,18 @@ def train_worker(config: dict[str, Any]) -> None:
         scratch = Path(tempfile.mkdtemp(prefix="switchsweep-resume-"))
         try:
             cfg = config_from_dict(config["config"])
-            checkpoint, loop_s = ray.train.get_checkpoint(), 0.0
+            checkpoint, loop_s, resumed = ray.train.get_checkpoint(), 0.0, None
             if checkpoint is not None:
                 checkpoint.to_directory(str(scratch))
                 cfg.train.resume = str(scratch / "ckpt.pt")
                 if (scratch / PROGRESS).is_file():
                     loop_s = float(json.loads((scratch / PROGRESS).read_text())["loop_s"])
-                if int(load_checkpoint(cfg.train.resume, mmap=True)["step"]) >= cfg.train.steps:
+                resumed = int(load_checkpoint(cfg.train.resume, mmap=True)["step"])
+                if resumed >= cfg.train.steps:
                     return  # the last report was made before a restart: nothing left to train
             hooks = SweepHooks(config, loop_s)
-            if checkpoint is not None and hooks.log is not None:
-                hooks.log.set_tags({RESUMED_TAG: int(load_checkpoint(cfg.train.resume, mmap=True)["step"])})
+            if resumed is not None and hooks.log is not None:
+                hooks.log.set_tags({RESUMED_TAG: resumed})
             # The sample grid is drawn at each evaluation (hooks.cfg), not once at the end.
             cfg = dataclasses.replace(cfg, sample=dataclasses.replace(cfg.sample, per_class=0))
             train(cfg, hooks)
