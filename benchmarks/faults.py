@@ -140,17 +140,29 @@ def audit(root: Path, log_every: int = LOG_EVERY) -> dict[str, Any]:
     return {"runs": len(runs), "trial_runs": len(trials), "points": points, "duplicates": duplicates, "lost": lost}
 
 
-def worker_kill(root: Path, address: str, cache: Path | None = None, at_step: int = 20) -> dict[str, Any]:
-    """SIGKILL one of a 2-worker trial's DDP workers once it has reported step `at_step`."""
+def _logged_loss_steps(root: Path) -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("design_space")
+    runs = client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'")
+    return [m.step for r in runs for m in client.get_metric_history(r.info.run_id, "loss")]
+
+
+def worker_kill(root: Path, address: str, cache: Path | None = None, at_step: int = 20,
+                delay_s: float = 0.5) -> dict[str, Any]:
+    """SIGKILL one of a 2-worker trial's DDP workers `delay_s` after it reported step `at_step`, so
+    steps past that checkpoint are already in MLflow when the restarted attempt runs them again."""
     log = open(root.parent / f"{root.name}-worker-kill.log", "w")
     cmd = sweep_cmd(root, address, cache, "sweep.num_trials=1", "sweep.ray.num_workers=2")
     driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
     steps = lambda: [e.get("step", 0) for e in record(root).get("trials", {}).values()]  # noqa: E731
     wait_for(lambda: any(s >= at_step for s in steps()) and train_workers(), 400, driver)
-    killed_at = max(steps())
+    time.sleep(delay_s)
     os.kill(train_workers()[-1], signal.SIGKILL)
+    logged = max(_logged_loss_steps(root), default=0)
     rc = driver.wait(timeout=600)
-    return {"rc": rc, "killed_after_step": killed_at, **_trial_facts(root), **audit(root), "log": log.name}
+    return {"rc": rc, "logged_before_kill": logged, **_trial_facts(root), **audit(root), "log": log.name}
 
 
 def _trial_facts(root: Path) -> dict[str, Any]:
@@ -233,8 +245,8 @@ def main() -> None:
             ok = worker_kill_survived(r)
             (t,) = r["trials"].values()
             rows.append(ok)
-            print(f"worker kill {i + 1}: {'survived' if ok else 'FAILED'}  killed after step {r['killed_after_step']}, "
-                  f"resumed from {t.get('resumed_from')}, ended at {t['step']} after {t.get('attempt')} attempts, "
+            print(f"worker kill {i + 1}: {'survived' if ok else 'FAILED'}  killed with steps up to {r['logged_before_kill']} "
+                  f"in MLflow, resumed from {t.get('resumed_from')}, ended at {t['step']} after {t.get('attempt')} attempts, "
                   f"loop_s {t['loop_s']:.1f} (all attempts), overhead {t.get('overhead_s', float('nan')):.1f} s; "
                   f"points {r['points']}, duplicates {r['duplicates']}, lost {r['lost']}", flush=True)
         d = driver_kill(work / "driver", address)

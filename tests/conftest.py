@@ -51,3 +51,14 @@ def browser():
         b = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
         yield b
         b.close()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """One throwaway Ray head on 127.0.0.1 for the sweeps that run against a cluster (a start costs
+    several seconds): its address."""
+    from benchmarks.faults import start_head, stop_head
+
+    head, address = start_head(tmp_path_factory.mktemp("ray"))
+    yield address
+    stop_head(head)

@@ -19,6 +19,7 @@ def test_digits_classifier_reaches_97_percent_held_out_and_is_cached(digits_net)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), cached.state_dict().values()))
 
 
+@pytest.mark.slow  # trains the classifier again (several seconds)
 def test_corrupt_classifier_cache_is_retrained(digits_net, tmp_path, caplog):
     net, acc, cache = digits_net
     file = tmp_path / f"{DigitsClassifier.name}.pt"

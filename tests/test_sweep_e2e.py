@@ -1,4 +1,4 @@
-"""End to end on one local Ray instance for the whole module: a 2-trial sweep through the CLI is
+"""End to end on the session's Ray head (conftest): a 2-trial sweep through the CLI is
 interrupted after its first trial, resumed, checked in MLflow, exported and re-trained."""
 
 import csv
@@ -18,7 +18,7 @@ from PIL import Image
 from optuna.trial import TrialState
 from scipy.optimize import linear_sum_assignment
 
-from benchmarks.faults import BIN, ENV, free_port, record, start_head, stop_head
+from benchmarks.faults import BIN, ENV, free_port, record
 from netstat import LOOPBACK, listening
 from switchsweep.platform import sweep_state
 from switchsweep.platform.checkpoint import load_checkpoint
@@ -26,14 +26,6 @@ from switchsweep.platform.tracking import default_tracking_uri
 from switchsweep.models.routing import prior_mask
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_address(tmp_path_factory):
-    """One Ray head for every sweep process of this module (a start costs several seconds)."""
-    head, address = start_head(tmp_path_factory.mktemp("ray"))
-    yield address
-    stop_head(head)
 
 
 def _sweep_cmd(root: Path, cache: Path, address: str, *extra: str) -> list[str]:
@@ -57,11 +49,11 @@ def sweep_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("e2e") / "runs"
 
 
-def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net, sweep_root, tmp_path):
+def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, sweep_root, tmp_path):
     root, cache = sweep_root, digits_net[2]
     env = ENV
     log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(_sweep_cmd(root, cache, ray_address), stdout=log, stderr=subprocess.STDOUT, env=env)
+    first = subprocess.Popen(_sweep_cmd(root, cache, ray_head), stdout=log, stderr=subprocess.STDOUT, env=env)
     # Interrupt (Ctrl+C) once the first trial has finished.
     deadline = time.time() + 400
     done: dict = {}
@@ -75,10 +67,10 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
     state = json.loads(next(root.glob("sweeps/design_space/*/sweep.json")).read_text())
     assert state["status"] == "interrupted"
 
-    changed = subprocess.run(_sweep_cmd(root, cache, ray_address, "--resume", "train.steps=12"), capture_output=True,
+    changed = subprocess.run(_sweep_cmd(root, cache, ray_head, "--resume", "train.steps=12"), capture_output=True,
                              text=True, env=env, timeout=120)
     assert changed.returncode == 2 and "train.steps=12: a resumed or extended sweep keeps" in changed.stderr
-    resumed = subprocess.run(_sweep_cmd(root, cache, ray_address, "--resume"), capture_output=True, text=True, env=env,
+    resumed = subprocess.run(_sweep_cmd(root, cache, ray_head, "--resume"), capture_output=True, text=True, env=env,
                              timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "2 configurations x 1 seed(s), best first by gflops" in resumed.stdout
@@ -172,7 +164,7 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_address, digits_net
             assert t.value == pytest.approx(child.data.metrics["gflops"])
 
     # --extend adds configurations to the finished sweep: same parent run, same study.
-    extended = subprocess.run(_sweep_cmd(root, cache, ray_address, "--extend", "1"), capture_output=True, text=True,
+    extended = subprocess.run(_sweep_cmd(root, cache, ray_head, "--extend", "1"), capture_output=True, text=True,
                               env=env, timeout=400)
     assert extended.returncode == 0, extended.stdout[-3000:] + extended.stderr[-3000:]
     assert "3 configurations x 1 seed(s)" in extended.stdout
@@ -320,6 +312,8 @@ def test_optuna_ui_serves_the_sweeps_study_on_loopback(sweep_root):
                 assert ui.poll() is None, "optuna-ui exited"
                 time.sleep(1)
         assert body is not None and [s["study_name"] for s in body["study_summaries"]] == [sweep_id]
+        served = listening(ui.pid)
+        assert ("127.0.0.1", port) in {(a, p) for a, p, _ in served} and {a for a, _, _ in served} <= set(LOOPBACK), served
     finally:
         ui.terminate()
         ui.wait(timeout=30)

@@ -1,8 +1,6 @@
 import dataclasses
 import json
 import statistics
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -93,15 +91,12 @@ def test_resume_that_is_already_done_says_so(tiny_cfg):
         train(tiny_cfg)
 
 
-def test_cli_train_writes_checkpoint_and_sample_grid(tmp_path):
+def test_cli_train_writes_checkpoint_and_sample_grid(tmp_path, capsys):
     out = tmp_path / "cli"
-    proc = subprocess.run(
-        [sys.executable, "-m", "switchsweep", "train", "model=dit", "train.steps=4", "data.batch_size=8",
-         f"train.out_dir={out}", "sample.steps=3", "sample.per_class=2", "train.device=cpu"],
-        capture_output=True, text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "checkpoint:" in proc.stdout and (out / "ckpt.pt").is_file()
+    code = main(["train", "model=dit", "train.steps=4", "data.batch_size=8", f"train.out_dir={out}", "sample.steps=3",
+                 "sample.per_class=2", "train.device=cpu", "train.progress=false"])
+    assert code == 0, capsys.readouterr().err
+    assert "checkpoint:" in capsys.readouterr().out and (out / "ckpt.pt").is_file()
     grid = Image.open(out / "samples.png")
     assert grid.size == ((10 * 9 + 1) * 4, (2 * 9 + 1) * 4)  # 10 classes x 2 rows of 8x8 + 1px gaps, x4
 
@@ -117,16 +112,16 @@ def test_300_steps_of_switch_dit_tiny_on_digits_lower_the_loss(tmp_path):
     assert result.last_metrics["loss_prior"] > 0 and result.samples.is_file()
 
 
-def test_evaluate_cli_scores_a_checkpoint_and_writes_json(tiny_cfg, tmp_path):
+def test_evaluate_cli_scores_a_checkpoint_and_writes_json(tiny_cfg, tmp_path, digits_net, capsys):
     ckpt = train(tiny_cfg).checkpoint
     out = tmp_path / "eval.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "switchsweep", "evaluate", f"checkpoint={ckpt}", "eval.num_samples=24",
-         "eval.batch_size=10", "eval.sampler=ddim", "eval.steps=3", "eval.cfg_scale=1.5", "eval.kid_subsets=5",
-         f"eval.cache_dir={tmp_path / 'cache'}", f"eval.out={out}", "eval.device=cpu"],
-        capture_output=True, text=True,
-    )
-    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "cache").mkdir()  # the session's feature network; the reference features are computed here
+    classifier = next(digits_net[2].glob("digits-cnn-*.pt"))
+    (tmp_path / "cache" / classifier.name).write_bytes(classifier.read_bytes())
+    code = main(["evaluate", f"checkpoint={ckpt}", "eval.num_samples=24", "eval.batch_size=10", "eval.sampler=ddim",
+                 "eval.steps=3", "eval.cfg_scale=1.5", "eval.kid_subsets=5", f"eval.cache_dir={tmp_path / 'cache'}",
+                 f"eval.out={out}", "eval.device=cpu"])
+    assert code == 0, capsys.readouterr().err
     result = json.loads(out.read_text())
     assert result["step"] == 6 and result["num_samples"] == 24
     assert set(result["metrics"]) >= {"fid", "kid", "kid_std", "inception_score", "precision", "recall"}
