@@ -6,7 +6,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -226,3 +225,19 @@ def test_resume_refuses_in_one_line_when_the_tune_state_is_missing(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--resume: sweep design_space-1 has no Tune state under" in err[0]
     assert [p.name for p in sweep_dir.iterdir()] == ["sweep.json"]  # not started afresh, nothing else made
+
+
+def test_log_checkpoints_best_moves_the_best_trials_checkpoint_into_mlflow(run, tmp_path):
+    from types import SimpleNamespace
+
+    from switchsweep.sweeps.run import _keep_best_checkpoint
+
+    tracker, run_id = run
+    folder = tmp_path / "storage" / "train-t1" / "checkpoint_2026-01-01_00-00-02"
+    folder.mkdir(parents=True)
+    (folder / "ckpt.pt").write_bytes(b"final weights")
+    tracker.set_tags(run_id, {CHECKPOINT_TAG: f"{folder}/ckpt.pt"})
+    _keep_best_checkpoint(tracker, SimpleNamespace(run_id=run_id))
+    assert tracker.client.get_run(run_id).data.tags[CHECKPOINT_TAG] == "mlflow:checkpoint/ckpt.pt"
+    got = tracker.download(run_id, "checkpoint/ckpt.pt", tmp_path / "dl")
+    assert got.read_bytes() == b"final weights" and not folder.exists()  # one copy, in MLflow

@@ -1,8 +1,6 @@
 """The ablation zoo: every design and loss weighting trains from the CLI, and each new piece matches
 its definition (closed forms and plain-torch references)."""
 
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -231,13 +231,13 @@ class ResilientLog:
         self.hold: Path | None = None
         self.warned = False
 
-    def _send(self, method: str, args: tuple, kwargs: dict) -> None:
-        for i in range(self.attempts):
+    def _send(self, method: str, args: tuple, kwargs: dict, attempts: int) -> None:
+        for i in range(attempts):
             try:
                 getattr(self.tracker, method)(self.run_id, *args, **kwargs)
                 return
             except (MlflowException, OSError, ConnectionError) as e:
-                if i == self.attempts - 1:
+                if i == attempts - 1:
                     raise
                 if not self.warned:
                     print(f"switchsweep: MLflow write failed ({type(e).__name__}); retrying", file=sys.stderr)
@@ -245,8 +245,10 @@ class ResilientLog:
                 time.sleep(self.backoff_s * 2**i)
 
     def _write(self, method: str, *args: Any, **kwargs: Any) -> None:
+        # During an outage (writes already kept) each write tries once, so training is not held up by backoffs.
+        attempts = 1 if self.pending else self.attempts
         self.pending.append((method, args, kwargs))
-        if not self.flush(quiet=True) and method in ("log_image", "log_artifacts"):
+        if not self.flush(quiet=True, attempts=attempts) and method in ("log_image", "log_artifacts"):
             self.pending[-1] = (method, (self._hold(args[0]), *args[1:]), kwargs)  # the caller may delete its files
 
     def _hold(self, paths: Any) -> Any:
@@ -262,12 +264,12 @@ class ResilientLog:
             copies.append(dst)
         return copies if many else copies[0]
 
-    def flush(self, quiet: bool = False) -> bool:
+    def flush(self, quiet: bool = False, attempts: int | None = None) -> bool:
         """Send what is kept, in order; True once nothing is left."""
         while self.pending:
             method, args, kwargs = self.pending[0]
             try:
-                self._send(method, args, kwargs)
+                self._send(method, args, kwargs, attempts or self.attempts)
             except (MlflowException, OSError, ConnectionError) as e:
                 if not quiet:
                     print(f"switchsweep: {len(self.pending)} MLflow writes not sent ({type(e).__name__}: "
