@@ -34,10 +34,18 @@ def test_redact_masks_credentials_and_keeps_the_rest(text, want):
     assert redact(text) == want
 
 
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (a new one migrates its schema for about a second)."""
+    root = tmp_path_factory.mktemp("store")
+    tracker = Tracker(default_tracking_uri(root))
+    return tracker, tracker.experiment("t", root / "art")
+
+
 @pytest.fixture
-def run(tmp_path):
-    tracker = Tracker(default_tracking_uri(tmp_path))
-    exp = tracker.experiment("t", tmp_path / "art")
+def run(store):
+    """A fresh run of its own for each test."""
+    tracker, exp = store
     return tracker, tracker.create_run(exp, "r", {})
 
 
