@@ -183,3 +183,13 @@ def test_run_names_say_the_design_and_seed():
                      "model.prior_alpha": 8.0}, 0) == "switch_dit M3 k2 ldp0.0 a8 s0"
     assert run_name({"model.name": "switch_dit", "model.num_experts": 3, "model.top_k": 2, "model.lambda_dp": 1e-5,
                      "model.prior_alpha": 4.0}, 0) == "switch_dit M3 k2 ldp1e-05 a4 s0"
+
+
+def test_the_ranking_says_why_a_configuration_failed_only_when_one_did():
+    from switchsweep.dashboards.report import ranking_table
+
+    data = _sweep({k: DESIGNS[k] for k in ("dit", "s32")})
+    assert "why it failed" not in ranking_table(data)
+    data.ranking.ranked[-1].status, data.ranking.ranked[-1].failure = "FAILED", "dit-0: TrainingError: non-finite loss <x>"
+    table = ranking_table(data)
+    assert "<th>why it failed</th>" in table and "<td>dit-0: TrainingError: non-finite loss &lt;x&gt;</td>" in table
