@@ -159,7 +159,12 @@ def worker_kill(root: Path, address: str, cache: Path | None = None, at_step: in
     steps = lambda: [e.get("step", 0) for e in record(root).get("trials", {}).values()]  # noqa: E731
     wait_for(lambda: any(s >= at_step for s in steps()) and train_workers(), 400, driver)
     time.sleep(delay_s)
-    os.kill(train_workers()[-1], signal.SIGKILL)
+    workers = train_workers()
+    if not workers:
+        driver.kill()
+        raise RuntimeError(f"the trial ended within {delay_s} s of its step-{at_step} report, before a worker could be "
+                           "killed: lower delay_s")
+    os.kill(workers[-1], signal.SIGKILL)
     logged = max(_logged_loss_steps(root), default=0)
     rc = driver.wait(timeout=600)
     return {"rc": rc, "logged_before_kill": logged, **_trial_facts(root), **audit(root), "log": log.name}
