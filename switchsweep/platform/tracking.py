@@ -41,6 +41,8 @@ FAILURE_TAG = "switchsweep.failure"  # why a trial failed, one line
 ATTEMPTS_TAG = "switchsweep.attempts"  # on a failed trial: Train jobs it ran (1: not retried)
 RESUMED_TAG = "switchsweep.resumed_from_step"  # the checkpoint step a restarted trial went on from
 CHECKPOINT_TAG = "switchsweep.checkpoint"  # where the trial's final checkpoint is kept
+CHECKPOINT_ARTIFACT = "checkpoint/ckpt.pt"  # a final checkpoint kept in MLflow, under the trial's run
+IN_MLFLOW = f"mlflow:{CHECKPOINT_ARTIFACT}"  # CHECKPOINT_TAG's value for it
 # MLflow 3's experiment kind for model training (the UI's view itself follows its workflowType link parameter).
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
@@ -201,6 +203,9 @@ class Tracker:
 
     def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path:
         return Path(_retry(lambda: self.client.download_artifacts(run_id, artifact_path, str(dst))))
+
+    def tags(self, run_id: str) -> dict[str, str]:
+        return dict(_retry(lambda: self.client.get_run(run_id)).data.tags)
 
     def has_artifact(self, run_id: str, path: str) -> bool:
         folder = str(Path(path).parent) if "/" in path else None

@@ -13,7 +13,7 @@ import pyarrow.fs as pafs
 from ray.tune import Callback
 
 from switchsweep.platform import sweep_state
-from switchsweep.platform.tracking import CHECKPOINT_TAG, FAILURE_TAG, STOPPED_TAG, Tracker
+from switchsweep.platform.tracking import CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, STOPPED_TAG, Tracker
 from switchsweep.sweeps.trial import FAILURE_REASON
 
 _REASON = re.compile(rf"{FAILURE_REASON}=(.+)")
@@ -42,7 +42,7 @@ def place_checkpoint(tracker: Tracker, run_id: str, storage_path: str, trial_id:
     """Keep a trial's final checkpoint once: a finished trial whose checkpoint is in MLflow (keep=last)
     loses Ray Train's copies; otherwise the run is tagged with where Ray Train keeps it."""
     fs, folders = train_checkpoints(storage_path, trial_id)
-    if finished and keep == "last" and tracker.has_artifact(run_id, "checkpoint/ckpt.pt"):
+    if finished and keep == "last" and tracker.has_artifact(run_id, CHECKPOINT_ARTIFACT):
         for folder in folders:
             fs.delete_dir(folder)
     elif folders:

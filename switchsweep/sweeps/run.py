@@ -27,9 +27,9 @@ from switchsweep.platform.ranking import Ranked
 from switchsweep.platform.runtime import check_resources, resolve_worker_cpus, start_ray
 from switchsweep.platform.sweep_config import REPORTED_METRICS, SweepJobConfig
 from switchsweep.platform.sweep_state import STATE_FILE, DriverLock
-from switchsweep.platform.tracking import (BEST_GROUP_TAG, BEST_RUN_TAG, BEST_TRIAL_TAG, CHECKPOINT_TAG, GIT_TAG,
-                                           METRIC_TAG, MODE_TAG, OBJECTIVES_TAG, ROLE_TAG, SWEEP_TAG, Tracker,
-                                           default_tracking_uri, git_commit, redact)
+from switchsweep.platform.tracking import (BEST_GROUP_TAG, BEST_RUN_TAG, BEST_TRIAL_TAG, CHECKPOINT_ARTIFACT,
+                                           CHECKPOINT_TAG, GIT_TAG, IN_MLFLOW, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG,
+                                           ROLE_TAG, SWEEP_TAG, Tracker, default_tracking_uri, git_commit, redact)
 from switchsweep.sweeps.asha import ResumableASHA
 from switchsweep.sweeps.callbacks import TrialTracking
 from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
@@ -54,6 +54,11 @@ class SweepResult:
     interrupted: bool
     report: Path | None = None  # the HTML report, unless it could not be written
     failed: dict[str, str] = dataclasses.field(default_factory=dict)  # trial id -> why it failed
+
+
+def _where_it_runs(override: str) -> bool:
+    """An override a resumed sweep may change (RESUME_OVERRIDES)."""
+    return override.lstrip("+").startswith(RESUME_OVERRIDES)
 
 
 def _stored(overrides: Sequence[str]) -> list[str]:
@@ -138,7 +143,7 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str
                               "(e.g. with more sweep.seeds) instead")
         sweep_dir = find_sweep(job, finished=bool(s.extend))
         state = sweep_state.load(sweep_dir)
-        changed = [o for o in overrides if not o.lstrip("+").startswith(RESUME_OVERRIDES) and o not in state["overrides"]]
+        changed = [o for o in overrides if not _where_it_runs(o) and o not in state["overrides"]]
         if changed:
             raise ConfigError(f"{changed[0]}: a resumed or extended sweep keeps its search and training config; "
                               "drop it or start a new sweep")
@@ -217,27 +222,27 @@ def _tune_path(storage: str, name: str) -> str:
 def _resume_overrides(state: dict[str, Any], given: Sequence[str]) -> list[str]:
     """The sweep's stored overrides, with where-it-runs settings given again on the command line taking
     their place; a stored one whose credentials were redacted must be given again."""
-    keys = {o.lstrip("+").partition("=")[0] for o in given if o.lstrip("+").startswith(RESUME_OVERRIDES)}
+    keys = {o.lstrip("+").partition("=")[0] for o in given if _where_it_runs(o)}
     stored = [o for o in state["overrides"] if o.lstrip("+").partition("=")[0] not in keys]
     hidden = [o for o in stored if "***" in o]
     if hidden:
         key = hidden[0].lstrip("+").partition("=")[0]
         raise ConfigError(f"{key}: its credentials were not stored with the sweep: give {key}=... again with --resume "
                           "(or put them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
-    return [*stored, *(o for o in given if o.lstrip("+").startswith(RESUME_OVERRIDES))]
+    return [*stored, *filter(_where_it_runs, given)]
 
 
 def _keep_best_checkpoint(tracker: Tracker, best: Ranked) -> None:
     """sweep.log_checkpoints=best: the best trial's final checkpoint moves from Ray Train's storage to MLflow."""
     from ray.train import Checkpoint
 
-    where = tracker.client.get_run(best.run_id).data.tags.get(CHECKPOINT_TAG, "")
-    if not where.endswith("/ckpt.pt") or where.startswith("mlflow:"):
+    where = tracker.tags(best.run_id).get(CHECKPOINT_TAG, "")
+    if not where.endswith("/ckpt.pt") or where == IN_MLFLOW:
         return
     ckpt = Checkpoint(where.removesuffix("/ckpt.pt"))
     with ckpt.as_directory() as local:
-        tracker.log_artifact(best.run_id, Path(local) / "ckpt.pt", "checkpoint")
-    tracker.set_tags(best.run_id, {CHECKPOINT_TAG: "mlflow:checkpoint/ckpt.pt"})
+        tracker.log_artifact(best.run_id, Path(local) / "ckpt.pt", str(Path(CHECKPOINT_ARTIFACT).parent))
+    tracker.set_tags(best.run_id, {CHECKPOINT_TAG: IN_MLFLOW})
     ckpt.filesystem.delete_dir(ckpt.path)
 
 

@@ -34,8 +34,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from switchsweep.dashboards.routing import routing_heatmap
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.export import run_name
-from switchsweep.platform.tracking import (ATTEMPTS_TAG, CHECKPOINT_TAG, FAILURE_TAG, GIT_TAG, GROUP_TAG, MODEL_TAG,
-                                           RESUMED_TAG, SEED_TAG, ResilientLog, Tracker, flatten)
+from switchsweep.platform.tracking import (ATTEMPTS_TAG, CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, GIT_TAG,
+                                           GROUP_TAG, IN_MLFLOW, MODEL_TAG, RESUMED_TAG, SEED_TAG, ResilientLog, Tracker,
+                                           flatten)
 from switchsweep.sweeps.failures import LogTail, TrialFailure, is_deterministic, reason, trial_failure
 from switchsweep.sweeps.loopback_ddp import LoopbackTorchConfig
 from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params, config_from_dict
@@ -132,8 +133,8 @@ class SweepHooks(TrainHooks):
             grid = trainer.sample_grid(art / f"samples_{step:07d}.png", per_class=cfg.sample.per_class)
             log.log_image(grid, key="samples", step=step)
         if final and self.keep == "last":  # the last one goes to MLflow instead of Ray Train's storage
-            log.log_artifacts([trainer.save(art / "ckpt.pt")], "checkpoint")
-            log.set_tags({CHECKPOINT_TAG: "mlflow:checkpoint/ckpt.pt"})
+            log.log_artifacts([trainer.save(art / Path(CHECKPOINT_ARTIFACT).name)], str(Path(CHECKPOINT_ARTIFACT).parent))
+            log.set_tags({CHECKPOINT_TAG: IN_MLFLOW})
         # "step" last: a step MLflow has was logged whole, so a retry skips exactly what it has.
         log.log_metrics({**logged, "loop_s": self.elapsed(), "attempt": self.attempt, "step": step}, step)
         if not (final and self.keep == "last" and log.flush()):  # kept by Ray Train (also when MLflow is down)
