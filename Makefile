@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test train evaluate sweep variants ui optuna-ui report bench faults paper-check search-efficiency mutation clean
+.PHONY: install test train evaluate sweep variants ui optuna-ui report bench faults paper-check search-efficiency mutation clean \
+	cluster-up cluster-down cluster-ui cluster-sweep
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,6 +67,27 @@ search-efficiency: $(STAMP)
 mutation: $(STAMP)
 	TRITON_INTERPRET=1 $(VENV)/bin/mutmut run --max-children 2
 	$(VENV)/bin/mutmut results
+
+# The GPU cluster of cluster.yaml (README, "On a GPU cluster"), driven from this machine. The cluster's
+# Ray token is made here once (~/.ray/auth_token) and mounted on every node.
+cluster-up: $(STAMP)
+	$(PY) -m pip install -q boto3  # Ray's AWS provider
+	@test -s ~/.ray/auth_token || $(VENV)/bin/ray get-auth-token --generate >/dev/null
+	$(VENV)/bin/ray up -y cluster.yaml
+
+cluster-down: $(STAMP)
+	$(VENV)/bin/ray down -y cluster.yaml
+
+# The Ray dashboard on http://127.0.0.1:8265 and MLflow on http://127.0.0.1:5000, through SSH until Ctrl+C
+# (on the head, socat relays loopback to MLflow's private address while this runs).
+cluster-ui: $(STAMP)
+	$(VENV)/bin/ray exec cluster.yaml --port-forward=8265 --port-forward=5000 \
+	  'socat TCP-LISTEN:5000,bind=127.0.0.1,fork,reuseaddr TCP:$$(hostname -I | cut -d" " -f1):5000'
+
+# A sweep as a Ray job on the head, so it outlives this machine (needs `make cluster-ui` running).
+# ARGS: the sweep's settings, e.g. ARGS="sweep=table1 model.size=S".
+cluster-sweep: $(STAMP)
+	RAY_AUTH_MODE=token $(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --no-wait -- switchsweep sweep platform=cluster $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache mutants

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from switchsweep.platform.errors import ConfigError
 
@@ -274,6 +275,11 @@ def validate_eval(e: EvalConfig | DictConfig, num_timesteps: int) -> None:
 
 def to_config(cfg: DictConfig) -> Config:
     """Validated typed config from a composed DictConfig."""
+    try:
+        OmegaConf.resolve(cfg)  # ${oc.env:...} and other interpolations, once, here
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or "a setting"
+        raise ConfigError(f"{key}: {str(e).splitlines()[0].rstrip('.')}: set it, or give {key}=... on the command line") from None
     validate(cfg)
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 

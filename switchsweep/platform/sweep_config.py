@@ -64,7 +64,11 @@ class RayConfig:
     gpus_per_worker: float = 1.0  # used only with use_gpu
     trainable_cpus: float = 0.05  # the per-trial driver that starts the Train job
     max_failures: int = 1  # worker-group restarts per trial, each resuming from the last checkpoint
-    storage_path: Optional[str] = None  # shared storage on clusters; null: <root>/sweeps
+    storage_path: Optional[str] = None  # Tune state and Train checkpoints (s3://, gs://, a shared mount); null: <root>/sweeps
+    shared_fs: bool = False  # storage_path is a path every node mounts (NFS, ...): accepted with a cluster address
+    driver_resource: Optional[str] = None  # a custom resource (TRAIN_DRIVER) that places trial drivers, CPU-free
+    worker_resources: Dict[str, float] = field(default_factory=dict)  # extra custom resources per DDP worker
+    cluster_config: str = "~/ray_bootstrap_config.yaml"  # the autoscaler's config on the head: the node types a trial may get
 
 
 @dataclass
@@ -103,6 +107,20 @@ class SweepJobConfig(Config):
 
 
 ConfigStore.instance().store(name="sweep_schema", node=SweepJobConfig)
+
+
+# Stores each node reaches by itself; a bare path or file:// lives on one machine only.
+SHARED_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
+LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
+
+
+def is_local_address(address: str | None) -> bool:
+    """No address (a local instance), or a head listening on loopback: every node is on this machine,
+    since no other machine can join a head bound to 127.0.0.1."""
+    if not address:
+        return True
+    host = address.split("://", 1)[-1]
+    return host.startswith(LOOPBACK_HOSTS)
 
 
 def _need(cond: bool, message: str) -> None:
@@ -236,13 +254,45 @@ def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
     _need(not r.use_gpu or r.gpus_per_worker > 0, f"sweep.ray.gpus_per_worker={r.gpus_per_worker} must be > 0 with use_gpu")
     _need(r.max_failures >= 0, f"sweep.ray.max_failures={r.max_failures} must be >= 0")
     _need(r.num_cpus is None or r.num_cpus >= 1, f"sweep.ray.num_cpus={r.num_cpus} must be >= 1")
+    _need(not r.driver_resource or r.driver_resource not in ("CPU", "GPU", "memory"),
+          f"sweep.ray.driver_resource={r.driver_resource} must be a custom resource (e.g. TRAIN_DRIVER) declared on the head")
+    _need(all(v > 0 for v in r.worker_resources.values()) and not {"CPU", "GPU"} & set(r.worker_resources),
+          f"sweep.ray.worker_resources={dict(r.worker_resources)} must map custom resources to amounts > 0 "
+          "(CPUs and GPUs: cpus_per_worker, gpus_per_worker)")
+    if not is_local_address(r.address):
+        _check_shared(s)
     _need(job.data.batch_size % r.num_workers == 0,
           f"data.batch_size={job.data.batch_size} is not divisible by sweep.ray.num_workers={r.num_workers}: make it a multiple")
 
 
+def _check_shared(s: SweepConfig) -> None:
+    """On a cluster every node writes results where the driver reads them: a store all nodes share."""
+    r, where = s.ray, f"with sweep.ray.address={s.ray.address}"
+    storage = r.storage_path or ""
+    if not storage.startswith(SHARED_SCHEMES):
+        _need(r.shared_fs and storage.startswith("/"),
+              f"sweep.ray.storage_path={storage or 'null'} {where}: worker nodes cannot reach a path on this machine; "
+              "use s3://bucket/sweeps or gs://bucket/sweeps, or an absolute path every node mounts with sweep.ray.shared_fs=true")
+    uri = s.tracking_uri or ""
+    _need(uri.startswith(("http://", "https://", "databricks")),
+          f"sweep.tracking_uri={uri or 'null'} {where}: trials on other nodes cannot write to a local MLflow store; "
+          "run `mlflow server --serve-artifacts` on the head and pass sweep.tracking_uri=http://HEAD:5000 (or platform=cluster)")
+
+
+def worker_bundle(r: RayConfig) -> dict[str, float]:
+    """Resources of one DDP worker (`cpus_per_worker` resolved)."""
+    return {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {}), **r.worker_resources}
+
+
+def driver_bundle(r: RayConfig) -> dict[str, float]:
+    """Resources of a trial's driver (the Tune function that starts its Train job): a custom resource
+    that pins it to the head, or a fraction of a CPU anywhere (Ray refuses an empty request)."""
+    return {r.driver_resource: 1.0} if r.driver_resource else {"CPU": r.trainable_cpus}
+
+
 def trial_resources(r: RayConfig) -> dict[str, float]:
-    """Resources one trial holds at once: its driver plus its DDP workers (`cpus_per_worker` resolved)."""
-    need = {"CPU": r.trainable_cpus + r.num_workers * r.cpus_per_worker}
-    if r.use_gpu:
-        need["GPU"] = r.num_workers * r.gpus_per_worker
+    """Resources one trial holds at once: its driver plus its DDP workers."""
+    need = dict(driver_bundle(r))
+    for name, amount in worker_bundle(r).items():
+        need[name] = need.get(name, 0.0) + r.num_workers * amount
     return need

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
+from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -52,6 +53,11 @@ _IMAGE_NAME = re.compile(r"(?P<key>.+?)[+%]step[+%](?P<step>\d+)[+%]")  # how ML
 def default_tracking_uri(root: str | Path) -> str:
     """The local default store: an absolute SQLite URI, so Tune's per-trial chdir cannot move it."""
     return f"sqlite:///{(Path(root).expanduser().resolve() / 'mlflow.db')}"
+
+
+def is_local_store(uri: str) -> bool:
+    """A store on this machine's disk (SQLite or a file path), as opposed to a tracking server."""
+    return urlparse(uri).scheme in ("", "file", "sqlite")
 
 
 def require_store(uri: str) -> str:
@@ -110,20 +116,25 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
 
-    def experiment(self, name: str, artifact_root: str | Path | None = None) -> str:
-        """The id of experiment `name`, created (with an absolute artifact location) if missing, and
-        marked as a model-training experiment (not a GenAI one)."""
+    def experiment(self, name: str, artifact_root: str | Path) -> str:
+        """The id of experiment `name`, created if missing, and marked as a model-training experiment
+        (not a GenAI one). A local store keeps artifacts under `artifact_root`; a tracking server in its
+        own artifact store, where every node (and the UI) reaches them."""
         exp = _retry(lambda: self.client.get_experiment_by_name(name))
         if exp is not None:
             experiment_id = exp.experiment_id
         else:
-            location = None if artifact_root is None else (Path(artifact_root).expanduser().resolve() / name).as_uri()
+            local = is_local_store(self.uri)
+            location = (Path(artifact_root).expanduser().resolve() / name).as_uri() if local else None
             try:
                 experiment_id = _retry(lambda: self.client.create_experiment(name, artifact_location=location))
             except MlflowException as e:
                 raise SwitchsweepError(f"MLflow at {self.uri} refused to create experiment {name!r}: {str(e).splitlines()[0]}") from e
         _retry(lambda: self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND))
         return experiment_id
+
+    def artifact_location(self, experiment_id: str) -> str:
+        return _retry(lambda: self.client.get_experiment(experiment_id)).artifact_location
 
     def find_experiment(self, name: str) -> str | None:
         exp = _retry(lambda: self.client.get_experiment_by_name(name))

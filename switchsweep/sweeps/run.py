@@ -24,12 +24,13 @@ from switchsweep.platform.config import resolve_paths
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.export import rank_trials, write_ranking
 from switchsweep.platform.ranking import Ranked
-from switchsweep.platform.runtime import check_resources, resolve_worker_cpus, start_ray
-from switchsweep.platform.sweep_config import REPORTED_METRICS, SweepJobConfig
+from switchsweep.platform.runtime import check_cluster, resolve_worker_cpus, start_ray
+from switchsweep.platform.sweep_config import REPORTED_METRICS, SweepJobConfig, driver_bundle, is_local_address
 from switchsweep.platform.sweep_state import STATE_FILE, DriverLock
 from switchsweep.platform.tracking import (BEST_GROUP_TAG, BEST_RUN_TAG, BEST_TRIAL_TAG, CHECKPOINT_ARTIFACT,
                                            CHECKPOINT_TAG, GIT_TAG, IN_MLFLOW, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG,
-                                           ROLE_TAG, SWEEP_TAG, Tracker, default_tracking_uri, git_commit, redact)
+                                           ROLE_TAG, SWEEP_TAG, Tracker, default_tracking_uri, git_commit, is_local_store,
+                                           redact)
 from switchsweep.sweeps.asha import ResumableASHA
 from switchsweep.sweeps.callbacks import TrialTracking
 from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
@@ -68,6 +69,19 @@ def _stored(overrides: Sequence[str]) -> list[str]:
 
 def sweeps_root(job: SweepJobConfig) -> Path:
     return Path(job.sweep.root).expanduser().resolve() / "sweeps" / job.sweep.name
+
+
+def sweep_storage(job: SweepJobConfig, sweep_id: str) -> str:
+    """Where a sweep's Tune state and Train checkpoints live: <storage_path>/<name>/<id>, so sweeps that
+    share a storage_path (a bucket) never touch each other's state. The default storage_path,
+    <root>/sweeps, puts them in the sweep's own folder."""
+    base = job.sweep.ray.storage_path or str(sweeps_root(job).parent)
+    return _join(base, job.sweep.name, sweep_id)
+
+
+def _join(base: str, *parts: str) -> str:
+    """A path under a local directory or a URI (s3://bucket/x)."""
+    return str(Path(base, *parts)) if "://" not in base else "/".join([base.rstrip("/"), *parts])
 
 
 def find_sweep(job: SweepJobConfig, finished: bool | None = None) -> Path:
@@ -171,6 +185,7 @@ def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], s
         tracker.set_status(state["parent_run_id"], "RUNNING")
         return
     experiment_id = tracker.experiment(s.name, root / "mlartifacts")
+    _check_artifact_store(tracker, experiment_id, job)
     parent = tracker.create_run(experiment_id, state["sweep_id"], {
         ROLE_TAG: "sweep", SWEEP_TAG: state["sweep_id"], METRIC_TAG: s.metric, MODE_TAG: s.mode,
         OBJECTIVES_TAG: ",".join(s.objectives), GIT_TAG: git_commit()})
@@ -189,11 +204,22 @@ def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], s
     sweep_state.save(sweep_dir, state)
 
 
+def _check_artifact_store(tracker: Tracker, experiment_id: str, job: SweepJobConfig) -> None:
+    """On a cluster, trials on other nodes write artifacts where the experiment says: refuse a tracking
+    server that hands out a path on some machine's disk instead of serving them itself or a bucket."""
+    location = tracker.artifact_location(experiment_id)
+    if is_local_address(job.sweep.ray.address) or is_local_store(tracker.uri) or not is_local_store(location):
+        return
+    raise ConfigError(f"sweep.tracking_uri={redact(tracker.uri)}: its experiment {job.sweep.name!r} keeps artifacts at "
+                      f"{location}, on one machine's disk: start the server with --serve-artifacts (or "
+                      "--default-artifact-root s3://...) and use a new sweep.name")
+
+
 def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dict[str, Any]) -> tune.Tuner:
     s = job.sweep
-    trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job), {"cpu": s.ray.trainable_cpus})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job), driver_bundle(s.ray))
     storage, name = trial_job.storage_path, state.get("tune_dir", "tune")
-    tune_path = _tune_path(storage, name)
+    tune_path = _join(storage, name)
     if s.resume:  # that it can be restored was checked before any work
         return tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True)
     tracking = TrialTracking(trial_job.tracking_uri, trial_job.experiment_id, trial_job.parent_run_id, str(sweep_dir),
@@ -213,10 +239,6 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
         run_config=tune.RunConfig(name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=0),
                                   verbose=1, callbacks=[tracking]),
     )
-
-
-def _tune_path(storage: str, name: str) -> str:
-    return str(Path(storage) / name) if "://" not in storage else f"{storage.rstrip('/')}/{name}"
 
 
 def _resume_overrides(state: dict[str, Any], given: Sequence[str]) -> list[str]:
@@ -271,8 +293,8 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
     job = dataclasses.replace(job, sweep=dataclasses.replace(s, ray=resolve_worker_cpus(s.ray, s.max_concurrent)))
     s = job.sweep
     bases = [resolve_paths(b) for b in trial_bases(job, overrides)]
-    storage = s.ray.storage_path or str(sweep_dir)
-    if s.resume and not tune.Tuner.can_restore(_tune_path(storage, state.get("tune_dir", "tune"))):
+    storage = sweep_storage(job, state["sweep_id"])
+    if s.resume and not tune.Tuner.can_restore(_join(storage, state.get("tune_dir", "tune"))):
         raise ConfigError(f"--resume: sweep {state['sweep_id']} has no Tune state under {storage} to continue from "
                           "(interrupted before its first trial started, or sweep.ray.storage_path changed): "
                           "start a new sweep, or pass the storage_path it used")
@@ -281,8 +303,7 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
         lock.acquire()
     try:
         start_ray(s.ray)
-        if not s.ray.address:  # a remote cluster may autoscale to more than it has now
-            check_resources(s.ray)
+        check_cluster(s.ray)
         root = Path(s.root).expanduser().resolve()
         tracker = Tracker(s.tracking_uri or default_tracking_uri(root))
         if not lock.held:  # a new sweep's folder appears here, once its input is known to be good
@@ -299,7 +320,7 @@ def _drive(job: SweepJobConfig, tracker: Tracker, sweep_dir: Path, state: dict[s
     s, keep = job.sweep, str(job.sweep.log_checkpoints).lower()  # `false` arrives as a YAML boolean
     _warm_feature_cache(job)
     trial_job = TrialJob(
-        bases=bases, sweep_id=state["sweep_id"], sweep_dir=str(sweep_dir), storage_path=storage,
+        bases=bases, sweep_id=state["sweep_id"], storage_path=storage,
         tracking_uri=tracker.uri, experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
         eval_every=s.eval_every, ray=dataclasses.asdict(s.ray), git_commit=git_commit(),
         log_checkpoints=keep, done_trials=sorted(sweep_state.trials_over(state)),

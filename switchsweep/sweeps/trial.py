@@ -34,6 +34,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from switchsweep.dashboards.routing import routing_heatmap
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.export import run_name
+from switchsweep.platform.sweep_config import RayConfig, worker_bundle
 from switchsweep.platform.tracking import (ATTEMPTS_TAG, CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, GIT_TAG,
                                            GROUP_TAG, IN_MLFLOW, MODEL_TAG, RESUMED_TAG, SEED_TAG, ResilientLog, Tracker,
                                            flatten)
@@ -50,8 +51,7 @@ class TrialJob:
 
     bases: list[dict[str, Any]]  # one training dict per grid row; one for tpe/random
     sweep_id: str
-    sweep_dir: str  # absolute
-    storage_path: str  # absolute path or URI shared by all nodes
+    storage_path: str  # the sweep's own folder of Tune and Train state: an absolute path or URI all nodes share
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
@@ -71,9 +71,9 @@ def trial_group(params: dict[str, Any]) -> str:
     return str(params.get(GROUP) or f"row{int(params.get(ROW, 0)):02d}")
 
 
-def trial_config(job: TrialJob, params: dict[str, Any], trial_id: str) -> dict[str, Any]:
+def trial_config(job: TrialJob, params: dict[str, Any]) -> dict[str, Any]:
     tree = apply_params(job.bases[params.get(ROW, 0)], params)
-    tree["train"]["out_dir"] = str(Path(job.sweep_dir) / "trials" / trial_id)
+    tree["train"]["out_dir"] = "."  # each worker trains in scratch space on its own node (train_worker)
     tree["train"]["progress"] = False
     tree["train"]["resume"] = None
     return tree
@@ -163,9 +163,11 @@ def train_worker(config: dict[str, Any]) -> None:
     """The Train loop of every worker: resume from Ray's latest checkpoint if there is one, then train.
     A deterministic failure is raised as `TrialFailure`, with the tail of this worker's output."""
     with LogTail() as tail:
-        scratch = Path(tempfile.mkdtemp(prefix="switchsweep-resume-"))
+        # Scratch on this worker's own node; what outlives the trial goes to MLflow and Train's storage.
+        scratch = Path(tempfile.mkdtemp(prefix="switchsweep-trial-"))
         try:
             cfg = config_from_dict(config["config"])
+            cfg.train.out_dir = str(scratch)
             checkpoint, loop_s, resumed = ray.train.get_checkpoint(), 0.0, None
             if checkpoint is not None:
                 checkpoint.to_directory(str(scratch))
@@ -205,7 +207,7 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
     trial_id = tune.get_context().get_trial_id()
     if trial_id in job.done_trials:
         return  # ended before a driver restart that Tune's older snapshot does not know of
-    tree = trial_config(job, params, trial_id)
+    tree = trial_config(job, params)
     tracker = Tracker(job.tracking_uri)
     seed = int(params.get(SEED, 0))
     run_id, created = tracker.child_run(
@@ -217,7 +219,7 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
         tracker.log_params(run_id, {f"search.{k}": v for k, v in params.items()})
         tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(tree)), "config.yaml")
     r = job.ray
-    resources = {"CPU": r["cpus_per_worker"], **({"GPU": r["gpus_per_worker"]} if r["use_gpu"] else {})}
+    resources = worker_bundle(RayConfig(**r))
     for attempt in range(1, r["max_failures"] + 2):
         trainer = TorchTrainer(
             train_worker,

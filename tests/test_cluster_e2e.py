@@ -1,0 +1,151 @@
+"""Autoscaling end to end on one machine: a fake multi-node cluster made from cluster.yaml (its own
+module: the cluster has its own head, and stops only its own processes), an MLflow server with
+served artifacts, and a 2-trial sweep submitted as a Ray job with platform=cluster, as on a real cluster.
+
+It checks that the autoscaler launched worker nodes for the trials (the head has no CPUs for them),
+that both trials finished with metrics and artifacts the driver reads back from the tracking server,
+that the Tune state is under <storage>/<name>/<id>, that a bad token, a missing GPU type and a
+local store are refused in one line before any trial, and that the worker nodes are gone after the
+idle timeout."""
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from benchmarks.faults import BIN, free_port
+from fake_cluster import FAKE_GPU, FakeCluster, fake_config
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["sweep.num_trials=2", "sweep.max_concurrent=2", "sweep.eval_every=4", "train.steps=4", "train.log_every=2",
+        "sweep.asha=false", "data.batch_size=16", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=2",
+        "eval.kid_subset_size=20", "eval.kid_subsets=2", "sample.per_class=1", "sample.steps=2"]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, digits_net):
+    """MLflow server (artifacts served from a folder standing in for the bucket) + the fake cluster,
+    whose head environment names them as cluster.yaml's head does."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    shared = tmp / "bucket"
+    shared.mkdir()
+    mlflow_port, gcs_port, dash_port = free_port(), free_port(), free_port()
+    token = secrets.token_hex(16)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the head and its nodes stay on 127.0.0.1
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "HOME": str(tmp / "head-home"),
+           "SWITCHSWEEP_STORAGE": str(shared / "switchsweep"), "SWITCHSWEEP_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+    env.pop("RAY_ADDRESS", None)
+    mlflow = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination", str(shared / "mlflow"),
+         "--serve-artifacts"], env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "mlflow.log", "w"),
+        start_new_session=True)
+    fake = FakeCluster(tmp, fake_config(REPO / "cluster.yaml", gcs_port), env, dash_port)
+    try:
+        _wait_http(f"http://127.0.0.1:{mlflow_port}/health", mlflow)
+        started = time.time()
+        fake.start()
+        yield {"fake": fake, "env": env, "tmp": tmp, "shared": shared, "cache": digits_net[2], "started": started,
+               "tracking": env["SWITCHSWEEP_TRACKING_URI"], "dashboard": f"http://127.0.0.1:{dash_port}"}
+    finally:
+        fake.stop()
+        os.killpg(mlflow.pid, 15)
+        mlflow.wait(timeout=30)
+
+
+def _sweep(c, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The sweep run directly on the 'head' (this machine), as `ray job submit` would run it."""
+    cmd = [str(BIN / "switchsweep"), "sweep", "platform=cluster", f"eval.cache_dir={c['cache']}", *TINY, *extra]
+    return subprocess.run(cmd, env=env or c["env"], capture_output=True, text=True, timeout=300)
+
+
+def _one_line_refusal(out: subprocess.CompletedProcess, *words: str) -> None:
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_refusals_come_in_one_line_before_any_trial(cluster):
+    c = cluster
+    local = {**c["env"], "SWITCHSWEEP_STORAGE": str(c["tmp"] / "local")}
+    _one_line_refusal(_sweep(c, "sweep.ray.use_gpu=false", env=local), "sweep.ray.storage_path", "shared_fs=true")
+    cpu = ["sweep.ray.use_gpu=false", "sweep.ray.shared_fs=true"]
+    _one_line_refusal(_sweep(c, *cpu, f"sweep.tracking_uri=sqlite:///{c['tmp']}/x.db"), "sweep.tracking_uri", "mlflow server")
+    _one_line_refusal(_sweep(c, *cpu, f"sweep.ray.address=127.0.0.1:{free_port()}"), "nothing answers")
+    wrong = {**c["env"], "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    _one_line_refusal(_sweep(c, *cpu, env=wrong), "token")
+    # platform=cluster asks for GPUs; the fake cluster's types have fake_gpu instead: no GPU type.
+    _one_line_refusal(_sweep(c, "sweep.ray.shared_fs=true", f"sweep.ray.cluster_config={c['fake'].config_file}"),
+                      "GPU", "add a GPU node type")
+    assert not list((c["shared"] / "switchsweep").glob("*/*/tune")), "a refused sweep left Tune state behind"
+
+
+def test_a_sweep_submitted_as_a_job_scales_up_runs_on_workers_and_scales_down(cluster):
+    c, fake = cluster, cluster["fake"]
+    assert fake.workers() == [], "the cluster starts with its head only"
+    t0 = time.time()
+    submit = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", c["dashboard"], "--", "switchsweep", "sweep", "platform=cluster",
+         "sweep.ray.use_gpu=false", "sweep.ray.cpus_per_worker=1", f"+sweep.ray.worker_resources={{{FAKE_GPU}: 1}}",
+         "sweep.ray.shared_fs=true", f"sweep.ray.cluster_config={fake.config_file}", f"eval.cache_dir={c['cache']}", *TINY],
+        env=c["env"], capture_output=True, text=True, timeout=600)
+    sweep_s = time.time() - t0
+    assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+    # The head has no CPU for the trials' workers: the autoscaler launched GPU-type nodes for them.
+    launched = fake.workers()
+    added = [(n, kind) for verb, n, kind in fake.autoscaler_events() if verb == "Adding"]
+    assert len(launched) >= 1 and added and all(kind.startswith("ray.worker.gpu") for _, kind in added), added
+
+    # Both trials finished, with metrics and artifacts read back from the tracking server.
+    client = MlflowClient(c["tracking"])
+    (exp,) = [e for e in client.search_experiments() if e.name == "design_space"]
+    assert exp.artifact_location.startswith("mlflow-artifacts:"), exp.artifact_location
+    runs = client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
+    for run in runs:
+        assert run.data.metrics["step"] == 4 and "kid" in run.data.metrics
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "routing", "checkpoint"} <= names, names
+        folder = client.download_artifacts(run.info.run_id, "checkpoint", str(c["tmp"] / run.info.run_id))
+        assert (Path(folder) / "ckpt.pt").stat().st_size > 0
+    (sweep_dir,) = (c["shared"] / "switchsweep" / "design_space").iterdir()
+    assert (sweep_dir / "tune").is_dir(), "Tune state lives under <storage>/<name>/<id>"
+    assert not list(sweep_dir.glob("train-*/checkpoint_*")), "checkpoints kept once: in MLflow"
+
+    # export reads the configs from the tracking server.
+    out = c["tmp"] / "export"
+    exported = subprocess.run([str(BIN / "switchsweep"), "export", "sweep=design_space", f"sweep.tracking_uri={c['tracking']}",
+                               "top=2", f"out={out}"], env=c["env"], capture_output=True, text=True, timeout=120)
+    assert exported.returncode == 0 and len(list(out.glob("rank0*.yaml"))) == 2, exported.stderr[-2000:]
+
+    # Idle worker nodes are released (idle timeout 6 s, autoscaler update every 1 s).
+    deadline = time.time() + 120
+    while fake.workers(alive=True) and time.time() < deadline:
+        time.sleep(3)
+    assert fake.workers(alive=True) == [], "worker nodes still up after the idle timeout"
+    removed = sum(n for verb, n, _ in fake.autoscaler_events() if verb == "Removing")
+    assert removed == len(launched), (removed, launched)
+    print(f"\nfake cluster: {len(launched)} worker node(s) launched ({added}), {removed} released as idle; "
+          f"job {sweep_s:.0f} s; {time.time() - c['started']:.0f} s since the head started", file=sys.stderr)
