@@ -38,6 +38,11 @@ CASES = [
     ("sweep sweep.num_trials=0", "sweep.num_trials=0"),
     ("sweep sweep.seeds=0", "sweep.seeds=0"),
     ("sweep sweep.eval_every=100000", "sweep.eval_every=100000"),
+    ("sweep platform=cluster", "SWITCHSWEEP_"),
+    ("sweep sweep.ray.address=auto", "sweep.ray.storage_path=null with sweep.ray.address=auto"),
+    ("sweep sweep.ray.address=auto sweep.ray.storage_path=s3://b/s", "sweep.tracking_uri=null with sweep.ray.address=auto"),
+    ("sweep sweep.ray.driver_resource=CPU", "sweep.ray.driver_resource=CPU"),
+    ("sweep +sweep.ray.worker_resources={GPU:1}", "sweep.ray.worker_resources="),
     ("sweep sweep.log_checkpoints=sometimes", "sweep.log_checkpoints='sometimes'"),
     ("sweep sweep.ray.num_workers=3", "not divisible by sweep.ray.num_workers=3"),
     ("sweep sweep.ray.trainable_cpus=0", "sweep.ray.trainable_cpus=0"),
@@ -86,6 +91,8 @@ def test_the_table_covers_every_command():
 @pytest.mark.parametrize("line,words", CASES, ids=[c for c, _ in CASES])
 def test_bad_input_is_one_line_exit_2_and_makes_nothing(line, words, files, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the default sweep.root (runs/) and store land here, if anywhere
+    for name in ("SWITCHSWEEP_STORAGE", "SWITCHSWEEP_TRACKING_URI"):  # what a cluster's head sets
+        monkeypatch.delenv(name, raising=False)
     before = _ray_processes()
     argv = [a.replace("{tmp}", str(files)) for a in line.split()]
     if argv[0] in ("sweep", "export", "report", "ui", "optuna-ui"):
