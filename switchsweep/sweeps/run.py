@@ -176,7 +176,7 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str
     return sweep_dir, state
 
 
-def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], sweep_dir: Path, root: Path,
+def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], sweep_dir: Path, experiment_id: str,
                  overrides: Sequence[str]) -> None:
     """Create the experiment and the sweep's parent run once (here, on the driver: trials only add
     child runs), or reopen it on resume."""
@@ -184,8 +184,6 @@ def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], s
     if "parent_run_id" in state:
         tracker.set_status(state["parent_run_id"], "RUNNING")
         return
-    experiment_id = tracker.experiment(s.name, root / "mlartifacts")
-    _check_artifact_store(tracker, experiment_id, job)
     parent = tracker.create_run(experiment_id, state["sweep_id"], {
         ROLE_TAG: "sweep", SWEEP_TAG: state["sweep_id"], METRIC_TAG: s.metric, MODE_TAG: s.mode,
         OBJECTIVES_TAG: ",".join(s.objectives), GIT_TAG: git_commit()})
@@ -204,12 +202,15 @@ def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], s
     sweep_state.save(sweep_dir, state)
 
 
-def _check_artifact_store(tracker: Tracker, experiment_id: str, job: SweepJobConfig) -> None:
-    """On a cluster, trials on other nodes write artifacts where the experiment says: refuse a tracking
-    server that hands out a path on some machine's disk instead of serving them itself or a bucket."""
+def _experiment(tracker: Tracker, job: SweepJobConfig) -> str:
+    """The sweep's MLflow experiment. On a cluster, trials on other nodes write artifacts where it says:
+    refuse a tracking server that hands out a path on some machine's disk instead of serving them
+    itself or keeping them in a bucket."""
+    root = Path(job.sweep.root).expanduser().resolve()
+    experiment_id = tracker.experiment(job.sweep.name, root / "mlartifacts")
     location = tracker.artifact_location(experiment_id)
     if is_local_address(job.sweep.ray.address) or is_local_store(tracker.uri) or not is_local_store(location):
-        return
+        return experiment_id
     raise ConfigError(f"sweep.tracking_uri={redact(tracker.uri)}: its experiment {job.sweep.name!r} keeps artifacts at "
                       f"{location}, on one machine's disk: start the server with --serve-artifacts (or "
                       "--default-artifact-root s3://...) and use a new sweep.name")
@@ -304,11 +305,11 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
     try:
         start_ray(s.ray)
         check_cluster(s.ray)
-        root = Path(s.root).expanduser().resolve()
-        tracker = Tracker(s.tracking_uri or default_tracking_uri(root))
+        tracker = Tracker(s.tracking_uri or default_tracking_uri(s.root))
+        experiment_id = _experiment(tracker, job)
         if not lock.held:  # a new sweep's folder appears here, once its input is known to be good
             lock.acquire()
-        _open_parent(tracker, job, state, sweep_dir, root, overrides)
+        _open_parent(tracker, job, state, sweep_dir, experiment_id, overrides)
         return _drive(job, tracker, sweep_dir, state, bases, storage)
     finally:
         lock.release()
