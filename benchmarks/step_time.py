@@ -1,6 +1,7 @@
 """Training-step time of Switch-DiT vs DiT (and DTR) of the same size, measured side by side in one run.
 
     python -m benchmarks.step_time [--size tiny] [--batch 64] [--steps 10] [--rounds 5] [--device auto]
+    python -m benchmarks.step_time --size S --image-size 32 --channels 4 --num-classes 1000 --batch 8
 
 Rounds interleave the models so that machine noise hits them alike; the figure to read is the
 ratio of medians against DiT.
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=10, help="steps per timed round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--image-size", type=int, help="default: the digits (8); 32 for 256 px SD-VAE latents")
+    ap.add_argument("--channels", type=int, help="default: the digits (1); 4 for latents")
+    ap.add_argument("--num-classes", type=int, help="default: the digits (10); 1000 for ImageNet")
     args = ap.parse_args(argv)
 
     trainers = {}
@@ -48,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg = Config()
         cfg.model.name, cfg.model.size = name, args.size
         cfg.data.batch_size, cfg.train.device = args.batch, args.device
+        for key in ("image_size", "channels", "num_classes"):
+            if getattr(args, key) is not None:
+                setattr(cfg.data, key, getattr(args, key))
         trainers[name] = Trainer(cfg)
         trainers[name].model.train()
         time_steps(trainers[name], 3)  # warm-up
@@ -58,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
 
     device = next(iter(trainers.values())).device
     base = statistics.median(samples["dit"])
-    print(f"step time, size={args.size} batch={args.batch} device={device} threads={torch.get_num_threads()}")
+    d = trainers["dit"].cfg.data
+    print(f"step time, size={args.size} batch={args.batch} data={d.channels}x{d.image_size}x{d.image_size} "
+          f"classes={d.num_classes} device={device} threads={torch.get_num_threads()}")
     print(f"{'model':<12}{'params':>12}{'median ms/step':>16}{'vs DiT':>9}")
     for name, tr in trainers.items():
         med = statistics.median(samples[name])

@@ -19,6 +19,8 @@ import re
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,18 @@ class FakeCluster:
              f"--num-cpus={head.get('CPU', 0)}", f"--resources={json.dumps(custom)}", f"--temp-dir={self.temp / 'ray'}",
              f"--autoscaling-config={self.config_file}", "--disable-usage-stats"],
             env=self.env, check=True, capture_output=True, timeout=180)
+        # Jobs are submitted through the dashboard, which comes up after `ray start` returns.
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.dashboard_port}/api/version", timeout=2).close()
+                return
+            except urllib.error.HTTPError:  # it answers (401 without the token): it is up
+                return
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"the fake cluster's dashboard never answered (logs: {self.temp}/ray/session_latest/logs)")
+                time.sleep(1)
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every node the cluster has had (dead ones too): NodeID, Alive, Resources."""

@@ -10,8 +10,10 @@ idle timeout."""
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,7 +64,9 @@ def cluster(tmp_path_factory, digits_net):
          "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination", str(shared / "mlflow"),
          "--serve-artifacts"], env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "mlflow.log", "w"),
         start_new_session=True)
-    fake = FakeCluster(tmp, fake_config(REPO / "cluster.yaml", gcs_port), env, dash_port)
+    # Ray's unix sockets live under its temp folder, and their paths may not exceed 107 bytes.
+    short = Path(tempfile.mkdtemp(prefix="ssfc-", dir="/tmp"))
+    fake = FakeCluster(short, fake_config(REPO / "cluster.yaml", gcs_port), env, dash_port)
     try:
         _wait_http(f"http://127.0.0.1:{mlflow_port}/health", mlflow)
         started = time.time()
@@ -71,6 +75,7 @@ def cluster(tmp_path_factory, digits_net):
                "tracking": env["SWITCHSWEEP_TRACKING_URI"], "dashboard": f"http://127.0.0.1:{dash_port}"}
     finally:
         fake.stop()
+        shutil.rmtree(short, ignore_errors=True)
         os.killpg(mlflow.pid, 15)
         mlflow.wait(timeout=30)
 
