@@ -178,7 +178,7 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str
 
 def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], sweep_dir: Path, experiment_id: str,
                  overrides: Sequence[str]) -> None:
-    """Create the experiment and the sweep's parent run once (here, on the driver: trials only add
+    """Create the sweep's parent run in its experiment once (here, on the driver: trials only add
     child runs), or reopen it on resume."""
     s = job.sweep
     if "parent_run_id" in state:

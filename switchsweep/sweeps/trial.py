@@ -167,7 +167,7 @@ def train_worker(config: dict[str, Any]) -> None:
         scratch = Path(tempfile.mkdtemp(prefix="switchsweep-trial-"))
         try:
             cfg = config_from_dict(config["config"])
-            cfg.train.out_dir = str(scratch)
+            cfg.train.out_dir = str(scratch / "out")  # nothing lands there: checkpoints go through the hooks
             checkpoint, loop_s, resumed = ray.train.get_checkpoint(), 0.0, None
             if checkpoint is not None:
                 checkpoint.to_directory(str(scratch))
