@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 BIN = Path(sys.executable).parent
 # A throwaway head: token auth off for it and its clients alike, and on 127.0.0.1 only (see
@@ -101,27 +101,37 @@ def wait_for(what, timeout: float, proc: subprocess.Popen | None = None, poll: f
     raise TimeoutError("the sweep did not get there in time")
 
 
-def train_workers() -> list[int]:
-    """PIDs of the Ray Train DDP worker processes on this machine."""
-    pids = []
+def pids(matches: Callable[[bytes], bool]) -> list[int]:
+    """PIDs of this machine's processes (but this one) whose command line (NUL-separated) `matches`."""
+    found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::RayTrainWorker"):
-                pids.append(int(pid))
+            if int(pid) != os.getpid() and matches(Path(f"/proc/{pid}/cmdline").read_bytes()):
+                found.append(int(pid))
         except OSError:
             continue
-    return sorted(pids)
+    return sorted(found)
+
+
+def train_workers() -> list[int]:
+    """PIDs of the Ray Train DDP worker processes on this machine."""
+    return pids(lambda cmd: cmd.startswith(b"ray::RayTrainWorker"))
+
+
+def _store(root: Path):
+    """The MLflow client of the sweep's local store and the id of its experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    return client, client.get_experiment_by_name("design_space").experiment_id
 
 
 def audit(root: Path, log_every: int = LOG_EVERY) -> dict[str, Any]:
     """Every metric point of the sweep's trial runs against the steps it should be at: a point logged
     at every log step (losses), every evaluation (metrics, routing), step 0 (model size) or the end
     (trial timing). Failed trials count for duplicates only."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("design_space")
-    runs = client.search_runs([exp.experiment_id])
+    client, exp = _store(root)
+    runs = client.search_runs([exp])
     trials = [r for r in runs if r.data.tags.get("switchsweep.role") == "trial"]
     points = duplicates = lost = 0
     for run in trials:
@@ -141,11 +151,8 @@ def audit(root: Path, log_every: int = LOG_EVERY) -> dict[str, Any]:
 
 
 def _logged_loss_steps(root: Path) -> list[int]:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("design_space")
-    runs = client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'")
+    client, exp = _store(root)
+    runs = client.search_runs([exp], "tags.`switchsweep.role` = 'trial'")
     return [m.step for r in runs for m in client.get_metric_history(r.info.run_id, "loss")]
 
 
@@ -171,13 +178,10 @@ def worker_kill(root: Path, address: str, cache: Path | None = None, at_step: in
 
 
 def _trial_facts(root: Path) -> dict[str, Any]:
-    from mlflow.tracking import MlflowClient
-
     state = record(root)
-    client = MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("design_space")
+    client, exp = _store(root)
     out: dict[str, Any] = {"status": state.get("status"), "trials": state.get("trials", {})}
-    for run in client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'"):
+    for run in client.search_runs([exp], "tags.`switchsweep.role` = 'trial'"):
         tid = run.data.tags["switchsweep.trial_id"]
         loop = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loop_s")}
         resumed = run.data.tags.get("switchsweep.resumed_from_step")

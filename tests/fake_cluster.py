@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.faults import BIN
+from benchmarks.faults import BIN, pids
 
 FAKE_GPU = "fake_gpu"
 
@@ -60,6 +60,23 @@ def fake_config(cluster_yaml: Path, gcs_port: int, max_per_type: int = 2, idle_m
     }
 
 
+def wait_http(url: str, seconds: float, proc: subprocess.Popen | None = None) -> None:
+    """Until `url` answers at all (401 without a token counts: the server is up)."""
+    deadline = time.time() + seconds
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise TimeoutError(f"{url} never answered") from None
+            time.sleep(1)
+
+
 class FakeCluster:
     """`start()` the head with the autoscaler (worker nodes come and go by themselves); `stop()`."""
 
@@ -80,17 +97,7 @@ class FakeCluster:
              f"--autoscaling-config={self.config_file}", "--disable-usage-stats"],
             env=self.env, check=True, capture_output=True, timeout=180)
         # Jobs are submitted through the dashboard, which comes up after `ray start` returns.
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.dashboard_port}/api/version", timeout=2).close()
-                return
-            except urllib.error.HTTPError:  # it answers (401 without the token): it is up
-                return
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError(f"the fake cluster's dashboard never answered (logs: {self.temp}/ray/session_latest/logs)")
-                time.sleep(1)
+        wait_http(f"http://127.0.0.1:{self.dashboard_port}/api/version", 90)
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every node the cluster has had (dead ones too): NodeID, Alive, Resources."""
@@ -116,19 +123,13 @@ class FakeCluster:
     def stop(self) -> None:
         """Kill the processes of this cluster (their command lines name its temp folder), SIGTERM first."""
         mine = str(self.temp).encode()
-        pids = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                if mine in Path(f"/proc/{pid}/cmdline").read_bytes() and int(pid) != os.getpid():
-                    pids.append(int(pid))
-            except OSError:
-                continue
+        procs = pids(lambda cmd: mine in cmd)
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids:
+            for pid in procs:
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
             deadline = time.time() + 15
-            while sig == signal.SIGTERM and time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            while sig == signal.SIGTERM and time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in procs):
                 time.sleep(0.5)

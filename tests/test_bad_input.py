@@ -1,11 +1,11 @@
 """Every command refuses bad input the same way: exit code 2, one line naming the setting and the fix,
 and nothing made: no sweep folder, no MLflow store or run, no Ray process."""
 
-import os
 from pathlib import Path
 
 import pytest
 
+from benchmarks.faults import pids
 from switchsweep.cli import main
 
 # (command line, words the one line must hold). {tmp} is the test's folder, holding the files below.
@@ -64,15 +64,7 @@ CASES = [
 
 
 def _ray_processes() -> set[int]:
-    found = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"raylet" in cmd or b"gcs_server" in cmd:
-            found.add(int(pid))
-    return found
+    return set(pids(lambda cmd: b"raylet" in cmd or b"gcs_server" in cmd))
 
 
 @pytest.fixture(scope="module")

@@ -21,28 +21,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from benchmarks.faults import BIN, free_port
-from fake_cluster import FAKE_GPU, FakeCluster, fake_config
+from fake_cluster import FAKE_GPU, FakeCluster, fake_config, wait_http
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["sweep.num_trials=2", "sweep.max_concurrent=2", "sweep.eval_every=4", "train.steps=4", "train.log_every=2",
         "sweep.asha=false", "data.batch_size=16", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=2",
         "eval.kid_subset_size=20", "eval.kid_subsets=2", "sample.per_class=1", "sample.steps=2"]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
-    import urllib.request
-
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(url)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +53,7 @@ def cluster(tmp_path_factory, digits_net):
     short = Path(tempfile.mkdtemp(prefix="ssfc-", dir="/tmp"))
     fake = FakeCluster(short, fake_config(REPO / "cluster.yaml", gcs_port), env, dash_port)
     try:
-        _wait_http(f"http://127.0.0.1:{mlflow_port}/health", mlflow)
+        wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120, mlflow)
         started = time.time()
         fake.start()
         yield {"fake": fake, "env": env, "tmp": tmp, "shared": shared, "cache": digits_net[2], "started": started,

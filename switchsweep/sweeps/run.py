@@ -323,7 +323,7 @@ def _drive(job: SweepJobConfig, tracker: Tracker, sweep_dir: Path, state: dict[s
     trial_job = TrialJob(
         bases=bases, sweep_id=state["sweep_id"], storage_path=storage,
         tracking_uri=tracker.uri, experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
-        eval_every=s.eval_every, ray=dataclasses.asdict(s.ray), git_commit=git_commit(),
+        eval_every=s.eval_every, ray=s.ray, git_commit=git_commit(),
         log_checkpoints=keep, done_trials=sorted(sweep_state.trials_over(state)),
     )
     state["status"] = sweep_state.RUNNING

@@ -56,7 +56,7 @@ class TrialJob:
     experiment_id: str
     parent_run_id: str
     eval_every: int
-    ray: dict[str, Any]
+    ray: RayConfig
     git_commit: str
     log_checkpoints: str = "last"  # last: final checkpoint in MLflow only; false/best: in Train storage
     done_trials: list[str] = dataclasses.field(default_factory=list)  # over by the sweep's record: never run again
@@ -219,14 +219,13 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
         tracker.log_params(run_id, {f"search.{k}": v for k, v in params.items()})
         tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(tree)), "config.yaml")
     r = job.ray
-    resources = worker_bundle(RayConfig(**r))
-    for attempt in range(1, r["max_failures"] + 2):
+    for attempt in range(1, r.max_failures + 2):
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"config": tree, "run_id": run_id, "tracking_uri": job.tracking_uri,
                                "eval_every": job.eval_every, "attempt": attempt, "log_checkpoints": job.log_checkpoints},
-            scaling_config=ScalingConfig(num_workers=r["num_workers"], use_gpu=r["use_gpu"], resources_per_worker=resources),
-            torch_config=None if r["address"] else LoopbackTorchConfig(),  # a local instance listens on 127.0.0.1 only
+            scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=worker_bundle(r)),
+            torch_config=None if r.address else LoopbackTorchConfig(),  # a local instance listens on 127.0.0.1 only
             run_config=RunConfig(
                 name=f"train-{trial_id}",  # deterministic: each attempt resumes this Train run's last checkpoint
                 storage_path=job.storage_path,
@@ -240,7 +239,7 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
             trainer.fit()
         except TrainingFailedError as e:
             failure = trial_failure(e)
-            if failure is None and attempt <= r["max_failures"]:
+            if failure is None and attempt <= r.max_failures:
                 continue
             why = failure.reason if failure else f"{reason(e)} (after {attempt} attempts)"
             _fail(tracker, run_id, why, failure.log_tail if failure else f"{e}\n", attempt)
