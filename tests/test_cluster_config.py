@@ -118,6 +118,7 @@ def test_a_cluster_address_accepts_shared_stores(overrides):
 def test_a_head_on_loopback_is_this_machine_and_keeps_local_stores():
     assert is_local_address(None) and is_local_address("127.0.0.1:6379") and is_local_address("ray://localhost:10001")
     assert not is_local_address("auto") and not is_local_address("ray://head.example:10001")
+    assert not is_local_address("localhost.example.com:6379") and is_local_address("[::1]:6379")
     load_sweep_config(["sweep.ray.address=127.0.0.1:6379"])  # SQLite store, local storage: fine
     assert is_local_store("sqlite:////tmp/m.db") and is_local_store("/tmp/mlruns") and is_local_store("file:///tmp/x")
     assert not is_local_store("http://127.0.0.1:5000") and not is_local_store("mlflow-artifacts:/1/abc")

@@ -111,7 +111,7 @@ ConfigStore.instance().store(name="sweep_schema", node=SweepJobConfig)
 
 # Stores each node reaches by itself; a bare path or file:// lives on one machine only.
 SHARED_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
-LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
+LOOPBACK_HOSTS = ("localhost", "[::1]")
 
 
 def is_local_address(address: str | None) -> bool:
@@ -119,8 +119,8 @@ def is_local_address(address: str | None) -> bool:
     since no other machine can join a head bound to 127.0.0.1."""
     if not address:
         return True
-    host = address.split("://", 1)[-1]
-    return host.startswith(LOOPBACK_HOSTS)
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def _need(cond: bool, message: str) -> None:
