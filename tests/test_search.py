@@ -135,3 +135,44 @@ def test_asha_remembers_its_rungs_across_a_driver_restart(tmp_path):
                               grace_period=1, reduction_factor=2)
     forgetful.on_trial_add(None, second)  # without the saved rungs the same result would go on
     assert forgetful.on_trial_result(None, second, {"training_iteration": 1, "kid": 20.0}) == TrialScheduler.CONTINUE
+
+
+@pytest.mark.parametrize("grace, rf, evals", [(1, 2, 2), (1, 2, 10), (2, 3, 30), (1, 4, 64), (3, 2, 3), (1, 2.5, 20)])
+def test_rung_steps_are_where_tunes_asha_decides(grace, rf, evals):
+    from ray.tune.schedulers import ASHAScheduler
+
+    from switchsweep.sweeps.gate import rung_steps
+
+    eval_every, steps = 5, 5 * evals - 2  # the last evaluation is the last step, not 5 * evals
+    # Tune's own bracket: a rung at milestone m decides at the first iteration >= m.
+    asha = ASHAScheduler(time_attr="training_iteration", max_t=evals, grace_period=grace, reduction_factor=rf)
+    want = sorted({-(-m // 1) for m, _ in asha._brackets[0]._rungs if m < evals})
+    assert rung_steps(grace, rf, evals, eval_every, steps) == [int(m) * eval_every for m in want]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_trial_waits_at_a_rung_until_asha_lets_it_go_on(tmp_path):
+    import ray
+    from ray.tune.schedulers import TrialScheduler
+
+    from switchsweep.sweeps.asha import ResumableASHA
+    from switchsweep.sweeps.gate import wait_at_gate
+
+    ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    try:
+        wait = ray.remote(num_cpus=0)(wait_at_gate)
+        wait_at_gate("no-asha", "t", 4)  # a sweep without ASHA has no gate: no wait
+        asha = ResumableASHA(tmp_path / "asha.pkl", gate="s1", metric="kid", mode="min", time_attr="training_iteration",
+                             max_t=4, grace_period=1, reduction_factor=2)
+        good, bad = _Trial("a"), _Trial("b")
+        asha.on_trial_add(None, good)
+        asha.on_trial_add(None, bad)
+        waits = {t.trial_id: wait.remote("s1", t.trial_id, 4) for t in (good, bad)}
+        assert ray.wait(list(waits.values()), timeout=2)[0] == []  # both wait for the decision
+        assert asha.on_trial_result(None, good, {"training_iteration": 1, "kid": 1.0, "step": 4}) == TrialScheduler.CONTINUE
+        assert asha.on_trial_result(None, bad, {"training_iteration": 1, "kid": 9.0, "step": 4}) == TrialScheduler.STOP
+        assert ray.wait(list(waits.values()), num_returns=2, timeout=10)[0] == [waits["a"]]  # b never goes on
+        ray.get(wait.remote("s1", "a", 4), timeout=10)  # a decision stands for a repeated report
+    finally:
+        ray.shutdown()

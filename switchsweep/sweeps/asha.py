@@ -4,6 +4,8 @@ Tune checkpoints a sweep's searcher and callbacks but not its scheduler: `Tuner.
 ASHA object as it was built, with empty rungs, so a resumed sweep would forget every result recorded
 before the interruption and let through the trials it would have stopped. This one keeps its state in a
 file beside the sweep, written after every decision and read back on first use after a restore.
+
+It also opens the sweep's rung gate (`sweeps.gate`) for each trial it lets go on.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-_OWN = ("_state_file", "_loaded")
+from switchsweep.sweeps.gate import start_gate
+
+_OWN = ("_state_file", "_loaded", "_gate", "_gate_actor")
 
 
 class ResumableASHA(ASHAScheduler):
-    def __init__(self, state_file: str | Path, **kwargs: Any):
+    def __init__(self, state_file: str | Path, gate: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._state_file = str(state_file)
         self._loaded = False
+        self._gate = gate  # the sweep's id, naming its rung gate; None: trials do not wait at rungs
+        self._gate_actor = None
 
     def _load(self) -> None:
         if self._loaded:
@@ -41,12 +47,16 @@ class ResumableASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._load()
+        if getattr(self, "_gate", None) and self._gate_actor is None:  # before the trial's first report
+            self._gate_actor = start_gate(self._gate)
         super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._load()
         action = super().on_trial_result(tune_controller, trial, result)
         self._save()
+        if self._gate_actor is not None and action == TrialScheduler.CONTINUE and "step" in result:
+            self._gate_actor.open.remote(trial.trial_id, int(result["step"]))
         return action
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:

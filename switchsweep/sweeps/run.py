@@ -33,6 +33,7 @@ from switchsweep.platform.tracking import (BEST_GROUP_TAG, BEST_RUN_TAG, BEST_TR
                                            redact)
 from switchsweep.sweeps.asha import ResumableASHA
 from switchsweep.sweeps.callbacks import TrialTracking
+from switchsweep.sweeps.gate import rung_steps
 from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
 from switchsweep.sweeps.space import param_space, trial_bases
 from switchsweep.sweeps.trial import TrialJob, run_trial
@@ -128,14 +129,27 @@ def _search_alg(job: SweepJobConfig, sweep_dir: Path, sweep_id: str, base: dict[
         tpe_startup=s.tpe_startup or default_tpe_startup(s.num_trials), seeds=s.seeds, train_steps=job.train.steps)
 
 
+def _asha_rungs(job: SweepJobConfig) -> tuple[int, int]:
+    """ASHA's (grace period, max_t) in evaluations."""
+    evals = math.ceil(job.train.steps / job.sweep.eval_every)
+    return min(job.sweep.grace_period, evals), evals
+
+
+def _rung_steps(job: SweepJobConfig) -> list[int]:
+    if not job.sweep.asha:
+        return []
+    grace, evals = _asha_rungs(job)
+    return rung_steps(grace, job.sweep.reduction_factor, evals, job.sweep.eval_every, job.train.steps)
+
+
 def _scheduler(job: SweepJobConfig, sweep_dir: Path) -> ResumableASHA | None:
     s = job.sweep
     if not s.asha:
         return None
-    evals = math.ceil(job.train.steps / s.eval_every)
+    grace, evals = _asha_rungs(job)
     # One ASHA state per sweep: a resume or an --extend compares new results with every earlier one.
-    return ResumableASHA(sweep_dir / "asha.pkl", time_attr="training_iteration", max_t=evals,
-                         grace_period=min(s.grace_period, evals), reduction_factor=s.reduction_factor)
+    return ResumableASHA(sweep_dir / "asha.pkl", gate=sweep_dir.name, time_attr="training_iteration", max_t=evals,
+                         grace_period=grace, reduction_factor=s.reduction_factor)
 
 
 def _warm_feature_cache(job: SweepJobConfig) -> None:
@@ -325,6 +339,7 @@ def _drive(job: SweepJobConfig, tracker: Tracker, sweep_dir: Path, state: dict[s
         tracking_uri=tracker.uri, experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
         eval_every=s.eval_every, ray=s.ray, git_commit=git_commit(),
         log_checkpoints=keep, done_trials=sorted(sweep_state.trials_over(state)),
+        rung_steps=_rung_steps(job),
     )
     state["status"] = sweep_state.RUNNING
     sweep_state.save(sweep_dir, state)

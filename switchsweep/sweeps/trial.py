@@ -3,7 +3,8 @@
 The Tune side (`run_trial`) opens the trial's MLflow child run and runs the Train job; the Train
 side (`train_worker`) runs `trainers.loop.train` on every worker. Every `sweep.eval_every` steps rank 0
 evaluates the EMA model, logs metrics, routing matrices and samples to MLflow, and every rank reports
-the metrics (with rank 0's checkpoint) to Ray, which passes them on to Tune and ASHA.
+the metrics (with rank 0's checkpoint) to Ray, which passes them on to Tune and ASHA; at ASHA's rungs
+rank 0 then waits for its decision (`sweeps.gate`).
 
 Failures: `run_trial` restarts a Train job whose workers died (up to `sweep.ray.max_failures`
 times, each from the last checkpoint) but ends the trial at once on a deterministic failure
@@ -39,6 +40,7 @@ from switchsweep.platform.tracking import (ATTEMPTS_TAG, CHECKPOINT_ARTIFACT, CH
                                            GROUP_TAG, IN_MLFLOW, MODEL_TAG, RESUMED_TAG, SEED_TAG, ResilientLog, Tracker,
                                            flatten)
 from switchsweep.sweeps.failures import LogTail, TrialFailure, is_deterministic, reason, trial_failure
+from switchsweep.sweeps.gate import wait_at_gate
 from switchsweep.sweeps.loopback_ddp import LoopbackTorchConfig
 from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params, config_from_dict
 from switchsweep.trainers.evaluate import evaluate_model
@@ -60,6 +62,7 @@ class TrialJob:
     git_commit: str
     log_checkpoints: str = "last"  # last: final checkpoint in MLflow only; false/best: in Train storage
     done_trials: list[str] = dataclasses.field(default_factory=list)  # over by the sweep's record: never run again
+    rung_steps: list[int] = dataclasses.field(default_factory=list)  # ASHA decides here: wait for it (sweeps.gate)
 
 
 PROGRESS = "progress.json"  # beside ckpt.pt in every reported checkpoint: training seconds so far
@@ -89,6 +92,7 @@ class SweepHooks(TrainHooks):
         self.cfg = config_from_dict(config["config"])
         self.run_id = config["run_id"]
         self.attempt, self.keep = config["attempt"], config["log_checkpoints"]
+        self.sweep_id, self.trial_id, self.rungs = config["sweep_id"], config["trial_id"], set(config["rung_steps"])
         self.loop_s, self.started = loop_s, time.perf_counter()  # seconds of earlier attempts, this one's clock
         self.rank = ray.train.get_context().get_world_rank()
         self.stats: dict[str, float] = {}
@@ -155,6 +159,8 @@ class SweepHooks(TrainHooks):
             report = {**report, "step": step, "loop_s": self.elapsed(), "attempt": self.attempt}
             has_ckpt = self.rank == 0 and (ckpt_dir / "ckpt.pt").is_file()
             ray.train.report(report, checkpoint=Checkpoint.from_directory(str(ckpt_dir)) if has_ckpt else None)
+            if self.rank == 0 and step in self.rungs:  # the other ranks wait in the next step's all-reduce
+                wait_at_gate(self.sweep_id, self.trial_id, step)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -223,7 +229,8 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"config": tree, "run_id": run_id, "tracking_uri": job.tracking_uri,
-                               "eval_every": job.eval_every, "attempt": attempt, "log_checkpoints": job.log_checkpoints},
+                               "eval_every": job.eval_every, "attempt": attempt, "log_checkpoints": job.log_checkpoints,
+                               "sweep_id": job.sweep_id, "trial_id": trial_id, "rung_steps": job.rung_steps},
             scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=worker_bundle(r)),
             torch_config=None if r.address else LoopbackTorchConfig(),  # a local instance listens on 127.0.0.1 only
             run_config=RunConfig(
