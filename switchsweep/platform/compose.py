@@ -51,9 +51,12 @@ def _override_value(overrides: Sequence[str], key: str) -> str | None:
     return None
 
 
+SCORED_WITH = ("feature_net", "inception_weights")
+
+
 def load_eval_config(overrides: Sequence[str]) -> Config:
-    """Config for `switchsweep evaluate checkpoint=PATH eval.*=...`: the model, data and diffusion
-    come from the checkpoint, the evaluation settings from the command line."""
+    """Config for `switchsweep evaluate checkpoint=PATH eval.*=...`: the model, data, diffusion and
+    feature network come from the checkpoint, the other evaluation settings from the command line."""
     composed = compose_config(overrides)
     validate_eval(composed.eval, composed.diffusion.num_timesteps)  # again below against the checkpoint's T
     path = composed.checkpoint
@@ -64,7 +67,11 @@ def load_eval_config(overrides: Sequence[str]) -> Config:
         raise ConfigError(f"{not_eval[0]}: evaluate takes the model from the checkpoint; only checkpoint= and eval.* apply")
     saved = load_checkpoint(path, setting="checkpoint", mmap=True)["config"]
     merged = OmegaConf.merge(OmegaConf.structured(Config), saved)
+    trained_with = OmegaConf.to_container(merged.eval)
     merged.eval = composed.eval
+    for key in SCORED_WITH:  # the network that scores this data, unless the command line picks another
+        if _override_value(overrides, f"eval.{key}") is None:
+            merged.eval[key] = trained_with[key]
     merged.checkpoint = path
     return to_config(merged)
 

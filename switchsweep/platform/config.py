@@ -31,7 +31,7 @@ LOSS_WEIGHTINGS = ("constant", "uw", "min_snr", "p2")
 PATCH_SIZES = (2, 4, 8)
 SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
-DATASETS = ("digits",)
+DATASETS = ("digits", "latents")
 DEVICES = ("auto", "cpu", "cuda")
 FEATURE_NETS = ("digits", "inception")
 
@@ -76,11 +76,19 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "digits"
-    image_size: int = 8
+    name: str = "digits"  # digits (bundled, pixel space) or latents (a `switchsweep prepare` folder)
+    image_size: int = 8  # the model's input: pixels for digits, the latent size for latents
     channels: int = 1
     num_classes: int = 10
     batch_size: int = 64
+    path: Optional[str] = None  # latents: the prepared folder (manifest.json and shards)
+    # `prepare`, and the real images' reference features for evaluating latents
+    root: Optional[str] = None  # an ImageFolder: one folder of images per class
+    vae: Optional[str] = None  # a local diffusers AutoencoderKL folder (latents: default, the manifest's)
+    resolution: int = 256  # prepare: centre crop and resize to this many pixels before encoding
+    flip: bool = False  # prepare: also encode each image's horizontal mirror
+    shard_size: int = 256  # prepare: images per latent shard (the unit of work and of resuming)
+    ref_batch: Optional[str] = None  # latents: an ADM-style reference batch .npz (mu, sigma, arr_0) instead of data.root
 
 
 @dataclass
@@ -215,6 +223,10 @@ def validate(cfg: Config | DictConfig) -> None:
     _need(d.channels > 0, f"data.channels={d.channels} must be > 0")
     _need(d.num_classes > 0, f"data.num_classes={d.num_classes} must be > 0")
     _need(d.batch_size > 0, f"data.batch_size={d.batch_size} must be > 0")
+    if d.name == "latents":
+        _need(bool(d.path), "data=latents needs data.path=<folder written by `switchsweep prepare`>")
+        _need(cfg.eval.feature_net == "inception",
+              f"eval.feature_net={cfg.eval.feature_net}: data=latents is scored on decoded images: set eval.feature_net=inception")
     validate_model(cfg.model, d.image_size)
 
     f = cfg.diffusion
@@ -286,7 +298,8 @@ def to_config(cfg: DictConfig) -> Config:
 
 # Settings that name files or folders. A sweep resolves them on its driver before trials start, since
 # Tune runs each trial in its own working folder.
-PATH_SETTINGS = (("eval", "cache_dir"), ("eval", "inception_weights"), ("eval", "out"), ("train", "resume"))
+PATH_SETTINGS = (("eval", "cache_dir"), ("eval", "inception_weights"), ("eval", "out"), ("train", "resume"),
+                 ("data", "path"), ("data", "root"), ("data", "vae"), ("data", "ref_batch"))
 
 
 def resolve_paths(tree: dict[str, Any]) -> dict[str, Any]:

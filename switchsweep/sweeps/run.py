@@ -35,9 +35,10 @@ from switchsweep.sweeps.asha import ResumableASHA
 from switchsweep.sweeps.callbacks import TrialTracking
 from switchsweep.sweeps.gate import rung_steps
 from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
-from switchsweep.sweeps.space import param_space, trial_bases
+from switchsweep.sweeps.space import config_from_dict, param_space, trial_bases
 from switchsweep.sweeps.trial import TrialJob, run_trial
 from switchsweep.trainers.features import build_feature_net, reference_features
+from switchsweep.trainers.latents import check_prepared
 from switchsweep.trainers.loop import resolve_device
 
 # Overrides a resumed sweep may change: where and how it runs, never what it searches.
@@ -308,6 +309,8 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
     job = dataclasses.replace(job, sweep=dataclasses.replace(s, ray=resolve_worker_cpus(s.ray, s.max_concurrent)))
     s = job.sweep
     bases = [resolve_paths(b) for b in trial_bases(job, overrides)]
+    if job.data.name == "latents":
+        check_prepared(config_from_dict(bases[0]).data)  # absolute paths, as the trials will see them
     storage = sweep_storage(job, state["sweep_id"])
     if s.resume and not tune.Tuner.can_restore(_join(storage, state.get("tune_dir", "tune"))):
         raise ConfigError(f"--resume: sweep {state['sweep_id']} has no Tune state under {storage} to continue from "

@@ -1,4 +1,4 @@
-"""Training data: scikit-learn's bundled digits, and batches as a pure function of the step."""
+"""Training data (scikit-learn's bundled digits, or prepared VAE latents), and batches as a pure function of the step."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ def load_digits_tensors() -> tuple[Tensor, Tensor]:
 
 
 def load_dataset(cfg: DataConfig) -> tuple[Tensor, Tensor]:
+    """(images [N, C, H, W], labels [N]); prepared latents come memory-mapped, read as batches ask."""
+    if cfg.name == "latents":
+        from switchsweep.trainers.latents import load_latents
+
+        return load_latents(cfg)  # checked against its manifest there
     if cfg.name == "digits":
         images, labels = load_digits_tensors()
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -15,7 +15,8 @@ from switchsweep.models import build_model
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.config import Config, DataConfig, EvalConfig
 from switchsweep.trainers.diffusion import GaussianDiffusion
-from switchsweep.trainers.features import FeatureNet, build_feature_net, reference_features
+from switchsweep.trainers.features import FeatureNet, build_feature_net, reference_features, reference_statistics
+from switchsweep.trainers.latents import latent_decoder
 from switchsweep.trainers.loop import resolve_device
 from switchsweep.trainers.metrics import all_metrics
 from switchsweep.trainers.sampling import sample_images
@@ -23,16 +24,17 @@ from switchsweep.trainers.sampling import sample_images
 
 def generate_and_embed(
     model: nn.Module, diffusion: GaussianDiffusion, net: FeatureNet, cfg: EvalConfig, num_classes: int,
-    device: torch.device, progress: bool = False,
+    device: torch.device, progress: bool = False, decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`cfg.num_samples` samples with uniformly random labels (ADM protocol), embedded batch by batch."""
+    """`cfg.num_samples` samples with uniformly random labels (ADM protocol), embedded batch by batch
+    (latents decoded to images by `decode` first)."""
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     labels = torch.randint(0, num_classes, (cfg.num_samples,), generator=gen, device=device)
     feats, probs = [], []
     for batch in tqdm(labels.split(cfg.batch_size), desc="evaluate", disable=not progress):
         images = sample_images(model, diffusion, batch, sampler=cfg.sampler, steps=cfg.steps,
                                cfg_scale=cfg.cfg_scale, eta=cfg.ddim_eta, generator=gen)
-        f, p = net.embed(images)
+        f, p = net.embed(decode(images) if decode else images)
         feats.append(f)
         probs.append(p)
     return torch.cat(feats), torch.cat(probs)
@@ -46,11 +48,12 @@ def evaluate_model(
     model.eval()
     net = build_feature_net(cfg, device)
     real = reference_features(data, net, cfg.cache_dir)
+    decode = latent_decoder(data, device) if data.name == "latents" else None
     start = time.perf_counter()
-    fake, probs = generate_and_embed(model, diffusion, net, cfg, data.num_classes, device, progress)
+    fake, probs = generate_and_embed(model, diffusion, net, cfg, data.num_classes, device, progress, decode)
     elapsed = time.perf_counter() - start
     metrics = all_metrics(real, fake, probs, kid_subset_size=cfg.kid_subset_size, kid_subsets=cfg.kid_subsets,
-                          pr_k=cfg.pr_k, seed=cfg.seed)
+                          pr_k=cfg.pr_k, seed=cfg.seed, real_statistics=reference_statistics(data))
     metrics["eval_images_per_sec"] = cfg.num_samples / elapsed
     return metrics
 

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -125,15 +127,72 @@ def build_feature_net(cfg: EvalConfig, device: torch.device) -> FeatureNet:
     return net.to(device).eval()
 
 
-def reference_features(data: DataConfig, net: FeatureNet, cache_dir: str | os.PathLike) -> Tensor:
-    """Features of every real training image, computed once per (dataset, feature network) and cached."""
-    path = Path(cache_dir).expanduser() / f"ref-{data.name}-{data.image_size}-{net.name}.pt"
+def reference_features(data: DataConfig, net: FeatureNet, cache_dir: str | os.PathLike) -> Tensor | None:
+    """Features of the real images, computed once per (dataset, feature network) and cached: every
+    training image for digits; for latents the images of data.ref_batch (its arr_0; None when it has
+    only mu and sigma), else of the ImageFolder the latents were made from (data.root overrides it)."""
+    if data.name == "latents":
+        from switchsweep.trainers.latents import read_manifest
+
+        manifest = read_manifest(data.path)
+        source = data.ref_batch or data.root or manifest["root"]
+        key = hashlib.sha256(f"{Path(source).expanduser().resolve()}|{manifest['resolution']}".encode()).hexdigest()[:16]
+        path = Path(cache_dir).expanduser() / f"ref-latents-{key}-{net.name}.pt"
+    else:
+        path = Path(cache_dir).expanduser() / f"ref-{data.name}-{data.image_size}-{net.name}.pt"
     if path.is_file():
         try:
             return torch.load(path, map_location="cpu", weights_only=True)["features"]
         except Exception as e:
             log.warning("cached reference features %s are unreadable (%s); recomputing", path, type(e).__name__)
-    images, _ = load_dataset(data)
-    feats, _ = net.embed(images)
+    if data.name == "latents":
+        feats = _real_image_features(data, manifest, net)
+        if feats is None:
+            return None
+    else:
+        images, _ = load_dataset(data)
+        feats, _ = net.embed(images)
     atomic_torch_save({"features": feats}, path)
     return feats
+
+
+def _real_image_features(data: DataConfig, manifest: dict, net: FeatureNet, chunk: int = 256) -> Tensor | None:
+    """Features of the reference batch's images, or of the ImageFolder's, read and embedded a chunk at a time."""
+    from switchsweep.trainers.imagefolder import read_image, scan, to_unit_range
+
+    if data.ref_batch:
+        batch = reference_batch(data.ref_batch)
+        if "arr_0" not in batch:
+            return None
+        images = batch["arr_0"]
+        chunks = (images[i : i + chunk] for i in range(0, len(images), chunk))
+    else:
+        _, items = scan(data.root or manifest["root"], "data.root" if data.root else "the manifest's root (set data.root)")
+        paths = [p for p, _ in items]
+        chunks = (np.stack([read_image(p, manifest["resolution"]) for p in paths[i : i + chunk]])
+                  for i in range(0, len(paths), chunk))
+    return torch.cat([net.embed(torch.from_numpy(to_unit_range(c)))[0] for c in chunks])
+
+
+def reference_batch(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """An ADM-style reference batch .npz: `mu` and `sigma` of its Inception pool features (for FID), and
+    `arr_0`, its images [N, H, W, 3] uint8, where present."""
+    try:
+        with np.load(Path(path).expanduser()) as npz:
+            batch = {k: npz[k] for k in ("mu", "sigma", "arr_0") if k in npz.files}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"data.ref_batch={path}: not a readable .npz ({type(e).__name__}): give an ADM reference batch") from None
+    if "arr_0" not in batch and not {"mu", "sigma"} <= batch.keys():
+        raise ConfigError(f"data.ref_batch={path}: holds neither arr_0 images nor mu and sigma: give an ADM reference batch")
+    if "arr_0" in batch and (batch["arr_0"].ndim != 4 or batch["arr_0"].shape[-1] != 3 or batch["arr_0"].dtype != np.uint8):
+        raise ConfigError(f"data.ref_batch={path}: arr_0 is {batch['arr_0'].dtype} {batch['arr_0'].shape}, "
+                          "not [N, H, W, 3] uint8 images: give an ADM reference batch")
+    return batch
+
+
+def reference_statistics(data: DataConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """The reference batch's own FID statistics (mu, sigma), when it has them."""
+    if data.name != "latents" or not data.ref_batch:
+        return None
+    batch = reference_batch(data.ref_batch)
+    return (batch["mu"], batch["sigma"]) if "mu" in batch and "sigma" in batch else None

@@ -23,8 +23,11 @@ from switchsweep.trainers.data import BatchStream, load_dataset
 from switchsweep.trainers.diffusion import GaussianDiffusion
 from switchsweep.trainers.ema import EMA
 from switchsweep.trainers.images import save_image_grid
+from switchsweep.trainers.latents import latent_decoder
 from switchsweep.trainers.sampling import sample_images
 from switchsweep.trainers.weighting import LossWeighting
+
+GRID_CLASSES = 16  # sample grids show at most this many classes (ImageNet has 1,000)
 
 
 class TrainHooks:
@@ -102,6 +105,7 @@ class Trainer:
         # The same stream on every rank: each draws the global batch's noise and keeps its own slice.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed * 1000)
         self.step = 0
+        self.decoder = None  # latents -> images for sample grids, loaded on first use
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -170,15 +174,21 @@ class Trainer:
 
     # -- samples -----------------------------------------------------------------------------
     def sample_grid(self, path: Path, per_class: int | None = None) -> Path:
-        """EMA samples, one column per class and `per_class` rows (default: `sample.per_class`)."""
+        """EMA samples, one column per class (up to GRID_CLASSES of them, spread over all) and `per_class`
+        rows (default: `sample.per_class`); latents are decoded to images first."""
         s, n_cls = self.cfg.sample, self.cfg.data.num_classes
-        labels = torch.arange(n_cls, device=self.device).repeat(s.per_class if per_class is None else per_class)
+        classes = torch.linspace(0, n_cls - 1, min(n_cls, GRID_CLASSES)).round().long().to(self.device)
+        labels = classes.repeat(s.per_class if per_class is None else per_class)
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed)
         images = sample_images(
             self.ema.model, self.diffusion, labels, sampler=s.sampler, steps=s.steps,
             cfg_scale=s.cfg_scale, eta=s.ddim_eta, generator=gen,
         )
-        return save_image_grid(images, path, nrow=n_cls)
+        if self.cfg.data.name == "latents":
+            if self.decoder is None:
+                self.decoder = latent_decoder(self.cfg.data, self.device)
+            images = self.decoder(images)
+        return save_image_grid(images, path, nrow=len(classes), scale=max(1, 32 // images.shape[-1]))
 
 
 def _check_finite(losses: list[torch.Tensor], first_step: int, out_dir: Path) -> list[float]:

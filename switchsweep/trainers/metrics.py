@@ -115,7 +115,7 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3) -> tuple[floa
 
 
 def all_metrics(
-    real_features: ArrayLike,
+    real_features: ArrayLike | None,
     fake_features: ArrayLike,
     fake_probs: ArrayLike,
     *,
@@ -123,12 +123,23 @@ def all_metrics(
     kid_subsets: int = 100,
     pr_k: int = 3,
     seed: int = 0,
+    real_statistics: tuple[ArrayLike, ArrayLike] | None = None,
 ) -> dict[str, float]:
-    kid, kid_std = kernel_inception_distance(real_features, fake_features, kid_subset_size, kid_subsets, seed)
+    """Every metric of the generated features against the real ones. `real_statistics` (mu, sigma), as an
+    ADM reference batch ships them, replace the real features' for FID; without real features (such a
+    batch without images) KID and precision/recall are NaN."""
     is_mean, is_std = inception_score(fake_probs)
-    precision, recall = precision_recall(real_features, fake_features, pr_k)
+    if real_statistics is not None:
+        fid = frechet_distance(*real_statistics, *feature_statistics(fake_features))
+    else:
+        fid = fid_from_features(real_features, fake_features)
+    if real_features is None:
+        kid = kid_std = precision = recall = float("nan")
+    else:
+        kid, kid_std = kernel_inception_distance(real_features, fake_features, kid_subset_size, kid_subsets, seed)
+        precision, recall = precision_recall(real_features, fake_features, pr_k)
     return {
-        "fid": fid_from_features(real_features, fake_features),
+        "fid": fid,
         "kid": kid,
         "kid_std": kid_std,
         "inception_score": is_mean,

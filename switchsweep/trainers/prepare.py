@@ -1,0 +1,215 @@
+"""`switchsweep prepare`: an ImageFolder -> VAE latents, as a Ray Data pipeline.
+
+Read + centre-crop tasks (CPU) feed encoder actors (one VAE each, on a GPU where the cluster has
+them), and this process writes each finished shard. Work is split into fixed shards of the sorted
+file list, each written atomically with a checksummed marker, so a rerun redoes only the shards
+that are missing or damaged. `manifest.json` is written last: until then training refuses the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from switchsweep.platform.config import DataConfig
+from switchsweep.platform.errors import ConfigError, SwitchsweepError
+from switchsweep.trainers.imagefolder import read_image, scan, to_unit_range
+from switchsweep.trainers.latents import (FORMAT, MANIFEST, file_sha256, latent_geometry, load_vae, scale_factor, vae_config,
+                                          vae_config_hash)
+
+PLAN = "plan.json"
+SHARDS = "shards"
+
+
+@dataclass
+class Prepared:
+    out: Path
+    images: int  # latents in the folder (images, times 2 with flips)
+    shards: int
+    redone: int  # shards encoded by this run (the others were already there)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _plan(data: DataConfig, seed: int) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    """What the folder will hold, checked before any work: the images, the VAE, the settings."""
+    if not data.root:
+        raise ConfigError("prepare needs data.root=<ImageFolder: one folder of images per class>")
+    if not data.vae:
+        raise ConfigError("prepare needs data.vae=<local diffusers AutoencoderKL folder>")
+    if data.resolution <= 0 or data.shard_size <= 0:
+        field = "resolution" if data.resolution <= 0 else "shard_size"
+        raise ConfigError(f"data.{field}={getattr(data, field)} must be > 0")
+    classes, items = scan(data.root)
+    config = vae_config(data.vae)
+    channels, size = latent_geometry(config, data.resolution)
+    root = Path(data.root).expanduser().resolve()
+    listing = hashlib.sha256("\n".join(f"{Path(p).relative_to(root)}\t{c}" for p, c in items).encode()).hexdigest()
+    plan = {"format": FORMAT, "root": str(root), "classes": classes, "files_sha256": listing, "num_files": len(items),
+            "resolution": data.resolution, "flip": data.flip, "shard_size": data.shard_size, "seed": seed,
+            "latent_shape": [channels, size, size], "scale_factor": scale_factor(config), "dtype": "float16",
+            "vae": {"path": str(Path(data.vae).expanduser().resolve()), "config_sha256": vae_config_hash(config)}}
+    return plan, items
+
+
+def _check_plan(out: Path, plan: dict[str, Any]) -> None:
+    """A folder holds one dataset: a rerun with other settings or files is refused, naming what changed."""
+    path = out / PLAN
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    for key in ("root", "files_sha256", "resolution", "flip", "shard_size", "seed", "vae"):
+        if old.get(key) != plan[key]:
+            what = {"files_sha256": "the image files under data.root", "vae": "data.vae (its config)"}.get(key, f"{key}")
+            raise ConfigError(f"out={out} was prepared with other {what} ({old.get(key)!r:.80}): give a new out=, "
+                              "or the settings it was prepared with to finish it")
+
+
+def _shard_files(out: Path, i: int) -> tuple[Path, Path, Path]:
+    d = out / SHARDS
+    return d / f"latents-{i:05d}.npy", d / f"labels-{i:05d}.npy", d / f"{i:05d}.json"
+
+
+def _done(out: Path, i: int) -> dict[str, Any] | None:
+    """The shard's marker when its files are there and match their checksums."""
+    latents, labels, marker = _shard_files(out, i)
+    try:
+        entry = json.loads(marker.read_text())
+        if file_sha256(latents) == entry["latents_sha256"] and file_sha256(labels) == entry["labels_sha256"]:
+            return entry
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_shard(out: Path, i: int, latents: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+    lat_file, lab_file, marker = _shard_files(out, i)
+    _save_npy(lat_file, latents)
+    _save_npy(lab_file, labels)
+    entry = {"latents": f"{SHARDS}/{lat_file.name}", "labels": f"{SHARDS}/{lab_file.name}", "count": len(labels),
+             "latents_sha256": file_sha256(lat_file), "labels_sha256": file_sha256(lab_file),
+             "class_counts": np.bincount(labels, minlength=num_classes).tolist()}
+    _write_json(marker, entry)
+    return entry
+
+
+def _read_shard(row: dict[str, Any], resolution: int, flip: bool) -> dict[str, Any]:
+    """Ray Data map: one shard's images, centre-cropped, with their mirror images after them."""
+    images = np.stack([read_image(p, resolution) for p in row["paths"]])
+    labels = np.asarray(row["labels"], dtype=np.int64)
+    if flip:
+        images, labels = np.concatenate([images, images[:, :, ::-1]]), np.concatenate([labels, labels])
+    return {"shard": row["shard"], "images": images, "labels": labels}
+
+
+class _Encoder:
+    """Ray Data actor: one VAE, encoding one shard per call (a posterior sample, seeded by the shard)."""
+
+    def __init__(self, vae: str, scale: float, seed: int, batch_size: int):
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.vae, self.scale, self.seed, self.batch_size = load_vae(vae, self.device), scale, seed, batch_size
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        shard, images = int(batch["shard"][0]), batch["images"][0]
+        gen = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + shard)
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            x = torch.from_numpy(to_unit_range(images[start : start + self.batch_size])).to(self.device)
+            out.append((self.vae.encode(x).latent_dist.sample(generator=gen) * self.scale).half().cpu().numpy())
+        return {"shard": [shard], "latents": [np.concatenate(out)], "labels": [batch["labels"][0]]}
+
+
+def _config_error(e: BaseException | None) -> SwitchsweepError | None:
+    """The one-line error a pipeline task raised, however Ray wrapped it (`cause` on Ray's task errors)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, SwitchsweepError):
+            return cause
+        if isinstance(e, SwitchsweepError) and cause is None:
+            return e
+        e = cause or e.__cause__ or e.__context__
+    return None
+
+
+def check_inputs(data: DataConfig, out: str | os.PathLike, seed: int = 0) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+    """Everything `prepare` can refuse before any work: the images, the VAE, the settings, the folder."""
+    plan, items = _plan(data, seed)
+    _check_plan(Path(out).expanduser().resolve(), plan)
+    return plan, items
+
+
+def prepare(data: DataConfig, out: str | os.PathLike, seed: int = 0, encode_batch: int = 16,
+            progress: bool = True) -> Prepared:
+    """Encode `data.root` into `out` (Ray must be started; GPU actors where the cluster has GPUs)."""
+    import ray
+
+    plan, items = check_inputs(data, out, seed)
+    out = Path(out).expanduser().resolve()
+    (out / SHARDS).mkdir(parents=True, exist_ok=True)
+    _write_json(out / PLAN, plan)
+    (out / MANIFEST).unlink(missing_ok=True)  # written again once every shard is there
+    size = data.shard_size
+    shards = [items[i : i + size] for i in range(0, len(items), size)]
+    entries = {i: e for i in range(len(shards)) if (e := _done(out, i)) is not None}
+    todo = [i for i in range(len(shards)) if i not in entries]
+    per_image = 2 if data.flip else 1
+    bar = tqdm(total=len(items) * per_image, initial=sum(e["count"] for e in entries.values()), unit="img",
+               desc="prepare", disable=not progress, file=sys.stderr)
+    if todo:
+        ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: this one
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        rows = [{"shard": i, "paths": [p for p, _ in shards[i]], "labels": [c for _, c in shards[i]]} for i in todo]
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        ds = ds.map(_read_shard, fn_kwargs={"resolution": data.resolution, "flip": data.flip})
+        ds = ds.map_batches(_Encoder, batch_size=1, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, gpus)),  # one per GPU
+                            num_gpus=1 if gpus else 0, num_cpus=1,
+                            fn_constructor_kwargs={"vae": plan["vae"]["path"], "scale": plan["scale_factor"], "seed": seed,
+                                                   "batch_size": encode_batch})
+        try:
+            for row in ds.iter_rows():
+                i = int(row["shard"])
+                entries[i] = _write_shard(out, i, np.asarray(row["latents"]), np.asarray(row["labels"]), len(plan["classes"]))
+                bar.update(entries[i]["count"])
+        except Exception as e:
+            error = _config_error(e)
+            if error is None:
+                raise
+            raise error from None
+        finally:
+            bar.close()
+    counts = np.sum([entries[i]["class_counts"] for i in range(len(shards))], axis=0).tolist()
+    manifest = {k: plan[k] for k in ("format", "root", "classes", "resolution", "flip", "seed", "latent_shape",
+                                     "scale_factor", "dtype", "vae")}
+    manifest.update(num_images=int(sum(counts)), class_counts=counts,
+                    shards=[{k: entries[i][k] for k in ("latents", "labels", "count", "latents_sha256", "labels_sha256")}
+                            for i in range(len(shards))])
+    _write_json(out / MANIFEST, manifest)
+    return Prepared(out, manifest["num_images"], len(shards), len(todo))
