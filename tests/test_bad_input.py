@@ -1,11 +1,14 @@
 """Every command refuses bad input the same way: exit code 2, one line naming the setting and the fix,
 and nothing made: no sweep folder, no MLflow store or run, no Ray process."""
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.faults import pids
+from latent_data import image_folder, tiny_vae
 from switchsweep.cli import main
 
 # (command line, words the one line must hold). {tmp} is the test's folder, holding the files below.
@@ -57,6 +60,20 @@ CASES = [
     ("export sweep.id=../x", "sweep.id='../x'"),
     ("report", "no MLflow store"),
     ("report sweep.search=bayes", "sweep.search='bayes'"),
+    ("prepare out=lat", "prepare needs data.root="),
+    ("prepare data.root={tmp}/images data.vae={tmp}/vae", "prepare needs out="),
+    ("prepare data.root={tmp}/empty data.vae={tmp}/vae out=lat", "data.root={tmp}/empty: no images"),
+    ("prepare data.root={tmp}/images data.vae={tmp}/missing out=lat", "data.vae={tmp}/missing: no such folder"),
+    ("prepare data.root={tmp}/images data.vae={tmp}/images out=lat", "config.json is missing"),
+    ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat data.resolution=15", "data.resolution=15 is not a multiple"),
+    ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat seed=x", "seed=x"),
+    ("train data=latents", "data=latents needs data.path="),
+    ("train data=latents data.path={tmp} eval.inception_weights=w.pt", "no manifest.json"),
+    ("train data=latents data.path={tmp}/latents data.image_size=8 eval.feature_net=digits", "set eval.feature_net=inception"),
+    ("train data=latents data.path={tmp}/latents eval.inception_weights=w.pt", "data.image_size=32: the latents in"),
+    ("train data=latents data.path={tmp}/latents data.image_size=8 data.num_classes=3 eval.inception_weights=w.pt",
+     "shard shards/latents-00000.npy is unreadable"),
+    ("sweep data=latents data.path={tmp} eval.inception_weights=w.pt", "no manifest.json"),
     ("ui port=99999", "port=99999"),
     ("optuna-ui port=http", "port=http"),
     ("optuna-ui", "no design_space sweep"),
@@ -72,12 +89,23 @@ def files(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("bad")
     (tmp / "broken.yaml").write_text("model:\n  top_k: [2\n")
     (tmp / "corrupt.pt").write_bytes(b"not a checkpoint at all")
+    image_folder(tmp / "images", per_class=1)
+    tiny_vae(tmp / "vae")
+    (tmp / "empty" / "class").mkdir(parents=True)
+    # A prepared folder whose one shard is damaged: 4x8x8 latents of 3 classes.
+    (tmp / "latents" / "shards").mkdir(parents=True)
+    (tmp / "latents" / "shards" / "latents-00000.npy").write_bytes(b"\x93NUMPY garbage")
+    np.save(tmp / "latents" / "shards" / "labels-00000.npy", np.zeros(2, np.int64))
+    (tmp / "latents" / "manifest.json").write_text(json.dumps({
+        "format": 1, "root": str(tmp / "images"), "classes": ["a", "b", "c"], "resolution": 16, "latent_shape": [4, 8, 8],
+        "scale_factor": 0.18215, "vae": {"path": str(tmp / "vae"), "config_sha256": ""},
+        "shards": [{"latents": "shards/latents-00000.npy", "labels": "shards/labels-00000.npy", "count": 2}]}))
     return tmp
 
 
 def test_the_table_covers_every_command():
     assert len(CASES) >= 30
-    assert {c.split()[0] for c, _ in CASES} == {"train", "evaluate", "sweep", "export", "report", "ui", "optuna-ui"}
+    assert {c.split()[0] for c, _ in CASES} == {"train", "evaluate", "sweep", "prepare", "export", "report", "ui", "optuna-ui"}
 
 
 @pytest.mark.parametrize("line,words", CASES, ids=[c for c, _ in CASES])

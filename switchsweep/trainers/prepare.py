@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from switchsweep.platform.config import DataConfig
-from switchsweep.platform.errors import ConfigError, SwitchsweepError
+from switchsweep.platform.errors import ConfigError
 from switchsweep.trainers.imagefolder import read_image, scan, to_unit_range
 from switchsweep.trainers.latents import (FORMAT, MANIFEST, file_sha256, latent_geometry, load_vae, scale_factor, vae_config,
                                           vae_config_hash)
@@ -117,12 +117,17 @@ def _write_shard(out: Path, i: int, latents: np.ndarray, labels: np.ndarray, num
 
 
 def _read_shard(row: dict[str, Any], resolution: int, flip: bool) -> dict[str, Any]:
-    """Ray Data map: one shard's images, centre-cropped, with their mirror images after them."""
-    images = np.stack([read_image(p, resolution) for p in row["paths"]])
+    """Ray Data map: one shard's images, centre-cropped, with their mirror images after them. An
+    unreadable image comes back as the row's `error` (Ray would bury the one line in tracebacks)."""
+    try:
+        images = np.stack([read_image(p, resolution) for p in row["paths"]])
+    except ConfigError as e:
+        return {"shard": row["shard"], "images": np.zeros((0, resolution, resolution, 3), np.uint8),
+                "labels": np.zeros(0, np.int64), "error": str(e)}
     labels = np.asarray(row["labels"], dtype=np.int64)
     if flip:
         images, labels = np.concatenate([images, images[:, :, ::-1]]), np.concatenate([labels, labels])
-    return {"shard": row["shard"], "images": images, "labels": labels}
+    return {"shard": row["shard"], "images": images, "labels": labels, "error": ""}
 
 
 class _Encoder:
@@ -134,33 +139,22 @@ class _Encoder:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        shard, images = int(batch["shard"][0]), batch["images"][0]
+        shard, images, error = int(batch["shard"][0]), batch["images"][0], str(batch["error"][0])
+        if error:
+            return {"shard": [shard], "latents": [np.zeros(0, np.float16)], "labels": [batch["labels"][0]], "error": [error]}
         gen = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + shard)
         out = []
         for start in range(0, len(images), self.batch_size):
             x = torch.from_numpy(to_unit_range(images[start : start + self.batch_size])).to(self.device)
             out.append((self.vae.encode(x).latent_dist.sample(generator=gen) * self.scale).half().cpu().numpy())
-        return {"shard": [shard], "latents": [np.concatenate(out)], "labels": [batch["labels"][0]]}
-
-
-def _config_error(e: BaseException | None) -> SwitchsweepError | None:
-    """The one-line error a pipeline task raised, however Ray wrapped it (`cause` on Ray's task errors)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, SwitchsweepError):
-            return cause
-        if isinstance(e, SwitchsweepError) and cause is None:
-            return e
-        e = cause or e.__cause__ or e.__context__
-    return None
+        return {"shard": [shard], "latents": [np.concatenate(out)], "labels": [batch["labels"][0]], "error": [""]}
 
 
 def check_inputs(data: DataConfig, out: str | os.PathLike, seed: int = 0) -> tuple[dict[str, Any], list[tuple[str, int]]]:
     """Everything `prepare` can refuse before any work: the images, the VAE, the settings, the folder."""
     plan, items = _plan(data, seed)
     _check_plan(Path(out).expanduser().resolve(), plan)
+    load_vae(data.vae)  # its weights load (the encoder actors would fail less legibly)
     return plan, items
 
 
@@ -195,14 +189,11 @@ def prepare(data: DataConfig, out: str | os.PathLike, seed: int = 0, encode_batc
                                                    "batch_size": encode_batch})
         try:
             for row in ds.iter_rows():
+                if row["error"]:
+                    raise ConfigError(row["error"])  # the shards written so far stay: a rerun skips them
                 i = int(row["shard"])
                 entries[i] = _write_shard(out, i, np.asarray(row["latents"]), np.asarray(row["labels"]), len(plan["classes"]))
                 bar.update(entries[i]["count"])
-        except Exception as e:
-            error = _config_error(e)
-            if error is None:
-                raise
-            raise error from None
         finally:
             bar.close()
     counts = np.sum([entries[i]["class_counts"] for i in range(len(shards))], axis=0).tolist()
