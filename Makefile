@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
 .PHONY: install test train evaluate sweep variants ui optuna-ui report bench faults paper-check search-efficiency mutation clean \
-	cluster-up cluster-down cluster-ui cluster-sweep
+	cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.step_time
 	$(PY) -m benchmarks.eval_throughput
 	$(PY) -m benchmarks.sweep_overhead
+	$(PY) -m benchmarks.prepare_throughput
 
 # Killed workers and a killed driver, survived? (about 8 minutes on 2 cores)
 faults: $(STAMP)
@@ -88,6 +89,11 @@ cluster-ui: $(STAMP)
 # ARGS: the sweep's settings, e.g. ARGS="sweep=table1 model.size=S".
 cluster-sweep: $(STAMP)
 	RAY_AUTH_MODE=token $(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --no-wait -- switchsweep sweep platform=cluster $(ARGS)
+
+# ImageFolder -> VAE latents on the cluster's GPUs, as a Ray job on the head. ARGS: data.root=, data.vae=
+# and out= on a folder every node mounts, e.g. ARGS="data=imagenet256 data.root=/mnt/in/train data.vae=/mnt/vae out=/mnt/lat".
+cluster-prepare: $(STAMP)
+	RAY_AUTH_MODE=token $(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --no-wait -- switchsweep prepare address=auto $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache mutants

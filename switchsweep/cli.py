@@ -158,20 +158,23 @@ def _optuna_ui(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    own, overrides = _own(args.overrides, ("out", "address", "seed"))
+    own, overrides = _own(args.overrides, ("out", "address", "seed", "encoders"))
     cfg = load_config(overrides)
     if not own.get("out"):
         raise ConfigError("prepare needs out=<folder for the latents> (e.g. out=data/latents/imagenet256)")
     seed = own.get("seed", "0")
     if not seed.isdigit():
         raise ConfigError(f"seed={seed} is not a whole number: give e.g. seed=0 (it seeds the latents' posterior samples)")
+    encoders = own.get("encoders", "")
+    if encoders and not (encoders.isdigit() and int(encoders) > 0):
+        raise ConfigError(f"encoders={encoders} is not a positive whole number: give how many VAE actors may run, e.g. encoders=8")
     from switchsweep.platform.runtime import start_ray
     from switchsweep.platform.sweep_config import RayConfig
     from switchsweep.trainers.prepare import check_inputs, prepare
 
     check_inputs(cfg.data, own["out"], int(seed))  # before Ray starts
     start_ray(RayConfig(address=own.get("address")))
-    done = prepare(cfg.data, own["out"], seed=int(seed))
+    done = prepare(cfg.data, own["out"], seed=int(seed), encoders=int(encoders) if encoders else None)
     print(f"prepared {done.images} latents in {done.shards} shards ({done.redone} encoded now) in {done.out}")
     print(f"train on them: switchsweep train data=latents data.path={done.out} eval.inception_weights=<FID Inception .pt>")
     return 0
@@ -223,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="sweep=<name> [sweep.id=<id>] [out=FILE] (default: report.html in the sweep's folder)")
     p = sub.add_parser("prepare", help="encode an ImageFolder into VAE latents for data=latents (a Ray Data pipeline)")
     p.add_argument("overrides", nargs="*", help="data.root=DIR data.vae=DIR out=DIR [data.resolution=256] [data.flip=true] "
-                   "[data.shard_size=256] [seed=0] [address=auto: a Ray cluster; default: a local instance]")
+                   "[data.shard_size=256] [seed=0] [address=auto: a Ray cluster; default: a local instance] "
+                   "[encoders=N: VAE actors, one GPU each on a cluster; default: one per GPU up now]")
     p = sub.add_parser("ui", help="the MLflow UI over the sweeps' local store, on 127.0.0.1")
     p.add_argument("overrides", nargs="*", help="[sweep.root=DIR] [port=5000] [host=127.0.0.1]")
     p = sub.add_parser("optuna-ui", help="optuna-dashboard over a sweep's Optuna study, on 127.0.0.1")

@@ -67,6 +67,7 @@ CASES = [
     ("prepare data.root={tmp}/images data.vae={tmp}/images out=lat", "config.json is missing"),
     ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat data.resolution=15", "data.resolution=15 is not a multiple"),
     ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat seed=x", "seed=x"),
+    ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat encoders=0", "encoders=0"),
     ("train data=latents", "data=latents needs data.path="),
     ("train data=latents data.path={tmp} eval.inception_weights=w.pt", "no manifest.json"),
     ("train data=latents data.path={tmp}/latents data.image_size=8 eval.feature_net=digits", "set eval.feature_net=inception"),

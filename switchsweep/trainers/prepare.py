@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from tqdm.auto import tqdm
 
 from switchsweep.platform.config import DataConfig
 from switchsweep.platform.errors import ConfigError
+from switchsweep.platform.runtime import node_types
 from switchsweep.trainers.imagefolder import read_image, scan, to_unit_range
 from switchsweep.trainers.latents import (FORMAT, MANIFEST, file_sha256, latent_geometry, load_vae, scale_factor, vae_config,
                                           vae_config_hash)
@@ -105,7 +107,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _write_shard(out: Path, i: int, latents: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+def write_shard(out: Path, i: int, latents: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
     lat_file, lab_file, marker = _shard_files(out, i)
     _save_npy(lat_file, latents)
     _save_npy(lab_file, labels)
@@ -158,11 +160,18 @@ def check_inputs(data: DataConfig, out: str | os.PathLike, seed: int = 0) -> tup
     return plan, items
 
 
-def prepare(data: DataConfig, out: str | os.PathLike, seed: int = 0, encode_batch: int = 16,
-            progress: bool = True) -> Prepared:
-    """Encode `data.root` into `out` (Ray must be started; GPU actors where the cluster has GPUs)."""
-    import ray
+def _encoder_gpus(cluster_config: str) -> tuple[bool, int]:
+    """(encode on GPUs?, GPUs up now): yes where the cluster has GPUs now or its autoscaler can add some."""
+    now = int(ray.cluster_resources().get("GPU", 0))
+    types = node_types(cluster_config) or {}
+    return now > 0 or any(float(r.get("GPU", 0)) > 0 for r in types.values()), now
 
+
+def prepare(data: DataConfig, out: str | os.PathLike, seed: int = 0, encode_batch: int = 16, progress: bool = True,
+            encoders: int | None = None, cluster_config: str = "~/ray_bootstrap_config.yaml") -> Prepared:
+    """Encode `data.root` into `out` (Ray must be started). Encoder actors take a GPU each where the
+    cluster has GPUs (or its autoscaler config, `cluster_config`, has GPU node types), up to `encoders`
+    of them (default: one per GPU up now, at least one); otherwise one encodes on the CPU."""
     plan, items = check_inputs(data, out, seed)
     out = Path(out).expanduser().resolve()
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
@@ -178,13 +187,13 @@ def prepare(data: DataConfig, out: str | os.PathLike, seed: int = 0, encode_batc
     if todo:
         ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: this one
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        gpu, gpus_now = _encoder_gpus(cluster_config)
         rows = [{"shard": i, "paths": [p for p, _ in shards[i]], "labels": [c for _, c in shards[i]]} for i in todo]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         ds = ds.map(_read_shard, fn_kwargs={"resolution": data.resolution, "flip": data.flip})
         ds = ds.map_batches(_Encoder, batch_size=1, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, gpus)),  # one per GPU
-                            num_gpus=1 if gpus else 0, num_cpus=1,
+                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=encoders or max(1, gpus_now)),
+                            num_gpus=1 if gpu else 0, num_cpus=1,
                             fn_constructor_kwargs={"vae": plan["vae"]["path"], "scale": plan["scale_factor"], "seed": seed,
                                                    "batch_size": encode_batch})
         try:
@@ -192,15 +201,20 @@ def prepare(data: DataConfig, out: str | os.PathLike, seed: int = 0, encode_batc
                 if row["error"]:
                     raise ConfigError(row["error"])  # the shards written so far stay: a rerun skips them
                 i = int(row["shard"])
-                entries[i] = _write_shard(out, i, np.asarray(row["latents"]), np.asarray(row["labels"]), len(plan["classes"]))
+                entries[i] = write_shard(out, i, np.asarray(row["latents"]), np.asarray(row["labels"]), len(plan["classes"]))
                 bar.update(entries[i]["count"])
         finally:
             bar.close()
-    counts = np.sum([entries[i]["class_counts"] for i in range(len(shards))], axis=0).tolist()
+    manifest = write_manifest(out, plan, [entries[i] for i in range(len(shards))])
+    return Prepared(out, manifest["num_images"], len(shards), len(todo))
+
+
+def write_manifest(out: Path, plan: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The folder's manifest, from its plan and its shards' markers, in order: the last file written."""
+    counts = np.sum([e["class_counts"] for e in entries], axis=0).tolist()
     manifest = {k: plan[k] for k in ("format", "root", "classes", "resolution", "flip", "seed", "latent_shape",
                                      "scale_factor", "dtype", "vae")}
     manifest.update(num_images=int(sum(counts)), class_counts=counts,
-                    shards=[{k: entries[i][k] for k in ("latents", "labels", "count", "latents_sha256", "labels_sha256")}
-                            for i in range(len(shards))])
+                    shards=[{k: e[k] for k in ("latents", "labels", "count", "latents_sha256", "labels_sha256")} for e in entries])
     _write_json(out / MANIFEST, manifest)
-    return Prepared(out, manifest["num_images"], len(shards), len(todo))
+    return manifest
