@@ -137,6 +137,8 @@ class _Encoder:
 
     def __init__(self, vae: str, scale: float, seed: int, batch_size: int):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":  # the CPUs Ray gave this actor (it would run on one thread)
+            torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         self.vae, self.scale, self.seed, self.batch_size = load_vae(vae, self.device), scale, seed, batch_size
 
     @torch.no_grad()
@@ -193,7 +195,8 @@ def prepare(data: DataConfig, out: str | os.PathLike, seed: int = 0, encode_batc
         ds = ds.map(_read_shard, fn_kwargs={"resolution": data.resolution, "flip": data.flip})
         ds = ds.map_batches(_Encoder, batch_size=1, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=encoders or max(1, gpus_now)),
-                            num_gpus=1 if gpu else 0, num_cpus=1,
+                            # on CPUs, one encoder takes all but one (left to the readers)
+                            num_gpus=1 if gpu else 0, num_cpus=1 if gpu else max(1, int(ray.cluster_resources()["CPU"]) - 1),
                             fn_constructor_kwargs={"vae": plan["vae"]["path"], "scale": plan["scale_factor"], "seed": seed,
                                                    "batch_size": encode_batch})
         try:
