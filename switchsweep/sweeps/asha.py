@@ -47,7 +47,8 @@ class ResumableASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._load()
-        if getattr(self, "_gate", None) and self._gate_actor is None:  # before the trial's first report
+        # before the trial's first report; a scheduler pickled before gates existed has neither attribute
+        if getattr(self, "_gate", None) and getattr(self, "_gate_actor", None) is None:
             self._gate_actor = start_gate(self._gate)
         super().on_trial_add(tune_controller, trial)
 
@@ -55,8 +56,9 @@ class ResumableASHA(ASHAScheduler):
         self._load()
         action = super().on_trial_result(tune_controller, trial, result)
         self._save()
-        if self._gate_actor is not None and action == TrialScheduler.CONTINUE and "step" in result:
-            self._gate_actor.open.remote(trial.trial_id, int(result["step"]))
+        gate = getattr(self, "_gate_actor", None)
+        if gate is not None and action == TrialScheduler.CONTINUE and "step" in result:
+            gate.open.remote(trial.trial_id, int(result["step"]))
         return action
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:

@@ -160,7 +160,9 @@ class SweepHooks(TrainHooks):
             has_ckpt = self.rank == 0 and (ckpt_dir / "ckpt.pt").is_file()
             ray.train.report(report, checkpoint=Checkpoint.from_directory(str(ckpt_dir)) if has_ckpt else None)
             if self.rank == 0 and step in self.rungs:  # the other ranks wait in the next step's all-reduce
+                waiting = time.perf_counter()
                 wait_at_gate(self.sweep_id, self.trial_id, step)
+                self.started += time.perf_counter() - waiting  # orchestration, not training: out of loop_s
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
