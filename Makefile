@@ -48,6 +48,7 @@ report: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.moe_kernels
 	$(PY) -m benchmarks.step_time
+	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.eval_throughput
 	$(PY) -m benchmarks.sweep_overhead
 	$(PY) -m benchmarks.prepare_throughput

@@ -97,7 +97,9 @@ class Trainer:
         groups = [{"params": list(self.model.parameters())}]
         if self.weighting.uw is not None:  # the UW log-variances learn at their own rate
             groups.append({"params": list(self.weighting.parameters()), "lr": cfg.train.uw_lr, "weight_decay": 0.0})
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        # Fused: one kernel for all parameters (on a CPU the default loops over them, ~7x slower at tiny size).
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                           fused=self.device.type in ("cpu", "cuda"))
         self.net: torch.nn.Module = self.model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
