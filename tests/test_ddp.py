@@ -54,3 +54,13 @@ def test_two_workers_match_one_worker_on_the_same_global_batch(tiny_cfg, tmp_pat
     if weighting == "uw":  # its log-variances sit outside DDP: their gradients are all-reduced by hand
         assert one["weighting"]["uw.log_var"].abs().sum() > 0
         torch.testing.assert_close(two["weighting"]["uw.log_var"], one["weighting"]["uw.log_var"], rtol=1e-4, atol=1e-6)
+
+
+def test_the_digits_are_scikit_learns_read_straight_from_its_file():
+    from sklearn.datasets import load_digits
+
+    images, labels = load_digits_tensors()
+    digits = load_digits()
+    assert images.shape == (1797, 1, 8, 8) and images.dtype == torch.float32
+    torch.testing.assert_close(images, torch.from_numpy(digits.images).float().div(16).mul(2).sub(1).unsqueeze(1))
+    assert torch.equal(labels, torch.from_numpy(digits.target).long())

@@ -14,7 +14,7 @@ from ray.tune import Callback
 
 from switchsweep.platform import sweep_state
 from switchsweep.platform.tracking import CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, STOPPED_TAG, Tracker
-from switchsweep.sweeps.trial import FAILURE_REASON
+from switchsweep.sweeps.trial import FAILURE_REASON, PHASES
 
 _REASON = re.compile(rf"{FAILURE_REASON}=(.+)")
 MLFLOW_STATUS = {sweep_state.TRIAL_FINISHED: "FINISHED", sweep_state.TRIAL_STOPPED: "KILLED",
@@ -73,10 +73,10 @@ class TrialTracking(Callback):
         if entry.get("status") in sweep_state.TRIAL_OVER:
             return  # over before a driver restart: Tune's snapshot was older than the record
         self.started[trial.trial_id] = (time.perf_counter(), float(entry.get("wall_s", 0.0)))
-        sweep_state.update_trial(self.sweep_dir, trial.trial_id, status="running")
+        sweep_state.update_trial(self.sweep_dir, trial.trial_id, status="running", t_trial_start=time.time())
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        fields = {k: result[k] for k in ("step", "loop_s", "attempt") if k in result}
+        fields = {k: result[k] for k in ("step", "loop_s", "attempt", *PHASES) if k in result}
         wall = self._wall(trial.trial_id)
         if wall is not None:
             fields["wall_s"] = wall
@@ -100,7 +100,7 @@ class TrialTracking(Callback):
             status = sweep_state.TRIAL_FAILED
         else:
             status = sweep_state.TRIAL_FINISHED if step >= self.train_steps else sweep_state.TRIAL_STOPPED
-        fields: dict[str, Any] = {"status": status, "step": step}
+        fields: dict[str, Any] = {"status": status, "step": step, "t_trial_end": time.time()}
         if failure is not None:
             fields["reason"] = failure
         wall = self._wall(trial_id)

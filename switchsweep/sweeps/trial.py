@@ -1,10 +1,10 @@
 """One sweep trial: a Tune function that runs one Ray Train TorchTrainer DDP job of the training loop.
 
 The Tune side (`run_trial`) opens the trial's MLflow child run and runs the Train job; the Train
-side (`train_worker`) runs `trainers.loop.train` on every worker. Every `sweep.eval_every` steps rank 0
-evaluates the EMA model, logs metrics, routing matrices and samples to MLflow, and every rank reports
-the metrics (with rank 0's checkpoint) to Ray, which passes them on to Tune and ASHA; at ASHA's rungs
-rank 0 then waits for its decision (`sweeps.gate`).
+side (`run_worker`, through `sweeps.train_entry`) runs `trainers.loop.train` on every worker. Every
+`sweep.eval_every` steps rank 0 evaluates the EMA model, logs metrics, routing matrices and samples
+to MLflow, and every rank reports the metrics (with rank 0's checkpoint) to Ray, which passes them
+on to Tune and ASHA; at ASHA's rungs rank 0 then waits for its decision (`sweeps.gate`).
 
 Failures: `run_trial` restarts a Train job whose workers died (up to `sweep.ray.max_failures`
 times, each from the last checkpoint) but ends the trial at once on a deterministic failure
@@ -32,9 +32,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from switchsweep.dashboards.routing import routing_heatmap
 from switchsweep.platform.checkpoint import load_checkpoint
-from switchsweep.platform.export import run_name
 from switchsweep.platform.sweep_config import RayConfig, worker_bundle
 from switchsweep.platform.tracking import (ATTEMPTS_TAG, CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, GIT_TAG,
                                            GROUP_TAG, IN_MLFLOW, MODEL_TAG, RESUMED_TAG, SEED_TAG, ResilientLog, Tracker,
@@ -43,6 +41,7 @@ from switchsweep.sweeps.failures import LogTail, TrialFailure, is_deterministic,
 from switchsweep.sweeps.gate import wait_at_gate
 from switchsweep.sweeps.loopback_ddp import LoopbackTorchConfig
 from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params, config_from_dict
+from switchsweep.sweeps.train_entry import train_worker
 from switchsweep.trainers.evaluate import evaluate_model
 from switchsweep.trainers.loop import Trainer, TrainHooks, train
 
@@ -66,6 +65,10 @@ class TrialJob:
 
 
 PROGRESS = "progress.json"  # beside ckpt.pt in every reported checkpoint: training seconds so far
+# Wall-clock times (epoch seconds) of a trial's phases, reported with every result so the driver's
+# record can break a trial's overhead down (benchmarks/sweep_overhead.py): the Train job's start, the
+# worker's start, the loop's start, this report; and seconds spent waiting at rungs.
+PHASES = ("t_fit_start", "t_worker_start", "t_loop_start", "t_report", "gate_s")
 FAILURE_REASON = "failure_reason"  # in a failed trial's error: parsed back by the driver
 
 
@@ -76,7 +79,7 @@ def trial_group(params: dict[str, Any]) -> str:
 
 def trial_config(job: TrialJob, params: dict[str, Any]) -> dict[str, Any]:
     tree = apply_params(job.bases[params.get(ROW, 0)], params)
-    tree["train"]["out_dir"] = "."  # each worker trains in scratch space on its own node (train_worker)
+    tree["train"]["out_dir"] = "."  # each worker trains in scratch space on its own node (run_worker)
     tree["train"]["progress"] = False
     tree["train"]["resume"] = None
     return tree
@@ -87,13 +90,15 @@ class SweepHooks(TrainHooks):
 
     own_checkpoints = False  # checkpoints go to Ray Train (and MLflow), not to the trial's folder
 
-    def __init__(self, config: dict[str, Any], loop_s: float):
+    def __init__(self, config: dict[str, Any], loop_s: float, worker_start: float):
         self.report_every = config["eval_every"]
         self.cfg = config_from_dict(config["config"])
         self.run_id = config["run_id"]
         self.attempt, self.keep = config["attempt"], config["log_checkpoints"]
         self.sweep_id, self.trial_id, self.rungs = config["sweep_id"], config["trial_id"], set(config["rung_steps"])
         self.loop_s, self.started = loop_s, time.perf_counter()  # seconds of earlier attempts, this one's clock
+        self.times = {"t_fit_start": config["fit_start"], "t_worker_start": worker_start, "t_loop_start": time.time(),
+                      "gate_s": 0.0}
         self.rank = ray.train.get_context().get_world_rank()
         self.stats: dict[str, float] = {}
         self.log: ResilientLog | None = None
@@ -106,6 +111,7 @@ class SweepHooks(TrainHooks):
         return self.loop_s + time.perf_counter() - self.started
 
     def on_start(self, stats: dict[str, float]) -> None:
+        self.started, self.times["t_loop_start"] = time.perf_counter(), time.time()  # the loop starts: its clock too
         self.stats = stats  # reported with every evaluation: compute is an objective of multi-objective sweeps
         self.log.log_metrics(stats, step=0)
 
@@ -125,6 +131,8 @@ class SweepHooks(TrainHooks):
             folder.mkdir(parents=True)
             for name in ("w_gate", "w_prior_matched", "permutation"):
                 np.save(folder / f"{name}.npy", mats[name].numpy())
+            from switchsweep.dashboards.routing import routing_heatmap  # matplotlib: rank 0, at evaluations only
+
             png = routing_heatmap(mats["w_gate"].numpy(), mats["w_prior_matched"].numpy(), trainer.model.depth,
                                   folder / "routing.png", title=f"step {step}")
             log.log_artifacts(sorted(folder.iterdir()), f"routing/step_{step:07d}")
@@ -156,20 +164,24 @@ class SweepHooks(TrainHooks):
                 box = [report]
                 dist.broadcast_object_list(box, src=0)
                 report = box[0]
-            report = {**report, "step": step, "loop_s": self.elapsed(), "attempt": self.attempt}
+            report = {**report, "step": step, "loop_s": self.elapsed(), "attempt": self.attempt, **self.times,
+                      "t_report": time.time()}
             has_ckpt = self.rank == 0 and (ckpt_dir / "ckpt.pt").is_file()
             ray.train.report(report, checkpoint=Checkpoint.from_directory(str(ckpt_dir)) if has_ckpt else None)
             if self.rank == 0 and step in self.rungs:  # the other ranks wait in the next step's all-reduce
                 waiting = time.perf_counter()
                 wait_at_gate(self.sweep_id, self.trial_id, step)
-                self.started += time.perf_counter() - waiting  # orchestration, not training: out of loop_s
+                waited = time.perf_counter() - waiting
+                self.started += waited  # orchestration, not training: out of loop_s
+                self.times["gate_s"] += waited
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def train_worker(config: dict[str, Any]) -> None:
+def run_worker(config: dict[str, Any]) -> None:
     """The Train loop of every worker: resume from Ray's latest checkpoint if there is one, then train.
     A deterministic failure is raised as `TrialFailure`, with the tail of this worker's output."""
+    worker_start = time.time()
     with LogTail() as tail:
         # Scratch on this worker's own node; what outlives the trial goes to MLflow and Train's storage.
         scratch = Path(tempfile.mkdtemp(prefix="switchsweep-trial-"))
@@ -185,7 +197,7 @@ def train_worker(config: dict[str, Any]) -> None:
                 resumed = int(load_checkpoint(cfg.train.resume, mmap=True)["step"])
                 if resumed >= cfg.train.steps:
                     return  # the last report was made before a restart: nothing left to train
-            hooks = SweepHooks(config, loop_s)
+            hooks = SweepHooks(config, loop_s, worker_start)
             if resumed is not None and hooks.log is not None:
                 hooks.log.set_tags({RESUMED_TAG: resumed})
             # The sample grid is drawn at each evaluation (hooks.cfg), not once at the end.
@@ -212,6 +224,8 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
     """The Tune trainable: one trial = one MLflow child run + one TorchTrainer job (restarted from its
     last checkpoint when its workers die). Tune may stop it at any report (ASHA, max_t), so what follows
     the last report (status, where the checkpoint is kept) is done by `TrialTracking` instead."""
+    from switchsweep.platform.export import run_name  # scipy.stats and pandas, which the workers never need
+
     trial_id = tune.get_context().get_trial_id()
     if trial_id in job.done_trials:
         return  # ended before a driver restart that Tune's older snapshot does not know of
@@ -229,10 +243,11 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
     r = job.ray
     for attempt in range(1, r.max_failures + 2):
         trainer = TorchTrainer(
-            train_worker,
+            train_worker,  # sweeps.train_entry: the controller imports little
             train_loop_config={"config": tree, "run_id": run_id, "tracking_uri": job.tracking_uri,
                                "eval_every": job.eval_every, "attempt": attempt, "log_checkpoints": job.log_checkpoints,
-                               "sweep_id": job.sweep_id, "trial_id": trial_id, "rung_steps": job.rung_steps},
+                               "sweep_id": job.sweep_id, "trial_id": trial_id, "rung_steps": job.rung_steps,
+                               "fit_start": time.time()},
             scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=worker_bundle(r)),
             torch_config=None if r.address else LoopbackTorchConfig(),  # a local instance listens on 127.0.0.1 only
             run_config=RunConfig(
