@@ -276,3 +276,37 @@ def test_prepare_resumes_trains_and_evaluates_on_decoded_samples(local_ray, tmp_
     assert all(np.isfinite(metrics[k]) for k in ("fid", "kid", "inception_score"))
     cached = list((tmp_path / "cache").glob("ref-latents-*.pt"))
     assert len(cached) == 1 and torch.load(cached[0], weights_only=True)["features"].shape == (15, 2048)  # the 15 real images
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_sweep_on_latents_scores_decoded_samples_and_logs_decoded_grids(tmp_path, vae_dir):
+    import subprocess
+
+    from mlflow.tracking import MlflowClient
+
+    from benchmarks.faults import BIN, ENV
+
+    _hand_made(tmp_path / "lat", vae_dir, sizes=(16, 16))
+    image_folder(tmp_path / "lat" / "images", per_class=4)  # the manifest's root: the real side of KID
+    weights = inception_weights(tmp_path / "inception.pt")
+    root = tmp_path / "runs"
+    done = subprocess.run(
+        [str(BIN / "switchsweep"), "sweep", "sweep=design_space", f"sweep.root={root}", "data=latents",
+         f"data.path={tmp_path / 'lat'}", "data.image_size=8", "data.num_classes=3", "data.batch_size=8",
+         f"eval.inception_weights={weights}", f"eval.cache_dir={tmp_path / 'cache'}", "sweep.num_trials=1", "train.steps=4",
+         "sweep.eval_every=2", "eval.num_samples=6", "eval.batch_size=6", "eval.steps=2", "eval.kid_subset_size=3",
+         "eval.kid_subsets=2", "eval.pr_k=2", "sample.per_class=1", "sample.steps=2"],
+        capture_output=True, text=True, env=ENV, timeout=380)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("design_space")
+    trial, = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("switchsweep.role") != "sweep"]
+    assert trial.info.status == "FINISHED" and trial.data.params["data.name"] == "latents"
+    assert [m.step for m in client.get_metric_history(trial.info.run_id, "kid")] == [2, 4]
+    grid = next(a.path for a in client.list_artifacts(trial.info.run_id, "images")
+                if a.path.startswith("images/samples") and a.path.endswith(".png"))
+    with Image.open(client.download_artifacts(trial.info.run_id, grid, str(tmp_path / "dl"))) as im:
+        assert im.mode == "RGB" and im.size == ((3 * 17 + 1) * 2, (17 + 1) * 2)  # 3 decoded 16 px images, 2x
+    cached, = (tmp_path / "cache").glob("ref-latents-*.pt")  # warmed once by the driver, from the 12 real images
+    assert torch.load(cached, weights_only=True)["features"].shape == (12, 2048)
