@@ -255,3 +255,20 @@ def test_every_kernel_compiles_to_an_h100_cubin(dtype, ieee):
     done = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100, dtype, ieee], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0 and "compiled 6" in done.stdout, done.stderr[-3000:]
+
+
+def test_the_forward_without_h_refuses_a_backward_in_one_line():
+    z, w, bias, idx, gates = _inputs(2, 5, 16, 3, 2, torch.float32)
+    out, h = sample_routed_linear_triton(z, w.requires_grad_(), bias, idx, gates, False)
+    assert h.numel() == 0
+    with pytest.raises(RuntimeError, match="store_h=False, so it cannot be differentiated"):
+        out.sum().backward()
+
+
+def test_routing_tables_match_a_count_of_each_expert_with_empty_experts():
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, 6, (40, 2), generator=g) * (torch.arange(40)[:, None] % 3 > 0)  # 0 often; 1..5 rarely or never
+    pairs, start, end, _, _ = route(idx, num_experts=9, block_p=4)  # experts 6..8: no pair
+    counts = torch.bincount(idx.reshape(-1), minlength=9)
+    assert torch.equal((end - start).long(), counts) and torch.equal(start.long(), torch.cumsum(counts, 0) - counts)
+    assert torch.equal(idx.reshape(-1)[pairs.long()], torch.sort(idx.reshape(-1), stable=True).values)

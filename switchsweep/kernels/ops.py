@@ -77,6 +77,9 @@ def _setup(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_out: Tensor, _grad_h: Tensor):
     z, h, weight, bias, expert_idx, gates = ctx.saved_tensors
+    if h.numel() != z.numel():
+        raise RuntimeError("sample_routed_linear_triton ran with store_h=False, so it cannot be differentiated: "
+                           "call it with store_h=True when a gradient is needed (sample_routed_linear does)")
     dz, dw, db, dg = sample_routed_linear_backward_triton(grad_out, z, h, weight, bias, expert_idx, gates)
     return dz, dw, db, None, dg, None
 

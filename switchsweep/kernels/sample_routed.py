@@ -117,7 +117,7 @@ def srl_grad_w_kernel(
             c += tl.where(sel, tl.load(g_ptr + b * K + j).to(tl.float32), 0.0)
             hit += sel.to(tl.int32)
         if hit > 0:
-            base = b * L * D  # B*L*D < 2**31 for every supported shape
+            base = tl.cast(b, tl.int64) * L * D  # 64-bit: B*L*D passes 2**31 at B=256, L=4096, D=2048
             s = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
             for l0 in range(0, L, BLOCK_L):
                 ls = l0 + tl.arange(0, BLOCK_L)

@@ -90,10 +90,13 @@ def route(expert_idx: Tensor, num_experts: int, block_p: int) -> tuple[Tensor, T
     """Device-side routing tables: pairs sorted by expert, each expert's [start, end) in that order,
     and per block (an upper bound of cdiv(P, block_p) + M blocks) its expert (M: unused) and start."""
     flat = expert_idx.reshape(-1)
-    pairs = torch.argsort(flat, stable=True).to(torch.int32)
-    counts = torch.bincount(flat, minlength=num_experts)
-    end = torch.cumsum(counts, 0)
-    start = end - counts
+    ordered, pairs = torch.sort(flat, stable=True)
+    pairs = pairs.to(torch.int32)
+    # Expert boundaries by binary search in the sorted ids: bincount would size its output on the host (a sync).
+    experts = torch.arange(num_experts, device=flat.device, dtype=flat.dtype)
+    start = torch.searchsorted(ordered, experts)
+    end = torch.searchsorted(ordered, experts, right=True)
+    counts = end - start
     blocks = (counts + block_p - 1) // block_p
     block_end = torch.cumsum(blocks, 0)
     n_blocks = triton.cdiv(flat.numel(), block_p) + num_experts
