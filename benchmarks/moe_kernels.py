@@ -29,6 +29,8 @@ from typing import Callable
 
 import torch
 
+from benchmarks.compile_report import print_report
+
 from switchsweep.kernels import sample_routed_linear, token_routed_linear
 from switchsweep.kernels.reference import sample_routed_linear_reference, token_routed_linear_reference
 
@@ -220,7 +222,8 @@ def main() -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print(f"written to {args.csv}")
+    print(f"written to {args.csv}\n")
+    print_report(["bf16", "fp32"])  # where the Triton kernels would stand on an H100, GPU or not
 
 
 if __name__ == "__main__":
