@@ -11,7 +11,7 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from switchsweep.platform.compose import load_config, load_eval_config, load_sweep_config
+from switchsweep.platform.compose import load_config, load_data_config, load_eval_config, load_sweep_config
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
 from switchsweep.platform.export import value_text, variant_label
 from switchsweep.platform.tracking import default_tracking_uri, redact, require_store
@@ -159,7 +159,7 @@ def _optuna_ui(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     own, overrides = _own(args.overrides, ("out", "address", "seed", "encoders"))
-    cfg = load_config(overrides)
+    data = load_data_config(overrides)
     if not own.get("out"):
         raise ConfigError("prepare needs out=<folder for the latents> (e.g. out=data/latents/imagenet256)")
     seed = own.get("seed", "0")
@@ -172,9 +172,9 @@ def _prepare(args: argparse.Namespace) -> int:
     from switchsweep.platform.sweep_config import RayConfig
     from switchsweep.trainers.prepare import check_inputs, prepare
 
-    check_inputs(cfg.data, own["out"], int(seed))  # before Ray starts
+    check_inputs(data, own["out"], int(seed))  # before Ray starts
     start_ray(RayConfig(address=own.get("address")))
-    done = prepare(cfg.data, own["out"], seed=int(seed), encoders=int(encoders) if encoders else None)
+    done = prepare(data, own["out"], seed=int(seed), encoders=int(encoders) if encoders else None)
     print(f"prepared {done.images} latents in {done.shards} shards ({done.redone} encoded now) in {done.out}")
     print(f"train on them: switchsweep train data=latents data.path={done.out} eval.inception_weights=<FID Inception .pt>")
     return 0

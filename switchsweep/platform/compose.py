@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from switchsweep.platform.checkpoint import load_checkpoint
-from switchsweep.platform.config import Config, to_config, validate_eval
+from switchsweep.platform.config import Config, DataConfig, to_config, validate_eval
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.sweep_config import SweepJobConfig, validate_sweep
 
@@ -49,6 +49,17 @@ def _override_value(overrides: Sequence[str], key: str) -> str | None:
         if k.lstrip("+") == key and value not in ("", "null"):
             return value
     return None
+
+
+def load_data_config(overrides: Sequence[str]) -> DataConfig:
+    """The data section alone, for `switchsweep prepare`: a dataset preset (data=imagenet256) brings
+    training and evaluation settings that preparing its latents does not need, so they are not checked."""
+    composed = compose_config(overrides)
+    try:
+        OmegaConf.resolve(composed.data)
+        return OmegaConf.to_object(composed.data)  # type: ignore[return-value]
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid override: {_one_line(e)}") from e
 
 
 SCORED_WITH = ("feature_net", "inception_weights")
