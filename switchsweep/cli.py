@@ -176,7 +176,12 @@ def _prepare(args: argparse.Namespace) -> int:
     start_ray(RayConfig(address=own.get("address")))
     done = prepare(data, own["out"], seed=int(seed), encoders=int(encoders) if encoders else None)
     print(f"prepared {done.images} latents in {done.shards} shards ({done.redone} encoded now) in {done.out}")
-    print(f"train on them: switchsweep train data=latents data.path={done.out} eval.inception_weights=<FID Inception .pt>")
+    from switchsweep.trainers.latents import read_manifest
+
+    manifest = read_manifest(done.out)
+    channels, size, _ = manifest["latent_shape"]
+    print(f"train on them: switchsweep train data=latents data.path={done.out} data.image_size={size} data.channels={channels} "
+          f"data.num_classes={len(manifest['classes'])} eval.inception_weights=<FID Inception .pt>  (or a preset: data=imagenet256 ...)")
     return 0
 
 
