@@ -63,6 +63,7 @@ CASES = [
     ("prepare out=lat", "prepare needs data.root="),
     ("prepare data=imagenet256 data.vae={tmp}/vae out=lat", "prepare needs data.root="),  # a preset's training needs wait
     ("prepare data.shard_size=x out=lat", "data.shard_size=x"),
+    ("prepare data.root={tmp}/images data.vae={tmp}/vae out={tmp}/corrupt.pt", "is a file, not a folder"),
     ("prepare data.root={tmp}/images data.vae={tmp}/vae", "prepare needs out="),
     ("prepare data.root={tmp}/empty data.vae={tmp}/vae out=lat", "data.root={tmp}/empty: no images"),
     ("prepare data.root={tmp}/images data.vae={tmp}/missing out=lat", "data.vae={tmp}/missing: no such folder"),

@@ -1,10 +1,10 @@
-"""Atomic checkpoint files, loaded with `weights_only=True`."""
+"""Atomic files (checkpoints among them), and checkpoints loaded with `weights_only=True`."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -14,20 +14,24 @@ FORMAT = "switchsweep-checkpoint"
 REQUIRED_KEYS = ("format", "step", "model", "ema", "optimizer", "rng", "config")
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temporary file beside `path`, fsync, then rename: a crash never leaves half a file."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """`write` into a temporary file beside `path`, fsync, then rename: a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -9,6 +9,7 @@ read memory-mapped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -146,8 +147,9 @@ class ShardedLatents:
         return torch.from_numpy(out)
 
 
-def check_prepared(data: DataConfig) -> None:
-    """A sweep's check before Ray starts: the folder is finished, matches the config, and has its shards."""
+def check_prepared(data: DataConfig) -> dict[str, Any]:
+    """The folder's manifest, once the folder is known finished, matching the config, with all its
+    shard files (a sweep checks this before Ray starts, training before it reads any shard)."""
     folder = Path(data.path).expanduser()
     manifest = read_manifest(folder)
     check_against(manifest, data)
@@ -155,13 +157,13 @@ def check_prepared(data: DataConfig) -> None:
     if missing:
         raise ConfigError(f"data.path={folder}: {len(missing)} shard file(s) are missing (first: {missing[0]}): "
                           "rerun `switchsweep prepare` with the same settings to rewrite them")
+    return manifest
 
 
 def load_latents(data: DataConfig) -> tuple[ShardedLatents, Tensor]:
     """The prepared latents (memory-mapped) and all labels, checked against the config and the manifest."""
     folder = Path(data.path).expanduser()
-    manifest = read_manifest(folder)
-    check_against(manifest, data)
+    manifest = check_prepared(data)
     latents = ShardedLatents(folder, manifest["shards"])
     if tuple(latents.shape[1:]) != tuple(manifest["latent_shape"]):
         raise ConfigError(f"data.path={folder}: the shards hold {tuple(latents.shape[1:])} latents, the manifest says "
@@ -178,10 +180,11 @@ def latent_decoder(data: DataConfig, device: torch.device) -> Callable[[Tensor],
     manifest = read_manifest(data.path)
     folder = data.vae or manifest["vae"]["path"]
     setting = "data.vae" if data.vae else f"the VAE recorded in {Path(data.path) / MANIFEST}"
-    if vae_config_hash(vae_config(folder, setting)) != manifest["vae"]["config_sha256"]:
+    config_hash = vae_config_hash(vae_config(folder, setting))
+    if config_hash != manifest["vae"]["config_sha256"]:
         raise ConfigError(f"{setting}={folder}: its config differs from the VAE the latents in {data.path} were made with: "
                           "give that VAE's folder as data.vae")
-    vae = load_vae(folder, device, setting)
+    vae = _loaded_vae(str(folder), str(device), setting, config_hash)
     scale = manifest["scale_factor"]
 
     @torch.no_grad()
@@ -191,3 +194,10 @@ def latent_decoder(data: DataConfig, device: torch.device) -> Callable[[Tensor],
         return torch.cat(out)
 
     return decode
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded_vae(folder: str, device: str, setting: str, config_hash: str):
+    """One load per process of a (folder, config): every evaluation and sample grid of a run decodes with it.
+    `config_hash` is only part of the key, so a folder whose config changed is loaded again."""
+    return load_vae(folder, device, setting)

@@ -107,7 +107,6 @@ class Trainer:
         # The same stream on every rank: each draws the global batch's noise and keeps its own slice.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.train.seed * 1000)
         self.step = 0
-        self.decoder = None  # latents -> images for sample grids, loaded on first use
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -187,9 +186,7 @@ class Trainer:
             cfg_scale=s.cfg_scale, eta=s.ddim_eta, generator=gen,
         )
         if self.cfg.data.name == "latents":
-            if self.decoder is None:
-                self.decoder = latent_decoder(self.cfg.data, self.device)
-            images = self.decoder(images)
+            images = latent_decoder(self.cfg.data, self.device)(images)
         return save_image_grid(images, path, nrow=len(classes), scale=max(1, 32 // images.shape[-1]))
 
 

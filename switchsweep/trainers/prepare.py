@@ -22,6 +22,7 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
+from switchsweep.platform.checkpoint import atomic_write
 from switchsweep.platform.config import DataConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.runtime import node_types
@@ -42,9 +43,7 @@ class Prepared:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write((json.dumps(payload, indent=1) + "\n").encode()))
 
 
 def _plan(data: DataConfig, seed: int) -> tuple[dict[str, Any], list[tuple[str, int]]]:
@@ -70,10 +69,15 @@ def _plan(data: DataConfig, seed: int) -> tuple[dict[str, Any], list[tuple[str, 
 
 def _check_plan(out: Path, plan: dict[str, Any]) -> None:
     """A folder holds one dataset: a rerun with other settings or files is refused, naming what changed."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file, not a folder: give a folder for the latents")
     path = out / PLAN
     if not path.is_file():
         return
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        raise ConfigError(f"out={out}: its {PLAN} is not valid JSON (not a prepare folder?): give a new out=") from None
     for key in ("root", "files_sha256", "resolution", "flip", "shard_size", "seed", "vae"):
         if old.get(key) != plan[key]:
             what = {"files_sha256": "the image files under data.root", "vae": "data.vae (its config)"}.get(key, f"{key}")
@@ -98,19 +102,10 @@ def _done(out: Path, i: int) -> dict[str, Any] | None:
     return None
 
 
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, array)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_shard(out: Path, i: int, latents: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
     lat_file, lab_file, marker = _shard_files(out, i)
-    _save_npy(lat_file, latents)
-    _save_npy(lab_file, labels)
+    atomic_write(lat_file, lambda f: np.save(f, latents))
+    atomic_write(lab_file, lambda f: np.save(f, labels))
     entry = {"latents": f"{SHARDS}/{lat_file.name}", "labels": f"{SHARDS}/{lab_file.name}", "count": len(labels),
              "latents_sha256": file_sha256(lat_file), "labels_sha256": file_sha256(lab_file),
              "class_counts": np.bincount(labels, minlength=num_classes).tolist()}
