@@ -3,10 +3,11 @@ Triton's real compiler and ptxas run here): registers per thread, spills, shared
 the PTX uses Hopper's `wgmma` tensor-core instructions (or the older `mma.sync`, or neither: FMA).
 Spills are ptxas's spill stores / loads, in bytes per thread.
 
-    python -m benchmarks.compile_report [--dtype bf16 fp32]
+    python -m benchmarks.compile_report [--dtype bf16 tf32 fp32]
 
 Pointers and sizes are marked divisible by 16, as a real launch with aligned tensors and D, L
-multiples of 16 specialises them; the tiles are those the ops pick for L=256, D=1152.
+multiples of 16 specialises them; the tiles and warps are those the ops pick for L=256, D=1152.
+`tf32` is fp32 data under torch's TF32 matmul setting (train.precision=tf32), `fp32` the exact path.
 """
 
 from __future__ import annotations
@@ -27,31 +28,35 @@ from triton.compiler import ASTSource
 from switchsweep.kernels import sample_routed as sr, token_routed as tr
 
 dtype = sys.argv[1]
-ieee = dtype == "fp32"  # what the kernels do with fp32 inputs today
-bl, bn, bk = sr.block_sizes(256, 1152)
+prec = {"tf32": "tf32", "fp32": "ieee"}.get(dtype, "native")
+data = "fp32" if dtype == "tf32" else dtype
+size = 2 if data in ("bf16", "fp16") else 4
+bl, bn, bk, warps, stages = sr.block_sizes(256, 1152, size)
+wd, wn, wl, wwarps, wstages = sr.grad_w_block_sizes(256, 1152, size)
 tp, tn, tk = tr.tiles(1152, 1152)
 FIXED = {"w_ptr": "*fp32", "bias_ptr": "*fp32", "idx_ptr": "*i64", "dw_ptr": "*fp32", "dgw_ptr": "*fp32",
          "pairs_ptr": "*i32", "block_expert_ptr": "*i32", "block_start_ptr": "*i32", "expert_start_ptr": "*i32",
          "expert_end_ptr": "*i32"}
 CASES = [
-    ("srl_forward", sr.srl_forward_kernel, {"K": 2, "BLOCK_L": bl, "BLOCK_N": bn, "BLOCK_K": bk, "IEEE": ieee, "STORE_H": True}, {}),
-    ("srl_grad_z", sr.srl_grad_z_kernel, {"K": 2, "BLOCK_L": bl, "BLOCK_N": bn, "BLOCK_K": bk, "IEEE": ieee}, {}),
-    ("srl_grad_w", sr.srl_grad_w_kernel, {"K": 2, "BLOCK_D": bn, "BLOCK_N": bn, "BLOCK_L": bl, "IEEE": ieee}, {}),
-    ("grouped", tr.grouped_kernel, {"X_DIV": 2, "HAS_GATE": True, "DG_MODE": False, "BLOCK_P": tp, "BLOCK_N": tn, "BLOCK_K": tk, "IEEE": ieee}, {}),
-    ("grouped_dgate", tr.grouped_kernel, {"X_DIV": 1, "HAS_GATE": False, "DG_MODE": True, "BLOCK_P": tp, "BLOCK_N": tn, "BLOCK_K": tk, "IEEE": ieee}, {"out_ptr": "*fp32"}),
-    ("grouped_grad_w", tr.grouped_grad_w_kernel, {"X_DIV": 2, "HAS_GATE": True, "BLOCK_D": tn, "BLOCK_N": tn, "BLOCK_P": tp, "IEEE": ieee}, {}),
+    ("srl_forward", sr.srl_forward_kernel, {"K": 2, "BLOCK_L": bl, "BLOCK_N": bn, "BLOCK_K": bk, "PRECISION": prec, "STORE_H": True}, {}, warps, stages),
+    ("srl_grad_z", sr.srl_grad_z_kernel, {"K": 2, "BLOCK_L": bl, "BLOCK_N": bn, "BLOCK_K": bk, "PRECISION": prec}, {"r_ptr": "*fp32"}, warps, stages),
+    ("srl_grad_w", sr.srl_grad_w_kernel, {"K": 2, "BLOCK_D": wd, "BLOCK_N": wn, "BLOCK_L": wl, "PRECISION": prec}, {}, wwarps, wstages),
+    ("grouped", tr.grouped_kernel, {"X_DIV": 2, "HAS_GATE": True, "DG_MODE": False, "BLOCK_P": tp, "BLOCK_N": tn, "BLOCK_K": tk, "PRECISION": prec}, {}, 4, 3),
+    ("grouped_dgate", tr.grouped_kernel, {"X_DIV": 1, "HAS_GATE": False, "DG_MODE": True, "BLOCK_P": tp, "BLOCK_N": tn, "BLOCK_K": tk, "PRECISION": prec}, {"out_ptr": "*fp32"}, 4, 3),
+    ("grouped_grad_w", tr.grouped_grad_w_kernel, {"X_DIV": 2, "HAS_GATE": True, "BLOCK_D": tn, "BLOCK_N": tn, "BLOCK_P": tp, "PRECISION": prec}, {}, 4, 3),
 ]
 rows = []
-for label, fn, consts, extra in CASES:
+for label, fn, consts, extra, num_warps, num_stages in CASES:
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in consts:
             sig[name] = "constexpr"
             continue
-        sig[name] = extra.get(name, FIXED.get(name, f"*{dtype}" if name.endswith("_ptr") else "i32"))
+        sig[name] = extra.get(name, FIXED.get(name, f"*{data}" if name.endswith("_ptr") else "i32"))
         if name.endswith("_ptr") or name in ("L", "D", "DIN", "DOUT"):
             attrs[(i,)] = [["tt.divisibility", 16]]
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", 90, 32))
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": num_warps, "num_stages": num_stages})
     ptx = k.asm["ptx"]
     # Registers and spills as ptxas reports them (the loaded kernel's n_regs needs a GPU).
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as fh:
@@ -88,7 +93,7 @@ def print_report(dtypes: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dtype", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--dtype", nargs="+", default=["bf16", "tf32", "fp32"], choices=["bf16", "fp16", "tf32", "fp32"])
     print_report(ap.parse_args(argv).dtype)
 
 

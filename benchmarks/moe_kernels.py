@@ -1,9 +1,9 @@
 """MoE layer implementations side by side, one run, the same inputs.
 
-    python -m benchmarks.moe_kernels [--dtype bf16] [--csv runs/bench/moe_kernels.csv] [--quick]
+    python -m benchmarks.moe_kernels [--dtype bf16 tf32] [--csv runs/bench/moe_kernels.csv] [--quick]
 
 Timestep-routed linear experts (Switch-DiT, op 1), forward / backward / forward+backward:
-  official  gather + split + one mm per expert + index_add (needs the expert sizes on the host)
+  official  gather + split + one mm per expert + in-place index_add (needs the expert sizes on the host)
   dense     every expert on every sample, then the gate-weighted sum
   reference our torch path: mix the selected weights per sample, one batched GEMM
   grouped   torch._grouped_mm over samples sorted by expert (where this torch and GPU have it)
@@ -12,10 +12,14 @@ Timestep-routed linear experts (Switch-DiT, op 1), forward / backward / forward+
 Token-routed experts (DiT-MoE, op 2; M=8, k=2, per-token routing), forward / backward / both:
   loop      sort + one mm per expert + index_add;  reference  our torch path;  triton  grouped GEMM
   mm        same-FLOP torch.mm
-Useful FLOPs: op 1 forward 2*B*L*D^2 (one GEMM once the experts are mixed), backward (1 + k) times
-that (dz, then dW per routed expert); op 2 forward 2*k*T*D*F per projection, backward twice that.
-Prints median times, TFLOP/s, % of the same-FLOP mm and the speed-ups, and writes them as CSV.
-Without a GPU it times the torch variants on small shapes only (the Triton interpreter is not timed).
+Useful FLOPs, counted at the minimum: op 1 forward 2*B*L*D^2 (one GEMM once the experts are mixed),
+backward twice that (dz and dW); op 2 forward 2*k*T*D*F per projection, backward twice that.
+Each op-1 shape is timed with balanced routing and once skewed (most samples on one expert).
+Dtypes: bf16, fp16, tf32 (fp32 data, TF32 matmuls: train.precision=tf32) and fp32 (exact).
+On a GPU times are triton.testing.do_bench's (CUDA events, L2 flushed between runs); the backward is
+timed alone on a kept graph. Prints median times, TFLOP/s, % of the same-FLOP mm and the speed-ups,
+and writes them as CSV. Without a GPU it times the torch variants on small shapes only (the Triton
+interpreter is not timed).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from benchmarks.compile_report import print_report
 from switchsweep.kernels import sample_routed_linear, token_routed_linear
 from switchsweep.kernels.reference import sample_routed_linear_reference, token_routed_linear_reference
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32, "fp32": torch.float32}
 
 
 def official_loop(z, weight, bias, expert_idx, gates):
@@ -49,7 +53,7 @@ def official_loop(z, weight, bias, expert_idx, gates):
         if len(chunk):
             s = sample[chunk]
             out = (z[s].reshape(-1, d) @ weight[e] + bias[e]).view(-1, l, d)
-            acc = acc.index_add(0, s, out * gates.reshape(-1)[chunk].view(-1, 1, 1))
+            acc.index_add_(0, s, out * gates.reshape(-1)[chunk].view(-1, 1, 1))
     return z * (1 + acc)
 
 
@@ -84,46 +88,43 @@ def token_loop(x, weight, expert_idx, gates):
     for e, chunk in enumerate(order.split(sizes)):
         if len(chunk):
             tok = token[chunk]
-            out = out.index_add(0, tok, (x[tok] @ weight[e]) * gates.reshape(-1)[chunk, None])
+            out.index_add_(0, tok, (x[tok] @ weight[e]) * gates.reshape(-1)[chunk, None])
     return out
 
 
 def _time(fn: Callable[[], object], device: torch.device, reps: int) -> float:
+    """Median seconds of fn: CUDA events with the L2 flushed between runs on a GPU, wall clock on a CPU."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, rep=max(reps * 5, 25), return_mode="median") / 1e3
     for _ in range(2):
         fn()
     times = []
     for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def _modes(fn, inputs, grads_of):
-    """Callables for forward, backward (from a kept forward graph) and forward+backward."""
-    out = None
+    """Callables for forward, backward (on one kept forward graph) and forward+backward."""
+    out = fn(*inputs)
+    seed = torch.ones_like(out)
 
     def fwd():
         with torch.no_grad():
             return fn(*inputs)
 
-    def make_graph():
-        nonlocal out
-        out = fn(*inputs)
-
     def bwd():
-        make_graph()
-        torch.autograd.grad(out, grads_of, torch.ones_like(out))
+        torch.autograd.grad(out, grads_of, seed, retain_graph=True)
 
     def both():
         y = fn(*inputs)
         torch.autograd.grad(y, grads_of, torch.ones_like(y))
 
-    return {"forward": fwd, "backward": bwd, "forward+backward": both}, make_graph
+    return {"forward": fwd, "backward": bwd, "forward+backward": both}
 
 
 def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, device, reps, dtype):
@@ -135,11 +136,8 @@ def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, dev
         ceiling = _time(lambda: [torch.mm(a, w) for _ in range(repeat)], device, reps)
         results = {}
         for name, fn in variants.items():
-            modes, make_graph = _modes(fn, inputs, grads_of)
             try:
-                t = _time(modes[mode], device, reps)
-                if mode == "backward":  # subtract the forward that rebuilt the graph
-                    t = max(t - _time(make_graph, device, reps), 1e-9)
+                t = _time(_modes(fn, inputs, grads_of)[mode], device, reps)
             except (RuntimeError, NotImplementedError) as e:
                 if name != "grouped":  # only torch._grouped_mm may be missing for this GPU or dtype
                     raise
@@ -159,43 +157,36 @@ def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, dev
                      "speedup_vs_loop": base / ceiling if base else float("nan"), "speedup_vs_dense": float("nan")})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: bf16 on GPU, fp32 on CPU")
-    parser.add_argument("--csv", type=Path, default=Path("runs/bench/moe_kernels.csv"))
-    parser.add_argument("--quick", action="store_true", help="one shape per op")
-    parser.add_argument("--reps", type=int, default=None)
-    args = parser.parse_args()
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    dtype = DTYPES[args.dtype or ("bf16" if cuda else "fp32")]
-    reps = args.reps or (20 if cuda else 3)
+def _bench_dtype(rows, dtype_name, cuda, device, reps, quick):
+    dtype = DTYPES[dtype_name]
+    torch.set_float32_matmul_precision("high" if dtype_name == "tf32" else "highest")
     gen = torch.Generator(device=device).manual_seed(0)
     if cuda:
         shapes1 = [(b, 256, d) for d in (384, 768, 1152) for b in (32, 128, 256)]
         shapes2 = [(t, d) for d in (384, 768, 1152) for t in (8192, 32768)]
     else:
-        print("no GPU: timing the torch variants on small shapes (Triton runs only on CUDA)")
         shapes1, shapes2 = [(8, 64, 128), (16, 64, 256)], [(2048, 128), (4096, 256)]
-    if args.quick:
+    if quick:
         shapes1, shapes2 = shapes1[:1], shapes2[:1]
-    rows: list[dict] = []
     m, k = 3, 2
-    for b, l, d in shapes1:
+    cases1 = [(shape, "balanced") for shape in shapes1] + [(shapes1[-1], "skewed")]
+    for (b, l, d), routing in cases1:
         z = torch.randn(b, l, d, device=device, dtype=dtype, generator=gen, requires_grad=True)
         weight = (torch.randn(m, d, d, device=device, dtype=dtype, generator=gen) / d**0.5).requires_grad_(True)
         bias = torch.zeros(m, d, device=device, dtype=dtype, requires_grad=True)
         logits = torch.randn(b, m, device=device, generator=gen)
+        if routing == "skewed":  # expert 0 in almost every sample's top-k, as early in training
+            logits[:, 0] += 4.0
         gates, idx = torch.softmax(logits, -1).topk(k, -1)
         gates = gates.to(dtype).requires_grad_(True)
         variants = {"official": official_loop, "dense": dense_all_experts, "reference": sample_routed_linear_reference}
         if cuda:
-            if hasattr(torch, "_grouped_mm"):
+            if hasattr(torch, "_grouped_mm") and dtype == torch.bfloat16:
                 variants["grouped"] = grouped_mm_op1
             variants["triton"] = sample_routed_linear
         fwd = 2 * b * l * d * d
-        bench_case(rows, "sample_routed", f"B={b} L={l} D={d} M={m} k={k}", variants, (z, weight, bias, idx, gates),
-                   (z, weight, bias, gates), {"forward": fwd, "backward": (1 + k) * fwd, "forward+backward": (2 + k) * fwd},
+        bench_case(rows, "sample_routed", f"B={b} L={l} D={d} {routing}", variants, (z, weight, bias, idx, gates),
+                   (z, weight, bias, gates), {"forward": fwd, "backward": 2 * fwd, "forward+backward": 3 * fwd},
                    (b * l, d, d), device, reps, dtype)
     m, k = 8, 2
     for t, d in shapes2:
@@ -208,14 +199,39 @@ def main() -> None:
         if cuda:
             variants["triton"] = token_routed_linear
         fwd = 2 * k * t * d * f
-        bench_case(rows, "token_routed", f"T={t} D={d} F={f} M={m} k={k}", variants, (x, weight, idx, gates),
+        bench_case(rows, "token_routed", f"T={t} D={d} M={m} k={k}", variants, (x, weight, idx, gates),
                    (x, weight, gates), {"forward": fwd, "backward": 2 * fwd, "forward+backward": 3 * fwd},
                    (k * t, d, f), device, reps, dtype)
-    name = torch.cuda.get_device_name() if cuda else "CPU"
-    print(f"\n{name}, {str(dtype).removeprefix('torch.')}, median of {reps}")
-    print(f"{'op':<13} {'shape':<28} {'mode':<17} {'variant':<10} {'ms':>9} {'TFLOP/s':>8} {'% mm':>6} {'x loop':>7} {'x dense':>7}")
     for r in rows:
-        print(f"{r['op']:<13} {r['shape']:<28} {r['mode']:<17} {r['variant']:<10} {r['median_ms']:>9.3f} "
+        r.setdefault("dtype", dtype_name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=None,
+                        help="default: bf16 and tf32 on a GPU, fp32 on a CPU")
+    parser.add_argument("--csv", type=Path, default=Path("runs/bench/moe_kernels.csv"))
+    parser.add_argument("--quick", action="store_true", help="one shape per op")
+    parser.add_argument("--reps", type=int, default=None)
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtypes = args.dtype or (["bf16", "tf32"] if cuda else ["fp32"])
+    reps = args.reps or (20 if cuda else 3)
+    if not cuda:
+        print("no GPU: timing the torch variants on small shapes (Triton runs only on CUDA)")
+    before = torch.get_float32_matmul_precision()
+    rows: list[dict] = []
+    try:
+        for dtype_name in dtypes:
+            _bench_dtype(rows, dtype_name, cuda, device, reps, args.quick)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    name = torch.cuda.get_device_name() if cuda else "CPU"
+    print(f"\n{name}, median of {reps}" + (" (do_bench)" if cuda else ""))
+    print(f"{'dtype':<5} {'op':<13} {'shape':<26} {'mode':<17} {'variant':<10} {'ms':>9} {'TFLOP/s':>8} {'% mm':>6} {'x loop':>7} {'x dense':>7}")
+    for r in rows:
+        print(f"{r['dtype']:<5} {r['op']:<13} {r['shape']:<26} {r['mode']:<17} {r['variant']:<10} {r['median_ms']:>9.3f} "
               f"{r['tflops']:>8.2f} {r['pct_of_mm']:>6.1f} {r['speedup_vs_loop']:>7.2f} {r['speedup_vs_dense']:>7.2f}")
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     with open(args.csv, "w", newline="") as fh:
@@ -223,7 +239,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     print(f"written to {args.csv}\n")
-    print_report(["bf16", "fp32"])  # where the Triton kernels would stand on an H100, GPU or not
+    print_report(["bf16", "tf32", "fp32"])  # where the Triton kernels would stand on an H100, GPU or not
 
 
 if __name__ == "__main__":

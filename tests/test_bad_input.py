@@ -20,6 +20,7 @@ CASES = [
     ("train data.batch_size=0", "data.batch_size"),
     ("train train.lr=-1", "train.lr"),
     ("train model.size=XXL", "model.size='XXL'"),
+    ("train train.precision=fp16", "train.precision='fp16'"),
     ("train no_such_setting=1", "no_such_setting"),
     ("train --config {tmp}/missing.yaml", "no such file"),
     ("train --config /etc/passwd", "not a switchsweep config"),

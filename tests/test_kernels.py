@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from switchsweep.kernels import routing_is_shared, sample_routed_linear
-from switchsweep.kernels.ops import moe_grouped_linear_triton, sample_routed_linear_triton
+from switchsweep.kernels.ops import (
+    moe_grouped_linear_triton,
+    precision,
+    sample_routed_linear_backward_triton,
+    sample_routed_linear_triton,
+)
 from switchsweep.kernels.reference import (
     moe_grouped_linear_reference,
     sample_routed_linear_reference,
@@ -29,8 +34,10 @@ def _inputs(b, l, d, m, k, dtype, seed=0, idx=None):
     return [t.to(DEVICE) for t in (z.to(dtype), w.to(dtype), bias.to(dtype), idx, gates.to(dtype))]
 
 
-def _check(b, l, d, m, k, dtype, rtol, atol, idx=None):
+def _check(b, l, d, m, k, dtype, rtol, atol, idx=None, param_dtype=None):
     z, w, bias, idx, gates = _inputs(b, l, d, m, k, dtype, idx=idx)
+    if param_dtype is not None:  # activations in `dtype`, experts and gates kept in `param_dtype`
+        w, bias, gates = (t.to(param_dtype) for t in (w, bias, gates))
     ref_in = [t.detach().double().requires_grad_(t.is_floating_point()) for t in (z, w, bias, idx, gates)]
     ref_in[3] = idx
     ref = sample_routed_linear_reference(*ref_in)
@@ -61,6 +68,82 @@ def test_triton_forward_and_gradients_match_reference_fp32(b, l, d, m, k):
 
 def test_triton_matches_reference_fp16():
     _check(2, 5, 16, 3, 2, torch.float16, rtol=2e-2, atol=2e-2)
+
+
+def test_triton_matches_reference_over_several_tiles_of_every_kind():
+    # L=140 and D=144 exceed the 128-wide tiles and are not multiples of them: 2 row and 2 column
+    # tiles, K steps of 32 with a ragged last one; dW has 3x2 output tiles and several L steps.
+    _check(2, 140, 144, 3, 2, torch.float32, rtol=1e-5, atol=1e-5)
+
+
+def test_dw_reduction_split_into_sample_ranges_matches_reference(monkeypatch):
+    import switchsweep.kernels.ops as ops
+
+    monkeypatch.setattr(ops, "sample_splits", lambda b, m, tiles: 2)  # 5 samples: ranges of 3 and 2
+    _check(5, 6, 16, 3, 2, torch.float32, rtol=1e-5, atol=1e-5)
+
+
+def test_fp16_activations_with_fp32_experts_and_gates_match_reference():
+    _check(2, 5, 16, 3, 2, torch.float16, rtol=2e-2, atol=2e-2, param_dtype=torch.float32)
+
+
+def test_non_contiguous_inputs_give_the_contiguous_result():
+    z, w, bias, idx, gates = _inputs(3, 6, 16, 3, 2, torch.float32)
+    z_t = z.transpose(0, 1).contiguous().transpose(0, 1)  # same values, batch stride 16, not L*D
+    w_t = w.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not z_t.is_contiguous() and not w_t.is_contiguous()
+    torch.testing.assert_close(sample_routed_linear_triton(z_t, w_t, bias, idx, gates, False)[0],
+                               sample_routed_linear_triton(z, w, bias, idx, gates, False)[0], rtol=0, atol=0)
+    x, w2, idx2, g2 = _token_inputs(9, 16, 24, 4, 2, torch.float32, False)
+    x_t = x.t().contiguous().t()
+    assert not x_t.is_contiguous()
+    torch.testing.assert_close(moe_grouped_linear_triton(x_t, w2, idx2, g2, False),
+                               moe_grouped_linear_triton(x, w2, idx2, g2, False), rtol=0, atol=0)
+
+
+def test_backward_is_bitwise_deterministic():
+    # Sample ranges and tiles are summed in a fixed order on the host: no atomics in dW, dbias or dgates.
+    z, w, bias, idx, gates = _inputs(4, 9, 32, 3, 2, torch.float32)
+    dy = torch.randn(z.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    h = sample_routed_linear_triton(z, w, bias, idx, gates, True)[1]
+    first, second = (sample_routed_linear_backward_triton(dy, z, h, w, bias, idx, gates) for _ in range(2))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("setting, want", [("highest", "ieee"), ("high", "tf32"), ("medium", "tf32")])
+def test_fp32_operands_follow_torchs_matmul_precision(setting, want):
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(setting)
+    try:
+        assert precision(torch.ones(1)) == want and precision(torch.ones(1, dtype=torch.bfloat16)) == "native"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_ops_never_synchronise_with_the_host_gpu():
+    z, w, bias, idx, gates = _inputs(4, 77, 128, 3, 2, torch.float32)
+    w.requires_grad_(True)
+    x, w2, idx2, g2 = _token_inputs(50, 64, 64, 4, 2, torch.float32, False)
+    w2.requires_grad_(True)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sample_routed_linear_triton(z, w, bias, idx, gates, True)[0].sum().backward()
+        moe_grouped_linear_triton(x, w2, idx2, g2, False).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_ops_run_in_bf16_under_autocast_gpu():
+    z, w, bias, idx, gates = _inputs(4, 77, 128, 3, 2, torch.float32)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = sample_routed_linear_triton(z, w, bias, idx, gates, False)[0]
+    assert out.dtype == torch.bfloat16
+    ref = sample_routed_linear_reference(z.double(), w.double(), bias.double(), idx, gates.double())
+    torch.testing.assert_close(out.double(), ref, rtol=5e-2, atol=5e-2)
 
 
 def test_an_expert_no_sample_routes_to_gets_zero_gradient():
@@ -209,7 +292,7 @@ def test_ops_trace_into_one_graph_without_breaks():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("dtype", ["bf16", "tf32", "fp32"])
 def test_every_kernel_compiles_for_an_h100(dtype):
     # Ahead-of-time compilation for sm_90a needs no GPU: it runs Triton's real compiler and ptxas on
     # every kernel and specialisation (the interpreter used by the other tests skips both).
@@ -217,7 +300,8 @@ def test_every_kernel_compiles_for_an_h100(dtype):
 
     rows = compile_report(dtype)
     assert len(rows) == 6 and all(r["regs"] > 0 for r in rows)
-    if dtype == "bf16":  # tensor cores and no spills; fp32 inputs take the FMA path today
+    assert all(r["shared_kb"] <= 227 for r in rows), rows  # an H100's shared memory per block
+    if dtype != "fp32":  # Hopper tensor cores and no spills; exact fp32 (train.precision=fp32) takes FMA
         assert all(r["tensor_cores"] == "wgmma" and r["spill_stores"] == 0 for r in rows), rows
 
 

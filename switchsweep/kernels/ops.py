@@ -9,16 +9,19 @@ import torch
 import triton
 from torch import Tensor
 
-from switchsweep.kernels.sample_routed import block_sizes, srl_forward_kernel, srl_grad_w_kernel, srl_grad_z_kernel
+from switchsweep.kernels.sample_routed import block_sizes, grad_w_block_sizes, sample_splits, srl_forward_kernel, srl_grad_w_kernel, srl_grad_z_kernel
 from switchsweep.kernels.token_routed import grouped_grad_w_kernel as token_grad_w_kernel
 from switchsweep.kernels.token_routed import grouped_kernel as token_grouped_kernel
 from switchsweep.kernels.token_routed import route
 from switchsweep.kernels.token_routed import tiles as token_tiles
 
 
-def _ieee(t: Tensor) -> bool:
-    # fp32 inputs get exact fp32 products (no TF32) so they match the reference to 1e-5.
-    return t.dtype == torch.float32
+def precision(t: Tensor) -> str:
+    """How tl.dot treats the operands of `t`'s dtype: 16-bit ones as they are; fp32 ones follow torch's
+    matmul setting, TF32 tensor cores when it allows them (train.precision=tf32 or bf16), else exact."""
+    if t.dtype != torch.float32:
+        return "native"
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
 @torch.library.custom_op("switchsweep::sample_routed_linear", mutates_args=())
@@ -30,10 +33,11 @@ def sample_routed_linear_triton(
     B, L, D = z.shape
     out = torch.empty_like(z)
     h = torch.empty_like(z) if store_h else z.new_empty(0)
-    bl, bn, bk = block_sizes(L, D)
-    grid = (B, triton.cdiv(L, bl), triton.cdiv(D, bn))
+    bl, bn, bk, warps, stages = block_sizes(L, D, z.element_size())
+    grid = (triton.cdiv(D, bn), triton.cdiv(L, bl), B)
     srl_forward_kernel[grid](z, weight, bias, expert_idx, gates, out, h, L, D, K=expert_idx.shape[1],
-                             BLOCK_L=bl, BLOCK_N=bn, BLOCK_K=bk, IEEE=_ieee(z), STORE_H=store_h)
+                             BLOCK_L=bl, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision(z), STORE_H=store_h,
+                             num_warps=warps, num_stages=stages)
     return out, h
 
 
@@ -50,19 +54,27 @@ def sample_routed_linear_backward_triton(
     dy, z, h, weight, expert_idx, gates = (t.contiguous() for t in (dy, z, h, weight, expert_idx, gates))
     B, L, D = z.shape
     M, K = weight.shape[0], expert_idx.shape[1]
-    bl, bn, bk = block_sizes(L, D)
+    bl, bn, bk, warps, stages = block_sizes(L, D, z.element_size())
+    prec = precision(z)
     dz = torch.empty_like(z)
-    srl_grad_z_kernel[(B, triton.cdiv(L, bl), triton.cdiv(D, bn))](
-        dy, z, h, weight, expert_idx, gates, dz, L, D, K=K, BLOCK_L=bl, BLOCK_N=bn, BLOCK_K=bk, IEEE=_ieee(z))
-    dw = torch.empty_like(weight)
-    dgw = torch.zeros(B, M, device=z.device, dtype=torch.float32)  # <z^T dh, W[e]>, accumulated over tiles
-    srl_grad_w_kernel[(M, triton.cdiv(D, bn), triton.cdiv(D, bn))](
-        dy, z, weight, expert_idx, gates, dw, dgw, B, L, D, M, K=K, BLOCK_D=bn, BLOCK_N=bn, BLOCK_L=bl, IEEE=_ieee(z))
-    r = (dy.float() * z.float()).sum(1)  # sum_l dh[b], [B, D]
+    r = torch.empty(B, triton.cdiv(L, bl), D, device=z.device, dtype=torch.float32)  # row-tile sums of dh
+    srl_grad_z_kernel[(triton.cdiv(D, bn), triton.cdiv(L, bl), B)](
+        dy, z, h, weight, expert_idx, gates, dz, r, L, D, K=K, BLOCK_L=bl, BLOCK_N=bn, BLOCK_K=bk, PRECISION=prec,
+        num_warps=warps, num_stages=stages)
+    r = r.sum(1)  # sum_l dh[b], [B, D]
+    # dW's reduction over samples in `splits` ranges, and the gate term per tile; both summed here in a fixed order.
+    bd, bn, bl, warps, stages = grad_w_block_sizes(L, D, z.element_size())
+    tiles = triton.cdiv(D, bd) * triton.cdiv(D, bn)
+    splits = sample_splits(B, M, tiles)
+    dw = torch.empty(splits, M, D, D, device=z.device, dtype=torch.float32)
+    dgw = torch.zeros(tiles, B, M, device=z.device, dtype=torch.float32)
+    srl_grad_w_kernel[(M * splits, triton.cdiv(D, bd), triton.cdiv(D, bn))](
+        dy, z, weight, expert_idx, gates, dw, dgw, B, L, D, M, triton.cdiv(B, splits), K=K, BLOCK_D=bd, BLOCK_N=bn,
+        BLOCK_L=bl, PRECISION=prec, num_warps=warps, num_stages=stages)
     c = torch.zeros(B, M, device=z.device, dtype=torch.float32).scatter_add(1, expert_idx, gates.float())
     dbias = (c.T @ r).to(bias.dtype)
-    dg = dgw.gather(1, expert_idx) + (r.unsqueeze(1) * bias.float()[expert_idx]).sum(-1)
-    return dz, dw, dbias, dg.to(gates.dtype)
+    dg = dgw.sum(0).gather(1, expert_idx) + (r.unsqueeze(1) * bias.float()[expert_idx]).sum(-1)
+    return dz, dw.sum(0).to(weight.dtype), dbias, dg.to(gates.dtype)
 
 
 @sample_routed_linear_backward_triton.register_fake
@@ -85,18 +97,20 @@ def _backward(ctx, grad_out: Tensor, _grad_h: Tensor):
 
 
 torch.library.register_autograd("switchsweep::sample_routed_linear", _backward, setup_context=_setup)
+# Under autocast (train.precision=bf16) the op runs on bf16 tensor cores like the matmuls around it.
+torch.library.register_autocast("switchsweep::sample_routed_linear", "cuda", torch.bfloat16)
 
 
 def _grouped(x: Tensor, weight: Tensor, w_strides: tuple[int, int, int], din: int, dout: int, tables, x_div: int,
              gates: Tensor | None, out: Tensor, dy: Tensor | None = None) -> Tensor:
     pairs, _, end, block_expert, block_start = tables
     bp, bn, bk = token_tiles(din, dout)
-    grid = (block_expert.numel(), triton.cdiv(dout, bn))
+    grid = (triton.cdiv(dout, bn), block_expert.numel())
     g = gates if gates is not None else x
     token_grouped_kernel[grid](
         x, weight, out, dy if dy is not None else x, g, pairs, block_expert, block_start, end, din, dout,
         weight.shape[0], *w_strides, X_DIV=x_div, HAS_GATE=gates is not None, DG_MODE=dy is not None,
-        BLOCK_P=bp, BLOCK_N=bn, BLOCK_K=bk, IEEE=_ieee(x))
+        BLOCK_P=bp, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision(x))
     return out
 
 
@@ -138,7 +152,7 @@ def moe_grouped_linear_backward_triton(
     pairs, start, end, _, _ = tables
     token_grad_w_kernel[(m, triton.cdiv(din, bd), triton.cdiv(dout, bn))](
         x, dy, gates if gates is not None else x, pairs, start, end, dw, din, dout, X_DIV=x_div,
-        HAS_GATE=gates is not None, BLOCK_D=bd, BLOCK_N=bn, BLOCK_P=bp, IEEE=_ieee(x))
+        HAS_GATE=gates is not None, BLOCK_D=bd, BLOCK_N=bn, BLOCK_P=bp, PRECISION=precision(x))
     if gates is None:
         return dx, dw, x.new_empty(0)
     dg = torch.zeros(t * k, device=x.device, dtype=torch.float32)
@@ -166,3 +180,4 @@ def _backward_grouped(ctx, grad: Tensor):
 
 
 torch.library.register_autograd("switchsweep::moe_grouped_linear", _backward_grouped, setup_context=_setup_grouped)
+torch.library.register_autocast("switchsweep::moe_grouped_linear", "cuda", torch.bfloat16)

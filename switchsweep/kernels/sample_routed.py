@@ -9,12 +9,18 @@ The backward needs, per sample, dh = dy*z, then
   dW[e]  = sum_{b routed to e} c[b, e] z[b]^T dh[b]            (one GEMM over L per routed sample)
   dg[bj] = <z[b]^T dh[b], W[e_bj]> + <sum_l dh[b], b[e_bj]>   (the first term fused into the dW kernel)
 with c[b, e] = sum_j g[b, j] [e[b, j] = e]. Nothing here reads a value back to the host.
+
+Grids put the column tile fastest, so the programs running together share one z (or dy) row tile and
+it is read from HBM once. Reductions over samples are split across programs into partial sums that
+the host adds in a fixed order: dW, the gate gradient and dbias are deterministic (no atomics).
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from switchsweep.kernels.dot import dot
 
 
 @triton.jit
@@ -38,21 +44,18 @@ def _mix_tile(w_ptr, idx_ptr, g_ptr, b, rows, cols, D, K: tl.constexpr, R: tl.co
 def srl_forward_kernel(
     z_ptr, w_ptr, bias_ptr, idx_ptr, g_ptr, out_ptr, h_ptr, L, D,
     K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    IEEE: tl.constexpr, STORE_H: tl.constexpr,
+    PRECISION: tl.constexpr, STORE_H: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    cols = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    b = tl.program_id(2)
     base = b.to(tl.int64) * L * D
     acc = tl.zeros((BLOCK_L, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, D, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         zt = tl.load(z_ptr + base + rows[:, None] * D + ks[None, :], mask=(rows[:, None] < L) & (ks[None, :] < D), other=0.0)
         w = _mix_tile(w_ptr, idx_ptr, g_ptr, b, ks, cols, D, K, BLOCK_K, BLOCK_N, False)
-        if IEEE:
-            acc = tl.dot(zt.to(tl.float32), w, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(zt, w.to(zt.dtype), acc)
+        acc = dot(zt, w, acc, PRECISION)
     bmix = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for j in tl.static_range(K):
         e = tl.load(idx_ptr + b * K + j).to(tl.int64)
@@ -61,21 +64,24 @@ def srl_forward_kernel(
     h = acc + bmix[None, :]
     mask = (rows[:, None] < L) & (cols[None, :] < D)
     offs = base + rows[:, None] * D + cols[None, :]
+    if STORE_H:  # before z's tile is loaded: fewer registers live at once
+        tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
     zn = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, (zn * (1.0 + h)).to(out_ptr.dtype.element_ty), mask=mask)
-    if STORE_H:
-        tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def srl_grad_z_kernel(
-    dy_ptr, z_ptr, h_ptr, w_ptr, idx_ptr, g_ptr, dz_ptr, L, D,
-    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+    dy_ptr, z_ptr, h_ptr, w_ptr, idx_ptr, g_ptr, dz_ptr, r_ptr, L, D,
+    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """dz = dy * (1 + h) + (dy * z) @ Wmix^T for one [BLOCK_L, BLOCK_N] tile of dz."""
-    b = tl.program_id(0)
+    """dz = dy * (1 + h) + (dy * z) @ Wmix^T for one [BLOCK_L, BLOCK_N] tile of dz. The first column
+    tile's programs also write their rows' sum of dh, r[b, row tile, :], for dbias and the gates."""
+    pid_n = tl.program_id(0)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    cols = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    b = tl.program_id(2)
+    r_base = (b.to(tl.int64) * tl.num_programs(1) + tl.program_id(1)) * D
     base = b.to(tl.int64) * L * D
     acc = tl.zeros((BLOCK_L, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, D, BLOCK_K):
@@ -84,11 +90,10 @@ def srl_grad_z_kernel(
         offs = base + rows[:, None] * D + ks[None, :]
         dy = tl.load(dy_ptr + offs, mask=m, other=0.0)
         dh = dy.to(tl.float32) * tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        if pid_n == 0:
+            tl.store(r_ptr + r_base + ks, tl.sum(dh, 0), mask=ks < D)
         w_t = _mix_tile(w_ptr, idx_ptr, g_ptr, b, ks, cols, D, K, BLOCK_K, BLOCK_N, True)  # Wmix^T[ks, cols]
-        if IEEE:
-            acc = tl.dot(dh, w_t, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(dh.to(dy.dtype), w_t.to(dy.dtype), acc)
+        acc = dot(dh.to(dy.dtype), w_t, acc, PRECISION)
     mask = (rows[:, None] < L) & (cols[None, :] < D)
     offs = base + rows[:, None] * D + cols[None, :]
     dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -98,18 +103,21 @@ def srl_grad_z_kernel(
 
 @triton.jit
 def srl_grad_w_kernel(
-    dy_ptr, z_ptr, w_ptr, idx_ptr, g_ptr, dw_ptr, dgw_ptr, B, L, D, M,
-    K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, IEEE: tl.constexpr,
+    dy_ptr, z_ptr, w_ptr, idx_ptr, g_ptr, dw_ptr, dgw_ptr, B, L, D, M, PER_SPLIT,
+    K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """dW[e][rows, cols] = sum_b c[b, e] (z[b]^T dh[b])[rows, cols], and dgw[b, e] += <z[b]^T dh[b], W[e]> on
-    this tile; samples not routed to e are skipped, so the work is k GEMMs over (B, L) in total."""
-    e = tl.program_id(0)
+    """For expert e, the samples of split s and one [BLOCK_D, BLOCK_N] tile: the partial dW[s, e] =
+    sum_b c[b, e] (z[b]^T dh[b]) and, per sample routed to e, its term of the gate gradient
+    <z[b]^T dh[b], W[e]> on this tile, dgw[tile, b, e]. Samples not routed to e are skipped."""
+    e = tl.program_id(0) % M
+    split = tl.program_id(0) // M
     rows = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cols = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
     tile = (rows[:, None] < D) & (cols[None, :] < D)
-    w_e = tl.load(w_ptr + e.to(tl.int64) * D * D + rows[:, None] * D + cols[None, :], mask=tile, other=0.0).to(tl.float32)
+    w_e_ptrs = w_ptr + e.to(tl.int64) * D * D + rows[:, None] * D + cols[None, :]  # read per sample from L2: fewer live registers
+    dgw_base = (tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)).to(tl.int64) * B * M
     acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    for b in range(0, B):
+    for b in range(split * PER_SPLIT, tl.minimum(split * PER_SPLIT + PER_SPLIT, B)):
         c = 0.0
         hit = 0
         for j in tl.static_range(K):
@@ -126,17 +134,34 @@ def srl_grad_w_kernel(
                 offs = base + ls[:, None] * D + cols[None, :]
                 dy = tl.load(dy_ptr + offs, mask=m, other=0.0)
                 dh = dy.to(tl.float32) * tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
-                if IEEE:
-                    s = tl.dot(zt.to(tl.float32), dh, s, input_precision="ieee")
-                else:
-                    s = tl.dot(zt, dh.to(zt.dtype), s)
+                s = dot(zt, dh, s, PRECISION)
             acc += c * s
-            tl.atomic_add(dgw_ptr + b * M + e, tl.sum(s * w_e))
-    tl.store(dw_ptr + e.to(tl.int64) * D * D + rows[:, None] * D + cols[None, :], acc.to(dw_ptr.dtype.element_ty), mask=tile)
+            w_e = tl.load(w_e_ptrs, mask=tile, other=0.0).to(tl.float32)
+            tl.store(dgw_ptr + dgw_base + b * M + e, tl.sum(s * w_e))
+    dw_base = (split.to(tl.int64) * M + e) * D * D
+    tl.store(dw_ptr + dw_base + rows[:, None] * D + cols[None, :], acc, mask=tile)
 
 
-def block_sizes(L: int, D: int) -> tuple[int, int, int]:
-    """(BLOCK_L, BLOCK_N, BLOCK_K): tensor-core tiles on GPU, clipped for small shapes (tests)."""
-    bl = min(64, max(16, triton.next_power_of_2(L)))
-    bn = min(64, max(16, triton.next_power_of_2(D)))
-    return bl, bn, bn
+def block_sizes(L: int, D: int, itemsize: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_L, BLOCK_N, BLOCK_K, num_warps, num_stages) of the forward and dz kernels: 128x128 tensor-core
+    tiles with 8 warps on large shapes, a K step of 128 bytes per row so that a 3-stage pipeline fits an
+    H100's shared memory at any dtype, clipped for small shapes (tests)."""
+    bl = min(128, max(16, triton.next_power_of_2(L)))
+    bn = min(128, max(16, triton.next_power_of_2(D)))
+    bk = min(128 // itemsize, bn)
+    return bl, bn, bk, 8 if bl * bn >= 128 * 128 else 4, 3
+
+
+def grad_w_block_sizes(L: int, D: int, itemsize: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps, num_stages) of the dW kernel: 64x128 output tiles, as it
+    keeps two accumulators (dW's and the sample's), and a reduction step of 128 bytes."""
+    bd = min(64, max(16, triton.next_power_of_2(D)))
+    bn = min(128, max(16, triton.next_power_of_2(D)))
+    bl = min(128 // itemsize, max(16, triton.next_power_of_2(L)))
+    return bd, bn, bl, 8 if bd * bn >= 64 * 128 else 4, 3
+
+
+def sample_splits(B: int, M: int, tiles: int, programs: int = 264) -> int:
+    """How many sample ranges dW's reduction over B is cut into: enough programs to fill two waves of
+    an H100's 132 SMs, never more ranges than samples."""
+    return max(1, min(B, triton.cdiv(programs, M * tiles)))

@@ -1,6 +1,7 @@
 """Triton grouped GEMM of token-routed experts (DiT-MoE style), ScatterMoE-like: the (token, expert)
 pairs are sorted by expert, and rows are gathered in the loads and scattered in the stores, so no
-padded or permuted copy of the activations is ever made.
+padded or permuted copy of the activations is ever made. The column tile is the grid's fastest axis, so the
+programs running together share one block's gathered rows.
 
 A pair p = t*k + j routes row r(p) of X (r(p) = t for token inputs, p for per-pair inputs) through
 expert e(p) = expert_idx[t, j]; the output row p is g_p * X[r(p)] @ W[e(p)] (g_p = 1 without gates).
@@ -15,17 +16,19 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from switchsweep.kernels.dot import dot
+
 
 @triton.jit
 def grouped_kernel(
     x_ptr, w_ptr, out_ptr, dy_ptr, g_ptr, pairs_ptr, block_expert_ptr, block_start_ptr, expert_end_ptr,
     DIN, DOUT, M, stride_we, stride_wk, stride_wn,
     X_DIV: tl.constexpr, HAS_GATE: tl.constexpr, DG_MODE: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """out[p] = g_p * X[p // X_DIV] @ W[e] for the block's pairs; with DG_MODE, instead of storing,
     dg[p] += <dy[p], X[p // X_DIV] @ W[e]> over this column tile (out_ptr is dg)."""
-    blk = tl.program_id(0)
+    blk = tl.program_id(1)
     e = tl.load(block_expert_ptr + blk)
     if e < M:
         start = tl.load(block_start_ptr + blk)
@@ -34,7 +37,7 @@ def grouped_kernel(
         valid = offs < end
         pair = tl.load(pairs_ptr + offs, mask=valid, other=0)
         row = pair // X_DIV
-        cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
         w_base = w_ptr + e.to(tl.int64) * stride_we
         for k0 in range(0, DIN, BLOCK_K):
@@ -42,10 +45,7 @@ def grouped_kernel(
             xt = tl.load(x_ptr + row[:, None].to(tl.int64) * DIN + ks[None, :], mask=valid[:, None] & (ks[None, :] < DIN), other=0.0)
             wt = tl.load(w_base + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
                          mask=(ks[:, None] < DIN) & (cols[None, :] < DOUT), other=0.0)
-            if IEEE:
-                acc = tl.dot(xt.to(tl.float32), wt.to(tl.float32), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(xt, wt.to(xt.dtype), acc)
+            acc = dot(xt, wt, acc, PRECISION)
         mask = valid[:, None] & (cols[None, :] < DOUT)
         if DG_MODE:
             dy = tl.load(dy_ptr + pair[:, None].to(tl.int64) * DOUT + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -60,7 +60,7 @@ def grouped_kernel(
 def grouped_grad_w_kernel(
     x_ptr, dy_ptr, g_ptr, pairs_ptr, expert_start_ptr, expert_end_ptr, dw_ptr, DIN, DOUT,
     X_DIV: tl.constexpr, HAS_GATE: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """dW[e][rows, cols] = sum over e's pairs of g_p * X[r(p)]^T dy[p]: one GEMM over e's pairs only."""
     e = tl.program_id(0)
@@ -78,10 +78,7 @@ def grouped_grad_w_kernel(
         dy = tl.load(dy_ptr + pair[:, None].to(tl.int64) * DOUT + cols[None, :], mask=valid[:, None] & (cols[None, :] < DOUT), other=0.0)
         if HAS_GATE:
             dy = (dy.to(tl.float32) * tl.load(g_ptr + pair, mask=valid, other=0.0).to(tl.float32)[:, None]).to(dy.dtype)
-        if IEEE:
-            acc = tl.dot(xt.to(tl.float32), dy.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(xt, dy.to(xt.dtype), acc)
+        acc = dot(xt, dy, acc, PRECISION)
     tile = (rows[:, None] < DIN) & (cols[None, :] < DOUT)
     tl.store(dw_ptr + e.to(tl.int64) * DIN * DOUT + rows[:, None] * DOUT + cols[None, :], acc.to(dw_ptr.dtype.element_ty), mask=tile)
 

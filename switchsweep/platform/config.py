@@ -33,6 +33,9 @@ SCHEDULES = ("linear", "cosine")
 SAMPLERS = ("ddpm", "ddim")
 DATASETS = ("digits", "latents")
 DEVICES = ("auto", "cpu", "cuda")
+# fp32: exact fp32 matmuls; tf32: fp32 weights and activations, TF32 tensor cores for matmuls (the official
+# DiT code's setting; nothing changes on a CPU); bf16: the model's forward under bf16 autocast.
+PRECISIONS = ("fp32", "tf32", "bf16")
 FEATURE_NETS = ("digits", "inception")
 
 
@@ -107,6 +110,7 @@ class TrainConfig:
     class_dropout: float = 0.1
     seed: int = 0
     device: str = "auto"
+    precision: str = "tf32"  # one of PRECISIONS
     log_every: int = 10
     ckpt_every: int = 0  # 0: only at the end
     out_dir: str = "runs/train"
@@ -241,6 +245,7 @@ def validate(cfg: Config | DictConfig) -> None:
     _need(0 <= t.ema_decay < 1, f"train.ema_decay={t.ema_decay} must be in [0, 1)")
     _need(0 <= t.class_dropout < 1, f"train.class_dropout={t.class_dropout} must be in [0, 1)")
     _one_of("train.device", t.device, DEVICES)
+    _one_of("train.precision", t.precision, PRECISIONS)
     _need(t.log_every > 0, f"train.log_every={t.log_every} must be > 0")
     _need(t.ckpt_every >= 0, f"train.ckpt_every={t.ckpt_every} must be >= 0 (0: only at the end)")
     _need(bool(t.out_dir), "train.out_dir is empty: give a directory for checkpoints and samples")

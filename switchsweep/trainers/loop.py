@@ -81,6 +81,9 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
+        # Process-wide: cuBLAS and the MoE kernels (kernels.ops.precision) both read it.
+        torch.set_float32_matmul_precision("highest" if cfg.train.precision == "fp32" else "high")
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
         self.rank, self.world_size = _world()
         # Data first: its checks are cheap and must fail before any model is built.
         if cfg.data.batch_size % self.world_size:
@@ -149,8 +152,9 @@ class Trainer:
         drop = (torch.rand(b, generator=self.generator, device=dev) < cfg.train.class_dropout)[mine]
         y = torch.where(drop, torch.full_like(y, self.model.null_class), y)
         xt = self.diffusion.q_sample(x0, t, noise)
-        out, aux = self.net(xt, t, y, return_aux=True)
-        terms = self.diffusion.training_losses(out, x0, xt, t, noise)
+        with self.autocast:
+            out, aux = self.net(xt, t, y, return_aux=True)
+        terms = self.diffusion.training_losses(out.float(), x0, xt, t, noise)
         loss_noise = self.weighting(terms, t)
         logs = {"loss_noise": loss_noise.detach(), "loss_mse": terms["mse"].mean().detach()}
         if "vb" in terms:
