@@ -4,19 +4,26 @@
     python -m benchmarks.step_time --size S --image-size 32 --channels 4 --num-classes 1000 --batch 8
 
 Rounds interleave the models so that machine noise hits them alike; the figure to read is the
-ratio of medians against DiT.
+ratio of medians against DiT. A shape other than the digits' trains on random latents written as a
+prepared folder (what `switchsweep prepare` makes), so the step is the real latent-data step.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from switchsweep.platform.config import Config
+from switchsweep.trainers.latents import FORMAT
 from switchsweep.trainers.loop import Trainer
+from switchsweep.trainers.prepare import write_manifest, write_shard
 
 MODELS = ("dit", "dtr", "switch_dit")
 
@@ -35,6 +42,18 @@ def time_steps(trainer: Trainer, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def random_latents(out: Path, channels: int, size: int, num_classes: int, count: int = 512) -> Path:
+    """A prepared-latents folder of `count` random latents with random labels (training speed only)."""
+    rng = np.random.default_rng(0)
+    entry = write_shard(out, 0, rng.standard_normal((count, channels, size, size)).astype(np.float16),
+                        rng.integers(0, num_classes, count), num_classes)
+    plan = {"format": FORMAT, "root": "random", "classes": [str(c) for c in range(num_classes)], "resolution": size * 8,
+            "flip": False, "seed": 0, "latent_shape": [channels, size, size], "scale_factor": 1.0, "dtype": "float16",
+            "vae": {"path": "", "config_sha256": ""}}
+    write_manifest(out, plan, [entry])
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="tiny")
@@ -47,14 +66,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-classes", type=int, help="default: the digits (10); 1000 for ImageNet")
     args = ap.parse_args(argv)
 
+    digits = Config().data
+    shape = {key: getattr(args, key) or getattr(digits, key) for key in ("channels", "image_size", "num_classes")}
+    folder = None
+    if any(shape[key] != getattr(digits, key) for key in shape):
+        folder = random_latents(Path(tempfile.mkdtemp(prefix="step-time-")), shape["channels"], shape["image_size"],
+                                shape["num_classes"])
     trainers = {}
     for name in MODELS:
         cfg = Config()
         cfg.model.name, cfg.model.size = name, args.size
         cfg.data.batch_size, cfg.train.device = args.batch, args.device
-        for key in ("image_size", "channels", "num_classes"):
-            if getattr(args, key) is not None:
-                setattr(cfg.data, key, getattr(args, key))
+        if folder is not None:
+            cfg.data.name, cfg.data.path = "latents", str(folder)
+            for key, value in shape.items():
+                setattr(cfg.data, key, value)
         trainers[name] = Trainer(cfg)
         trainers[name].model.train()
         time_steps(trainers[name], 3)  # warm-up
@@ -73,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         med = statistics.median(samples[name])
         params = sum(p.numel() for p in tr.model.parameters())
         print(f"{name:<12}{params:>12,}{med * 1e3:>16.2f}{med / base:>8.2f}x")
+    if folder is not None:
+        shutil.rmtree(folder)
 
 
 if __name__ == "__main__":

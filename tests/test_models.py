@@ -51,7 +51,17 @@ def test_switch_block_follows_the_formula():
         for j in p[b].topk(2).indices.tolist():
             m[b] += p[b, j] * (x[b] @ block.expert_weight[j] + block.expert_bias[j])
     ref = x + (super(type(block), block).forward(x * m, c) - x * m)
-    assert torch.allclose(block(x, c, block.gate_probs(e)), ref, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(block(x, c, switch.block_gate_probs(e)[:, 0]), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_stacked_gate_heads_equal_each_blocks_own_gate():
+    switch = _randomise(SwitchDiT(num_experts=4, top_k=2, **COMMON)).eval()
+    e = torch.randn(5, 64)
+    per_block = torch.stack([torch.softmax(b.gate(e), -1) for b in switch.blocks], dim=1)
+    torch.testing.assert_close(switch.block_gate_probs(e), per_block)
+    with torch.no_grad():  # the all-T pass reads the cached sinusoid table: the same as embedding every t
+        every_t = switch.t_embedder(torch.arange(switch.num_timesteps))
+        torch.testing.assert_close(switch.all_gate_probs(), switch.block_gate_probs(every_t))
 
 
 def test_dtr_with_full_mask_is_dit():

@@ -34,6 +34,34 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_cfg, tmp_path, mod
         assert torch.equal(v, b["model"][k]) if torch.is_tensor(v) else v == b["model"][k], k
 
 
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager_ones_and_keep_the_checkpoint_format(tiny_cfg, tmp_path):
+    eager = train(tiny_cfg)
+    compiled_cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, compile=True,
+                                                                           out_dir=str(tmp_path / "compiled")))
+    compiled = train(compiled_cfg)
+    # Inductor fuses elementwise work, so float sums may round differently; the run is the same.
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4, abs=1e-5)
+    a, b = load_checkpoint(eager.checkpoint)["model"], load_checkpoint(compiled.checkpoint)["model"]
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        if torch.is_tensor(v) and v.is_floating_point():
+            torch.testing.assert_close(b[k], v, rtol=1e-3, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_only_blocks_with_data_independent_shapes_are_compiled():
+    from switchsweep.models import build_model
+    from switchsweep.platform.config import Config
+
+    cfg = Config()
+    for name, blocks in (("switch_dit", 6), ("dit_moe", 0)):
+        cfg.model.name = name
+        model = build_model(cfg.model, cfg.data, cfg.diffusion.num_timesteps)
+        assert loop.compile_blocks(model) == blocks  # compiling is lazy: nothing runs until the first call
+        compiled = [m for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+        assert len(compiled) == blocks
+
+
 def test_checkpoint_holds_the_run_and_loads_weights_only(tiny_cfg):
     result = train(tiny_cfg)
     payload = torch.load(result.checkpoint, weights_only=True)

@@ -61,6 +61,8 @@ class MoEMlp(nn.Module):
 
 
 class DiTMoEBlock(AdaLNBranches):
+    compilable = False  # token routing sizes each expert's work from the data (and reads it on the host on a CPU)
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float, num_experts: int, top_k: int, shared: int):
         super().__init__(dim, heads, mlp_ratio)
         self.mlp = MoEMlp(dim, swiglu_hidden(dim, mlp_ratio), num_experts, top_k, shared)

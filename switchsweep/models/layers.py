@@ -93,6 +93,9 @@ class Mlp(nn.Module):
 class AdaLNBranches(nn.Module):
     """The two gated residual branches of a DiT block: returns the input plus attention and MLP updates."""
 
+    # Whether train.compile may torch.compile this block: its shapes do not depend on the data.
+    compilable = True
+
     def __init__(self, dim: int, heads: int, mlp_ratio: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)

@@ -6,12 +6,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from switchsweep.kernels import sample_routed_linear
 from switchsweep.kernels.reference import mixed_expert_params
 from switchsweep.models.dit import DiT
-from switchsweep.models.layers import AdaLNBranches
+from switchsweep.models.layers import AdaLNBranches, timestep_embedding
 from switchsweep.models.prior_loss import PendingMatch, diffusion_prior_loss, hungarian_match, matching_cost
 from switchsweep.models.routing import (
     gate_probs,
@@ -46,12 +47,6 @@ class SwitchDiTBlock(AdaLNBranches):
             bound = dim**-0.5
             nn.init.uniform_(self.expert_weight, -bound, bound)
             nn.init.uniform_(self.expert_bias, -bound, bound)
-
-    def gate_probs(self, e_t: Tensor, noisy: bool = False) -> Tensor:
-        logits = self.gate(e_t)
-        if noisy and self.noise is not None:
-            logits = noisy_logits(logits, self.noise(e_t))
-        return gate_probs(logits)
 
     def forward(self, x: Tensor, c: Tensor, probs: Tensor) -> Tensor:
         if probs.stride(0) == 0:  # one timestep for the whole batch: keep the routing a broadcast view
@@ -92,6 +87,9 @@ class SwitchDiT(DiT):
         self.lambda_dp, self.prior_alpha = lambda_dp, prior_alpha
         prior = prior_mask(self.depth, num_experts, top_k, alpha=prior_alpha, num_timesteps=self.num_timesteps)
         self.register_buffer("w_prior", prior, persistent=False)
+        # sinusoid(t) of every timestep: the all-T gate pass runs every training step, its table never changes.
+        freqs = timestep_embedding(torch.arange(self.num_timesteps), self.t_embedder.freq_dim)
+        self.register_buffer("t_frequencies", freqs, persistent=False)
         self.matching_seed = matching_seed
         self._matchings = 0  # matchings solved so far; seeds their tie-breaking and is checkpointed
 
@@ -104,20 +102,30 @@ class SwitchDiT(DiT):
             # Queue the matching before the blocks so its host round trip overlaps their compute.
             aux["matching"] = self._launch_matching()
         if t.stride(0) == 0 and len(t) > 1:  # a shared timestep (sampling): route once, broadcast
-            probs = [block.gate_probs(e_t[:1]).expand(len(t), -1) for block in self.blocks]
+            probs = self.block_gate_probs(e_t[:1]).expand(len(t), -1, -1)
         else:
-            probs = [block.gate_probs(e_t, noisy=self.training) for block in self.blocks]
-        for block, p in zip(self.blocks, probs):
-            x = block(x, c, p)
+            probs = self.block_gate_probs(e_t, noisy=self.training)
+        for i, block in enumerate(self.blocks):
+            x = block(x, c, probs[:, i])
         if aux is not None:
-            aux["gate_probs"] = torch.stack(probs, dim=1)
+            aux["gate_probs"] = probs
         return x
+
+    def block_gate_probs(self, e_t: Tensor, noisy: bool = False) -> Tensor:
+        """p_i(e_t) of every block i, [B, N, M]. Every gate reads the same SiLU(e_t), so the N heads run
+        as one [D, N*M] matmul of their stacked weights (the blocks keep their own parameters)."""
+        heads = [block.gate[1] for block in self.blocks]
+        a = F.silu(e_t)
+        logits = F.linear(a, torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]))
+        if noisy and self.gating == "noisy":
+            noise = [block.noise[1] for block in self.blocks]
+            logits = noisy_logits(logits, F.linear(a, torch.cat([h.weight for h in noise]), torch.cat([h.bias for h in noise])))
+        return gate_probs(logits.view(len(e_t), len(heads), -1))
 
     @torch.no_grad()
     def all_gate_probs(self) -> Tensor:
         """Every block's full gate softmax at every timestep t = 0..T-1, [T, N, M]."""
-        e = self.t_embedder(torch.arange(self.num_timesteps, device=self.w_prior.device))
-        return torch.stack([block.gate_probs(e) for block in self.blocks], dim=1)
+        return self.block_gate_probs(self.t_embedder.mlp(self.t_frequencies.to(self.t_embedder.mlp[0].weight.dtype)))
 
     def gate_matrix(self) -> Tensor:
         """w_gate [T, N*M]: the top-k selection of every block at every timestep (Sec. 4.2)."""

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from switchsweep.models import build_model
+from switchsweep.models.layers import AdaLNBranches
 from switchsweep.models.flops import forward_gflops, parameter_count
 from switchsweep.platform.checkpoint import load_checkpoint, save_checkpoint
 from switchsweep.platform.config import Config
@@ -95,7 +96,9 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.diffusion = GaussianDiffusion.from_config(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
         self.model = build_model(cfg.model, cfg.data, cfg.diffusion.num_timesteps, seed=cfg.train.seed).to(self.device)
-        self.ema = EMA(self.model, cfg.train.ema_decay)
+        self.ema = EMA(self.model, cfg.train.ema_decay)  # before compiling: samples and evaluations run eagerly
+        if cfg.train.compile:
+            compile_blocks(self.model)
         self.weighting = LossWeighting(cfg.train, self.diffusion.alphas_cumprod, cfg.diffusion.num_timesteps).to(self.device)
         groups = [{"params": list(self.model.parameters())}]
         if self.weighting.uw is not None:  # the UW log-variances learn at their own rate
@@ -192,6 +195,18 @@ class Trainer:
         if self.cfg.data.name == "latents":
             images = latent_decoder(self.cfg.data, self.device)(images)
         return save_image_grid(images, path, nrow=len(classes), scale=max(1, 32 // images.shape[-1]))
+
+
+def compile_blocks(model: torch.nn.Module) -> int:
+    """torch.compile each compilable transformer block in place (state-dict keys unchanged) and return
+    how many. The blocks share their code, so one graph serves them all; the rest of the step
+    (embeddings, routing, the prior's matching, the losses) stays eager, where host work would break a
+    graph. A block fed batches of changing size (multi-experts' timestep intervals) recompiles once
+    with dynamic shapes."""
+    blocks = [m for m in model.modules() if isinstance(m, AdaLNBranches) and m.compilable]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
 
 
 def _check_finite(losses: list[torch.Tensor], first_step: int, out_dir: Path) -> list[float]:
