@@ -41,8 +41,8 @@ CASES = [
     ("srl_forward", sr.srl_forward_kernel, {"K": 2, "BLOCK_L": bl, "BLOCK_N": bn, "BLOCK_K": bk, "PRECISION": prec, "STORE_H": True}, {}, warps, stages),
     ("srl_grad_z", sr.srl_grad_z_kernel, {"K": 2, "BLOCK_L": bl, "BLOCK_N": bn, "BLOCK_K": bk, "PRECISION": prec}, {"r_ptr": "*fp32"}, warps, stages),
     ("srl_grad_w", sr.srl_grad_w_kernel, {"K": 2, "BLOCK_D": wd, "BLOCK_N": wn, "BLOCK_L": wl, "PRECISION": prec}, {}, wwarps, wstages),
-    ("grouped", tr.grouped_kernel, {"X_DIV": 2, "HAS_GATE": True, "DG_MODE": False, "BLOCK_P": tp, "BLOCK_N": tn, "BLOCK_K": tk, "PRECISION": prec}, {}, 4, 3),
-    ("grouped_dgate", tr.grouped_kernel, {"X_DIV": 1, "HAS_GATE": False, "DG_MODE": True, "BLOCK_P": tp, "BLOCK_N": tn, "BLOCK_K": tk, "PRECISION": prec}, {"out_ptr": "*fp32"}, 4, 3),
+    ("grouped", tr.grouped_kernel, {"X_DIV": 2, "X2_DIV": 1, "HAS_GATE": True, "WITH_DG": False, "BLOCK_P": tp, "BLOCK_N": tn, "BLOCK_K": tk, "PRECISION": prec}, {}, 4, 3),
+    ("grouped_dx_dgate", tr.grouped_kernel, {"X_DIV": 1, "X2_DIV": 2, "HAS_GATE": True, "WITH_DG": True, "BLOCK_P": tp, "BLOCK_N": tn, "BLOCK_K": tk, "PRECISION": prec}, {"dg_ptr": "*fp32"}, 4, 3),
     ("grouped_grad_w", tr.grouped_grad_w_kernel, {"X_DIV": 2, "HAS_GATE": True, "BLOCK_D": tn, "BLOCK_N": tn, "BLOCK_P": tp, "PRECISION": prec}, {}, 4, 3),
 ]
 rows = []

@@ -7,6 +7,7 @@ import torch
 
 from switchsweep.kernels import routing_is_shared, sample_routed_linear
 from switchsweep.kernels.ops import (
+    moe_grouped_linear_backward_triton,
     moe_grouped_linear_triton,
     precision,
     sample_routed_linear_backward_triton,
@@ -79,7 +80,7 @@ def test_triton_matches_reference_over_several_tiles_of_every_kind():
 def test_dw_reduction_split_into_sample_ranges_matches_reference(monkeypatch):
     import switchsweep.kernels.ops as ops
 
-    monkeypatch.setattr(ops, "sample_splits", lambda b, m, tiles: 2)  # 5 samples: ranges of 3 and 2
+    monkeypatch.setattr(ops, "sample_splits", lambda b, tiles: 2)  # 5 samples: ranges of 3 and 2
     _check(5, 6, 16, 3, 2, torch.float32, rtol=1e-5, atol=1e-5)
 
 
@@ -97,8 +98,8 @@ def test_non_contiguous_inputs_give_the_contiguous_result():
     x, w2, idx2, g2 = _token_inputs(9, 16, 24, 4, 2, torch.float32, False)
     x_t = x.t().contiguous().t()
     assert not x_t.is_contiguous()
-    torch.testing.assert_close(moe_grouped_linear_triton(x_t, w2, idx2, g2, False),
-                               moe_grouped_linear_triton(x, w2, idx2, g2, False), rtol=0, atol=0)
+    torch.testing.assert_close(moe_grouped_linear_triton(x_t, w2, idx2, g2, False)[0],
+                               moe_grouped_linear_triton(x, w2, idx2, g2, False)[0], rtol=0, atol=0)
 
 
 def test_backward_is_bitwise_deterministic():
@@ -107,6 +108,12 @@ def test_backward_is_bitwise_deterministic():
     dy = torch.randn(z.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     h = sample_routed_linear_triton(z, w, bias, idx, gates, True)[1]
     first, second = (sample_routed_linear_backward_triton(dy, z, h, w, bias, idx, gates) for _ in range(2))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    x, w2, idx2, g2 = _token_inputs(150, 80, 144, 3, 2, torch.float32, False)
+    tables = moe_grouped_linear_triton(x, w2, idx2, g2, False)[1:]
+    dy2 = torch.randn(300, 144, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    first, second = (moe_grouped_linear_backward_triton(dy2, x, w2, idx2, g2, False, list(tables)) for _ in range(2))
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -131,7 +138,7 @@ def test_ops_never_synchronise_with_the_host_gpu():
     torch.cuda.set_sync_debug_mode("error")
     try:
         sample_routed_linear_triton(z, w, bias, idx, gates, True)[0].sum().backward()
-        moe_grouped_linear_triton(x, w2, idx2, g2, False).sum().backward()
+        moe_grouped_linear_triton(x, w2, idx2, g2, False)[0].sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
 
@@ -218,6 +225,7 @@ def _token_inputs(t, din, dout, m, k, dtype, x_is_pairs, idx=None, seed=0):
         (20, 32, 16, 8, 1, False, True),   # k = 1, M = 8
         (9, 16, 16, 3, 3, True, True),     # k = M, per-pair inputs (a SwiGLU expert's down projection)
         (15, 24, 40, 4, 2, False, False),  # no gates (the up projection)
+        (150, 80, 144, 3, 2, False, True),  # several blocks per expert, column and K tiles (ragged), dg over 2 dx tiles
     ],
 )
 def test_grouped_triton_forward_and_gradients_match_reference_fp32(t, din, dout, m, k, x_is_pairs, gated):
@@ -225,7 +233,7 @@ def test_grouped_triton_forward_and_gradients_match_reference_fp32(t, din, dout,
     ref_in = [x.double().requires_grad_(), w.double().requires_grad_(), gates.double().requires_grad_()]
     tri_in = [x.clone().requires_grad_(), w.clone().requires_grad_(), gates.clone().requires_grad_()]
     ref = moe_grouped_linear_reference(ref_in[0], ref_in[1], idx, ref_in[2] if gated else None, x_is_pairs)
-    out = moe_grouped_linear_triton(tri_in[0], tri_in[1], idx, tri_in[2] if gated else None, x_is_pairs)
+    out = moe_grouped_linear_triton(tri_in[0], tri_in[1], idx, tri_in[2] if gated else None, x_is_pairs)[0]
     dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(DEVICE)
     ref.backward(dy)
     out.backward(dy.float())
@@ -241,7 +249,7 @@ def test_grouped_triton_fp16_and_an_expert_without_tokens():
     idx = torch.tensor([[0, 2], [2, 0], [3, 0], [0, 3]] * 5)  # expert 1 gets no token
     x, w, idx, gates = _token_inputs(20, 16, 16, 4, 2, torch.float16, False, idx=idx)
     w.requires_grad_(True)
-    out = moe_grouped_linear_triton(x, w, idx, gates, False)
+    out = moe_grouped_linear_triton(x, w, idx, gates, False)[0]
     ref = moe_grouped_linear_reference(x.double(), w.detach().double(), idx, gates.double(), False)
     torch.testing.assert_close(out.double(), ref, rtol=2e-2, atol=2e-2)
     out.float().sum().backward()

@@ -37,7 +37,7 @@ def moe_grouped_linear(x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Ten
     if x.is_cuda:
         from switchsweep.kernels.ops import moe_grouped_linear_triton
 
-        return moe_grouped_linear_triton(x, weight, expert_idx, gates, x_is_pairs)
+        return moe_grouped_linear_triton(x, weight, expert_idx, gates, x_is_pairs)[0]
     return moe_grouped_linear_reference(x, weight, expert_idx, gates, x_is_pairs)
 
 

@@ -65,15 +65,15 @@ def sample_routed_linear_backward_triton(
     # dW's reduction over samples in `splits` ranges, and the gate term per tile; both summed here in a fixed order.
     bd, bn, bl, warps, stages = grad_w_block_sizes(L, D, z.element_size())
     tiles = triton.cdiv(D, bd) * triton.cdiv(D, bn)
-    splits = sample_splits(B, M, tiles)
-    dw = torch.empty(splits, M, D, D, device=z.device, dtype=torch.float32)
-    dgw = torch.zeros(tiles, B, M, device=z.device, dtype=torch.float32)
-    srl_grad_w_kernel[(M * splits, triton.cdiv(D, bd), triton.cdiv(D, bn))](
+    splits = sample_splits(B, tiles)
+    dw = torch.zeros(splits, M, D, D, device=z.device, dtype=torch.float32)
+    dgw = torch.empty(tiles, B, K, device=z.device, dtype=torch.float32)
+    srl_grad_w_kernel[(splits, triton.cdiv(D, bd), triton.cdiv(D, bn))](
         dy, z, weight, expert_idx, gates, dw, dgw, B, L, D, M, triton.cdiv(B, splits), K=K, BLOCK_D=bd, BLOCK_N=bn,
         BLOCK_L=bl, PRECISION=prec, num_warps=warps, num_stages=stages)
     c = torch.zeros(B, M, device=z.device, dtype=torch.float32).scatter_add(1, expert_idx, gates.float())
     dbias = (c.T @ r).to(bias.dtype)
-    dg = dgw.sum(0).gather(1, expert_idx) + (r.unsqueeze(1) * bias.float()[expert_idx]).sum(-1)
+    dg = dgw.sum(0) + (r.unsqueeze(1) * bias.float()[expert_idx]).sum(-1)
     return dz, dw.sum(0).to(weight.dtype), dbias, dg.to(gates.dtype)
 
 
@@ -102,49 +102,61 @@ torch.library.register_autocast("switchsweep::sample_routed_linear", "cuda", tor
 
 
 def _grouped(x: Tensor, weight: Tensor, w_strides: tuple[int, int, int], din: int, dout: int, tables, x_div: int,
-             gates: Tensor | None, out: Tensor, dy: Tensor | None = None) -> Tensor:
+             gates: Tensor | None, out: Tensor, dg: Tensor | None = None, x2: Tensor | None = None, x2_div: int = 1) -> Tensor:
     pairs, _, end, block_expert, block_start = tables
     bp, bn, bk = token_tiles(din, dout)
     grid = (triton.cdiv(dout, bn), block_expert.numel())
-    g = gates if gates is not None else x
     token_grouped_kernel[grid](
-        x, weight, out, dy if dy is not None else x, g, pairs, block_expert, block_start, end, din, dout,
-        weight.shape[0], *w_strides, X_DIV=x_div, HAS_GATE=gates is not None, DG_MODE=dy is not None,
+        x, weight, out, x2 if x2 is not None else x, dg if dg is not None else out, gates if gates is not None else x,
+        pairs, block_expert, block_start, end, din, dout, weight.shape[0], pairs.numel(), *w_strides,
+        X_DIV=x_div, X2_DIV=x2_div, HAS_GATE=gates is not None, WITH_DG=dg is not None,
         BLOCK_P=bp, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision(x))
     return out
 
 
 @torch.library.custom_op("switchsweep::moe_grouped_linear", mutates_args=())
-def moe_grouped_linear_triton(x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Optional[Tensor], x_is_pairs: bool) -> Tensor:
+def moe_grouped_linear_triton(
+    x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Optional[Tensor], x_is_pairs: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per-pair outputs [T*k, Dout]: row t*k+j is gates[t, j] * x[row] @ weight[expert_idx[t, j]], with
-    row = t*k+j when x holds one row per pair, else t."""
+    row = t*k+j when x holds one row per pair, else t; then the routing tables (`route`), which the
+    backward reuses."""
     x, weight, expert_idx = x.contiguous(), weight.contiguous(), expert_idx.contiguous()
     gates = gates.contiguous() if gates is not None else None
     m, din, dout = weight.shape
     k = expert_idx.shape[1]
     tables = route(expert_idx, m, token_tiles(din, dout)[0])
     out = x.new_empty(expert_idx.numel(), dout)
-    return _grouped(x, weight, (din * dout, dout, 1), din, dout, tables, 1 if x_is_pairs else k, gates, out)
+    return _grouped(x, weight, (din * dout, dout, 1), din, dout, tables, 1 if x_is_pairs else k, gates, out), *tables
 
 
 @moe_grouped_linear_triton.register_fake
 def _(x, weight, expert_idx, gates, x_is_pairs):
-    return x.new_empty(expert_idx.numel(), weight.shape[2])
+    m, din, dout = weight.shape
+    pairs = expert_idx.numel()
+    blocks = triton.cdiv(pairs, token_tiles(din, dout)[0]) + m
+    i32 = dict(device=x.device, dtype=torch.int32)
+    return (x.new_empty(pairs, dout), torch.empty(pairs, **i32), torch.empty(m, **i32), torch.empty(m, **i32),
+            torch.empty(blocks, **i32), torch.empty(blocks, **i32))
 
 
 @torch.library.custom_op("switchsweep::moe_grouped_linear_backward", mutates_args=())
 def moe_grouped_linear_backward_triton(
-    dy: Tensor, x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Optional[Tensor], x_is_pairs: bool
+    dy: Tensor, x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Optional[Tensor], x_is_pairs: bool,
+    tables: list[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, dweight, dgates); dgates is empty without gates."""
-    dy, x, weight, expert_idx = dy.contiguous(), x.contiguous(), weight.contiguous(), expert_idx.contiguous()
+    """(dx, dweight, dgates); dgates is empty without gates. `tables` are the forward's routing tables."""
+    dy, x, weight = dy.contiguous(), x.contiguous(), weight.contiguous()
     gates = gates.contiguous() if gates is not None else None
     m, din, dout = weight.shape
     t, k = expert_idx.shape
     x_div = 1 if x_is_pairs else k
-    tables = route(expert_idx, m, token_tiles(din, dout)[0])
-    # dx per pair: g_p * dy[p] @ W[e]^T (W read transposed through its strides), summed over k for token inputs.
-    dxp = _grouped(dy, weight, (din * dout, 1, dout), dout, din, tables, 1, gates, dy.new_empty(t * k, din))
+    # dx per pair: g_p * dy[p] @ W[e]^T (W read transposed through its strides), summed over k for token
+    # inputs; with gates, the same tiles give each pair's gate gradient, per column tile of dx.
+    dg = None if gates is None else torch.empty(triton.cdiv(din, token_tiles(dout, din)[1]), t * k, device=x.device,
+                                                dtype=torch.float32)
+    dxp = _grouped(dy, weight, (din * dout, 1, dout), dout, din, tables, 1, gates, dy.new_empty(t * k, din),
+                   dg=dg, x2=x, x2_div=x_div)
     dx = dxp if x_is_pairs else dxp.view(t, k, din).sum(1)
     dw = torch.empty_like(weight)
     bd = token_tiles(dout, din)[1]
@@ -155,14 +167,11 @@ def moe_grouped_linear_backward_triton(
         HAS_GATE=gates is not None, BLOCK_D=bd, BLOCK_N=bn, BLOCK_P=bp, PRECISION=precision(x))
     if gates is None:
         return dx, dw, x.new_empty(0)
-    dg = torch.zeros(t * k, device=x.device, dtype=torch.float32)
-    _grouped(x, weight, (din * dout, dout, 1), din, dout, tables, x_div, None, dg, dy=dy)
-    return dx, dw, dg.view(t, k).to(gates.dtype)
+    return dx, dw, dg.sum(0).view(t, k).to(gates.dtype)
 
 
 @moe_grouped_linear_backward_triton.register_fake
-def _(dy, x, weight, expert_idx, gates, x_is_pairs):
-    t, k = expert_idx.shape
+def _(dy, x, weight, expert_idx, gates, x_is_pairs, tables):
     dx = x.new_empty(x.shape)
     return dx, torch.empty_like(weight), (torch.empty_like(gates) if gates is not None else x.new_empty(0))
 
@@ -170,12 +179,12 @@ def _(dy, x, weight, expert_idx, gates, x_is_pairs):
 def _setup_grouped(ctx, inputs, output) -> None:
     x, weight, expert_idx, gates, x_is_pairs = inputs
     ctx.x_is_pairs, ctx.has_gates = x_is_pairs, gates is not None
-    ctx.save_for_backward(x, weight, expert_idx, gates)
+    ctx.save_for_backward(x, weight, expert_idx, gates, *output[1:])
 
 
-def _backward_grouped(ctx, grad: Tensor):
-    x, weight, expert_idx, gates = ctx.saved_tensors
-    dx, dw, dg = moe_grouped_linear_backward_triton(grad, x, weight, expert_idx, gates, ctx.x_is_pairs)
+def _backward_grouped(ctx, grad: Tensor, *_tables):
+    x, weight, expert_idx, gates, *tables = ctx.saved_tensors
+    dx, dw, dg = moe_grouped_linear_backward_triton(grad, x, weight, expert_idx, gates, ctx.x_is_pairs, tables)
     return dx, dw, None, (dg if ctx.has_gates else None), None
 
 

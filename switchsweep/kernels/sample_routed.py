@@ -6,7 +6,7 @@ Experts are linear, so the forward mixes the k weight tiles with their gates as 
 one GEMM (K = D) per output tile; z*m is written in the epilogue and no per-expert output exists.
 The backward needs, per sample, dh = dy*z, then
   dz     = dy * (1 + h) + dh @ Wmix[b]^T                      (the forward kernel's shape, transposed mix)
-  dW[e]  = sum_{b routed to e} c[b, e] z[b]^T dh[b]            (one GEMM over L per routed sample)
+  dW[e]  = sum_{b routed to e} c[b, e] z[b]^T dh[b]            (one GEMM over L per sample, added to k experts)
   dg[bj] = <z[b]^T dh[b], W[e_bj]> + <sum_l dh[b], b[e_bj]>   (the first term fused into the dW kernel)
 with c[b, e] = sum_j g[b, j] [e[b, j] = e]. Nothing here reads a value back to the host.
 
@@ -106,40 +106,35 @@ def srl_grad_w_kernel(
     dy_ptr, z_ptr, w_ptr, idx_ptr, g_ptr, dw_ptr, dgw_ptr, B, L, D, M, PER_SPLIT,
     K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """For expert e, the samples of split s and one [BLOCK_D, BLOCK_N] tile: the partial dW[s, e] =
-    sum_b c[b, e] (z[b]^T dh[b]) and, per sample routed to e, its term of the gate gradient
-    <z[b]^T dh[b], W[e]> on this tile, dgw[tile, b, e]. Samples not routed to e are skipped."""
-    e = tl.program_id(0) % M
-    split = tl.program_id(0) // M
+    """For the samples of split s and one [BLOCK_D, BLOCK_N] tile: each sample's z[b]^T dh[b], computed
+    once, is added with its gate g[b, j] to the partial dW[s, e[b, j]] of each of its k experts, and its
+    term of the gate gradient <z[b]^T dh[b], W[e[b, j]]> on this tile is written to dgw[tile, b, j].
+    Only this program touches those dW tiles, so the read-add-write needs no atomics and keeps one order."""
+    split = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     cols = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
     tile = (rows[:, None] < D) & (cols[None, :] < D)
-    w_e_ptrs = w_ptr + e.to(tl.int64) * D * D + rows[:, None] * D + cols[None, :]  # read per sample from L2: fewer live registers
-    dgw_base = (tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)).to(tl.int64) * B * M
-    acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    offs_tile = rows[:, None] * D + cols[None, :]
+    dgw_base = (tl.program_id(1) * tl.num_programs(2) + tl.program_id(2)).to(tl.int64) * B * K
     for b in range(split * PER_SPLIT, tl.minimum(split * PER_SPLIT + PER_SPLIT, B)):
-        c = 0.0
-        hit = 0
+        base = tl.cast(b, tl.int64) * L * D  # 64-bit: B*L*D passes 2**31 at B=256, L=4096, D=2048
+        s = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        for l0 in range(0, L, BLOCK_L):
+            ls = l0 + tl.arange(0, BLOCK_L)
+            zt = tl.load(z_ptr + base + ls[None, :] * D + rows[:, None], mask=(ls[None, :] < L) & (rows[:, None] < D), other=0.0)
+            m = (ls[:, None] < L) & (cols[None, :] < D)
+            offs = base + ls[:, None] * D + cols[None, :]
+            dy = tl.load(dy_ptr + offs, mask=m, other=0.0)
+            dh = dy.to(tl.float32) * tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
+            s = dot(zt, dh, s, PRECISION)
         for j in tl.static_range(K):
-            sel = tl.load(idx_ptr + b * K + j) == e
-            c += tl.where(sel, tl.load(g_ptr + b * K + j).to(tl.float32), 0.0)
-            hit += sel.to(tl.int32)
-        if hit > 0:
-            base = tl.cast(b, tl.int64) * L * D  # 64-bit: B*L*D passes 2**31 at B=256, L=4096, D=2048
-            s = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-            for l0 in range(0, L, BLOCK_L):
-                ls = l0 + tl.arange(0, BLOCK_L)
-                zt = tl.load(z_ptr + base + ls[None, :] * D + rows[:, None], mask=(ls[None, :] < L) & (rows[:, None] < D), other=0.0)
-                m = (ls[:, None] < L) & (cols[None, :] < D)
-                offs = base + ls[:, None] * D + cols[None, :]
-                dy = tl.load(dy_ptr + offs, mask=m, other=0.0)
-                dh = dy.to(tl.float32) * tl.load(z_ptr + offs, mask=m, other=0.0).to(tl.float32)
-                s = dot(zt, dh, s, PRECISION)
-            acc += c * s
-            w_e = tl.load(w_e_ptrs, mask=tile, other=0.0).to(tl.float32)
-            tl.store(dgw_ptr + dgw_base + b * M + e, tl.sum(s * w_e))
-    dw_base = (split.to(tl.int64) * M + e) * D * D
-    tl.store(dw_ptr + dw_base + rows[:, None] * D + cols[None, :], acc, mask=tile)
+            e = tl.load(idx_ptr + b * K + j).to(tl.int64)
+            g = tl.load(g_ptr + b * K + j).to(tl.float32)
+            w_e = tl.load(w_ptr + e * D * D + offs_tile, mask=tile, other=0.0).to(tl.float32)
+            tl.store(dgw_ptr + dgw_base + b * K + j, tl.sum(s * w_e))
+            part = dw_ptr + (split.to(tl.int64) * M + e) * D * D + offs_tile
+            tl.store(part, tl.load(part, mask=tile, other=0.0) + g * s, mask=tile)
+            tl.debug_barrier()  # every thread's add lands before any thread reads that tile again
 
 
 def block_sizes(L: int, D: int, itemsize: int) -> tuple[int, int, int, int, int]:
@@ -153,15 +148,16 @@ def block_sizes(L: int, D: int, itemsize: int) -> tuple[int, int, int, int, int]
 
 
 def grad_w_block_sizes(L: int, D: int, itemsize: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps, num_stages) of the dW kernel: 64x128 output tiles, as it
-    keeps two accumulators (dW's and the sample's), and a reduction step of 128 bytes."""
+    """(BLOCK_D, BLOCK_N, BLOCK_L, num_warps, num_stages) of the dW kernel: 64x128 output tiles, as the
+    sample's product meets an expert's weight and partial-dW tiles in registers, and a reduction step
+    of 128 bytes."""
     bd = min(64, max(16, triton.next_power_of_2(D)))
     bn = min(128, max(16, triton.next_power_of_2(D)))
     bl = min(128 // itemsize, max(16, triton.next_power_of_2(L)))
     return bd, bn, bl, 8 if bd * bn >= 64 * 128 else 4, 3
 
 
-def sample_splits(B: int, M: int, tiles: int, programs: int = 264) -> int:
+def sample_splits(B: int, tiles: int, programs: int = 264) -> int:
     """How many sample ranges dW's reduction over B is cut into: enough programs to fill two waves of
     an H100's 132 SMs, never more ranges than samples."""
-    return max(1, min(B, triton.cdiv(programs, M * tiles)))
+    return max(1, min(B, triton.cdiv(programs, tiles)))

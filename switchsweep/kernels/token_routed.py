@@ -21,13 +21,14 @@ from switchsweep.kernels.dot import dot
 
 @triton.jit
 def grouped_kernel(
-    x_ptr, w_ptr, out_ptr, dy_ptr, g_ptr, pairs_ptr, block_expert_ptr, block_start_ptr, expert_end_ptr,
-    DIN, DOUT, M, stride_we, stride_wk, stride_wn,
-    X_DIV: tl.constexpr, HAS_GATE: tl.constexpr, DG_MODE: tl.constexpr,
+    x_ptr, w_ptr, out_ptr, x2_ptr, dg_ptr, g_ptr, pairs_ptr, block_expert_ptr, block_start_ptr, expert_end_ptr,
+    DIN, DOUT, M, P, stride_we, stride_wk, stride_wn,
+    X_DIV: tl.constexpr, X2_DIV: tl.constexpr, HAS_GATE: tl.constexpr, WITH_DG: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """out[p] = g_p * X[p // X_DIV] @ W[e] for the block's pairs; with DG_MODE, instead of storing,
-    dg[p] += <dy[p], X[p // X_DIV] @ W[e]> over this column tile (out_ptr is dg)."""
+    """out[p] = g_p * X[p // X_DIV] @ W[e] for the block's pairs. WITH_DG (the backward's dx, X = dy and
+    W transposed) also writes the gate gradient's part on this column tile, <dy[p] @ W[e]^T, X2[p // X2_DIV]>
+    (= <dy[p], X2[r(p)] @ W[e]>), to dg[column tile, p]: the forward's GEMM is not run again."""
     blk = tl.program_id(1)
     e = tl.load(block_expert_ptr + blk)
     if e < M:
@@ -47,13 +48,12 @@ def grouped_kernel(
                          mask=(ks[:, None] < DIN) & (cols[None, :] < DOUT), other=0.0)
             acc = dot(xt, wt, acc, PRECISION)
         mask = valid[:, None] & (cols[None, :] < DOUT)
-        if DG_MODE:
-            dy = tl.load(dy_ptr + pair[:, None].to(tl.int64) * DOUT + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            tl.atomic_add(out_ptr + pair, tl.sum(acc * dy, axis=1), mask=valid)
-        else:
-            if HAS_GATE:
-                acc = acc * tl.load(g_ptr + pair, mask=valid, other=0.0).to(tl.float32)[:, None]
-            tl.store(out_ptr + pair[:, None].to(tl.int64) * DOUT + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+        if WITH_DG:
+            x2 = tl.load(x2_ptr + (pair // X2_DIV)[:, None].to(tl.int64) * DOUT + cols[None, :], mask=mask, other=0.0)
+            tl.store(dg_ptr + tl.program_id(0).to(tl.int64) * P + pair, tl.sum(acc * x2.to(tl.float32), axis=1), mask=valid)
+        if HAS_GATE:
+            acc = acc * tl.load(g_ptr + pair, mask=valid, other=0.0).to(tl.float32)[:, None]
+        tl.store(out_ptr + pair[:, None].to(tl.int64) * DOUT + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
