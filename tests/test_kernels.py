@@ -313,6 +313,16 @@ def test_every_kernel_compiles_for_an_h100(dtype):
         assert all(r["tensor_cores"] == "wgmma" and r["spill_stores"] == 0 for r in rows), rows
 
 
+def test_a_sample_past_32_bit_offsets_is_refused_before_any_launch():
+    # Meta tensors: the shapes are checked without allocating 8 GB (the op's fake kernel runs the same check).
+    z = torch.empty(2, 2**21, 1024, device="meta")
+    w, bias = torch.empty(3, 1024, 1024, device="meta"), torch.empty(3, 1024, device="meta")
+    idx, gates = torch.zeros(2, 2, dtype=torch.long, device="meta"), torch.empty(2, 2, device="meta")
+    with pytest.raises(ValueError, match=r"L\*D = 2097152 \* 1024 elements, past the kernels' 32-bit offsets"):
+        sample_routed_linear_triton(z, w, bias, idx, gates, False)
+    sample_routed_linear_triton(z[:, :2**20], w, bias, idx, gates, False)  # 2**30 elements: fine
+
+
 def test_the_forward_without_h_refuses_a_backward_in_one_line():
     z, w, bias, idx, gates = _inputs(2, 5, 16, 3, 2, torch.float32)
     out, h = sample_routed_linear_triton(z, w.requires_grad_(), bias, idx, gates, False)

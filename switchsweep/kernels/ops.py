@@ -24,11 +24,19 @@ def precision(t: Tensor) -> str:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
+def _check_offsets(z: Tensor) -> None:
+    """Offsets inside one sample are 32-bit in the kernels (across samples they are 64-bit)."""
+    if z.shape[1] * z.shape[2] >= 2**31:
+        raise ValueError(f"sample_routed_linear: one sample holds L*D = {z.shape[1]} * {z.shape[2]} elements, past the "
+                         "kernels' 32-bit offsets within a sample (2**31): use fewer tokens per sample")
+
+
 @torch.library.custom_op("switchsweep::sample_routed_linear", mutates_args=())
 def sample_routed_linear_triton(
     z: Tensor, weight: Tensor, bias: Tensor, expert_idx: Tensor, gates: Tensor, store_h: bool
 ) -> tuple[Tensor, Tensor]:
     """(z * m, h) with m = 1 + h; h is returned (else empty) only when the backward will need it."""
+    _check_offsets(z)
     z, weight, bias, expert_idx, gates = (t.contiguous() for t in (z, weight, bias, expert_idx, gates))
     B, L, D = z.shape
     out = torch.empty_like(z)
@@ -43,6 +51,7 @@ def sample_routed_linear_triton(
 
 @sample_routed_linear_triton.register_fake
 def _(z, weight, bias, expert_idx, gates, store_h):
+    _check_offsets(z)
     return torch.empty_like(z), (torch.empty_like(z) if store_h else z.new_empty(0))
 
 
