@@ -9,7 +9,14 @@ import torch
 import triton
 from torch import Tensor
 
-from switchsweep.kernels.sample_routed import block_sizes, grad_w_block_sizes, sample_splits, srl_forward_kernel, srl_grad_w_kernel, srl_grad_z_kernel
+from switchsweep.kernels.sample_routed import (
+    block_sizes,
+    grad_w_block_sizes,
+    sample_splits,
+    srl_forward_kernel,
+    srl_grad_w_kernel,
+    srl_grad_z_kernel,
+)
 from switchsweep.kernels.token_routed import grouped_grad_w_kernel as token_grad_w_kernel
 from switchsweep.kernels.token_routed import grouped_kernel as token_grouped_kernel
 from switchsweep.kernels.token_routed import route
