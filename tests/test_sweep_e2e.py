@@ -214,7 +214,6 @@ def test_report_opens_in_a_browser_with_every_plot_drawn(sweep_root, browser, tm
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(_sweep_report(sweep_root).as_uri())
     page.wait_for_function("() => document.querySelectorAll('.plotly-graph-div .main-svg').length > 0")
-    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     plots = page.evaluate("""() => [...document.querySelectorAll('.plotly-graph-div')].map(d => ({
         id: d.id, drawn: !!d.querySelector('.main-svg'),
         points: d._fullData.reduce((n, t) => n + ((t.x || t.z || (t.dimensions || [{}])[0].values || []).length || 0), 0),
@@ -228,14 +227,17 @@ def test_report_opens_in_a_browser_with_every_plot_drawn(sweep_root, browser, tm
     plot.scroll_into_view_if_needed()
     before = plot.screenshot(path=str(tmp_path / "routing-last.png"))
     shown = "() => document.getElementById('%s')._fullData.filter(t => t.visible === true).map(t => t.name)" % routing[0]
-    last = page.evaluate(shown)
+    assert page.evaluate(shown) == ["step 8", "step 8"]  # opens on the last evaluation
     rail = page.locator(f"#{routing[0]} .slider-rail-touch-rect").bounding_box()
     page.mouse.click(rail["x"] + 2, rail["y"] + rail["height"] / 2)  # the slider's first step
-    page.wait_for_function(f"() => JSON.stringify(({shown})()) !== {json.dumps(json.dumps(last))}")
-    first = page.evaluate(shown)
-    assert last == ["step 8", "step 8"] and first == ["step 4", "step 4"]  # opens on the last evaluation
+    first = ["step 4", "step 4"]
+    as_js = json.dumps(json.dumps(first, separators=(",", ":")))  # JSON.stringify's spacing, as a JS string
+    page.wait_for_function(f"() => JSON.stringify(({shown})()) === {as_js}", timeout=15000)
+    assert page.evaluate(shown) == first
     assert plot.screenshot(path=str(tmp_path / "routing-first.png")) != before
     assert "Sweep design_space-" in page.inner_text("h1")
+    # Last: a full-page screenshot resizes the viewport, and the responsive plots redraw (and move) after it.
+    page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
 
 
 def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, browser, tmp_path):
