@@ -236,7 +236,7 @@ def test_report_opens_in_a_browser_with_every_plot_drawn(sweep_root, browser, tm
     assert page.evaluate(shown) == first
     assert plot.screenshot(path=str(tmp_path / "routing-first.png")) != before
     assert "Sweep design_space-" in page.inner_text("h1")
-    # Last: a full-page screenshot resizes the viewport, and the responsive plots redraw (and move) after it.
+    # Last: a full-page screenshot resizes the viewport, which redraws the responsive plots.
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
 
 
