@@ -108,26 +108,28 @@ def _time(fn: Callable[[], object], device: torch.device, reps: int) -> float:
     return statistics.median(times)
 
 
-def _modes(fn, inputs, grads_of):
-    """Callables for forward, backward (on one kept forward graph) and forward+backward."""
-    out = fn(*inputs)
-    seed = torch.ones_like(out)
+def _mode(fn, inputs, grads_of, mode: str):
+    """The callable that times `mode`: forward, backward (on one forward graph, built here and kept)
+    or forward+backward."""
+    if mode == "forward":
+        def run():
+            with torch.no_grad():
+                return fn(*inputs)
+    elif mode == "backward":
+        out = fn(*inputs)
+        seed = torch.ones_like(out)
 
-    def fwd():
-        with torch.no_grad():
-            return fn(*inputs)
-
-    def bwd():
-        torch.autograd.grad(out, grads_of, seed, retain_graph=True)
-
-    def both():
-        y = fn(*inputs)
-        torch.autograd.grad(y, grads_of, torch.ones_like(y))
-
-    return {"forward": fwd, "backward": bwd, "forward+backward": both}
+        def run():
+            torch.autograd.grad(out, grads_of, seed, retain_graph=True)
+    else:
+        def run():
+            y = fn(*inputs)
+            torch.autograd.grad(y, grads_of, torch.ones_like(y))
+    return run
 
 
-def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, device, reps, dtype):
+def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, device, reps, dtype_name):
+    dtype = DTYPES[dtype_name]
     a = torch.randn(mm_shape[0], mm_shape[1], device=device, dtype=dtype)
     w = torch.randn(mm_shape[1], mm_shape[2], device=device, dtype=dtype)
     mm_flops = 2 * mm_shape[0] * mm_shape[1] * mm_shape[2]
@@ -137,7 +139,7 @@ def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, dev
         results = {}
         for name, fn in variants.items():
             try:
-                t = _time(_modes(fn, inputs, grads_of)[mode], device, reps)
+                t = _time(_mode(fn, inputs, grads_of, mode), device, reps)
             except (RuntimeError, NotImplementedError) as e:
                 if name != "grouped":  # only torch._grouped_mm may be missing for this GPU or dtype
                     raise
@@ -147,12 +149,12 @@ def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, dev
         base = results.get("official", results.get("loop"))
         for name, t in results.items():
             rows.append({
-                "op": op, "shape": shape, "mode": mode, "variant": name, "median_ms": t * 1e3,
+                "dtype": dtype_name, "op": op, "shape": shape, "mode": mode, "variant": name, "median_ms": t * 1e3,
                 "tflops": useful / t / 1e12, "pct_of_mm": 100 * ceiling / t,
                 "speedup_vs_loop": base / t if base else float("nan"),
                 "speedup_vs_dense": results["dense"] / t if "dense" in results else float("nan"),
             })
-        rows.append({"op": op, "shape": shape, "mode": mode, "variant": "mm", "median_ms": ceiling * 1e3,
+        rows.append({"dtype": dtype_name, "op": op, "shape": shape, "mode": mode, "variant": "mm", "median_ms": ceiling * 1e3,
                      "tflops": useful / ceiling / 1e12, "pct_of_mm": 100.0,
                      "speedup_vs_loop": base / ceiling if base else float("nan"), "speedup_vs_dense": float("nan")})
 
@@ -187,7 +189,7 @@ def _bench_dtype(rows, dtype_name, cuda, device, reps, quick):
         fwd = 2 * b * l * d * d
         bench_case(rows, "sample_routed", f"B={b} L={l} D={d} {routing}", variants, (z, weight, bias, idx, gates),
                    (z, weight, bias, gates), {"forward": fwd, "backward": 2 * fwd, "forward+backward": 3 * fwd},
-                   (b * l, d, d), device, reps, dtype)
+                   (b * l, d, d), device, reps, dtype_name)
     m, k = 8, 2
     for t, d in shapes2:
         f = d  # one projection D -> D per call (a SwiGLU expert is three of these)
@@ -201,9 +203,7 @@ def _bench_dtype(rows, dtype_name, cuda, device, reps, quick):
         fwd = 2 * k * t * d * f
         bench_case(rows, "token_routed", f"T={t} D={d} M={m} k={k}", variants, (x, weight, idx, gates),
                    (x, weight, gates), {"forward": fwd, "backward": 2 * fwd, "forward+backward": 3 * fwd},
-                   (k * t, d, f), device, reps, dtype)
-    for r in rows:
-        r.setdefault("dtype", dtype_name)
+                   (k * t, d, f), device, reps, dtype_name)
 
 
 def main() -> None:

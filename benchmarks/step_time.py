@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     digits = Config().data
-    shape = {key: getattr(args, key) or getattr(digits, key) for key in ("channels", "image_size", "num_classes")}
+    shape = {key: getattr(digits, key) if getattr(args, key) is None else getattr(args, key)
+             for key in ("channels", "image_size", "num_classes")}
     folder = None
     if any(shape[key] != getattr(digits, key) for key in shape):
         folder = random_latents(Path(tempfile.mkdtemp(prefix="step-time-")), shape["channels"], shape["image_size"],

@@ -9,7 +9,7 @@ from PIL import Image
 from switchsweep.cli import main
 from switchsweep.platform.checkpoint import load_checkpoint, save_checkpoint
 from switchsweep.platform.compose import load_config, load_eval_config
-from switchsweep.platform.errors import CheckpointError, TrainingError
+from switchsweep.platform.errors import CheckpointError, ConfigError, TrainingError
 from switchsweep.trainers import loop
 from switchsweep.trainers.evaluate import evaluate_checkpoint
 from switchsweep.trainers.loop import train
@@ -47,6 +47,13 @@ def test_compiled_blocks_train_like_eager_ones_and_keep_the_checkpoint_format(ti
     for k, v in a.items():
         if torch.is_tensor(v) and v.is_floating_point():
             torch.testing.assert_close(b[k], v, rtol=1e-3, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(tiny_cfg, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    tiny_cfg.train.compile = True
+    with pytest.raises(ConfigError, match="train.compile=true on a CPU needs a C\\+\\+ compiler and no-such-compiler-here"):
+        loop.Trainer(tiny_cfg)
 
 
 def test_only_blocks_with_data_independent_shapes_are_compiled():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +17,11 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from switchsweep.models import build_model
-from switchsweep.models.layers import AdaLNBranches
 from switchsweep.models.flops import forward_gflops, parameter_count
+from switchsweep.models.layers import AdaLNBranches
 from switchsweep.platform.checkpoint import load_checkpoint, save_checkpoint
 from switchsweep.platform.config import Config
-from switchsweep.platform.errors import CheckpointError, TrainingError
+from switchsweep.platform.errors import CheckpointError, ConfigError, TrainingError
 from switchsweep.trainers.data import BatchStream, load_dataset
 from switchsweep.trainers.diffusion import GaussianDiffusion
 from switchsweep.trainers.ema import EMA
@@ -82,6 +84,8 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
+        if cfg.train.compile and self.device.type == "cpu":
+            _check_cpp_compiler()
         # Process-wide: cuBLAS and the MoE kernels (kernels.ops.precision) both read it.
         torch.set_float32_matmul_precision("highest" if cfg.train.precision == "fp32" else "high")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.train.precision == "bf16")
@@ -195,6 +199,15 @@ class Trainer:
         if self.cfg.data.name == "latents":
             images = latent_decoder(self.cfg.data, self.device)(images)
         return save_image_grid(images, path, nrow=len(classes), scale=max(1, 32 // images.shape[-1]))
+
+
+def _check_cpp_compiler() -> None:
+    """torch.compile on a CPU builds C++ (Inductor's compiler: $CXX, else g++): say so before any work,
+    not in a traceback at the first step."""
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        raise ConfigError(f"train.compile=true on a CPU needs a C++ compiler and {cxx} is not on PATH: "
+                          "install g++ (or set CXX) or set train.compile=false")
 
 
 def compile_blocks(model: torch.nn.Module) -> int:
