@@ -18,7 +18,8 @@ from pathlib import Path
 
 from scipy import stats
 
-from switchsweep.platform.export import rank_trials, value_text, variant_label
+from switchsweep.platform.export import rank_trials, value_text
+from switchsweep.platform.naming import variant_label
 from switchsweep.platform.ranking import Ranked
 from switchsweep.platform.tracking import Tracker, default_tracking_uri
 

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from switchsweep.platform.compose import load_sweep_config
-from switchsweep.platform.export import rank_trials, variant_label
+from switchsweep.platform.export import rank_trials
+from switchsweep.platform.naming import variant_label
 from switchsweep.platform.tracking import Tracker, default_tracking_uri
 
 GRID, TPE = "efficiency_grid", "efficiency_tpe"

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from switchsweep.platform.compose import load_config, load_data_config, load_eval_config, load_sweep_config
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
-from switchsweep.platform.export import value_text, variant_label
+from switchsweep.platform.export import value_text
+from switchsweep.platform.naming import variant_label
 from switchsweep.platform.tracking import default_tracking_uri, redact, require_store
 
 EXIT_TRIALS_FAILED = 3  # the sweep ran to its end but some trials failed (2: bad input, 130: interrupted)

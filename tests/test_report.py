@@ -13,7 +13,8 @@ from scipy import stats
 
 from switchsweep.dashboards import report
 from switchsweep.dashboards.sweep_data import SweepData, TrialData, bin_rows, study_importances
-from switchsweep.platform.export import SweepRanking, run_name
+from switchsweep.platform.export import SweepRanking
+from switchsweep.platform.naming import run_name
 from switchsweep.platform.ranking import TrialRecord, paired_difference, rank_groups
 
 PARENT = {"sweep.search": "grid", "sweep.seeds": "2", "train.steps": "100", "sweep.eval_every": "50",

@@ -12,7 +12,7 @@ from switchsweep.models.flops import forward_gflops, parameter_count
 from switchsweep.models.routing import expert_balance_loss, importance_balance_loss
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.config import Config, TrainConfig
-from switchsweep.platform.export import variant_label
+from switchsweep.platform.naming import variant_label
 from switchsweep.trainers.diffusion import GaussianDiffusion
 from switchsweep.trainers.sampling import sample_images
 from switchsweep.trainers.weighting import (

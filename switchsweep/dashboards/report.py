@@ -16,7 +16,8 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from switchsweep.dashboards.sweep_data import SweepData, TrialData, collect
-from switchsweep.platform.export import value_text, variant_label
+from switchsweep.platform.export import value_text
+from switchsweep.platform.naming import variant_label
 from switchsweep.platform.ranking import Ranked, paired_difference, pareto_front
 from switchsweep.platform.sweep_config import METRIC_STD, REPORTED_METRICS
 from switchsweep.platform.tracking import Tracker

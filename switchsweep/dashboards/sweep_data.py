@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from switchsweep.platform.export import SweepRanking, rank_trials, run_name
+from switchsweep.platform.export import SweepRanking, rank_trials
+from switchsweep.platform.naming import run_name
 from switchsweep.platform.tracking import SEED_TAG, STOPPED_TAG, TRIAL_TAG, Tracker
 
 CURVES = ("loss", "routing_jsd")  # besides the sweep's metric

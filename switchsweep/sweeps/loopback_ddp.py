@@ -3,25 +3,35 @@
 torch's TCPStore binds every interface whatever host it is given. On a local instance all of a
 trial's workers run on this machine, so rank 0 binds the store's socket to loopback itself and hands
 it to the store; the other ranks connect to it there. Clusters keep Ray Train's own setup.
+
+Nothing here imports torch at module level: Train's controller process unpickles this config and
+references these functions to run them on the workers, and importing torch (through
+`ray.train.torch`) would cost every trial's controller start about 1.5 s on two cores. torch is
+imported where it runs: in the workers, which have it already.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Optional
 
 import ray
-import torch.distributed as dist
-from ray.train.torch import TorchConfig
-from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
+from ray.exceptions import GetTimeoutError
+from ray.train.backend import Backend, BackendConfig
+from ray.train.v2._internal.util import TrainingFramework
 
+logger = logging.getLogger(__name__)
+SHUTDOWN_S = 30
 _SERVED: dict[str, Any] = {}  # rank 0's listening socket and store, alive as long as its process group
 
 
 def _serve(world_size: int, timeout_s: int) -> int:
     """On rank 0: a TCPStore on a socket bound to 127.0.0.1; returns its port."""
+    import torch.distributed as dist
+
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(max(8, 2 * world_size))
@@ -34,6 +44,10 @@ def _serve(world_size: int, timeout_s: int) -> int:
 
 
 def _join(backend: str, world_rank: int, world_size: int, port: int, timeout_s: int) -> None:
+    import torch.distributed as dist
+    from ray.train.torch.config import _set_torch_distributed_env_vars
+
+    _set_torch_distributed_env_vars()  # LOCAL_RANK and friends, as Ray Train sets them
     timeout = timedelta(seconds=timeout_s)
     if world_rank == 0:
         store = _SERVED["store"]
@@ -42,19 +56,57 @@ def _join(backend: str, world_rank: int, world_size: int, port: int, timeout_s: 
     dist.init_process_group(backend=backend, store=store, rank=world_rank, world_size=world_size, timeout=timeout)
 
 
-class _LoopbackBackend(_TorchBackend):
-    def on_start(self, worker_group, backend_config: TorchConfig) -> None:
+def _leave(destroy_process_group: bool) -> None:
+    from ray.train.torch.config import _shutdown_torch
+
+    _shutdown_torch(destroy_process_group=destroy_process_group)
+    _SERVED.clear()
+
+
+def _device_context():
+    """Train's torch context for the train function (the worker's CUDA device), built in the worker."""
+    from ray.train.torch.config import TorchConfigContextManager
+
+    return TorchConfigContextManager()
+
+
+class _LoopbackBackend(Backend):
+    share_cuda_visible_devices = True  # as Train's torch backend: every local GPU visible to every worker
+
+    def on_start(self, worker_group, backend_config: "LoopbackTorchConfig") -> None:
         gpus = worker_group.get_resources_per_worker().get("GPU", 0)
         backend = backend_config.backend or ("nccl" if gpus > 0 else "gloo")
         n, timeout_s = len(worker_group), backend_config.timeout_s
         port = worker_group.execute_single(0, _serve, world_size=n, timeout_s=timeout_s)
-        worker_group.execute(_set_torch_distributed_env_vars)  # LOCAL_RANK and friends, as Ray Train sets them
         ray.get([worker_group.execute_single_async(i, _join, backend=backend, world_rank=i, world_size=n, port=port,
                                                    timeout_s=timeout_s) for i in range(n)])
 
+    def on_shutdown(self, worker_group, backend_config: "LoopbackTorchConfig") -> None:
+        try:  # as Train's torch backend: a hung process group must not hold the trial's end
+            ray.get(worker_group.execute_async(_leave, destroy_process_group=len(worker_group) > 1), timeout=SHUTDOWN_S)
+        except GetTimeoutError:
+            logger.warning("torch process group shutdown timed out after %s s", SHUTDOWN_S)
+
 
 @dataclass
-class LoopbackTorchConfig(TorchConfig):
+class LoopbackTorchConfig(BackendConfig):
+    """TorchTrainer's `torch_config` for a local instance: Train's TorchConfig fields, loopback rendezvous."""
+
+    backend: Optional[str] = None  # None: nccl with GPUs, else gloo
+    init_method: str = "env"
+    timeout_s: int = 1800
+
     @property
     def backend_cls(self):
         return _LoopbackBackend
+
+    @property
+    def train_func_context(self):
+        return _device_context
+
+    @property
+    def framework(self):
+        return TrainingFramework.TORCH
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "init_method": self.init_method, "timeout_s": self.timeout_s}

@@ -1,0 +1,31 @@
+"""What each trial's Ray Train job starts: no process or import that a local trial does not use."""
+
+import pickle
+import subprocess
+import sys
+
+from ray.train import ScalingConfig
+from ray.train.v2._internal.callbacks import BackendSetupCallback, DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+from switchsweep.sweeps import loopback_ddp
+from switchsweep.sweeps.trial import _TorchTrainer
+
+
+def test_the_controller_side_of_the_loopback_backend_imports_no_torch():
+    # What Train's controller unpickles and calls: the config, its backend, the functions it sends to workers.
+    shipped = pickle.dumps((loopback_ddp.LoopbackTorchConfig(timeout_s=60), loopback_ddp._serve, loopback_ddp._join,
+                            loopback_ddp._leave))
+    code = ("import pickle, sys; cfg, *fns = pickle.loads(sys.stdin.buffer.read()); cfg.backend_cls(); "
+            "assert cfg.timeout_s == 60 and cfg.to_dict()['backend'] is None; "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], input=shipped, capture_output=True, check=True)
+    assert out.stdout.decode().strip() == "[]"
+
+
+def test_trials_train_without_ray_datas_dataset_manager():
+    trainer = _TorchTrainer(lambda config: None, scaling_config=ScalingConfig(num_workers=1),
+                            torch_config=loopback_ddp.LoopbackTorchConfig())
+    kinds = {type(cb) for cb in trainer._create_default_callbacks()}
+    assert DatasetsCallback not in kinds
+    assert {BackendSetupCallback, PlacementGroupCleanerCallback} <= kinds  # the backend, and ASHA's freed workers
