@@ -2,6 +2,7 @@
 
 import pickle
 import subprocess
+import time
 import sys
 
 from ray.train import ScalingConfig
@@ -29,3 +30,12 @@ def test_trials_train_without_ray_datas_dataset_manager():
     kinds = {type(cb) for cb in trainer._create_default_callbacks()}
     assert DatasetsCallback not in kinds
     assert {BackendSetupCallback, PlacementGroupCleanerCallback} <= kinds  # the backend, and ASHA's freed workers
+
+
+def test_a_workers_process_start_is_read_from_proc_not_from_when_it_asks():
+    before = time.time()
+    out = subprocess.run([sys.executable, "-c", "import time; time.sleep(1.5); from switchsweep.sweeps.trial import "
+                          "process_start_time; print(process_start_time(), time.time())"], capture_output=True, check=True)
+    started, asked = map(float, out.stdout.split())
+    assert before - 0.05 <= started <= before + 1.0  # 10 ms ticks; a Python process starts well within a second
+    assert asked - started >= 1.5

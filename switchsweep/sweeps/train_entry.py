@@ -4,10 +4,12 @@ and importing `sweeps.trial` there (torch, MLflow, the models: about 3 s) would 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
 def train_worker(config: dict[str, Any]) -> None:
+    called = time.time()  # before the imports: the sweep's record times them (sweeps.trial.PHASES)
     from switchsweep.sweeps.trial import run_worker  # in the worker, which needs all of it
 
-    run_worker(config)
+    run_worker({**config, "t_train_fn": called})

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -69,9 +70,20 @@ class TrialJob:
 PROGRESS = "progress.json"  # beside ckpt.pt in every reported checkpoint: training seconds so far
 # Wall-clock times (epoch seconds) of a trial's phases, reported with every result so the driver's
 # record can break a trial's overhead down (benchmarks/sweep_overhead.py): the Train job's start, the
-# worker's start, the loop's start, this report; and seconds spent waiting at rungs.
-PHASES = ("t_fit_start", "t_worker_start", "t_loop_start", "t_report", "gate_s")
+# worker's process start, the train function's call (sweeps.train_entry), the worker's start once the
+# trial code is imported, the loop's start, this report; and seconds spent waiting at rungs.
+PHASES = ("t_fit_start", "t_worker_process", "t_train_fn", "t_worker_start", "t_loop_start", "t_report", "gate_s")
 FAILURE_REASON = "failure_reason"  # in a failed trial's error: parsed back by the driver
+
+
+def process_start_time() -> float | None:
+    """When this process started (epoch seconds, 10 ms resolution), from Linux's /proc; None elsewhere."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def trial_group(params: dict[str, Any]) -> str:
@@ -99,8 +111,11 @@ class SweepHooks(TrainHooks):
         self.attempt, self.keep = config["attempt"], config["log_checkpoints"]
         self.sweep_id, self.trial_id, self.rungs = config["sweep_id"], config["trial_id"], set(config["rung_steps"])
         self.loop_s, self.started = loop_s, time.perf_counter()  # seconds of earlier attempts, this one's clock
-        self.times = {"t_fit_start": config["fit_start"], "t_worker_start": worker_start, "t_loop_start": time.time(),
-                      "gate_s": 0.0}
+        self.times = {"t_fit_start": config["fit_start"], "t_train_fn": config["t_train_fn"], "t_worker_start": worker_start,
+                      "t_loop_start": time.time(), "gate_s": 0.0}
+        started = process_start_time()
+        if started is not None:
+            self.times["t_worker_process"] = started
         self.rank = ray.train.get_context().get_world_rank()
         self.stats: dict[str, float] = {}
         self.log: ResilientLog | None = None
