@@ -77,6 +77,11 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
     assert record(root)["trials"][first_trial] == first_summary  # the finished trial was not rerun
     state = json.loads(next(root.glob("sweeps/design_space/*/sweep.json")).read_text())
     assert state["status"] == "finished"
+    # The record times each phase of a trial, in order, across its processes (benchmarks/sweep_overhead.py).
+    phases = ["t_trial_start", "t_fit_start", "t_worker_process", "t_train_fn", "t_worker_start", "t_loop_start",
+              "t_report", "t_trial_end"]
+    times = [first_summary[k] for k in phases]
+    assert times == sorted(times), dict(zip(phases, times))
 
     # MLflow: one parent, one child per trial (no duplicate after resume), metrics and routing artifacts.
     client = MlflowClient(default_tracking_uri(root))
