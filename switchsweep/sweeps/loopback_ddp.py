@@ -12,6 +12,7 @@ imported where it runs: in the workers, which need it anyway.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 from dataclasses import dataclass
@@ -19,12 +20,13 @@ from datetime import timedelta
 from typing import Any, Optional
 
 import ray
+from ray._private.ray_constants import env_integer
 from ray.exceptions import GetTimeoutError
 from ray.train.backend import Backend, BackendConfig
+from ray.train.constants import DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S
 from ray.train.v2._internal.util import TrainingFramework
 
 logger = logging.getLogger(__name__)
-SHUTDOWN_S = 30  # seconds, Train's default for its torch backend's process-group shutdown
 _SERVED: dict[str, Any] = {}  # rank 0's listening socket and store, alive as long as its process group
 
 
@@ -82,18 +84,19 @@ class _LoopbackBackend(Backend):
                                                    timeout_s=timeout_s) for i in range(n)])
 
     def on_shutdown(self, worker_group, backend_config: "LoopbackTorchConfig") -> None:
-        try:  # as Train's torch backend: a hung process group must not hold the trial's end
-            ray.get(worker_group.execute_async(_leave, destroy_process_group=len(worker_group) > 1), timeout=SHUTDOWN_S)
+        # As Train's torch backend, with its setting: a hung process group must not hold the trial's end.
+        timeout_s = env_integer(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S)
+        try:
+            ray.get(worker_group.execute_async(_leave, destroy_process_group=len(worker_group) > 1), timeout=timeout_s)
         except GetTimeoutError:
-            logger.warning("torch process group shutdown timed out after %s s", SHUTDOWN_S)
+            logger.warning("torch process group shutdown timed out after %s s", timeout_s)
 
 
 @dataclass
 class LoopbackTorchConfig(BackendConfig):
-    """TorchTrainer's `torch_config` for a local instance: Train's TorchConfig fields, loopback rendezvous."""
+    """TorchTrainer's `torch_config` for a local instance: TorchConfig's backend and timeout, a loopback rendezvous."""
 
     backend: Optional[str] = None  # None: nccl with GPUs, else gloo
-    init_method: str = "env"
     timeout_s: int = 1800
 
     @property
@@ -109,4 +112,4 @@ class LoopbackTorchConfig(BackendConfig):
         return TrainingFramework.TORCH
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "init_method": self.init_method, "timeout_s": self.timeout_s}
+        return dataclasses.asdict(self)
