@@ -1,10 +1,11 @@
-"""Faults a long sweep meets, on one machine: DDP workers SIGKILLed mid-trial, the sweep's driver
-SIGKILLed mid-trial and resumed, and every MLflow metric point checked against what was reported.
+"""Faults a long sweep meets, on one machine: DDP workers SIGKILLed mid-trial, the process of a trial
+that trains inline SIGKILLed mid-trial, the sweep's driver SIGKILLed mid-trial and resumed, and every
+MLflow metric point checked against what was reported.
 
-    python -m benchmarks.faults              # 5 worker kills, 1 driver kill (about 8 minutes on 2 cores)
+    python -m benchmarks.faults              # 5 kills of each kind, 1 driver kill
     python -m benchmarks.faults --kills 2
 
-Each scenario is a tiny sweep through the CLI against one Ray head on 127.0.0.1. A worker kill is
+Each scenario is a tiny sweep through the CLI against one Ray head on 127.0.0.1. A kill is
 survived when the trial restarts from its last checkpoint and ends at its last step with no metric
 point missing or logged twice. A driver kill is survived when `--resume` (refusing a second driver
 meanwhile) finishes the sweep without rerunning the finished trial, without a duplicate MLflow run,
@@ -118,6 +119,11 @@ def train_workers() -> list[int]:
     return pids(lambda cmd: cmd.startswith(b"ray::RayTrainWorker"))
 
 
+def inline_trials() -> list[int]:
+    """PIDs of the Tune trial processes on this machine (an inline trial trains in its own)."""
+    return pids(lambda cmd: cmd.startswith(b"ray::ImplicitFunc"))
+
+
 def _store(root: Path):
     """The MLflow client of the sweep's local store and the id of its experiment."""
     from mlflow.tracking import MlflowClient
@@ -157,16 +163,18 @@ def _logged_loss_steps(root: Path) -> list[int]:
 
 
 def worker_kill(root: Path, address: str, cache: Path | None = None, at_step: int = 20,
-                delay_s: float = 0.5) -> dict[str, Any]:
-    """SIGKILL one of a 2-worker trial's DDP workers `delay_s` after it reported step `at_step`, so
-    steps past that checkpoint are already in MLflow when the restarted attempt runs them again."""
+                delay_s: float = 0.5, workers: int = 2) -> dict[str, Any]:
+    """SIGKILL one of a 2-worker trial's DDP workers (workers=1: the process of the trial, which trains
+    inline) `delay_s` after it reported step `at_step`, so steps past that checkpoint are already in
+    MLflow when the restarted attempt runs them again."""
     log = open(root.parent / f"{root.name}-worker-kill.log", "w")
-    cmd = sweep_cmd(root, address, cache, "sweep.num_trials=1", "sweep.ray.num_workers=2")
+    cmd = sweep_cmd(root, address, cache, "sweep.num_trials=1", f"sweep.ray.num_workers={workers}")
     driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
     steps = lambda: [e.get("step", 0) for e in record(root).get("trials", {}).values()]  # noqa: E731
-    wait_for(lambda: any(s >= at_step for s in steps()) and train_workers(), 400, driver)
+    find = train_workers if workers > 1 else inline_trials
+    wait_for(lambda: any(s >= at_step for s in steps()) and find(), 400, driver)
     time.sleep(delay_s)
-    workers = train_workers()
+    workers = find()
     if not workers:
         driver.kill()
         raise RuntimeError(f"the trial ended within {delay_s} s of its step-{at_step} report, before a worker could be "
@@ -243,18 +251,19 @@ def driver_kill_survived(r: dict[str, Any]) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kills", type=int, default=5, help="worker-kill runs (default 5)")
+    parser.add_argument("--kills", type=int, default=5, help="worker-kill runs of each kind (default 5)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="switchsweep-faults-"))
     head, address = start_head(work / "ray")
     rows = []
     try:
-        for i in range(args.kills):
-            r = worker_kill(work / f"kill{i}", address)
+        for i in range(2 * args.kills):  # a 2-worker Train job's worker, then an inline trial's process
+            kind, workers = ("worker", 2) if i < args.kills else ("inline trial", 1)
+            r = worker_kill(work / f"kill{i}", address, workers=workers)
             ok = worker_kill_survived(r)
             (t,) = r["trials"].values()
             rows.append(ok)
-            print(f"worker kill {i + 1}: {'survived' if ok else 'FAILED'}  killed with steps up to {r['logged_before_kill']} "
+            print(f"{kind} kill {i % args.kills + 1}: {'survived' if ok else 'FAILED'}  killed with steps up to {r['logged_before_kill']} "
                   f"in MLflow, resumed from {t.get('resumed_from')}, ended at {t['step']} after {t.get('attempt')} attempts, "
                   f"loop_s {t['loop_s']:.1f} (all attempts), overhead {t.get('overhead_s', float('nan')):.1f} s; "
                   f"points {r['points']}, duplicates {r['duplicates']}, lost {r['lost']}", flush=True)
@@ -263,7 +272,7 @@ def main() -> None:
         print(f"driver kill: {'survived' if d_ok else 'FAILED'}  second driver refused: exit {d['second_driver'][0]} "
               f"({d['second_driver'][1].strip()[:100]}); MLflow runs {d['runs']} (1 parent + {d['trial_runs']} trials); "
               f"points {d['points']}, duplicates {d['duplicates']}, lost {d['lost']}")
-        print(f"\nworker kills survived: {sum(rows)}/{len(rows)} (goal {len(rows)}/{len(rows)}); driver kill resumed: "
+        print(f"\nkills survived: {sum(rows)}/{len(rows)} (goal {len(rows)}/{len(rows)}); driver kill resumed: "
               f"{'yes' if d_ok else 'no'}; logs under {work}")
     finally:
         stop_head(head)

@@ -6,10 +6,12 @@ time inside the training loop (the Train worker's loop, evaluations included), a
     python -m benchmarks.sweep_overhead --sweep-dir runs/sweeps/design_space/<id>   # an existing sweep
 
 Overhead is what the platform adds around training, broken down per trial into the phases the sweep's
-record times: the trial's own start (its MLflow run), the Train job's start in three parts (Train's
-controller up to the worker's process; the worker's process up to its train function, DDP rendezvous
-included; the trial code's imports), the worker's setup (data, model, optimizer, tracking lookups),
-waits at ASHA's rungs, and the end (last report to Tune's end of the trial).
+record times: the trial's own start (its process and MLflow run), the Train job's start in three parts
+(Train's controller up to the worker's process; the worker's process up to its train function, DDP
+rendezvous included; the trial code's imports), the worker's setup (data, model, optimizer, tracking
+lookups), reports (checkpoint uploads, waits for Tune to take a result), waits at ASHA's rungs, and
+the end (last report to Tune's end of the trial). A trial that trains inline (`sweep.ray.inline`, one
+worker on this machine) starts no Train job: its Train phases are shown as "-".
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ from switchsweep.platform import sweep_state
 # Where a trial's overhead goes, from the times its record keeps (sweeps.trial.PHASES): each phase is
 # (name, start field, end field) or, for rung waits, a duration field.
 PHASES = (
-    ("trial start", "t_trial_start", "t_fit_start"),  # the trial's MLflow run and params, in Tune's trial process
+    ("trial start", "t_trial_start", "t_fit_start"),  # Tune's trial process, the trial's MLflow run and params
     ("Train ctrl", "t_fit_start", "t_worker_process"),  # Train's controller, placement group, worker scheduled
     ("worker start", "t_worker_process", "t_train_fn"),  # the worker's process, actor setup, DDP rendezvous
     ("worker imports", "t_train_fn", "t_worker_start"),  # the trial code: torch, MLflow, the models
     ("worker setup", "t_worker_start", "t_loop_start"),  # checkpoint, data, model, optimizer, MLflow lookups, GFLOPs
+    ("reports", "report_s", None),  # checkpoint uploads, an inline trial's wait for Tune to take its result
     ("rung waits", "gate_s", None),  # waiting for ASHA's decision at its rungs
     ("end", "t_report", "t_trial_end"),  # last report -> Tune's end of the trial: Train shutdown, teardown
 )
@@ -60,7 +63,7 @@ def summarise(sweep_dir: Path) -> list[dict]:
             parts[n].append(v)
         print(f"{r['trial_id']:<10} {r['step']:>5} {r.get('wall_s', float('nan')):>8.1f} "
               f"{r.get('loop_s', float('nan')):>8.1f} {r.get('overhead_s', float('nan')):>10.1f}  "
-              + "".join(f"{phases.get(n, float('nan')):>15.1f}" for n in names))
+              + "".join(f"{phases[n]:>15.1f}" if n in phases else f"{'-':>15}" for n in names))
     overheads = [r["overhead_s"] for r in rows if "overhead_s" in r]
     if overheads:
         print(f"overhead per trial: median {statistics.median(overheads):.1f} s, max {max(overheads):.1f} s "

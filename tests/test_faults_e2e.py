@@ -1,7 +1,7 @@
 """Faults end to end, each once (`python -m benchmarks.faults` repeats them): a SIGKILLed DDP worker,
-a SIGKILLed driver and its resume, and four concurrent trials on the default SQLite store, one of
-which fails deterministically, on the project's own local Ray instance (whose every socket must
-listen on 127.0.0.1)."""
+a SIGKILLed inline trial, a SIGKILLed driver and its resume, and four concurrent trials on the default
+SQLite store, one of which fails deterministically, on the project's own local Ray instance (whose
+every socket must listen on 127.0.0.1)."""
 
 import csv
 import subprocess
@@ -23,9 +23,10 @@ def _log(r) -> str:
     return Path(r["log"]).read_text()[-3000:]
 
 
-def test_a_killed_worker_restarts_from_its_checkpoint_and_logs_each_step_once(ray_head, digits_net, tmp_path):
+@pytest.mark.parametrize("workers", [2, 1], ids=["train-worker", "inline-trial"])
+def test_a_killed_worker_restarts_from_its_checkpoint_and_logs_each_step_once(ray_head, digits_net, tmp_path, workers):
     root = tmp_path / "runs"
-    r = worker_kill(root, ray_head, digits_net[2])
+    r = worker_kill(root, ray_head, digits_net[2], workers=workers)
     assert r["rc"] == 0, _log(r)
     (t,) = r["trials"].values()
     assert (t["status"], t["step"], t["attempt"], t["mlflow_status"]) == ("finished", STEPS, 2, "FINISHED"), _log(r)

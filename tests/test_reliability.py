@@ -222,6 +222,22 @@ def test_a_finished_trials_checkpoint_is_kept_once(run, tmp_path):
     assert list((storage / "train-t1").iterdir()) == []
 
 
+def test_an_inline_trials_checkpoint_is_kept_once_where_tune_keeps_it(run, tmp_path):
+    from ray.tune import Checkpoint
+
+    tracker, run_id = run
+    folder = tmp_path / "storage" / "tune" / "run_trial_t1" / "checkpoint_000001"
+    folder.mkdir(parents=True)
+    (folder / "ckpt.pt").write_bytes(b"x")
+    place_checkpoint(tracker, run_id, str(tmp_path / "storage"), "t1", "last", finished=False, inline=Checkpoint(str(folder)))
+    assert tracker.client.get_run(run_id).data.tags[CHECKPOINT_TAG] == str(folder / "ckpt.pt")
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes(b"final")
+    tracker.log_artifact(run_id, ckpt, "checkpoint")
+    place_checkpoint(tracker, run_id, str(tmp_path / "storage"), "t1", "last", finished=True, inline=Checkpoint(str(folder)))
+    assert not folder.exists()
+
+
 def test_resume_refuses_in_one_line_when_the_tune_state_is_missing(tmp_path, capsys):
     from switchsweep.cli import main
 

@@ -14,7 +14,7 @@ from switchsweep.cli import main
 from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.runtime import check_resources
-from switchsweep.platform.sweep_config import RayConfig, trial_resources
+from switchsweep.platform.sweep_config import RayConfig, trains_inline, trial_resources
 from switchsweep.sweeps.space import (FRACTION_SUFFIX, apply_params, config_from_dict, param_space, resolve_point,
                                       to_sampled, trial_bases)
 
@@ -174,6 +174,14 @@ def test_more_workers_than_the_cluster_has_is_refused():
     with pytest.raises(ConfigError, match=r"needs 2 GPU per trial but the cluster has 0"):
         check_resources(gpu, {"CPU": 16.0})
     check_resources(RayConfig(num_workers=2, cpus_per_worker=1.0), {"CPU": 3.0})  # 2.05 fits
+
+
+def test_a_one_worker_trial_on_this_machine_trains_inline():
+    assert trains_inline(RayConfig())  # the default: local instance, one worker
+    assert trains_inline(RayConfig(address="127.0.0.1:6379"))  # a head bound to loopback: every node is here
+    assert not trains_inline(RayConfig(num_workers=2))  # DDP: a Train job
+    assert not trains_inline(RayConfig(address="10.0.0.5:6379"))  # a cluster: workers go to its GPU nodes
+    assert not trains_inline(RayConfig(inline=False))
 
 
 def test_resume_without_an_interrupted_sweep_and_export_without_a_sweep(tmp_path, capsys):

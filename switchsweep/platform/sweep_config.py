@@ -63,7 +63,10 @@ class RayConfig:
     cpus_per_worker: Optional[float] = None  # null: local, the cores shared by all workers at once; cluster, 1
     gpus_per_worker: float = 1.0  # used only with use_gpu
     trainable_cpus: float = 0.05  # the per-trial driver that starts the Train job
-    max_failures: int = 1  # worker-group restarts per trial, each resuming from the last checkpoint
+    max_failures: int = 1  # restarts of a trial's training, each resuming from the last checkpoint
+    # A one-worker trial on this machine trains in its Tune trial's own process instead of a Train job,
+    # whose controller and worker processes cost seconds a trial to start; false: always a Train job.
+    inline: bool = True
     storage_path: Optional[str] = None  # Tune state and Train checkpoints (s3://, gs://, a shared mount); null: <root>/sweeps
     shared_fs: bool = False  # storage_path is a path every node mounts (NFS, ...): accepted with a cluster address
     driver_resource: Optional[str] = None  # a custom resource (TRAIN_DRIVER) that places trial drivers, CPU-free
@@ -284,6 +287,11 @@ def worker_bundle(r: RayConfig) -> dict[str, float]:
     return {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {}), **r.worker_resources}
 
 
+def trains_inline(r: RayConfig) -> bool:
+    """Whether a trial trains in its Tune trial's process (`sweep.ray.inline`): one worker, every node local."""
+    return r.inline and r.num_workers == 1 and is_local_address(r.address)
+
+
 def driver_bundle(r: RayConfig) -> dict[str, float]:
     """Resources of a trial's driver (the Tune function that starts its Train job): a custom resource
     that pins it to the head, or a fraction of a CPU anywhere (Ray refuses an empty request)."""
@@ -291,7 +299,7 @@ def driver_bundle(r: RayConfig) -> dict[str, float]:
 
 
 def trial_resources(r: RayConfig) -> dict[str, float]:
-    """Resources one trial holds at once: its driver plus its DDP workers."""
+    """Resources one trial holds at once: its driver plus its DDP workers (an inline trial's process is both)."""
     need = dict(driver_bundle(r))
     for name, amount in worker_bundle(r).items():
         need[name] = need.get(name, 0.0) + r.num_workers * amount

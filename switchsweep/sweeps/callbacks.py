@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
-from ray.tune import Callback
+from ray.tune import Callback, Checkpoint
 
 from switchsweep.platform import sweep_state
 from switchsweep.platform.tracking import CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, STOPPED_TAG, Tracker
@@ -38,10 +38,12 @@ def train_checkpoints(storage_path: str, trial_id: str) -> tuple[pafs.FileSystem
     return fs, sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
 
 
-def place_checkpoint(tracker: Tracker, run_id: str, storage_path: str, trial_id: str, keep: str, finished: bool) -> None:
+def place_checkpoint(tracker: Tracker, run_id: str, storage_path: str, trial_id: str, keep: str, finished: bool,
+                     inline: Checkpoint | None = None) -> None:
     """Keep a trial's final checkpoint once: a finished trial whose checkpoint is in MLflow (keep=last)
-    loses Ray Train's copies; otherwise the run is tagged with where Ray Train keeps it."""
-    fs, folders = train_checkpoints(storage_path, trial_id)
+    loses Ray's copies; otherwise the run is tagged with where Ray keeps it: Ray Train, or Tune for an
+    inline trial (its last checkpoint, `inline`)."""
+    fs, folders = (inline.filesystem, [inline.path]) if inline is not None else train_checkpoints(storage_path, trial_id)
     if finished and keep == "last" and tracker.has_artifact(run_id, CHECKPOINT_ARTIFACT):
         for folder in folders:
             fs.delete_dir(folder)
@@ -83,15 +85,16 @@ class TrialTracking(Callback):
         sweep_state.update_trial(self.sweep_dir, trial.trial_id, **fields)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._finish(trial.trial_id, failure=None)
+        self._finish(trial, failure=None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         # The error file is written in the trial's local folder first (storage gets its copy later).
         local = Path(trial.error_file) if trial.error_file else None
         text = local.read_text(errors="replace") if local is not None and local.is_file() else trial.get_error()
-        self._finish(trial.trial_id, failure=failure_reason(text))
+        self._finish(trial, failure=failure_reason(text))
 
-    def _finish(self, trial_id: str, failure: str | None) -> None:
+    def _finish(self, trial: Any, failure: str | None) -> None:
+        trial_id = trial.trial_id
         entry = sweep_state.load(self.sweep_dir).get("trials", {}).get(trial_id, {})
         if entry.get("status") in sweep_state.TRIAL_OVER:
             return  # recorded once; a restored Tune may report the same end again
@@ -120,6 +123,6 @@ class TrialTracking(Callback):
                 tracker.set_tags(run_id, tags)
             if status != sweep_state.TRIAL_FAILED:
                 place_checkpoint(tracker, run_id, self.storage_path, trial_id, self.log_checkpoints,
-                                 finished=status == sweep_state.TRIAL_FINISHED)
+                                 finished=status == sweep_state.TRIAL_FINISHED, inline=trial.checkpoint)
             tracker.set_status(run_id, MLFLOW_STATUS[status])
         sweep_state.update_trial(self.sweep_dir, trial_id, **fields)

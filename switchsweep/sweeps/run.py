@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.export import rank_trials, write_ranking
 from switchsweep.platform.ranking import Ranked
 from switchsweep.platform.runtime import check_cluster, resolve_worker_cpus, start_ray
-from switchsweep.platform.sweep_config import REPORTED_METRICS, SweepJobConfig, driver_bundle, is_local_address
+from switchsweep.platform.sweep_config import (REPORTED_METRICS, SweepJobConfig, driver_bundle, is_local_address,
+                                              trains_inline, trial_resources)
 from switchsweep.platform.sweep_state import STATE_FILE, DriverLock
 from switchsweep.platform.tracking import (BEST_GROUP_TAG, BEST_RUN_TAG, BEST_TRIAL_TAG, CHECKPOINT_ARTIFACT,
                                            CHECKPOINT_TAG, GIT_TAG, IN_MLFLOW, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG,
@@ -233,7 +235,12 @@ def _experiment(tracker: Tracker, job: SweepJobConfig) -> str:
 
 def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dict[str, Any]) -> tune.Tuner:
     s = job.sweep
-    trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job), driver_bundle(s.ray))
+    inline = trains_inline(s.ray)  # the trial's process trains: it holds its worker's resources too
+    # Tune snapshots its state at each inline checkpoint (it keeps one a trial) and warns when those come
+    # within 5 s of each other: they do in a short trial, and the snapshot is what a resume relies on.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job),
+                                    trial_resources(s.ray) if inline else driver_bundle(s.ray))
     storage, name = trial_job.storage_path, state.get("tune_dir", "tune")
     tune_path = _join(storage, name)
     if s.resume:  # that it can be restored was checked before any work
@@ -251,9 +258,11 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
             metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=_scheduler(job, sweep_dir),
             num_samples=1 if s.search == "grid" else configs * s.seeds, max_concurrent_trials=s.max_concurrent,
         ),
-        # A trial's own attempts (restarts from its last checkpoint) are decided in run_trial: not retried here.
-        run_config=tune.RunConfig(name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=0),
-                                  verbose=1, callbacks=[tracking]),
+        # A Train job's attempts (restarts from its last checkpoint) are decided in run_trial, an inline trial's
+        # here: its process may be what died. Tune keeps only an inline trial's last checkpoint.
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=[tracking],
+                                  failure_config=tune.FailureConfig(max_failures=s.ray.max_failures if inline else 0),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
 
 

@@ -1,4 +1,5 @@
-"""One sweep trial: a Tune function that runs one Ray Train TorchTrainer DDP job of the training loop.
+"""One sweep trial: a Tune function that runs one Ray Train TorchTrainer DDP job of the training loop,
+or, for a one-worker trial on this machine (`sweep.ray.inline`), the loop itself in its own process.
 
 The Tune side (`run_trial`) opens the trial's MLflow child run and runs the Train job; the Train
 side (`run_worker`, through `sweeps.train_entry`) runs `trainers.loop.train` on every worker. Every
@@ -8,8 +9,10 @@ on to Tune and ASHA; at ASHA's rungs rank 0 then waits for its decision (`sweeps
 
 Failures: `run_trial` restarts a Train job whose workers died (up to `sweep.ray.max_failures`
 times, each from the last checkpoint) but ends the trial at once on a deterministic failure
-(`sweeps.failures`), tagging its MLflow run with the reason and the worker log's tail. A restarted
-attempt logs only the steps MLflow does not have yet, and its `loop_s` adds to the earlier attempts'.
+(`sweeps.failures`), tagging its MLflow run with the reason and the worker log's tail. An inline
+trial is restarted by Tune instead (its process may be what died); a restart of one that failed
+deterministically ends again at once. A restarted attempt logs only the steps MLflow does not have
+yet, and its `loop_s` adds to the earlier attempts'.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.naming import run_name
-from switchsweep.platform.sweep_config import RayConfig, worker_bundle
+from switchsweep.platform.sweep_config import RayConfig, trains_inline, worker_bundle
 from switchsweep.platform.tracking import (ATTEMPTS_TAG, CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, GIT_TAG,
                                            GROUP_TAG, IN_MLFLOW, MODEL_TAG, RESUMED_TAG, SEED_TAG, ResilientLog, Tracker,
                                            flatten)
@@ -71,8 +75,11 @@ PROGRESS = "progress.json"  # beside ckpt.pt in every reported checkpoint: train
 # Wall-clock times (epoch seconds) of a trial's phases, reported with every result so the driver's
 # record can break a trial's overhead down (benchmarks/sweep_overhead.py): the Train job's start, the
 # worker's process start, the train function's call (sweeps.train_entry), the worker's start once the
-# trial code is imported, the loop's start, this report; and seconds spent waiting at rungs.
-PHASES = ("t_fit_start", "t_worker_process", "t_train_fn", "t_worker_start", "t_loop_start", "t_report", "gate_s")
+# trial code is imported, the loop's start, this report; and seconds spent waiting at rungs and in reports
+# (checkpoint upload, and an inline trial's wait for Tune to take its result). An inline trial has no
+# worker process of its own.
+PHASES = ("t_fit_start", "t_worker_process", "t_train_fn", "t_worker_start", "t_loop_start", "t_report", "gate_s",
+          "report_s")
 FAILURE_REASON = "failure_reason"  # in a failed trial's error: parsed back by the driver
 
 
@@ -99,12 +106,38 @@ def trial_config(job: TrialJob, params: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
+class TrainSession:
+    """Where a Train worker reports to and resumes from: its Train job."""
+
+    def rank(self) -> int:
+        return ray.train.get_context().get_world_rank()
+
+    def checkpoint(self) -> Checkpoint | None:
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], folder: Path | None) -> None:
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)) if folder else None)
+
+
+class TuneSession(TrainSession):
+    """An inline trial's: Tune itself (one worker, in the trial's process)."""
+
+    def rank(self) -> int:
+        return 0
+
+    def checkpoint(self) -> Checkpoint | None:
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict[str, Any], folder: Path | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder else None)
+
+
 class SweepHooks(TrainHooks):
     """Rank 0 logs to MLflow; every rank takes part in the evaluation report."""
 
     own_checkpoints = False  # checkpoints go to Ray Train (and MLflow), not to the trial's folder
 
-    def __init__(self, config: dict[str, Any], loop_s: float, worker_start: float):
+    def __init__(self, config: dict[str, Any], loop_s: float, worker_start: float, session: TrainSession):
         self.report_every = config["eval_every"]
         self.cfg = config_from_dict(config["config"])
         self.run_id = config["run_id"]
@@ -112,11 +145,11 @@ class SweepHooks(TrainHooks):
         self.sweep_id, self.trial_id, self.rungs = config["sweep_id"], config["trial_id"], set(config["rung_steps"])
         self.loop_s, self.started = loop_s, time.perf_counter()  # seconds of earlier attempts, this one's clock
         self.times = {"t_fit_start": config["fit_start"], "t_train_fn": config["t_train_fn"], "t_worker_start": worker_start,
-                      "t_loop_start": time.time(), "gate_s": 0.0}
+                      "t_loop_start": time.time(), "gate_s": 0.0, "report_s": 0.0}
         started = process_start_time()
-        if started is not None:
+        if started is not None and not isinstance(session, TuneSession):
             self.times["t_worker_process"] = started
-        self.rank = ray.train.get_context().get_world_rank()
+        self.session, self.rank = session, session.rank()
         self.stats: dict[str, float] = {}
         self.log: ResilientLog | None = None
         if self.rank == 0:
@@ -171,6 +204,11 @@ class SweepHooks(TrainHooks):
             (ckpt_dir / PROGRESS).write_text(json.dumps({"loop_s": self.elapsed()}))
         return report
 
+    def _orchestration(self, phase: str, seconds: float) -> None:
+        """Time spent on orchestration, not training: out of loop_s, into the phase's total."""
+        self.started += seconds
+        self.times[phase] += seconds
+
     def on_report(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         scratch = Path(tempfile.mkdtemp(prefix="switchsweep-report-"))
         ckpt_dir = scratch / "checkpoint"
@@ -184,28 +222,29 @@ class SweepHooks(TrainHooks):
             report = {**report, "step": step, "loop_s": self.elapsed(), "attempt": self.attempt, **self.times,
                       "t_report": time.time()}
             has_ckpt = self.rank == 0 and (ckpt_dir / "ckpt.pt").is_file()
-            ray.train.report(report, checkpoint=Checkpoint.from_directory(str(ckpt_dir)) if has_ckpt else None)
+            reporting = time.perf_counter()
+            self.session.report(report, ckpt_dir if has_ckpt else None)
+            self._orchestration("report_s", time.perf_counter() - reporting)
             if self.rank == 0 and step in self.rungs:  # the other ranks wait in the next step's all-reduce
                 waiting = time.perf_counter()
                 wait_at_gate(self.sweep_id, self.trial_id, step)
-                waited = time.perf_counter() - waiting
-                self.started += waited  # orchestration, not training: out of loop_s
-                self.times["gate_s"] += waited
+                self._orchestration("gate_s", time.perf_counter() - waiting)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run_worker(config: dict[str, Any]) -> None:
-    """The Train loop of every worker: resume from Ray's latest checkpoint if there is one, then train.
-    A deterministic failure is raised as `TrialFailure`, with the tail of this worker's output."""
-    worker_start = time.time()
+def run_worker(config: dict[str, Any], session: TrainSession | None = None) -> None:
+    """The Train loop of every worker (or of an inline trial, `session`): resume from Ray's latest
+    checkpoint if there is one, then train. A deterministic failure is raised as `TrialFailure`, with
+    the tail of this worker's output."""
+    worker_start, session = time.time(), session or TrainSession()
     with LogTail() as tail:
         # Scratch on this worker's own node; what outlives the trial goes to MLflow and Train's storage.
         scratch = Path(tempfile.mkdtemp(prefix="switchsweep-trial-"))
         try:
             cfg = config_from_dict(config["config"])
             cfg.train.out_dir = str(scratch / "out")  # nothing lands there: checkpoints go through the hooks
-            checkpoint, loop_s, resumed = ray.train.get_checkpoint(), 0.0, None
+            checkpoint, loop_s, resumed = session.checkpoint(), 0.0, None
             if checkpoint is not None:
                 checkpoint.to_directory(str(scratch))
                 cfg.train.resume = str(scratch / "ckpt.pt")
@@ -214,7 +253,7 @@ def run_worker(config: dict[str, Any]) -> None:
                 resumed = int(load_checkpoint(cfg.train.resume, mmap=True)["step"])
                 if resumed >= cfg.train.steps:
                     return  # the last report was made before a restart: nothing left to train
-            hooks = SweepHooks(config, loop_s, worker_start)
+            hooks = SweepHooks(config, loop_s, worker_start, session)
             if resumed is not None and hooks.log is not None:
                 hooks.log.set_tags({RESUMED_TAG: resumed})
             # The sample grid is drawn at each evaluation (hooks.cfg), not once at the end.
@@ -245,31 +284,39 @@ class _TorchTrainer(TorchTrainer):
         return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, DatasetsCallback)]
 
 
+def _worker_config(job: TrialJob, tree: dict[str, Any], run_id: str, trial_id: str, attempt: int) -> dict[str, Any]:
+    return {"config": tree, "run_id": run_id, "tracking_uri": job.tracking_uri, "eval_every": job.eval_every,
+            "attempt": attempt, "log_checkpoints": job.log_checkpoints, "sweep_id": job.sweep_id, "trial_id": trial_id,
+            "rung_steps": job.rung_steps, "fit_start": time.time()}
+
+
 def run_trial(params: dict[str, Any], job: TrialJob) -> None:
     """The Tune trainable: one trial = one MLflow child run + one TorchTrainer job (restarted from its
-    last checkpoint when its workers die). Tune may stop it at any report (ASHA, max_t), so what follows
-    the last report (status, where the checkpoint is kept) is done by `TrialTracking` instead."""
+    last checkpoint when its workers die), or the training itself (`sweep.ray.inline`). Tune may stop
+    it at any report (ASHA, max_t), so what follows the last report (status, where the checkpoint is
+    kept) is done by `TrialTracking` instead."""
     trial_id = tune.get_context().get_trial_id()
     if trial_id in job.done_trials:
         return  # ended before a driver restart that Tune's older snapshot does not know of
     tree = trial_config(job, params)
     tracker = Tracker(job.tracking_uri)
     seed = int(params.get(SEED, 0))
+    r, inline = job.ray, trains_inline(job.ray)
     run_id, created = tracker.child_run(
         job.experiment_id, job.parent_run_id, job.sweep_id, trial_id, name=run_name(flatten(tree), seed),
-        tags={GIT_TAG: job.git_commit, MODEL_TAG: tree["model"]["name"], GROUP_TAG: trial_group(params), SEED_TAG: seed},
+        tags={GIT_TAG: job.git_commit, MODEL_TAG: tree["model"]["name"], GROUP_TAG: trial_group(params), SEED_TAG: seed,
+              **({ATTEMPTS_TAG: 1} if inline else {})},
     )
     if created:
         tracker.log_params(run_id, {**flatten(tree), **{f"search.{k}": v for k, v in params.items()}})
         tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(tree)), "config.yaml")
-    r = job.ray
+    if inline:
+        _train_inline(job, tree, tracker, run_id, trial_id, created)
+        return
     for attempt in range(1, r.max_failures + 2):
         trainer = _TorchTrainer(
             train_worker,  # sweeps.train_entry: the controller imports little
-            train_loop_config={"config": tree, "run_id": run_id, "tracking_uri": job.tracking_uri,
-                               "eval_every": job.eval_every, "attempt": attempt, "log_checkpoints": job.log_checkpoints,
-                               "sweep_id": job.sweep_id, "trial_id": trial_id, "rung_steps": job.rung_steps,
-                               "fit_start": time.time()},
+            train_loop_config=_worker_config(job, tree, run_id, trial_id, attempt),
             scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=worker_bundle(r)),
             torch_config=None if r.address else LoopbackTorchConfig(),  # a local instance listens on 127.0.0.1 only
             run_config=RunConfig(
@@ -291,3 +338,27 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
             _fail(tracker, run_id, why, failure.log_tail if failure else f"{e}\n", attempt)
             raise RuntimeError(f"{FAILURE_REASON}={why}") from None
         return
+
+
+def _train_inline(job: TrialJob, tree: dict[str, Any], tracker: Tracker, run_id: str, trial_id: str, created: bool) -> None:
+    """Train a one-worker trial in this process, with Tune's session for reports and checkpoints. Tune
+    restarts the trial (its process may be what died) from its last checkpoint: the run's tags count
+    the attempts and carry a deterministic failure, which a restart ends with again instead of training."""
+    tags = {} if created else tracker.tags(run_id)
+    if FAILURE_TAG in tags:
+        raise RuntimeError(f"{FAILURE_REASON}={tags[FAILURE_TAG]}")
+    attempt = int(tags.get(ATTEMPTS_TAG, 0)) + 1
+    if not created:
+        tracker.set_tags(run_id, {ATTEMPTS_TAG: attempt})
+    config = _worker_config(job, tree, run_id, trial_id, attempt)
+    try:
+        run_worker({**config, "t_train_fn": config["fit_start"]}, TuneSession())  # the trial code is imported
+    except TrialFailure as f:
+        _fail(tracker, run_id, f.reason, f.log_tail, attempt)
+        raise RuntimeError(f"{FAILURE_REASON}={f.reason}") from None
+    except Exception as e:
+        if attempt <= job.ray.max_failures:
+            raise  # Tune restarts the trial
+        why = f"{reason(e)} (after {attempt} attempts)"
+        _fail(tracker, run_id, why, "".join(traceback.format_exception(e)), attempt)
+        raise RuntimeError(f"{FAILURE_REASON}={why}") from None
