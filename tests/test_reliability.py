@@ -1,6 +1,7 @@
 """Fault handling without Ray: tracking that survives outages and retries, the sweep's record and
 lock, failure classification, credential redaction, driver-side path resolution."""
 
+import json
 import os
 import pickle
 import signal
@@ -265,3 +266,38 @@ def test_log_checkpoints_best_moves_the_best_trials_checkpoint_into_mlflow(run, 
     assert tracker.client.get_run(run_id).data.tags[CHECKPOINT_TAG] == "mlflow:checkpoint/ckpt.pt"
     got = tracker.download(run_id, "checkpoint/ckpt.pt", tmp_path / "dl")
     assert got.read_bytes() == b"final weights" and not folder.exists()  # one copy, in MLflow
+
+
+def _cut_short_state(tmp_path):
+    """A sweep's Tune folder whose newest state was cut short, and Ray's temp folder with its staging copy."""
+    tune_dir = tmp_path / "storage" / "tune"
+    tune_dir.mkdir(parents=True)
+    (tune_dir / "experiment_state-2026-01-01_00-00-01.json").write_text('{"trial_data": ["older"]}')
+    newest = tune_dir / "experiment_state-2026-01-01_00-00-09.json"
+    newest.write_text('{"trial_data": ["a", "b"')  # what a driver killed during Tune's copy leaves
+    staging = tmp_path / "ray" / "session_2026-01-01_00-00-00_1" / "artifacts" / "2026-01-01_00-00-09" / "tune" / "driver_artifacts"
+    staging.mkdir(parents=True)
+    return tune_dir, newest, staging
+
+
+def test_a_cut_short_tune_state_is_put_back_from_its_staging_copy(tmp_path):
+    from switchsweep.sweeps.tune_state import repair
+
+    tune_dir, newest, staging = _cut_short_state(tmp_path)
+    (staging / newest.name).write_text('{"trial_data": ["a", "b"]}')
+    said = repair(str(tune_dir), str(tmp_path / "ray"))
+    assert "cut short" in said and json.loads(newest.read_text()) == {"trial_data": ["a", "b"]}
+    assert repair(str(tune_dir), str(tmp_path / "ray")) is None  # whole now: nothing to do
+
+
+def test_a_cut_short_tune_state_without_a_whole_copy_falls_back_or_is_refused(tmp_path):
+    from switchsweep.sweeps.tune_state import repair
+
+    tune_dir, newest, staging = _cut_short_state(tmp_path)
+    (staging / newest.name).write_text('{"trial')  # the staging copy is cut short too
+    assert "resuming from experiment_state-2026-01-01_00-00-01.json" in repair(str(tune_dir), str(tmp_path / "ray"))
+    assert sorted(p.name for p in tune_dir.iterdir()) == ["experiment_state-2026-01-01_00-00-01.json",
+                                                          "experiment_state-2026-01-01_00-00-09.json.cut-short"]
+    (tune_dir / "experiment_state-2026-01-01_00-00-01.json").write_text("")
+    with pytest.raises(ConfigError, match="was cut short .* no whole copy is left on this machine: start a new sweep"):
+        repair(str(tune_dir), str(tmp_path / "ray"))

@@ -101,6 +101,11 @@ def _stderr_kept() -> Iterator[Path]:
             os.close(saved)
 
 
+def ray_temp_dir() -> str:
+    """Ray's temp folder on this machine (sessions' logs and Tune's staging folders), once connected."""
+    return ray._private.worker._global_node.get_temp_dir_path()
+
+
 def _loopback_only() -> None:
     """Keep a local instance on 127.0.0.1. On Linux Ray swaps a loopback node address for the machine's
     own and then binds its servers (GCS, raylet, agents, workers) to every interface; the switch that

@@ -25,7 +25,7 @@ from switchsweep.platform.config import resolve_paths
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.export import rank_trials, write_ranking
 from switchsweep.platform.ranking import Ranked
-from switchsweep.platform.runtime import check_cluster, resolve_worker_cpus, start_ray
+from switchsweep.platform.runtime import check_cluster, ray_temp_dir, resolve_worker_cpus, start_ray
 from switchsweep.platform.sweep_config import (REPORTED_METRICS, SweepJobConfig, driver_bundle, is_local_address,
                                               trains_inline, trial_resources)
 from switchsweep.platform.sweep_state import STATE_FILE, DriverLock
@@ -39,6 +39,7 @@ from switchsweep.sweeps.gate import rung_steps
 from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
 from switchsweep.sweeps.space import config_from_dict, param_space, trial_bases
 from switchsweep.sweeps.trial import TrialJob, run_trial
+from switchsweep.sweeps.tune_state import repair as repair_tune_state
 from switchsweep.trainers.features import build_feature_net, reference_features
 from switchsweep.trainers.latents import check_prepared
 from switchsweep.trainers.loop import resolve_device
@@ -331,6 +332,10 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
     try:
         start_ray(s.ray)
         check_cluster(s.ray)
+        if s.resume:
+            repaired = repair_tune_state(_join(storage, state.get("tune_dir", "tune")), ray_temp_dir())
+            if repaired:
+                print(f"switchsweep sweep: {repaired}", file=sys.stderr)
         tracker = Tracker(s.tracking_uri or default_tracking_uri(s.root))
         experiment_id = _experiment(tracker, job)
         if not lock.held:  # a new sweep's folder appears here, once its input is known to be good

@@ -109,6 +109,8 @@ def trial_config(job: TrialJob, params: dict[str, Any]) -> dict[str, Any]:
 class TrainSession:
     """Where a Train worker reports to and resumes from: its Train job."""
 
+    own_process = True  # the worker's process was started for the trial: its start is a phase
+
     def rank(self) -> int:
         return ray.train.get_context().get_world_rank()
 
@@ -120,7 +122,9 @@ class TrainSession:
 
 
 class TuneSession(TrainSession):
-    """An inline trial's: Tune itself (one worker, in the trial's process)."""
+    """An inline trial's: Tune itself (one worker, in the trial's process), which keeps its last checkpoint."""
+
+    own_process = False  # Tune's trial process, started before the trial's own timing begins
 
     def rank(self) -> int:
         return 0
@@ -147,7 +151,7 @@ class SweepHooks(TrainHooks):
         self.times = {"t_fit_start": config["fit_start"], "t_train_fn": config["t_train_fn"], "t_worker_start": worker_start,
                       "t_loop_start": time.time(), "gate_s": 0.0, "report_s": 0.0}
         started = process_start_time()
-        if started is not None and not isinstance(session, TuneSession):
+        if started is not None and session.own_process:
             self.times["t_worker_process"] = started
         self.session, self.rank = session, session.rank()
         self.stats: dict[str, float] = {}
@@ -352,7 +356,8 @@ def _train_inline(job: TrialJob, tree: dict[str, Any], tracker: Tracker, run_id:
         tracker.set_tags(run_id, {ATTEMPTS_TAG: attempt})
     config = _worker_config(job, tree, run_id, trial_id, attempt)
     try:
-        run_worker({**config, "t_train_fn": config["fit_start"]}, TuneSession())  # the trial code is imported
+        # The trial code is imported already: no imports to time.
+        run_worker({**config, "t_train_fn": config["fit_start"]}, TuneSession())
     except TrialFailure as f:
         _fail(tracker, run_id, f.reason, f.log_tail, attempt)
         raise RuntimeError(f"{FAILURE_REASON}={f.reason}") from None
