@@ -301,3 +301,19 @@ def test_a_cut_short_tune_state_without_a_whole_copy_falls_back_or_is_refused(tm
     (tune_dir / "experiment_state-2026-01-01_00-00-01.json").write_text("")
     with pytest.raises(ConfigError, match="was cut short .* no whole copy is left on this machine: start a new sweep"):
         repair(str(tune_dir), str(tmp_path / "ray"))
+
+
+def test_a_trial_tune_restarts_keeps_its_wall_clock(tmp_path):
+    import time
+    from types import SimpleNamespace
+
+    from switchsweep.sweeps.callbacks import TrialTracking
+
+    sweep_state.save(tmp_path, {"sweep_id": "s", "trials": {}})
+    tracking = TrialTracking("sqlite:///unused.db", "0", "p", str(tmp_path), 40, str(tmp_path), "last")
+    trial = SimpleNamespace(trial_id="t1")
+    tracking.on_trial_start(0, [], trial)
+    time.sleep(0.3)  # the trial's process dies here; Tune starts it again
+    tracking.on_trial_start(0, [], trial)
+    tracking.on_trial_result(0, [], trial, {"step": 10, "loop_s": 0.1})
+    assert sweep_state.load(tmp_path)["trials"]["t1"]["wall_s"] >= 0.3

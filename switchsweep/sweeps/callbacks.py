@@ -74,7 +74,8 @@ class TrialTracking(Callback):
         entry = sweep_state.load(self.sweep_dir).get("trials", {}).get(trial.trial_id, {})
         if entry.get("status") in sweep_state.TRIAL_OVER:
             return  # over before a driver restart: Tune's snapshot was older than the record
-        self.started[trial.trial_id] = (time.perf_counter(), float(entry.get("wall_s", 0.0)))
+        # A trial Tune restarts (an inline trial whose process died) keeps its clock: its wall counts the restart.
+        self.started.setdefault(trial.trial_id, (time.perf_counter(), float(entry.get("wall_s", 0.0))))
         sweep_state.update_trial(self.sweep_dir, trial.trial_id, status="running", t_trial_start=time.time())
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
