@@ -6,7 +6,7 @@ time inside the training loop (the Train worker's loop, evaluations included), a
     python -m benchmarks.sweep_overhead --sweep-dir runs/sweeps/design_space/<id>   # an existing sweep
 
 Overhead is what the platform adds around training, broken down per trial into the phases the sweep's
-record times: the trial's own start (its process and MLflow run), the Train job's start in three parts
+record times: the trial's own start (its MLflow run), the Train job's start in three parts
 (Train's controller up to the worker's process; the worker's process up to its train function, DDP
 rendezvous included; the trial code's imports), the worker's setup (data, model, optimizer, tracking
 lookups), reports (checkpoint uploads, waits for Tune to take a result), waits at ASHA's rungs, and
@@ -30,7 +30,7 @@ from switchsweep.platform import sweep_state
 # Where a trial's overhead goes, from the times its record keeps (sweeps.trial.PHASES): each phase is
 # (name, start field, end field) or, for rung waits, a duration field.
 PHASES = (
-    ("trial start", "t_trial_start", "t_fit_start"),  # Tune's trial process, the trial's MLflow run and params
+    ("trial start", "t_trial_start", "t_fit_start"),  # the trial's MLflow run and params, in Tune's trial process
     ("Train ctrl", "t_fit_start", "t_worker_process"),  # Train's controller, placement group, worker scheduled
     ("worker start", "t_worker_process", "t_train_fn"),  # the worker's process, actor setup, DDP rendezvous
     ("worker imports", "t_train_fn", "t_worker_start"),  # the trial code: torch, MLflow, the models
