@@ -53,7 +53,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.sweep_overhead
 	$(PY) -m benchmarks.prepare_throughput
 
-# Killed workers and a killed driver, survived? (about 8 minutes on 2 cores)
+# Killed workers, inline trials and a killed driver, survived? (about 10 minutes on 2 cores)
 faults: $(STAMP)
 	$(PY) -m benchmarks.faults
 
