@@ -36,6 +36,8 @@ def test_a_killed_worker_restarts_from_its_checkpoint_and_logs_each_step_once(ra
     # loop_s sums the attempts: more than what the first attempt had trained by the checkpoint.
     assert t["loop_s"] > t["loop_s_history"][t["resumed_from"]]
     assert t["overhead_s"] == pytest.approx(t["wall_s"] - t["loop_s"]) and t["overhead_s"] > 0
+    # An inline trial starts no worker process of its own; both kinds time their reports out of loop_s.
+    assert ("t_worker_process" in t) == (workers > 1) and t["report_s"] > 0
     assert (r["duplicates"], r["lost"]) == (0, 0) and r["points"] > 0
     # Stored once: the final checkpoint in MLflow, no copy in the trial folder or Ray Train's storage.
     assert t["checkpoint"] == "mlflow:checkpoint/ckpt.pt" and "checkpoint" in t["artifacts"]
