@@ -90,6 +90,23 @@ def test_a_restored_searcher_finishes_the_open_group_and_reuses_the_study(tmp_pa
     assert restored.suggest("c")[GROUP] == "g001"
 
 
+@pytest.mark.parametrize("search", ["tpe", "random"])
+def test_a_reopened_study_does_not_propose_its_first_configurations_again(tmp_path, search):
+    first = _searcher(tmp_path, search=search, tpe_startup=10)  # TPE's random start-up throughout
+    proposed = [first.suggest(t) for t in ("a", "b")]
+    _run(first, "a", [10.0])
+    first.save(str(tmp_path / "searcher.pkl"))  # a driver restart (or --extend) reopens the study from its journal
+    restored = _searcher(tmp_path, search=search, tpe_startup=10)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    again = [restored.suggest(t) for t in ("c", "d")]
+    assert [c[GROUP] for c in again] == ["g002", "g003"]
+    settings = lambda c: {k: v for k, v in c.items() if k not in (GROUP, SEED)}  # noqa: E731
+    assert not [c for c in again if settings(c) in [settings(p) for p in proposed]]
+    (tmp_path / "new").mkdir()
+    new = _searcher(tmp_path / "new", search=search, tpe_startup=10)
+    assert [new.suggest(t) for t in ("a", "b")] == proposed  # a new sweep with the same seed: the same proposals
+
+
 def test_tpe_start_up_is_sized_to_the_sweep(tmp_path):
     # Optuna's own default (10 random trials) would make an 8-trial "TPE" sweep a random search.
     assert default_tpe_startup(8) == 2 and default_tpe_startup(40) == 10 and default_tpe_startup(3) == 2

@@ -87,18 +87,24 @@ class SeededStudySearch(Searcher):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_study": None}
 
+    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        if self.search == "tpe":
+            # constant_liar: configurations proposed while others still run are not all alike.
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.tpe_startup, constant_liar=True)
+        return optuna.samplers.RandomSampler(seed=seed)
+
     @property
     def study(self) -> optuna.Study:
         if self._study is None:
-            if self.search == "tpe":
-                # constant_liar: configurations proposed while others still run are not all alike.
-                sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.tpe_startup, constant_liar=True)
-            else:
-                sampler = optuna.samplers.RandomSampler(seed=self.seed)
             storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(self.journal))
             directions = ["minimize" if m == "min" else "maximize" for m in self.modes]
-            self._study = optuna.create_study(storage=storage, sampler=sampler, study_name=self.study_name,
+            self._study = optuna.create_study(storage=storage, sampler=self._sampler(self.seed), study_name=self.study_name,
                                               directions=directions, load_if_exists=True)
+            asked = len(self._study.get_trials(deepcopy=False))
+            if asked:
+                # Reopened (resume, extend): a sampler seeded as at the start would draw the first
+                # configurations again; one seeded by what the study already holds goes on from there.
+                self._study.sampler = self._sampler(int(np.random.SeedSequence([self.seed, asked]).generate_state(1)[0]))
         return self._study
 
     def enqueue(self, points: Sequence[dict[str, Any]]) -> None:
