@@ -1,0 +1,36 @@
+"""Inline trials (one worker, trained in Tune's trial process, which the next trial reuses) against
+Train jobs: the same sweep both ways logs the same numbers, bit for bit."""
+
+import subprocess
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from benchmarks.faults import ENV, record, sweep_cmd
+from switchsweep.platform.tracking import default_tracking_uri
+
+pytestmark = pytest.mark.slow
+
+
+def _logged(root) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    client = MlflowClient(default_tracking_uri(root))
+    exp = client.get_experiment_by_name("design_space")
+    runs = client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'")
+    return {r.info.run_name: {k: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k))
+                              for k in ("loss", "kid", "routing_jsd")} for r in runs}
+
+
+def test_inline_trials_sharing_a_process_log_what_train_jobs_log(ray_head, digits_net, tmp_path):
+    logged = {}
+    for kind, extra in (("inline", []), ("train", ["sweep.ray.inline=false"])):
+        root = tmp_path / kind
+        done = subprocess.run(sweep_cmd(root, ray_head, digits_net[2], "sweep.num_trials=2", *extra), capture_output=True,
+                              text=True, env=ENV, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        first, second = sorted(record(root)["trials"].values(), key=lambda e: e["t_trial_start"])
+        assert ("t_worker_process" in first) == (kind == "train")  # a Train job starts a worker process
+        if kind == "inline":  # the second trial went on in the first one's process: no new one (about 4 s here)
+            assert second["t_trial_start"] - first["t_trial_end"] < 2.5
+        logged[kind] = _logged(root)
+    assert len(logged["inline"]) == 2 and all(v["loss"] and v["kid"] for v in logged["inline"].values())
+    assert logged["inline"] == logged["train"]
