@@ -13,7 +13,7 @@ lookups), reports (checkpoint uploads, waits for Tune to take a result), waits a
 the end (last report to Tune's end of the trial). A trial that trains inline (`sweep.ray.inline`, one
 worker on this machine) starts no Train job: its Train phases are shown as "-". Outside every trial's
 wall, it also prints the time from a trial's end to the next one's start (Tune starting the next
-trial: a new process, unless an inline trial's is reused).
+trial's process).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def summarise(sweep_dir: Path) -> list[dict]:
         print(f"overhead per trial: median {statistics.median(overheads):.1f} s, max {max(overheads):.1f} s "
               f"over {len(overheads)} trials (goal: median <= 10 s, max <= 14 s)")
         print("median per phase: " + ", ".join(f"{n} {statistics.median(v):.1f} s" for n, v in parts.items() if v))
-    # Outside every trial's wall: Tune starting the next trial (its process, unless an inline trial's is reused).
+    # Outside every trial's wall: Tune starting the next trial's process.
     timed = sorted((r for r in rows if "t_trial_start" in r and "t_trial_end" in r), key=lambda r: r["t_trial_start"])
     gaps = [b["t_trial_start"] - a["t_trial_end"] for a, b in zip(timed, timed[1:]) if b["t_trial_start"] >= a["t_trial_end"]]
     if gaps:

@@ -1,5 +1,5 @@
-"""Inline trials (one worker, trained in Tune's trial process, which the next trial reuses) against
-Train jobs: the same sweep both ways logs the same numbers, bit for bit."""
+"""Inline trials (one worker, trained in Tune's trial process) against Train jobs: the same sweep both
+ways logs the same numbers, bit for bit."""
 
 import subprocess
 
@@ -20,17 +20,15 @@ def _logged(root) -> dict[str, dict[str, list[tuple[int, float]]]]:
                               for k in ("loss", "kid", "routing_jsd")} for r in runs}
 
 
-def test_inline_trials_sharing_a_process_log_what_train_jobs_log(ray_head, digits_net, tmp_path):
+def test_inline_trials_log_what_train_jobs_log(ray_head, digits_net, tmp_path):
     logged = {}
     for kind, extra in (("inline", []), ("train", ["sweep.ray.inline=false"])):
         root = tmp_path / kind
         done = subprocess.run(sweep_cmd(root, ray_head, digits_net[2], "sweep.num_trials=2", *extra), capture_output=True,
                               text=True, env=ENV, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        first, second = sorted(record(root)["trials"].values(), key=lambda e: e["t_trial_start"])
-        assert ("t_worker_process" in first) == (kind == "train")  # a Train job starts a worker process
-        if kind == "inline":  # the second trial went on in the first one's process: no new one (about 4 s here)
-            assert second["t_trial_start"] - first["t_trial_end"] < 2.5
+        trials = record(root)["trials"].values()
+        assert all(("t_worker_process" in t) == (kind == "train") for t in trials)  # a Train job starts a worker process
         logged[kind] = _logged(root)
     assert len(logged["inline"]) == 2 and all(v["loss"] and v["kid"] for v in logged["inline"].values())
     assert logged["inline"] == logged["train"]

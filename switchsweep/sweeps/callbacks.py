@@ -45,8 +45,11 @@ def place_checkpoint(tracker: Tracker, run_id: str, storage_path: str, trial_id:
     inline trial (its last checkpoint, `inline`)."""
     fs, folders = (inline.filesystem, [inline.path]) if inline is not None else train_checkpoints(storage_path, trial_id)
     if finished and keep == "last" and tracker.has_artifact(run_id, CHECKPOINT_ARTIFACT):
+        # Tune's state may still name an inline trial's folder (its snapshot can be older than the
+        # trial's end), and a resume restores what it names: that folder stays, empty.
+        clear = fs.delete_dir_contents if inline is not None else fs.delete_dir
         for folder in folders:
-            fs.delete_dir(folder)
+            clear(folder)
     elif folders:
         where = folders[-1] if "://" not in storage_path else f"{storage_path.split('://')[0]}://{folders[-1]}"
         tracker.set_tags(run_id, {CHECKPOINT_TAG: f"{where}/ckpt.pt"})

@@ -258,9 +258,6 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
         tune_config=tune.TuneConfig(
             metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=_scheduler(job, sweep_dir),
             num_samples=1 if s.search == "grid" else configs * s.seeds, max_concurrent_trials=s.max_concurrent,
-            # An inline trial's process (torch, MLflow and the models imported: about 4 s on 2 cores)
-            # trains the next trial too; each trial seeds its own randomness (trainers.loop).
-            reuse_actors=inline,
         ),
         # A Train job's attempts (restarts from its last checkpoint) are decided in run_trial, an inline trial's
         # here: its process may be what died. Tune keeps only an inline trial's last checkpoint.
