@@ -13,6 +13,7 @@ import pyarrow.fs as pafs
 from ray.tune import Callback, Checkpoint
 
 from switchsweep.platform import sweep_state
+from switchsweep.platform.storage import storage_fs
 from switchsweep.platform.tracking import CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, STOPPED_TAG, Tracker
 from switchsweep.sweeps.trial import FAILURE_REASON, PHASES
 
@@ -33,8 +34,8 @@ def failure_reason(error_text: str | None) -> str:
 
 def train_checkpoints(storage_path: str, trial_id: str) -> tuple[pafs.FileSystem, list[str]]:
     """The folders of a trial's checkpoints in Ray Train's storage (a path or URI), oldest first."""
-    fs, base = pafs.FileSystem.from_uri(storage_path) if "://" in storage_path else (pafs.LocalFileSystem(), storage_path)
-    infos = fs.get_file_info(pafs.FileSelector(f"{base.rstrip('/')}/train-{trial_id}", allow_not_found=True))
+    fs, base = storage_fs(storage_path)
+    infos = fs.get_file_info(pafs.FileSelector(f"{base}/train-{trial_id}", allow_not_found=True))
     return fs, sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
 
 

@@ -17,13 +17,9 @@ import os
 import pyarrow.fs as pafs
 
 from switchsweep.platform.errors import ConfigError
+from switchsweep.platform.storage import storage_fs
 
 STATE_PREFIX = "experiment_state-"
-
-
-def _fs(path: str) -> tuple[pafs.FileSystem, str]:
-    fs, base = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
-    return fs, base.rstrip("/")
 
 
 def _whole(text: bytes) -> bool:
@@ -34,10 +30,10 @@ def _whole(text: bytes) -> bool:
     return True
 
 
-def states(tune_path: str) -> tuple[pafs.FileSystem, list[str]]:
+def _states(tune_path: str) -> tuple[pafs.FileSystem, list[str]]:
     """Tune's experiment-state files under `tune_path` (a path or URI), oldest first (their names hold
     the start time of the driver that wrote them)."""
-    fs, base = _fs(tune_path)
+    fs, base = storage_fs(tune_path)
     infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     return fs, sorted(i.path for i in infos if i.base_name.startswith(STATE_PREFIX) and i.base_name.endswith(".json"))
 
@@ -45,7 +41,7 @@ def states(tune_path: str) -> tuple[pafs.FileSystem, list[str]]:
 def repair(tune_path: str, ray_temp_dir: str) -> str | None:
     """Make the newest experiment state under `tune_path` readable; returns what was done (None: nothing
     needed). `ray_temp_dir` is Ray's temp folder on this machine, where the staging copies live."""
-    fs, found = states(tune_path)
+    fs, found = _states(tune_path)
     if not found:
         return None
     newest = found[-1]
