@@ -47,7 +47,7 @@ report: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.moe_kernels
-	$(PY) -m benchmarks.step_time
+	$(PY) -m benchmarks.step_time --floor
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.eval_throughput
 	$(PY) -m benchmarks.sweep_overhead

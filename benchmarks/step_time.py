@@ -2,10 +2,17 @@
 
     python -m benchmarks.step_time [--size tiny] [--batch 64] [--steps 10] [--rounds 5] [--device auto]
     python -m benchmarks.step_time --size S --image-size 32 --channels 4 --num-classes 1000 --batch 8
+    python -m benchmarks.step_time --floor  # and the least Switch-DiT step this machine allows
 
 Rounds interleave the models so that machine noise hits them alike; the figure to read is the
 ratio of medians against DiT. A shape other than the digits' trains on random latents written as a
 prepared folder (what `switchsweep prepare` makes), so the step is the real latent-data step.
+
+`--floor` bounds Switch-DiT's step from below, in the same rounds: its step with every expert layer
+as the identity (routing, prior loss, integration, optimizer and EMA all still run), plus the least
+work the expert layers' maths needs, timed alone with hot caches: per block and sample, h = z W
+(the sample's mixed weight, built for free), y = z + z h, and the backward's dz and dW products and
+elementwise terms. No implementation of the same maths on this machine's GEMMs can go below it.
 """
 
 from __future__ import annotations
@@ -16,16 +23,33 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from switchsweep.platform.config import Config
+from switchsweep.models import switch_dit
+from switchsweep.platform.config import MODEL_SIZES, Config
+from switchsweep.platform.errors import TrainingError
 from switchsweep.trainers.latents import FORMAT
-from switchsweep.trainers.loop import Trainer
+from switchsweep.trainers.loop import Trainer, resolve_device
 from switchsweep.trainers.prepare import write_manifest, write_shard
 
 MODELS = ("dit", "dtr", "switch_dit")
+EXPERTS_OFF, LEAST = "experts off", "experts' least work"
+
+
+def _identity_experts(z, weight, bias, expert_idx, gates):
+    return z
+
+
+def timed(name: str, trainer: Trainer, steps: int) -> float:
+    """time_steps; the `EXPERTS_OFF` trainer's Switch-DiT runs every expert layer as the identity."""
+    if name != EXPERTS_OFF:
+        return time_steps(trainer, steps)
+    with mock.patch.object(switch_dit, "sample_routed_linear", _identity_experts):
+        return time_steps(trainer, steps)
 
 
 def _sync(device: torch.device) -> None:
@@ -40,6 +64,31 @@ def time_steps(trainer: Trainer, steps: int) -> float:
         trainer.train_step()
     _sync(trainer.device)
     return (time.perf_counter() - start) / steps
+
+
+def least_expert_work(batch: int, tokens: int, dim: int, depth: int, reps: int) -> float:
+    """Seconds per step of the expert layers' irreducible work (see the module doc), on the CPU's
+    hot caches: three [L, D] x [D, D] products per sample (forward, dz, dW) and three elementwise
+    passes per block, over `depth` blocks."""
+    g = torch.Generator().manual_seed(0)
+    z, dy = (torch.randn(batch, tokens, dim, generator=g) for _ in range(2))
+    w = torch.randn(batch, dim, dim, generator=g) / dim**0.5
+    w_t = w.transpose(1, 2).contiguous()  # the faster layout for dz, also for free
+    for _ in range(3):
+        expert_layer_least_ops(z, w, w_t, dy)
+    start = time.perf_counter()
+    for _ in range(reps * depth):
+        expert_layer_least_ops(z, w, w_t, dy)
+    return (time.perf_counter() - start) / reps
+
+
+def expert_layer_least_ops(z: Tensor, w: Tensor, w_t: Tensor, dy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """y = z (1 + z W_b) per sample b, and its backward: dz and the per-sample dW_b (w_t = W_b^T)."""
+    h = torch.bmm(z, w)
+    y = torch.addcmul(z, z, h)
+    dh = dy * z
+    dz = torch.addcmul(dy, dy, h).baddbmm_(dh, w_t)  # dy (1 + h) + dh W^T
+    return y, dz, torch.bmm(z.transpose(1, 2), dh)
 
 
 def random_latents(out: Path, channels: int, size: int, num_classes: int, count: int = 512) -> Path:
@@ -64,7 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image-size", type=int, help="default: the digits (8); 32 for 256 px SD-VAE latents")
     ap.add_argument("--channels", type=int, help="default: the digits (1); 4 for latents")
     ap.add_argument("--num-classes", type=int, help="default: the digits (10); 1000 for ImageNet")
+    ap.add_argument("--floor", action="store_true", help="also time the least Switch-DiT step (module doc)")
     args = ap.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except TrainingError as e:
+        ap.error(str(e).replace("train.device", "--device"))
+    if args.floor and device.type != "cpu":  # so that `make bench` runs as it is on a GPU machine
+        print(f"--floor skipped: it bounds the step on the CPU, this run is on {device} (add --device cpu)")
+        args.floor = False
 
     digits = Config().data
     shape = {key: getattr(digits, key) if getattr(args, key) is None else getattr(args, key)
@@ -74,9 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         folder = random_latents(Path(tempfile.mkdtemp(prefix="step-time-")), shape["channels"], shape["image_size"],
                                 shape["num_classes"])
     trainers = {}
-    for name in MODELS:
+    names = [*MODELS, EXPERTS_OFF] if args.floor else list(MODELS)
+    for name in names:
         cfg = Config()
-        cfg.model.name, cfg.model.size = name, args.size
+        cfg.model.name, cfg.model.size = ("switch_dit" if name == EXPERTS_OFF else name), args.size
         cfg.data.batch_size, cfg.train.device = args.batch, args.device
         if folder is not None:
             cfg.data.name, cfg.data.path = "latents", str(folder)
@@ -84,22 +142,31 @@ def main(argv: list[str] | None = None) -> None:
                 setattr(cfg.data, key, value)
         trainers[name] = Trainer(cfg)
         trainers[name].model.train()
-        time_steps(trainers[name], 3)  # warm-up
-    samples: dict[str, list[float]] = {n: [] for n in MODELS}
+        timed(name, trainers[name], 3)  # warm-up
+    samples: dict[str, list[float]] = {n: [] for n in [*names, LEAST]}
     for _ in range(args.rounds):
         for name, tr in trainers.items():
-            samples[name].append(time_steps(tr, args.steps))
+            samples[name].append(timed(name, tr, args.steps))
+        if args.floor:
+            cfg = trainers["switch_dit"].cfg
+            depth, hidden, _ = MODEL_SIZES[cfg.model.size]
+            tokens = (cfg.data.image_size // cfg.model.patch_size) ** 2
+            samples[LEAST].append(least_expert_work(cfg.data.batch_size, tokens, hidden, depth, args.steps))
 
     device = next(iter(trainers.values())).device
     base = statistics.median(samples["dit"])
     d = trainers["dit"].cfg.data
     print(f"step time, size={args.size} batch={args.batch} data={d.channels}x{d.image_size}x{d.image_size} "
           f"classes={d.num_classes} device={device} threads={torch.get_num_threads()}")
-    print(f"{'model':<12}{'params':>12}{'median ms/step':>16}{'vs DiT':>9}")
+    print(f"{'model':<20}{'params':>12}{'median ms/step':>16}{'vs DiT':>9}")
     for name, tr in trainers.items():
         med = statistics.median(samples[name])
         params = sum(p.numel() for p in tr.model.parameters())
-        print(f"{name:<12}{params:>12,}{med * 1e3:>16.2f}{med / base:>8.2f}x")
+        print(f"{name:<20}{params:>12,}{med * 1e3:>16.2f}{med / base:>8.2f}x")
+    if args.floor:
+        off, least = statistics.median(samples[EXPERTS_OFF]), statistics.median(samples[LEAST])
+        print(f"{LEAST:<20}{'':>12}{least * 1e3:>16.2f}{least / base:>8.2f}x")
+        print(f"floor: {EXPERTS_OFF} + {LEAST} = {(off + least) * 1e3:.2f} ms/step, {(off + least) / base:.3f}x DiT")
     if folder is not None:
         shutil.rmtree(folder)
 
