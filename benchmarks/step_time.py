@@ -12,7 +12,7 @@ prepared folder (what `switchsweep prepare` makes), so the step is the real late
 as the identity (routing, prior loss, integration, optimizer and EMA all still run), plus the least
 work the expert layers' maths needs, timed alone with hot caches: per block and sample, h = z W
 (the sample's mixed weight, built for free), y = z + z h, and the backward's dz and dW products and
-elementwise terms. No implementation of the same maths on this machine's GEMMs can go below it.
+elementwise terms. No faster expert layer can take the step below it on this machine's GEMMs.
 """
 
 from __future__ import annotations
@@ -153,7 +153,6 @@ def main(argv: list[str] | None = None) -> None:
             tokens = (cfg.data.image_size // cfg.model.patch_size) ** 2
             samples[LEAST].append(least_expert_work(cfg.data.batch_size, tokens, hidden, depth, args.steps))
 
-    device = next(iter(trainers.values())).device
     base = statistics.median(samples["dit"])
     d = trainers["dit"].cfg.data
     print(f"step time, size={args.size} batch={args.batch} data={d.channels}x{d.image_size}x{d.image_size} "
