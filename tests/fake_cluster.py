@@ -101,11 +101,14 @@ class FakeCluster:
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every node the cluster has had (dead ones too): NodeID, Alive, Resources."""
-        code = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); "
-                "print(json.dumps([{k: n[k] for k in ('NodeID', 'Alive', 'Resources')} for n in ray.nodes()]))" % self.address)
+        # Marked: the driver may also print the autoscaler's events on stdout, after the list.
+        code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
+                "print('NODES', json.dumps([{k: n[k] for k in ('NodeID', 'Alive', 'Resources')} for n in ray.nodes()]))"
+                % self.address)
         out = subprocess.run([str(BIN / "python"), "-c", code], env=self.env,
                              capture_output=True, text=True, timeout=120, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        listed = [line for line in out.stdout.splitlines() if line.startswith("NODES ")]
+        return json.loads(listed[-1].removeprefix("NODES "))
 
     def workers(self, alive: bool | None = None) -> list[dict[str, Any]]:
         """The nodes the autoscaler launched (all but the head), alive or not."""
