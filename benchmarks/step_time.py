@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from switchsweep.models import switch_dit
-from switchsweep.platform.config import MODEL_SIZES, Config
-from switchsweep.platform.errors import TrainingError
+from switchsweep.platform.config import MODEL_SIZES, Config, validate_model
+from switchsweep.platform.errors import ConfigError, TrainingError
 from switchsweep.trainers.latents import FORMAT
 from switchsweep.trainers.loop import Trainer, resolve_device
 from switchsweep.trainers.prepare import write_manifest, write_shard
@@ -103,16 +103,23 @@ def random_latents(out: Path, channels: int, size: int, num_classes: int, count:
     return out
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="tiny")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=10, help="steps per timed round")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--size", default="tiny", choices=tuple(MODEL_SIZES))
+    ap.add_argument("--batch", type=_positive, default=64)
+    ap.add_argument("--steps", type=_positive, default=10, help="steps per timed round")
+    ap.add_argument("--rounds", type=_positive, default=5)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--image-size", type=int, help="default: the digits (8); 32 for 256 px SD-VAE latents")
-    ap.add_argument("--channels", type=int, help="default: the digits (1); 4 for latents")
-    ap.add_argument("--num-classes", type=int, help="default: the digits (10); 1000 for ImageNet")
+    ap.add_argument("--image-size", type=_positive, help="default: the digits (8); 32 for 256 px SD-VAE latents")
+    ap.add_argument("--channels", type=_positive, help="default: the digits (1); 4 for latents")
+    ap.add_argument("--num-classes", type=_positive, help="default: the digits (10); 1000 for ImageNet")
     ap.add_argument("--floor", action="store_true", help="also time the least Switch-DiT step (module doc)")
     args = ap.parse_args(argv)
     try:
@@ -126,10 +133,24 @@ def main(argv: list[str] | None = None) -> None:
     digits = Config().data
     shape = {key: getattr(digits, key) if getattr(args, key) is None else getattr(args, key)
              for key in ("channels", "image_size", "num_classes")}
+    model = Config().model
+    model.size = args.size
+    try:  # the patch must divide the image, before any data is written
+        validate_model(model, shape["image_size"])
+    except ConfigError as e:
+        ap.error(str(e))
     folder = None
     if any(shape[key] != getattr(digits, key) for key in shape):
         folder = random_latents(Path(tempfile.mkdtemp(prefix="step-time-")), shape["channels"], shape["image_size"],
                                 shape["num_classes"])
+    try:
+        _run(args, device, shape, folder)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder)
+
+
+def _run(args: argparse.Namespace, device: torch.device, shape: dict[str, int], folder: Path | None) -> None:
     trainers = {}
     names = [*MODELS, EXPERTS_OFF] if args.floor else list(MODELS)
     for name in names:
@@ -166,8 +187,6 @@ def main(argv: list[str] | None = None) -> None:
         off, least = statistics.median(samples[EXPERTS_OFF]), statistics.median(samples[LEAST])
         print(f"{LEAST:<20}{'':>12}{least * 1e3:>16.2f}{least / base:>8.2f}x")
         print(f"floor: {EXPERTS_OFF} + {LEAST} = {(off + least) * 1e3:.2f} ms/step, {(off + least) / base:.3f}x DiT")
-    if folder is not None:
-        shutil.rmtree(folder)
 
 
 if __name__ == "__main__":
