@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
 .PHONY: install test train evaluate sweep variants ui optuna-ui report bench faults paper-check search-efficiency mutation clean \
-	cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
+	gpu-check gpu-wheels cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,19 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.sweep_overhead
 	$(PY) -m benchmarks.prepare_throughput
 
+# GPU acceptance in one command (README, "On a GPU"): one line and exit 0 on a machine without CUDA.
+# It runs with this checkout's .venv where there is one, else with the machine's python3 (PyTorch and Triton)
+# plus the config packages that `make gpu-wheels` puts in .whl/ for a GPU machine without the full install.
+GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	@if [ -d .whl ] && ! $(GPU_PY) -c "import hydra" 2>/dev/null; then \
+	  $(GPU_PY) -m pip install -q --no-index --no-deps --upgrade --target .whl/site .whl/*.whl; fi
+	@PYTHONPATH="$(CURDIR)/.whl/site$${PYTHONPATH:+:$$PYTHONPATH}" $(GPU_PY) -m benchmarks.gpu_check $(ARGS)
+
+gpu-wheels: $(STAMP)
+	rm -rf .whl
+	$(PY) -m pip wheel -q --no-deps -w .whl $$($(PY) -m pip freeze | grep -iE '^(hydra-core|omegaconf|antlr4-python3-runtime)==')
+
 # Killed workers, inline trials and a killed driver, survived? (about 10 minutes on 2 cores)
 faults: $(STAMP)
 	$(PY) -m benchmarks.faults
@@ -67,7 +80,7 @@ search-efficiency: $(STAMP)
 # Mutation testing of the core modules against the fast suite: not part of `make test`, over an hour on
 # 2 cores for all ~2,400 mutants; an interrupted run resumes where it stopped.
 mutation: $(STAMP)
-	TRITON_INTERPRET=1 $(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut run --max-children 2
 	$(VENV)/bin/mutmut results
 
 # The GPU cluster of cluster.yaml (README, "On a GPU cluster"), driven from this machine. The cluster's

@@ -128,12 +128,13 @@ def _mode(fn, inputs, grads_of, mode: str):
     return run
 
 
-def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, device, reps, dtype_name):
+def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, device, reps, dtype_name, modes):
     dtype = DTYPES[dtype_name]
     a = torch.randn(mm_shape[0], mm_shape[1], device=device, dtype=dtype)
     w = torch.randn(mm_shape[1], mm_shape[2], device=device, dtype=dtype)
     mm_flops = 2 * mm_shape[0] * mm_shape[1] * mm_shape[2]
-    for mode, useful in flops.items():
+    for mode in modes:
+        useful = flops[mode]
         repeat = max(1, round(useful / mm_flops))
         ceiling = _time(lambda: [torch.mm(a, w) for _ in range(repeat)], device, reps)
         results = {}
@@ -159,7 +160,7 @@ def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, dev
                      "speedup_vs_loop": base / ceiling if base else float("nan"), "speedup_vs_dense": float("nan")})
 
 
-def _bench_dtype(rows, dtype_name, cuda, device, reps, quick):
+def _bench_dtype(rows, dtype_name, cuda, device, reps, quick, modes):
     dtype = DTYPES[dtype_name]
     torch.set_float32_matmul_precision("high" if dtype_name == "tf32" else "highest")
     gen = torch.Generator(device=device).manual_seed(0)
@@ -189,7 +190,7 @@ def _bench_dtype(rows, dtype_name, cuda, device, reps, quick):
         fwd = 2 * b * l * d * d
         bench_case(rows, "sample_routed", f"B={b} L={l} D={d} {routing}", variants, (z, weight, bias, idx, gates),
                    (z, weight, bias, gates), {"forward": fwd, "backward": 2 * fwd, "forward+backward": 3 * fwd},
-                   (b * l, d, d), device, reps, dtype_name)
+                   (b * l, d, d), device, reps, dtype_name, modes)
     m, k = 8, 2
     for t, d in shapes2:
         f = d  # one projection D -> D per call (a SwiGLU expert is three of these)
@@ -203,36 +204,48 @@ def _bench_dtype(rows, dtype_name, cuda, device, reps, quick):
         fwd = 2 * k * t * d * f
         bench_case(rows, "token_routed", f"T={t} D={d} M={m} k={k}", variants, (x, weight, idx, gates),
                    (x, weight, gates), {"forward": fwd, "backward": 2 * fwd, "forward+backward": 3 * fwd},
-                   (k * t, d, f), device, reps, dtype_name)
+                   (k * t, d, f), device, reps, dtype_name, modes)
 
 
-def main() -> None:
+def run(dtypes: list[str], quick: bool = False, reps: int | None = None,
+        modes: tuple[str, ...] = ("forward", "backward", "forward+backward")) -> list[dict]:
+    """Every case of every dtype, one row per (case, mode, variant); prints nothing."""
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    reps = reps or (20 if cuda else 3)
+    before = torch.get_float32_matmul_precision()
+    rows: list[dict] = []
+    try:
+        for dtype_name in dtypes:
+            _bench_dtype(rows, dtype_name, cuda, device, reps, quick, modes)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'dtype':<5} {'op':<13} {'shape':<26} {'mode':<17} {'variant':<10} {'ms':>9} {'TFLOP/s':>8} {'% mm':>6} {'x loop':>7} {'x dense':>7}")
+    for r in rows:
+        print(f"{r['dtype']:<5} {r['op']:<13} {r['shape']:<26} {r['mode']:<17} {r['variant']:<10} {r['median_ms']:>9.3f} "
+              f"{r['tflops']:>8.2f} {r['pct_of_mm']:>6.1f} {r['speedup_vs_loop']:>7.2f} {r['speedup_vs_dense']:>7.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=None,
                         help="default: bf16 and tf32 on a GPU, fp32 on a CPU")
     parser.add_argument("--csv", type=Path, default=Path("runs/bench/moe_kernels.csv"))
     parser.add_argument("--quick", action="store_true", help="one shape per op")
     parser.add_argument("--reps", type=int, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
     dtypes = args.dtype or (["bf16", "tf32"] if cuda else ["fp32"])
-    reps = args.reps or (20 if cuda else 3)
     if not cuda:
         print("no GPU: timing the torch variants on small shapes (Triton runs only on CUDA)")
-    before = torch.get_float32_matmul_precision()
-    rows: list[dict] = []
-    try:
-        for dtype_name in dtypes:
-            _bench_dtype(rows, dtype_name, cuda, device, reps, args.quick)
-    finally:
-        torch.set_float32_matmul_precision(before)
+    rows = run(dtypes, args.quick, args.reps)
     name = torch.cuda.get_device_name() if cuda else "CPU"
-    print(f"\n{name}, median of {reps}" + (" (do_bench)" if cuda else ""))
-    print(f"{'dtype':<5} {'op':<13} {'shape':<26} {'mode':<17} {'variant':<10} {'ms':>9} {'TFLOP/s':>8} {'% mm':>6} {'x loop':>7} {'x dense':>7}")
-    for r in rows:
-        print(f"{r['dtype']:<5} {r['op']:<13} {r['shape']:<26} {r['mode']:<17} {r['variant']:<10} {r['median_ms']:>9.3f} "
-              f"{r['tflops']:>8.2f} {r['pct_of_mm']:>6.1f} {r['speedup_vs_loop']:>7.2f} {r['speedup_vs_dense']:>7.2f}")
+    print(f"\n{name}, median of {args.reps or (20 if cuda else 3)}" + (" (do_bench)" if cuda else ""))
+    print_rows(rows)
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     with open(args.csv, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

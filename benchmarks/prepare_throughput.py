@@ -27,9 +27,9 @@ from switchsweep.platform.config import Config, DataConfig
 from switchsweep.platform.runtime import start_ray
 from switchsweep.platform.sweep_config import RayConfig
 from switchsweep.trainers.data import BatchStream, load_dataset
-from switchsweep.trainers.latents import vae_config, vae_config_hash
+from switchsweep.trainers.latents import vae_config, vae_config_hash, write_manifest, write_shard
 from switchsweep.trainers.loop import Trainer
-from switchsweep.trainers.prepare import prepare, write_manifest, write_shard
+from switchsweep.trainers.prepare import prepare
 
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
               up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, norm_num_groups=32,

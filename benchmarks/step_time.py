@@ -32,9 +32,8 @@ from torch import Tensor
 from switchsweep.models import switch_dit
 from switchsweep.platform.config import MODEL_SIZES, Config, validate_model
 from switchsweep.platform.errors import ConfigError, TrainingError
-from switchsweep.trainers.latents import FORMAT
+from switchsweep.trainers.latents import FORMAT, write_manifest, write_shard
 from switchsweep.trainers.loop import Trainer, resolve_device
-from switchsweep.trainers.prepare import write_manifest, write_shard
 
 MODELS = ("dit", "dtr", "switch_dit")
 EXPERTS_OFF, LEAST = "experts off", "experts' least work"
@@ -150,13 +149,14 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(folder)
 
 
-def _run(args: argparse.Namespace, device: torch.device, shape: dict[str, int], folder: Path | None) -> None:
+def build_trainers(names: list[str], size: str, batch: int, device: str, shape: dict[str, int],
+                   folder: Path | None) -> dict[str, Trainer]:
+    """One warmed-up Trainer per name (a model name, or EXPERTS_OFF), on `folder`'s latents if given."""
     trainers = {}
-    names = [*MODELS, EXPERTS_OFF] if args.floor else list(MODELS)
     for name in names:
         cfg = Config()
-        cfg.model.name, cfg.model.size = ("switch_dit" if name == EXPERTS_OFF else name), args.size
-        cfg.data.batch_size, cfg.train.device = args.batch, args.device
+        cfg.model.name, cfg.model.size = ("switch_dit" if name == EXPERTS_OFF else name), size
+        cfg.data.batch_size, cfg.train.device = batch, device
         if folder is not None:
             cfg.data.name, cfg.data.path = "latents", str(folder)
             for key, value in shape.items():
@@ -164,16 +164,27 @@ def _run(args: argparse.Namespace, device: torch.device, shape: dict[str, int], 
         trainers[name] = Trainer(cfg)
         trainers[name].model.train()
         timed(name, trainers[name], 3)  # warm-up
-    samples: dict[str, list[float]] = {n: [] for n in [*names, LEAST]}
-    for _ in range(args.rounds):
+    return trainers
+
+
+def interleaved(trainers: dict[str, Trainer], steps: int, rounds: int, floor: bool = False) -> dict[str, list[float]]:
+    """Seconds per step of every trainer, `rounds` times in turn (with floor, LEAST's too)."""
+    samples: dict[str, list[float]] = {n: [] for n in [*trainers, *([LEAST] if floor else [])]}
+    for _ in range(rounds):
         for name, tr in trainers.items():
-            samples[name].append(timed(name, tr, args.steps))
-        if args.floor:
+            samples[name].append(timed(name, tr, steps))
+        if floor:
             cfg = trainers["switch_dit"].cfg
             depth, hidden, _ = MODEL_SIZES[cfg.model.size]
             tokens = (cfg.data.image_size // cfg.model.patch_size) ** 2
-            samples[LEAST].append(least_expert_work(cfg.data.batch_size, tokens, hidden, depth, args.steps))
+            samples[LEAST].append(least_expert_work(cfg.data.batch_size, tokens, hidden, depth, steps))
+    return samples
 
+
+def _run(args: argparse.Namespace, device: torch.device, shape: dict[str, int], folder: Path | None) -> None:
+    names = [*MODELS, EXPERTS_OFF] if args.floor else list(MODELS)
+    trainers = build_trainers(names, args.size, args.batch, args.device, shape, folder)
+    samples = interleaved(trainers, args.steps, args.rounds, args.floor)
     base = statistics.median(samples["dit"])
     d = trainers["dit"].cfg.data
     print(f"step time, size={args.size} batch={args.batch} data={d.channels}x{d.image_size}x{d.image_size} "

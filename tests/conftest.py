@@ -1,10 +1,10 @@
-import os
+import pytest
+import torch
 
-# Triton kernels run in interpreter mode on CPU-only machines; must be set before any kernel import.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+from switchsweep.kernels.backend import set_interpreter
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# Triton's interpreter without CUDA, its compiled kernels with it: before any kernel module is imported.
+set_interpreter(torch.cuda.is_available())
 
 from switchsweep.platform.config import Config  # noqa: E402
 

@@ -1,10 +1,11 @@
-"""MoE ops behind one call each: Triton on CUDA tensors, the pure-torch reference elsewhere."""
+"""MoE ops behind one call each: Triton on CUDA tensors, the pure-torch reference elsewhere (`backend`)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
+from switchsweep.kernels.backend import uses_triton
 from switchsweep.kernels.reference import moe_grouped_linear_reference, sample_routed_linear_reference, shared_routing_linear
 
 __all__ = ["sample_routed_linear", "moe_grouped_linear", "token_routed_linear"]
@@ -22,7 +23,7 @@ def sample_routed_linear(z: Tensor, weight: Tensor, bias: Tensor, expert_idx: Te
     gates [B, k] -> z * (1 + sum_j gates[b, j] * (z[b] @ weight[e_bj] + bias[e_bj]))."""
     if routing_is_shared(expert_idx, gates):
         return shared_routing_linear(z, weight, bias, expert_idx[0], gates[0])
-    if z.is_cuda:
+    if uses_triton(z):
         from switchsweep.kernels.ops import sample_routed_linear_triton
 
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (z, weight, bias, gates))
@@ -34,7 +35,7 @@ def moe_grouped_linear(x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Ten
     """Token-routed experts, one output row per (token, choice) pair: [T*k, Dout], row t*k+j =
     gates[t, j] (if given) * x[row] @ weight[expert_idx[t, j]], row = t*k+j if x_is_pairs else t.
     x [T or T*k, Din], weight [M, Din, Dout], expert_idx [T, k] (long)."""
-    if x.is_cuda:
+    if uses_triton(x):
         from switchsweep.kernels.ops import moe_grouped_linear_triton
 
         return moe_grouped_linear_triton(x, weight, expert_idx, gates, x_is_pairs)[0]

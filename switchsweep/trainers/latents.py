@@ -20,10 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from switchsweep.platform.checkpoint import atomic_write
 from switchsweep.platform.config import DataConfig
 from switchsweep.platform.errors import ConfigError
 
 MANIFEST = "manifest.json"
+SHARDS = "shards"
 FORMAT = 1
 VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
@@ -201,3 +203,35 @@ def _loaded_vae(folder: str, device: str, setting: str, config_hash: str):
     """One load per process of a (folder, config): every evaluation and sample grid of a run decodes with it.
     `config_hash` is only part of the key, so a folder whose config changed is loaded again."""
     return load_vae(folder, device, setting)
+
+
+# -- writing a folder -------------------------------------------------------------------------
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: f.write((json.dumps(payload, indent=1) + "\n").encode()))
+
+
+def shard_files(out: Path, i: int) -> tuple[Path, Path, Path]:
+    d = out / SHARDS
+    return d / f"latents-{i:05d}.npy", d / f"labels-{i:05d}.npy", d / f"{i:05d}.json"
+
+
+def write_shard(out: Path, i: int, latents: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+    lat_file, lab_file, marker = shard_files(out, i)
+    atomic_write(lat_file, lambda f: np.save(f, latents))
+    atomic_write(lab_file, lambda f: np.save(f, labels))
+    entry = {"latents": f"{SHARDS}/{lat_file.name}", "labels": f"{SHARDS}/{lab_file.name}", "count": len(labels),
+             "latents_sha256": file_sha256(lat_file), "labels_sha256": file_sha256(lab_file),
+             "class_counts": np.bincount(labels, minlength=num_classes).tolist()}
+    write_json(marker, entry)
+    return entry
+
+
+def write_manifest(out: Path, plan: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The folder's manifest, from its plan and its shards' markers, in order: the last file written."""
+    counts = np.sum([e["class_counts"] for e in entries], axis=0).tolist()
+    manifest = {k: plan[k] for k in ("format", "root", "classes", "resolution", "flip", "seed", "latent_shape",
+                                     "scale_factor", "dtype", "vae")}
+    manifest.update(num_images=int(sum(counts)), class_counts=counts,
+                    shards=[{k: e[k] for k in ("latents", "labels", "count", "latents_sha256", "labels_sha256")} for e in entries])
+    write_json(out / MANIFEST, manifest)
+    return manifest

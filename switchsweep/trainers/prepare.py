@@ -22,16 +22,14 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from switchsweep.platform.checkpoint import atomic_write
 from switchsweep.platform.config import DataConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.runtime import node_types
 from switchsweep.trainers.imagefolder import read_image, scan, to_unit_range
-from switchsweep.trainers.latents import (FORMAT, MANIFEST, file_sha256, latent_geometry, load_vae, scale_factor, vae_config,
-                                          vae_config_hash)
+from switchsweep.trainers.latents import (FORMAT, MANIFEST, SHARDS, file_sha256, latent_geometry, load_vae, scale_factor, shard_files,
+                                          vae_config, vae_config_hash, write_json, write_manifest, write_shard)
 
 PLAN = "plan.json"
-SHARDS = "shards"
 
 
 @dataclass
@@ -40,10 +38,6 @@ class Prepared:
     images: int  # latents in the folder (images, times 2 with flips)
     shards: int
     redone: int  # shards encoded by this run (the others were already there)
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(payload, indent=1) + "\n").encode()))
 
 
 def _plan(data: DataConfig, seed: int) -> tuple[dict[str, Any], list[tuple[str, int]]]:
@@ -85,14 +79,9 @@ def _check_plan(out: Path, plan: dict[str, Any]) -> None:
                               "or the settings it was prepared with to finish it")
 
 
-def _shard_files(out: Path, i: int) -> tuple[Path, Path, Path]:
-    d = out / SHARDS
-    return d / f"latents-{i:05d}.npy", d / f"labels-{i:05d}.npy", d / f"{i:05d}.json"
-
-
 def _done(out: Path, i: int) -> dict[str, Any] | None:
     """The shard's marker when its files are there and match their checksums."""
-    latents, labels, marker = _shard_files(out, i)
+    latents, labels, marker = shard_files(out, i)
     try:
         entry = json.loads(marker.read_text())
         if file_sha256(latents) == entry["latents_sha256"] and file_sha256(labels) == entry["labels_sha256"]:
@@ -100,17 +89,6 @@ def _done(out: Path, i: int) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError):
         pass
     return None
-
-
-def write_shard(out: Path, i: int, latents: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, Any]:
-    lat_file, lab_file, marker = _shard_files(out, i)
-    atomic_write(lat_file, lambda f: np.save(f, latents))
-    atomic_write(lab_file, lambda f: np.save(f, labels))
-    entry = {"latents": f"{SHARDS}/{lat_file.name}", "labels": f"{SHARDS}/{lab_file.name}", "count": len(labels),
-             "latents_sha256": file_sha256(lat_file), "labels_sha256": file_sha256(lab_file),
-             "class_counts": np.bincount(labels, minlength=num_classes).tolist()}
-    _write_json(marker, entry)
-    return entry
 
 
 def _read_shard(row: dict[str, Any], resolution: int, flip: bool) -> dict[str, Any]:
@@ -172,7 +150,7 @@ def prepare(data: DataConfig, out: str | os.PathLike, seed: int = 0, encode_batc
     plan, items = check_inputs(data, out, seed)
     out = Path(out).expanduser().resolve()
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
-    _write_json(out / PLAN, plan)
+    write_json(out / PLAN, plan)
     (out / MANIFEST).unlink(missing_ok=True)  # written again once every shard is there
     size = data.shard_size
     shards = [items[i : i + size] for i in range(0, len(items), size)]
@@ -205,14 +183,3 @@ def prepare(data: DataConfig, out: str | os.PathLike, seed: int = 0, encode_batc
             bar.close()
     manifest = write_manifest(out, plan, [entries[i] for i in range(len(shards))])
     return Prepared(out, manifest["num_images"], len(shards), len(todo))
-
-
-def write_manifest(out: Path, plan: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """The folder's manifest, from its plan and its shards' markers, in order: the last file written."""
-    counts = np.sum([e["class_counts"] for e in entries], axis=0).tolist()
-    manifest = {k: plan[k] for k in ("format", "root", "classes", "resolution", "flip", "seed", "latent_shape",
-                                     "scale_factor", "dtype", "vae")}
-    manifest.update(num_images=int(sum(counts)), class_counts=counts,
-                    shards=[{k: e[k] for k in ("latents", "labels", "count", "latents_sha256", "labels_sha256")} for e in entries])
-    _write_json(out / MANIFEST, manifest)
-    return manifest
