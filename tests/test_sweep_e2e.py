@@ -74,6 +74,10 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
                              timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "2 configurations x 1 seed(s), best first by gflops" in resumed.stdout
+    # Tune's table: the searched settings and the numbers a user compares; the record's phase times stay out.
+    header = next(line for line in resumed.stdout.splitlines() if line.startswith("| Trial name"))
+    assert [c.strip() for c in header.split("|")[-4:-1]] == ["gflops", "loss", "step"], header
+    assert "t_fit_start" not in resumed.stdout and "phases" not in resumed.stdout
     assert record(root)["trials"][first_trial] == first_summary  # the finished trial was not rerun
     state = json.loads(next(root.glob("sweeps/design_space/*/sweep.json")).read_text())
     assert state["status"] == "finished"

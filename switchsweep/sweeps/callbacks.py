@@ -15,7 +15,7 @@ from ray.tune import Callback, Checkpoint
 from switchsweep.platform import sweep_state
 from switchsweep.platform.storage import storage_fs
 from switchsweep.platform.tracking import CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, STOPPED_TAG, Tracker
-from switchsweep.sweeps.trial import FAILURE_REASON, PHASES
+from switchsweep.sweeps.trial import FAILURE_REASON, PHASES, PHASES_KEY
 
 _REASON = re.compile(rf"{FAILURE_REASON}=(.+)")
 MLFLOW_STATUS = {sweep_state.TRIAL_FINISHED: "FINISHED", sweep_state.TRIAL_STOPPED: "KILLED",
@@ -83,7 +83,9 @@ class TrialTracking(Callback):
         sweep_state.update_trial(self.sweep_dir, trial.trial_id, status="running", t_trial_start=time.time())
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        fields = {k: result[k] for k in ("step", "loop_s", "attempt", *PHASES) if k in result}
+        phases = result.get(PHASES_KEY, {})
+        fields = {**{k: result[k] for k in ("step", "loop_s", "attempt") if k in result},
+                  **{k: phases[k] for k in PHASES if k in phases}}
         wall = self._wall(trial.trial_id)
         if wall is not None:
             fields["wall_s"] = wall

@@ -35,6 +35,7 @@ from switchsweep.platform.tracking import (BEST_GROUP_TAG, BEST_RUN_TAG, BEST_TR
                                            redact)
 from switchsweep.sweeps.asha import ResumableASHA
 from switchsweep.sweeps.callbacks import TrialTracking
+from switchsweep.sweeps.console import NEW_OUTPUT_ENV, SweepReporter
 from switchsweep.sweeps.gate import rung_steps
 from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
 from switchsweep.sweeps.space import config_from_dict, param_space, trial_bases
@@ -240,6 +241,7 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
     # Tune snapshots its state at each inline checkpoint (it keeps one a trial) and warns when those come
     # within 5 s of each other: they do in a short trial, and the snapshot is what a resume relies on.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault(NEW_OUTPUT_ENV, "0")
     trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job),
                                     trial_resources(s.ray) if inline else driver_bundle(s.ray))
     storage, name = trial_job.storage_path, state.get("tune_dir", "tune")
@@ -262,6 +264,7 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
         # A Train job's attempts (restarts from its last checkpoint) are decided in run_trial, an inline trial's
         # here: its process may be what died. Tune keeps only an inline trial's last checkpoint.
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=[tracking],
+                                  progress_reporter=SweepReporter(list(s.objectives) or [s.metric]),
                                   failure_config=tune.FailureConfig(max_failures=s.ray.max_failures if inline else 0),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )

@@ -80,6 +80,9 @@ PROGRESS = "progress.json"  # beside ckpt.pt in every reported checkpoint: train
 # worker process of its own.
 PHASES = ("t_fit_start", "t_worker_process", "t_train_fn", "t_worker_start", "t_loop_start", "t_report", "gate_s",
           "report_s")
+# A report carries them nested under one key: Tune's console shows a report's top-level numbers as its
+# metric columns, and these are the record's, not a user's.
+PHASES_KEY = "phases"
 FAILURE_REASON = "failure_reason"  # in a failed trial's error: parsed back by the driver
 
 
@@ -223,8 +226,8 @@ class SweepHooks(TrainHooks):
                 box = [report]
                 dist.broadcast_object_list(box, src=0)
                 report = box[0]
-            report = {**report, "step": step, "loop_s": self.elapsed(), "attempt": self.attempt, **self.times,
-                      "t_report": time.time()}
+            report = {**report, "step": step, "loop_s": self.elapsed(), "attempt": self.attempt,
+                      PHASES_KEY: {**self.times, "t_report": time.time()}}
             has_ckpt = self.rank == 0 and (ckpt_dir / "ckpt.pt").is_file()
             reporting = time.perf_counter()
             self.session.report(report, ckpt_dir if has_ckpt else None)
