@@ -15,7 +15,7 @@ from switchsweep.platform.compose import load_config, load_data_config, load_eva
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
 from switchsweep.platform.export import value_text
 from switchsweep.platform.naming import variant_label
-from switchsweep.platform.tracking import default_tracking_uri, redact, require_store
+from switchsweep.platform.tracking import default_tracking_uri, redact, require_store, runs_page
 
 EXIT_TRIALS_FAILED = 3  # the sweep ran to its end but some trials failed (2: bad input, 130: interrupted)
 
@@ -64,7 +64,9 @@ def _sweep(job, overrides) -> int:
         print(f"report:      {result.report}  (open it in a browser; rebuild: switchsweep report {where})")
     print(f"MLflow:      {result.tracking_uri}  experiment '{name}'")
     if result.tracking_uri.startswith("sqlite:"):
-        print(f"open it:     switchsweep ui sweep.root={root}   (http://127.0.0.1:5000/#/experiments?workflowType=machine_learning)")
+        print(f"open it:     switchsweep ui sweep.root={root}   then {runs_page('http://127.0.0.1:5000', result.experiment_id)}")
+    elif result.tracking_uri.startswith(("http://", "https://")):
+        print(f"open it:     {runs_page(result.tracking_uri, result.experiment_id)}")
     if job.sweep.search != "grid":
         print(f"the search:  switchsweep optuna-ui {where}   (optuna-dashboard, http://127.0.0.1:8080)")
     print(f"export best: switchsweep export {where} top=3 out=runs/export/{name}")
@@ -131,9 +133,12 @@ def _ui(args: argparse.Namespace) -> int:
     uri = _local_store(job)
     if not uri.startswith("sqlite:"):
         raise ConfigError(f"sweep.tracking_uri={redact(uri)} is an MLflow server already: open it in a browser")
-    # MLflow 3 opens experiments in its GenAI view unless the link asks for the model-training one.
-    print(f"MLflow UI over {uri}: open http://{host}:{port}/#/experiments?workflowType=machine_learning "
-          "(Ctrl+C stops it)", flush=True)
+    from switchsweep.platform.tracking import Tracker
+
+    experiment_id = Tracker(uri).find_experiment(job.sweep.name)
+    what = f"sweep={job.sweep.name}'s runs" if experiment_id else f"no sweep={job.sweep.name} in it yet; the experiments"
+    print(f"MLflow UI over {uri}: {what} at {runs_page(f'http://{host}:{port}', experiment_id)} (Ctrl+C stops it)",
+          flush=True)
     exe = Path(sys.executable).parent / "mlflow"
     return subprocess.run([str(exe), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]).returncode
 

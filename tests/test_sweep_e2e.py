@@ -4,6 +4,7 @@ interrupted after its first trial, resumed, checked in MLflow, exported and re-t
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -78,6 +79,8 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
     header = next(line for line in resumed.stdout.splitlines() if line.startswith("| Trial name"))
     assert [c.strip() for c in header.split("|")[-4:-1]] == ["gflops", "loss", "step"], header
     assert "t_fit_start" not in resumed.stdout and "phases" not in resumed.stdout
+    assert re.search(r"open it: +switchsweep ui sweep\.root=\S+ +then http://127\.0\.0\.1:5000/#/experiments/\d+/runs"
+                     r"\?workflowType=machine_learning\n", resumed.stdout), resumed.stdout[-2000:]
     assert record(root)["trials"][first_trial] == first_summary  # the finished trial was not rerun
     state = json.loads(next(root.glob("sweeps/design_space/*/sweep.json")).read_text())
     assert state["status"] == "finished"
@@ -261,7 +264,8 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, 
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
     try:
         banner = ui.stdout.readline()
-        assert f"http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning" in banner, banner
+        link = f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        assert f"sweep=design_space's runs at {link} " in banner, banner
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -275,9 +279,9 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, 
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(f"{base}/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
+        page.goto(link)  # the printed link opens the Runs table, not MLflow's GenAI overview
         page.wait_for_selector(f"text={parent.info.run_name}", timeout=60_000)
-        assert page.locator("text=Training runs").count() + page.locator("h2:has-text('Runs')").count() > 0
+        assert page.locator("h2:has-text('Runs')").count() > 0 and page.locator("text=Run Name").count() > 0
         page.click("[data-component-id$='runnamecellrenderer.tsx_46']")  # expand the sweep's parent run
         for r in runs:
             if r.info.run_id != parent.info.run_id:

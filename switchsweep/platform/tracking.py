@@ -55,6 +55,14 @@ def default_tracking_uri(root: str | Path) -> str:
     return f"sqlite:///{(Path(root).expanduser().resolve() / 'mlflow.db')}"
 
 
+def runs_page(base_url: str, experiment_id: str | None) -> str:
+    """The MLflow UI's Runs table of an experiment (the experiments list without one), in its model-training
+    view: MLflow 3 opens an experiment in its GenAI view unless the link asks for this one, and clicking
+    an experiment in the list drops the ask."""
+    where = f"experiments/{experiment_id}/runs" if experiment_id else "experiments"
+    return f"{base_url.rstrip('/')}/#/{where}?workflowType=machine_learning"
+
+
 def is_local_store(uri: str) -> bool:
     """A store on this machine's disk (SQLite or a file path), as opposed to a tracking server."""
     return urlparse(uri).scheme in ("", "file", "sqlite")

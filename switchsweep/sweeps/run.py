@@ -56,6 +56,7 @@ class SweepResult:
     sweep_dir: Path
     tracking_uri: str
     experiment: str
+    experiment_id: str
     parent_run_id: str
     ranked: list[Ranked]  # best first
     interrupted: bool
@@ -383,4 +384,5 @@ def _drive(job: SweepJobConfig, tracker: Tracker, sweep_dir: Path, state: dict[s
     report = _report(tracker, s.name, state["sweep_id"], sweeps_root(job)) if ranked else None
     tracker.set_status(parent, "KILLED" if interrupted else "FINISHED")
     failed = {t: e.get("reason", "") for t, e in over.items() if e["status"] == sweep_state.TRIAL_FAILED}
-    return SweepResult(state["sweep_id"], sweep_dir, redact(tracker.uri), s.name, parent, ranked, interrupted, report, failed)
+    return SweepResult(state["sweep_id"], sweep_dir, redact(tracker.uri), s.name, state["experiment_id"], parent, ranked,
+                       interrupted, report, failed)
