@@ -187,7 +187,8 @@ def _prepare(args: argparse.Namespace) -> int:
     manifest = read_manifest(done.out)
     channels, size, _ = manifest["latent_shape"]
     print(f"train on them: switchsweep train data=latents data.path={done.out} data.image_size={size} data.channels={channels} "
-          f"data.num_classes={len(manifest['classes'])} eval.inception_weights=<FID Inception .pt>  (or a preset: data=imagenet256 ...)")
+          f"data.num_classes={len(manifest['classes'])}  (or a preset: data=imagenet256 ...); sweeps and evaluate also need "
+          "eval.inception_weights=<FID Inception .pt>")
     return 0
 
 

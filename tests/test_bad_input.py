@@ -6,10 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from benchmarks.faults import pids
 from latent_data import image_folder, tiny_vae
 from switchsweep.cli import main
+from switchsweep.platform.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from switchsweep.platform.config import Config
 
 # (command line, words the one line must hold). {tmp} is the test's folder, holding the files below.
 CASES = [
@@ -73,10 +77,14 @@ CASES = [
     ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat seed=x", "seed=x"),
     ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat encoders=0", "encoders=0"),
     ("train data=latents", "data=latents needs data.path="),
-    ("train data=latents data.path={tmp} eval.inception_weights=w.pt", "no manifest.json"),
-    ("train data=latents data.path={tmp}/latents data.image_size=8 eval.feature_net=digits", "set eval.feature_net=inception"),
-    ("train data=latents data.path={tmp}/latents eval.inception_weights=w.pt", "data.image_size=32: the latents in"),
-    ("train data=latents data.path={tmp}/latents data.image_size=8 data.num_classes=3 eval.inception_weights=w.pt",
+    # A training run scores nothing: it asks for no evaluation settings, sweeps and evaluate do.
+    ("train data=latents data.path={tmp}", "no manifest.json"),
+    ("sweep data=latents data.path={tmp}/latents data.image_size=8 eval.feature_net=digits", "set eval.feature_net=inception"),
+    ("sweep data=latents data.path={tmp}/latents data.image_size=8",
+     "eval.feature_net=inception needs eval.inception_weights=<local .pt file of FID InceptionV3 weights>"),
+    ("evaluate checkpoint={tmp}/latent-ckpt.pt", "eval.feature_net=inception needs eval.inception_weights="),
+    ("train data=latents data.path={tmp}/latents", "data.image_size=32: the latents in"),
+    ("train data=latents data.path={tmp}/latents data.image_size=8 data.num_classes=3",
      "shard shards/latents-00000.npy is unreadable"),
     ("sweep data=latents data.path={tmp} eval.inception_weights=w.pt", "no manifest.json"),
     ("ui port=99999", "port=99999"),
@@ -105,6 +113,11 @@ def files(tmp_path_factory) -> Path:
         "format": 1, "root": str(tmp / "images"), "classes": ["a", "b", "c"], "resolution": 16, "latent_shape": [4, 8, 8],
         "scale_factor": 0.18215, "vae": {"path": str(tmp / "vae"), "config_sha256": ""},
         "shards": [{"latents": "shards/latents-00000.npy", "labels": "shards/labels-00000.npy", "count": 2}]}))
+    # A checkpoint of a run trained on latents without evaluation weights (only its config is read before the refusal).
+    cfg = Config()
+    cfg.data.name, cfg.data.path, cfg.eval.feature_net = "latents", str(tmp / "latents"), "inception"
+    torch.save({"format": CHECKPOINT_FORMAT, "step": 0, "model": {}, "ema": {}, "optimizer": {}, "rng": {},
+                "config": OmegaConf.to_container(OmegaConf.structured(cfg))}, tmp / "latent-ckpt.pt")
     return tmp
 
 

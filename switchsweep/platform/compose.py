@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from switchsweep.platform.checkpoint import load_checkpoint
-from switchsweep.platform.config import Config, DataConfig, to_config, validate_eval
+from switchsweep.platform.config import Config, DataConfig, to_config, validate_eval, validate_scoring
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.sweep_config import SweepJobConfig, validate_sweep
 
@@ -70,6 +70,7 @@ def load_eval_config(overrides: Sequence[str]) -> Config:
     feature network come from the checkpoint, the other evaluation settings from the command line."""
     composed = compose_config(overrides)
     validate_eval(composed.eval, composed.diffusion.num_timesteps)  # again below against the checkpoint's T
+    validate_scoring(composed.eval)  # what the command line asks for; below, with what the checkpoint brings
     path = composed.checkpoint
     if not path:
         raise ConfigError("checkpoint is not set: pass checkpoint=<path of a ckpt.pt written by switchsweep train>")
@@ -84,7 +85,9 @@ def load_eval_config(overrides: Sequence[str]) -> Config:
         if _override_value(overrides, f"eval.{key}") is None:
             merged.eval[key] = trained_with[key]
     merged.checkpoint = path
-    return to_config(merged)
+    cfg = to_config(merged)
+    validate_scoring(cfg.eval, cfg.data.name)
+    return cfg
 
 
 def _on_top_of(saved: Any, overrides: Sequence[str], setting: str) -> Config:

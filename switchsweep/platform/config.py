@@ -232,8 +232,6 @@ def validate(cfg: Config | DictConfig) -> None:
     _need(d.batch_size > 0, f"data.batch_size={d.batch_size} must be > 0")
     if d.name == "latents":
         _need(bool(d.path), "data=latents needs data.path=<folder written by `switchsweep prepare`>")
-        _need(cfg.eval.feature_net == "inception",
-              f"eval.feature_net={cfg.eval.feature_net}: data=latents is scored on decoded images: set eval.feature_net=inception")
     validate_model(cfg.model, d.image_size)
 
     f = cfg.diffusion
@@ -284,13 +282,22 @@ def validate_eval(e: EvalConfig | DictConfig, num_timesteps: int) -> None:
     _need(e.cfg_scale >= 1.0, f"eval.cfg_scale={e.cfg_scale} must be >= 1 (1 disables guidance)")
     _need(e.ddim_eta >= 0, f"eval.ddim_eta={e.ddim_eta} must be >= 0")
     _one_of("eval.feature_net", e.feature_net, FEATURE_NETS)
-    if e.feature_net == "inception":
-        _need(bool(e.inception_weights), "eval.feature_net=inception needs eval.inception_weights=<local .pt file of FID InceptionV3 weights>")
     _need(e.kid_subset_size >= 2, f"eval.kid_subset_size={e.kid_subset_size} must be >= 2")
     _need(e.kid_subsets >= 1, f"eval.kid_subsets={e.kid_subsets} must be >= 1")
     _need(e.pr_k >= 1, f"eval.pr_k={e.pr_k} must be >= 1")
     _need(bool(e.cache_dir), "eval.cache_dir is empty: give a directory for cached feature networks and statistics")
     _one_of("eval.device", e.device, DEVICES)
+
+
+def validate_scoring(e: EvalConfig | DictConfig, data_name: str | None = None) -> None:
+    """What scoring samples needs beyond valid eval settings, asked only where an evaluation will run
+    (`evaluate`, sweeps; a training run scores nothing): latents are scored on decoded images by
+    InceptionV3, whose weights are a local file."""
+    if data_name == "latents":
+        _need(e.feature_net == "inception",
+              f"eval.feature_net={e.feature_net}: data=latents is scored on decoded images: set eval.feature_net=inception")
+    if e.feature_net == "inception":
+        _need(bool(e.inception_weights), "eval.feature_net=inception needs eval.inception_weights=<local .pt file of FID InceptionV3 weights>")
 
 
 def to_config(cfg: DictConfig) -> Config:

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from switchsweep.platform.config import Config
+from switchsweep.platform.config import Config, validate_scoring
 from switchsweep.platform.errors import ConfigError
 
 SEARCHES = ("tpe", "random", "grid")
@@ -198,6 +198,7 @@ def check_point(i: int, point: Any, space: List[ParamSpec]) -> None:
 
 def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
     """Static checks of the sweep section; raise ConfigError naming the field on the first bad one."""
+    validate_scoring(job.eval, job.data.name)  # every trial is evaluated
     s = job.sweep
     _need(bool(SAFE_NAME.fullmatch(str(s.name))),
           f"sweep.name={str(s.name)[:60]!r} must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit)")
