@@ -76,6 +76,11 @@ CASES = [
     ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat data.resolution=15", "data.resolution=15 is not a multiple"),
     ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat seed=x", "seed=x"),
     ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat encoders=0", "encoders=0"),
+    ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat data.image_size=32",
+     "data.image_size is not used by prepare: the latent size follows from data.resolution (pixels / 8 with an SD VAE): "
+     "set data.resolution"),
+    ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat train.steps=5",
+     "train.steps is not used by prepare: prepare reads only data.root, data.vae, data.resolution, data.flip, data.shard_size"),
     ("train data=latents", "data=latents needs data.path="),
     # A training run scores nothing: it asks for no evaluation settings, sweeps and evaluate do.
     ("train data=latents data.path={tmp}", "no manifest.json"),

@@ -51,9 +51,23 @@ def _override_value(overrides: Sequence[str], key: str) -> str | None:
     return None
 
 
+PREPARE_SETTINGS = ("data.root", "data.vae", "data.resolution", "data.flip", "data.shard_size")
+# What a user may reach for instead of the setting prepare reads.
+_PREPARE_INSTEAD = {"data.image_size": "the latent size follows from data.resolution (pixels / 8 with an SD VAE): set "
+                                       "data.resolution",
+                    "data.channels": "the latent channels are the VAE's (data.vae)",
+                    "data.num_classes": "the classes are data.root's class folders"}
+
+
 def load_data_config(overrides: Sequence[str]) -> DataConfig:
     """The data section alone, for `switchsweep prepare`: a dataset preset (data=imagenet256) brings
-    training and evaluation settings that preparing its latents does not need, so they are not checked."""
+    training and evaluation settings that preparing its latents does not need, so they are not checked.
+    A setting given on the command line that prepare does not read is refused, never ignored."""
+    for o in overrides:
+        key = o.lstrip("+~").partition("=")[0]
+        if key != "data" and key not in PREPARE_SETTINGS:
+            why = _PREPARE_INSTEAD.get(key, f"prepare reads only {', '.join(PREPARE_SETTINGS)} (and a data=<preset>)")
+            raise ConfigError(f"{key} is not used by prepare: {why}")
     composed = compose_config(overrides)
     try:
         OmegaConf.resolve(composed.data)
