@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from benchmarks.args import positive_int
 from switchsweep.models import build_model
 from switchsweep.platform.config import Config
 from switchsweep.trainers.diffusion import GaussianDiffusion
@@ -22,9 +23,9 @@ from switchsweep.trainers.sampling import sample_images
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=200)
-    ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--samples", type=positive_int, default=200)
+    ap.add_argument("--batch", type=positive_int, default=100)
+    ap.add_argument("--steps", type=positive_int, default=50)
     ap.add_argument("--cfg-scale", type=float, default=1.5)
     ap.add_argument("--model", default="switch_dit")
     ap.add_argument("--device", default="auto")

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.args import positive_int
+
 BIN = Path(sys.executable).parent
 # A throwaway head: token auth off for it and its clients alike, and on 127.0.0.1 only (see
 # platform.runtime: Ray otherwise swaps a loopback node address for the machine's own).
@@ -251,7 +253,7 @@ def driver_kill_survived(r: dict[str, Any]) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kills", type=int, default=5, help="worker-kill runs of each kind (default 5)")
+    parser.add_argument("--kills", type=positive_int, default=5, help="worker-kill runs of each kind (default 5)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="switchsweep-faults-"))
     head, address = start_head(work / "ray")

@@ -33,6 +33,7 @@ from typing import Callable
 
 import torch
 
+from benchmarks.args import positive_int
 from benchmarks.compile_report import print_report
 
 from switchsweep.kernels import sample_routed_linear, token_routed_linear
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="default: bf16 and tf32 on a GPU, fp32 on a CPU")
     parser.add_argument("--csv", type=Path, default=Path("runs/bench/moe_kernels.csv"))
     parser.add_argument("--quick", action="store_true", help="one shape per op")
-    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--reps", type=positive_int, default=None)
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     dtypes = args.dtype or (["bf16", "tf32"] if cuda else ["fp32"])

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.args import positive_int
 from switchsweep.platform.config import Config, DataConfig
 from switchsweep.platform.runtime import start_ray
 from switchsweep.platform.sweep_config import RayConfig
@@ -117,9 +118,9 @@ def loader_vs_step(tmp: Path, batch: int, rows: int = 4096, step_batch: int = 8)
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=64, help="images for the tiny VAE run")
-    ap.add_argument("--sd-images", type=int, default=8, help="images for the SD-VAE run (seconds each on a CPU)")
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--images", type=positive_int, default=64, help="images for the tiny VAE run")
+    ap.add_argument("--sd-images", type=positive_int, default=8, help="images for the SD-VAE run (seconds each on a CPU)")
+    ap.add_argument("--batch", type=positive_int, default=256)
     args = ap.parse_args(argv)
     start_ray(RayConfig())
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.args import positive_int
 from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.export import rank_trials
 from switchsweep.platform.naming import variant_label
@@ -92,7 +93,7 @@ def report(root: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, help="report the two sweeps under this sweep.root instead of running them")
-    parser.add_argument("--tpe-trials", type=int, default=8, help="configurations TPE may try (default 8)")
+    parser.add_argument("--tpe-trials", type=positive_int, default=8, help="configurations TPE may try (default 8)")
     parser.add_argument("overrides", nargs="*", help="overrides for both sweeps (after --)")
     args = parser.parse_args()
     if args.root:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from benchmarks.args import positive_int
 from switchsweep.models import switch_dit
 from switchsweep.platform.config import MODEL_SIZES, Config, validate_model
 from switchsweep.platform.errors import ConfigError, TrainingError
@@ -102,23 +103,16 @@ def random_latents(out: Path, channels: int, size: int, num_classes: int, count:
     return out
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="tiny", choices=tuple(MODEL_SIZES))
-    ap.add_argument("--batch", type=_positive, default=64)
-    ap.add_argument("--steps", type=_positive, default=10, help="steps per timed round")
-    ap.add_argument("--rounds", type=_positive, default=5)
+    ap.add_argument("--batch", type=positive_int, default=64)
+    ap.add_argument("--steps", type=positive_int, default=10, help="steps per timed round")
+    ap.add_argument("--rounds", type=positive_int, default=5)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--image-size", type=_positive, help="default: the digits (8); 32 for 256 px SD-VAE latents")
-    ap.add_argument("--channels", type=_positive, help="default: the digits (1); 4 for latents")
-    ap.add_argument("--num-classes", type=_positive, help="default: the digits (10); 1000 for ImageNet")
+    ap.add_argument("--image-size", type=positive_int, help="default: the digits (8); 32 for 256 px SD-VAE latents")
+    ap.add_argument("--channels", type=positive_int, help="default: the digits (1); 4 for latents")
+    ap.add_argument("--num-classes", type=positive_int, help="default: the digits (10); 1000 for ImageNet")
     ap.add_argument("--floor", action="store_true", help="also time the least Switch-DiT step (module doc)")
     args = ap.parse_args(argv)
     try:

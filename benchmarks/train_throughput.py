@@ -17,8 +17,9 @@ import time
 
 import torch
 
+from benchmarks.args import positive_int
 from benchmarks.step_time import time_steps
-from switchsweep.platform.config import Config
+from switchsweep.platform.config import MODEL_NAMES, MODEL_SIZES, Config
 from switchsweep.trainers.loop import Trainer
 
 VARIANTS = ("torch default AdamW", "fused AdamW", "fused AdamW + compile")
@@ -26,11 +27,11 @@ VARIANTS = ("torch default AdamW", "fused AdamW", "fused AdamW + compile")
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="switch_dit")
-    ap.add_argument("--size", default="tiny")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=10, help="steps per timed round")
-    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--model", default="switch_dit", choices=MODEL_NAMES)
+    ap.add_argument("--size", default="tiny", choices=tuple(MODEL_SIZES))
+    ap.add_argument("--batch", type=positive_int, default=64)
+    ap.add_argument("--steps", type=positive_int, default=10, help="steps per timed round")
+    ap.add_argument("--rounds", type=positive_int, default=10)
     args = ap.parse_args(argv)
 
     trainers, first_steps = {}, {}
