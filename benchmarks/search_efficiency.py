@@ -1,7 +1,7 @@
 """P5, search efficiency: the table1 (M, k) grid against TPE + ASHA over M in {2, 3, 4, 6}, k in 1..M
 (the grid's rows are a subset of that space), one seed each, the same steps and evaluation. Reports
 the compute, in trial-steps (the training steps every trial ran, stopped ones included), each search
-spent until it first finished a configuration within the grid best's noise (its KID + 1.96 x kid_std).
+spent until it first finished a configuration within the grid best's noise (its KID + 1.96 x kid_se).
 A grid knows its best only after every row, so its cost is all of its rows.
 
     python -m benchmarks.search_efficiency                      # runs both sweeps (about 20 min on 2 cores)

@@ -10,12 +10,13 @@ import pytest
 from scipy import stats
 
 from switchsweep.platform.ranking import BEST, TIED, WORSE, TrialRecord, pareto_front, rank_groups
+from switchsweep.platform.sweep_config import METRIC_SE
 
 
 def rec(group, seed, value, status="FINISHED", steps=100, noise=None, **metrics):
     m = {"kid": value, **metrics}
     if noise is not None:
-        m["kid_std"] = noise
+        m["kid_se"] = noise
     return TrialRecord(f"{group}-{seed}", f"run-{group}-{seed}", status, steps, 100, group, seed,
                        {"model.name": "switch_dit"}, m)
 
@@ -69,11 +70,21 @@ def test_ties_with_the_best_are_marked_from_the_intervals():
 
 def test_one_seed_uses_the_metric_s_own_noise_or_says_nothing():
     records = [rec("a", 0, 100.0, noise=10.0), rec("b", 0, 130.0, noise=10.0), rec("c", 0, 150.0, noise=2.0)]
-    ranked = rank_groups(records, "kid", "min", noise_metric="kid_std")
+    ranked = rank_groups(records, "kid", "min", noise_metric="kid_se")
     assert ranked[0].half_width == pytest.approx(1.96 * 10.0)
     assert [r.vs_best for r in ranked] == [BEST, TIED, WORSE]  # 30 <= 19.6 + 19.6; 50 > 19.6 + 3.9
     quiet = rank_groups([rec("a", 0, 1.0), rec("b", 0, 2.0)], "kid", "min")
     assert [r.vs_best for r in quiet] == [BEST, ""] and math.isnan(quiet[0].half_width)
+
+
+def test_a_sweeps_one_seed_interval_is_its_evaluation_noise_not_kids_subset_spread():
+    # What a sweep's ranking reads beside KID (platform.sweep_config.METRIC_SE): the standard error.
+    records = [rec("a", 0, 100.0), rec("b", 0, 115.0)]
+    for r, se in zip(records, (4.0, 3.0)):
+        r.metrics.update(kid_se=se, kid_subset_sd=40.0)
+    ranked = rank_groups(records, "kid", "min", noise_metric=METRIC_SE["kid"])
+    assert [r.half_width for r in ranked] == [pytest.approx(1.96 * 4.0), pytest.approx(1.96 * 3.0)]
+    assert [r.vs_best for r in ranked] == [BEST, WORSE]  # 15 > 7.8 + 5.9; with the subset spread it would be tied
 
 
 def test_pareto_front_matches_brute_force():
@@ -171,12 +182,12 @@ def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
     switch = {"model.name": "switch_dit", "model.num_experts": "3", "model.top_k": "2", "model.lambda_dp": "0.54637",
               "model.prior_alpha": "4.0", "train.loss_weighting": "constant"}
     extra = {"params": 2.166e6, "gflops": 0.04271, "steps_per_sec": 5.678}
-    records = [TrialRecord(f"s-{i}", f"r-s-{i}", "FINISHED", 100, 100, "gs", i, switch, {"kid": v, "kid_std": 2.0, **extra})
+    records = [TrialRecord(f"s-{i}", f"r-s-{i}", "FINISHED", 100, 100, "gs", i, switch, {"kid": v, "kid_se": 2.0, **extra})
                for i, v in enumerate([10.0, 14.0])]
     records.append(TrialRecord("d-0", "r-d-0", "KILLED", 50, 100, "gd", 0, {"model.name": "dit"}, {"kid": math.nan}))
     records.append(TrialRecord("f-0", "r-f-0", "FAILED", 3, 100, "gf", 0, {"model.name": "dit"}, {},
                                failure="TrainingError: non-finite loss (nan) at step 3 | lower train.lr"))
-    ranked = rank_groups(records, "kid", "min", "kid_std")
+    ranked = rank_groups(records, "kid", "min", "kid_se")
     table, md = write_ranking(SweepRanking("sw-1", "kid", [], ranked), tmp_path)
     with open(table, newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -36,14 +36,14 @@ def _sweep(designs, seeds=2, stopped=()):
         for s in range(seeds):
             tid = f"{g}-{s}"
             stop = tid in stopped
-            metrics = {"kid": kids[s], "kid_std": 2.0, "gflops": gflops, "params": 1e6, "trial_wall_s": 100.0 + s,
+            metrics = {"kid": kids[s], "kid_se": 2.0, "gflops": gflops, "params": 1e6, "trial_wall_s": 100.0 + s,
                        "steps_per_sec": 5.0}
             records.append(TrialRecord(tid, f"run-{tid}", "KILLED" if stop else "FINISHED", 50 if stop else 100, 100, g, s,
                                        params, metrics))
             curve = [(50, kids[s] + 10)] + ([] if stop else [(100, kids[s])])
             trials.append(TrialData(tid, f"run-{tid}", run_name(params, s), g, "KILLED" if stop else "FINISHED", stop,
                                     params, metrics, {"loss": [(10, 1.0), (50, 0.5)], "kid": curve}))
-    ranked = rank_groups(records, "kid", "min", "kid_std")
+    ranked = rank_groups(records, "kid", "min", "kid_se")
     order = {t: i for i, r in enumerate(ranked) for t in r.trials}
     trials.sort(key=lambda t: order[t.trial_id])
     ranking = SweepRanking("grid-1", "kid", [], ranked, "parent", dict(PARENT))

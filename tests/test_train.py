@@ -159,7 +159,7 @@ def test_evaluate_cli_scores_a_checkpoint_and_writes_json(tiny_cfg, tmp_path, di
     assert code == 0, capsys.readouterr().err
     result = json.loads(out.read_text())
     assert result["step"] == 6 and result["num_samples"] == 24
-    assert set(result["metrics"]) >= {"fid", "kid", "kid_std", "inception_score", "precision", "recall"}
+    assert set(result["metrics"]) >= {"fid", "fid_se", "kid", "kid_se", "kid_subset_sd", "inception_score", "precision", "recall"}
     assert (tmp_path / "cache" / "ref-digits-8-digits-cnn-v1.pt").is_file()
     # The same settings score the same samples again; eval.seed draws other samples (and labels).
     again = [f"checkpoint={ckpt}", "eval.num_samples=24", "eval.batch_size=10", "eval.steps=3", "eval.kid_subsets=5",

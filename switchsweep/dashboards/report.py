@@ -19,7 +19,7 @@ from switchsweep.dashboards.sweep_data import SweepData, TrialData, collect
 from switchsweep.platform.export import value_text
 from switchsweep.platform.naming import variant_label
 from switchsweep.platform.ranking import Ranked, paired_difference, pareto_front
-from switchsweep.platform.sweep_config import METRIC_STD, REPORTED_METRICS
+from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
 from switchsweep.platform.tracking import Tracker
 
 DESIGN_KEYS = (("model.num_experts", "M"), ("model.top_k", "k"), ("model.lambda_dp", "lambda_dp"),
@@ -74,11 +74,11 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], css: str = "") 
 
 def ranking_table(data: SweepData) -> str:
     metric = data.metric
-    noise = METRIC_STD.get(metric, "")
+    noise = METRIC_SE.get(metric, "")
     unit = compute_unit(data.ranking.parent_params)
     failed = any(r.failure for r in data.ranking.ranked)  # a column of reasons only where there is one
     header = ["rank", "design", "seeds", "status", "steps", f"{metric} mean +- 95%", "sd over seeds",
-              f"{noise or 'metric'} (own noise)", "vs best", "params (M)", "GFLOPs", "steps/s", unit,
+              f"{noise or 'metric'} (evaluation noise)", "vs best", "params (M)", "GFLOPs", "steps/s", unit,
               *(["pareto"] if data.ranking.objectives else []), *(["why it failed"] if failed else [])]
     rows = []
     for r in data.ranking.ranked:

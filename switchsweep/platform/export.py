@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.naming import variant_label
 from switchsweep.platform.ranking import Ranked, TrialRecord, rank_groups
-from switchsweep.platform.sweep_config import METRIC_STD, REPORTED_METRICS
+from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
 from switchsweep.platform.tracking import (FAILURE_TAG, GROUP_TAG, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG, SEED_TAG, SWEEP_TAG,
                                            TRIAL_TAG, Tracker, redact, require_store)
 
@@ -62,7 +62,7 @@ def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> Swe
             steps=int(run.data.metrics.get("step", 0)), train_steps=int(run.data.params.get("train.steps", 0)),
             group=t.get(GROUP_TAG, t.get(TRIAL_TAG, "")), seed_index=int(t.get(SEED_TAG, 0)),
             params=dict(run.data.params), metrics=dict(run.data.metrics), failure=t.get(FAILURE_TAG, "")))
-    ranked = rank_groups(records, metric, mode, METRIC_STD.get(metric), objectives,
+    ranked = rank_groups(records, metric, mode, METRIC_SE.get(metric), objectives,
                          [REPORTED_METRICS[o] for o in objectives])
     return SweepRanking(tags[SWEEP_TAG], metric, objectives, ranked, parent.info.run_id, dict(parent.data.params))
 
@@ -100,7 +100,8 @@ def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
         csv.writer(fh).writerows([header, *rows])
     md = out / "ranking.md"
     lines = [f"{metric}: mean over seeds; ci95: half-width of its 95% interval (t over seeds, or 1.96 x the "
-             f"metric's own std with one seed); vs_best: tied = not separable from the best.", "",
+             f"metric's evaluation noise with one seed, which leaves out training-seed noise); vs_best: tied = not "
+             "separable from the best.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     md.write_text("\n".join(lines) + "\n")

@@ -5,8 +5,9 @@ A configuration (group) is one sampled point or grid row, run once per seed. Its
 over seeds of the metric at each trial's last evaluation. Its 95% interval is
 - with n >= 2 seeds: mean +- t(0.975, n-1) * sd / sqrt(n) (seed-to-seed variation, which includes
   the metric's own sampling noise);
-- with one seed: value +- 1.96 * the metric's own standard error where the trial reports one (KID's
-  std over subsets), else unknown.
+- with one seed: value +- 1.96 * the metric's evaluation noise where the trial reports it (its
+  standard error over the generated samples, `kid_se` / `fid_se`), else unknown: training-seed noise
+  is then not included.
 A complete configuration whose interval overlaps the best one's is "tied": not separable from it.
 """
 
@@ -54,7 +55,7 @@ class Ranked:
     steps: int  # the fewest steps any seed trained
     value: float  # mean over seeds of the metric
     std: float  # sd over seeds (nan with one seed)
-    noise: float  # mean over seeds of the metric's own std (e.g. kid_std; nan if none)
+    noise: float  # mean over seeds of the metric's evaluation noise (its standard error, e.g. kid_se; nan if none)
     half_width: float  # of the 95% interval (nan: unknown)
     seeds: int
     params: dict[str, str]
@@ -83,7 +84,7 @@ def paired_difference(values: Sequence[float], baseline: Sequence[float], noise:
                       baseline_noise: float = math.nan) -> tuple[float, float]:
     """(mean, 95% half-width) of values[i] - baseline[i], pairing seed i with seed i (the same
     train.seed, so the same batches and noise). With one pair the half-width comes from the two
-    metrics' own noise, 1.96 x sqrt(noise^2 + baseline_noise^2), as in `interval_half_width`."""
+    metrics' evaluation noise, 1.96 x sqrt(noise^2 + baseline_noise^2), as in `interval_half_width`."""
     diffs = [a - b for a, b in zip(values, baseline) if math.isfinite(a) and math.isfinite(b)]
     if not diffs:
         return math.nan, math.nan

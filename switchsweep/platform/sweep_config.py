@@ -30,8 +30,9 @@ REPORTED_METRICS = {
     "params": "min",
     "steps_per_sec": "max",
 }
-# The measurement noise a trial reports beside a metric (std over KID subsets).
-METRIC_STD = {"kid": "kid_std"}
+# A metric's evaluation noise, reported beside it: its standard error over the generated samples
+# (trainers.metrics), what re-evaluating the same model with another eval.seed varies it by.
+METRIC_SE = {"kid": "kid_se", "fid": "fid_se"}
 SPEC_KINDS = ("choice", "loguniform", "uniform", "randint", "fraction_of")
 LOG_CHECKPOINTS = ("last", "best", "false")
 # Sweep names and ids become folder names and MLflow filter values: letters, digits, . _ - only.

@@ -73,6 +73,55 @@ def kernel_inception_distance(
     return float(values.mean()), float(values.std())
 
 
+def kid_standard_error(real: ArrayLike, fake: ArrayLike, replicates: int = 50, seed: int = 0,
+                       max_samples: int = 1000) -> float:
+    """KID's evaluation noise: the sd of the unbiased MMD^2 over bootstrap resamples of the generated
+    features, the real side fixed. It is what evaluating the same model with another `eval.seed` (other
+    labels and initial noise) varies KID by; the spread over real subsets (`kernel_inception_distance`'s
+    second value) is not. A resample's pairs of one sample with its own copy are left out of the
+    generated-generated mean, as the unbiased estimate leaves out i = j. Past `max_samples` generated
+    samples (the kernel matrix grows as their square) the bootstrap runs on that many of them and its sd
+    is scaled by sqrt(max_samples / n), the standard error's 1/sqrt(n); real ones past 10 x max_samples
+    are subsampled for the cross term, whose noise is then far below the generated side's."""
+    rng = np.random.default_rng(seed)
+    x, y = _np64(real), _np64(fake)
+    d, n = x.shape[1], len(y)
+    if n < 2:
+        raise ValueError("kid_standard_error needs at least 2 generated samples")
+    if n > max_samples:
+        y = y[rng.choice(n, max_samples, replace=False)]
+    if len(x) > 10 * max_samples:
+        x = x[rng.choice(len(x), 10 * max_samples, replace=False)]
+    k_yy = (y @ y.T / d + 1) ** 3
+    cross = ((x @ y.T / d + 1) ** 3).mean(0)  # per generated sample: its mean kernel value with the real ones
+    values = np.empty(replicates)
+    for b, idx in enumerate(rng.integers(0, len(y), size=(replicates, len(y)))):
+        distinct = idx[:, None] != idx[None, :]
+        values[b] = k_yy[np.ix_(idx, idx)][distinct].mean() - 2 * cross[idx].mean()
+    return float(values.std(ddof=1) * math.sqrt(len(y) / n))
+
+
+def fid_standard_error(real_statistics: tuple[ArrayLike, ArrayLike], fake: ArrayLike) -> float:
+    """FID's evaluation noise against fixed real statistics (mu_r, S_r): sd(psi) / sqrt(n) over the n
+    generated samples, psi_i = 2 (mu - mu_r).d_i + |d_i|^2 - d_i^T A (A S A)^(-1/2) A d_i with
+    d_i = y_i - mu, A = S_r^(1/2): each sample's first-order influence on FID (the derivative of
+    |mu - mu_r|^2 + tr(S) - 2 tr((A S A)^(1/2)) in the direction of its point mass). One
+    eigendecomposition, so it costs what FID costs at any feature size; `kid_standard_error`'s bootstrap
+    would cost one per resample."""
+    y = _np64(fake)
+    mu_r, s_r = _np64(real_statistics[0]).ravel(), np.atleast_2d(_np64(real_statistics[1]))
+    mu, s = feature_statistics(y)
+    w, v = np.linalg.eigh(s_r)
+    a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = a @ s @ a
+    w, v = np.linalg.eigh((inner + inner.T) / 2)
+    keep = w > w.max() * 1e-10  # the pseudo-inverse square root on the range of A S A
+    b = a @ (v[:, keep] / np.sqrt(w[keep])) @ v[:, keep].T @ a
+    d = y - mu
+    psi = 2 * d @ (mu - mu_r) + np.einsum("ij,ij->i", d, d) - np.einsum("ij,jk,ik->i", d, b, d)
+    return float(psi.std(ddof=1) / math.sqrt(len(y)))
+
+
 def inception_score(probs: ArrayLike, splits: int = 10) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))), mean and std over `splits` chunks (Salimans et al.)."""
     p = _np64(probs)
@@ -127,21 +176,25 @@ def all_metrics(
 ) -> dict[str, float]:
     """Every metric of the generated features against the real ones. `real_statistics` (mu, sigma), as an
     ADM reference batch ships them, replace the real features' for FID; without real features (such a
-    batch without images) KID and precision/recall are NaN."""
+    batch without images) KID and precision/recall are NaN. `fid_se` and `kid_se` are the metrics'
+    evaluation noise (standard errors over the generated samples); `kid_subset_sd` is KID's spread over
+    real subsets, which is not."""
     is_mean, is_std = inception_score(fake_probs)
-    if real_statistics is not None:
-        fid = frechet_distance(*real_statistics, *feature_statistics(fake_features))
-    else:
-        fid = fid_from_features(real_features, fake_features)
+    real_statistics = real_statistics if real_statistics is not None else feature_statistics(real_features)
+    fid = frechet_distance(*real_statistics, *feature_statistics(fake_features))
+    fid_se = fid_standard_error(real_statistics, fake_features)
     if real_features is None:
-        kid = kid_std = precision = recall = float("nan")
+        kid = kid_se = kid_subset_sd = precision = recall = float("nan")
     else:
-        kid, kid_std = kernel_inception_distance(real_features, fake_features, kid_subset_size, kid_subsets, seed)
+        kid, kid_subset_sd = kernel_inception_distance(real_features, fake_features, kid_subset_size, kid_subsets, seed)
+        kid_se = kid_standard_error(real_features, fake_features, seed=seed)
         precision, recall = precision_recall(real_features, fake_features, pr_k)
     return {
         "fid": fid,
+        "fid_se": fid_se,
         "kid": kid,
-        "kid_std": kid_std,
+        "kid_se": kid_se,
+        "kid_subset_sd": kid_subset_sd,
         "inception_score": is_mean,
         "inception_score_std": is_std,
         "precision": precision,
