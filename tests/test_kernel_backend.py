@@ -1,6 +1,8 @@
 """Where the MoE ops run: Triton compiled on a GPU, Triton's interpreter only without CUDA, and the
 SWITCHSWEEP_KERNELS testing aid."""
 
+import os
+
 import pytest
 import torch
 
@@ -25,14 +27,14 @@ def test_this_session_runs_the_kernels_the_rule_says():
 
 
 def test_backend_setting_decides_the_path(monkeypatch):
-    cpu = torch.ones(1)
+    t = torch.ones(1, device="cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.delenv(ENV, raising=False)
-    assert backend() == "auto" and not uses_triton(cpu)
+    assert backend() == "auto" and uses_triton(t) == t.is_cuda
     with kernels_backend("triton"):
-        assert uses_triton(cpu)  # the interpreter is on here
+        assert uses_triton(t)  # compiled on a GPU, in the interpreter on a CPU
     with kernels_backend("reference"):
-        assert not uses_triton(cpu)
-    assert ENV not in __import__("os").environ
+        assert not uses_triton(t)
+    assert ENV not in os.environ
 
 
 def test_a_bad_backend_setting_is_one_line(monkeypatch):
@@ -52,7 +54,7 @@ def test_triton_on_cpu_without_the_interpreter_is_one_line():
     code = ("import os, torch; os.environ.pop('TRITON_INTERPRET', None); os.environ['SWITCHSWEEP_KERNELS'] = 'triton'\n"
             "from switchsweep.kernels import token_routed_linear\n"
             "token_routed_linear(torch.ones(2, 4), torch.ones(3, 4, 4), torch.tensor([[0], [1]]), torch.ones(2, 1))")
-    env = {k: v for k, v in __import__("os").environ.items() if k != INTERPRET}
+    env = {k: v for k, v in os.environ.items() if k != INTERPRET}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode != 0
     assert run.stderr.strip().splitlines()[-1] == (
