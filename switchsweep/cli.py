@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -48,13 +49,15 @@ def _sweep(job, overrides) -> int:
     result = run_sweep(job, overrides)
     metric, seeds = job.sweep.metric, job.sweep.seeds
     print(f"\nsweep {result.sweep_id}: {len(result.ranked)} configurations x {seeds} seed(s), best first by {metric} "
-          "(mean +- 95% half-width; tied = not separable from the best)")
+          "(mean +- 95% half-width; then the difference to the best, paired seed by seed, +- its 95% half-width: "
+          "tied = not separable from the best)")
     for r in result.ranked[:12]:
         extra = ""
         if r.params.get("model.name") == "switch_dit":
             extra = f"  lambda_dp={float(r.params['model.lambda_dp']):.3g} alpha={r.params['model.prior_alpha']}"
         objectives = "".join(f"  {o}={r.objectives[o]:.4g}" for o in job.sweep.objectives[1:])
-        flags = " ".join(x for x in (r.vs_best, "pareto" if r.pareto else "") if x)
+        versus = f"{r.diff:+.4g} +- {r.diff_half_width:.2g} ({r.diff_basis})" if math.isfinite(r.diff_half_width) else ""
+        flags = " ".join(x for x in (r.vs_best, versus, "pareto" if r.pareto else "") if x)
         print(f"  {r.rank:2d}. {r.group:<6} {metric}={value_text(r):<16} steps={r.steps:<5} {r.status:<8} "
               f"{variant_label(r.params)}{extra}{objectives}  {flags}")
     name, root = job.sweep.name, Path(job.sweep.root).expanduser().resolve()

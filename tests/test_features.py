@@ -37,8 +37,8 @@ def test_held_out_digits_score_far_better_than_noise_on_every_metric(digits_net)
     real, _ = net.embed(x_train)
     held_f, held_p = net.embed(x_test)
     noise_f, noise_p = net.embed(torch.rand(len(x_test), 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1)
-    good = all_metrics(real, held_f, held_p, kid_subset_size=200, kid_subsets=20)
-    bad = all_metrics(real, noise_f, noise_p, kid_subset_size=200, kid_subsets=20)
+    good, _ = all_metrics(real, held_f, held_p, kid_subset_size=200, kid_subsets=20)
+    bad, _ = all_metrics(real, noise_f, noise_p, kid_subset_size=200, kid_subsets=20)
     assert good["fid"] * 10 < bad["fid"]
     assert good["kid"] * 10 < bad["kid"]
     assert good["inception_score"] > 2 * bad["inception_score"]

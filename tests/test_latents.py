@@ -160,10 +160,10 @@ def test_an_adm_reference_batch_gives_fid_from_its_own_statistics():
     real, fake = rng.standard_normal((60, 5)), rng.standard_normal((50, 5)) + 0.5
     probs = np.full((50, 4), 0.25)
     mu, sigma = real.mean(0) + 1.0, np.eye(5) * 2.0  # not the features': FID must use these
-    with_stats = all_metrics(real, fake, probs, kid_subset_size=20, kid_subsets=3, real_statistics=(mu, sigma))
+    with_stats, _ = all_metrics(real, fake, probs, kid_subset_size=20, kid_subsets=3, real_statistics=(mu, sigma))
     assert with_stats["fid"] == pytest.approx(frechet_distance(mu, sigma, *feature_statistics(fake)))
-    assert with_stats["kid"] == all_metrics(real, fake, probs, kid_subset_size=20, kid_subsets=3)["kid"]
-    only_stats = all_metrics(None, fake, probs, real_statistics=(mu, sigma))  # a batch without arr_0 images
+    assert with_stats["kid"] == all_metrics(real, fake, probs, kid_subset_size=20, kid_subsets=3)[0]["kid"]
+    only_stats, _ = all_metrics(None, fake, probs, real_statistics=(mu, sigma))  # a batch without arr_0 images
     assert only_stats["fid"] == with_stats["fid"] and np.isnan(only_stats["kid"]) and np.isnan(only_stats["precision"])
 
 

@@ -9,11 +9,12 @@ from switchsweep.trainers.metrics import (
     all_metrics,
     feature_statistics,
     fid_from_features,
-    fid_standard_error,
+    fid_influence,
     frechet_distance,
     inception_score,
     kernel_inception_distance,
-    kid_standard_error,
+    kid_bootstrap,
+    noise_sd,
     precision_recall,
 )
 
@@ -98,8 +99,8 @@ def test_evaluation_noise_estimates_match_the_spread_over_evaluations():
     fakes = [_draws(100 + s) for s in range(60)]
     kid_sd = np.std([kernel_inception_distance(real, f, 250, 20, seed=s)[0] for s, f in enumerate(fakes)], ddof=1)
     fid_sd = np.std([frechet_distance(*stats, *feature_statistics(f)) for f in fakes], ddof=1)
-    kid_se = np.mean([kid_standard_error(real, f, seed=s) for s, f in enumerate(fakes[:8])])
-    fid_se = np.mean([fid_standard_error(stats, f) for f in fakes[:8]])
+    kid_se = np.mean([noise_sd(kid_bootstrap(real, f, seed=s)) for s, f in enumerate(fakes[:8])])
+    fid_se = np.mean([noise_sd(fid_influence(stats, f)) for f in fakes[:8]])
     assert 1 / 1.35 < kid_se / kid_sd < 1.35, (kid_se, kid_sd)  # measured: 1.03
     assert 1 / 1.35 < fid_se / fid_sd < 1.35, (fid_se, fid_sd)  # measured: 1.09
     # The spread over real subsets is another quantity: here 0.40 of the evaluation noise.
@@ -107,25 +108,25 @@ def test_evaluation_noise_estimates_match_the_spread_over_evaluations():
     assert subset_sd < 0.6 * kid_sd
 
 
-def test_fid_standard_error_is_the_delta_method_on_a_shifted_mean():
+def test_fid_influence_is_the_delta_method_on_a_shifted_mean():
     # Same covariance, shifted mean: FID's only first-order term is 2 (mu - mu_r).d, whose sd over the
     # samples is 2 |mu - mu_r| sd(y) per dimension: a closed form.
     r = np.random.default_rng(3)
     y = r.standard_normal((4000, 3)) + np.array([1.0, 0.0, 0.0])
-    se = fid_standard_error((np.zeros(3), np.eye(3)), y)
+    se = noise_sd(fid_influence((np.zeros(3), np.eye(3)), y))
     assert se == pytest.approx(2 * 1.0 * 1.0 / math.sqrt(4000), rel=0.08)
 
 
 def test_all_metrics_report_the_evaluation_noise_and_the_subset_spread_under_their_names():
     real, fake = np.random.default_rng(0).standard_normal((300, 8)), _draws(1, n=120, d=8)
-    m = all_metrics(real, fake, np.full((120, 10), 0.1), kid_subset_size=100, kid_subsets=5)
+    m, noise = all_metrics(real, fake, np.full((120, 10), 0.1), kid_subset_size=100, kid_subsets=5)
     assert {"kid", "kid_se", "kid_subset_sd", "fid", "fid_se"} <= set(m) and "kid_std" not in m
-    assert m["kid_se"] == pytest.approx(kid_standard_error(real, fake)) and m["fid_se"] > 0
+    assert m["kid_se"] == pytest.approx(noise_sd(kid_bootstrap(real, fake))) and m["fid_se"] == noise_sd(noise["fid"]) > 0
 
 
-def test_kid_standard_error_on_many_samples_scales_a_subsample_by_one_over_sqrt_n():
+def test_kid_bootstrap_on_many_samples_scales_a_subsample_by_one_over_sqrt_n():
     real = np.random.default_rng(0).standard_normal((1797, 16))
     big = _draws(7, n=1000)
-    full = kid_standard_error(real, big, max_samples=1000)
-    capped = kid_standard_error(real, big, max_samples=250)
+    full = noise_sd(kid_bootstrap(real, big, max_samples=1000))
+    capped = noise_sd(kid_bootstrap(real, big, max_samples=250))
     assert 0.7 < capped / full < 1.4  # the same quantity from a quarter of the samples

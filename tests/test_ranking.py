@@ -139,7 +139,7 @@ def test_export_reads_mlflow_and_writes_the_pareto_set(tmp_path):
     assert "kid=6 +- " in written[0].read_text().splitlines()[0] and "gflops=4" in written[0].read_text().splitlines()[0]
     assert OmegaConf.load(written[1]).train.seed == 0  # the configuration's first seed
     table = (tmp_path / "out" / "ranking.csv").read_text().splitlines()
-    assert table[0].endswith("vs_best,pareto,gflops_mean,failure") and len(table) == 5
+    assert table[0].endswith("vs_best,diff_to_best,diff_ci95,diff_basis,pareto,gflops_mean,failure") and len(table) == 5
 
 
 def test_rank_trials_reads_the_sweep_asked_for_or_the_latest(tmp_path):
@@ -197,10 +197,54 @@ def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
     assert best == {"rank": "1", "group": "gs", "trial_id": "s-0", "seeds": "2", "status": "FINISHED", "steps": "100",
                     "variant": "switch_dit(M=3,k=2)", "lambda_dp": "0.5464", "prior_alpha": "4.0", "params_M": "2.166",
                     "gflops": "0.0427", "steps_per_s": "5.68", "kid": "12", "kid_sd_seeds": "2.83", "kid_noise": "2",
-                    "kid_ci95": f"{hw:.3g}", "vs_best": "best", "failure": ""}
+                    "kid_ci95": f"{hw:.3g}", "vs_best": "best", "diff_to_best": "", "diff_ci95": "", "diff_basis": "",
+                    "failure": ""}
     assert dit == {"rank": "2", "group": "gd", "trial_id": "d-0", "seeds": "1", "status": "KILLED", "steps": "50",
                    "variant": "dit", "lambda_dp": "", "prior_alpha": "", "params_M": "", "gflops": "", "steps_per_s": "",
-                   "kid": "", "kid_sd_seeds": "", "kid_noise": "", "kid_ci95": "", "vs_best": "", "failure": ""}
+                   "kid": "", "kid_sd_seeds": "", "kid_noise": "", "kid_ci95": "", "vs_best": "", "diff_to_best": "",
+                   "diff_ci95": "", "diff_basis": "", "failure": ""}
     lines = md.read_text().splitlines()
     assert lines[2].startswith("| rank | group |") and lines[4].startswith("| 1 | gs | s-0 | 2 | FINISHED |") and len(lines) == 7
     assert lines[6].endswith("| f-0: TrainingError: non-finite loss (nan) at step 3 / lower train.lr |")  # a | kept out of the cells
+
+
+def test_one_seed_comparisons_with_the_best_pair_the_two_evaluations(tmp_path):
+    # Two one-seed configurations evaluated alike: each KID's own noise is 4, but most of it is shared
+    # (the same labels and initial noise), so their difference of 6 is separable only when paired.
+    from switchsweep.platform.export import rank_trials
+    from switchsweep.platform.tracking import (EVAL_NOISE_ARTIFACT, GROUP_TAG, PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG,
+                                               Tracker, default_tracking_uri, eval_noise_name)
+
+    rng = np.random.default_rng(0)
+    shared, own = rng.standard_normal(50), rng.standard_normal((2, 50))
+    noise = {"a": 100 + 3.9 * shared + 0.8 * own[0], "b": 106 + 3.9 * shared + 0.8 * own[1]}
+    tracker = Tracker(default_tracking_uri(tmp_path))
+    exp = tracker.experiment("design_space", tmp_path / "artifacts")
+    parent = tracker.create_run(exp, "ds-1", {ROLE_TAG: "sweep", SWEEP_TAG: "ds-1", "switchsweep.metric": "kid",
+                                              "switchsweep.mode": "min"})
+    for name, values in noise.items():
+        run = tracker.create_run(exp, name, {PARENT_TAG: parent, TRIAL_TAG: name, ROLE_TAG: "trial", GROUP_TAG: name})
+        tracker.log_params(run, {"train.steps": 8, "model.name": "dit"})
+        tracker.log_metrics(run, {"kid": float(values.mean()), "kid_se": float(values.std(ddof=1)), "step": 8}, step=8)
+        tracker.log_dict(run, {"kid": values.tolist(), "fid": [0.0, 1.0]}, f"{EVAL_NOISE_ARTIFACT}/{eval_noise_name(8)}")
+        tracker.set_status(run, "FINISHED")
+    best, other = rank_trials(tracker, "design_space").ranked
+    assert best.group == "a" and other.half_width > other.diff  # unpaired, the intervals overlap
+    paired_sd = np.std(noise["b"] - noise["a"], ddof=1)
+    assert other.diff == pytest.approx(noise["b"].mean() - noise["a"].mean())
+    assert other.diff_half_width == pytest.approx(1.96 * paired_sd)
+    assert other.vs_best == WORSE and other.diff_basis == "1 seed: paired evaluation noise only, training-seed noise not included"
+
+
+def test_several_seeds_compare_with_the_best_over_paired_seed_differences():
+    from switchsweep.platform.ranking import compare_to_best
+
+    records = [rec("a", i, v, noise=5.0) for i, v in enumerate([10.0, 14.0, 12.0])]
+    records += [rec("b", i, v, noise=5.0) for i, v in enumerate([11.0, 15.5, 13.2])]  # a's seeds plus about 1.2
+    ranked = rank_groups(records, "kid", "min", noise_metric="kid_se")
+    assert ranked[1].vs_best == TIED  # the seed-to-seed spread (2) hides the difference unpaired
+    compare_to_best(ranked, lambda a, b: math.nan)
+    diffs = [1.0, 1.5, 1.2]
+    hw = stats.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / math.sqrt(3)
+    assert ranked[1].diff == pytest.approx(np.mean(diffs)) and ranked[1].diff_half_width == pytest.approx(hw)
+    assert ranked[1].vs_best == WORSE and ranked[1].diff_basis == "paired over 3 seeds"

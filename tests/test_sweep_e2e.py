@@ -149,6 +149,12 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
             assert pixels.shape == ((1 * 9 + 1) * 4, (10 * 9 + 1) * 4) and pixels.var() > 0
         assert child.info.status in ("FINISHED", "KILLED")  # KILLED: stopped early by ASHA
         assert np.isfinite(child.data.metrics["gflops"])
+        # Each evaluation's noise values, which a paired comparison with another trial reads: KID's bootstrap
+        # replicates and one FID influence per generated sample (eval.num_samples=20).
+        assert {a.path for a in client.list_artifacts(run_id, "eval_noise")} == {f"eval_noise/step_{s:07d}.json" for s in steps}
+        logged = json.loads(Path(client.download_artifacts(run_id, f"eval_noise/step_{steps[-1]:07d}.json",
+                                                           str(tmp_path / f"{run_id}-noise"))).read_text())
+        assert (len(logged["kid"]), len(logged["fid"])) == (50, 20)
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert finished and all("checkpoint" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in finished)
 

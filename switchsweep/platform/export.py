@@ -8,20 +8,23 @@ URIs, hosts and credentials never are.
 from __future__ import annotations
 
 import csv
+import functools
+import json
 import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.naming import variant_label
-from switchsweep.platform.ranking import Ranked, TrialRecord, rank_groups
+from switchsweep.platform.ranking import Ranked, TrialRecord, compare_to_best, rank_groups
 from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
-from switchsweep.platform.tracking import (FAILURE_TAG, GROUP_TAG, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG, SEED_TAG, SWEEP_TAG,
-                                           TRIAL_TAG, Tracker, redact, require_store)
+from switchsweep.platform.tracking import (EVAL_NOISE_ARTIFACT, FAILURE_TAG, GROUP_TAG, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG,
+                                           SEED_TAG, SWEEP_TAG, TRIAL_TAG, Tracker, eval_noise_name, redact, require_store)
 
 RANK_COLUMNS = ("rank", "group", "trial_id", "seeds", "status", "steps", "variant", "lambda_dp", "prior_alpha", "params_M",
                 "gflops", "steps_per_s")
@@ -64,7 +67,33 @@ def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> Swe
             params=dict(run.data.params), metrics=dict(run.data.metrics), failure=t.get(FAILURE_TAG, "")))
     ranked = rank_groups(records, metric, mode, METRIC_SE.get(metric), objectives,
                          [REPORTED_METRICS[o] for o in objectives])
+    if not objectives:
+        compare_to_best(ranked, _paired_noise(tracker, metric, {r.trial_id: r for r in records}))
     return SweepRanking(tags[SWEEP_TAG], metric, objectives, ranked, parent.info.run_id, dict(parent.data.params))
+
+
+def _paired_noise(tracker: Tracker, metric: str, records: dict[str, TrialRecord]) -> Callable[[str, str], float]:
+    """The evaluation noise of the difference of two trials' last evaluations (`trainers.metrics.noise_sd`
+    of their paired noise values, as the trials logged them), NaN where either lacks them."""
+    @functools.lru_cache(maxsize=None)
+    def values(trial: str) -> np.ndarray | None:
+        r = records.get(trial)
+        if r is None or metric not in METRIC_SE:
+            return None
+        path = f"{EVAL_NOISE_ARTIFACT}/{eval_noise_name(r.steps)}"
+        if not tracker.has_artifact(r.run_id, path):
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            logged = json.loads(tracker.download(r.run_id, path, tmp).read_text())
+        return np.asarray(logged[metric]) if metric in logged else None
+
+    def paired(a: str, b: str) -> float:
+        va, vb = values(a), values(b)
+        if va is None or vb is None or va.shape != vb.shape:
+            return math.nan
+        return float(np.std(va - vb, ddof=1))
+
+    return paired
 
 
 def value_text(r: Ranked) -> str:
@@ -85,14 +114,16 @@ def _cells(r: Ranked, objectives: list[str]) -> list[str]:
             f"{float(p['model.lambda_dp']):.4g}" if switch else "", p.get("model.prior_alpha", "") if switch else "",
             num(m.get("params", math.nan) * 1e-6, ".3f"), num(m.get("gflops", math.nan), ".4f"),
             num(m.get("steps_per_sec", math.nan), ".2f"), num(r.value, ".6g"), num(r.std, ".3g"), num(r.noise, ".3g"),
-            num(r.half_width, ".3g"), r.vs_best, *([("yes" if r.pareto else "")] if objectives else []),
+            num(r.half_width, ".3g"), r.vs_best, num(r.diff, "+.4g"), num(r.diff_half_width, ".3g"), r.diff_basis,
+            *([("yes" if r.pareto else "")] if objectives else []),
             *(num(r.objectives[o], ".6g") for o in objectives[1:]), r.failure]
 
 
 def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
     """ranking.csv (every column, machine-readable) and ranking.md (the same rows for people)."""
     metric, objectives = ranking.metric, ranking.objectives
-    header = [*RANK_COLUMNS, metric, f"{metric}_sd_seeds", f"{metric}_noise", f"{metric}_ci95", "vs_best",
+    header = [*RANK_COLUMNS, metric, f"{metric}_sd_seeds", f"{metric}_noise", f"{metric}_ci95", "vs_best", "diff_to_best",
+              "diff_ci95", "diff_basis",
               *(["pareto"] if objectives else []), *(f"{o}_mean" for o in objectives[1:]), "failure"]
     rows = [_cells(r, objectives) for r in ranking.ranked]
     table = out / "ranking.csv"
@@ -100,8 +131,9 @@ def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
         csv.writer(fh).writerows([header, *rows])
     md = out / "ranking.md"
     lines = [f"{metric}: mean over seeds; ci95: half-width of its 95% interval (t over seeds, or 1.96 x the "
-             f"metric's evaluation noise with one seed, which leaves out training-seed noise); vs_best: tied = not "
-             "separable from the best.", "",
+             f"metric's evaluation noise with one seed, which leaves out training-seed noise); diff_to_best: the "
+             "difference to the best, paired seed by seed, with its 95% half-width (diff_ci95) and what that interval "
+             "holds (diff_basis); vs_best: worse where that interval leaves out zero, else tied.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     md.write_text("\n".join(lines) + "\n")

@@ -9,13 +9,16 @@ over seeds of the metric at each trial's last evaluation. Its 95% interval is
   standard error over the generated samples, `kid_se` / `fid_se`), else unknown: training-seed noise
   is then not included.
 A complete configuration whose interval overlaps the best one's is "tied": not separable from it.
+Where the sweep's tracking can pair evaluations (`compare_to_best`), the verdict comes instead from
+the configuration's difference to the best, paired seed by seed: the same train.seed and eval.seed
+give both the same batches, labels and initial noise, so much of the noise cancels.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -64,6 +67,9 @@ class Ranked:
     values: list[float] = field(default_factory=list)  # the metric of each seed, in seed order
     objectives: dict[str, float] = field(default_factory=dict)  # mean over seeds, multi-objective sweeps
     vs_best: str = ""  # best / tied / worse among complete configurations
+    diff: float = math.nan  # minus the best, paired seed by seed (`compare_to_best`)
+    diff_half_width: float = math.nan  # of its 95% interval
+    diff_basis: str = ""  # what that interval holds
     pareto: bool = False
     failure: str = ""  # why its first failed seed failed
 
@@ -81,16 +87,41 @@ def interval_half_width(values: Sequence[float], noise: float) -> float:
 
 
 def paired_difference(values: Sequence[float], baseline: Sequence[float], noise: float = math.nan,
-                      baseline_noise: float = math.nan) -> tuple[float, float]:
+                      baseline_noise: float = math.nan, paired_noise: float = math.nan) -> tuple[float, float]:
     """(mean, 95% half-width) of values[i] - baseline[i], pairing seed i with seed i (the same
-    train.seed, so the same batches and noise). With one pair the half-width comes from the two
-    metrics' evaluation noise, 1.96 x sqrt(noise^2 + baseline_noise^2), as in `interval_half_width`."""
+    train.seed, so the same batches and noise). With two pairs or more, a t interval over the
+    differences, which hold training-seed and evaluation noise both. With one pair, 1.96 x the
+    evaluation noise of the difference: `paired_noise` where known (the sd of the two evaluations'
+    paired noise values: the same eval.seed gives both models the same labels and initial noise), else
+    the unpaired sqrt(noise^2 + baseline_noise^2), larger wherever the two evaluations move together."""
     diffs = [a - b for a, b in zip(values, baseline) if math.isfinite(a) and math.isfinite(b)]
     if not diffs:
         return math.nan, math.nan
     if len(diffs) >= 2:
         return float(np.mean(diffs)), interval_half_width(diffs, math.nan)
-    return diffs[0], 1.96 * math.hypot(noise, baseline_noise)
+    return diffs[0], 1.96 * (paired_noise if math.isfinite(paired_noise) else math.hypot(noise, baseline_noise))
+
+
+def compare_to_best(ranked: Sequence[Ranked], paired_noise: Callable[[str, str], float]) -> None:
+    """Each complete configuration's difference to the best (`Ranked.diff`, its 95% half-width and what
+    the interval holds), paired seed by seed (`paired_difference`; `paired_noise(trial, best_trial)` of
+    one-seed pairs, NaN where unknown), and `vs_best` from it: worse where the interval leaves out zero,
+    else tied."""
+    complete = [r for r in ranked if r.complete and math.isfinite(r.value)]
+    if not complete:
+        return
+    best = complete[0]
+    for r in complete[1:]:
+        pairs = min(len(r.values), len(best.values))
+        known = paired_noise(r.trials[0], best.trials[0]) if pairs == 1 else math.nan
+        r.diff, r.diff_half_width = paired_difference(r.values, best.values, r.noise, best.noise, known)
+        if pairs >= 2:
+            r.diff_basis = f"paired over {pairs} seeds"
+        else:
+            how = "paired evaluation noise" if math.isfinite(known) else "evaluation noise"
+            r.diff_basis = f"1 seed: {how} only, training-seed noise not included"
+        if math.isfinite(r.diff_half_width):
+            r.vs_best = WORSE if abs(r.diff) > r.diff_half_width else TIED
 
 
 def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[bool]:

@@ -41,9 +41,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.naming import run_name
 from switchsweep.platform.sweep_config import RayConfig, trains_inline, worker_bundle
-from switchsweep.platform.tracking import (ATTEMPTS_TAG, CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, GIT_TAG,
-                                           GROUP_TAG, IN_MLFLOW, MODEL_TAG, RESUMED_TAG, SEED_TAG, ResilientLog, Tracker,
-                                           flatten)
+from switchsweep.platform.tracking import (ATTEMPTS_TAG, CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, EVAL_NOISE_ARTIFACT,
+                                           FAILURE_TAG, GIT_TAG, GROUP_TAG, IN_MLFLOW, MODEL_TAG, RESUMED_TAG, SEED_TAG,
+                                           ResilientLog, Tracker, eval_noise_name, flatten)
 from switchsweep.sweeps.failures import LogTail, TrialFailure, is_deterministic, reason, trial_failure
 from switchsweep.sweeps.gate import wait_at_gate
 from switchsweep.sweeps.loopback_ddp import LoopbackTorchConfig
@@ -177,11 +177,16 @@ class SweepHooks(TrainHooks):
 
     def _evaluate_and_log(self, trainer: Trainer, step: int, metrics: dict[str, float], ckpt_dir: Path) -> dict[str, float]:
         cfg, log = self.cfg, self.log
-        report = evaluate_model(trainer.ema.model, trainer.diffusion, cfg.data, cfg.eval, trainer.device)
+        report, noise = evaluate_model(trainer.ema.model, trainer.diffusion, cfg.data, cfg.eval, trainer.device)
         report.update(loss=metrics["loss"], steps_per_sec=metrics["steps_per_sec"], **self.stats)
         logged = {k: v for k, v in report.items() if k not in ("loss", "steps_per_sec", *self.stats)}
         final = step == cfg.train.steps
         art = ckpt_dir.parent / "artifacts"
+        # What a paired comparison with another trial reads (platform.export): this evaluation's noise values.
+        noise_file = art / EVAL_NOISE_ARTIFACT / eval_noise_name(step)
+        noise_file.parent.mkdir(parents=True)
+        noise_file.write_text(json.dumps({k: v.tolist() for k, v in noise.items()}))
+        log.log_artifacts([noise_file], EVAL_NOISE_ARTIFACT)
         if hasattr(trainer.model, "routing_matrices"):
             mats = trainer.model.routing_matrices()
             folder = art / f"step_{step:07d}"

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -43,8 +44,9 @@ def generate_and_embed(
 def evaluate_model(
     model: nn.Module, diffusion: GaussianDiffusion, data: DataConfig, cfg: EvalConfig, device: torch.device,
     progress: bool = False,
-) -> dict[str, float]:
-    """All metrics of `model`'s samples; the model is put in eval mode."""
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """All metrics of `model`'s samples, and the values their evaluation noise is read from
+    (`metrics.all_metrics`); the model is put in eval mode."""
     model.eval()
     net = build_feature_net(cfg, device)
     real = reference_features(data, net, cfg.cache_dir)
@@ -52,10 +54,10 @@ def evaluate_model(
     start = time.perf_counter()
     fake, probs = generate_and_embed(model, diffusion, net, cfg, data.num_classes, device, progress, decode)
     elapsed = time.perf_counter() - start
-    metrics = all_metrics(real, fake, probs, kid_subset_size=cfg.kid_subset_size, kid_subsets=cfg.kid_subsets,
-                          pr_k=cfg.pr_k, seed=cfg.seed, real_statistics=reference_statistics(data))
+    metrics, noise = all_metrics(real, fake, probs, kid_subset_size=cfg.kid_subset_size, kid_subsets=cfg.kid_subsets,
+                                 pr_k=cfg.pr_k, seed=cfg.seed, real_statistics=reference_statistics(data))
     metrics["eval_images_per_sec"] = cfg.num_samples / elapsed
-    return metrics
+    return metrics, noise
 
 
 def evaluate_checkpoint(cfg: Config, progress: bool = True) -> dict[str, Any]:
@@ -66,7 +68,7 @@ def evaluate_checkpoint(cfg: Config, progress: bool = True) -> dict[str, Any]:
     diffusion = GaussianDiffusion.from_config(cfg.diffusion.schedule, cfg.diffusion.num_timesteps)
     model = build_model(cfg.model, cfg.data, cfg.diffusion.num_timesteps).to(device)
     model.load_state_dict(payload["ema"]["model"])
-    metrics = evaluate_model(model, diffusion, cfg.data, cfg.eval, device, progress)
+    metrics, _ = evaluate_model(model, diffusion, cfg.data, cfg.eval, device, progress)
     e = cfg.eval
     result = {
         "checkpoint": str(cfg.checkpoint),

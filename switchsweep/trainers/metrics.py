@@ -73,21 +73,25 @@ def kernel_inception_distance(
     return float(values.mean()), float(values.std())
 
 
-def kid_standard_error(real: ArrayLike, fake: ArrayLike, replicates: int = 50, seed: int = 0,
-                       max_samples: int = 1000) -> float:
-    """KID's evaluation noise: the sd of the unbiased MMD^2 over bootstrap resamples of the generated
-    features, the real side fixed. It is what evaluating the same model with another `eval.seed` (other
-    labels and initial noise) varies KID by; the spread over real subsets (`kernel_inception_distance`'s
-    second value) is not. A resample's pairs of one sample with its own copy are left out of the
-    generated-generated mean, as the unbiased estimate leaves out i = j. Past `max_samples` generated
-    samples (the kernel matrix grows as their square) the bootstrap runs on that many of them and its sd
-    is scaled by sqrt(max_samples / n), the standard error's 1/sqrt(n); real ones past 10 x max_samples
-    are subsampled for the cross term, whose noise is then far below the generated side's."""
+def kid_bootstrap(real: ArrayLike, fake: ArrayLike, replicates: int = 50, seed: int = 0,
+                  max_samples: int = 1000) -> np.ndarray:
+    """KID's evaluation noise as `replicates` values whose sd is its standard error: the unbiased MMD^2 of
+    bootstrap resamples of the generated features, the real side fixed. That sd is what evaluating the
+    same model with another `eval.seed` (other labels and initial noise) varies KID by; the spread over
+    real subsets (`kernel_inception_distance`'s second value) is not. The resamples depend only on
+    `seed` and the sample counts, so two models evaluated alike are resampled alike and their replicates
+    pair up: sd(a - b) is the noise of their difference.
+
+    A resample's pairs of one sample with its own copy are left out of the generated-generated mean, as
+    the unbiased estimate leaves out i = j. Past `max_samples` generated samples (the kernel matrix grows
+    as their square) the bootstrap runs on that many of them, its deviations scaled by
+    sqrt(max_samples / n), the standard error's 1/sqrt(n); real ones past 10 x max_samples are
+    subsampled for the cross term, whose noise is then far below the generated side's."""
     rng = np.random.default_rng(seed)
     x, y = _np64(real), _np64(fake)
     d, n = x.shape[1], len(y)
     if n < 2:
-        raise ValueError("kid_standard_error needs at least 2 generated samples")
+        raise ValueError("kid_bootstrap needs at least 2 generated samples")
     if n > max_samples:
         y = y[rng.choice(n, max_samples, replace=False)]
     if len(x) > 10 * max_samples:
@@ -98,16 +102,16 @@ def kid_standard_error(real: ArrayLike, fake: ArrayLike, replicates: int = 50, s
     for b, idx in enumerate(rng.integers(0, len(y), size=(replicates, len(y)))):
         distinct = idx[:, None] != idx[None, :]
         values[b] = k_yy[np.ix_(idx, idx)][distinct].mean() - 2 * cross[idx].mean()
-    return float(values.std(ddof=1) * math.sqrt(len(y) / n))
+    return values.mean() + (values - values.mean()) * math.sqrt(len(y) / n)
 
 
-def fid_standard_error(real_statistics: tuple[ArrayLike, ArrayLike], fake: ArrayLike) -> float:
-    """FID's evaluation noise against fixed real statistics (mu_r, S_r): sd(psi) / sqrt(n) over the n
-    generated samples, psi_i = 2 (mu - mu_r).d_i + |d_i|^2 - d_i^T A (A S A)^(-1/2) A d_i with
-    d_i = y_i - mu, A = S_r^(1/2): each sample's first-order influence on FID (the derivative of
-    |mu - mu_r|^2 + tr(S) - 2 tr((A S A)^(1/2)) in the direction of its point mass). One
-    eigendecomposition, so it costs what FID costs at any feature size; `kid_standard_error`'s bootstrap
-    would cost one per resample."""
+def fid_influence(real_statistics: tuple[ArrayLike, ArrayLike], fake: ArrayLike) -> np.ndarray:
+    """FID's evaluation noise against fixed real statistics (mu_r, S_r) as n values whose sd is its
+    standard error: psi_i / sqrt(n), with psi_i = 2 (mu - mu_r).d_i + |d_i|^2 - d_i^T A (A S A)^(-1/2) A d_i,
+    d_i = y_i - mu, A = S_r^(1/2), each generated sample's first-order influence on FID (the derivative of
+    |mu - mu_r|^2 + tr(S) - 2 tr((A S A)^(1/2)) toward its point mass). Sample i of two models evaluated
+    with the same `eval.seed` shares its label and initial noise, so their values pair up as
+    `kid_bootstrap`'s do. One eigendecomposition: it costs what FID costs at any feature size."""
     y = _np64(fake)
     mu_r, s_r = _np64(real_statistics[0]).ravel(), np.atleast_2d(_np64(real_statistics[1]))
     mu, s = feature_statistics(y)
@@ -119,7 +123,13 @@ def fid_standard_error(real_statistics: tuple[ArrayLike, ArrayLike], fake: Array
     b = a @ (v[:, keep] / np.sqrt(w[keep])) @ v[:, keep].T @ a
     d = y - mu
     psi = 2 * d @ (mu - mu_r) + np.einsum("ij,ij->i", d, d) - np.einsum("ij,jk,ik->i", d, b, d)
-    return float(psi.std(ddof=1) / math.sqrt(len(y)))
+    return psi / math.sqrt(len(y))
+
+
+def noise_sd(values: ArrayLike) -> float:
+    """The standard error carried by `kid_bootstrap` or `fid_influence` values (of one model, or the
+    difference of two models' paired values)."""
+    return float(np.std(_np64(values), ddof=1))
 
 
 def inception_score(probs: ArrayLike, splits: int = 10) -> tuple[float, float]:
@@ -173,25 +183,27 @@ def all_metrics(
     pr_k: int = 3,
     seed: int = 0,
     real_statistics: tuple[ArrayLike, ArrayLike] | None = None,
-) -> dict[str, float]:
-    """Every metric of the generated features against the real ones. `real_statistics` (mu, sigma), as an
-    ADM reference batch ships them, replace the real features' for FID; without real features (such a
-    batch without images) KID and precision/recall are NaN. `fid_se` and `kid_se` are the metrics'
-    evaluation noise (standard errors over the generated samples); `kid_subset_sd` is KID's spread over
-    real subsets, which is not."""
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Every metric of the generated features against the real ones, and the values KID's and FID's
+    evaluation noise is read from (`kid_bootstrap`, `fid_influence`: paired across models evaluated alike).
+    `real_statistics` (mu, sigma), as an ADM reference batch ships them, replace the real features' for
+    FID; without real features (such a batch without images) KID and precision/recall are NaN. `fid_se`
+    and `kid_se` are the metrics' evaluation noise (standard errors over the generated samples);
+    `kid_subset_sd` is KID's spread over real subsets, which is not."""
     is_mean, is_std = inception_score(fake_probs)
     real_statistics = real_statistics if real_statistics is not None else feature_statistics(real_features)
     fid = frechet_distance(*real_statistics, *feature_statistics(fake_features))
-    fid_se = fid_standard_error(real_statistics, fake_features)
+    noise = {"fid": fid_influence(real_statistics, fake_features)}
     if real_features is None:
         kid = kid_se = kid_subset_sd = precision = recall = float("nan")
     else:
         kid, kid_subset_sd = kernel_inception_distance(real_features, fake_features, kid_subset_size, kid_subsets, seed)
-        kid_se = kid_standard_error(real_features, fake_features, seed=seed)
+        noise["kid"] = kid_bootstrap(real_features, fake_features, seed=seed)
+        kid_se = noise_sd(noise["kid"])
         precision, recall = precision_recall(real_features, fake_features, pr_k)
-    return {
+    metrics = {
         "fid": fid,
-        "fid_se": fid_se,
+        "fid_se": noise_sd(noise["fid"]),
         "kid": kid,
         "kid_se": kid_se,
         "kid_subset_sd": kid_subset_sd,
@@ -200,3 +212,4 @@ def all_metrics(
         "precision": precision,
         "recall": recall,
     }
+    return metrics, noise
