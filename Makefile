@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test train evaluate sweep variants ui optuna-ui report bench faults paper-check search-efficiency mutation clean \
+.PHONY: install test train evaluate sweep variants ui optuna-ui report bench faults paper-check paired-eval search-efficiency mutation clean \
 	gpu-check gpu-wheels cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
 
 $(STAMP): pyproject.toml
@@ -73,6 +73,10 @@ faults: $(STAMP)
 # The paper's ordering at small scale (about 45 minutes on 2 cores) and the grid-vs-TPE compute ratio (about 25).
 paper-check: $(STAMP)
 	$(PY) -m benchmarks.paper_check
+
+# One evaluation's noise, paired against unpaired, and samples against DDIM steps at equal cost (about 12 minutes).
+paired-eval: $(STAMP)
+	$(PY) -m benchmarks.paired_eval
 
 search-efficiency: $(STAMP)
 	$(PY) -m benchmarks.search_efficiency

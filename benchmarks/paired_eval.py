@@ -1,8 +1,8 @@
 """How noisy is one evaluation, and how much does pairing two models' evaluations take away?
 
 Two fixed checkpoints, a DiT and a Switch-DiT (M=3, k=2), trained as in `sweep=paper_check` (900 steps on
-the digits), are evaluated with the in-sweep settings (250 samples, DDIM 25 steps, KID over 20 real
-subsets of 250) under several evaluation seeds. Per model it prints KID's spread over the seeds against
+the digits), are evaluated at the in-sweep sampling cost (samples x DDIM steps of about 6,000; KID over 20
+subsets holding every generated sample and as many real ones) under several evaluation seeds. Per model it prints KID's spread over the seeds against
 the two noise figures an evaluation reports, `kid_se` (the bootstrap standard error over the generated
 samples) and `kid_subset_sd` (the spread over real subsets); then the spread of the difference
 Switch-DiT - DiT when both use the same seed (paired: the same labels and initial noise, as every trial
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> None:
                              "eval.kid_subsets=20", "eval.device=cpu", "eval.sampler=ddim"]).eval
     results: dict[tuple[int, int], dict[str, list[dict[str, float]]]] = {}
     for samples, steps in BUDGETS:
-        e = dataclasses.replace(base_eval, num_samples=samples, batch_size=samples, steps=steps,
-                                kid_subset_size=min(samples, base_eval.kid_subset_size))
+        # KID's subsets hold every generated sample, as the sweep's do: only the real side is subsampled.
+        e = dataclasses.replace(base_eval, num_samples=samples, batch_size=samples, steps=steps, kid_subset_size=samples)
         results[samples, steps] = {
             name: [evaluate_model(model, diffusion, cfg.data, dataclasses.replace(e, seed=s), torch.device("cpu"))[0]
                    for s in range(args.seeds)]
