@@ -288,7 +288,9 @@ def render(data: SweepData) -> str:
             f"Written {time.strftime('%Y-%m-%d %H:%M')}.")
     parts = [f"<h1>Sweep {html.escape(r.sweep_id)}</h1>", f'<p class="meta">{html.escape(meta)}</p>',
              _section("Ranking", _note("Finished configurations first, by the mean over seeds; then those stopped early. "
-                                       "tied: the 95% intervals overlap the best one's.") + ranking_table(data))]
+                                       "vs best: tied where the difference to the best, paired seed by seed (ranking.md: "
+                                       "diff_to_best), has a 95% interval holding zero; without one, where the two "
+                                       "95% intervals overlap.") + ranking_table(data))]
     if data.search == "grid":
         table = design_table(data)
         parts.append(_section("Designs against DiT", table or _note("this grid has no finished plain-DiT row to compare with")))
