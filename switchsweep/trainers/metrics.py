@@ -28,6 +28,12 @@ def feature_statistics(features: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a symmetric PSD matrix (negative round-off eigenvalues as zero)."""
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
 def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
     """Frechet distance of two Gaussians: |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel et al., FID)."""
     mu1, mu2 = _np64(mu1).ravel(), _np64(mu2).ravel()
@@ -36,8 +42,7 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
         raise ValueError(f"frechet_distance: shapes differ: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
     # tr((S1 S2)^(1/2)) = tr((A S2 A)^(1/2)) with A = S1^(1/2): both symmetric PSD, so eigh stays
     # exact where sqrtm of the non-symmetric product warns or fails (singular covariances).
-    w, v = np.linalg.eigh(s1)
-    a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    a = _psd_sqrt(s1)
     inner = a @ s2 @ a
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
@@ -115,8 +120,7 @@ def fid_influence(real_statistics: tuple[ArrayLike, ArrayLike], fake: ArrayLike)
     y = _np64(fake)
     mu_r, s_r = _np64(real_statistics[0]).ravel(), np.atleast_2d(_np64(real_statistics[1]))
     mu, s = feature_statistics(y)
-    w, v = np.linalg.eigh(s_r)
-    a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    a = _psd_sqrt(s_r)
     inner = a @ s @ a
     w, v = np.linalg.eigh((inner + inner.T) / 2)
     keep = w > w.max() * 1e-10  # the pseudo-inverse square root on the range of A S A
