@@ -78,13 +78,15 @@ def ranking_table(data: SweepData) -> str:
     unit = compute_unit(data.ranking.parent_params)
     failed = any(r.failure for r in data.ranking.ranked)  # a column of reasons only where there is one
     header = ["rank", "design", "seeds", "status", "steps", f"{metric} mean +- 95%", "sd over seeds",
-              f"{noise or 'metric'} (evaluation noise)", "vs best", "params (M)", "GFLOPs", "steps/s", unit,
+              f"{noise or 'metric'} (evaluation noise)", "vs best", "minus the best, paired +- 95%", "params (M)", "GFLOPs", "steps/s", unit,
               *(["pareto"] if data.ranking.objectives else []), *(["why it failed"] if failed else [])]
     rows = []
     for r in data.ranking.ranked:
         cost = _group_cost(data, r)
         rows.append([str(r.rank), variant_label(r.params), str(r.seeds), r.status, str(r.steps), value_text(r),
-                     _num(r.std, ".3g"), _num(r.noise, ".3g"), r.vs_best, _num(r.metrics.get("params", math.nan) * 1e-6, ".3f"),
+                     _num(r.std, ".3g"), _num(r.noise, ".3g"), r.vs_best,
+                     f"{r.diff:+.4g} +- {r.diff_half_width:.2g}" if math.isfinite(r.diff_half_width) else "",
+                     _num(r.metrics.get("params", math.nan) * 1e-6, ".3f"),
                      _num(r.metrics.get("gflops", math.nan), ".4f"), _num(r.metrics.get("steps_per_sec", math.nan), ".2f"),
                      _num(cost, ".3g"), *(["yes" if r.pareto else ""] if data.ranking.objectives else []),
                      *([r.failure] if failed else [])])
