@@ -73,7 +73,7 @@ def sweep_cmd(root: Path, address: str | None, cache: Path | None, *extra: str, 
               log_every: int = LOG_EVERY) -> list[str]:
     """A tiny sweep, long enough (40 steps, an evaluation every 10) to be hit mid-trial. Any `sweep`
     is run under the name design_space; that one evaluates two given configurations first."""
-    given = [POINTS] if sweep == "design_space" else ["sweep.name=design_space"]
+    given = [POINTS, "sweep.baseline=none"] if sweep == "design_space" else ["sweep.name=design_space"]
     return [str(BIN / "switchsweep"), "sweep", f"sweep={sweep}", f"sweep.root={root}", *given,
             *([f"sweep.ray.address={address}"] if address else []), *([f"eval.cache_dir={cache}"] if cache else []),
             f"sweep.eval_every={EVAL_EVERY}", f"train.steps={STEPS}", f"train.log_every={log_every}", "sweep.asha=false",

@@ -196,8 +196,8 @@ def sweep(workdir: Path) -> dict:
         return {"ok": True, "skipped": f"{', '.join(missing)} not installed here: the sweep needs the full install "
                                       "(make install, as on a cluster GPU node)"}
     root = workdir / "sweep"
-    cmd = [sys.executable, "-m", "switchsweep", "sweep", "sweep=design_space", "sweep.num_trials=2", "sweep.asha=false",
-           "train.device=cuda", "sweep.ray.use_gpu=true", "train.steps=150", "sweep.eval_every=150", f"sweep.root={root}"]
+    cmd = [sys.executable, "-m", "switchsweep", "sweep", "sweep=design_space", "sweep.num_trials=2", "sweep.baseline=none",
+           "sweep.asha=false", "train.device=cuda", "sweep.ray.use_gpu=true", "train.steps=150", "sweep.eval_every=150", f"sweep.root={root}"]
     start = time.perf_counter()
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=420)
     seconds = time.perf_counter() - start

@@ -41,7 +41,7 @@ def commands(root: Path, extra: list[str], tpe_trials: int) -> list[list[str]]:
     common = [f"sweep.root={root}", *SETTINGS, *extra]
     return [
         [exe, "sweep", "sweep=table1", f"sweep.name={GRID}", f"sweep.grid=[{rows}]", *common],
-        [exe, "sweep", "sweep=design_space", f"sweep.name={TPE}", f"sweep.num_trials={tpe_trials}",
+        [exe, "sweep", "sweep=design_space", f"sweep.name={TPE}", f"sweep.num_trials={tpe_trials}", "sweep.baseline=none",
          "sweep.space=[{key: model.num_experts, choice: [2, 3, 4, 6]}, {key: model.top_k, fraction_of: model.num_experts}]",
          *common],
     ]

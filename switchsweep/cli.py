@@ -58,8 +58,10 @@ def _sweep(job, overrides) -> int:
         objectives = "".join(f"  {o}={r.objectives[o]:.4g}" for o in job.sweep.objectives[1:])
         versus = f"{r.diff:+.4g} +- {r.diff_half_width:.2g} ({r.diff_basis})" if math.isfinite(r.diff_half_width) else ""
         flags = " ".join(x for x in (r.vs_best, versus, "pareto" if r.pareto else "") if x)
-        print(f"  {r.rank:2d}. {r.group:<6} {metric}={value_text(r):<16} steps={r.steps:<5} {r.status:<8} "
+        print(f"  {r.rank:2d}. {r.group:<8} {metric}={value_text(r):<16} steps={r.steps:<5} {r.status:<8} "
               f"{variant_label(r.params)}{extra}{objectives}  {flags}")
+    for line in result.verdicts:
+        print(f"  {line}")
     name, root = job.sweep.name, Path(job.sweep.root).expanduser().resolve()
     where = f"sweep={name} sweep.id={result.sweep_id} sweep.root={root}"
     print(f"sweep dir:   {result.sweep_dir}  (ranking.md, ranking.csv)")

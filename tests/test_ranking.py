@@ -139,7 +139,7 @@ def test_export_reads_mlflow_and_writes_the_pareto_set(tmp_path):
     assert "kid=6 +- " in written[0].read_text().splitlines()[0] and "gflops=4" in written[0].read_text().splitlines()[0]
     assert OmegaConf.load(written[1]).train.seed == 0  # the configuration's first seed
     table = (tmp_path / "out" / "ranking.csv").read_text().splitlines()
-    assert table[0].endswith("vs_best,diff_to_best,diff_ci95,diff_basis,pareto,gflops_mean,failure") and len(table) == 5
+    assert table[0].endswith("vs_best,diff_to_best,diff_ci95,diff_basis,vs_baseline,diff_to_baseline,baseline_ci95,pareto,gflops_mean,failure") and len(table) == 5
 
 
 def test_rank_trials_reads_the_sweep_asked_for_or_the_latest(tmp_path):
@@ -198,11 +198,12 @@ def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
                     "variant": "switch_dit(M=3,k=2)", "lambda_dp": "0.5464", "prior_alpha": "4.0", "params_M": "2.166",
                     "gflops": "0.0427", "steps_per_s": "5.68", "kid": "12", "kid_sd_seeds": "2.83", "kid_noise": "2",
                     "kid_ci95": f"{hw:.3g}", "vs_best": "best", "diff_to_best": "", "diff_ci95": "", "diff_basis": "",
-                    "failure": ""}
+                    "vs_baseline": "", "diff_to_baseline": "", "baseline_ci95": "", "failure": ""}
     assert dit == {"rank": "2", "group": "gd", "trial_id": "d-0", "seeds": "1", "status": "KILLED", "steps": "50",
                    "variant": "dit", "lambda_dp": "", "prior_alpha": "", "params_M": "", "gflops": "", "steps_per_s": "",
                    "kid": "", "kid_sd_seeds": "", "kid_noise": "", "kid_ci95": "", "vs_best": "", "diff_to_best": "",
-                   "diff_ci95": "", "diff_basis": "", "failure": ""}
+                   "diff_ci95": "", "diff_basis": "", "vs_baseline": "", "diff_to_baseline": "", "baseline_ci95": "",
+                   "failure": ""}
     lines = md.read_text().splitlines()
     assert lines[2].startswith("| rank | group |") and lines[4].startswith("| 1 | gs | s-0 | 2 | FINISHED |") and len(lines) == 7
     assert lines[6].endswith("| f-0: TrainingError: non-finite loss (nan) at step 3 / lower train.lr |")  # a | kept out of the cells
@@ -248,3 +249,56 @@ def test_several_seeds_compare_with_the_best_over_paired_seed_differences():
     hw = stats.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / math.sqrt(3)
     assert ranked[1].diff == pytest.approx(np.mean(diffs)) and ranked[1].diff_half_width == pytest.approx(hw)
     assert ranked[1].vs_best == WORSE and ranked[1].diff_basis == "paired over 3 seeds"
+
+
+def _with_baseline(base_values, designs, parent=None):
+    from switchsweep.platform.export import SweepRanking
+    from switchsweep.platform.ranking import BASELINE_GROUP, compare_to_best
+
+    records = [TrialRecord(f"bl-{i}", f"run-bl-{i}", "FINISHED", 100, 100, BASELINE_GROUP, i, {"model.name": "dit"},
+                           {"kid": v}) for i, v in enumerate(base_values)]
+    for group, values in designs.items():
+        records += [rec(group, i, v) for i, v in enumerate(values)]
+    ranked = rank_groups(records, "kid", "min")
+    compare_to_best(ranked, lambda a, b: math.nan, "min")
+    return SweepRanking("s-1", "kid", [], ranked, "parent", {"sweep.seeds": "1", **(parent or {})})
+
+
+def test_the_baseline_is_compared_with_every_design_and_never_the_best():
+    from switchsweep.platform.export import baseline_sentence
+    from switchsweep.platform.ranking import BETTER
+
+    ranking = _with_baseline([8.0, 9.0, 8.5], {"g0": [10.0, 11.2, 10.4], "g1": [20.0, 20.5, 22.0]})
+    base, g0, g1 = ranking.ranked
+    assert base.baseline and base.rank == 1 and base.vs_best == BETTER  # the lowest KID, but not the best design
+    assert ranking.best is g0 and g0.vs_best == BEST and g1.vs_best == WORSE
+    diffs = np.subtract([10.0, 11.2, 10.4], [8.0, 9.0, 8.5])
+    hw = stats.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / math.sqrt(3)
+    assert g0.base_diff == pytest.approx(diffs.mean()) and g0.base_half_width == pytest.approx(hw)
+    assert g0.vs_baseline == WORSE and g1.vs_baseline == WORSE and base.vs_baseline == ""
+    assert baseline_sentence(ranking) == (f"The best design, g0 switch_dit(M=3,k=2), is worse than the baseline dit: kid "
+                                          f"10.53 against 8.5, a difference of {diffs.mean():+.4g} +- {hw:.2g} "
+                                          "(95%, paired over 3 seeds).")
+    # A baseline that does not separate from the best, and one that did not finish.
+    tied = _with_baseline([10.0, 12.0], {"g0": [11.0, 11.0]})
+    assert tied.best.vs_baseline == TIED and "does not separate from the baseline dit" in baseline_sentence(tied)
+    assert _with_baseline([], {"g0": [1.0]}).baseline is None and baseline_sentence(_with_baseline([], {"g0": [1.0]})) == ""
+
+
+def test_race_state_reads_separated_spent_or_open_from_the_seeds():
+    from switchsweep.platform.export import race_sentence
+    from switchsweep.platform.ranking import RACE_OPEN, RACE_SEPARATED, RACE_SPENT, race_state
+
+    race = {"sweep.race": "2", "sweep.race_seeds": "2"}
+    apart = _with_baseline([30.0, 30.5, 29.0], {"g0": [10.0, 10.2, 10.1], "g1": [12.0, 12.3, 12.1], "g2": [20.0]}, race)
+    state, raced = race_state(apart.ranked, 1, 2, 2)
+    assert state == RACE_SEPARATED and [r.group for r in raced] == ["g0", "g1"]
+    assert race_sentence(apart) == "Racing separated g0 from the runner-up g1 at 95% (2 extra seed(s) each, 3 in all)."
+    close = _with_baseline([30.0, 30.5, 29.0], {"g0": [10.0, 13.0, 9.0], "g1": [12.0, 10.0, 12.0], "g2": [20.0]}, race)
+    assert race_state(close.ranked, 1, 2, 2)[0] == RACE_SPENT and "its budget is spent (2 of 2 extra seeds each)" in (
+        race_sentence(close))
+    assert race_state(close.ranked, 1, 2, 3)[0] == RACE_OPEN  # one more round was allowed: cut short
+    one = _with_baseline([30.0, 30.5, 29.0], {"g0": [10.0, 10.2, 10.1], "g1": [12.0]}, {"sweep.race": "1", "sweep.race_seeds": "2"})
+    assert race_sentence(one) == "Racing separated g0 from the baseline at 95% (2 extra seed(s) each, 3 in all)."
+    before = _with_baseline([30.0], {"g0": [10.0], "g1": [12.0]}, race)
+    assert race_state(before.ranked, 1, 2, 2) == (RACE_OPEN, []) and race_state(before.ranked, 1, 0, 2) == ("", [])

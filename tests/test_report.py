@@ -13,9 +13,9 @@ from scipy import stats
 
 from switchsweep.dashboards import report
 from switchsweep.dashboards.sweep_data import SweepData, TrialData, bin_rows, study_importances
-from switchsweep.platform.export import SweepRanking
+from switchsweep.platform.export import SweepRanking, is_plain_dit
 from switchsweep.platform.naming import run_name
-from switchsweep.platform.ranking import TrialRecord, paired_difference, rank_groups
+from switchsweep.platform.ranking import TrialRecord, compare_to_best, paired_difference, rank_groups
 
 PARENT = {"sweep.search": "grid", "sweep.seeds": "2", "train.steps": "100", "sweep.eval_every": "50",
           "sweep.ray.num_workers": "2", "sweep.ray.use_gpu": "False", "sweep.ray.cpus_per_worker": "1.5",
@@ -44,6 +44,7 @@ def _sweep(designs, seeds=2, stopped=()):
             trials.append(TrialData(tid, f"run-{tid}", run_name(params, s), g, "KILLED" if stop else "FINISHED", stop,
                                     params, metrics, {"loss": [(10, 1.0), (50, 0.5)], "kid": curve}))
     ranked = rank_groups(records, "kid", "min", "kid_se")
+    compare_to_best(ranked, lambda a, b: math.nan, "min", next((r.group for r in ranked if is_plain_dit(r.params)), None))
     order = {t: i for i, r in enumerate(ranked) for t in r.trials}
     trials.sort(key=lambda t: order[t.trial_id])
     ranking = SweepRanking("grid-1", "kid", [], ranked, "parent", dict(PARENT))
@@ -83,7 +84,7 @@ def test_design_table_gives_each_design_its_paired_difference_to_dit():
     mean, hw = paired_difference([20.0, 21.0], [30.0, 32.0])
     assert f"{mean:+.4g} +- {hw:.2g}" in rows["switch_dit(M=3,k=2)"]
     assert "better" in rows["switch_dit(M=3,k=2)"]  # -10.5 +- 6.4: separable
-    assert "not separable" in rows["dtr"] and "baseline" in rows["dit"]
+    assert "tied" in rows["dtr"] and "paired over 2 seeds" in rows["dtr"] and "baseline" in rows["dit"]
     no_dit = _sweep({g: d for g, d in DESIGNS.items() if g != "dit"})
     assert report.design_table(no_dit) is None
 

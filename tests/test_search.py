@@ -6,17 +6,18 @@ from optuna.trial import TrialState
 
 from switchsweep.platform.compose import load_sweep_config
 from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
-from switchsweep.sweeps.space import GROUP, SEED, trial_bases
+from switchsweep.platform.ranking import BASELINE_GROUP, paired_difference
+from switchsweep.sweeps.space import BASELINE_ROW, FULL, GROUP, ROW, SEED, trial_bases
 
 STEPS = 8
 
 
-def _searcher(tmp_path, seeds=1, objectives=("kid",), modes=("min",), search="tpe", tpe_startup=2):
+def _searcher(tmp_path, seeds=1, objectives=("kid",), modes=("min",), search="tpe", tpe_startup=2, configs=50, **extra):
     job = load_sweep_config(["sweep=design_space"])
     return SeededStudySearch(
         space=job.sweep.space, base=trial_bases(job, [])[0], journal=str(tmp_path / "optuna.journal"), study_name="s",
         objectives=list(objectives), modes=list(modes), search=search, seed=0, tpe_startup=tpe_startup, seeds=seeds,
-        train_steps=STEPS)
+        train_steps=STEPS, configs=configs, **extra)
 
 
 def _reopen(tmp_path) -> optuna.Study:
@@ -127,9 +128,75 @@ def test_multi_objective_trials_are_told_every_objective(tmp_path):
     assert sorted(t.number for t in study.best_trials) == [0, 1]  # (12, 4) is dominated by (10, 3)
 
 
+def test_the_baseline_trains_every_seed_first_outside_the_study(tmp_path):
+    s = _searcher(tmp_path, seeds=2, configs=2, baseline=True)
+    handed = [s.suggest(f"t{i}") for i in range(6)]
+    assert handed[:2] == [{GROUP: BASELINE_GROUP, SEED: 0, ROW: BASELINE_ROW, FULL: True},
+                          {GROUP: BASELINE_GROUP, SEED: 1, ROW: BASELINE_ROW, FULL: True}]
+    assert [c[GROUP] for c in handed[2:]] == ["g000", "g000", "g001", "g001"] and not any(FULL in c for c in handed[2:])
+    assert s.suggest("t6") == s.FINISHED  # every configuration handed out, no racing
+    for i, kid in enumerate([50.0, 52.0, 10.0, 12.0, 30.0, 31.0]):
+        _run(s, f"t{i}", [kid + 5, kid])
+    trials = _reopen(tmp_path).trials
+    assert [t.value for t in trials] == [pytest.approx(11.0), pytest.approx(30.5)]  # the baseline is no Optuna trial
+    assert s.values[BASELINE_GROUP] == {0: 50.0, 1: 52.0}
+
+
+def _race(tmp_path, baseline_kids, group_kids, race_kids, race=2, race_seeds=3):
+    """A one-seed search of len(group_kids) configurations (and a baseline), then racing rounds whose
+    trials end with the kids `race_kids(group, seed)`; returns what was raced, round by round, and the end."""
+    s = _searcher(tmp_path, configs=len(group_kids), baseline=baseline_kids is not None, race=race, race_seeds=race_seeds)
+    n = 0
+    for kid in ([baseline_kids] if baseline_kids is not None else []) + group_kids:
+        s.suggest(f"t{n}")
+        _run(s, f"t{n}", [kid])
+        n += 1
+    rounds = []
+    while True:
+        got = s.suggest(f"t{n}")
+        if got == s.FINISHED:
+            return s, rounds, "finished"
+        if got is None:  # the round is still running: end its trials
+            for tid, (group, seed) in list(s.full.items()):
+                if tid in s.pending:
+                    _run(s, tid, [race_kids(group, seed)])
+            continue
+        assert got[FULL] and got[SEED] >= 1
+        if got[SEED] > len(rounds):
+            rounds.append([])
+        rounds[got[SEED] - 1].append(got[GROUP])
+        n += 1
+
+
+def test_racing_gives_the_leaders_and_the_baseline_seeds_until_the_best_separates(tmp_path):
+    # g001 (kid 10) and g002 (11) lead g000 (30); each new seed of g001 is 3 below g002's, with some spread.
+    spread = {1: 0.0, 2: 0.5, 3: -0.5}
+    s, rounds, _ = _race(tmp_path, 40.0, [30.0, 10.0, 11.0],
+                         lambda g, seed: {"g001": 10.0 + spread[seed], "g002": 13.0, BASELINE_GROUP: 40.0}[g], race_seeds=5)
+    assert rounds == [["g001", "g002", BASELINE_GROUP]] * 3  # the two best and the baseline, g000 not; 3 of 5 rounds
+    values = lambda g: [s.values[g][i] for i in sorted(s.values[g])]  # noqa: E731
+    # Stopped at the first round whose paired interval between the two leaders leaves out zero.
+    for r in range(1, len(rounds) + 1):
+        diff, half_width = paired_difference(values("g001")[: r + 1], values("g002")[: r + 1])
+        assert (abs(diff) > half_width) == (r == len(rounds)), (r, diff, half_width)
+    assert len(_reopen(tmp_path).trials) == 3  # racing seeds are never new Optuna trials
+
+
+def test_racing_stops_when_its_budget_is_spent(tmp_path):
+    noise = {1: 3.0, 2: -3.0, 3: 2.0}  # the leaders swap from seed to seed: never separable
+    s, rounds, _ = _race(tmp_path, None, [10.0, 11.0, 30.0],
+                         lambda g, seed: {"g000": 10.0 + noise[seed], "g001": 11.0 - noise[seed]}[g], race_seeds=3)
+    assert rounds == [["g000", "g001"]] * 3 and s.rounds == 3
+    # Nothing to race: one configuration and no baseline.
+    (tmp_path / "one").mkdir()
+    _, rounds, _ = _race(tmp_path / "one", None, [10.0], lambda g, seed: 0.0, race=2)
+    assert rounds == []
+
+
 class _Trial:
-    def __init__(self, trial_id):
+    def __init__(self, trial_id, config=None):
         self.trial_id = trial_id
+        self.config = config or {}
 
 
 def test_asha_remembers_its_rungs_across_a_driver_restart(tmp_path):
@@ -152,6 +219,23 @@ def test_asha_remembers_its_rungs_across_a_driver_restart(tmp_path):
                               grace_period=1, reduction_factor=2)
     forgetful.on_trial_add(None, second)  # without the saved rungs the same result would go on
     assert forgetful.on_trial_result(None, second, {"training_iteration": 1, "kid": 20.0}) == TrialScheduler.CONTINUE
+
+
+def test_asha_never_stops_a_baseline_or_racing_trial_nor_compares_with_it(tmp_path):
+    from ray.tune.schedulers import TrialScheduler
+
+    from switchsweep.sweeps.asha import ResumableASHA
+
+    asha = ResumableASHA(tmp_path / "asha.pkl", metric="kid", mode="min", time_attr="training_iteration", max_t=4,
+                         grace_period=1, reduction_factor=2)
+    searched, full, later = _Trial("a"), _Trial("base", {FULL: True}), _Trial("b")
+    for t in (searched, full, later):
+        asha.on_trial_add(None, t)
+    assert asha.on_trial_result(None, searched, {"training_iteration": 1, "kid": 10.0}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, full, {"training_iteration": 1, "kid": 99.0}) == TrialScheduler.CONTINUE
+    asha.on_trial_complete(None, full, {"training_iteration": 4, "kid": 1.0})  # a value ASHA would rank first
+    # Had the full trial's 1.0 entered the rungs, 9.0 would be stopped; against 10.0 alone it goes on.
+    assert asha.on_trial_result(None, later, {"training_iteration": 1, "kid": 9.0}) == TrialScheduler.CONTINUE
 
 
 @pytest.mark.parametrize("grace, rf, evals", [(1, 2, 2), (1, 2, 10), (2, 3, 30), (1, 4, 64), (3, 2, 3), (1, 2.5, 20)])

@@ -33,6 +33,15 @@ def test_every_shipped_sweep_composes_and_validates(name):
         assert len(bases) == len(job.sweep.grid)
 
 
+def test_the_design_space_trains_plain_dit_beside_the_search_as_its_baseline():
+    overrides = ["sweep=design_space", "model.size=tiny", "train.seed=3", "model=switch_dit"]
+    base, baseline = trial_bases(load_sweep_config(overrides), overrides)
+    assert baseline["model"]["name"] == "dit" and base["model"]["name"] == "switch_dit"
+    assert {k: v for k, v in baseline.items() if k != "model"} == {k: v for k, v in base.items() if k != "model"}
+    assert baseline["model"]["size"] == "tiny" and config_from_dict(baseline).model.name == "dit"
+    assert len(trial_bases(load_sweep_config(["sweep=design_space", "sweep.baseline=none"]), [])) == 1
+
+
 def test_table1_rows_reach_the_baseline_and_every_mk_pair():
     job = load_sweep_config(["sweep=table1"])
     bases = trial_bases(job, ["sweep=table1"])
@@ -147,6 +156,12 @@ def test_given_points_round_trip_through_the_fraction(design_space):
         (["sweep.objectives=[gflops, kid]", "sweep.asha=false"], "set sweep.metric=gflops"),
         (["sweep.objectives=[kid, ssim]", "sweep.asha=false"], "'ssim' is never reported"),
         (["sweep.seeds=0"], "sweep.seeds=0 must be >= 1"),
+        (["sweep.baseline=resnet"], "sweep.baseline=resnet: invalid override"),
+        (["sweep=table1", "sweep.baseline=dit"], "add the baseline as a grid row (model=dit)"),
+        (["sweep.race=-1"], "sweep.race=-1 must be >= 0"),
+        (["sweep.race=2", "sweep.race_seeds=0"], "sweep.race_seeds=0 must be >= 1"),
+        (["sweep.race=1", "sweep.baseline=none"], "races one configuration against nothing"),
+        (["sweep.race=2", "sweep.objectives=[kid, gflops]", "sweep.asha=false"], "racing separates one metric"),
         (["sweep.tpe_startup=0"], "sweep.tpe_startup=0"),
         (["sweep=table1", "sweep.num_trials=3"], "repeat rows with sweep.seeds"),
         (["sweep=table1", "--extend", "2"], "a grid runs a fixed set of rows"),

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 def _sweep_cmd(root: Path, cache: Path, address: str, *extra: str) -> list[str]:
     return [
         str(BIN / "switchsweep"), "sweep", "sweep=design_space", f"sweep.root={root}", f"sweep.ray.address={address}",
-        "sweep.num_trials=2", "sweep.eval_every=4", "sweep.ray.num_workers=2", "train.steps=8", "train.log_every=2",
+        "sweep.num_trials=2", "sweep.baseline=none", "sweep.eval_every=4", "sweep.ray.num_workers=2", "train.steps=8", "train.log_every=2",
         "data.batch_size=16", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=2", "eval.kid_subset_size=20",
         "eval.kid_subsets=2", "sample.per_class=1", "sample.steps=2", f"eval.cache_dir={cache}",
         # Two given configurations, and ASHA on GFLOPs (deterministic, unlike KID after 4 steps): the second,

@@ -16,9 +16,9 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from switchsweep.dashboards.sweep_data import SweepData, TrialData, collect
-from switchsweep.platform.export import value_text
+from switchsweep.platform.export import baseline_sentence, is_plain_dit, race_sentence, value_text
 from switchsweep.platform.naming import variant_label
-from switchsweep.platform.ranking import Ranked, paired_difference, pareto_front
+from switchsweep.platform.ranking import Ranked, pareto_front
 from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
 from switchsweep.platform.tracking import Tracker
 
@@ -61,6 +61,10 @@ def _group_cost(data: SweepData, group: Ranked) -> float:
     return sum(compute_cost(t, data.ranking.parent_params) for t in data.trials if t.trial_id in group.trials)
 
 
+def _pm(diff: float, half_width: float) -> str:
+    return f"{diff:+.4g} +- {half_width:.2g}" if math.isfinite(half_width) else ""
+
+
 def _color(i: int) -> str:
     return COLORS[i % len(COLORS)]
 
@@ -77,15 +81,18 @@ def ranking_table(data: SweepData) -> str:
     noise = METRIC_SE.get(metric, "")
     unit = compute_unit(data.ranking.parent_params)
     failed = any(r.failure for r in data.ranking.ranked)  # a column of reasons only where there is one
+    base = data.ranking.baseline
     header = ["rank", "design", "seeds", "status", "steps", f"{metric} mean +- 95%", "sd over seeds",
-              f"{noise or 'metric'} (evaluation noise)", "vs best", "minus the best, paired +- 95%", "params (M)", "GFLOPs", "steps/s", unit,
-              *(["pareto"] if data.ranking.objectives else []), *(["why it failed"] if failed else [])]
+              f"{noise or 'metric'} (evaluation noise)", "vs best", "minus the best, paired +- 95%",
+              *(["vs baseline", "minus the baseline, paired +- 95%"] if base else []), "params (M)", "GFLOPs", "steps/s",
+              unit, *(["pareto"] if data.ranking.objectives else []), *(["why it failed"] if failed else [])]
     rows = []
     for r in data.ranking.ranked:
         cost = _group_cost(data, r)
-        rows.append([str(r.rank), variant_label(r.params), str(r.seeds), r.status, str(r.steps), value_text(r),
-                     _num(r.std, ".3g"), _num(r.noise, ".3g"), r.vs_best,
-                     f"{r.diff:+.4g} +- {r.diff_half_width:.2g}" if math.isfinite(r.diff_half_width) else "",
+        rows.append([str(r.rank), variant_label(r.params) + (" (baseline)" if r.baseline else ""), str(r.seeds), r.status,
+                     str(r.steps), value_text(r), _num(r.std, ".3g"), _num(r.noise, ".3g"), r.vs_best,
+                     _pm(r.diff, r.diff_half_width),
+                     *([r.vs_baseline, _pm(r.base_diff, r.base_half_width)] if base else []),
                      _num(r.metrics.get("params", math.nan) * 1e-6, ".3f"),
                      _num(r.metrics.get("gflops", math.nan), ".4f"), _num(r.metrics.get("steps_per_sec", math.nan), ".2f"),
                      _num(cost, ".3g"), *(["yes" if r.pareto else ""] if data.ranking.objectives else []),
@@ -93,33 +100,24 @@ def ranking_table(data: SweepData) -> str:
     return _table(header, rows, "ranking")
 
 
-def _is_dit_baseline(r: Ranked) -> bool:
-    return r.params.get("model.name") == "dit" and r.params.get("train.loss_weighting", "constant") == "constant"
-
-
 def design_table(data: SweepData) -> str | None:
-    """Each complete design's paired difference (seed by seed) to plain DiT; None without a DiT row."""
+    """Each complete design's difference to the grid's plain DiT, paired seed by seed (`compare_to_best`);
+    None without a DiT row."""
     complete = [r for r in data.ranking.ranked if r.complete]
-    base = next((r for r in complete if _is_dit_baseline(r)), None)
+    base = next((r for r in complete if is_plain_dit(r.params)), None)
     if base is None:
         return None
-    metric, better = data.metric, REPORTED_METRICS[data.metric]
     rows = []
     for r in complete:
         if r is base:
-            rows.append([variant_label(r.params), str(r.seeds), value_text(r), "baseline", ""])
+            rows.append([variant_label(r.params), str(r.seeds), value_text(r), "baseline", "", ""])
             continue
-        diff, hw = paired_difference(r.values, base.values, r.noise, base.noise)
-        if math.isnan(diff):
-            verdict = "unknown"
-        elif math.isnan(hw) or abs(diff) <= hw:
-            verdict = "not separable"
-        else:
-            verdict = "better" if (diff < 0) == (better == "min") else "worse"
-        rows.append([variant_label(r.params), str(r.seeds), value_text(r),
-                     f"{diff:+.4g}" + ("" if math.isnan(hw) else f" +- {hw:.2g}"), verdict])
-    return _table(["design", "seeds", f"{metric} mean +- 95%", f"{metric} - DiT, paired by seed (+- 95%)", "vs DiT"], rows,
-                  "designs")
+        paired = "" if math.isnan(r.base_diff) else f"{r.base_diff:+.4g}" + (
+            "" if math.isnan(r.base_half_width) else f" +- {r.base_half_width:.2g}")
+        rows.append([variant_label(r.params), str(r.seeds), value_text(r), paired, r.vs_baseline or "unknown", r.base_basis])
+    metric = data.metric
+    return _table(["design", "seeds", f"{metric} mean +- 95%", f"{metric} - DiT, paired (+- 95%)", "vs DiT",
+                   "what the interval holds"], rows, "designs")
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -258,7 +256,7 @@ h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1
 table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } th { background: #f3f3f3; }
 td:nth-child(2), th:nth-child(2) { text-align: left; }
-.meta { color: #555; font-size: 13px; } .note { color: #666; font-style: italic; font-size: 13px; }
+.meta { color: #555; font-size: 13px; } .verdict { font-size: 15px; margin: 6px 0; } .note { color: #666; font-style: italic; font-size: 13px; }
 """
 
 
@@ -288,11 +286,14 @@ def render(data: SweepData) -> str:
             f"{p.get('sweep.seeds', '1')} seed(s), {p.get('train.steps', '?')} steps, evaluation every "
             f"{p.get('sweep.eval_every', '?')} steps; ranked by {data.metric} ({REPORTED_METRICS[data.metric]} is better). "
             f"Written {time.strftime('%Y-%m-%d %H:%M')}.")
-    parts = [f"<h1>Sweep {html.escape(r.sweep_id)}</h1>", f'<p class="meta">{html.escape(meta)}</p>',
+    verdicts = "".join(f'<p class="verdict">{html.escape(line)}</p>' for line in (baseline_sentence(r), race_sentence(r))
+                       if line)
+    parts = [f"<h1>Sweep {html.escape(r.sweep_id)}</h1>", verdicts, f'<p class="meta">{html.escape(meta)}</p>',
              _section("Ranking", _note("Finished configurations first, by the mean over seeds; then those stopped early. "
                                        "vs best: tied where the difference to the best, paired seed by seed (ranking.md: "
                                        "diff_to_best), has a 95% interval holding zero; without one, where the two "
-                                       "95% intervals overlap.") + ranking_table(data))]
+                                       "95% intervals overlap. A baseline (sweep.baseline) is ranked with the rest, "
+                                       "never as the best.") + ranking_table(data))]
     if data.search == "grid":
         table = design_table(data)
         parts.append(_section("Designs against DiT", table or _note("this grid has no finished plain-DiT row to compare with")))

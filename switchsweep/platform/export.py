@@ -21,13 +21,19 @@ from omegaconf import OmegaConf
 
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.naming import variant_label
-from switchsweep.platform.ranking import Ranked, TrialRecord, compare_to_best, rank_groups
+from switchsweep.platform.ranking import (BETTER, RACE_OPEN, RACE_SEPARATED, RACE_SPENT, WORSE, Ranked, TrialRecord,
+                                          best_design, compare_to_best, race_state, rank_groups)
 from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
 from switchsweep.platform.tracking import (EVAL_NOISE_ARTIFACT, FAILURE_TAG, GROUP_TAG, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG,
                                            SEED_TAG, SWEEP_TAG, TRIAL_TAG, Tracker, eval_noise_name, redact, require_store)
 
 RANK_COLUMNS = ("rank", "group", "trial_id", "seeds", "status", "steps", "variant", "lambda_dp", "prior_alpha", "params_M",
                 "gflops", "steps_per_s")
+
+
+def is_plain_dit(params: dict[str, str]) -> bool:
+    """The plain DiT of the paper's comparisons (a grid's reference row): DiT with the constant loss weighting."""
+    return params.get("model.name") == "dit" and params.get("train.loss_weighting", "constant") == "constant"
 
 
 def _parent(tracker: Tracker, experiment_id: str, name: str, sweep_id: str | None):
@@ -46,6 +52,54 @@ class SweepRanking:
     ranked: list[Ranked]  # best first
     parent_run_id: str = ""
     parent_params: dict[str, str] = field(default_factory=dict)  # the sweep's settings as logged
+
+    @property
+    def best(self) -> Ranked | None:
+        return best_design(self.ranked)
+
+    @property
+    def baseline(self) -> Ranked | None:
+        return next((r for r in self.ranked if r.baseline), None)
+
+
+def _pm(diff: float, half_width: float) -> str:
+    return f"{diff:+.4g}" + ("" if math.isnan(half_width) else f" +- {half_width:.2g}")
+
+
+def baseline_sentence(ranking: SweepRanking) -> str:
+    """One sentence: whether the best design beats the baseline, by how much, with its paired 95%
+    interval and what the interval holds ("" without a baseline)."""
+    best, base, metric = ranking.best, ranking.baseline, ranking.metric
+    if base is None:
+        return ""
+    label = variant_label(base.params)
+    if not base.complete or math.isnan(base.value):
+        return f"The baseline {label} did not finish ({base.status}): no comparison with it."
+    if best is None or not best.complete or math.isnan(best.base_diff):
+        return f"No design finished to compare with the baseline {label} ({metric} {value_text(base)})."
+    how = {BETTER: "beats", WORSE: "is worse than"}.get(best.vs_baseline, "does not separate from")
+    return (f"The best design, {best.group} {variant_label(best.params)}, {how} the baseline {label}: {metric} "
+            f"{best.value:.4g} against {base.value:.4g}, a difference of {_pm(best.base_diff, best.base_half_width)} "
+            f"(95%, {best.base_basis}).")
+
+
+def race_sentence(ranking: SweepRanking) -> str:
+    """What racing (`sweep.race`) ended with: the best separated from the runner-up (or the baseline), or
+    its budget spent."""
+    p = ranking.parent_params
+    seeds, budget = int(p.get("sweep.seeds", 1)), int(p.get("sweep.race_seeds", 0))
+    state, leaders = race_state(ranking.ranked, seeds, int(p.get("sweep.race", 0)), budget)
+    if not state:
+        return ""
+    if state == RACE_OPEN and not leaders:
+        return "Racing has not run yet: the search is not over."
+    lead, other = leaders
+    versus = "the baseline" if other.baseline else f"the runner-up {other.group}"
+    extra = min(lead.seeds, other.seeds) - seeds
+    if state == RACE_SEPARATED:
+        return f"Racing separated {lead.group} from {versus} at 95% ({extra} extra seed(s) each, {lead.seeds} in all)."
+    ended = "its budget is spent" if state == RACE_SPENT else "it was interrupted"
+    return f"Racing did not separate {lead.group} from {versus} at 95%: {ended} ({extra} of {budget} extra seeds each)."
 
 
 def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> SweepRanking:
@@ -68,7 +122,9 @@ def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> Swe
     ranked = rank_groups(records, metric, mode, METRIC_SE.get(metric), objectives,
                          [REPORTED_METRICS[o] for o in objectives])
     if not objectives:
-        compare_to_best(ranked, _paired_noise(tracker, metric, {r.trial_id: r for r in records}))
+        reference = next((r.group for r in ranked if is_plain_dit(r.params)), None)
+        compare_to_best(ranked, _paired_noise(tracker, metric, {r.trial_id: r for r in records}), mode,
+                        reference if parent.data.params.get("sweep.search") == "grid" else None)
     return SweepRanking(tags[SWEEP_TAG], metric, objectives, ranked, parent.info.run_id, dict(parent.data.params))
 
 
@@ -115,6 +171,7 @@ def _cells(r: Ranked, objectives: list[str]) -> list[str]:
             num(m.get("params", math.nan) * 1e-6, ".3f"), num(m.get("gflops", math.nan), ".4f"),
             num(m.get("steps_per_sec", math.nan), ".2f"), num(r.value, ".6g"), num(r.std, ".3g"), num(r.noise, ".3g"),
             num(r.half_width, ".3g"), r.vs_best, num(r.diff, "+.4g"), num(r.diff_half_width, ".3g"), r.diff_basis,
+            r.vs_baseline, num(r.base_diff, "+.4g"), num(r.base_half_width, ".3g"),
             *([("yes" if r.pareto else "")] if objectives else []),
             *(num(r.objectives[o], ".6g") for o in objectives[1:]), r.failure]
 
@@ -123,7 +180,7 @@ def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
     """ranking.csv (every column, machine-readable) and ranking.md (the same rows for people)."""
     metric, objectives = ranking.metric, ranking.objectives
     header = [*RANK_COLUMNS, metric, f"{metric}_sd_seeds", f"{metric}_noise", f"{metric}_ci95", "vs_best", "diff_to_best",
-              "diff_ci95", "diff_basis",
+              "diff_ci95", "diff_basis", "vs_baseline", "diff_to_baseline", "baseline_ci95",
               *(["pareto"] if objectives else []), *(f"{o}_mean" for o in objectives[1:]), "failure"]
     rows = [_cells(r, objectives) for r in ranking.ranked]
     table = out / "ranking.csv"
@@ -133,7 +190,9 @@ def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
     lines = [f"{metric}: mean over seeds; ci95: half-width of its 95% interval (t over seeds, or 1.96 x the "
              f"metric's evaluation noise with one seed, which leaves out training-seed noise); diff_to_best: the "
              "difference to the best, paired seed by seed, with its 95% half-width (diff_ci95) and what that interval "
-             "holds (diff_basis); vs_best: worse where that interval leaves out zero, else tied.", "",
+             "holds (diff_basis); vs_best: worse where that interval leaves out zero, else tied; the same against the "
+             "sweep's baseline (group baseline) where it has one: diff_to_baseline, baseline_ci95, vs_baseline.",
+             "", *(part for line in (baseline_sentence(ranking), race_sentence(ranking)) if line for part in (line, "")),
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     md.write_text("\n".join(lines) + "\n")
@@ -149,7 +208,8 @@ def export_best(tracking_uri: str, name: str, top: int, out: str | Path, sweep_i
     ranking = rank_trials(tracker, name, sweep_id)
     if not ranking.ranked:
         raise ConfigError(f"sweep {ranking.sweep_id} has no trials yet: resume it with `switchsweep sweep sweep={name} --resume`")
-    chosen = [r for r in ranking.ranked if r.pareto] if ranking.objectives else ranking.ranked[:top]
+    designs = [r for r in ranking.ranked if not r.baseline]  # the baseline is compared with, not exported
+    chosen = [r for r in designs if r.pareto] if ranking.objectives else designs[:top]
     prefix = "pareto" if ranking.objectives else "rank"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,19 +11,22 @@ over seeds of the metric at each trial's last evaluation. Its 95% interval is
 A complete configuration whose interval overlaps the best one's is "tied": not separable from it.
 Where the sweep's tracking can pair evaluations (`compare_to_best`), the verdict comes instead from
 the configuration's difference to the best, paired seed by seed: the same train.seed and eval.seed
-give both the same batches, labels and initial noise, so much of the noise cancels.
+give both the same batches, labels and initial noise, so much of the noise cancels. A sweep's baseline
+(`BASELINE_GROUP`) is ranked with the rest but is never the best: every configuration is also
+compared with it the same way.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 from scipy import stats
 
-BEST, TIED, WORSE = "best", "tied", "worse"
+BEST, TIED, WORSE, BETTER = "best", "tied", "worse", "better"
+BASELINE_GROUP = "baseline"  # the group of a sweep's baseline (`sweep.baseline`): compared with, never the best
 
 
 @dataclass
@@ -66,16 +69,24 @@ class Ranked:
     trials: list[str] = field(default_factory=list)
     values: list[float] = field(default_factory=list)  # the metric of each seed, in seed order
     objectives: dict[str, float] = field(default_factory=dict)  # mean over seeds, multi-objective sweeps
-    vs_best: str = ""  # best / tied / worse among complete configurations
+    vs_best: str = ""  # best / tied / worse (better: the baseline beats the best design) among complete ones
     diff: float = math.nan  # minus the best, paired seed by seed (`compare_to_best`)
     diff_half_width: float = math.nan  # of its 95% interval
     diff_basis: str = ""  # what that interval holds
+    vs_baseline: str = ""  # better / tied / worse than the sweep's baseline, from the interval below
+    base_diff: float = math.nan  # minus the baseline, paired seed by seed
+    base_half_width: float = math.nan
+    base_basis: str = ""
     pareto: bool = False
     failure: str = ""  # why its first failed seed failed
 
     @property
     def complete(self) -> bool:
         return self.status == "FINISHED"
+
+    @property
+    def baseline(self) -> bool:
+        return self.group == BASELINE_GROUP
 
 
 def interval_half_width(values: Sequence[float], noise: float) -> float:
@@ -102,26 +113,94 @@ def paired_difference(values: Sequence[float], baseline: Sequence[float], noise:
     return diffs[0], 1.96 * (paired_noise if math.isfinite(paired_noise) else math.hypot(noise, baseline_noise))
 
 
-def compare_to_best(ranked: Sequence[Ranked], paired_noise: Callable[[str, str], float]) -> None:
-    """Each complete configuration's difference to the best (`Ranked.diff`, its 95% half-width and what
-    the interval holds), paired seed by seed (`paired_difference`; `paired_noise(trial, best_trial)` of
-    one-seed pairs, NaN where unknown), and `vs_best` from it: worse where the interval leaves out zero,
-    else tied."""
-    complete = [r for r in ranked if r.complete and math.isfinite(r.value)]
-    if not complete:
+def _paired_to(r: Ranked, ref: Ranked, paired_noise: Callable[[str, str], float]) -> tuple[float, float, str]:
+    """r minus ref, paired seed by seed (`paired_difference`), with what its interval holds."""
+    pairs = min(len(r.values), len(ref.values))
+    known = paired_noise(r.trials[0], ref.trials[0]) if pairs == 1 else math.nan
+    diff, half_width = paired_difference(r.values, ref.values, r.noise, ref.noise, known)
+    if pairs >= 2:
+        return diff, half_width, f"paired over {pairs} seeds"
+    how = "paired evaluation noise" if math.isfinite(known) else "evaluation noise"
+    return diff, half_width, f"1 seed: {how} only, training-seed noise not included"
+
+
+def verdict(diff: float, half_width: float, mode: str) -> str:
+    """better / worse where the 95% interval of a difference leaves out zero, else tied ("" if unknown)."""
+    if not (math.isfinite(diff) and math.isfinite(half_width)):
+        return ""
+    if abs(diff) <= half_width:
+        return TIED
+    return BETTER if (diff < 0) == (mode == "min") else WORSE
+
+
+def comparable(ranked: Sequence[Ranked]) -> list[Ranked]:
+    """Complete configurations with a finite value, best first."""
+    return [r for r in ranked if r.complete and math.isfinite(r.value)]
+
+
+def best_design(ranked: Sequence[Ranked]) -> Ranked | None:
+    """The best configuration of the search: the first complete one that is not the baseline, else the
+    first one that is not the baseline (None: only the baseline, or nothing)."""
+    designs = [r for r in ranked if not r.baseline]
+    return next((r for r in designs if r.complete and math.isfinite(r.value)), designs[0] if designs else None)
+
+
+def compare_to_best(ranked: Sequence[Ranked], paired_noise: Callable[[str, str], float], mode: str = "min",
+                    reference: str | None = None) -> None:
+    """Each complete configuration's difference to the best design (`Ranked.diff`, its 95% half-width and
+    what the interval holds), paired seed by seed (`paired_difference`; `paired_noise(trial, best_trial)`
+    of one-seed pairs, NaN where unknown), and `vs_best` from it (`verdict`); then each one's
+    difference to the baseline (`Ranked.base_diff`, `vs_baseline`): the sweep's own, else the group
+    `reference` (a grid's plain-DiT row), where there is one."""
+    best = best_design(ranked)
+    if best is None or not best.complete or not math.isfinite(best.value):
         return
-    best = complete[0]
-    for r in complete[1:]:
-        pairs = min(len(r.values), len(best.values))
-        known = paired_noise(r.trials[0], best.trials[0]) if pairs == 1 else math.nan
-        r.diff, r.diff_half_width = paired_difference(r.values, best.values, r.noise, best.noise, known)
-        if pairs >= 2:
-            r.diff_basis = f"paired over {pairs} seeds"
-        else:
-            how = "paired evaluation noise" if math.isfinite(known) else "evaluation noise"
-            r.diff_basis = f"1 seed: {how} only, training-seed noise not included"
-        if math.isfinite(r.diff_half_width):
-            r.vs_best = WORSE if abs(r.diff) > r.diff_half_width else TIED
+    base = next((r for r in comparable(ranked) if r.baseline), None) or next(
+        (r for r in comparable(ranked) if r.group == reference), None)
+    for r in comparable(ranked):
+        if r is not best:
+            r.diff, r.diff_half_width, r.diff_basis = _paired_to(r, best, paired_noise)
+            r.vs_best = verdict(r.diff, r.diff_half_width, mode) or r.vs_best
+        if base is not None and r is not base:
+            r.base_diff, r.base_half_width, r.base_basis = _paired_to(r, base, paired_noise)
+            r.vs_baseline = verdict(r.base_diff, r.base_half_width, mode)
+
+
+def separated(values: Sequence[float], other: Sequence[float]) -> bool:
+    """Whether two configurations differ at 95%, paired seed by seed over two seeds or more."""
+    pairs = min(len(values), len(other))
+    diff, half_width = paired_difference(values[:pairs], other[:pairs]) if pairs >= 2 else (math.nan, math.nan)
+    return math.isfinite(half_width) and abs(diff) > half_width
+
+
+RACE_OPEN, RACE_SEPARATED, RACE_SPENT = "open", "separated", "spent"
+T = TypeVar("T")
+
+
+def race_leaders(raced: Sequence[T], is_baseline: Callable[[T], bool]) -> list[T]:
+    """The pair racing must separate, from the raced best first: the two best configurations, or the one
+    configuration and the baseline when one is raced."""
+    designs = [r for r in raced if not is_baseline(r)]
+    return designs[:2] if len(designs) >= 2 else [*designs, *[r for r in raced if is_baseline(r)]][:2]
+
+
+def race_state(ranked: Sequence[Ranked], seeds: int, race: int, race_seeds: int) -> tuple[str, list[Ranked]]:
+    """Where racing (`sweep.race`) stands, and the pair it separates (`race_leaders` of the configurations
+    given more than `seeds` seeds): separated (they differ at 95%, `separated`), spent (every raced one got
+    `race_seeds` more seeds), open (neither yet), or "" (no racing, or fewer than two to race)."""
+    if not race:
+        return "", []
+    done = comparable(ranked)
+    raced = [r for r in done if r.seeds > seeds]
+    if not raced:
+        candidates = [r for r in done if not r.baseline][:race] + [r for r in done if r.baseline]
+        return (RACE_OPEN if len(candidates) >= 2 else ""), []
+    leaders = race_leaders(raced, lambda r: r.baseline)
+    if len(leaders) < 2:
+        return "", leaders
+    if separated(leaders[0].values, leaders[1].values):
+        return RACE_SEPARATED, leaders
+    return (RACE_SPENT if min(r.seeds for r in raced) - seeds >= race_seeds else RACE_OPEN), leaders
 
 
 def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[bool]:
@@ -182,13 +261,15 @@ def rank_groups(records: Sequence[TrialRecord], metric: str, mode: str, noise_me
 
 
 def _mark_ties(ranked: list[Ranked]) -> None:
-    """best / tied / worse for complete configurations with a finite value; the best is the first."""
-    complete = [r for r in ranked if r.complete and math.isfinite(r.value)]
-    if not complete:
+    """best / tied / worse for complete configurations with a finite value; the best is the first
+    that is not the baseline."""
+    best = best_design(ranked)
+    if best is None or not best.complete or not math.isfinite(best.value):
         return
-    best = complete[0]
     best.vs_best = BEST
-    for r in complete[1:]:
+    for r in comparable(ranked):
+        if r is best:
+            continue
         if math.isnan(r.half_width) or math.isnan(best.half_width):
             continue  # no noise estimate: say nothing rather than guess
         overlap = abs(r.value - best.value) <= r.half_width + best.half_width

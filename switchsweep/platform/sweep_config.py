@@ -87,6 +87,11 @@ class SweepConfig:
     objectives: List[str] = field(default_factory=list)  # >= 2 metrics: multi-objective search, Pareto ranking
     tpe_startup: Optional[int] = None  # TPE's random start-up configurations; null: max(2, num_trials // 4)
     points_to_evaluate: List[Dict[str, Any]] = field(default_factory=list)  # first configurations, e.g. the paper's
+    # A model (conf/model/<name>) trained with every seed, the same steps and evaluation, outside the search,
+    # that each configuration is compared with; none: no baseline.
+    baseline: Optional[str] = None
+    race: int = 0  # after the search: the top N configurations and the baseline get more seeds until the best separates
+    race_seeds: int = 3  # the racing budget: extra seeds per raced configuration at most
     eval_every: int = 100  # steps between evaluations; one ASHA time unit
     asha: bool = True
     grace_period: int = 1  # evaluations before ASHA may stop a trial
@@ -116,6 +121,12 @@ ConfigStore.instance().store(name="sweep_schema", node=SweepJobConfig)
 # Stores each node reaches by itself; a bare path or file:// lives on one machine only.
 SHARED_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
 LOOPBACK_HOSTS = ("localhost", "[::1]")
+
+
+def baseline_model(s: SweepConfig | DictConfig) -> str | None:
+    """The sweep's baseline model, None without one (`sweep.baseline=none` or null)."""
+    name = s.baseline
+    return None if name is None or str(name).lower() in ("none", "null", "false", "") else str(name)
 
 
 def is_local_address(address: str | None) -> bool:
@@ -233,6 +244,16 @@ def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
     _need(s.max_concurrent >= 1, f"sweep.max_concurrent={s.max_concurrent} must be >= 1")
     _need(s.tpe_startup is None or s.tpe_startup >= 1, f"sweep.tpe_startup={s.tpe_startup} must be >= 1 (or null)")
     _need(s.extend >= 0, f"--extend {s.extend} must be >= 1")
+    if baseline_model(s) is not None:
+        _need(s.search != "grid", f"sweep.baseline={s.baseline} with sweep.search=grid: add the baseline as a grid row "
+              f"(model={s.baseline}) or set sweep.baseline=none")
+    _need(s.race >= 0, f"sweep.race={s.race} must be >= 0 (0: no racing)")
+    if s.race:
+        _need(s.search != "grid", "sweep.race with sweep.search=grid: a grid runs every row; give it more sweep.seeds instead")
+        _need(not s.objectives, "sweep.race with sweep.objectives: racing separates one metric; set sweep.race=0")
+        _need(s.race_seeds >= 1, f"sweep.race_seeds={s.race_seeds} must be >= 1 (extra seeds per raced configuration)")
+        _need(s.race >= 2 or baseline_model(s) is not None,
+              f"sweep.race={s.race} races one configuration against nothing: race 2 or more, or set sweep.baseline")
     _need(not s.points_to_evaluate or s.search != "grid",
           "sweep.points_to_evaluate is set with sweep.search=grid: add the point as a sweep.grid row instead")
     for name in [s.metric, *s.objectives]:

@@ -5,7 +5,9 @@ ASHA object as it was built, with empty rungs, so a resumed sweep would forget e
 before the interruption and let through the trials it would have stopped. This one keeps its state in a
 file beside the sweep, written after every decision and read back on first use after a restore.
 
-It also opens the sweep's rung gate (`sweeps.gate`) for each trial it lets go on.
+It also opens the sweep's rung gate (`sweeps.gate`) for each trial it lets go on. Trials marked to train
+every step (`sweeps.space.FULL`: the baseline's and racing seeds) are neither stopped nor recorded in
+the rungs, which compare the search's configurations only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from switchsweep.sweeps.gate import start_gate
+from switchsweep.sweeps.space import FULL
 
 _OWN = ("_state_file", "_loaded", "_gate", "_gate_actor")
 
@@ -54,8 +57,11 @@ class ResumableASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self._load()
-        action = super().on_trial_result(tune_controller, trial, result)
-        self._save()
+        if trial.config.get(FULL):
+            action = TrialScheduler.CONTINUE
+        else:
+            action = super().on_trial_result(tune_controller, trial, result)
+            self._save()
         gate = getattr(self, "_gate_actor", None)
         if gate is not None and action == TrialScheduler.CONTINUE and "step" in result:
             gate.open.remote(trial.trial_id, int(result["step"]))
@@ -63,7 +69,10 @@ class ResumableASHA(ASHAScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         self._load()
-        super().on_trial_complete(tune_controller, trial, result)
+        if trial.config.get(FULL):
+            self._trial_info.pop(trial.trial_id, None)
+        else:
+            super().on_trial_complete(tune_controller, trial, result)
         self._save()
 
     def on_trial_remove(self, tune_controller, trial) -> None:

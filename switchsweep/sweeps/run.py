@@ -23,11 +23,11 @@ from switchsweep.platform import sweep_state
 from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.config import resolve_paths
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.export import rank_trials, write_ranking
+from switchsweep.platform.export import baseline_sentence, race_sentence, rank_trials, write_ranking
 from switchsweep.platform.ranking import Ranked
 from switchsweep.platform.runtime import check_cluster, ray_temp_dir, resolve_worker_cpus, start_ray
-from switchsweep.platform.sweep_config import (REPORTED_METRICS, SweepJobConfig, driver_bundle, is_local_address,
-                                              trains_inline, trial_resources)
+from switchsweep.platform.sweep_config import (REPORTED_METRICS, SweepJobConfig, baseline_model, driver_bundle,
+                                              is_local_address, trains_inline, trial_resources)
 from switchsweep.platform.sweep_state import STATE_FILE, DriverLock
 from switchsweep.platform.tracking import (BEST_GROUP_TAG, BEST_RUN_TAG, BEST_TRIAL_TAG, CHECKPOINT_ARTIFACT,
                                            CHECKPOINT_TAG, GIT_TAG, IN_MLFLOW, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG,
@@ -62,6 +62,7 @@ class SweepResult:
     interrupted: bool
     report: Path | None = None  # the HTML report, unless it could not be written
     failed: dict[str, str] = dataclasses.field(default_factory=dict)  # trial id -> why it failed
+    verdicts: list[str] = dataclasses.field(default_factory=list)  # best against the baseline; how racing ended
 
 
 def _where_it_runs(override: str) -> bool:
@@ -116,14 +117,21 @@ def find_sweep(job: SweepJobConfig, finished: bool | None = None) -> Path:
 
 
 def expected_trials(job: SweepJobConfig, state: dict[str, Any]) -> int:
-    """Tune trials the sweep runs in all: configurations (grid rows, or sampled ones plus every
-    extension) times seeds."""
+    """Tune trials the sweep runs at least: configurations (grid rows, or sampled ones plus every
+    extension) times seeds, plus the baseline's seeds (racing adds more, `race_budget`)."""
     s = job.sweep
     configs = len(s.grid) if s.search == "grid" else s.num_trials + sum(state.get("extensions", []))
-    return configs * s.seeds
+    return (configs + (baseline_model(s) is not None)) * s.seeds
+
+
+def race_budget(job: SweepJobConfig) -> int:
+    """Racing trials at most: `race_seeds` rounds over the N best configurations and the baseline."""
+    s = job.sweep
+    return s.race_seeds * (min(s.race, s.num_trials) + (baseline_model(s) is not None)) if s.race else 0
 
 
 def _search_alg(job: SweepJobConfig, sweep_dir: Path, sweep_id: str, base: dict[str, Any]) -> SeededStudySearch | None:
+    """The searcher; an --extend samples more configurations only (its baseline and racing are done)."""
     s = job.sweep
     if s.search == "grid":
         return None
@@ -132,7 +140,9 @@ def _search_alg(job: SweepJobConfig, sweep_dir: Path, sweep_id: str, base: dict[
     return SeededStudySearch(
         space=s.space, base=base, journal=str(sweep_dir / "optuna.journal"), study_name=sweep_id, objectives=objectives,
         modes=[REPORTED_METRICS[m] for m in objectives], search=s.search, seed=s.seed,
-        tpe_startup=s.tpe_startup or default_tpe_startup(s.num_trials), seeds=s.seeds, train_steps=job.train.steps)
+        tpe_startup=s.tpe_startup or default_tpe_startup(s.num_trials), seeds=s.seeds, train_steps=job.train.steps,
+        configs=s.extend or s.num_trials, baseline=not s.extend and baseline_model(s) is not None,
+        race=0 if s.extend else s.race, race_seeds=s.race_seeds)
 
 
 def _asha_rungs(job: SweepJobConfig) -> tuple[int, int]:
@@ -213,7 +223,8 @@ def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], s
                      "search_space.json")
     tracker.log_params(parent, {"sweep.search": s.search, "sweep.metric": s.metric, "sweep.mode": s.mode,
                                 "sweep.num_trials": s.num_trials, "sweep.seeds": s.seeds, "sweep.eval_every": s.eval_every,
-                                "sweep.objectives": ",".join(s.objectives),
+                                "sweep.objectives": ",".join(s.objectives), "sweep.baseline": baseline_model(s) or "none",
+                                "sweep.race": s.race, "sweep.race_seeds": s.race_seeds,
                                 "train.steps": job.train.steps, "sweep.overrides": redact(" ".join(overrides)),
                                 # what one trial occupies: the report turns wall time into device-hours
                                 **{f"sweep.ray.{k}": getattr(s.ray, k) for k in
@@ -254,13 +265,15 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
     searcher = _search_alg(job, sweep_dir, trial_job.sweep_id, trial_job.bases[0])
     if searcher is not None and not s.extend and s.points_to_evaluate:
         searcher.enqueue(s.points_to_evaluate)
-    configs = s.extend or s.num_trials
+    samples = (s.extend or s.num_trials) * s.seeds
+    if not s.extend:
+        samples += s.seeds * (baseline_model(s) is not None) + race_budget(job)
     return tune.Tuner(
         trainable,
         param_space=param_space(s),
         tune_config=tune.TuneConfig(
             metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=_scheduler(job, sweep_dir),
-            num_samples=1 if s.search == "grid" else configs * s.seeds, max_concurrent_trials=s.max_concurrent,
+            num_samples=1 if s.search == "grid" else samples, max_concurrent_trials=s.max_concurrent,
         ),
         # A Train job's attempts (restarts from its last checkpoint) are decided in run_trial, an inline trial's
         # here: its process may be what died. Tune keeps only an inline trial's last checkpoint.
@@ -367,15 +380,17 @@ def _drive(job: SweepJobConfig, tracker: Tracker, sweep_dir: Path, state: dict[s
     _tuner(job, trial_job, sweep_dir, state).fit()
     state = sweep_state.load(sweep_dir)  # the trials' entries, as TrialTracking recorded them
     over = sweep_state.trials_over(state)
-    interrupted = len(over) < expected_trials(job, state)
     parent = state["parent_run_id"]
     ranking = rank_trials(tracker, s.name, state["sweep_id"])
     ranked = ranking.ranked
+    # Racing runs a number of trials known only at its end: any trial started and not over is one cut short.
+    interrupted = len(over) < expected_trials(job, state) or len(state.get("trials", {})) > len(over)
     if ranked:
-        best = ranked[0]
+        tracker.log_artifacts(parent, write_ranking(ranking, sweep_dir))
+    best = ranking.best
+    if best is not None:
         if keep == "best" and best.complete:
             _keep_best_checkpoint(tracker, best)
-        tracker.log_artifacts(parent, write_ranking(ranking, sweep_dir))
         tracker.set_tags(parent, {BEST_TRIAL_TAG: best.trial_id, BEST_GROUP_TAG: best.group, BEST_RUN_TAG: best.run_id})
         if not math.isnan(best.value):
             tracker.log_metrics(parent, {f"best_{s.metric}": best.value}, step=0)
@@ -385,4 +400,4 @@ def _drive(job: SweepJobConfig, tracker: Tracker, sweep_dir: Path, state: dict[s
     tracker.set_status(parent, "KILLED" if interrupted else "FINISHED")
     failed = {t: e.get("reason", "") for t, e in over.items() if e["status"] == sweep_state.TRIAL_FAILED}
     return SweepResult(state["sweep_id"], sweep_dir, redact(tracker.uri), s.name, state["experiment_id"], parent, ranked,
-                       interrupted, report, failed)
+                       interrupted, report, failed, [x for x in (baseline_sentence(ranking), race_sentence(ranking)) if x])

@@ -12,6 +12,14 @@ importances on the same footing as the sweep's own seed-aggregated ranking.
 
 Trials receive the *resolved* settings (k as an integer, not the fraction Optuna samples); the
 resolved values are also stored on each Optuna trial as user attributes.
+
+Outside the study, the searcher also hands out
+- the baseline's seeds first (`sweep.baseline`: group `baseline`, the sweep's second base), never told
+  to Optuna and never stopped early;
+- racing rounds (`sweep.race=N`) once every configuration is over: one more seed each for the N best
+  complete configurations and the baseline, round after round, until the best separates from the
+  runner-up (or, racing one configuration, from the baseline) at 95% (`platform.ranking.separated`, a
+  paired t interval over seeds) or `race_seeds` rounds are spent; then it ends the sweep.
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from switchsweep.platform.ranking import BASELINE_GROUP, race_leaders, separated
 from switchsweep.platform.sweep_config import ParamSpec
-from switchsweep.sweeps.space import GROUP, SEED, optuna_distributions, resolve_point, to_sampled
+from switchsweep.sweeps.space import BASELINE_ROW, FULL, GROUP, ROW, SEED, optuna_distributions, resolve_point, to_sampled
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 
@@ -70,7 +79,7 @@ class SeededStudySearch(Searcher):
 
     def __init__(self, *, space: Sequence[ParamSpec], base: dict[str, Any], journal: str, study_name: str,
                  objectives: Sequence[str], modes: Sequence[str], search: str, seed: int, tpe_startup: int,
-                 seeds: int, train_steps: int):
+                 seeds: int, train_steps: int, configs: int, baseline: bool = False, race: int = 0, race_seeds: int = 0):
         super().__init__(metric=objectives[0], mode=modes[0])
         self.space, self.base = list(space), base
         self.journal, self.study_name = journal, study_name
@@ -82,6 +91,15 @@ class SeededStudySearch(Searcher):
         self.trial_group: dict[str, str] = {}  # Tune trial id -> group name
         self.filling: str | None = None  # the group still handing out seeds
         self._study: optuna.Study | None = None
+        self.configs = configs  # configurations to sample from the study
+        self.baseline_seeds = seeds if baseline else 0
+        self.race, self.race_seeds = race, race_seeds
+        self.full: dict[str, tuple[str, int]] = {}  # Tune trial id -> (group, seed) of baseline and racing trials
+        self.pending: set[str] = set()  # full trials handed out and not over
+        self.values: dict[str, dict[int, float]] = {}  # group -> seed -> objective, complete trials only
+        self.queue: list[tuple[str, int]] = []  # the racing round's (group, seed) still to hand out
+        self.rounds = 0  # racing rounds started
+        self.raced: list[str] = []  # the configurations (and baseline) racing, fixed at the first round
 
     # The study is reopened from its journal after a restore; only plain state is pickled.
     def __getstate__(self) -> dict[str, Any]:
@@ -115,9 +133,14 @@ class SeededStudySearch(Searcher):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space, metric and mode are this searcher's own
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        given = sum(g == BASELINE_GROUP for g, _ in self.full.values())
+        if given < self.baseline_seeds:
+            return self._full(trial_id, BASELINE_GROUP, given)
         group = self.groups.get(self.filling) if self.filling else None
         if group is None or len(group.outcomes) >= self.seeds:
+            if len(self.groups) >= self.configs:
+                return self._race(trial_id)
             ot = self.study.ask(self.distributions)
             settings = resolve_point(self.space, ot.params, self.base)
             for key, value in settings.items():
@@ -130,6 +153,41 @@ class SeededStudySearch(Searcher):
         self.trial_group[trial_id] = group.name
         return {GROUP: group.name, SEED: seed, **group.settings}
 
+    def _full(self, trial_id: str, group: str, seed: int) -> dict[str, Any]:
+        """A trial that trains every step (the scheduler never stops it): a baseline or racing seed."""
+        self.full[trial_id] = (group, seed)
+        self.pending.add(trial_id)
+        if group == BASELINE_GROUP:
+            return {GROUP: group, SEED: seed, ROW: BASELINE_ROW, FULL: True}
+        return {GROUP: group, SEED: seed, FULL: True, **self.groups[group].settings}
+
+    def _mean(self, group: str) -> float:
+        return (1.0 if self.modes[0] == "min" else -1.0) * float(np.mean(list(self.values[group].values())))
+
+    def standings(self) -> list[str]:
+        """Configurations whose every seed trained all its steps (not the baseline), best mean first."""
+        done = [g for g, v in self.values.items() if g in self.groups and self.groups[g].told and len(v) >= self.seeds]
+        return sorted(done, key=lambda g: (self._mean(g), g))
+
+    def _race(self, trial_id: str) -> dict[str, Any] | str | None:
+        """The next racing trial; None while a round (or the search) still runs; FINISHED at the end."""
+        if not self.race:
+            return Searcher.FINISHED
+        if not self.queue:
+            if self.pending or not all(g.told for g in self.groups.values()):
+                return None
+            if not self.rounds:
+                self.raced = self.standings()[: self.race] + ([BASELINE_GROUP] if BASELINE_GROUP in self.values else [])
+            leaders = race_leaders(sorted((g for g in self.raced if g in self.values), key=lambda g: (self._mean(g), g)),
+                                   lambda g: g == BASELINE_GROUP)
+            if len(leaders) < 2 or self.rounds >= self.race_seeds or separated(
+                    *([self.values[g][i] for i in sorted(self.values[g])] for g in leaders)):
+                return Searcher.FINISHED
+            self.rounds += 1
+            self.queue = [(g, self.seeds + self.rounds - 1) for g in self.raced]
+        group, seed = self.queue.pop(0)
+        return self._full(trial_id, group, seed)
+
     def _record(self, group: _Group, trial_id: str, result: dict[str, Any] | None) -> None:
         if result and len(self.objectives) == 1 and self.metric in result and "training_iteration" in result:
             group.intermediate.setdefault(trial_id, {})[int(result["training_iteration"])] = float(result[self.metric])
@@ -140,6 +198,13 @@ class SeededStudySearch(Searcher):
             self._record(group, trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self.full:
+            self.pending.discard(trial_id)
+            state, values = trial_outcome(result, error, self.objectives, self.train_steps)
+            if state == COMPLETE:
+                group, seed = self.full[trial_id]
+                self.values.setdefault(group, {})[seed] = values[0]
+            return
         group = self.groups.get(self.trial_group.get(trial_id, ""))
         if group is None or group.told:
             return
@@ -163,6 +228,7 @@ class SeededStudySearch(Searcher):
         else:
             means = [float(np.mean([o[1][i] for o in outcomes])) for i in range(len(self.objectives))]
             self.study.tell(group.number, means if len(means) > 1 else means[0])
+            self.values[group.name] = {seed: o[1][0] for seed, o in enumerate(outcomes)}
         group.told = True
 
     def save(self, checkpoint_path: str) -> None:

@@ -20,13 +20,17 @@ from ray import tune
 from switchsweep.platform.compose import compose_config
 from switchsweep.platform.config import Config, to_config, validate
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.sweep_config import SPEC_KINDS, ParamSpec, SweepConfig, SweepJobConfig, validate_sweep
+from switchsweep.platform.sweep_config import (SPEC_KINDS, ParamSpec, SweepConfig, SweepJobConfig, baseline_model,
+                                              validate_sweep)
 
 FRACTION_SUFFIX = ":fraction"  # the name Optuna sees for a `fraction_of` key: the fraction u itself
 # Keys of a trial's config that are not training settings: the grid row, the seed index, the group
 # (one sampled configuration or grid row, run once per seed).
 ROW, SEED, GROUP = "row", "seed", "group"
-META_KEYS = (ROW, SEED, GROUP)
+# Set on trials that train every step whatever the scheduler thinks: the baseline's and racing seeds.
+FULL = "full"
+META_KEYS = (ROW, SEED, GROUP, FULL)
+BASELINE_ROW = 1  # a tpe/random sweep's second base: its baseline
 MAX_COMBINATIONS = 100_000  # beyond this a space is too large to check exhaustively before starting
 
 
@@ -172,14 +176,25 @@ def check_space(job: SweepJobConfig, base: dict[str, Any]) -> int:
     return count
 
 
+def baseline_base(overrides: Sequence[str], model: str) -> dict[str, Any]:
+    """The baseline's training dict: the sweep's own composition with its model group replaced."""
+    kept = [o for o in overrides if o.lstrip("+").partition("=")[0] != "model"]
+    try:
+        return training_dict(to_config(compose_config([*kept, f"model={model}"], config_name="sweep_job")))
+    except ConfigError as e:
+        raise ConfigError(f"sweep.baseline={model}: {e}; name a model of conf/model (e.g. dit) or none") from e
+
+
 def trial_bases(job: SweepJobConfig, overrides: Sequence[str]) -> list[dict[str, Any]]:
-    """Validated base training dicts: one per grid row (composed with the row's overrides), or the
-    job's own for tpe/random after checking every corner of the space."""
+    """Validated base training dicts: one per grid row (composed with the row's overrides), or, for
+    tpe/random, the job's own after checking every corner of the space, then the baseline's
+    (`BASELINE_ROW`) where the sweep has one."""
     validate_sweep(job)
     if job.sweep.search != "grid":
         base = training_dict(job)
         check_space(job, base)
-        return [base]
+        model = baseline_model(job.sweep)
+        return [base] if model is None else [base, baseline_base(overrides, model)]
     bases = []
     for i, row in enumerate(job.sweep.grid):
         try:
