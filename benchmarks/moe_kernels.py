@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 
 from benchmarks.args import positive_int
-from benchmarks.compile_report import print_report
+from switchsweep.kernels.compile_report import print_report
 
 from switchsweep.kernels import sample_routed_linear, token_routed_linear
 from switchsweep.kernels.reference import sample_routed_linear_reference, token_routed_linear_reference

@@ -27,9 +27,9 @@ from unittest import mock
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from benchmarks.args import positive_int
+from switchsweep.kernels.reference import expert_layer_least_ops
 from switchsweep.models import switch_dit
 from switchsweep.platform.config import MODEL_SIZES, Config, validate_model
 from switchsweep.platform.errors import ConfigError, TrainingError
@@ -80,15 +80,6 @@ def least_expert_work(batch: int, tokens: int, dim: int, depth: int, reps: int) 
     for _ in range(reps * depth):
         expert_layer_least_ops(z, w, w_t, dy)
     return (time.perf_counter() - start) / reps
-
-
-def expert_layer_least_ops(z: Tensor, w: Tensor, w_t: Tensor, dy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """y = z (1 + z W_b) per sample b, and its backward: dz and the per-sample dW_b (w_t = W_b^T)."""
-    h = torch.bmm(z, w)
-    y = torch.addcmul(z, z, h)
-    dh = dy * z
-    dz = torch.addcmul(dy, dy, h).baddbmm_(dh, w_t)  # dy (1 + h) + dh W^T
-    return y, dz, torch.bmm(z.transpose(1, 2), dh)
 
 
 def random_latents(out: Path, channels: int, size: int, num_classes: int, count: int = 512) -> Path:

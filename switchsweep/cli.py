@@ -12,10 +12,12 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from switchsweep.platform.compose import load_config, load_data_config, load_eval_config, load_sweep_config
+from switchsweep.platform.compose import (load_config, load_data_config, load_eval_config, load_sweep_config,
+                                         override_key, split_override)
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
 from switchsweep.platform.export import value_text
 from switchsweep.platform.naming import variant_label
+from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.tracking import default_tracking_uri, redact, require_store, runs_page
 
 EXIT_TRIALS_FAILED = 3  # the sweep ran to its end but some trials failed (2: bad input, 130: interrupted)
@@ -87,8 +89,8 @@ def _sweep(job, overrides) -> int:
 
 def _own(overrides: Sequence[str], keys: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     """Split a command's own key=value arguments (top=, out=, port=, ...) from the config overrides."""
-    own = {k: v for k, _, v in (o.partition("=") for o in overrides) if k in keys}
-    return own, [o for o in overrides if o.partition("=")[0] not in keys]
+    own = {k: v for k, v in map(split_override, overrides) if k in keys}
+    return own, [o for o in overrides if override_key(o) not in keys]
 
 
 def _port(own: dict[str, str], default: int) -> int:
@@ -152,10 +154,9 @@ def _optuna_ui(args: argparse.Namespace) -> int:
     own, overrides = _own(args.overrides, ("port", "host"))
     job = load_sweep_config(overrides)
     port, host = _port(own, 8080), own.get("host", "127.0.0.1")
-    from switchsweep.dashboards.sweep_data import JOURNAL
     from switchsweep.sweeps.run import find_sweep
 
-    journal = find_sweep(job) / JOURNAL
+    journal = SweepDir(find_sweep(job)).journal
     if not journal.is_file():
         raise ConfigError(f"sweep={job.sweep.name}: {journal.parent.name} has no Optuna study ({journal} is missing): "
                           "grid sweeps search none; use `switchsweep report` for them")

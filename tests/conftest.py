@@ -57,7 +57,7 @@ def browser():
 def ray_head(tmp_path_factory):
     """One throwaway Ray head on 127.0.0.1 for the sweeps that run against a cluster (a start costs
     several seconds): its address."""
-    from benchmarks.faults import start_head, stop_head
+    from sweep_harness import start_head, stop_head
 
     head, address = start_head(tmp_path_factory.mktemp("ray"))
     yield address

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.faults import BIN, pids
+from sweep_harness import BIN, pids
 
 FAKE_GPU = "fake_gpu"
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.faults import pids
+from sweep_harness import pids
 from latent_data import image_folder, tiny_vae
 from switchsweep.cli import main
 from switchsweep.platform.checkpoint import FORMAT as CHECKPOINT_FORMAT

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from benchmarks.faults import ENV, record, sweep_cmd
+from sweep_harness import ENV, record, sweep_cmd
 from switchsweep.platform.tracking import default_tracking_uri
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from benchmarks.faults import BIN, free_port
+from sweep_harness import BIN, free_port
 from fake_cluster import FAKE_GPU, FakeCluster, fake_config, wait_http
 
 pytestmark = pytest.mark.slow

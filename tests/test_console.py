@@ -11,7 +11,7 @@ def _trial(tid, status, iteration=None):
 
 
 def test_the_table_is_printed_when_a_trial_starts_reports_or_ends_only():
-    reporter = SweepReporter(["kid"])
+    reporter = SweepReporter(["kid"], ["group", "seed"])
     a = _trial("a", "PENDING")
     assert reporter.should_report([a])
     assert not reporter.should_report([a]) and not reporter.should_report([a], done=True)  # nothing new
@@ -23,5 +23,15 @@ def test_the_table_is_printed_when_a_trial_starts_reports_or_ends_only():
 
 
 def test_its_columns_are_the_sweeps_metrics_loss_and_step():
-    assert list(SweepReporter(["kid"])._metric_columns) == ["kid", "loss", "step"]
-    assert list(SweepReporter(["kid", "gflops"])._metric_columns) == ["kid", "gflops", "loss", "step"]
+    assert list(SweepReporter(["kid"], ["group", "seed"])._metric_columns) == ["kid", "loss", "step"]
+    assert list(SweepReporter(["kid", "gflops"], [])._metric_columns) == ["kid", "gflops", "loss", "step"]
+
+
+def test_its_parameter_columns_tell_trials_apart_and_leave_routing_keys_out():
+    from switchsweep.platform.compose import load_sweep_config
+    from switchsweep.sweeps.space import reporter_columns
+
+    design = load_sweep_config(["sweep=design_space"]).sweep
+    assert reporter_columns(design) == ["group", "seed", "model.num_experts", "model.top_k", "model.lambda_dp",
+                                        "model.prior_alpha"]
+    assert reporter_columns(load_sweep_config(["sweep=table1"]).sweep) == ["row", "seed"]

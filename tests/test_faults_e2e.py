@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from benchmarks.faults import ENV, STEPS, audit, driver_kill, record, sweep_cmd, worker_kill
+from sweep_harness import ENV, STEPS, audit, driver_kill, record, sweep_cmd, worker_kill
 from netstat import LOOPBACK, listening
 from switchsweep.cli import EXIT_TRIALS_FAILED
 from switchsweep.platform.tracking import default_tracking_uri

@@ -285,7 +285,7 @@ def test_a_sweep_on_latents_scores_decoded_samples_and_logs_decoded_grids(tmp_pa
 
     from mlflow.tracking import MlflowClient
 
-    from benchmarks.faults import BIN, ENV
+    from sweep_harness import BIN, ENV
 
     _hand_made(tmp_path / "lat", vae_dir, sizes=(16, 16))
     image_folder(tmp_path / "lat" / "images", per_class=4)  # the manifest's root: the real side of KID

@@ -317,3 +317,30 @@ def test_a_trial_tune_restarts_keeps_its_wall_clock(tmp_path):
     tracking.on_trial_start(0, [], trial)
     tracking.on_trial_result(0, [], trial, {"step": 10, "loop_s": 0.1})
     assert sweep_state.load(tmp_path)["trials"]["t1"]["wall_s"] >= 0.3
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+    from switchsweep.platform.files import atomic_write, atomic_write_text
+
+    path = atomic_write_text(tmp_path / "sub" / "sweep.json", "old\n")
+
+    def half(fh):
+        fh.write(b"ne")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, half)
+    assert path.read_text() == "old\n" and sorted(p.name for p in path.parent.iterdir()) == ["sweep.json"]
+
+
+@pytest.mark.parametrize("override, want", [
+    ("sweep.ray.address=auto", ("sweep.ray.address", "auto")),
+    ("+sweep.ray.worker_resources={A: 1}", ("sweep.ray.worker_resources", "{A: 1}")),
+    ("++train.steps=3", ("train.steps", "3")),
+    ("~eval.out", ("eval.out", "")),
+    ("sweep.tracking_uri=http://h:5000/?a=b", ("sweep.tracking_uri", "http://h:5000/?a=b")),
+])
+def test_an_override_splits_into_its_key_and_value(override, want):
+    from switchsweep.platform.compose import split_override
+
+    assert split_override(override) == want

@@ -2,7 +2,7 @@
 
 import torch
 
-from benchmarks.step_time import expert_layer_least_ops
+from switchsweep.kernels.reference import expert_layer_least_ops
 
 
 def test_least_ops_are_the_expert_layer_and_its_backward():

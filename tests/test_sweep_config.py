@@ -227,7 +227,7 @@ def test_dashboard_commands_refuse_bad_input_in_one_line(tmp_path, capsys, argv,
 
 
 def test_optuna_ui_refuses_a_grid_sweep_that_has_no_study(tmp_path, capsys):
-    from switchsweep.sweeps.run import STATE_FILE
+    from switchsweep.platform.sweep_dir import STATE_FILE
 
     folder = tmp_path / "sweeps" / "table1" / "table1-1"
     folder.mkdir(parents=True)
@@ -265,7 +265,8 @@ def test_unset_worker_cpus_share_the_local_cores(monkeypatch):
 
 
 def test_resume_and_extend_pick_the_latest_sweep_in_the_right_state(tmp_path):
-    from switchsweep.sweeps.run import STATE_FILE, find_sweep
+    from switchsweep.platform.sweep_dir import STATE_FILE
+    from switchsweep.sweeps.run import find_sweep
 
     root = tmp_path / "sweeps" / "design_space"
     made = [("old-unfinished", 1.0, "interrupted"), ("newest-finished", 4.0, "finished"), ("mid-unfinished", 3.0, "running"),

@@ -19,7 +19,7 @@ from PIL import Image
 from optuna.trial import TrialState
 from scipy.optimize import linear_sum_assignment
 
-from benchmarks.faults import BIN, ENV, free_port, record
+from sweep_harness import BIN, ENV, free_port, record
 from netstat import LOOPBACK, listening
 from switchsweep.platform import sweep_state
 from switchsweep.platform.checkpoint import load_checkpoint

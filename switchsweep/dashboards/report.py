@@ -16,16 +16,17 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from switchsweep.dashboards.sweep_data import SweepData, TrialData, collect
+from switchsweep.platform.files import atomic_write_text
 from switchsweep.platform.export import baseline_sentence, is_plain_dit, race_sentence, value_text
 from switchsweep.platform.naming import variant_label
 from switchsweep.platform.ranking import Ranked, pareto_front
+from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
 from switchsweep.platform.tracking import Tracker
 
 DESIGN_KEYS = (("model.num_experts", "M"), ("model.top_k", "k"), ("model.lambda_dp", "lambda_dp"),
                ("model.prior_alpha", "alpha"))
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-REPORT_FILE = "report.html"
 MAX_ROUTING_FIGURES = 16  # the best trials' routing; more makes the page slow to open
 
 
@@ -282,7 +283,8 @@ def render(data: SweepData) -> str:
         return fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot{plots}", config=config)
 
     p = r.parent_params
-    meta = (f"{len(r.ranked)} configurations, {len(data.trials)} trials; search {p.get('sweep.search', '?')}, "
+    designs = f"{len(r.ranked) - 1} configurations and the baseline" if r.baseline else f"{len(r.ranked)} configurations"
+    meta = (f"{designs}, {len(data.trials)} trials; search {p.get('sweep.search', '?')}, "
             f"{p.get('sweep.seeds', '1')} seed(s), {p.get('train.steps', '?')} steps, evaluation every "
             f"{p.get('sweep.eval_every', '?')} steps; ranked by {data.metric} ({REPORTED_METRICS[data.metric]} is better). "
             f"Written {time.strftime('%Y-%m-%d %H:%M')}.")
@@ -314,18 +316,13 @@ def render(data: SweepData) -> str:
 
 
 def write_report(data: SweepData, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(render(data))
-    tmp.replace(out)
-    return out
+    return atomic_write_text(out, render(data))
 
 
 def make_report(tracker: Tracker, name: str, sweep_id: str | None, sweeps_dir: Path, out: str | Path | None = None) -> Path:
     """Write the report of a sweep (default: report.html in its folder) and log it to its parent run,
     so it is one click away in the MLflow UI."""
     data = collect(tracker, name, sweep_id, sweeps_dir)
-    path = write_report(data, out or sweeps_dir / data.ranking.sweep_id / REPORT_FILE)
+    path = write_report(data, out or SweepDir(sweeps_dir / data.ranking.sweep_id).report)
     tracker.log_artifact(data.ranking.parent_run_id, path)
     return path

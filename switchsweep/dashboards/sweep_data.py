@@ -14,10 +14,10 @@ import optuna
 
 from switchsweep.platform.export import SweepRanking, rank_trials
 from switchsweep.platform.naming import run_name
+from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.tracking import SEED_TAG, STOPPED_TAG, TRIAL_TAG, Tracker
 
 CURVES = ("loss", "routing_jsd")  # besides the sweep's metric
-JOURNAL = "optuna.journal"  # the study of a tpe/random sweep, in its folder
 TIME_BINS = 100  # timesteps are averaged in bins for the routing images: 1000 rows would bloat the page
 
 
@@ -135,6 +135,6 @@ def collect(tracker: Tracker, name: str, sweep_id: str | None, sweeps_dir: Path)
                 t.curves[key] = sorted((m.step, m.value) for m in history if math.isfinite(m.value))
             t.routing = _routing(tracker, run.info.run_id)
             trials.append(t)
-    journal = sweeps_dir / ranking.sweep_id / JOURNAL
+    journal = SweepDir(sweeps_dir / ranking.sweep_id).journal
     importances, note = study_importances(journal, _space_keys(tracker, ranking.parent_run_id))
     return SweepData(name, ranking, trials, importances, note)

@@ -55,3 +55,13 @@ def token_routed_linear_reference(x: Tensor, weight: Tensor, expert_idx: Tensor,
     """sum_j gates[t, j] * x[t] @ weight[expert_idx[t, j]], [T, Dout]."""
     t, k = expert_idx.shape
     return moe_grouped_linear_reference(x, weight, expert_idx, gates, False).view(t, k, -1).sum(1)
+
+
+def expert_layer_least_ops(z: Tensor, w: Tensor, w_t: Tensor, dy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """y = z (1 + z W_b) per sample b, and its backward: dz and the per-sample dW_b (w_t = W_b^T), in the
+    fewest torch ops: the floor a step of the expert layer can reach (benchmarks/step_time.py --floor)."""
+    h = torch.bmm(z, w)
+    y = torch.addcmul(z, z, h)
+    dh = dy * z
+    dz = torch.addcmul(dy, dy, h).baddbmm_(dh, w_t)  # dy (1 + h) + dh W^T
+    return y, dz, torch.bmm(z.transpose(1, 2), dh)

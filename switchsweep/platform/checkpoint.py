@@ -1,33 +1,18 @@
-"""Atomic files (checkpoints among them), and checkpoints loaded with `weights_only=True`."""
+"""Checkpoints, written atomically and loaded with `weights_only=True`."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import torch
 
 from switchsweep.platform.errors import CheckpointError
+from switchsweep.platform.files import atomic_write
 
 FORMAT = "switchsweep-checkpoint"
 REQUIRED_KEYS = ("format", "step", "model", "ema", "optimizer", "rng", "config")
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> Path:
-    """`write` into a temporary file beside `path`, fsync, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

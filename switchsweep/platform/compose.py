@@ -43,10 +43,20 @@ def compose_config(overrides: Sequence[str], config_name: str = "config") -> Dic
         raise ConfigError(f"invalid override: {_one_line(e)}") from e
 
 
+def split_override(override: str) -> tuple[str, str]:
+    """(key, value) of a Hydra override, without its +, ++ or ~ prefix: `+sweep.ray.x=1` -> ("sweep.ray.x", "1")."""
+    key, _, value = override.lstrip("+~").partition("=")
+    return key, value
+
+
+def override_key(override: str) -> str:
+    return split_override(override)[0]
+
+
 def _override_value(overrides: Sequence[str], key: str) -> str | None:
     for o in overrides:
-        k, _, value = o.partition("=")
-        if k.lstrip("+") == key and value not in ("", "null"):
+        k, value = split_override(o)
+        if k == key and value not in ("", "null"):
             return value
     return None
 
@@ -64,7 +74,7 @@ def load_data_config(overrides: Sequence[str]) -> DataConfig:
     training and evaluation settings that preparing its latents does not need, so they are not checked.
     A setting given on the command line that prepare does not read is refused, never ignored."""
     for o in overrides:
-        key = o.lstrip("+~").partition("=")[0]
+        key = override_key(o)
         if key != "data" and key not in PREPARE_SETTINGS:
             why = _PREPARE_INSTEAD.get(key, f"prepare reads only {', '.join(PREPARE_SETTINGS)} (and a data=<preset>)")
             raise ConfigError(f"{key} is not used by prepare: {why}")
@@ -88,7 +98,7 @@ def load_eval_config(overrides: Sequence[str]) -> Config:
     path = composed.checkpoint
     if not path:
         raise ConfigError("checkpoint is not set: pass checkpoint=<path of a ckpt.pt written by switchsweep train>")
-    not_eval = [o for o in overrides if not o.lstrip("+").startswith(("eval.", "checkpoint="))]
+    not_eval = [o for o in overrides if not (override_key(o).startswith("eval.") or override_key(o) == "checkpoint")]
     if not_eval:
         raise ConfigError(f"{not_eval[0]}: evaluate takes the model from the checkpoint; only checkpoint= and eval.* apply")
     saved = load_checkpoint(path, setting="checkpoint", mmap=True)["config"]
@@ -106,7 +116,7 @@ def load_eval_config(overrides: Sequence[str]) -> Config:
 
 def _on_top_of(saved: Any, overrides: Sequence[str], setting: str) -> Config:
     """`saved` (a resolved config) with dotted overrides on top; config-group overrides are refused."""
-    groups = [o for o in overrides if "=" in o and "." not in o.partition("=")[0]]
+    groups = [o for o in overrides if "=" in o and "." not in override_key(o)]
     if groups:
         raise ConfigError(f"{groups[0]}: {setting} fixes the config groups; give dotted overrides only (e.g. model.top_k=1)")
     try:

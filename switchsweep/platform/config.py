@@ -111,8 +111,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "tf32"  # one of PRECISIONS
-    # torch.compile every transformer block (Inductor, cached on disk): ~1.2x faster steps on a CPU after a
-    # one-off compile per model shape (benchmarks/train_throughput.py)
+    # torch.compile every transformer block (Inductor, cached on disk): faster steps after a one-off compile per
+    # model shape (benchmarks/train_throughput.py)
     compile: bool = False
     log_every: int = 10
     ckpt_every: int = 0  # 0: only at the end
@@ -129,26 +129,28 @@ class TrainConfig:
 
 
 @dataclass
-class SampleConfig:
-    """How the end-of-training sample grid is drawn."""
+class SamplerConfig:
+    """How samples are drawn: the sampler, its steps, classifier-free guidance and DDIM's eta."""
 
     sampler: str = "ddim"
     steps: int = 50
     cfg_scale: float = 1.5
     ddim_eta: float = 0.0
+
+
+@dataclass
+class SampleConfig(SamplerConfig):
+    """How the end-of-training sample grid is drawn."""
+
     per_class: int = 4
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(SamplerConfig):
     """`switchsweep evaluate`: sample with the EMA model, then FID / KID / IS / precision-recall."""
 
     num_samples: int = 1000
     batch_size: int = 250
-    sampler: str = "ddim"
-    steps: int = 50
-    cfg_scale: float = 1.5
-    ddim_eta: float = 0.0
     seed: int = 0
     feature_net: str = "digits"
     inception_weights: Optional[str] = None  # local FID InceptionV3 state dict; nothing is downloaded
@@ -263,24 +265,23 @@ def validate(cfg: Config | DictConfig) -> None:
               f"model.num_intervals={cfg.model.num_intervals} must be <= diffusion.num_timesteps={f.num_timesteps}")
 
     s = cfg.sample
-    _one_of("sample.sampler", s.sampler, SAMPLERS)
-    _need(
-        0 < s.steps <= f.num_timesteps,
-        f"sample.steps={s.steps} must be in [1, diffusion.num_timesteps={f.num_timesteps}]",
-    )
-    _need(s.cfg_scale >= 1.0, f"sample.cfg_scale={s.cfg_scale} must be >= 1 (1 disables guidance)")
-    _need(s.ddim_eta >= 0, f"sample.ddim_eta={s.ddim_eta} must be >= 0")
+    _validate_sampler("sample", s, f.num_timesteps)
     _need(s.per_class >= 0, f"sample.per_class={s.per_class} must be >= 0 (0 skips the sample grid)")
     validate_eval(cfg.eval, f.num_timesteps)
+
+
+def _validate_sampler(section: str, s: SamplerConfig | DictConfig, num_timesteps: int) -> None:
+    _one_of(f"{section}.sampler", s.sampler, SAMPLERS)
+    _need(0 < s.steps <= num_timesteps,
+          f"{section}.steps={s.steps} must be in [1, diffusion.num_timesteps={num_timesteps}]")
+    _need(s.cfg_scale >= 1.0, f"{section}.cfg_scale={s.cfg_scale} must be >= 1 (1 disables guidance)")
+    _need(s.ddim_eta >= 0, f"{section}.ddim_eta={s.ddim_eta} must be >= 0")
 
 
 def validate_eval(e: EvalConfig | DictConfig, num_timesteps: int) -> None:
     _need(e.num_samples >= 2, f"eval.num_samples={e.num_samples} must be >= 2")
     _need(e.batch_size > 0, f"eval.batch_size={e.batch_size} must be > 0")
-    _one_of("eval.sampler", e.sampler, SAMPLERS)
-    _need(0 < e.steps <= num_timesteps, f"eval.steps={e.steps} must be in [1, diffusion.num_timesteps={num_timesteps}]")
-    _need(e.cfg_scale >= 1.0, f"eval.cfg_scale={e.cfg_scale} must be >= 1 (1 disables guidance)")
-    _need(e.ddim_eta >= 0, f"eval.ddim_eta={e.ddim_eta} must be >= 0")
+    _validate_sampler("eval", e, num_timesteps)
     _one_of("eval.feature_net", e.feature_net, FEATURE_NETS)
     _need(e.kid_subset_size >= 2, f"eval.kid_subset_size={e.kid_subset_size} must be >= 2")
     _need(e.kid_subsets >= 1, f"eval.kid_subsets={e.kid_subsets} must be >= 1")

@@ -23,6 +23,7 @@ from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.naming import variant_label
 from switchsweep.platform.ranking import (BETTER, RACE_OPEN, RACE_SEPARATED, RACE_SPENT, WORSE, Ranked, TrialRecord,
                                           best_design, compare_to_best, race_state, rank_groups)
+from switchsweep.platform.sweep_dir import RANKING_CSV, RANKING_MD
 from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
 from switchsweep.platform.tracking import (EVAL_NOISE_ARTIFACT, FAILURE_TAG, GROUP_TAG, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG,
                                            SEED_TAG, SWEEP_TAG, TRIAL_TAG, Tracker, eval_noise_name, redact, require_store)
@@ -183,10 +184,10 @@ def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
               "diff_ci95", "diff_basis", "vs_baseline", "diff_to_baseline", "baseline_ci95",
               *(["pareto"] if objectives else []), *(f"{o}_mean" for o in objectives[1:]), "failure"]
     rows = [_cells(r, objectives) for r in ranking.ranked]
-    table = out / "ranking.csv"
+    table = out / RANKING_CSV
     with open(table, "w", newline="") as fh:  # labels such as switch_dit(M=3,k=2) hold commas: quote them
         csv.writer(fh).writerows([header, *rows])
-    md = out / "ranking.md"
+    md = out / RANKING_MD
     lines = [f"{metric}: mean over seeds; ci95: half-width of its 95% interval (t over seeds, or 1.96 x the "
              f"metric's evaluation noise with one seed, which leaves out training-seed noise); diff_to_best: the "
              "difference to the best, paired seed by seed, with its 95% half-width (diff_ci95) and what that interval "

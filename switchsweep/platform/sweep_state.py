@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from switchsweep.platform.errors import ConfigError
+from switchsweep.platform.files import atomic_write_text
+from switchsweep.platform.sweep_dir import LOCK_FILE, STATE_FILE
 
-STATE_FILE = "sweep.json"
-LOCK_FILE = "driver.lock"
 RUNNING, INTERRUPTED, FINISHED = "running", "interrupted", "finished"
 # How a trial ended: trained every step, stopped early by the scheduler, or failed (with a reason).
 TRIAL_FINISHED, TRIAL_STOPPED, TRIAL_FAILED = "finished", "stopped", "failed"
@@ -38,11 +38,7 @@ def load(sweep_dir: str | Path) -> dict[str, Any]:
 
 def save(sweep_dir: str | Path, state: dict[str, Any]) -> None:
     """Write the record atomically (a reader never sees half of it)."""
-    sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    tmp = sweep_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(sweep_dir / STATE_FILE)
+    atomic_write_text(Path(sweep_dir) / STATE_FILE, json.dumps(state, indent=2) + "\n")
 
 
 def update_trial(sweep_dir: str | Path, trial_id: str, **fields: Any) -> dict[str, Any]:

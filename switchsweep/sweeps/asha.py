@@ -18,6 +18,7 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from switchsweep.platform.files import atomic_write
 from switchsweep.sweeps.gate import start_gate
 from switchsweep.sweeps.space import FULL
 
@@ -42,15 +43,11 @@ class ResumableASHA(ASHAScheduler):
                 self.__dict__.update(pickle.load(fh))
 
     def _save(self) -> None:
-        path = Path(self._state_file)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as fh:
-            pickle.dump({k: v for k, v in self.__dict__.items() if k not in _OWN}, fh)
-        tmp.replace(path)
+        atomic_write(self._state_file, lambda fh: pickle.dump({k: v for k, v in self.__dict__.items() if k not in _OWN}, fh))
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._load()
-        # before the trial's first report; a scheduler pickled before gates existed has neither attribute
+        # the gate is up before the trial's first report; a restored scheduler may lack either attribute
         if getattr(self, "_gate", None) and getattr(self, "_gate_actor", None) is None:
             self._gate_actor = start_gate(self._gate)
         super().on_trial_add(tune_controller, trial)

@@ -1,8 +1,8 @@
 """Rung gates: a trial that reaches one of ASHA's rungs waits there for the scheduler's decision.
 
 A Train worker's report reaches the scheduler through the Train controller, the Tune trial and the
-Tune driver, while the worker trains on; a trial ASHA stops at a rung used to train past it and log
-part of its next evaluation before its processes were killed. Here rank 0 waits after each rung's
+Tune driver, while the worker trains on; without a wait, a trial ASHA stops at a rung trains past it
+and logs part of its next evaluation before its processes are killed. Here rank 0 waits after each rung's
 report until the scheduler says CONTINUE (a STOP is never answered: the trial's processes end).
 The gate is a named actor of the sweep's driver (its scheduler starts it), so it ends with the driver;
 a trial finds none when the sweep has no ASHA, and does not wait.

@@ -6,7 +6,7 @@ it to the store; the other ranks connect to it there. Clusters keep Ray Train's 
 
 Nothing here imports torch at module level: Train's controller process unpickles this config and
 references these functions to run them on the workers, and importing torch (through
-`ray.train.torch`) would cost every trial's controller start about 1.3 s on two cores. torch is
+`ray.train.torch`) would lengthen every trial's controller start (benchmarks/sweep_overhead.py). torch is
 imported where it runs: in the workers, which need it anyway.
 """
 

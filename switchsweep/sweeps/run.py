@@ -20,7 +20,7 @@ from ray import tune
 
 from switchsweep.dashboards.report import make_report
 from switchsweep.platform import sweep_state
-from switchsweep.platform.compose import load_sweep_config
+from switchsweep.platform.compose import load_sweep_config, override_key
 from switchsweep.platform.config import resolve_paths
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.export import baseline_sentence, race_sentence, rank_trials, write_ranking
@@ -28,7 +28,8 @@ from switchsweep.platform.ranking import Ranked
 from switchsweep.platform.runtime import check_cluster, ray_temp_dir, resolve_worker_cpus, start_ray
 from switchsweep.platform.sweep_config import (REPORTED_METRICS, SweepJobConfig, baseline_model, driver_bundle,
                                               is_local_address, trains_inline, trial_resources)
-from switchsweep.platform.sweep_state import STATE_FILE, DriverLock
+from switchsweep.platform.sweep_dir import SweepDir
+from switchsweep.platform.sweep_state import DriverLock
 from switchsweep.platform.tracking import (BEST_GROUP_TAG, BEST_RUN_TAG, BEST_TRIAL_TAG, CHECKPOINT_ARTIFACT,
                                            CHECKPOINT_TAG, GIT_TAG, IN_MLFLOW, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG,
                                            ROLE_TAG, SWEEP_TAG, Tracker, default_tracking_uri, git_commit, is_local_store,
@@ -38,16 +39,18 @@ from switchsweep.sweeps.callbacks import TrialTracking
 from switchsweep.sweeps.console import NEW_OUTPUT_ENV, SweepReporter
 from switchsweep.sweeps.gate import rung_steps
 from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
-from switchsweep.sweeps.space import config_from_dict, param_space, trial_bases
+from switchsweep.sweeps.space import config_from_dict, param_space, reporter_columns, trial_bases
 from switchsweep.sweeps.trial import TrialJob, run_trial
 from switchsweep.sweeps.tune_state import repair as repair_tune_state
 from switchsweep.trainers.features import build_feature_net, reference_features
 from switchsweep.trainers.latents import check_prepared
 from switchsweep.trainers.loop import resolve_device
 
-# Overrides a resumed sweep may change: where and how it runs, never what it searches.
-RESUME_OVERRIDES = ("sweep=", "sweep.id=", "sweep.resume=", "sweep.extend=", "sweep.ray.", "sweep.root=",
-                    "sweep.tracking_uri=")
+# Settings a resumed sweep may change: where and how it runs, never what it searches.
+RESUME_KEYS = ("sweep", "sweep.id", "sweep.resume", "sweep.extend", "sweep.root", "sweep.tracking_uri")
+RESUME_PREFIXES = ("sweep.ray.",)
+# Settings of one command, not of the sweep it runs.
+COMMAND_KEYS = ("sweep.resume", "sweep.id", "sweep.extend")
 
 
 @dataclass
@@ -66,13 +69,14 @@ class SweepResult:
 
 
 def _where_it_runs(override: str) -> bool:
-    """An override a resumed sweep may change (RESUME_OVERRIDES)."""
-    return override.lstrip("+").startswith(RESUME_OVERRIDES)
+    """An override a resumed sweep may change (RESUME_KEYS, RESUME_PREFIXES)."""
+    key = override_key(override)
+    return key in RESUME_KEYS or key.startswith(RESUME_PREFIXES)
 
 
 def _stored(overrides: Sequence[str]) -> list[str]:
     """The overrides that define the sweep (not how this one command was started)."""
-    return [o for o in overrides if not o.lstrip("+").startswith(("sweep.resume=", "sweep.id=", "sweep.extend="))]
+    return [o for o in overrides if override_key(o) not in COMMAND_KEYS]
 
 
 def sweeps_root(job: SweepJobConfig) -> Path:
@@ -98,7 +102,7 @@ def find_sweep(job: SweepJobConfig, finished: bool | None = None) -> Path:
     flag = {True: "--extend", False: "--resume", None: f"sweep={job.sweep.name}"}[finished]
     if job.sweep.id:
         path = root / job.sweep.id
-        if not (path / STATE_FILE).is_file():
+        if not SweepDir(path).state.is_file():
             raise ConfigError(f"sweep.id={job.sweep.id}: no such sweep under {root}: check the id (ls {root})")
         status = sweep_state.status(path)
         if finished is not None and (status == sweep_state.FINISHED) != finished:
@@ -138,7 +142,7 @@ def _search_alg(job: SweepJobConfig, sweep_dir: Path, sweep_id: str, base: dict[
     objectives = list(s.objectives) or [s.metric]
     # The study lives in a journal file beside the sweep, so the search itself can be inspected and resumed.
     return SeededStudySearch(
-        space=s.space, base=base, journal=str(sweep_dir / "optuna.journal"), study_name=sweep_id, objectives=objectives,
+        space=s.space, base=base, journal=str(SweepDir(sweep_dir).journal), study_name=sweep_id, objectives=objectives,
         modes=[REPORTED_METRICS[m] for m in objectives], search=s.search, seed=s.seed,
         tpe_startup=s.tpe_startup or default_tpe_startup(s.num_trials), seeds=s.seeds, train_steps=job.train.steps,
         configs=s.extend or s.num_trials, baseline=not s.extend and baseline_model(s) is not None,
@@ -164,7 +168,7 @@ def _scheduler(job: SweepJobConfig, sweep_dir: Path) -> ResumableASHA | None:
         return None
     grace, evals = _asha_rungs(job)
     # One ASHA state per sweep: a resume or an --extend compares new results with every earlier one.
-    return ResumableASHA(sweep_dir / "asha.pkl", gate=sweep_dir.name, time_attr="training_iteration", max_t=evals,
+    return ResumableASHA(SweepDir(sweep_dir).asha, gate=sweep_dir.name, time_attr="training_iteration", max_t=evals,
                          grace_period=grace, reduction_factor=s.reduction_factor)
 
 
@@ -278,7 +282,7 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
         # A Train job's attempts (restarts from its last checkpoint) are decided in run_trial, an inline trial's
         # here: its process may be what died. Tune keeps only an inline trial's last checkpoint.
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=[tracking],
-                                  progress_reporter=SweepReporter(list(s.objectives) or [s.metric]),
+                                  progress_reporter=SweepReporter(list(s.objectives) or [s.metric], reporter_columns(s)),
                                   failure_config=tune.FailureConfig(max_failures=s.ray.max_failures if inline else 0),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
@@ -287,11 +291,11 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
 def _resume_overrides(state: dict[str, Any], given: Sequence[str]) -> list[str]:
     """The sweep's stored overrides, with where-it-runs settings given again on the command line taking
     their place; a stored one whose credentials were redacted must be given again."""
-    keys = {o.lstrip("+").partition("=")[0] for o in given if _where_it_runs(o)}
-    stored = [o for o in state["overrides"] if o.lstrip("+").partition("=")[0] not in keys]
+    keys = {override_key(o) for o in given if _where_it_runs(o)}
+    stored = [o for o in state["overrides"] if override_key(o) not in keys]
     hidden = [o for o in stored if "***" in o]
     if hidden:
-        key = hidden[0].lstrip("+").partition("=")[0]
+        key = override_key(hidden[0])
         raise ConfigError(f"{key}: its credentials were not stored with the sweep: give {key}=... again with --resume "
                           "(or put them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
     return [*stored, *filter(_where_it_runs, given)]

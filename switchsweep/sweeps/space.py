@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from ray import tune
 
-from switchsweep.platform.compose import compose_config
+from switchsweep.platform.compose import compose_config, override_key
 from switchsweep.platform.config import Config, to_config, validate
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.sweep_config import (SPEC_KINDS, ParamSpec, SweepConfig, SweepJobConfig, baseline_model,
@@ -107,6 +107,13 @@ def param_space(sweep: SweepConfig) -> dict[str, Any]:
     return {}
 
 
+def reporter_columns(sweep: SweepConfig) -> list[str]:
+    """The settings that tell a sweep's trials apart in its console table."""
+    if sweep.search == "grid":
+        return [ROW, SEED]
+    return [GROUP, SEED, *(spec.key for spec in sweep.space)]
+
+
 def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The trial's training dict: `base` with the trial's settings set and train.seed offset by its seed index."""
     cfg = OmegaConf.create(copy.deepcopy(base))
@@ -178,7 +185,7 @@ def check_space(job: SweepJobConfig, base: dict[str, Any]) -> int:
 
 def baseline_base(overrides: Sequence[str], model: str) -> dict[str, Any]:
     """The baseline's training dict: the sweep's own composition with its model group replaced."""
-    kept = [o for o in overrides if o.lstrip("+").partition("=")[0] != "model"]
+    kept = [o for o in overrides if override_key(o) != "model"]
     try:
         return training_dict(to_config(compose_config([*kept, f"model={model}"], config_name="sweep_job")))
     except ConfigError as e:

@@ -1,6 +1,6 @@
 """The function each Ray Train job runs, in a module of its own with nothing heavy to import: Train's
 controller process imports the module of the function it is handed only to pass it on to the workers,
-and importing `sweeps.trial` there (torch, MLflow, the models: about 3 s) would delay every trial."""
+and importing `sweeps.trial` there (torch, MLflow, the models) would delay every trial."""
 
 from __future__ import annotations
 

@@ -290,7 +290,7 @@ def _fail(tracker: Tracker, run_id: str, why: str, log_tail: str, attempts: int)
 
 class _TorchTrainer(TorchTrainer):
     """TorchTrainer without Ray Data's dataset manager: the workers load their own data, and the manager
-    is one more process (about 1.5 s on two cores) on the critical path of every Train job's start."""
+    is one more process on the critical path of every Train job's start."""
 
     def _create_default_callbacks(self) -> list:
         return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, DatasetsCallback)]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from switchsweep.platform.checkpoint import atomic_write
+from switchsweep.platform.files import atomic_write
 from switchsweep.platform.config import DataConfig
 from switchsweep.platform.errors import ConfigError
 

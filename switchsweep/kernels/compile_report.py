@@ -3,7 +3,7 @@ Triton's real compiler and ptxas run here): registers per thread, spills, shared
 the PTX uses Hopper's `wgmma` tensor-core instructions (or the older `mma.sync`, or neither: FMA).
 Spills are ptxas's spill stores / loads, in bytes per thread.
 
-    python -m benchmarks.compile_report [--dtype bf16 tf32 fp32]
+    python -m switchsweep.kernels.compile_report [--dtype bf16 tf32 fp32]
 
 Pointers and sizes are marked divisible by 16, as a real launch with aligned tensors and D, L
 multiples of 16 specialises them; the tiles and warps are those the ops pick for L=256, D=1152.

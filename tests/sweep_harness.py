@@ -1,0 +1,239 @@
+"""What the end-to-end tests and `benchmarks/faults.py` drive sweeps with: a throwaway Ray head on
+127.0.0.1, a tiny sweep through the CLI, the sweep's record, processes to kill, and an audit of every
+MLflow metric point; plus the two fault scenarios (a killed worker, a killed driver) and what surviving
+each means."""
+
+from __future__ import annotations
+
+import json
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+BIN = Path(sys.executable).parent
+# A throwaway head: token auth off for it and its clients alike, and on 127.0.0.1 only (see
+# platform.runtime: Ray otherwise swaps a loopback node address for the machine's own).
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+STEPS, EVAL_EVERY, LOG_EVERY = 40, 10, 2
+POINTS = ("sweep.points_to_evaluate=[{model.num_experts: 3, model.top_k: 1, model.lambda_dp: 1.0, model.prior_alpha: 4.0},"
+          " {model.num_experts: 2, model.top_k: 1, model.lambda_dp: 0.5, model.prior_alpha: 2.0}]")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_head(temp: Path, num_cpus: int = 3) -> tuple[subprocess.Popen, str]:
+    """A Ray head on 127.0.0.1 with its dashboard (Train frees stopped trials' workers through it)."""
+    port, dash = free_port(), free_port()
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
+         f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--temp-dir={temp}", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    address = f"127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if subprocess.run([str(BIN / "ray"), "status", f"--address={address}"], capture_output=True, env=ENV).returncode == 0:
+            return head, address
+        if head.poll() is not None:
+            break
+        time.sleep(2)
+    head.kill()
+    raise RuntimeError("the Ray head did not start")
+
+
+def stop_head(head: subprocess.Popen) -> None:
+    head.send_signal(signal.SIGTERM)
+    head.wait(timeout=60)
+
+
+def sweep_cmd(root: Path, address: str | None, cache: Path | None, *extra: str, sweep: str = "design_space",
+              log_every: int = LOG_EVERY) -> list[str]:
+    """A tiny sweep, long enough (40 steps, an evaluation every 10) to be hit mid-trial. Any `sweep`
+    is run under the name design_space; that one evaluates two given configurations first."""
+    given = [POINTS, "sweep.baseline=none"] if sweep == "design_space" else ["sweep.name=design_space"]
+    return [str(BIN / "switchsweep"), "sweep", f"sweep={sweep}", f"sweep.root={root}", *given,
+            *([f"sweep.ray.address={address}"] if address else []), *([f"eval.cache_dir={cache}"] if cache else []),
+            f"sweep.eval_every={EVAL_EVERY}", f"train.steps={STEPS}", f"train.log_every={log_every}", "sweep.asha=false",
+            "data.batch_size=16", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=2", "eval.kid_subset_size=20",
+            "eval.kid_subsets=2", "sample.per_class=1", "sample.steps=2", *extra]
+
+
+def record(root: Path) -> dict[str, Any]:
+    """The sweep's record (sweep.json) of the one sweep under `root`, or {} before it exists."""
+    found = glob.glob(str(root / "sweeps" / "design_space" / "*" / "sweep.json"))
+    if not found:
+        return {}
+    try:
+        return json.loads(Path(found[0]).read_text())
+    except json.JSONDecodeError:  # never half-written (atomic rename), but be safe while polling
+        return {}
+
+
+def wait_for(what, timeout: float, proc: subprocess.Popen | None = None, poll: float = 0.2) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = what()
+        if got:
+            return got
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the sweep exited ({proc.returncode}) before the fault could be injected")
+        time.sleep(poll)
+    raise TimeoutError("the sweep did not get there in time")
+
+
+def pids(matches: Callable[[bytes], bool]) -> list[int]:
+    """PIDs of this machine's processes (but this one) whose command line (NUL-separated) `matches`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(pid) != os.getpid() and matches(Path(f"/proc/{pid}/cmdline").read_bytes()):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return sorted(found)
+
+
+def train_workers() -> list[int]:
+    """PIDs of the Ray Train DDP worker processes on this machine."""
+    return pids(lambda cmd: cmd.startswith(b"ray::RayTrainWorker"))
+
+
+def inline_trials() -> list[int]:
+    """PIDs of the Tune trial processes on this machine (an inline trial trains in its own)."""
+    return pids(lambda cmd: cmd.startswith(b"ray::ImplicitFunc"))
+
+
+def _store(root: Path):
+    """The MLflow client of the sweep's local store and the id of its experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    return client, client.get_experiment_by_name("design_space").experiment_id
+
+
+def audit(root: Path, log_every: int = LOG_EVERY) -> dict[str, Any]:
+    """Every metric point of the sweep's trial runs against the steps it should be at: a point logged
+    at every log step (losses), every evaluation (metrics, routing), step 0 (model size) or the end
+    (trial timing). Failed trials count for duplicates only."""
+    client, exp = _store(root)
+    runs = client.search_runs([exp])
+    trials = [r for r in runs if r.data.tags.get("switchsweep.role") == "trial"]
+    points = duplicates = lost = 0
+    for run in trials:
+        final = int(run.data.metrics.get("step", 0))
+        evals = set(range(EVAL_EVERY, final + 1, EVAL_EVERY)) | ({final} if final else set())
+        logs = set(range(log_every, final + 1, log_every)) | evals
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            points += len(steps)
+            duplicates += len(steps) - len(set(steps))
+            if run.info.status == "FAILED":
+                continue
+            have = set(steps)
+            want = {0} if have == {0} else {final} if key.startswith("trial_") else logs if have - evals - {0} else evals
+            lost += len(want - have)
+    return {"runs": len(runs), "trial_runs": len(trials), "points": points, "duplicates": duplicates, "lost": lost}
+
+
+def _logged_loss_steps(root: Path) -> list[int]:
+    client, exp = _store(root)
+    runs = client.search_runs([exp], "tags.`switchsweep.role` = 'trial'")
+    return [m.step for r in runs for m in client.get_metric_history(r.info.run_id, "loss")]
+
+
+def worker_kill(root: Path, address: str, cache: Path | None = None, at_step: int = 20,
+                delay_s: float = 0.5, workers: int = 2) -> dict[str, Any]:
+    """SIGKILL one of a 2-worker trial's DDP workers (workers=1: the process of the trial, which trains
+    inline) `delay_s` after it reported step `at_step`, so steps past that checkpoint are already in
+    MLflow when the restarted attempt runs them again."""
+    log = open(root.parent / f"{root.name}-worker-kill.log", "w")
+    cmd = sweep_cmd(root, address, cache, "sweep.num_trials=1", f"sweep.ray.num_workers={workers}")
+    driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    steps = lambda: [e.get("step", 0) for e in record(root).get("trials", {}).values()]  # noqa: E731
+    find = train_workers if workers > 1 else inline_trials
+    wait_for(lambda: any(s >= at_step for s in steps()) and find(), 400, driver)
+    time.sleep(delay_s)
+    workers = find()
+    if not workers:
+        driver.kill()
+        raise RuntimeError(f"the trial ended within {delay_s} s of its step-{at_step} report, before a worker could be "
+                           "killed: lower delay_s")
+    os.kill(workers[-1], signal.SIGKILL)
+    logged = max(_logged_loss_steps(root), default=0)
+    rc = driver.wait(timeout=600)
+    return {"rc": rc, "logged_before_kill": logged, **_trial_facts(root), **audit(root), "log": log.name}
+
+
+def _trial_facts(root: Path) -> dict[str, Any]:
+    state = record(root)
+    client, exp = _store(root)
+    out: dict[str, Any] = {"status": state.get("status"), "trials": state.get("trials", {})}
+    for run in client.search_runs([exp], "tags.`switchsweep.role` = 'trial'"):
+        tid = run.data.tags["switchsweep.trial_id"]
+        loop = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loop_s")}
+        resumed = run.data.tags.get("switchsweep.resumed_from_step")
+        out["trials"].setdefault(tid, {}).update(
+            mlflow_status=run.info.status, resumed_from=int(resumed) if resumed else None, loop_s_history=loop,
+            end_time=run.info.end_time, checkpoint=run.data.tags.get("switchsweep.checkpoint"),
+            artifacts=sorted(a.path for a in client.list_artifacts(run.info.run_id)))
+    return out
+
+
+def worker_kill_survived(r: dict[str, Any]) -> bool:
+    (t,) = r["trials"].values()
+    resumed = t.get("resumed_from")
+    return (r["rc"] == 0 and t["status"] == "finished" and t["step"] == STEPS and t.get("attempt") == 2
+            and resumed is not None and t["loop_s"] > t["loop_s_history"].get(resumed, float("inf"))
+            and r["duplicates"] == 0 and r["lost"] == 0)
+
+
+def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str, Any]:
+    """SIGKILL the driver of a 2-configuration sweep once its first trial is over and its second has
+    reported a checkpoint; a second driver is refused while `--resume` finishes the sweep."""
+    log = open(root.parent / f"{root.name}-driver-kill.log", "w")
+    cmd = sweep_cmd(root, address, cache, "sweep.num_trials=2", "sweep.ray.num_workers=1")
+
+    def second_under_way() -> bool:
+        entries = list(record(root).get("trials", {}).values())
+        return (any(e.get("status") == "finished" for e in entries)
+                and any(e.get("status") == "running" and e.get("step", 0) >= EVAL_EVERY for e in entries))
+
+    driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    wait_for(second_under_way, 600, driver)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    before = _trial_facts(root)
+    sweep_dir = next((root / "sweeps" / "design_space").iterdir())
+    from switchsweep.platform import sweep_state
+    from switchsweep.platform.sweep_dir import SweepDir
+
+    status_after_kill = sweep_state.status(sweep_dir)
+    resumed = subprocess.Popen([*cmd, "--resume"], stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    lock = SweepDir(sweep_dir).lock
+    wait_for(lambda: lock.is_file() and f"pid {resumed.pid} " in lock.read_text(), 120, resumed)
+    second = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=ENV, timeout=120)
+    rc = resumed.wait(timeout=600)
+    after = _trial_facts(root)
+    return {"rc": rc, "status_after_kill": status_after_kill, "second_driver": (second.returncode, second.stderr),
+            "before": before, **after, **audit(root), "log": log.name}
+
+
+def driver_kill_survived(r: dict[str, Any]) -> bool:
+    over = {t: e for t, e in r["before"]["trials"].items() if e.get("status") == "finished"}
+    unchanged = all(r["trials"][t]["end_time"] == e["end_time"] and r["trials"][t]["wall_s"] == e["wall_s"]
+                    for t, e in over.items())
+    interrupted = [t for t in r["trials"] if t not in over]
+    return (r["rc"] == 0 and r["status"] == "finished" and r["status_after_kill"] == "interrupted"
+            and r["second_driver"][0] == 2 and len(over) == 1 and unchanged and r["trial_runs"] == 2 and r["runs"] == 3
+            and all(r["trials"][t]["resumed_from"] and r["trials"][t]["step"] == STEPS for t in interrupted)
+            and r["duplicates"] == 0 and r["lost"] == 0)
