@@ -39,13 +39,20 @@ def main(argv: list[str] | None = None) -> None:
     net = build_feature_net(cfg.eval, device)  # the digits classifier from eval.cache_dir (trained once)
     gen = torch.Generator(device=device).manual_seed(0)
     labels = torch.randint(0, cfg.data.num_classes, (args.samples,), generator=gen, device=device)
-    print(f"eval throughput, model={args.model} device={device} samples={args.samples} batch={args.batch} cfg={args.cfg_scale}")
-    print(f"{'sampler':<8}{'steps':>6}{'sample img/s':>14}{'feature img/s':>15}{'total img/s':>13}{'sampling share':>16}")
+    print(
+        f"eval throughput, model={args.model} device={device} samples={args.samples} batch={args.batch} "
+        f"cfg={args.cfg_scale}"
+    )
+    print(
+        f"{'sampler':<8}{'steps':>6}{'sample img/s':>14}{'feature img/s':>15}{'total img/s':>13}{'sampling share':>16}"
+    )
     for sampler, steps in (("ddim", args.steps), ("ddpm", args.steps)):
         t_sample = t_embed = 0.0
         for batch in labels.split(args.batch):
             start = time.perf_counter()
-            images = sample_images(model, diffusion, batch, sampler=sampler, steps=steps, cfg_scale=args.cfg_scale, generator=gen)
+            images = sample_images(
+                model, diffusion, batch, sampler=sampler, steps=steps, cfg_scale=args.cfg_scale, generator=gen
+            )
             if device.type == "cuda":
                 torch.cuda.synchronize()
             mid = time.perf_counter()
@@ -53,8 +60,10 @@ def main(argv: list[str] | None = None) -> None:
             t_sample += mid - start
             t_embed += time.perf_counter() - mid
         n = args.samples
-        print(f"{sampler:<8}{steps:>6}{n / t_sample:>14.1f}{n / t_embed:>15.1f}{n / (t_sample + t_embed):>13.1f}"
-              f"{t_sample / (t_sample + t_embed):>15.1%}")
+        print(
+            f"{sampler:<8}{steps:>6}{n / t_sample:>14.1f}{n / t_embed:>15.1f}{n / (t_sample + t_embed):>13.1f}"
+            f"{t_sample / (t_sample + t_embed):>15.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -44,17 +44,26 @@ def main() -> None:
             ok = worker_kill_survived(r)
             (t,) = r["trials"].values()
             rows.append(ok)
-            print(f"{kind} kill {i % args.kills + 1}: {'survived' if ok else 'FAILED'}  killed with steps up to {r['logged_before_kill']} "
-                  f"in MLflow, resumed from {t.get('resumed_from')}, ended at {t['step']} after {t.get('attempt')} attempts, "
-                  f"loop_s {t['loop_s']:.1f} (all attempts), overhead {t.get('overhead_s', float('nan')):.1f} s; "
-                  f"points {r['points']}, duplicates {r['duplicates']}, lost {r['lost']}", flush=True)
+            print(
+                f"{kind} kill {i % args.kills + 1}: {'survived' if ok else 'FAILED'}  killed with steps up to "
+                f"{r['logged_before_kill']} "
+                f"in MLflow, resumed from {t.get('resumed_from')}, ended at {t['step']} after {t.get('attempt')} "
+                "attempts, "
+                f"loop_s {t['loop_s']:.1f} (all attempts), overhead {t.get('overhead_s', float('nan')):.1f} s; "
+                f"points {r['points']}, duplicates {r['duplicates']}, lost {r['lost']}",
+                flush=True,
+            )
         d = driver_kill(work / "driver", address)
         d_ok = driver_kill_survived(d)
-        print(f"driver kill: {'survived' if d_ok else 'FAILED'}  second driver refused: exit {d['second_driver'][0]} "
-              f"({d['second_driver'][1].strip()[:100]}); MLflow runs {d['runs']} (1 parent + {d['trial_runs']} trials); "
-              f"points {d['points']}, duplicates {d['duplicates']}, lost {d['lost']}")
-        print(f"\nkills survived: {sum(rows)}/{len(rows)} (goal {len(rows)}/{len(rows)}); driver kill resumed: "
-              f"{'yes' if d_ok else 'no'}; logs under {work}")
+        print(
+            f"driver kill: {'survived' if d_ok else 'FAILED'}  second driver refused: exit {d['second_driver'][0]} "
+            f"({d['second_driver'][1].strip()[:100]}); MLflow runs {d['runs']} (1 parent + {d['trial_runs']} trials); "
+            f"points {d['points']}, duplicates {d['duplicates']}, lost {d['lost']}"
+        )
+        print(
+            f"\nkills survived: {sum(rows)}/{len(rows)} (goal {len(rows)}/{len(rows)}); driver kill resumed: "
+            f"{'yes' if d_ok else 'no'}; logs under {work}"
+        )
     finally:
         stop_head(head)
     sys.exit(0 if all(rows) and d_ok else 1)

@@ -57,16 +57,35 @@ def kernel_tests(workdir: Path) -> dict:
     report = workdir / "kernel-tests.xml"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-                          f"--junitxml={report}", *KERNEL_TESTS], cwd=ROOT, env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not slow",
+            f"--junitxml={report}",
+            *KERNEL_TESTS,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     if not report.is_file():
         return {"ok": False, "error": (run.stdout + run.stderr).strip().splitlines()[-1:], "seconds": seconds}
     suite = ET.parse(report).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-    failed = [f"{case.get('classname')}::{case.get('name')}" for case in suite.iter("testcase")
-              if case.find("failure") is not None or case.find("error") is not None]
+    failed = [
+        f"{case.get('classname')}::{case.get('name')}"
+        for case in suite.iter("testcase")
+        if case.find("failure") is not None or case.find("error") is not None
+    ]
     return {"ok": run.returncode == 0, **counts, "failed": failed, "seconds": round(seconds, 1)}
 
 
@@ -134,8 +153,16 @@ def numerics(device: str) -> dict:
         for case in NUMERIC_CASES:
             gaps = op_gaps(case, precision, device)
             worst = max(gaps.values())
-            rows.append({"precision": precision, "case": case, "max_gap": worst, "tolerance": TOLERANCE[precision],
-                         "ok": worst <= TOLERANCE[precision], "gaps": gaps})
+            rows.append(
+                {
+                    "precision": precision,
+                    "case": case,
+                    "max_gap": worst,
+                    "tolerance": TOLERANCE[precision],
+                    "ok": worst <= TOLERANCE[precision],
+                    "gaps": gaps,
+                }
+            )
     return {"ok": all(r["ok"] for r in rows), "rows": rows}
 
 
@@ -147,7 +174,10 @@ def models(device: str) -> dict:
     from switchsweep.platform.config import Config
 
     rows = []
-    shapes = {"tiny": dict(image_size=8, channels=1, num_classes=10), "S": dict(image_size=32, channels=4, num_classes=1000)}
+    shapes = {
+        "tiny": dict(image_size=8, channels=1, num_classes=10),
+        "S": dict(image_size=32, channels=4, num_classes=1000),
+    }
     for size, shape in shapes.items():
         for name in ("switch_dit", "dit_moe"):
             cfg = Config()
@@ -162,8 +192,16 @@ def models(device: str) -> dict:
             with matmul_precision("fp32"):
                 gaps = kernel_path_gaps(model, x, t, y)
             worst = max(gaps, key=gaps.get)
-            rows.append({"model": f"{name} {size}/2", "parameters": len(gaps) - 1, "max_gap": gaps[worst], "worst": worst,
-                         "tolerance": MODEL_TOLERANCE, "ok": gaps[worst] <= MODEL_TOLERANCE})
+            rows.append(
+                {
+                    "model": f"{name} {size}/2",
+                    "parameters": len(gaps) - 1,
+                    "max_gap": gaps[worst],
+                    "worst": worst,
+                    "tolerance": MODEL_TOLERANCE,
+                    "ok": gaps[worst] <= MODEL_TOLERANCE,
+                }
+            )
     return {"ok": all(r["ok"] for r in rows), "rows": rows}
 
 
@@ -186,18 +224,40 @@ def steps(batch: int = 32, rounds: int = 5, per_round: int = 10) -> dict:
         samples = interleaved(trainers, per_round, rounds)
     ms = {name: statistics.median(s) * 1e3 for name, s in samples.items()}
     precision = trainers["dit"].cfg.train.precision
-    return {"ok": True, "batch": batch, "precision": precision, "ms_per_step": ms, "ratio": ms["switch_dit"] / ms["dit"]}
+    return {
+        "ok": True,
+        "batch": batch,
+        "precision": precision,
+        "ms_per_step": ms,
+        "ratio": ms["switch_dit"] / ms["dit"],
+    }
 
 
 def sweep(workdir: Path) -> dict:
     """A 2-trial design-space sweep with train.device=cuda, read back from its MLflow store."""
     missing = [m for m in ("ray", "mlflow", "optuna", "hydra") if importlib.util.find_spec(m) is None]
     if missing:
-        return {"ok": True, "skipped": f"{', '.join(missing)} not installed here: the sweep needs the full install "
-                                      "(make install, as on a cluster GPU node)"}
+        return {
+            "ok": True,
+            "skipped": f"{', '.join(missing)} not installed here: the sweep needs the full install "
+            "(make install, as on a cluster GPU node)",
+        }
     root = workdir / "sweep"
-    cmd = [sys.executable, "-m", "switchsweep", "sweep", "sweep=design_space", "sweep.num_trials=2", "sweep.baseline=none",
-           "sweep.asha=false", "train.device=cuda", "sweep.ray.use_gpu=true", "train.steps=150", "sweep.eval_every=150", f"sweep.root={root}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "switchsweep",
+        "sweep",
+        "sweep=design_space",
+        "sweep.num_trials=2",
+        "sweep.baseline=none",
+        "sweep.asha=false",
+        "train.device=cuda",
+        "sweep.ray.use_gpu=true",
+        "train.steps=150",
+        "sweep.eval_every=150",
+        f"sweep.root={root}",
+    ]
     start = time.perf_counter()
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=420)
     seconds = time.perf_counter() - start
@@ -216,25 +276,38 @@ def sweep(workdir: Path) -> dict:
 def _lines(part: str, r: dict) -> list[str]:
     """The table's lines of one part's result."""
     if part == "tests":
-        return [f"kernel tests, compiled {'ok' if r['ok'] else 'FAILED'}: {r.get('tests', 0)} run, "
-                f"{r.get('failures', 0) + r.get('errors', 0)} failed, {r.get('skipped', 0)} skipped, {r['seconds']} s "
-                + " ".join(r.get("failed", []) + r.get("error", []))]
+        return [
+            f"kernel tests, compiled {'ok' if r['ok'] else 'FAILED'}: {r.get('tests', 0)} run, "
+            f"{r.get('failures', 0) + r.get('errors', 0)} failed, {r.get('skipped', 0)} skipped, {r['seconds']} s "
+            + " ".join(r.get("failed", []) + r.get("error", []))
+        ]
     if "error" in r:
         return [f"{part} FAILED: {' '.join(r['error'])}"]
     if part == "numerics":
-        return [f"numerics {x['precision']:<5} {x['case']:<46} gap {x['max_gap']:.1e} (tol {x['tolerance']:.0e}) "
-                f"{'ok' if x['ok'] else 'FAILED'}" for x in r["rows"]]
+        return [
+            f"numerics {x['precision']:<5} {x['case']:<46} gap {x['max_gap']:.1e} (tol {x['tolerance']:.0e}) "
+            f"{'ok' if x['ok'] else 'FAILED'}"
+            for x in r["rows"]
+        ]
     if part == "models":
-        return [f"model through Triton {x['model']:<16} gap {x['max_gap']:.1e} ({x['worst']}; tol {x['tolerance']:.0e}) "
-                f"{'ok' if x['ok'] else 'FAILED'}" for x in r["rows"]]
+        return [
+            f"model through Triton {x['model']:<16} gap {x['max_gap']:.1e} ({x['worst']}; tol {x['tolerance']:.0e}) "
+            f"{'ok' if x['ok'] else 'FAILED'}"
+            for x in r["rows"]
+        ]
     if part == "kernels":
-        return [f"P1 {x['op']:<13} {x['shape']:<26} fwd+bwd {x['median_ms']:.3f} ms: {x['speedup_vs_loop']:.2f}x the "
-                f"per-expert loop, {x['speedup_vs_dense']:.2f}x dense, {x['pct_of_mm']:.0f}% of same-FLOP mm"
-                for x in r["rows"] if x["variant"] == "triton"]
+        return [
+            f"P1 {x['op']:<13} {x['shape']:<26} fwd+bwd {x['median_ms']:.3f} ms: {x['speedup_vs_loop']:.2f}x the "
+            f"per-expert loop, {x['speedup_vs_dense']:.2f}x dense, {x['pct_of_mm']:.0f}% of same-FLOP mm"
+            for x in r["rows"]
+            if x["variant"] == "triton"
+        ]
     if part == "steps":
         ms = r["ms_per_step"]
-        return [f"P2 S/2 step ({r['precision']}, batch {r['batch']}): DiT {ms['dit']:.2f} ms, Switch-DiT "
-                f"{ms['switch_dit']:.2f} ms, {r['ratio']:.3f}x"]
+        return [
+            f"P2 S/2 step ({r['precision']}, batch {r['batch']}): DiT {ms['dit']:.2f} ms, Switch-DiT "
+            f"{ms['switch_dit']:.2f} ms, {r['ratio']:.3f}x"
+        ]
     if "skipped" in r:
         return [f"sweep on cuda skipped: {r['skipped']}"]
     return [f"sweep on cuda {'ok' if r['ok'] else 'FAILED'}: {r['trials']} in {r['seconds']} s"]
@@ -253,21 +326,39 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         workdir = Path(tmp)
-        steps_of = {"tests": lambda: kernel_tests(workdir), "numerics": lambda: numerics("cuda"),
-                    "models": lambda: models("cuda"), "kernels": kernels, "steps": steps, "sweep": lambda: sweep(workdir)}
+        steps_of = {
+            "tests": lambda: kernel_tests(workdir),
+            "numerics": lambda: numerics("cuda"),
+            "models": lambda: models("cuda"),
+            "kernels": kernels,
+            "steps": steps,
+            "sweep": lambda: sweep(workdir),
+        }
         for part in args.parts:
             t0 = time.perf_counter()
             try:
                 results[part] = steps_of[part]()
             except Exception as e:  # one part's failure is a figure of the check; the others still run
-                results[part] = {"ok": False, "error": [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"]}
+                results[part] = {
+                    "ok": False,
+                    "error": [f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"],
+                }
             results[part].setdefault("seconds", round(time.perf_counter() - t0, 1))
-            print(f"gpu-check: {part} {'ok' if results[part]['ok'] else 'FAILED'} in {results[part]['seconds']} s", flush=True)
+            print(
+                f"gpu-check: {part} {'ok' if results[part]['ok'] else 'FAILED'} in {results[part]['seconds']} s",
+                flush=True,
+            )
     import triton
 
-    record = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
-              "torch": torch.__version__, "triton": triton.__version__, "python": sys.version.split()[0],
-              "seconds": round(time.perf_counter() - started, 1), "results": results}
+    record = {
+        "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": sys.version.split()[0],
+        "seconds": round(time.perf_counter() - started, 1),
+        "results": results,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"gpu-check-{record['date']}.json"
     path.write_text(json.dumps(record, indent=1, default=float) + "\n")

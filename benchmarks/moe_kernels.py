@@ -28,15 +28,14 @@ import argparse
 import csv
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from benchmarks.args import positive_int
-from switchsweep.kernels.compile_report import print_report
-
 from switchsweep.kernels import sample_routed_linear, token_routed_linear
+from switchsweep.kernels.compile_report import print_report
 from switchsweep.kernels.reference import sample_routed_linear_reference, token_routed_linear_reference
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32, "fp32": torch.float32}
@@ -113,6 +112,7 @@ def _mode(fn, inputs, grads_of, mode: str):
     """The callable that times `mode`: forward, backward (on one forward graph, built here and kept)
     or forward+backward."""
     if mode == "forward":
+
         def run():
             with torch.no_grad():
                 return fn(*inputs)
@@ -123,9 +123,11 @@ def _mode(fn, inputs, grads_of, mode: str):
         def run():
             torch.autograd.grad(out, grads_of, seed, retain_graph=True)
     else:
+
         def run():
             y = fn(*inputs)
             torch.autograd.grad(y, grads_of, torch.ones_like(y))
+
     return run
 
 
@@ -137,7 +139,7 @@ def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, dev
     for mode in modes:
         useful = flops[mode]
         repeat = max(1, round(useful / mm_flops))
-        ceiling = _time(lambda: [torch.mm(a, w) for _ in range(repeat)], device, reps)
+        ceiling = _time(lambda: [torch.mm(a, w) for _ in range(repeat)], device, reps)  # noqa: B023 - called here
         results = {}
         for name, fn in variants.items():
             try:
@@ -150,15 +152,34 @@ def bench_case(rows, op, shape, variants, inputs, grads_of, flops, mm_shape, dev
             results[name] = t
         base = results.get("official", results.get("loop"))
         for name, t in results.items():
-            rows.append({
-                "dtype": dtype_name, "op": op, "shape": shape, "mode": mode, "variant": name, "median_ms": t * 1e3,
-                "tflops": useful / t / 1e12, "pct_of_mm": 100 * ceiling / t,
-                "speedup_vs_loop": base / t if base else float("nan"),
-                "speedup_vs_dense": results["dense"] / t if "dense" in results else float("nan"),
-            })
-        rows.append({"dtype": dtype_name, "op": op, "shape": shape, "mode": mode, "variant": "mm", "median_ms": ceiling * 1e3,
-                     "tflops": useful / ceiling / 1e12, "pct_of_mm": 100.0,
-                     "speedup_vs_loop": base / ceiling if base else float("nan"), "speedup_vs_dense": float("nan")})
+            rows.append(
+                {
+                    "dtype": dtype_name,
+                    "op": op,
+                    "shape": shape,
+                    "mode": mode,
+                    "variant": name,
+                    "median_ms": t * 1e3,
+                    "tflops": useful / t / 1e12,
+                    "pct_of_mm": 100 * ceiling / t,
+                    "speedup_vs_loop": base / t if base else float("nan"),
+                    "speedup_vs_dense": results["dense"] / t if "dense" in results else float("nan"),
+                }
+            )
+        rows.append(
+            {
+                "dtype": dtype_name,
+                "op": op,
+                "shape": shape,
+                "mode": mode,
+                "variant": "mm",
+                "median_ms": ceiling * 1e3,
+                "tflops": useful / ceiling / 1e12,
+                "pct_of_mm": 100.0,
+                "speedup_vs_loop": base / ceiling if base else float("nan"),
+                "speedup_vs_dense": float("nan"),
+            }
+        )
 
 
 def _bench_dtype(rows, dtype_name, cuda, device, reps, quick, modes):
@@ -189,9 +210,20 @@ def _bench_dtype(rows, dtype_name, cuda, device, reps, quick, modes):
                 variants["grouped"] = grouped_mm_op1
             variants["triton"] = sample_routed_linear
         fwd = 2 * b * l * d * d
-        bench_case(rows, "sample_routed", f"B={b} L={l} D={d} {routing}", variants, (z, weight, bias, idx, gates),
-                   (z, weight, bias, gates), {"forward": fwd, "backward": 2 * fwd, "forward+backward": 3 * fwd},
-                   (b * l, d, d), device, reps, dtype_name, modes)
+        bench_case(
+            rows,
+            "sample_routed",
+            f"B={b} L={l} D={d} {routing}",
+            variants,
+            (z, weight, bias, idx, gates),
+            (z, weight, bias, gates),
+            {"forward": fwd, "backward": 2 * fwd, "forward+backward": 3 * fwd},
+            (b * l, d, d),
+            device,
+            reps,
+            dtype_name,
+            modes,
+        )
     m, k = 8, 2
     for t, d in shapes2:
         f = d  # one projection D -> D per call (a SwiGLU expert is three of these)
@@ -203,13 +235,28 @@ def _bench_dtype(rows, dtype_name, cuda, device, reps, quick, modes):
         if cuda:
             variants["triton"] = token_routed_linear
         fwd = 2 * k * t * d * f
-        bench_case(rows, "token_routed", f"T={t} D={d} M={m} k={k}", variants, (x, weight, idx, gates),
-                   (x, weight, gates), {"forward": fwd, "backward": 2 * fwd, "forward+backward": 3 * fwd},
-                   (k * t, d, f), device, reps, dtype_name, modes)
+        bench_case(
+            rows,
+            "token_routed",
+            f"T={t} D={d} M={m} k={k}",
+            variants,
+            (x, weight, idx, gates),
+            (x, weight, gates),
+            {"forward": fwd, "backward": 2 * fwd, "forward+backward": 3 * fwd},
+            (k * t, d, f),
+            device,
+            reps,
+            dtype_name,
+            modes,
+        )
 
 
-def run(dtypes: list[str], quick: bool = False, reps: int | None = None,
-        modes: tuple[str, ...] = ("forward", "backward", "forward+backward")) -> list[dict]:
+def run(
+    dtypes: list[str],
+    quick: bool = False,
+    reps: int | None = None,
+    modes: tuple[str, ...] = ("forward", "backward", "forward+backward"),
+) -> list[dict]:
     """Every case of every dtype, one row per (case, mode, variant); prints nothing."""
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -225,16 +272,22 @@ def run(dtypes: list[str], quick: bool = False, reps: int | None = None,
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"{'dtype':<5} {'op':<13} {'shape':<26} {'mode':<17} {'variant':<10} {'ms':>9} {'TFLOP/s':>8} {'% mm':>6} {'x loop':>7} {'x dense':>7}")
+    print(
+        f"{'dtype':<5} {'op':<13} {'shape':<26} {'mode':<17} {'variant':<10} {'ms':>9} {'TFLOP/s':>8} {'% mm':>6} "
+        f"{'x loop':>7} {'x dense':>7}"
+    )
     for r in rows:
-        print(f"{r['dtype']:<5} {r['op']:<13} {r['shape']:<26} {r['mode']:<17} {r['variant']:<10} {r['median_ms']:>9.3f} "
-              f"{r['tflops']:>8.2f} {r['pct_of_mm']:>6.1f} {r['speedup_vs_loop']:>7.2f} {r['speedup_vs_dense']:>7.2f}")
+        print(
+            f"{r['dtype']:<5} {r['op']:<13} {r['shape']:<26} {r['mode']:<17} {r['variant']:<10} {r['median_ms']:>9.3f} "
+            f"{r['tflops']:>8.2f} {r['pct_of_mm']:>6.1f} {r['speedup_vs_loop']:>7.2f} {r['speedup_vs_dense']:>7.2f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=None,
-                        help="default: bf16 and tf32 on a GPU, fp32 on a CPU")
+    parser.add_argument(
+        "--dtype", nargs="+", choices=list(DTYPES), default=None, help="default: bf16 and tf32 on a GPU, fp32 on a CPU"
+    )
     parser.add_argument("--csv", type=Path, default=Path("runs/bench/moe_kernels.csv"))
     parser.add_argument("--quick", action="store_true", help="one shape per op")
     parser.add_argument("--reps", type=positive_int, default=None)

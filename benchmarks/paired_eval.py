@@ -2,7 +2,8 @@
 
 Two fixed checkpoints, a DiT and a Switch-DiT (M=3, k=2), trained as in `sweep=paper_check` (900 steps on
 the digits), are evaluated at the in-sweep sampling cost (samples x DDIM steps of about 6,000; KID over 20
-subsets holding every generated sample and as many real ones) under several evaluation seeds. Per model it prints KID's spread over the seeds against
+subsets holding every generated sample and as many real ones) under several evaluation seeds. Per model
+it prints KID's spread over the seeds against
 the two noise figures an evaluation reports, `kid_se` (the bootstrap standard error over the generated
 samples) and `kid_subset_sd` (the spread over real subsets); then the spread of the difference
 Switch-DiT - DiT when both use the same seed (paired: the same labels and initial noise, as every trial
@@ -44,8 +45,17 @@ BUDGETS = [(500, 12), (250, 25), (125, 50)]
 def checkpoint(name: str, folder: Path, steps: int) -> Path:
     path = folder / name / "ckpt.pt"
     if not path.is_file():
-        cfg = load_config([*MODELS[name], "data=digits", f"train.steps={steps}", f"train.out_dir={path.parent}",
-                           "train.progress=false", "sample.per_class=0", "train.device=cpu"])
+        cfg = load_config(
+            [
+                *MODELS[name],
+                "data=digits",
+                f"train.steps={steps}",
+                f"train.out_dir={path.parent}",
+                "train.progress=false",
+                "sample.per_class=0",
+                "train.device=cpu",
+            ]
+        )
         train(cfg)
     return path
 
@@ -74,25 +84,43 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     loaded = {name: load(checkpoint(name, folder, args.steps)) for name in MODELS}
     trained = time.perf_counter() - start
-    base_eval = load_config(["eval.num_samples=250", "eval.batch_size=250", "eval.steps=25", "eval.kid_subset_size=250",
-                             "eval.kid_subsets=20", "eval.device=cpu", "eval.sampler=ddim"]).eval
+    base_eval = load_config(
+        [
+            "eval.num_samples=250",
+            "eval.batch_size=250",
+            "eval.steps=25",
+            "eval.kid_subset_size=250",
+            "eval.kid_subsets=20",
+            "eval.device=cpu",
+            "eval.sampler=ddim",
+        ]
+    ).eval
     results: dict[tuple[int, int], dict[str, list[dict[str, float]]]] = {}
     for samples, steps in BUDGETS:
         # KID's subsets hold every generated sample, as the sweep's do: only the real side is subsampled.
-        e = dataclasses.replace(base_eval, num_samples=samples, batch_size=samples, steps=steps, kid_subset_size=samples)
+        e = dataclasses.replace(
+            base_eval, num_samples=samples, batch_size=samples, steps=steps, kid_subset_size=samples
+        )
         results[samples, steps] = {
-            name: [evaluate_model(model, diffusion, cfg.data, dataclasses.replace(e, seed=s), torch.device("cpu"))[0]
-                   for s in range(args.seeds)]
-            for name, (model, diffusion, cfg) in loaded.items()}
-    print(f"checkpoints: {args.steps} steps each ({trained:.0f} s here, in {folder}); {args.seeds} evaluation seeds; "
-          f"{time.perf_counter() - start:.0f} s in all\n")
+            name: [
+                evaluate_model(model, diffusion, cfg.data, dataclasses.replace(e, seed=s), torch.device("cpu"))[0]
+                for s in range(args.seeds)
+            ]
+            for name, (model, diffusion, cfg) in loaded.items()
+        }
+    print(
+        f"checkpoints: {args.steps} steps each ({trained:.0f} s here, in {folder}); {args.seeds} evaluation seeds; "
+        f"{time.perf_counter() - start:.0f} s in all\n"
+    )
     print("| samples x DDIM steps | model | KID mean | sd over eval seeds | mean kid_se | mean kid_subset_sd |")
     print("|---|---|---|---|---|---|")
     for (samples, steps), by_model in results.items():
         for name, runs in by_model.items():
             kid = [r["kid"] for r in runs]
-            print(f"| {samples} x {steps} | {name} | {np.mean(kid):.4g} | {sd(kid):.3g} | "
-                  f"{np.mean([r['kid_se'] for r in runs]):.3g} | {np.mean([r['kid_subset_sd'] for r in runs]):.3g} |")
+            print(
+                f"| {samples} x {steps} | {name} | {np.mean(kid):.4g} | {sd(kid):.3g} | "
+                f"{np.mean([r['kid_se'] for r in runs]):.3g} | {np.mean([r['kid_subset_sd'] for r in runs]):.3g} |"
+            )
     print("\n| samples x DDIM steps | difference | mean | sd paired (same seed) | sd unpaired (other seed) |")
     print("|---|---|---|---|---|")
     a, b = list(MODELS)[1], list(MODELS)[0]
@@ -100,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
         ka, kb = [r["kid"] for r in by_model[a]], [r["kid"] for r in by_model[b]]
         paired = [x - y for x, y in zip(ka, kb)]
         unpaired = [x - y for x, y in zip(ka, kb[1:] + kb[:1])]  # seed s against seed s + 1
-        print(f"| {samples} x {steps} | KID {a} - {b} | {np.mean(paired):.4g} | {sd(paired):.3g} | {sd(unpaired):.3g} |")
+        print(
+            f"| {samples} x {steps} | KID {a} - {b} | {np.mean(paired):.4g} | {sd(paired):.3g} | {sd(unpaired):.3g} |"
+        )
 
 
 if __name__ == "__main__":

@@ -37,12 +37,18 @@ def verdict(a: Ranked, b: Ranked) -> str:
 def report(root: Path, sweep_id: str | None) -> str:
     ranking = rank_trials(Tracker(default_tracking_uri(root)), "paper_check", sweep_id)
     by_design = {variant_label(r.params): r for r in ranking.ranked}
-    lines = [f"sweep {ranking.sweep_id}: KID x 1000 after {min(r.steps for r in ranking.ranked)} steps, "
-             f"mean +- sd over seeds [95% interval]", "",
-             "| design | seeds | KID mean +- sd | 95% interval | per seed |", "|---|---|---|---|---|"]
+    lines = [
+        f"sweep {ranking.sweep_id}: KID x 1000 after {min(r.steps for r in ranking.ranked)} steps, "
+        f"mean +- sd over seeds [95% interval]",
+        "",
+        "| design | seeds | KID mean +- sd | 95% interval | per seed |",
+        "|---|---|---|---|---|",
+    ]
     for r in ranking.ranked:
         per_seed = ", ".join(f"{v:.4g}" for v in r.values)
-        lines.append(f"| {variant_label(r.params)} | {r.seeds} | {r.value:.4g} +- {r.std:.2g} | {value_text(r)} | {per_seed} |")
+        lines.append(
+            f"| {variant_label(r.params)} | {r.seeds} | {r.value:.4g} +- {r.std:.2g} | {value_text(r)} | {per_seed} |"
+        )
     lines.append("")
     for a, b in ORDERINGS:
         if a in by_design and b in by_design:
@@ -52,7 +58,9 @@ def report(root: Path, sweep_id: str | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, help="report the paper_check sweep under this sweep.root instead of running one")
+    parser.add_argument(
+        "--root", type=Path, help="report the paper_check sweep under this sweep.root instead of running one"
+    )
     parser.add_argument("--id", help="the sweep id (default: the latest)")
     parser.add_argument("overrides", nargs="*", help="sweep overrides (after --)")
     args = parser.parse_args()
@@ -60,7 +68,13 @@ def main() -> None:
         print(report(args.root.resolve(), args.id))
         return
     root = Path(tempfile.mkdtemp(prefix="switchsweep-paper-check-"))
-    cmd = [str(Path(sys.executable).parent / "switchsweep"), "sweep", "sweep=paper_check", f"sweep.root={root}", *args.overrides]
+    cmd = [
+        str(Path(sys.executable).parent / "switchsweep"),
+        "sweep",
+        "sweep=paper_check",
+        f"sweep.root={root}",
+        *args.overrides,
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     total = time.perf_counter() - start

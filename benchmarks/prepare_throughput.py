@@ -32,12 +32,25 @@ from switchsweep.trainers.latents import vae_config, vae_config_hash, write_mani
 from switchsweep.trainers.loop import Trainer
 from switchsweep.trainers.prepare import prepare
 
-SD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-              up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4, norm_num_groups=32,
-              sample_size=256, scaling_factor=0.18215)
-TINY_VAE = dict(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4, norm_num_groups=8,
-                sample_size=16)
+SD_VAE = dict(
+    block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=256,
+    scaling_factor=0.18215,
+)
+TINY_VAE = dict(
+    block_out_channels=(8, 16),
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=16,
+)
 
 
 def _photos(root: Path, n: int, classes: int = 4) -> Path:
@@ -81,11 +94,28 @@ def loader_vs_step(tmp: Path, batch: int, rows: int = 4096, step_batch: int = 8)
     (out / "shards").mkdir(parents=True)
     vae = _vae(tmp / "loader-vae", TINY_VAE)
     rng = np.random.default_rng(0)
-    entries = [write_shard(out, i, rng.standard_normal((512, 4, 32, 32)).astype(np.float16),
-                           rng.integers(0, 1000, 512).astype(np.int64), 1000) for i in range(rows // 512)]
-    plan = {"format": 1, "root": str(tmp), "classes": [str(c) for c in range(1000)], "resolution": 256, "flip": False,
-            "seed": 0, "latent_shape": [4, 32, 32], "scale_factor": 0.18215, "dtype": "float16",
-            "vae": {"path": str(vae), "config_sha256": vae_config_hash(vae_config(vae))}}
+    entries = [
+        write_shard(
+            out,
+            i,
+            rng.standard_normal((512, 4, 32, 32)).astype(np.float16),
+            rng.integers(0, 1000, 512).astype(np.int64),
+            1000,
+        )
+        for i in range(rows // 512)
+    ]
+    plan = {
+        "format": 1,
+        "root": str(tmp),
+        "classes": [str(c) for c in range(1000)],
+        "resolution": 256,
+        "flip": False,
+        "seed": 0,
+        "latent_shape": [4, 32, 32],
+        "scale_factor": 0.18215,
+        "dtype": "float16",
+        "vae": {"path": str(vae), "config_sha256": vae_config_hash(vae_config(vae))},
+    }
     write_manifest(out, plan, entries)
     data = DataConfig(name="latents", path=str(out), image_size=32, channels=4, num_classes=1000, batch_size=batch)
     latents, labels = load_dataset(data)
@@ -99,7 +129,9 @@ def loader_vs_step(tmp: Path, batch: int, rows: int = 4096, step_batch: int = 8)
 
     cfg = Config()
     cfg.model.size, cfg.train.device = "S", "cpu"
-    cfg.data = DataConfig(name="latents", path=str(out), image_size=32, channels=4, num_classes=1000, batch_size=step_batch)
+    cfg.data = DataConfig(
+        name="latents", path=str(out), image_size=32, channels=4, num_classes=1000, batch_size=step_batch
+    )
     cfg.eval.feature_net = "inception"
     trainer = Trainer(cfg)
     trainer.train_step()  # warm-up
@@ -109,17 +141,23 @@ def loader_vs_step(tmp: Path, batch: int, rows: int = 4096, step_batch: int = 8)
         trainer.train_step()
         steps.append(time.perf_counter() - t0)
     per_step = statistics.median(steps)
-    print(f"\nloader (memory-mapped shards, {rows} latents 4x32x32 float16, batch {batch}): "
-          f"{1 / per_batch:,.1f} batches/s, {per_batch / batch * 1e6:,.1f} us/sample")
-    print(f"S/2 Switch-DiT training step (batch {step_batch}, CPU, threads={torch.get_num_threads()}): "
-          f"{per_step / step_batch * 1e3:,.1f} ms/sample")
+    print(
+        f"\nloader (memory-mapped shards, {rows} latents 4x32x32 float16, batch {batch}): "
+        f"{1 / per_batch:,.1f} batches/s, {per_batch / batch * 1e6:,.1f} us/sample"
+    )
+    print(
+        f"S/2 Switch-DiT training step (batch {step_batch}, CPU, threads={torch.get_num_threads()}): "
+        f"{per_step / step_batch * 1e3:,.1f} ms/sample"
+    )
     print(f"loader / step per sample: {per_batch / batch / (per_step / step_batch):.5f}")
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=positive_int, default=64, help="images for the tiny VAE run")
-    ap.add_argument("--sd-images", type=positive_int, default=8, help="images for the SD-VAE run (seconds each on a CPU)")
+    ap.add_argument(
+        "--sd-images", type=positive_int, default=8, help="images for the SD-VAE run (seconds each on a CPU)"
+    )
     ap.add_argument("--batch", type=positive_int, default=256)
     args = ap.parse_args(argv)
     start_ray(RayConfig())
@@ -127,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
         tmp = Path(tmp_name)
         print(f"prepare on this machine (local Ray Data, CPU, threads={torch.get_num_threads()})")
         print(f"{'VAE':<28}{'images':>8}{'px':>6}{'prepare img/s':>15}{'VAE alone img/s':>17}{'fixed cost s':>14}")
-        for name, arch, n, px in (("tiny", TINY_VAE, args.images, 16), ("sd-vae (random weights)", SD_VAE, args.sd_images, 256)):
+        for name, arch, n, px in (
+            ("tiny", TINY_VAE, args.images, 16),
+            ("sd-vae (random weights)", SD_VAE, args.sd_images, 256),
+        ):
             rate, alone, fixed = prepare_rate(tmp, name.split()[0], arch, n, px)
             print(f"{name:<28}{n:>8}{px:>6}{rate:>15.2f}{alone:>17.2f}{fixed:>14.1f}")
         loader_vs_step(tmp, args.batch)

@@ -41,9 +41,17 @@ def commands(root: Path, extra: list[str], tpe_trials: int) -> list[list[str]]:
     common = [f"sweep.root={root}", *SETTINGS, *extra]
     return [
         [exe, "sweep", "sweep=table1", f"sweep.name={GRID}", f"sweep.grid=[{rows}]", *common],
-        [exe, "sweep", "sweep=design_space", f"sweep.name={TPE}", f"sweep.num_trials={tpe_trials}", "sweep.baseline=none",
-         "sweep.space=[{key: model.num_experts, choice: [2, 3, 4, 6]}, {key: model.top_k, fraction_of: model.num_experts}]",
-         *common],
+        [
+            exe,
+            "sweep",
+            "sweep=design_space",
+            f"sweep.name={TPE}",
+            f"sweep.num_trials={tpe_trials}",
+            "sweep.baseline=none",
+            "sweep.space=[{key: model.num_experts, choice: [2, 3, 4, 6]}, {key: model.top_k, fraction_of: "
+            "model.num_experts}]",
+            *common,
+        ],
     ]
 
 
@@ -79,13 +87,22 @@ def report(root: Path) -> str:
     grid, tpe = trajectory(tracker, GRID), trajectory(tracker, TPE)
     grid_first, grid_total = cost_to_reach(grid, threshold)
     tpe_reach, tpe_total = cost_to_reach(tpe, threshold)
-    lines = [f"grid best: {variant_label(best.params)} kid={best.value:.4g} +- {noise:.2g} -> target kid <= {threshold:.4g}",
-             f"grid ({len(grid)} rows): {grid_total} trial-steps to know its best (first row within the target after {grid_first})",
-             "tpe+asha trials in order: " + ", ".join(f"{d} {s} steps kid={k:.4g}{'' if c else ' (stopped)'}" for d, s, c, k in tpe)]
+    lines = [
+        f"grid best: {variant_label(best.params)} kid={best.value:.4g} +- {noise:.2g} -> target kid <= {threshold:.4g}",
+        f"grid ({len(grid)} rows): {grid_total} trial-steps to know its best (first row within the target after "
+        f"{grid_first})",
+        "tpe+asha trials in order: "
+        + ", ".join(f"{d} {s} steps kid={k:.4g}{'' if c else ' (stopped)'}" for d, s, c, k in tpe),
+    ]
     if tpe_reach is None:
-        lines.append(f"tpe+asha ({len(tpe)} trials, {tpe_total} trial-steps): never finished a configuration within the target")
+        lines.append(
+            f"tpe+asha ({len(tpe)} trials, {tpe_total} trial-steps): never finished a configuration within the target"
+        )
     else:
-        lines.append(f"tpe+asha ({len(tpe)} trials, {tpe_total} trial-steps in all): reached the target after {tpe_reach} trial-steps")
+        lines.append(
+            f"tpe+asha ({len(tpe)} trials, {tpe_total} trial-steps in all): reached the target after {tpe_reach} "
+            "trial-steps"
+        )
         lines.append(f"P5 compute ratio, grid / tpe+asha: {grid_total / tpe_reach:.2f}x")
     return "\n".join(lines)
 

@@ -85,11 +85,25 @@ def least_expert_work(batch: int, tokens: int, dim: int, depth: int, reps: int) 
 def random_latents(out: Path, channels: int, size: int, num_classes: int, count: int = 512) -> Path:
     """A prepared-latents folder of `count` random latents with random labels (training speed only)."""
     rng = np.random.default_rng(0)
-    entry = write_shard(out, 0, rng.standard_normal((count, channels, size, size)).astype(np.float16),
-                        rng.integers(0, num_classes, count), num_classes)
-    plan = {"format": FORMAT, "root": "random", "classes": [str(c) for c in range(num_classes)], "resolution": size * 8,
-            "flip": False, "seed": 0, "latent_shape": [channels, size, size], "scale_factor": 1.0, "dtype": "float16",
-            "vae": {"path": "", "config_sha256": ""}}
+    entry = write_shard(
+        out,
+        0,
+        rng.standard_normal((count, channels, size, size)).astype(np.float16),
+        rng.integers(0, num_classes, count),
+        num_classes,
+    )
+    plan = {
+        "format": FORMAT,
+        "root": "random",
+        "classes": [str(c) for c in range(num_classes)],
+        "resolution": size * 8,
+        "flip": False,
+        "seed": 0,
+        "latent_shape": [channels, size, size],
+        "scale_factor": 1.0,
+        "dtype": "float16",
+        "vae": {"path": "", "config_sha256": ""},
+    }
     write_manifest(out, plan, [entry])
     return out
 
@@ -115,8 +129,10 @@ def main(argv: list[str] | None = None) -> None:
         args.floor = False
 
     digits = Config().data
-    shape = {key: getattr(digits, key) if getattr(args, key) is None else getattr(args, key)
-             for key in ("channels", "image_size", "num_classes")}
+    shape = {
+        key: getattr(digits, key) if getattr(args, key) is None else getattr(args, key)
+        for key in ("channels", "image_size", "num_classes")
+    }
     model = Config().model
     model.size = args.size
     try:  # the patch must divide the image, before any data is written
@@ -125,8 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(str(e))
     folder = None
     if any(shape[key] != getattr(digits, key) for key in shape):
-        folder = random_latents(Path(tempfile.mkdtemp(prefix="step-time-")), shape["channels"], shape["image_size"],
-                                shape["num_classes"])
+        folder = random_latents(
+            Path(tempfile.mkdtemp(prefix="step-time-")), shape["channels"], shape["image_size"], shape["num_classes"]
+        )
     try:
         _run(args, device, shape, folder)
     finally:
@@ -134,8 +151,9 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(folder)
 
 
-def build_trainers(names: list[str], size: str, batch: int, device: str, shape: dict[str, int],
-                   folder: Path | None) -> dict[str, Trainer]:
+def build_trainers(
+    names: list[str], size: str, batch: int, device: str, shape: dict[str, int], folder: Path | None
+) -> dict[str, Trainer]:
     """One warmed-up Trainer per name (a model name, or EXPERTS_OFF), on `folder`'s latents if given."""
     trainers = {}
     for name in names:
@@ -172,8 +190,10 @@ def _run(args: argparse.Namespace, device: torch.device, shape: dict[str, int], 
     samples = interleaved(trainers, args.steps, args.rounds, args.floor)
     base = statistics.median(samples["dit"])
     d = trainers["dit"].cfg.data
-    print(f"step time, size={args.size} batch={args.batch} data={d.channels}x{d.image_size}x{d.image_size} "
-          f"classes={d.num_classes} device={device} threads={torch.get_num_threads()}")
+    print(
+        f"step time, size={args.size} batch={args.batch} data={d.channels}x{d.image_size}x{d.image_size} "
+        f"classes={d.num_classes} device={device} threads={torch.get_num_threads()}"
+    )
     print(f"{'model':<20}{'params':>12}{'median ms/step':>16}{'vs DiT':>9}")
     for name, tr in trainers.items():
         med = statistics.median(samples[name])

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from switchsweep.platform import sweep_state
 
-
 # Where a trial's overhead goes, from the times its record keeps (sweeps.trial.PHASES): each phase is
 # (name, start field, end field) or, for rung waits, a duration field.
 PHASES = (
@@ -57,25 +56,38 @@ def summarise(sweep_dir: Path) -> list[dict]:
     trials = sweep_state.load(sweep_dir).get("trials", {})
     rows = [{"trial_id": t, **e} for t, e in sorted(trials.items())]
     names = [name for name, _, _ in PHASES]
-    print(f"{'trial':<10} {'steps':>5} {'wall s':>8} {'loop s':>8} {'overhead s':>10}  " + "".join(f"{n:>15}" for n in names))
+    print(
+        f"{'trial':<10} {'steps':>5} {'wall s':>8} {'loop s':>8} {'overhead s':>10}  "
+        + "".join(f"{n:>15}" for n in names)
+    )
     parts: dict[str, list[float]] = {n: [] for n in names}
     for r in rows:
         phases = breakdown(r)
         for n, v in phases.items():
             parts[n].append(v)
-        print(f"{r['trial_id']:<10} {r['step']:>5} {r.get('wall_s', float('nan')):>8.1f} "
-              f"{r.get('loop_s', float('nan')):>8.1f} {r.get('overhead_s', float('nan')):>10.1f}  "
-              + "".join(f"{phases[n]:>15.1f}" if n in phases else f"{'-':>15}" for n in names))
+        print(
+            f"{r['trial_id']:<10} {r['step']:>5} {r.get('wall_s', float('nan')):>8.1f} "
+            f"{r.get('loop_s', float('nan')):>8.1f} {r.get('overhead_s', float('nan')):>10.1f}  "
+            + "".join(f"{phases[n]:>15.1f}" if n in phases else f"{'-':>15}" for n in names)
+        )
     overheads = [r["overhead_s"] for r in rows if "overhead_s" in r]
     if overheads:
-        print(f"overhead per trial: median {statistics.median(overheads):.1f} s, max {max(overheads):.1f} s "
-              f"over {len(overheads)} trials (goal: median <= 10 s, max <= 14 s)")
+        print(
+            f"overhead per trial: median {statistics.median(overheads):.1f} s, max {max(overheads):.1f} s "
+            f"over {len(overheads)} trials (goal: median <= 10 s, max <= 14 s)"
+        )
         print("median per phase: " + ", ".join(f"{n} {statistics.median(v):.1f} s" for n, v in parts.items() if v))
     # Outside every trial's wall: Tune starting the next trial's process.
     timed = sorted((r for r in rows if "t_trial_start" in r and "t_trial_end" in r), key=lambda r: r["t_trial_start"])
-    gaps = [b["t_trial_start"] - a["t_trial_end"] for a, b in zip(timed, timed[1:]) if b["t_trial_start"] >= a["t_trial_end"]]
+    gaps = [
+        b["t_trial_start"] - a["t_trial_end"]
+        for a, b in zip(timed, timed[1:])
+        if b["t_trial_start"] >= a["t_trial_end"]
+    ]
     if gaps:
-        print(f"from a trial's end to the next one's start: median {statistics.median(gaps):.1f} s, max {max(gaps):.1f} s")
+        print(
+            f"from a trial's end to the next one's start: median {statistics.median(gaps):.1f} s, max {max(gaps):.1f} s"
+        )
     return rows
 
 
@@ -88,7 +100,13 @@ def main() -> None:
         summarise(args.sweep_dir)
         return
     root = Path(tempfile.mkdtemp(prefix="switchsweep-bench-"))
-    cmd = [str(Path(sys.executable).parent / "switchsweep"), "sweep", "sweep=design_space", f"sweep.root={root}", *args.overrides]
+    cmd = [
+        str(Path(sys.executable).parent / "switchsweep"),
+        "sweep",
+        "sweep=design_space",
+        f"sweep.root={root}",
+        *args.overrides,
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     total = time.perf_counter() - start

@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg.train.compile = variant.endswith("compile")
         trainer = Trainer(cfg)
         if variant.startswith("torch"):
-            trainer.optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+            trainer.optimizer = torch.optim.AdamW(
+                trainer.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+            )
         trainer.model.train()
         start = time.perf_counter()
         time_steps(trainer, 2)  # warm-up; the compile happens here

@@ -1,4 +1,5 @@
-"""Command line: `switchsweep train|evaluate|sweep|prepare|export|report|ui|optuna-ui [overrides...]` (Hydra override syntax, e.g. model=dit train.steps=300)."""
+"""Command line: `switchsweep train|evaluate|sweep|prepare|export|report|ui|optuna-ui [overrides...]`
+(Hydra override syntax, e.g. model=dit train.steps=300)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from switchsweep.platform.compose import (load_config, load_data_config, load_eval_config, load_sweep_config,
-                                         override_key, split_override)
+from switchsweep.platform.compose import (
+    load_config,
+    load_data_config,
+    load_eval_config,
+    load_sweep_config,
+    override_key,
+    split_override,
+)
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
 from switchsweep.platform.export import value_text
 from switchsweep.platform.naming import variant_label
@@ -28,7 +35,10 @@ def _train(cfg) -> int:
 
     result = train(cfg)
     stats = result.model_stats
-    print(f"model: {cfg.model.name}, {stats['params'] / 1e6:.3f} M parameters, {stats['gflops']:.4f} GFLOPs per image forward")
+    print(
+        f"model: {cfg.model.name}, {stats['params'] / 1e6:.3f} M parameters, {stats['gflops']:.4f} GFLOPs per image "
+        "forward"
+    )
     print(f"trained to step {result.step}: loss {result.last_metrics.get('loss', float('nan')):.4f}")
     print(f"checkpoint: {result.checkpoint}")
     if result.samples:
@@ -50,18 +60,24 @@ def _sweep(job, overrides) -> int:
 
     result = run_sweep(job, overrides)
     metric, seeds = job.sweep.metric, job.sweep.seeds
-    print(f"\nsweep {result.sweep_id}: {len(result.ranked)} configurations x {seeds} seed(s), best first by {metric} "
-          "(mean +- 95% half-width; then the difference to the best, paired seed by seed, +- its 95% half-width: "
-          "tied = not separable from the best)")
+    print(
+        f"\nsweep {result.sweep_id}: {len(result.ranked)} configurations x {seeds} seed(s), best first by {metric} "
+        "(mean +- 95% half-width; then the difference to the best, paired seed by seed, +- its 95% half-width: "
+        "tied = not separable from the best)"
+    )
     for r in result.ranked[:12]:
         extra = ""
         if r.params.get("model.name") == "switch_dit":
             extra = f"  lambda_dp={float(r.params['model.lambda_dp']):.3g} alpha={r.params['model.prior_alpha']}"
         objectives = "".join(f"  {o}={r.objectives[o]:.4g}" for o in job.sweep.objectives[1:])
-        versus = f"{r.diff:+.4g} +- {r.diff_half_width:.2g} ({r.diff_basis})" if math.isfinite(r.diff_half_width) else ""
+        versus = (
+            f"{r.diff:+.4g} +- {r.diff_half_width:.2g} ({r.diff_basis})" if math.isfinite(r.diff_half_width) else ""
+        )
         flags = " ".join(x for x in (r.vs_best, versus, "pareto" if r.pareto else "") if x)
-        print(f"  {r.rank:2d}. {r.group:<8} {metric}={value_text(r):<16} steps={r.steps:<5} {r.status:<8} "
-              f"{variant_label(r.params)}{extra}{objectives}  {flags}")
+        print(
+            f"  {r.rank:2d}. {r.group:<8} {metric}={value_text(r):<16} steps={r.steps:<5} {r.status:<8} "
+            f"{variant_label(r.params)}{extra}{objectives}  {flags}"
+        )
     for line in result.verdicts:
         print(f"  {line}")
     name, root = job.sweep.name, Path(job.sweep.root).expanduser().resolve()
@@ -71,7 +87,10 @@ def _sweep(job, overrides) -> int:
         print(f"report:      {result.report}  (open it in a browser; rebuild: switchsweep report {where})")
     print(f"MLflow:      {result.tracking_uri}  experiment '{name}'")
     if result.tracking_uri.startswith("sqlite:"):
-        print(f"open it:     switchsweep ui sweep.root={root}   then {runs_page('http://127.0.0.1:5000', result.experiment_id)}")
+        print(
+            f"open it:     switchsweep ui sweep.root={root}   then "
+            f"{runs_page('http://127.0.0.1:5000', result.experiment_id)}"
+        )
     elif result.tracking_uri.startswith(("http://", "https://")):
         print(f"open it:     {runs_page(result.tracking_uri, result.experiment_id)}")
     if job.sweep.search != "grid":
@@ -79,10 +98,16 @@ def _sweep(job, overrides) -> int:
     print(f"export best: switchsweep export {where} top=3 out=runs/export/{name}")
     if result.failed:
         first = next(iter(result.failed.items()))
-        print(f"failed:      {len(result.failed)} trial(s) failed and were not retried (first: {first[0]}: {first[1]}); "
-              f"reasons in ranking.md and on their MLflow runs (failure/worker.log)", file=sys.stderr)
+        print(
+            f"failed:      {len(result.failed)} trial(s) failed and were not retried (first: {first[0]}: {first[1]}); "
+            f"reasons in ranking.md and on their MLflow runs (failure/worker.log)",
+            file=sys.stderr,
+        )
     if result.interrupted:
-        print(f"interrupted: continue with `switchsweep sweep sweep={name} sweep.id={result.sweep_id} --resume`", file=sys.stderr)
+        print(
+            f"interrupted: continue with `switchsweep sweep sweep={name} sweep.id={result.sweep_id} --resume`",
+            file=sys.stderr,
+        )
         return 130
     return EXIT_TRIALS_FAILED if result.failed else 0
 
@@ -143,9 +168,13 @@ def _ui(args: argparse.Namespace) -> int:
     from switchsweep.platform.tracking import Tracker
 
     experiment_id = Tracker(uri).find_experiment(job.sweep.name)
-    what = f"sweep={job.sweep.name}'s runs" if experiment_id else f"no sweep={job.sweep.name} in it yet; the experiments"
-    print(f"MLflow UI over {uri}: {what} at {runs_page(f'http://{host}:{port}', experiment_id)} (Ctrl+C stops it)",
-          flush=True)
+    what = (
+        f"sweep={job.sweep.name}'s runs" if experiment_id else f"no sweep={job.sweep.name} in it yet; the experiments"
+    )
+    print(
+        f"MLflow UI over {uri}: {what} at {runs_page(f'http://{host}:{port}', experiment_id)} (Ctrl+C stops it)",
+        flush=True,
+    )
     exe = Path(sys.executable).parent / "mlflow"
     return subprocess.run([str(exe), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]).returncode
 
@@ -158,8 +187,10 @@ def _optuna_ui(args: argparse.Namespace) -> int:
 
     journal = SweepDir(find_sweep(job)).journal
     if not journal.is_file():
-        raise ConfigError(f"sweep={job.sweep.name}: {journal.parent.name} has no Optuna study ({journal} is missing): "
-                          "grid sweeps search none; use `switchsweep report` for them")
+        raise ConfigError(
+            f"sweep={job.sweep.name}: {journal.parent.name} has no Optuna study ({journal} is missing): "
+            "grid sweeps search none; use `switchsweep report` for them"
+        )
     import optuna
     import optuna_dashboard
 
@@ -176,10 +207,14 @@ def _prepare(args: argparse.Namespace) -> int:
         raise ConfigError("prepare needs out=<folder for the latents> (e.g. out=data/latents/imagenet256)")
     seed = own.get("seed", "0")
     if not seed.isdigit():
-        raise ConfigError(f"seed={seed} is not a whole number: give e.g. seed=0 (it seeds the latents' posterior samples)")
+        raise ConfigError(
+            f"seed={seed} is not a whole number: give e.g. seed=0 (it seeds the latents' posterior samples)"
+        )
     encoders = own.get("encoders", "")
     if encoders and not (encoders.isdigit() and int(encoders) > 0):
-        raise ConfigError(f"encoders={encoders} is not a positive whole number: give how many VAE actors may run, e.g. encoders=8")
+        raise ConfigError(
+            f"encoders={encoders} is not a positive whole number: give how many VAE actors may run, e.g. encoders=8"
+        )
     from switchsweep.platform.runtime import start_ray
     from switchsweep.platform.sweep_config import RayConfig
     from switchsweep.trainers.prepare import check_inputs, prepare
@@ -192,9 +227,13 @@ def _prepare(args: argparse.Namespace) -> int:
 
     manifest = read_manifest(done.out)
     channels, size, _ = manifest["latent_shape"]
-    print(f"train on them: switchsweep train data=latents data.path={done.out} data.image_size={size} data.channels={channels} "
-          f"data.num_classes={len(manifest['classes'])}  (or a preset: data=imagenet256 ...); sweeps and evaluate also need "
-          "eval.inception_weights=<FID Inception .pt>")
+    print(
+        f"train on them: switchsweep train data=latents data.path={done.out} data.image_size={size} "
+        f"data.channels={channels} "
+        f"data.num_classes={len(manifest['classes'])}  (or a preset: data=imagenet256 ...); sweeps and evaluate also "
+        "need "
+        "eval.inception_weights=<FID Inception .pt>"
+    )
     return 0
 
 
@@ -225,31 +264,64 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="one training run on this machine")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=switch_dit model.top_k=1 train.steps=300")
     p.add_argument("--cfg", action="store_true", help="print the resolved, validated config and exit")
-    p.add_argument("--config", metavar="FILE", help="a resolved YAML config (e.g. from switchsweep export) to run as it is")
+    p.add_argument(
+        "--config", metavar="FILE", help="a resolved YAML config (e.g. from switchsweep export) to run as it is"
+    )
     p.set_defaults(load=load_config, run=_train)
-    p = sub.add_parser("evaluate", help="sample from a checkpoint's EMA model and compute FID / KID / IS / precision-recall")
-    p.add_argument("overrides", nargs="*", help="checkpoint=PATH and eval.* overrides, e.g. eval.num_samples=1000 eval.sampler=ddim")
+    p = sub.add_parser(
+        "evaluate", help="sample from a checkpoint's EMA model and compute FID / KID / IS / precision-recall"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="checkpoint=PATH and eval.* overrides, e.g. eval.num_samples=1000 eval.sampler=ddim",
+    )
     p.add_argument("--cfg", action="store_true", help="print the resolved, validated config and exit")
     p.set_defaults(load=load_eval_config, run=_evaluate)
     p = sub.add_parser("sweep", help="a Ray Tune sweep: every trial is a Ray Train DDP job, tracked in MLflow")
-    p.add_argument("overrides", nargs="*", help="sweep=<design_space|table1|lambda_dp|alpha> and overrides, e.g. sweep.num_trials=4")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="sweep=<design_space|table1|lambda_dp|alpha> and overrides, e.g. sweep.num_trials=4",
+    )
     p.add_argument("--cfg", action="store_true", help="print the resolved, validated sweep job and exit")
-    p.add_argument("--resume", action="store_true", help="continue the latest interrupted sweep of that name (or sweep.id=...)")
-    p.add_argument("--extend", type=int, metavar="N",
-                   help="add N configurations to the latest finished sweep of that name (or sweep.id=...), same study and parent run")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the latest interrupted sweep of that name (or sweep.id=...)"
+    )
+    p.add_argument(
+        "--extend",
+        type=int,
+        metavar="N",
+        help="add N configurations to the latest finished sweep of that name (or sweep.id=...), "
+        "same study and parent run",
+    )
     p.set_defaults(load=load_sweep_config)
     p = sub.add_parser("export", help="write the best trials of a sweep as runnable configs plus a ranking table")
-    p.add_argument("overrides", nargs="*", help="sweep=<name> top=K out=DIR, and sweep.id=<id> for a sweep other than the latest")
-    p = sub.add_parser("report", help="write a sweep's HTML report (ranking, search space, Pareto fronts, curves, routing)")
-    p.add_argument("overrides", nargs="*", help="sweep=<name> [sweep.id=<id>] [out=FILE] (default: report.html in the sweep's folder)")
+    p.add_argument(
+        "overrides", nargs="*", help="sweep=<name> top=K out=DIR, and sweep.id=<id> for a sweep other than the latest"
+    )
+    p = sub.add_parser(
+        "report", help="write a sweep's HTML report (ranking, search space, Pareto fronts, curves, routing)"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="sweep=<name> [sweep.id=<id>] [out=FILE] (default: report.html in the sweep's folder)",
+    )
     p = sub.add_parser("prepare", help="encode an ImageFolder into VAE latents for data=latents (a Ray Data pipeline)")
-    p.add_argument("overrides", nargs="*", help="data.root=DIR data.vae=DIR out=DIR [data.resolution=256] [data.flip=true] "
-                   "[data.shard_size=256] [seed=0] [address=auto: a Ray cluster; default: a local instance] "
-                   "[encoders=N: VAE actors, one GPU each on a cluster; default: one per GPU up now]")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="data.root=DIR data.vae=DIR out=DIR [data.resolution=256] [data.flip=true] "
+        "[data.shard_size=256] [seed=0] [address=auto: a Ray cluster; default: a local instance] "
+        "[encoders=N: VAE actors, one GPU each on a cluster; default: one per GPU up now]",
+    )
     p = sub.add_parser("ui", help="the MLflow UI over the sweeps' local store, on 127.0.0.1")
     p.add_argument("overrides", nargs="*", help="[sweep.root=DIR] [port=5000] [host=127.0.0.1]")
     p = sub.add_parser("optuna-ui", help="optuna-dashboard over a sweep's Optuna study, on 127.0.0.1")
-    p.add_argument("overrides", nargs="*", help="sweep=<name> [sweep.id=<id>] [sweep.root=DIR] [port=8080] [host=127.0.0.1]")
+    p.add_argument(
+        "overrides", nargs="*", help="sweep=<name> [sweep.id=<id>] [sweep.root=DIR] [port=8080] [host=127.0.0.1]"
+    )
     return parser
 
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from sweep_harness import BIN, pids
 
 FAKE_GPU = "fake_gpu"
@@ -41,21 +40,38 @@ def fake_config(cluster_yaml: Path, gcs_port: int, max_per_type: int = 2, idle_m
             types[name] = {"resources": dict(t["resources"]), "node_config": {}, "max_workers": 0}
             continue
         gpus = t["resources"].get("GPU", 0)
-        types[name] = {"resources": {"CPU": 1, **({FAKE_GPU: gpus} if gpus else {})}, "node_config": {},
-                       "min_workers": t.get("min_workers", 0), "max_workers": min(t["max_workers"], max_per_type)}
+        types[name] = {
+            "resources": {"CPU": 1, **({FAKE_GPU: gpus} if gpus else {})},
+            "node_config": {},
+            "min_workers": t.get("min_workers", 0),
+            "max_workers": min(t["max_workers"], max_per_type),
+        }
     return {
         "cluster_name": f"fake-{real['cluster_name']}",
         "max_workers": min(real["max_workers"], max_per_type),
         "upscaling_speed": real.get("upscaling_speed", 1.0),
         "idle_timeout_minutes": idle_minutes,
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{gcs_port}"},
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": f"127.0.0.1:{gcs_port}",
+        },
         "head_node_type": head,
         "available_node_types": types,
         "auth": {"ssh_user": "ubuntu"},
-        "docker": {}, "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
-        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
-        "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
 
@@ -91,22 +107,38 @@ class FakeCluster:
         head = self.config["available_node_types"][self.config["head_node_type"]]["resources"]
         custom = {k: v for k, v in head.items() if k not in ("CPU", "GPU")}
         subprocess.run(
-            [str(BIN / "ray"), "start", "--head", f"--port={self.address.rsplit(':', 1)[1]}",
-             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-             f"--num-cpus={head.get('CPU', 0)}", f"--resources={json.dumps(custom)}", f"--temp-dir={self.temp / 'ray'}",
-             f"--autoscaling-config={self.config_file}", "--disable-usage-stats"],
-            env=self.env, check=True, capture_output=True, timeout=180)
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                f"--port={self.address.rsplit(':', 1)[1]}",
+                "--node-ip-address=127.0.0.1",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                f"--num-cpus={head.get('CPU', 0)}",
+                f"--resources={json.dumps(custom)}",
+                f"--temp-dir={self.temp / 'ray'}",
+                f"--autoscaling-config={self.config_file}",
+                "--disable-usage-stats",
+            ],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
         # Jobs are submitted through the dashboard, which comes up after `ray start` returns.
         wait_http(f"http://127.0.0.1:{self.dashboard_port}/api/version", 90)
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every node the cluster has had (dead ones too): NodeID, Alive, Resources."""
         # Marked: the driver may also print the autoscaler's events on stdout, after the list.
-        code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
-                "print('NODES', json.dumps([{k: n[k] for k in ('NodeID', 'Alive', 'Resources')} for n in ray.nodes()]))"
-                % self.address)
-        out = subprocess.run([str(BIN / "python"), "-c", code], env=self.env,
-                             capture_output=True, text=True, timeout=120, check=True)
+        code = (
+            f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False); "
+            "print('NODES', json.dumps([{k: n[k] for k in ('NodeID', 'Alive', 'Resources')} for n in ray.nodes()]))"
+        )
+        out = subprocess.run(
+            [str(BIN / "python"), "-c", code], env=self.env, capture_output=True, text=True, timeout=120, check=True
+        )
         listed = [line for line in out.stdout.splitlines() if line.startswith("NODES ")]
         return json.loads(listed[-1].removeprefix("NODES "))
 
@@ -120,7 +152,11 @@ class FakeCluster:
     def autoscaler_events(self) -> list[tuple[str, int, str]]:
         """What the autoscaler says it did, from its own log: ("Adding"|"Removing", nodes, node type)."""
         log = self.temp / "ray" / "session_latest" / "logs" / "monitor.log"
-        found = re.findall(r":event_summary:(Adding|Removing) (\d+) nodes? ?(?:\(s\))? of type (\S+?)\.?(?:\s|$)", log.read_text(), re.M)
+        found = re.findall(
+            r":event_summary:(Adding|Removing) (\d+) nodes? ?(?:\(s\))? of type (\S+?)\.?(?:\s|$)",
+            log.read_text(),
+            re.M,
+        )
         return [(verb, int(n), kind) for verb, n, kind in found]
 
     def stop(self) -> None:

@@ -36,7 +36,7 @@ def _listening_inodes() -> dict[str, tuple[str, int]]:
                 continue
             addr, port = f[1].split(":")
             raw = bytes.fromhex(addr)
-            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # /proc prints host-order words
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # /proc prints host-order words
             out[f[9]] = (socket.inet_ntop(family, raw), int(port, 16))
     return out
 

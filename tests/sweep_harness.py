@@ -5,24 +5,27 @@ each means."""
 
 from __future__ import annotations
 
-import json
 import glob
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 BIN = Path(sys.executable).parent
 # A throwaway head: token auth off for it and its clients alike, and on 127.0.0.1 only (see
 # platform.runtime: Ray otherwise swaps a loopback node address for the machine's own).
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 STEPS, EVAL_EVERY, LOG_EVERY = 40, 10, 2
-POINTS = ("sweep.points_to_evaluate=[{model.num_experts: 3, model.top_k: 1, model.lambda_dp: 1.0, model.prior_alpha: 4.0},"
-          " {model.num_experts: 2, model.top_k: 1, model.lambda_dp: 0.5, model.prior_alpha: 2.0}]")
+POINTS = (
+    "sweep.points_to_evaluate=[{model.num_experts: 3, model.top_k: 1, model.lambda_dp: 1.0, model.prior_alpha: 4.0},"
+    " {model.num_experts: 2, model.top_k: 1, model.lambda_dp: 0.5, model.prior_alpha: 2.0}]"
+)
 
 
 def free_port() -> int:
@@ -35,14 +38,33 @@ def start_head(temp: Path, num_cpus: int = 3) -> tuple[subprocess.Popen, str]:
     """A Ray head on 127.0.0.1 with its dashboard (Train frees stopped trials' workers through it)."""
     port, dash = free_port(), free_port()
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1",
-         f"--port={port}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--temp-dir={temp}", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--num-cpus={num_cpus}",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     address = f"127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
-        if subprocess.run([str(BIN / "ray"), "status", f"--address={address}"], capture_output=True, env=ENV).returncode == 0:
+        if (
+            subprocess.run(
+                [str(BIN / "ray"), "status", f"--address={address}"], capture_output=True, env=ENV
+            ).returncode
+            == 0
+        ):
             return head, address
         if head.poll() is not None:
             break
@@ -56,16 +78,39 @@ def stop_head(head: subprocess.Popen) -> None:
     head.wait(timeout=60)
 
 
-def sweep_cmd(root: Path, address: str | None, cache: Path | None, *extra: str, sweep: str = "design_space",
-              log_every: int = LOG_EVERY) -> list[str]:
+def sweep_cmd(
+    root: Path,
+    address: str | None,
+    cache: Path | None,
+    *extra: str,
+    sweep: str = "design_space",
+    log_every: int = LOG_EVERY,
+) -> list[str]:
     """A tiny sweep, long enough (40 steps, an evaluation every 10) to be hit mid-trial. Any `sweep`
     is run under the name design_space; that one evaluates two given configurations first."""
     given = [POINTS, "sweep.baseline=none"] if sweep == "design_space" else ["sweep.name=design_space"]
-    return [str(BIN / "switchsweep"), "sweep", f"sweep={sweep}", f"sweep.root={root}", *given,
-            *([f"sweep.ray.address={address}"] if address else []), *([f"eval.cache_dir={cache}"] if cache else []),
-            f"sweep.eval_every={EVAL_EVERY}", f"train.steps={STEPS}", f"train.log_every={log_every}", "sweep.asha=false",
-            "data.batch_size=16", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=2", "eval.kid_subset_size=20",
-            "eval.kid_subsets=2", "sample.per_class=1", "sample.steps=2", *extra]
+    return [
+        str(BIN / "switchsweep"),
+        "sweep",
+        f"sweep={sweep}",
+        f"sweep.root={root}",
+        *given,
+        *([f"sweep.ray.address={address}"] if address else []),
+        *([f"eval.cache_dir={cache}"] if cache else []),
+        f"sweep.eval_every={EVAL_EVERY}",
+        f"train.steps={STEPS}",
+        f"train.log_every={log_every}",
+        "sweep.asha=false",
+        "data.batch_size=16",
+        "eval.num_samples=20",
+        "eval.batch_size=20",
+        "eval.steps=2",
+        "eval.kid_subset_size=20",
+        "eval.kid_subsets=2",
+        "sample.per_class=1",
+        "sample.steps=2",
+        *extra,
+    ]
 
 
 def record(root: Path) -> dict[str, Any]:
@@ -140,7 +185,9 @@ def audit(root: Path, log_every: int = LOG_EVERY) -> dict[str, Any]:
             if run.info.status == "FAILED":
                 continue
             have = set(steps)
-            want = {0} if have == {0} else {final} if key.startswith("trial_") else logs if have - evals - {0} else evals
+            want = (
+                {0} if have == {0} else {final} if key.startswith("trial_") else logs if have - evals - {0} else evals
+            )
             lost += len(want - have)
     return {"runs": len(runs), "trial_runs": len(trials), "points": points, "duplicates": duplicates, "lost": lost}
 
@@ -151,8 +198,9 @@ def _logged_loss_steps(root: Path) -> list[int]:
     return [m.step for r in runs for m in client.get_metric_history(r.info.run_id, "loss")]
 
 
-def worker_kill(root: Path, address: str, cache: Path | None = None, at_step: int = 20,
-                delay_s: float = 0.5, workers: int = 2) -> dict[str, Any]:
+def worker_kill(
+    root: Path, address: str, cache: Path | None = None, at_step: int = 20, delay_s: float = 0.5, workers: int = 2
+) -> dict[str, Any]:
     """SIGKILL one of a 2-worker trial's DDP workers (workers=1: the process of the trial, which trains
     inline) `delay_s` after it reported step `at_step`, so steps past that checkpoint are already in
     MLflow when the restarted attempt runs them again."""
@@ -166,8 +214,10 @@ def worker_kill(root: Path, address: str, cache: Path | None = None, at_step: in
     workers = find()
     if not workers:
         driver.kill()
-        raise RuntimeError(f"the trial ended within {delay_s} s of its step-{at_step} report, before a worker could be "
-                           "killed: lower delay_s")
+        raise RuntimeError(
+            f"the trial ended within {delay_s} s of its step-{at_step} report, before a worker could be "
+            "killed: lower delay_s"
+        )
     os.kill(workers[-1], signal.SIGKILL)
     logged = max(_logged_loss_steps(root), default=0)
     rc = driver.wait(timeout=600)
@@ -183,18 +233,29 @@ def _trial_facts(root: Path) -> dict[str, Any]:
         loop = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loop_s")}
         resumed = run.data.tags.get("switchsweep.resumed_from_step")
         out["trials"].setdefault(tid, {}).update(
-            mlflow_status=run.info.status, resumed_from=int(resumed) if resumed else None, loop_s_history=loop,
-            end_time=run.info.end_time, checkpoint=run.data.tags.get("switchsweep.checkpoint"),
-            artifacts=sorted(a.path for a in client.list_artifacts(run.info.run_id)))
+            mlflow_status=run.info.status,
+            resumed_from=int(resumed) if resumed else None,
+            loop_s_history=loop,
+            end_time=run.info.end_time,
+            checkpoint=run.data.tags.get("switchsweep.checkpoint"),
+            artifacts=sorted(a.path for a in client.list_artifacts(run.info.run_id)),
+        )
     return out
 
 
 def worker_kill_survived(r: dict[str, Any]) -> bool:
     (t,) = r["trials"].values()
     resumed = t.get("resumed_from")
-    return (r["rc"] == 0 and t["status"] == "finished" and t["step"] == STEPS and t.get("attempt") == 2
-            and resumed is not None and t["loop_s"] > t["loop_s_history"].get(resumed, float("inf"))
-            and r["duplicates"] == 0 and r["lost"] == 0)
+    return (
+        r["rc"] == 0
+        and t["status"] == "finished"
+        and t["step"] == STEPS
+        and t.get("attempt") == 2
+        and resumed is not None
+        and t["loop_s"] > t["loop_s_history"].get(resumed, float("inf"))
+        and r["duplicates"] == 0
+        and r["lost"] == 0
+    )
 
 
 def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str, Any]:
@@ -205,8 +266,9 @@ def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str
 
     def second_under_way() -> bool:
         entries = list(record(root).get("trials", {}).values())
-        return (any(e.get("status") == "finished" for e in entries)
-                and any(e.get("status") == "running" and e.get("step", 0) >= EVAL_EVERY for e in entries))
+        return any(e.get("status") == "finished" for e in entries) and any(
+            e.get("status") == "running" and e.get("step", 0) >= EVAL_EVERY for e in entries
+        )
 
     driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
     wait_for(second_under_way, 600, driver)
@@ -224,16 +286,33 @@ def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str
     second = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=ENV, timeout=120)
     rc = resumed.wait(timeout=600)
     after = _trial_facts(root)
-    return {"rc": rc, "status_after_kill": status_after_kill, "second_driver": (second.returncode, second.stderr),
-            "before": before, **after, **audit(root), "log": log.name}
+    return {
+        "rc": rc,
+        "status_after_kill": status_after_kill,
+        "second_driver": (second.returncode, second.stderr),
+        "before": before,
+        **after,
+        **audit(root),
+        "log": log.name,
+    }
 
 
 def driver_kill_survived(r: dict[str, Any]) -> bool:
     over = {t: e for t, e in r["before"]["trials"].items() if e.get("status") == "finished"}
-    unchanged = all(r["trials"][t]["end_time"] == e["end_time"] and r["trials"][t]["wall_s"] == e["wall_s"]
-                    for t, e in over.items())
+    unchanged = all(
+        r["trials"][t]["end_time"] == e["end_time"] and r["trials"][t]["wall_s"] == e["wall_s"] for t, e in over.items()
+    )
     interrupted = [t for t in r["trials"] if t not in over]
-    return (r["rc"] == 0 and r["status"] == "finished" and r["status_after_kill"] == "interrupted"
-            and r["second_driver"][0] == 2 and len(over) == 1 and unchanged and r["trial_runs"] == 2 and r["runs"] == 3
-            and all(r["trials"][t]["resumed_from"] and r["trials"][t]["step"] == STEPS for t in interrupted)
-            and r["duplicates"] == 0 and r["lost"] == 0)
+    return (
+        r["rc"] == 0
+        and r["status"] == "finished"
+        and r["status_after_kill"] == "interrupted"
+        and r["second_driver"][0] == 2
+        and len(over) == 1
+        and unchanged
+        and r["trial_runs"] == 2
+        and r["runs"] == 3
+        and all(r["trials"][t]["resumed_from"] and r["trials"][t]["step"] == STEPS for t in interrupted)
+        and r["duplicates"] == 0
+        and r["lost"] == 0
+    )

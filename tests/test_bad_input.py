@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
-
-from sweep_harness import pids
 from latent_data import image_folder, tiny_vae
+from omegaconf import OmegaConf
+from sweep_harness import pids
+
 from switchsweep.cli import main
 from switchsweep.platform.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from switchsweep.platform.config import Config
@@ -48,7 +48,10 @@ CASES = [
     ("sweep sweep.eval_every=100000", "sweep.eval_every=100000"),
     ("sweep platform=cluster", "SWITCHSWEEP_"),
     ("sweep sweep.ray.address=auto", "sweep.ray.storage_path=null with sweep.ray.address=auto"),
-    ("sweep sweep.ray.address=auto sweep.ray.storage_path=s3://b/s", "sweep.tracking_uri=null with sweep.ray.address=auto"),
+    (
+        "sweep sweep.ray.address=auto sweep.ray.storage_path=s3://b/s",
+        "sweep.tracking_uri=null with sweep.ray.address=auto",
+    ),
     ("sweep sweep.ray.driver_resource=CPU", "sweep.ray.driver_resource=CPU"),
     ("sweep +sweep.ray.worker_resources={GPU:1}", "sweep.ray.worker_resources="),
     ("sweep sweep.log_checkpoints=sometimes", "sweep.log_checkpoints='sometimes'"),
@@ -66,31 +69,50 @@ CASES = [
     ("report", "no MLflow store"),
     ("report sweep.search=bayes", "sweep.search='bayes'"),
     ("prepare out=lat", "prepare needs data.root="),
-    ("prepare data=imagenet256 data.vae={tmp}/vae out=lat", "prepare needs data.root="),  # a preset's training needs wait
+    (
+        "prepare data=imagenet256 data.vae={tmp}/vae out=lat",
+        "prepare needs data.root=",
+    ),  # a preset's training needs wait
     ("prepare data.shard_size=x out=lat", "data.shard_size=x"),
     ("prepare data.root={tmp}/images data.vae={tmp}/vae out={tmp}/corrupt.pt", "is a file, not a folder"),
     ("prepare data.root={tmp}/images data.vae={tmp}/vae", "prepare needs out="),
     ("prepare data.root={tmp}/empty data.vae={tmp}/vae out=lat", "data.root={tmp}/empty: no images"),
     ("prepare data.root={tmp}/images data.vae={tmp}/missing out=lat", "data.vae={tmp}/missing: no such folder"),
     ("prepare data.root={tmp}/images data.vae={tmp}/images out=lat", "config.json is missing"),
-    ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat data.resolution=15", "data.resolution=15 is not a multiple"),
+    (
+        "prepare data.root={tmp}/images data.vae={tmp}/vae out=lat data.resolution=15",
+        "data.resolution=15 is not a multiple",
+    ),
     ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat seed=x", "seed=x"),
     ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat encoders=0", "encoders=0"),
-    ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat data.image_size=32",
-     "data.image_size is not used by prepare: the latent size follows from data.resolution (pixels / 8 with an SD VAE): "
-     "set data.resolution"),
-    ("prepare data.root={tmp}/images data.vae={tmp}/vae out=lat train.steps=5",
-     "train.steps is not used by prepare: prepare reads only data.root, data.vae, data.resolution, data.flip, data.shard_size"),
+    (
+        "prepare data.root={tmp}/images data.vae={tmp}/vae out=lat data.image_size=32",
+        "data.image_size is not used by prepare: the latent size follows from data.resolution (pixels / 8 with an SD "
+        "VAE): "
+        "set data.resolution",
+    ),
+    (
+        "prepare data.root={tmp}/images data.vae={tmp}/vae out=lat train.steps=5",
+        "train.steps is not used by prepare: prepare reads only data.root, data.vae, data.resolution, data.flip, "
+        "data.shard_size",
+    ),
     ("train data=latents", "data=latents needs data.path="),
     # A training run scores nothing: it asks for no evaluation settings, sweeps and evaluate do.
     ("train data=latents data.path={tmp}", "no manifest.json"),
-    ("sweep data=latents data.path={tmp}/latents data.image_size=8 eval.feature_net=digits", "set eval.feature_net=inception"),
-    ("sweep data=latents data.path={tmp}/latents data.image_size=8",
-     "eval.feature_net=inception needs eval.inception_weights=<local .pt file of FID InceptionV3 weights>"),
+    (
+        "sweep data=latents data.path={tmp}/latents data.image_size=8 eval.feature_net=digits",
+        "set eval.feature_net=inception",
+    ),
+    (
+        "sweep data=latents data.path={tmp}/latents data.image_size=8",
+        "eval.feature_net=inception needs eval.inception_weights=<local .pt file of FID InceptionV3 weights>",
+    ),
     ("evaluate checkpoint={tmp}/latent-ckpt.pt", "eval.feature_net=inception needs eval.inception_weights="),
     ("train data=latents data.path={tmp}/latents", "data.image_size=32: the latents in"),
-    ("train data=latents data.path={tmp}/latents data.image_size=8 data.num_classes=3",
-     "shard shards/latents-00000.npy is unreadable"),
+    (
+        "train data=latents data.path={tmp}/latents data.image_size=8 data.num_classes=3",
+        "shard shards/latents-00000.npy is unreadable",
+    ),
     ("sweep data=latents data.path={tmp} eval.inception_weights=w.pt", "no manifest.json"),
     ("ui port=99999", "port=99999"),
     ("optuna-ui port=http", "port=http"),
@@ -114,21 +136,50 @@ def files(tmp_path_factory) -> Path:
     (tmp / "latents" / "shards").mkdir(parents=True)
     (tmp / "latents" / "shards" / "latents-00000.npy").write_bytes(b"\x93NUMPY garbage")
     np.save(tmp / "latents" / "shards" / "labels-00000.npy", np.zeros(2, np.int64))
-    (tmp / "latents" / "manifest.json").write_text(json.dumps({
-        "format": 1, "root": str(tmp / "images"), "classes": ["a", "b", "c"], "resolution": 16, "latent_shape": [4, 8, 8],
-        "scale_factor": 0.18215, "vae": {"path": str(tmp / "vae"), "config_sha256": ""},
-        "shards": [{"latents": "shards/latents-00000.npy", "labels": "shards/labels-00000.npy", "count": 2}]}))
+    (tmp / "latents" / "manifest.json").write_text(
+        json.dumps(
+            {
+                "format": 1,
+                "root": str(tmp / "images"),
+                "classes": ["a", "b", "c"],
+                "resolution": 16,
+                "latent_shape": [4, 8, 8],
+                "scale_factor": 0.18215,
+                "vae": {"path": str(tmp / "vae"), "config_sha256": ""},
+                "shards": [{"latents": "shards/latents-00000.npy", "labels": "shards/labels-00000.npy", "count": 2}],
+            }
+        )
+    )
     # A checkpoint of a run trained on latents without evaluation weights (only its config is read before the refusal).
     cfg = Config()
     cfg.data.name, cfg.data.path, cfg.eval.feature_net = "latents", str(tmp / "latents"), "inception"
-    torch.save({"format": CHECKPOINT_FORMAT, "step": 0, "model": {}, "ema": {}, "optimizer": {}, "rng": {},
-                "config": OmegaConf.to_container(OmegaConf.structured(cfg))}, tmp / "latent-ckpt.pt")
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "step": 0,
+            "model": {},
+            "ema": {},
+            "optimizer": {},
+            "rng": {},
+            "config": OmegaConf.to_container(OmegaConf.structured(cfg)),
+        },
+        tmp / "latent-ckpt.pt",
+    )
     return tmp
 
 
 def test_the_table_covers_every_command():
     assert len(CASES) >= 30
-    assert {c.split()[0] for c, _ in CASES} == {"train", "evaluate", "sweep", "prepare", "export", "report", "ui", "optuna-ui"}
+    assert {c.split()[0] for c, _ in CASES} == {
+        "train",
+        "evaluate",
+        "sweep",
+        "prepare",
+        "export",
+        "report",
+        "ui",
+        "optuna-ui",
+    }
 
 
 @pytest.mark.parametrize("line,words", CASES, ids=[c for c, _ in CASES])

@@ -9,8 +9,8 @@ import subprocess
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
-
 from sweep_harness import ENV, record, sweep_cmd
+
 from switchsweep.platform.tracking import default_tracking_uri
 
 pytestmark = pytest.mark.slow
@@ -18,18 +18,35 @@ pytestmark = pytest.mark.slow
 
 def test_a_design_sweep_races_its_leaders_against_the_baseline(ray_head, digits_net, tmp_path):
     root = tmp_path / "runs"
-    cmd = [o for o in sweep_cmd(root, ray_head, digits_net[2], "sweep.num_trials=2", "train.steps=16",
-                                "sweep.eval_every=8", "sweep.baseline=dit", "sweep.race=2", "sweep.race_seeds=1")
-           if o != "sweep.baseline=none"]
+    cmd = [
+        o
+        for o in sweep_cmd(
+            root,
+            ray_head,
+            digits_net[2],
+            "sweep.num_trials=2",
+            "train.steps=16",
+            "sweep.eval_every=8",
+            "sweep.baseline=dit",
+            "sweep.race=2",
+            "sweep.race_seeds=1",
+        )
+        if o != "sweep.baseline=none"
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    sentence = re.search(r"The best design, (g00[01]) switch_dit\(M=\d,k=1\), (beats|is worse than|does not separate from) "
-                         r"the baseline dit: kid \S+ against \S+, a difference of [-+]\S+ \+- \S+ \(95%, paired over 2 seeds\)\.",
-                         done.stdout)
+    sentence = re.search(
+        r"The best design, (g00[01]) switch_dit\(M=\d,k=1\), (beats|is worse than|does not separate from) "
+        r"the baseline dit: kid \S+ against \S+, a difference of [-+]\S+ \+- \S+ \(95%, paired over 2 seeds\)\.",
+        done.stdout,
+    )
     assert sentence, done.stdout[-3000:]
-    assert re.search(rf"Racing (separated {sentence.group(1)} from the runner-up g00[01] at 95%|did not separate "
-                     rf"{sentence.group(1)} from the runner-up g00[01] at 95%: its budget is spent \(1 of 1 extra seeds "
-                     r"each\))", done.stdout), done.stdout[-3000:]
+    assert re.search(
+        rf"Racing (separated {sentence.group(1)} from the runner-up g00[01] at 95%|did not separate "
+        rf"{sentence.group(1)} from the runner-up g00[01] at 95%: its budget is spent \(1 of 1 extra seeds "
+        r"each\))",
+        done.stdout,
+    ), done.stdout[-3000:]
 
     # Six trials, all trained to the end: the baseline's seed, two configurations, then one racing round of three.
     trials = record(root)["trials"]
@@ -44,9 +61,14 @@ def test_a_design_sweep_races_its_leaders_against_the_baseline(ray_head, digits_
         assert run.data.params["train.steps"] == "16" and run.info.status == "FINISHED"
     assert {g: sorted(s) for g, s in seeds.items()} == {"baseline": [0, 1], "g000": [0, 1], "g001": [0, 1]}
     base = [r for r in runs if r.data.tags["switchsweep.group"] == "baseline"]
-    assert {r.data.params["model.name"] for r in base} == {"dit"} and {r.data.params["train.seed"] for r in base} == {"0", "1"}
+    assert {r.data.params["model.name"] for r in base} == {"dit"} and {r.data.params["train.seed"] for r in base} == {
+        "0",
+        "1",
+    }
     sweep_dir = next(root.glob("sweeps/design_space/*"))
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep_dir / "optuna.journal")))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep_dir / "optuna.journal"))
+    )
     assert len(optuna.load_study(study_name=sweep_dir.name, storage=storage).trials) == 2  # neither baseline nor racing
 
     with open(sweep_dir / "ranking.csv", newline="") as fh:

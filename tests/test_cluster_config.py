@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_cluster import FAKE_GPU, fake_config
 from ray.autoscaler._private.util import prepare_config, validate_config  # pinned Ray (pyproject): private API
 
-from fake_cluster import FAKE_GPU, fake_config
 from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.runtime import check_node_types, node_types
@@ -92,25 +92,34 @@ def test_sweeps_sharing_a_storage_path_keep_their_state_apart():
 CLUSTER_ADDRESS = ["sweep.ray.address=auto"]
 
 
-@pytest.mark.parametrize("overrides,words", [
-    ([], "sweep.ray.storage_path=null"),
-    (["sweep.ray.storage_path=runs/shared"], "cannot reach a path on this machine"),
-    (["sweep.ray.storage_path=/mnt/nfs/sweeps"], "shared_fs=true"),
-    (["sweep.ray.storage_path=file:///mnt/sweeps", "sweep.ray.shared_fs=true"], "sweep.ray.storage_path=file:///mnt/sweeps"),
-    (["sweep.ray.storage_path=s3://b/s"], "sweep.tracking_uri=null"),
-    (["sweep.ray.storage_path=s3://b/s", "sweep.tracking_uri=sqlite:////tmp/m.db"], "mlflow server"),
-    (["sweep.ray.storage_path=s3://b/s", "sweep.tracking_uri=/tmp/mlruns"], "sweep.tracking_uri=/tmp/mlruns"),
-])
+@pytest.mark.parametrize(
+    "overrides,words",
+    [
+        ([], "sweep.ray.storage_path=null"),
+        (["sweep.ray.storage_path=runs/shared"], "cannot reach a path on this machine"),
+        (["sweep.ray.storage_path=/mnt/nfs/sweeps"], "shared_fs=true"),
+        (
+            ["sweep.ray.storage_path=file:///mnt/sweeps", "sweep.ray.shared_fs=true"],
+            "sweep.ray.storage_path=file:///mnt/sweeps",
+        ),
+        (["sweep.ray.storage_path=s3://b/s"], "sweep.tracking_uri=null"),
+        (["sweep.ray.storage_path=s3://b/s", "sweep.tracking_uri=sqlite:////tmp/m.db"], "mlflow server"),
+        (["sweep.ray.storage_path=s3://b/s", "sweep.tracking_uri=/tmp/mlruns"], "sweep.tracking_uri=/tmp/mlruns"),
+    ],
+)
 def test_a_cluster_address_refuses_stores_only_one_machine_has(overrides, words):
     with pytest.raises(ConfigError, match=re.escape(words)):
         load_sweep_config([*CLUSTER_ADDRESS, *overrides])
 
 
-@pytest.mark.parametrize("overrides", [
-    ["sweep.ray.storage_path=s3://b/s", "sweep.tracking_uri=http://10.0.0.5:5000"],
-    ["sweep.ray.storage_path=gs://b/s", "sweep.tracking_uri=https://mlflow.example.com"],
-    ["sweep.ray.storage_path=/mnt/nfs/sweeps", "sweep.ray.shared_fs=true", "sweep.tracking_uri=http://head:5000"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["sweep.ray.storage_path=s3://b/s", "sweep.tracking_uri=http://10.0.0.5:5000"],
+        ["sweep.ray.storage_path=gs://b/s", "sweep.tracking_uri=https://mlflow.example.com"],
+        ["sweep.ray.storage_path=/mnt/nfs/sweeps", "sweep.ray.shared_fs=true", "sweep.tracking_uri=http://head:5000"],
+    ],
+)
 def test_a_cluster_address_accepts_shared_stores(overrides):
     load_sweep_config([*CLUSTER_ADDRESS, *overrides])
 

@@ -18,16 +18,28 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
-from sweep_harness import BIN, free_port
 from fake_cluster import FAKE_GPU, FakeCluster, fake_config, wait_http
+from mlflow.tracking import MlflowClient
+from sweep_harness import BIN, free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["sweep.num_trials=2", "sweep.max_concurrent=2", "sweep.eval_every=4", "train.steps=4", "train.log_every=2",
-        "sweep.asha=false", "data.batch_size=16", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=2",
-        "eval.kid_subset_size=20", "eval.kid_subsets=2", "sample.per_class=1", "sample.steps=2"]
+TINY = [
+    "sweep.num_trials=2",
+    "sweep.max_concurrent=2",
+    "sweep.eval_every=4",
+    "train.steps=4",
+    "train.log_every=2",
+    "sweep.asha=false",
+    "data.batch_size=16",
+    "eval.num_samples=20",
+    "eval.batch_size=20",
+    "eval.steps=2",
+    "eval.kid_subset_size=20",
+    "eval.kid_subsets=2",
+    "sample.per_class=1",
+    "sample.steps=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +51,39 @@ def cluster(tmp_path_factory, digits_net):
     shared.mkdir()
     mlflow_port, gcs_port, dash_port = free_port(), free_port(), free_port()
     token = secrets.token_hex(16)
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the head and its nodes stay on 127.0.0.1
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "HOME": str(tmp / "head-home"),
-           "SWITCHSWEEP_STORAGE": str(shared / "switchsweep"), "SWITCHSWEEP_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PYTHONUNBUFFERED": "1",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the head and its nodes stay on 127.0.0.1
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "HOME": str(tmp / "head-home"),
+        "SWITCHSWEEP_STORAGE": str(shared / "switchsweep"),
+        "SWITCHSWEEP_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+    }
     env.pop("RAY_ADDRESS", None)
     mlflow = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--artifacts-destination", str(shared / "mlflow"),
-         "--serve-artifacts"], env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "mlflow.log", "w"),
-        start_new_session=True)
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(shared / "mlflow"),
+            "--serve-artifacts",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "mlflow.log", "w"),
+        start_new_session=True,
+    )
     # Ray's unix sockets live under its temp folder, and their paths may not exceed 107 bytes.
     short = Path(tempfile.mkdtemp(prefix="ssfc-", dir="/tmp"))
     fake = FakeCluster(short, fake_config(REPO / "cluster.yaml", gcs_port), env, dash_port)
@@ -56,8 +91,16 @@ def cluster(tmp_path_factory, digits_net):
         wait_http(f"http://127.0.0.1:{mlflow_port}/health", 120, mlflow)
         started = time.time()
         fake.start()
-        yield {"fake": fake, "env": env, "tmp": tmp, "shared": shared, "cache": digits_net[2], "started": started,
-               "tracking": env["SWITCHSWEEP_TRACKING_URI"], "dashboard": f"http://127.0.0.1:{dash_port}"}
+        yield {
+            "fake": fake,
+            "env": env,
+            "tmp": tmp,
+            "shared": shared,
+            "cache": digits_net[2],
+            "started": started,
+            "tracking": env["SWITCHSWEEP_TRACKING_URI"],
+            "dashboard": f"http://127.0.0.1:{dash_port}",
+        }
     finally:
         fake.stop()
         shutil.rmtree(short, ignore_errors=True)
@@ -82,13 +125,18 @@ def test_refusals_come_in_one_line_before_any_trial(cluster):
     local = {**c["env"], "SWITCHSWEEP_STORAGE": str(c["tmp"] / "local")}
     _one_line_refusal(_sweep(c, "sweep.ray.use_gpu=false", env=local), "sweep.ray.storage_path", "shared_fs=true")
     cpu = ["sweep.ray.use_gpu=false", "sweep.ray.shared_fs=true"]
-    _one_line_refusal(_sweep(c, *cpu, f"sweep.tracking_uri=sqlite:///{c['tmp']}/x.db"), "sweep.tracking_uri", "mlflow server")
+    _one_line_refusal(
+        _sweep(c, *cpu, f"sweep.tracking_uri=sqlite:///{c['tmp']}/x.db"), "sweep.tracking_uri", "mlflow server"
+    )
     _one_line_refusal(_sweep(c, *cpu, f"sweep.ray.address=127.0.0.1:{free_port()}"), "nothing answers")
     wrong = {**c["env"], "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     _one_line_refusal(_sweep(c, *cpu, env=wrong), "token")
     # platform=cluster asks for GPUs; the fake cluster's types have fake_gpu instead: no GPU type.
-    _one_line_refusal(_sweep(c, "sweep.ray.shared_fs=true", f"sweep.ray.cluster_config={c['fake'].config_file}"),
-                      "GPU", "add a GPU node type")
+    _one_line_refusal(
+        _sweep(c, "sweep.ray.shared_fs=true", f"sweep.ray.cluster_config={c['fake'].config_file}"),
+        "GPU",
+        "add a GPU node type",
+    )
     assert not list((c["shared"] / "switchsweep").glob("*/*/tune")), "a refused sweep left Tune state behind"
 
 
@@ -97,10 +145,29 @@ def test_a_sweep_submitted_as_a_job_scales_up_runs_on_workers_and_scales_down(cl
     assert fake.workers() == [], "the cluster starts with its head only"
     t0 = time.time()
     submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", c["dashboard"], "--", "switchsweep", "sweep", "platform=cluster",
-         "sweep.ray.use_gpu=false", "sweep.ray.cpus_per_worker=1", f"+sweep.ray.worker_resources={{{FAKE_GPU}: 1}}",
-         "sweep.ray.shared_fs=true", f"sweep.ray.cluster_config={fake.config_file}", f"eval.cache_dir={c['cache']}", *TINY],
-        env=c["env"], capture_output=True, text=True, timeout=600)
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            c["dashboard"],
+            "--",
+            "switchsweep",
+            "sweep",
+            "platform=cluster",
+            "sweep.ray.use_gpu=false",
+            "sweep.ray.cpus_per_worker=1",
+            f"+sweep.ray.worker_resources={{{FAKE_GPU}: 1}}",
+            "sweep.ray.shared_fs=true",
+            f"sweep.ray.cluster_config={fake.config_file}",
+            f"eval.cache_dir={c['cache']}",
+            *TINY,
+        ],
+        env=c["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     sweep_s = time.time() - t0
     assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
     # The head has no CPU for the trials' workers: the autoscaler launched GPU-type nodes for them.
@@ -126,8 +193,20 @@ def test_a_sweep_submitted_as_a_job_scales_up_runs_on_workers_and_scales_down(cl
 
     # export reads the configs from the tracking server.
     out = c["tmp"] / "export"
-    exported = subprocess.run([str(BIN / "switchsweep"), "export", "sweep=design_space", f"sweep.tracking_uri={c['tracking']}",
-                               "top=2", f"out={out}"], env=c["env"], capture_output=True, text=True, timeout=120)
+    exported = subprocess.run(
+        [
+            str(BIN / "switchsweep"),
+            "export",
+            "sweep=design_space",
+            f"sweep.tracking_uri={c['tracking']}",
+            "top=2",
+            f"out={out}",
+        ],
+        env=c["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert exported.returncode == 0 and len(list(out.glob("rank0*.yaml"))) == 2, exported.stderr[-2000:]
 
     # Idle worker nodes are released (idle timeout 6 s, autoscaler update every 1 s).
@@ -137,5 +216,8 @@ def test_a_sweep_submitted_as_a_job_scales_up_runs_on_workers_and_scales_down(cl
     assert fake.workers(alive=True) == [], "worker nodes still up after the idle timeout"
     removed = sum(n for verb, n, _ in fake.autoscaler_events() if verb == "Removing")
     assert removed == len(launched), (removed, launched)
-    print(f"\nfake cluster: {len(launched)} worker node(s) launched ({added}), {removed} released as idle; "
-          f"job {sweep_s:.0f} s; {time.time() - c['started']:.0f} s since the head started", file=sys.stderr)
+    print(
+        f"\nfake cluster: {len(launched)} worker node(s) launched ({added}), {removed} released as idle; "
+        f"job {sweep_s:.0f} s; {time.time() - c['started']:.0f} s since the head started",
+        file=sys.stderr,
+    )

@@ -56,17 +56,23 @@ def test_valid_config_resolves(capsys):
 
 
 def test_console_entry_point_exit_code_without_traceback():
-    proc = subprocess.run([sys.executable, "-m", "switchsweep", "train", "model.top_k=9"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "switchsweep", "train", "model.top_k=9"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "switchsweep train: error: model.top_k=9 must be <= model.num_experts=3: lower top_k or raise num_experts"
     )
 
 
-
 def test_paper_preset_sets_the_paper_protocol_and_overrides_still_win():
     cfg = load_config(["preset=paper"])
-    assert (cfg.diffusion.schedule, cfg.data.batch_size, cfg.train.lr, cfg.train.ema_decay) == ("cosine", 256, 1e-4, 0.9999)
+    assert (cfg.diffusion.schedule, cfg.data.batch_size, cfg.train.lr, cfg.train.ema_decay) == (
+        "cosine",
+        256,
+        1e-4,
+        0.9999,
+    )
     assert (cfg.sample.sampler, cfg.sample.steps, cfg.sample.cfg_scale) == ("ddpm", 250, 1.5)
     assert (cfg.eval.num_samples, cfg.eval.sampler, cfg.eval.steps) == (50000, "ddpm", 250)
     assert load_config(["preset=paper", "data.batch_size=32"]).data.batch_size == 32

@@ -32,6 +32,12 @@ def test_its_parameter_columns_tell_trials_apart_and_leave_routing_keys_out():
     from switchsweep.sweeps.space import reporter_columns
 
     design = load_sweep_config(["sweep=design_space"]).sweep
-    assert reporter_columns(design) == ["group", "seed", "model.num_experts", "model.top_k", "model.lambda_dp",
-                                        "model.prior_alpha"]
+    assert reporter_columns(design) == [
+        "group",
+        "seed",
+        "model.num_experts",
+        "model.top_k",
+        "model.lambda_dp",
+        "model.prior_alpha",
+    ]
     assert reporter_columns(load_sweep_config(["sweep=table1"]).sweep) == ["row", "seed"]

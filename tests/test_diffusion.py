@@ -110,11 +110,19 @@ def test_ddim_eta_adds_noise_of_the_closed_form_scale(eta):
     sigma = eta * math.sqrt((1 - a0) / (1 - a1)) * math.sqrt(1 - a1 / a0)
     zero_eps = lambda x, t, y: torch.zeros_like(x)  # noqa: E731
     n = 20000
-    out = ddim_sample(zero_eps, d, torch.zeros(n, 1, 1, 1, dtype=torch.float64), torch.zeros(n, dtype=torch.long), eta=eta,
-                      generator=torch.Generator().manual_seed(0))
+    out = ddim_sample(
+        zero_eps,
+        d,
+        torch.zeros(n, 1, 1, 1, dtype=torch.float64),
+        torch.zeros(n, dtype=torch.long),
+        eta=eta,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.mean().item() == pytest.approx(0.0, abs=4 * sigma / math.sqrt(a0) / math.sqrt(n))
     assert out.std().item() == pytest.approx(sigma / math.sqrt(a0), rel=0.03)
-    quiet = ddim_sample(zero_eps, d, torch.zeros(4, 1, 1, 1, dtype=torch.float64), torch.zeros(4, dtype=torch.long), eta=0.0)
+    quiet = ddim_sample(
+        zero_eps, d, torch.zeros(4, 1, 1, 1, dtype=torch.float64), torch.zeros(4, dtype=torch.long), eta=0.0
+    )
     assert (quiet == 0).all()
 
 
@@ -122,8 +130,13 @@ def test_respaced_ddpm_recovers_a_point_mass():
     base = GaussianDiffusion.from_config("cosine", 1000)
     d = base.respaced(250)
     x0 = torch.rand(1, 1, 4, 4) * 2 - 1
-    out = ddpm_sample(_oracle(base, x0), d, torch.randn(3, 1, 4, 4), torch.zeros(3, dtype=torch.long),
-                      generator=torch.Generator().manual_seed(0))
+    out = ddpm_sample(
+        _oracle(base, x0),
+        d,
+        torch.randn(3, 1, 4, 4),
+        torch.zeros(3, dtype=torch.long),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.allclose(out, x0.expand_as(out), atol=1e-4)
 
 
@@ -152,11 +165,23 @@ def test_guidance_is_one_batched_forward_with_the_null_class():
 def test_sample_images_shapes_and_range():
     from switchsweep.models import DiT
 
-    model = DiT(image_size=8, channels=1, num_classes=10, patch_size=4, hidden=32, depth=1, heads=2, num_timesteps=100).eval()
+    model = DiT(
+        image_size=8, channels=1, num_classes=10, patch_size=4, hidden=32, depth=1, heads=2, num_timesteps=100
+    ).eval()
     d = GaussianDiffusion.from_config("linear", 100)
     for sampler in ("ddim", "ddpm"):
-        draw = lambda seed: sample_images(model, d, torch.arange(4), sampler=sampler, steps=5, cfg_scale=2.0,  # noqa: E731
-                                          generator=torch.Generator().manual_seed(seed))
+
+        def draw(seed, sampler=sampler):
+            return sample_images(
+                model,
+                d,
+                torch.arange(4),
+                sampler=sampler,
+                steps=5,
+                cfg_scale=2.0,
+                generator=torch.Generator().manual_seed(seed),
+            )
+
         imgs = draw(0)
         assert imgs.shape == (4, 1, 8, 8)
         assert torch.equal(imgs, draw(0)) and not torch.allclose(imgs, draw(1))  # a function of the generator

@@ -47,13 +47,20 @@ def _diverged(tiny_cfg, tmp_path):
     """A trained run's checkpoint plus two copies: raw weights scrambled (EMA intact), EMA scrambled."""
     ckpt = train(tiny_cfg).checkpoint
     payload = load_checkpoint(ckpt)
-    scramble = {k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v for k, v in payload["model"].items()
-                if torch.is_tensor(v)}
+    scramble = {
+        k: v + 0.1 * torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in payload["model"].items()
+        if torch.is_tensor(v)
+    }
     raw = tmp_path / "raw_scrambled.pt"
-    save_checkpoint({**{k: v for k, v in payload.items() if k != "format"}, "model": {**payload["model"], **scramble}}, raw)
+    save_checkpoint(
+        {**{k: v for k, v in payload.items() if k != "format"}, "model": {**payload["model"], **scramble}}, raw
+    )
     ema_bad = tmp_path / "ema_scrambled.pt"
-    ema_state = {**payload["ema"], "model": {**payload["ema"]["model"], **{k: v for k, v in scramble.items()
-                                                                            if k in payload["ema"]["model"]}}}
+    ema_state = {
+        **payload["ema"],
+        "model": {**payload["ema"]["model"], **{k: v for k, v in scramble.items() if k in payload["ema"]["model"]}},
+    }
     save_checkpoint({**{k: v for k, v in payload.items() if k != "format"}, "ema": ema_state}, ema_bad)
     return ckpt, raw, ema_bad
 
@@ -62,9 +69,19 @@ def test_evaluate_scores_the_ema_weights(tiny_cfg, tmp_path, digits_net):
     ckpt, raw, ema_bad = _diverged(tiny_cfg, tmp_path)
 
     def score(path):
-        cfg = load_eval_config([f"checkpoint={path}", "eval.num_samples=16", "eval.batch_size=16", "eval.steps=2",
-                                "eval.kid_subset_size=8", "eval.kid_subsets=2", f"eval.cache_dir={digits_net[2]}",
-                                f"eval.out={tmp_path / 'e.json'}", "eval.device=cpu"])
+        cfg = load_eval_config(
+            [
+                f"checkpoint={path}",
+                "eval.num_samples=16",
+                "eval.batch_size=16",
+                "eval.steps=2",
+                "eval.kid_subset_size=8",
+                "eval.kid_subsets=2",
+                f"eval.cache_dir={digits_net[2]}",
+                f"eval.out={tmp_path / 'e.json'}",
+                "eval.device=cpu",
+            ]
+        )
         evaluate_checkpoint(cfg)
         metrics = json.loads((tmp_path / "e.json").read_text())["metrics"]
         return {k: v for k, v in metrics.items() if not k.endswith("_per_sec")}  # timings vary
@@ -86,8 +103,16 @@ def test_sample_grid_draws_with_the_ema_model(tiny_cfg, tmp_path):
 
     def drawn_with(model):
         gen = torch.Generator().manual_seed(tiny_cfg.train.seed)
-        images = loop.sample_images(model, trainer.diffusion, labels, sampler="ddim", steps=2, cfg_scale=tiny_cfg.sample.cfg_scale,
-                                    eta=0.0, generator=gen)
+        images = loop.sample_images(
+            model,
+            trainer.diffusion,
+            labels,
+            sampler="ddim",
+            steps=2,
+            cfg_scale=tiny_cfg.sample.cfg_scale,
+            eta=0.0,
+            generator=gen,
+        )
         return np.asarray(Image.open(save_image_grid(images, tmp_path / "ref.png", nrow=10)))
 
     np.testing.assert_array_equal(got, drawn_with(trainer.ema.model))
@@ -97,10 +122,13 @@ def test_sample_grid_draws_with_the_ema_model(tiny_cfg, tmp_path):
 def test_resume_restores_ema_optimizer_and_weighting_state(tiny_cfg, tmp_path):
     tiny_cfg.train.loss_weighting = "uw"
     straight = load_checkpoint(train(tiny_cfg).checkpoint)
-    first = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=3, out_dir=str(tmp_path / "a")))
+    first = dataclasses.replace(
+        tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=3, out_dir=str(tmp_path / "a"))
+    )
     part1 = train(first)
-    resumed = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, resume=str(part1.checkpoint),
-                                                                      out_dir=str(tmp_path / "b")))
+    resumed = dataclasses.replace(
+        tiny_cfg, train=dataclasses.replace(tiny_cfg.train, resume=str(part1.checkpoint), out_dir=str(tmp_path / "b"))
+    )
     again = load_checkpoint(train(resumed).checkpoint)
     assert again["ema"]["num_updates"] == straight["ema"]["num_updates"] == 6
     for k, v in straight["ema"]["model"].items():

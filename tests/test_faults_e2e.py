@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-
-from sweep_harness import ENV, STEPS, audit, driver_kill, record, sweep_cmd, worker_kill
 from netstat import LOOPBACK, listening
+from sweep_harness import ENV, STEPS, audit, driver_kill, record, sweep_cmd, worker_kill
+
 from switchsweep.cli import EXIT_TRIALS_FAILED
 from switchsweep.platform.tracking import default_tracking_uri
 
@@ -52,7 +52,7 @@ def test_a_killed_driver_resumes_without_rerunning_or_duplicating_anything(ray_h
     assert d["rc"] == 0 and d["status"] == "finished", _log(d)
     over = [t for t, e in d["before"]["trials"].items() if e.get("status") == "finished"]
     assert len(over) == 1
-    first, = over
+    (first,) = over
     for key in ("end_time", "wall_s", "loop_s", "attempt"):  # not run again
         assert d["trials"][first][key] == d["before"]["trials"][first][key]
     (second,) = [t for t in d["trials"] if t != first]
@@ -63,8 +63,16 @@ def test_a_killed_driver_resumes_without_rerunning_or_duplicating_anything(ray_h
 def test_four_concurrent_trials_on_sqlite_lose_no_point_and_a_failing_one_is_not_retried(digits_net, tmp_path):
     root = tmp_path / "runs"
     grid = "sweep.grid=[['model=dit'],['model=dtr'],['model=switch_dit','model.top_k=1'],['model=dit','train.lr=1e30']]"
-    cmd = sweep_cmd(root, None, digits_net[2], "sweep.max_concurrent=4", "sweep.ray.cpus_per_worker=0.5", grid,
-                    sweep="table1", log_every=1)
+    cmd = sweep_cmd(
+        root,
+        None,
+        digits_net[2],
+        "sweep.max_concurrent=4",
+        "sweep.ray.cpus_per_worker=0.5",
+        grid,
+        sweep="table1",
+        log_every=1,
+    )
     log = open(tmp_path / "sweep.log", "w")
     driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
     sockets: set = set()
@@ -79,10 +87,16 @@ def test_four_concurrent_trials_on_sqlite_lose_no_point_and_a_failing_one_is_not
     trials = record(root)["trials"]
     failed = {t: e for t, e in trials.items() if e["status"] == "failed"}
     assert len(trials) == 4 and len(failed) == 1
-    (failed_id, entry), = failed.items()
+    ((failed_id, entry),) = failed.items()
     assert "non-finite loss (nan) at step 2" in entry["reason"]
     assert all(e["status"] == "finished" and e["step"] == STEPS for t, e in trials.items() if t != failed_id)
-    assert audit(root, log_every=1) | {"points": 0} == {"runs": 5, "trial_runs": 4, "points": 0, "duplicates": 0, "lost": 0}
+    assert audit(root, log_every=1) | {"points": 0} == {
+        "runs": 5,
+        "trial_runs": 4,
+        "points": 0,
+        "duplicates": 0,
+        "lost": 0,
+    }
 
     client = MlflowClient(default_tracking_uri(root))
     exp = client.get_experiment_by_name("design_space")

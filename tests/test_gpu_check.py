@@ -15,7 +15,8 @@ def test_gpu_check_says_in_one_line_that_there_is_no_gpu():
     run = subprocess.run(["make", "-s", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == [
-        "gpu-check: no CUDA device on this machine (torch.cuda.is_available() is False): nothing to check here"]
+        "gpu-check: no CUDA device on this machine (torch.cuda.is_available() is False): nothing to check here"
+    ]
 
 
 def test_gpu_parts_import_without_ray_mlflow_optuna():

@@ -1,7 +1,6 @@
 """Sample grids as people see them: pixel mapping, orientation, one class per column, not blank."""
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -17,12 +16,21 @@ def _cells(png, rows, cols, h=8, w=8):
     arr = np.asarray(Image.open(png))
     assert arr.shape[:2] == ((rows * (h + PAD) + PAD) * SCALE, (cols * (w + PAD) + PAD) * SCALE)
     small = arr[::SCALE, ::SCALE]
-    cells = np.stack([np.stack([small[PAD + r * (h + PAD): PAD + r * (h + PAD) + h, PAD + c * (w + PAD): PAD + c * (w + PAD) + w]
-                                for c in range(cols)]) for r in range(rows)])
+    cells = np.stack(
+        [
+            np.stack(
+                [
+                    small[PAD + r * (h + PAD) : PAD + r * (h + PAD) + h, PAD + c * (w + PAD) : PAD + c * (w + PAD) + w]
+                    for c in range(cols)
+                ]
+            )
+            for r in range(rows)
+        ]
+    )
     pad = small.copy()
     for r in range(rows):
         for c in range(cols):
-            pad[PAD + r * (h + PAD): PAD + r * (h + PAD) + h, PAD + c * (w + PAD): PAD + c * (w + PAD) + w] = 0
+            pad[PAD + r * (h + PAD) : PAD + r * (h + PAD) + h, PAD + c * (w + PAD) : PAD + c * (w + PAD) + w] = 0
     return cells, pad
 
 

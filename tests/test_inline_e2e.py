@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 from mlflow.tracking import MlflowClient
-
 from sweep_harness import ENV, record, sweep_cmd
+
 from switchsweep.platform.tracking import default_tracking_uri
 
 pytestmark = pytest.mark.slow
@@ -16,19 +16,31 @@ def _logged(root) -> dict[str, dict[str, list[tuple[int, float]]]]:
     client = MlflowClient(default_tracking_uri(root))
     exp = client.get_experiment_by_name("design_space")
     runs = client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'")
-    return {r.info.run_name: {k: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k))
-                              for k in ("loss", "kid", "routing_jsd")} for r in runs}
+    return {
+        r.info.run_name: {
+            k: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k))
+            for k in ("loss", "kid", "routing_jsd")
+        }
+        for r in runs
+    }
 
 
 def test_inline_trials_log_what_train_jobs_log(ray_head, digits_net, tmp_path):
     logged = {}
     for kind, extra in (("inline", []), ("train", ["sweep.ray.inline=false"])):
         root = tmp_path / kind
-        done = subprocess.run(sweep_cmd(root, ray_head, digits_net[2], "sweep.num_trials=2", *extra), capture_output=True,
-                              text=True, env=ENV, timeout=600)
+        done = subprocess.run(
+            sweep_cmd(root, ray_head, digits_net[2], "sweep.num_trials=2", *extra),
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         trials = record(root)["trials"].values()
-        assert all(("t_worker_process" in t) == (kind == "train") for t in trials)  # a Train job starts a worker process
+        assert all(
+            ("t_worker_process" in t) == (kind == "train") for t in trials
+        )  # a Train job starts a worker process
         logged[kind] = _logged(root)
     assert len(logged["inline"]) == 2 and all(v["loss"] and v["kid"] for v in logged["inline"].values())
     assert logged["inline"] == logged["train"]

@@ -50,17 +50,22 @@ def _check(b, l, d, m, k, dtype, rtol, atol, idx=None, param_dtype=None):
     torch.testing.assert_close(out.double(), ref.detach(), rtol=rtol, atol=atol)
     for name, a, r in zip(("z", "weight", "bias", None, "gates"), tri_in, ref_in):
         if name:
-            torch.testing.assert_close(a.grad.double(), r.grad, rtol=rtol, atol=atol * max(1.0, r.grad.abs().max().item()),
-                                       msg=lambda s, n=name: f"grad {n}: {s}")
+            torch.testing.assert_close(
+                a.grad.double(),
+                r.grad,
+                rtol=rtol,
+                atol=atol * max(1.0, r.grad.abs().max().item()),
+                msg=lambda s, n=name: f"grad {n}: {s}",
+            )
 
 
 @pytest.mark.parametrize(
     "b, l, d, m, k",
     [
-        (2, 5, 16, 3, 2),   # L not a multiple of the block
+        (2, 5, 16, 3, 2),  # L not a multiple of the block
         (3, 16, 32, 4, 1),  # k = 1
-        (2, 7, 16, 3, 3),   # k = M
-        (2, 3, 24, 8, 2),   # M = 8, D not a power of two
+        (2, 7, 16, 3, 3),  # k = M
+        (2, 3, 24, 8, 2),  # M = 8, D not a power of two
     ],
 )
 def test_triton_forward_and_gradients_match_reference_fp32(b, l, d, m, k):
@@ -93,13 +98,21 @@ def test_non_contiguous_inputs_give_the_contiguous_result():
     z_t = z.transpose(0, 1).contiguous().transpose(0, 1)  # same values, batch stride 16, not L*D
     w_t = w.transpose(1, 2).contiguous().transpose(1, 2)
     assert not z_t.is_contiguous() and not w_t.is_contiguous()
-    torch.testing.assert_close(sample_routed_linear_triton(z_t, w_t, bias, idx, gates, False)[0],
-                               sample_routed_linear_triton(z, w, bias, idx, gates, False)[0], rtol=0, atol=0)
+    torch.testing.assert_close(
+        sample_routed_linear_triton(z_t, w_t, bias, idx, gates, False)[0],
+        sample_routed_linear_triton(z, w, bias, idx, gates, False)[0],
+        rtol=0,
+        atol=0,
+    )
     x, w2, idx2, g2 = _token_inputs(9, 16, 24, 4, 2, torch.float32, False)
     x_t = x.t().contiguous().t()
     assert not x_t.is_contiguous()
-    torch.testing.assert_close(moe_grouped_linear_triton(x_t, w2, idx2, g2, False)[0],
-                               moe_grouped_linear_triton(x, w2, idx2, g2, False)[0], rtol=0, atol=0)
+    torch.testing.assert_close(
+        moe_grouped_linear_triton(x_t, w2, idx2, g2, False)[0],
+        moe_grouped_linear_triton(x, w2, idx2, g2, False)[0],
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_backward_is_bitwise_deterministic():
@@ -221,9 +234,9 @@ def _token_inputs(t, din, dout, m, k, dtype, x_is_pairs, idx=None, seed=0):
 @pytest.mark.parametrize(
     "t, din, dout, m, k, x_is_pairs, gated",
     [
-        (37, 16, 24, 4, 2, False, True),   # T*k not a multiple of the block, Din != Dout
-        (20, 32, 16, 8, 1, False, True),   # k = 1, M = 8
-        (9, 16, 16, 3, 3, True, True),     # k = M, per-pair inputs (a SwiGLU expert's down projection)
+        (37, 16, 24, 4, 2, False, True),  # T*k not a multiple of the block, Din != Dout
+        (20, 32, 16, 8, 1, False, True),  # k = 1, M = 8
+        (9, 16, 16, 3, 3, True, True),  # k = M, per-pair inputs (a SwiGLU expert's down projection)
         (15, 24, 40, 4, 2, False, False),  # no gates (the up projection)
         (150, 80, 144, 3, 2, False, True),  # several blocks per expert, column and K tiles (ragged), dg over 2 dx tiles
     ],
@@ -242,7 +255,9 @@ def test_grouped_triton_forward_and_gradients_match_reference_fp32(t, din, dout,
         if name == "gates" and not gated:
             assert a.grad is None
             continue
-        torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-5, atol=1e-5, msg=lambda s, n=name: f"grad {n}: {s}")
+        torch.testing.assert_close(
+            a.grad.double(), r.grad, rtol=1e-5, atol=1e-5, msg=lambda s, n=name: f"grad {n}: {s}"
+        )
 
 
 def test_grouped_triton_fp16_and_an_expert_without_tokens():
@@ -268,7 +283,7 @@ def test_routing_tables_cover_every_pair_once_in_expert_blocks():
     flat = idx.reshape(-1)
     assert sorted(pairs.tolist()) == list(range(10))
     for e in range(5):
-        assert (flat[pairs[start[e]:end[e]].long()] == e).all() and end[e] - start[e] == (flat == e).sum()
+        assert (flat[pairs[start[e] : end[e]].long()] == e).all() and end[e] - start[e] == (flat == e).sum()
     covered = []
     for b, e in enumerate(block_expert.tolist()):
         if e < 5:
@@ -320,7 +335,7 @@ def test_a_sample_past_32_bit_offsets_is_refused_before_any_launch():
     idx, gates = torch.zeros(2, 2, dtype=torch.long, device="meta"), torch.empty(2, 2, device="meta")
     with pytest.raises(ValueError, match=r"L\*D = 2097152 \* 1024 elements, past the kernels' 32-bit offsets"):
         sample_routed_linear_triton(z, w, bias, idx, gates, False)
-    sample_routed_linear_triton(z[:, :2**20], w, bias, idx, gates, False)  # 2**30 elements: fine
+    sample_routed_linear_triton(z[:, : 2**20], w, bias, idx, gates, False)  # 2**30 elements: fine
 
 
 def test_the_forward_without_h_refuses_a_backward_in_one_line():
@@ -333,7 +348,9 @@ def test_the_forward_without_h_refuses_a_backward_in_one_line():
 
 def test_routing_tables_match_a_count_of_each_expert_with_empty_experts():
     g = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, 6, (40, 2), generator=g) * (torch.arange(40)[:, None] % 3 > 0)  # 0 often; 1..5 rarely or never
+    idx = torch.randint(0, 6, (40, 2), generator=g) * (
+        torch.arange(40)[:, None] % 3 > 0
+    )  # 0 often; 1..5 rarely or never
     pairs, start, end, _, _ = route(idx, num_experts=9, block_p=4)  # experts 6..8: no pair
     counts = torch.bincount(idx.reshape(-1), minlength=9)
     assert torch.equal((end - start).long(), counts) and torch.equal(start.long(), torch.cumsum(counts, 0) - counts)

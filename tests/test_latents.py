@@ -7,16 +7,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from latent_data import CLASSES, image_folder, inception_weights, tiny_vae
 from PIL import Image
 
-from latent_data import CLASSES, image_folder, inception_weights, tiny_vae
 from switchsweep.platform.compose import load_config, load_eval_config
 from switchsweep.platform.config import DataConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.trainers.data import BatchStream, load_dataset
 from switchsweep.trainers.imagefolder import centre_crop, scan
-from switchsweep.trainers.latents import (MANIFEST, check_against, latent_decoder, load_vae, read_manifest, vae_config,
-                                          vae_config_hash)
+from switchsweep.trainers.latents import (
+    MANIFEST,
+    check_against,
+    latent_decoder,
+    load_vae,
+    read_manifest,
+    vae_config,
+    vae_config_hash,
+)
 from switchsweep.trainers.metrics import all_metrics, feature_statistics, frechet_distance
 
 
@@ -38,16 +45,29 @@ def _hand_made(folder: Path, vae: Path, sizes=(5, 7, 3), shape=(4, 8, 8), classe
         shards.append({"latents": f"shards/latents-{i:05d}.npy", "labels": f"shards/labels-{i:05d}.npy", "count": n})
         all_lat.append(lat)
         all_lab.append(lab)
-    manifest = {"format": 1, "root": str(folder / "images"), "classes": [str(c) for c in range(classes)], "resolution": 16,
-                "flip": False, "seed": 0, "latent_shape": list(shape), "scale_factor": 0.18215, "dtype": "float16",
-                "vae": {"path": str(vae), "config_sha256": vae_config_hash(vae_config(vae))},
-                "num_images": sum(sizes), "class_counts": [], "shards": shards}
+    manifest = {
+        "format": 1,
+        "root": str(folder / "images"),
+        "classes": [str(c) for c in range(classes)],
+        "resolution": 16,
+        "flip": False,
+        "seed": 0,
+        "latent_shape": list(shape),
+        "scale_factor": 0.18215,
+        "dtype": "float16",
+        "vae": {"path": str(vae), "config_sha256": vae_config_hash(vae_config(vae))},
+        "num_images": sum(sizes),
+        "class_counts": [],
+        "shards": shards,
+    }
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return np.concatenate(all_lat).astype(np.float32), np.concatenate(all_lab)
 
 
 def _data(folder: Path, **kw) -> DataConfig:
-    return DataConfig(**{"name": "latents", "path": str(folder), "image_size": 8, "channels": 4, "num_classes": 3, **kw})
+    return DataConfig(
+        **{"name": "latents", "path": str(folder), "image_size": 8, "channels": 4, "num_classes": 3, **kw}
+    )
 
 
 # -- ImageFolder -------------------------------------------------------------------------------
@@ -138,9 +158,11 @@ def test_sharded_latents_read_back_exactly_and_batch_like_tensors(tmp_path, vae_
 def test_a_folder_that_does_not_match_is_refused_in_one_line(tmp_path, vae_dir):
     _hand_made(tmp_path / "lat", vae_dir)
     manifest = read_manifest(tmp_path / "lat")
-    for field, value, want in (("channels", 3, "data.channels=3: .* have channels 4: set data.channels=4"),
-                               ("image_size", 32, "data.image_size=32: .* image_size 8"),
-                               ("num_classes", 10, "data.num_classes=10: .* num_classes 3")):
+    for field, value, want in (
+        ("channels", 3, "data.channels=3: .* have channels 4: set data.channels=4"),
+        ("image_size", 32, "data.image_size=32: .* image_size 8"),
+        ("num_classes", 10, "data.num_classes=10: .* num_classes 3"),
+    ):
         with pytest.raises(ConfigError, match=want):
             check_against(manifest, _data(tmp_path / "lat", **{field: value}))
     with pytest.raises(ConfigError, match="no manifest.json"):
@@ -193,8 +215,19 @@ def test_the_dataset_presets_compose_to_the_papers_settings():
         cfg = load_config([f"data={preset}", "data.path=/data/x", "eval.inception_weights=/w.pt"])
         d = cfg.data
         assert (d.name, d.image_size, d.channels, d.num_classes, d.resolution, d.batch_size) == (
-            "latents", 32, 4, classes, 256, 256)
-        assert (cfg.model.patch_size, cfg.train.steps, cfg.train.lr, cfg.diffusion.schedule) == (2, 400000, 1e-4, "cosine")
+            "latents",
+            32,
+            4,
+            classes,
+            256,
+            256,
+        )
+        assert (cfg.model.patch_size, cfg.train.steps, cfg.train.lr, cfg.diffusion.schedule) == (
+            2,
+            400000,
+            1e-4,
+            "cosine",
+        )
         assert cfg.eval.feature_net == "inception" and cfg.eval.cfg_scale == guidance
 
 
@@ -222,8 +255,17 @@ def test_prepare_resumes_trains_and_evaluates_on_decoded_samples(local_ray, tmp_
     from switchsweep.trainers.prepare import prepare
 
     root = image_folder(tmp_path / "imgs", per_class=5)
-    data = DataConfig(name="latents", image_size=8, channels=4, num_classes=3, root=str(root), vae=str(vae_dir),
-                      resolution=16, flip=True, shard_size=4)
+    data = DataConfig(
+        name="latents",
+        image_size=8,
+        channels=4,
+        num_classes=3,
+        root=str(root),
+        vae=str(vae_dir),
+        resolution=16,
+        flip=True,
+        shard_size=4,
+    )
     out = tmp_path / "lat"
     done = prepare(data, out, seed=7, progress=False)
     assert (done.images, done.shards, done.redone) == (30, 4, 4)  # 15 images and their mirrors, 4 images a shard
@@ -262,20 +304,47 @@ def test_prepare_resumes_trains_and_evaluates_on_decoded_samples(local_ray, tmp_
 
     # Train tiny Switch-DiT on the latents, then evaluate: samples are decoded before the feature network.
     weights = inception_weights(tmp_path / "inception.pt")
-    cfg = load_config(["data=latents", f"data.path={out}", "data.image_size=8", "data.num_classes=3", "data.batch_size=6",
-                       "model.size=tiny", "train.steps=3", "train.log_every=1", f"train.out_dir={tmp_path / 'run'}",
-                       "train.progress=false", "sample.per_class=1", "sample.steps=2", f"eval.inception_weights={weights}"])
+    cfg = load_config(
+        [
+            "data=latents",
+            f"data.path={out}",
+            "data.image_size=8",
+            "data.num_classes=3",
+            "data.batch_size=6",
+            "model.size=tiny",
+            "train.steps=3",
+            "train.log_every=1",
+            f"train.out_dir={tmp_path / 'run'}",
+            "train.progress=false",
+            "sample.per_class=1",
+            "sample.steps=2",
+            f"eval.inception_weights={weights}",
+        ]
+    )
     result = train(cfg)
     assert result.step == 3
     with Image.open(result.samples) as grid:
         assert grid.size == ((3 * 17 + 1) * 2, (17 + 1) * 2) and grid.mode == "RGB"  # 3 decoded 16 px images, scaled 2x
-    ev = load_eval_config([f"checkpoint={result.checkpoint}", "eval.num_samples=8", "eval.batch_size=4", "eval.steps=2",
-                           "eval.kid_subset_size=4", "eval.kid_subsets=2", "eval.pr_k=2", f"eval.cache_dir={tmp_path / 'cache'}"])
+    ev = load_eval_config(
+        [
+            f"checkpoint={result.checkpoint}",
+            "eval.num_samples=8",
+            "eval.batch_size=4",
+            "eval.steps=2",
+            "eval.kid_subset_size=4",
+            "eval.kid_subsets=2",
+            "eval.pr_k=2",
+            f"eval.cache_dir={tmp_path / 'cache'}",
+        ]
+    )
     assert ev.eval.feature_net == "inception" and ev.eval.inception_weights == str(weights)  # from the checkpoint
     metrics = evaluate_checkpoint(ev, progress=False)["metrics"]
     assert all(np.isfinite(metrics[k]) for k in ("fid", "kid", "inception_score"))
     cached = list((tmp_path / "cache").glob("ref-latents-*.pt"))
-    assert len(cached) == 1 and torch.load(cached[0], weights_only=True)["features"].shape == (15, 2048)  # the 15 real images
+    assert len(cached) == 1 and torch.load(cached[0], weights_only=True)["features"].shape == (
+        15,
+        2048,
+    )  # the 15 real images
 
 
 @pytest.mark.slow
@@ -284,7 +353,6 @@ def test_a_sweep_on_latents_scores_decoded_samples_and_logs_decoded_grids(tmp_pa
     import subprocess
 
     from mlflow.tracking import MlflowClient
-
     from sweep_harness import BIN, ENV
 
     _hand_made(tmp_path / "lat", vae_dir, sizes=(16, 16))
@@ -292,21 +360,47 @@ def test_a_sweep_on_latents_scores_decoded_samples_and_logs_decoded_grids(tmp_pa
     weights = inception_weights(tmp_path / "inception.pt")
     root = tmp_path / "runs"
     done = subprocess.run(
-        [str(BIN / "switchsweep"), "sweep", "sweep=design_space", f"sweep.root={root}", "data=latents",
-         f"data.path={tmp_path / 'lat'}", "data.image_size=8", "data.num_classes=3", "data.batch_size=8",
-         f"eval.inception_weights={weights}", f"eval.cache_dir={tmp_path / 'cache'}", "sweep.num_trials=1", "train.steps=4",
-         "sweep.eval_every=2", "eval.num_samples=6", "eval.batch_size=6", "eval.steps=2", "eval.kid_subset_size=3",
-         "eval.kid_subsets=2", "eval.pr_k=2", "sample.per_class=1", "sample.steps=2"],
-        capture_output=True, text=True, env=ENV, timeout=380)
+        [
+            str(BIN / "switchsweep"),
+            "sweep",
+            "sweep=design_space",
+            f"sweep.root={root}",
+            "data=latents",
+            f"data.path={tmp_path / 'lat'}",
+            "data.image_size=8",
+            "data.num_classes=3",
+            "data.batch_size=8",
+            f"eval.inception_weights={weights}",
+            f"eval.cache_dir={tmp_path / 'cache'}",
+            "sweep.num_trials=1",
+            "train.steps=4",
+            "sweep.eval_every=2",
+            "eval.num_samples=6",
+            "eval.batch_size=6",
+            "eval.steps=2",
+            "eval.kid_subset_size=3",
+            "eval.kid_subsets=2",
+            "eval.pr_k=2",
+            "sample.per_class=1",
+            "sample.steps=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=380,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("design_space")
-    trial, = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("switchsweep.role") != "sweep"]
+    (trial,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("switchsweep.role") != "sweep"]
     assert trial.info.status == "FINISHED" and trial.data.params["data.name"] == "latents"
     assert [m.step for m in client.get_metric_history(trial.info.run_id, "kid")] == [2, 4]
-    grid = next(a.path for a in client.list_artifacts(trial.info.run_id, "images")
-                if a.path.startswith("images/samples") and a.path.endswith(".png"))
+    grid = next(
+        a.path
+        for a in client.list_artifacts(trial.info.run_id, "images")
+        if a.path.startswith("images/samples") and a.path.endswith(".png")
+    )
     with Image.open(client.download_artifacts(trial.info.run_id, grid, str(tmp_path / "dl"))) as im:
         assert im.mode == "RGB" and im.size == ((3 * 17 + 1) * 2, (17 + 1) * 2)  # 3 decoded 16 px images, 2x
-    cached, = (tmp_path / "cache").glob("ref-latents-*.pt")  # warmed once by the driver, from the 12 real images
+    (cached,) = (tmp_path / "cache").glob("ref-latents-*.pt")  # warmed once by the driver, from the 12 real images
     assert torch.load(cached, weights_only=True)["features"].shape == (12, 2048)

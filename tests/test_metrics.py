@@ -121,7 +121,9 @@ def test_all_metrics_report_the_evaluation_noise_and_the_subset_spread_under_the
     real, fake = np.random.default_rng(0).standard_normal((300, 8)), _draws(1, n=120, d=8)
     m, noise = all_metrics(real, fake, np.full((120, 10), 0.1), kid_subset_size=100, kid_subsets=5)
     assert {"kid", "kid_se", "kid_subset_sd", "fid", "fid_se"} <= set(m) and "kid_std" not in m
-    assert m["kid_se"] == pytest.approx(noise_sd(kid_bootstrap(real, fake))) and m["fid_se"] == noise_sd(noise["fid"]) > 0
+    assert (
+        m["kid_se"] == pytest.approx(noise_sd(kid_bootstrap(real, fake))) and m["fid_se"] == noise_sd(noise["fid"]) > 0
+    )
 
 
 def test_kid_bootstrap_on_many_samples_scales_a_subsample_by_one_over_sqrt_n():

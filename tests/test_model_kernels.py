@@ -18,8 +18,10 @@ TIMESTEPS = {"per-sample timesteps": [3, 600, 999], "one shared timestep": [417,
 
 
 def _models():
-    return {"switch_dit": SwitchDiT(num_experts=3, top_k=2, **SMALL),
-            "dit_moe": DiTMoE(num_experts=4, top_k=2, shared_experts=1, **SMALL)}
+    return {
+        "switch_dit": SwitchDiT(num_experts=3, top_k=2, **SMALL),
+        "dit_moe": DiTMoE(num_experts=4, top_k=2, shared_experts=1, **SMALL),
+    }
 
 
 @pytest.fixture

@@ -142,7 +142,9 @@ def test_position_embedding_has_dit_s_layout():
         out = np.einsum("m,d->md", pos.reshape(-1), omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
-    w, h = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))  # "xy": w varies along a row
+    w, h = np.meshgrid(
+        np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64)
+    )  # "xy": w varies along a row
     ref = np.concatenate([one_axis(dim // 2, w), one_axis(dim // 2, h)], axis=1)
     got = sincos_pos_embed_2d(dim, grid).numpy()
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)

@@ -2,9 +2,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import jensenshannon
-import torch
 
 from switchsweep.models.prior_loss import diffusion_prior_loss, hungarian_match, jensen_shannon, matching_cost
 from switchsweep.models.routing import prior_mask
@@ -58,15 +58,16 @@ def test_prior_loss_zero_when_gates_equal_the_prior():
 
 
 def _tiny_switch(**kw):
-    return SwitchDiT(image_size=8, channels=1, num_classes=10, patch_size=2, hidden=32, depth=3, heads=2,
-                     num_timesteps=50, **kw)
+    return SwitchDiT(
+        image_size=8, channels=1, num_classes=10, patch_size=2, hidden=32, depth=3, heads=2, num_timesteps=50, **kw
+    )
 
 
 def test_gradients_reach_the_gates_through_the_prior_loss():
     model = _tiny_switch().train()
     x, t, y = torch.randn(4, 1, 8, 8), torch.randint(0, 50, (4,)), torch.randint(0, 10, (4,))
     _, aux = model(x, t, y, return_aux=True)
-    (weight, l_dp), = model.aux_losses(aux, t).values()
+    ((weight, l_dp),) = model.aux_losses(aux, t).values()
     assert weight == 1.0 and l_dp.item() > 0
     l_dp.backward()
     for block in model.blocks:
@@ -89,7 +90,7 @@ def test_prior_loss_uses_the_matched_prior():
         assert best <= float(ref_cost[torch.arange(6), perm].sum())
     expected = diffusion_prior_loss(aux["gate_probs"], model.w_prior[t][:, col], k=1)
     aux["matching"] = type(aux["matching"])(ref_cost, np.random.default_rng([0, 0]))
-    (_, got), = model.aux_losses(aux, t).values()
+    ((_, got),) = model.aux_losses(aux, t).values()
     assert torch.allclose(got, expected)
 
 

@@ -17,8 +17,9 @@ def rec(group, seed, value, status="FINISHED", steps=100, noise=None, **metrics)
     m = {"kid": value, **metrics}
     if noise is not None:
         m["kid_se"] = noise
-    return TrialRecord(f"{group}-{seed}", f"run-{group}-{seed}", status, steps, 100, group, seed,
-                       {"model.name": "switch_dit"}, m)
+    return TrialRecord(
+        f"{group}-{seed}", f"run-{group}-{seed}", status, steps, 100, group, seed, {"model.name": "switch_dit"}, m
+    )
 
 
 def test_finished_configurations_come_first_then_stopped_then_nan():
@@ -97,15 +98,30 @@ def test_pareto_front_matches_brute_force():
 
 
 def test_multi_objective_ranking_puts_the_pareto_set_first():
-    records = [rec("cheap", 0, 20.0, gflops=1.0), rec("good", 0, 10.0, gflops=5.0), rec("worse", 0, 21.0, gflops=2.0),
-               rec("stopped", 0, 1.0, status="KILLED", steps=3, gflops=0.1)]
+    records = [
+        rec("cheap", 0, 20.0, gflops=1.0),
+        rec("good", 0, 10.0, gflops=5.0),
+        rec("worse", 0, 21.0, gflops=2.0),
+        rec("stopped", 0, 1.0, status="KILLED", steps=3, gflops=0.1),
+    ]
     ranked = rank_groups(records, "kid", "min", objectives=["kid", "gflops"], modes=["min", "min"])
-    assert [(r.group, r.pareto) for r in ranked] == [("good", True), ("cheap", True), ("worse", False), ("stopped", False)]
+    assert [(r.group, r.pareto) for r in ranked] == [
+        ("good", True),
+        ("cheap", True),
+        ("worse", False),
+        ("stopped", False),
+    ]
     assert ranked[1].objectives == {"kid": 20.0, "gflops": 1.0}
 
 
 def test_every_permutation_of_the_input_ranks_the_same():
-    records = [rec("a", 0, 3.0), rec("a", 1, 4.0), rec("b", 0, 1.0), rec("b", 1, 9.0), rec("c", 0, 2.0, status="KILLED")]
+    records = [
+        rec("a", 0, 3.0),
+        rec("a", 1, 4.0),
+        rec("b", 0, 1.0),
+        rec("b", 1, 9.0),
+        rec("c", 0, 2.0, status="KILLED"),
+    ]
     orders = {tuple(r.group for r in rank_groups(list(p), "kid", "min")) for p in itertools.permutations(records)}
     assert orders == {("a", "b", "c")}
 
@@ -114,32 +130,66 @@ def test_export_reads_mlflow_and_writes_the_pareto_set(tmp_path):
     from omegaconf import OmegaConf
 
     from switchsweep.platform.export import export_best
-    from switchsweep.platform.tracking import (GROUP_TAG, OBJECTIVES_TAG, PARENT_TAG, ROLE_TAG, SEED_TAG, SWEEP_TAG,
-                                               TRIAL_TAG, Tracker, default_tracking_uri)
+    from switchsweep.platform.tracking import (
+        GROUP_TAG,
+        OBJECTIVES_TAG,
+        PARENT_TAG,
+        ROLE_TAG,
+        SEED_TAG,
+        SWEEP_TAG,
+        TRIAL_TAG,
+        Tracker,
+        default_tracking_uri,
+    )
 
     uri = default_tracking_uri(tmp_path)
     tracker = Tracker(uri)
     exp = tracker.experiment("mo", tmp_path / "artifacts")
-    parent = tracker.create_run(exp, "mo-1", {ROLE_TAG: "sweep", SWEEP_TAG: "mo-1", "switchsweep.metric": "kid",
-                                              "switchsweep.mode": "min", OBJECTIVES_TAG: "kid,gflops"})
+    parent = tracker.create_run(
+        exp,
+        "mo-1",
+        {
+            ROLE_TAG: "sweep",
+            SWEEP_TAG: "mo-1",
+            "switchsweep.metric": "kid",
+            "switchsweep.mode": "min",
+            OBJECTIVES_TAG: "kid,gflops",
+        },
+    )
     # (group, seed, kid, gflops): g0 and g1 are on the front, g2 is dominated by g0, g3 was stopped early.
-    rows = [("g0", 0, 10.0, 2.0), ("g0", 1, 12.0, 2.0), ("g1", 0, 5.0, 4.0), ("g1", 1, 7.0, 4.0),
-            ("g2", 0, 14.0, 3.0), ("g2", 1, 13.0, 3.0), ("g3", 0, 1.0, 1.0)]
+    rows = [
+        ("g0", 0, 10.0, 2.0),
+        ("g0", 1, 12.0, 2.0),
+        ("g1", 0, 5.0, 4.0),
+        ("g1", 1, 7.0, 4.0),
+        ("g2", 0, 14.0, 3.0),
+        ("g2", 1, 13.0, 3.0),
+        ("g3", 0, 1.0, 1.0),
+    ]
     for i, (group, seed, kid, gflops) in enumerate(rows):
-        run = tracker.create_run(exp, f"t{i}", {PARENT_TAG: parent, TRIAL_TAG: f"t{i}", ROLE_TAG: "trial",
-                                                GROUP_TAG: group, SEED_TAG: seed})
+        run = tracker.create_run(
+            exp, f"t{i}", {PARENT_TAG: parent, TRIAL_TAG: f"t{i}", ROLE_TAG: "trial", GROUP_TAG: group, SEED_TAG: seed}
+        )
         steps = 4 if group == "g3" else 8
         tracker.log_params(run, {"train.steps": 8, "model.name": "dit", "train.seed": seed})
         tracker.log_metrics(run, {"kid": kid, "gflops": gflops, "step": steps}, step=steps)
-        tracker.log_text(run, OmegaConf.to_yaml({"model": {"name": "dit"}, "train": {"seed": seed, "out_dir": "x"}}),
-                         "config.yaml")
+        tracker.log_text(
+            run, OmegaConf.to_yaml({"model": {"name": "dit"}, "train": {"seed": seed, "out_dir": "x"}}), "config.yaml"
+        )
         tracker.set_status(run, "FINISHED" if group != "g3" else "KILLED")
     written = export_best(uri, "mo", top=1, out=tmp_path / "out")
     assert [p.name for p in written] == ["pareto01-t2.yaml", "pareto02-t0.yaml"]  # g1 (kid 6), then g0 (kid 11)
-    assert "kid=6 +- " in written[0].read_text().splitlines()[0] and "gflops=4" in written[0].read_text().splitlines()[0]
+    assert (
+        "kid=6 +- " in written[0].read_text().splitlines()[0] and "gflops=4" in written[0].read_text().splitlines()[0]
+    )
     assert OmegaConf.load(written[1]).train.seed == 0  # the configuration's first seed
     table = (tmp_path / "out" / "ranking.csv").read_text().splitlines()
-    assert table[0].endswith("vs_best,diff_to_best,diff_ci95,diff_basis,vs_baseline,diff_to_baseline,baseline_ci95,pareto,gflops_mean,failure") and len(table) == 5
+    assert (
+        table[0].endswith(
+            "vs_best,diff_to_best,diff_ci95,diff_basis,vs_baseline,diff_to_baseline,baseline_ci95,pareto,gflops_mean,failure"
+        )
+        and len(table) == 5
+    )
 
 
 def test_rank_trials_reads_the_sweep_asked_for_or_the_latest(tmp_path):
@@ -150,9 +200,14 @@ def test_rank_trials_reads_the_sweep_asked_for_or_the_latest(tmp_path):
     tracker = Tracker(default_tracking_uri(tmp_path))
     exp = tracker.experiment("design_space", tmp_path / "artifacts")
     for sweep_id, kid in (("ds-1", 3.0), ("ds-2", 5.0)):  # ds-2 starts later: the latest
-        parent = tracker.create_run(exp, sweep_id, {ROLE_TAG: "sweep", SWEEP_TAG: sweep_id, "switchsweep.metric": "kid",
-                                                    "switchsweep.mode": "min"})  # no objectives tag: single-objective
-        run = tracker.create_run(exp, f"{sweep_id}-t", {PARENT_TAG: parent, TRIAL_TAG: f"{sweep_id}-t", ROLE_TAG: "trial"})
+        parent = tracker.create_run(
+            exp,
+            sweep_id,
+            {ROLE_TAG: "sweep", SWEEP_TAG: sweep_id, "switchsweep.metric": "kid", "switchsweep.mode": "min"},
+        )  # no objectives tag: single-objective
+        run = tracker.create_run(
+            exp, f"{sweep_id}-t", {PARENT_TAG: parent, TRIAL_TAG: f"{sweep_id}-t", ROLE_TAG: "trial"}
+        )
         tracker.log_params(run, {"train.steps": 8, "model.name": "dit"})
         tracker.log_metrics(run, {"kid": kid, "step": 8}, step=8)
         tracker.set_status(run, "FINISHED")
@@ -171,7 +226,9 @@ def test_paired_difference_drops_pairs_with_a_missing_value():
     from switchsweep.platform.ranking import paired_difference
 
     mean, hw = paired_difference([1.0, math.nan, 3.0, 6.0], [0.0, 5.0, math.nan, 4.0])  # pairs 0 and 3 only
-    assert mean == pytest.approx(1.5) and hw == pytest.approx(stats.t.ppf(0.975, 1) * np.std([1.0, 2.0], ddof=1) / math.sqrt(2))
+    assert mean == pytest.approx(1.5) and hw == pytest.approx(
+        stats.t.ppf(0.975, 1) * np.std([1.0, 2.0], ddof=1) / math.sqrt(2)
+    )
 
 
 def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
@@ -179,62 +236,148 @@ def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
 
     from switchsweep.platform.export import SweepRanking, write_ranking
 
-    switch = {"model.name": "switch_dit", "model.num_experts": "3", "model.top_k": "2", "model.lambda_dp": "0.54637",
-              "model.prior_alpha": "4.0", "train.loss_weighting": "constant"}
+    switch = {
+        "model.name": "switch_dit",
+        "model.num_experts": "3",
+        "model.top_k": "2",
+        "model.lambda_dp": "0.54637",
+        "model.prior_alpha": "4.0",
+        "train.loss_weighting": "constant",
+    }
     extra = {"params": 2.166e6, "gflops": 0.04271, "steps_per_sec": 5.678}
-    records = [TrialRecord(f"s-{i}", f"r-s-{i}", "FINISHED", 100, 100, "gs", i, switch, {"kid": v, "kid_se": 2.0, **extra})
-               for i, v in enumerate([10.0, 14.0])]
+    records = [
+        TrialRecord(f"s-{i}", f"r-s-{i}", "FINISHED", 100, 100, "gs", i, switch, {"kid": v, "kid_se": 2.0, **extra})
+        for i, v in enumerate([10.0, 14.0])
+    ]
     records.append(TrialRecord("d-0", "r-d-0", "KILLED", 50, 100, "gd", 0, {"model.name": "dit"}, {"kid": math.nan}))
-    records.append(TrialRecord("f-0", "r-f-0", "FAILED", 3, 100, "gf", 0, {"model.name": "dit"}, {},
-                               failure="TrainingError: non-finite loss (nan) at step 3 | lower train.lr"))
+    records.append(
+        TrialRecord(
+            "f-0",
+            "r-f-0",
+            "FAILED",
+            3,
+            100,
+            "gf",
+            0,
+            {"model.name": "dit"},
+            {},
+            failure="TrainingError: non-finite loss (nan) at step 3 | lower train.lr",
+        )
+    )
     ranked = rank_groups(records, "kid", "min", "kid_se")
     table, md = write_ranking(SweepRanking("sw-1", "kid", [], ranked), tmp_path)
     with open(table, newline="") as fh:
         rows = list(csv.DictReader(fh))
     best, dit, failed = rows
-    assert failed["status"] == "FAILED" and failed["failure"] == "f-0: TrainingError: non-finite loss (nan) at step 3 | lower train.lr"
+    assert (
+        failed["status"] == "FAILED"
+        and failed["failure"] == "f-0: TrainingError: non-finite loss (nan) at step 3 | lower train.lr"
+    )
     hw = stats.t.ppf(0.975, 1) * np.std([10.0, 14.0], ddof=1) / math.sqrt(2)
-    assert best == {"rank": "1", "group": "gs", "trial_id": "s-0", "seeds": "2", "status": "FINISHED", "steps": "100",
-                    "variant": "switch_dit(M=3,k=2)", "lambda_dp": "0.5464", "prior_alpha": "4.0", "params_M": "2.166",
-                    "gflops": "0.0427", "steps_per_s": "5.68", "kid": "12", "kid_sd_seeds": "2.83", "kid_noise": "2",
-                    "kid_ci95": f"{hw:.3g}", "vs_best": "best", "diff_to_best": "", "diff_ci95": "", "diff_basis": "",
-                    "vs_baseline": "", "diff_to_baseline": "", "baseline_ci95": "", "failure": ""}
-    assert dit == {"rank": "2", "group": "gd", "trial_id": "d-0", "seeds": "1", "status": "KILLED", "steps": "50",
-                   "variant": "dit", "lambda_dp": "", "prior_alpha": "", "params_M": "", "gflops": "", "steps_per_s": "",
-                   "kid": "", "kid_sd_seeds": "", "kid_noise": "", "kid_ci95": "", "vs_best": "", "diff_to_best": "",
-                   "diff_ci95": "", "diff_basis": "", "vs_baseline": "", "diff_to_baseline": "", "baseline_ci95": "",
-                   "failure": ""}
+    assert best == {
+        "rank": "1",
+        "group": "gs",
+        "trial_id": "s-0",
+        "seeds": "2",
+        "status": "FINISHED",
+        "steps": "100",
+        "variant": "switch_dit(M=3,k=2)",
+        "lambda_dp": "0.5464",
+        "prior_alpha": "4.0",
+        "params_M": "2.166",
+        "gflops": "0.0427",
+        "steps_per_s": "5.68",
+        "kid": "12",
+        "kid_sd_seeds": "2.83",
+        "kid_noise": "2",
+        "kid_ci95": f"{hw:.3g}",
+        "vs_best": "best",
+        "diff_to_best": "",
+        "diff_ci95": "",
+        "diff_basis": "",
+        "vs_baseline": "",
+        "diff_to_baseline": "",
+        "baseline_ci95": "",
+        "failure": "",
+    }
+    assert dit == {
+        "rank": "2",
+        "group": "gd",
+        "trial_id": "d-0",
+        "seeds": "1",
+        "status": "KILLED",
+        "steps": "50",
+        "variant": "dit",
+        "lambda_dp": "",
+        "prior_alpha": "",
+        "params_M": "",
+        "gflops": "",
+        "steps_per_s": "",
+        "kid": "",
+        "kid_sd_seeds": "",
+        "kid_noise": "",
+        "kid_ci95": "",
+        "vs_best": "",
+        "diff_to_best": "",
+        "diff_ci95": "",
+        "diff_basis": "",
+        "vs_baseline": "",
+        "diff_to_baseline": "",
+        "baseline_ci95": "",
+        "failure": "",
+    }
     lines = md.read_text().splitlines()
-    assert lines[2].startswith("| rank | group |") and lines[4].startswith("| 1 | gs | s-0 | 2 | FINISHED |") and len(lines) == 7
-    assert lines[6].endswith("| f-0: TrainingError: non-finite loss (nan) at step 3 / lower train.lr |")  # a | kept out of the cells
+    assert (
+        lines[2].startswith("| rank | group |")
+        and lines[4].startswith("| 1 | gs | s-0 | 2 | FINISHED |")
+        and len(lines) == 7
+    )
+    assert lines[6].endswith(
+        "| f-0: TrainingError: non-finite loss (nan) at step 3 / lower train.lr |"
+    )  # a | kept out of the cells
 
 
 def test_one_seed_comparisons_with_the_best_pair_the_two_evaluations(tmp_path):
     # Two one-seed configurations evaluated alike: each KID's own noise is 4, but most of it is shared
     # (the same labels and initial noise), so their difference of 6 is separable only when paired.
     from switchsweep.platform.export import rank_trials
-    from switchsweep.platform.tracking import (EVAL_NOISE_ARTIFACT, GROUP_TAG, PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG,
-                                               Tracker, default_tracking_uri, eval_noise_name)
+    from switchsweep.platform.tracking import (
+        EVAL_NOISE_ARTIFACT,
+        GROUP_TAG,
+        PARENT_TAG,
+        ROLE_TAG,
+        SWEEP_TAG,
+        TRIAL_TAG,
+        Tracker,
+        default_tracking_uri,
+        eval_noise_name,
+    )
 
     rng = np.random.default_rng(0)
     shared, own = rng.standard_normal(50), rng.standard_normal((2, 50))
     noise = {"a": 100 + 3.9 * shared + 0.8 * own[0], "b": 106 + 3.9 * shared + 0.8 * own[1]}
     tracker = Tracker(default_tracking_uri(tmp_path))
     exp = tracker.experiment("design_space", tmp_path / "artifacts")
-    parent = tracker.create_run(exp, "ds-1", {ROLE_TAG: "sweep", SWEEP_TAG: "ds-1", "switchsweep.metric": "kid",
-                                              "switchsweep.mode": "min"})
+    parent = tracker.create_run(
+        exp, "ds-1", {ROLE_TAG: "sweep", SWEEP_TAG: "ds-1", "switchsweep.metric": "kid", "switchsweep.mode": "min"}
+    )
     for name, values in noise.items():
         run = tracker.create_run(exp, name, {PARENT_TAG: parent, TRIAL_TAG: name, ROLE_TAG: "trial", GROUP_TAG: name})
         tracker.log_params(run, {"train.steps": 8, "model.name": "dit"})
         tracker.log_metrics(run, {"kid": float(values.mean()), "kid_se": float(values.std(ddof=1)), "step": 8}, step=8)
-        tracker.log_dict(run, {"kid": values.tolist(), "fid": [0.0, 1.0]}, f"{EVAL_NOISE_ARTIFACT}/{eval_noise_name(8)}")
+        tracker.log_dict(
+            run, {"kid": values.tolist(), "fid": [0.0, 1.0]}, f"{EVAL_NOISE_ARTIFACT}/{eval_noise_name(8)}"
+        )
         tracker.set_status(run, "FINISHED")
     best, other = rank_trials(tracker, "design_space").ranked
     assert best.group == "a" and other.half_width > other.diff  # unpaired, the intervals overlap
     paired_sd = np.std(noise["b"] - noise["a"], ddof=1)
     assert other.diff == pytest.approx(noise["b"].mean() - noise["a"].mean())
     assert other.diff_half_width == pytest.approx(1.96 * paired_sd)
-    assert other.vs_best == WORSE and other.diff_basis == "1 seed: paired evaluation noise only, training-seed noise not included"
+    assert (
+        other.vs_best == WORSE
+        and other.diff_basis == "1 seed: paired evaluation noise only, training-seed noise not included"
+    )
 
 
 def test_several_seeds_compare_with_the_best_over_paired_seed_differences():
@@ -255,8 +398,12 @@ def _with_baseline(base_values, designs, parent=None):
     from switchsweep.platform.export import SweepRanking
     from switchsweep.platform.ranking import BASELINE_GROUP, compare_to_best
 
-    records = [TrialRecord(f"bl-{i}", f"run-bl-{i}", "FINISHED", 100, 100, BASELINE_GROUP, i, {"model.name": "dit"},
-                           {"kid": v}) for i, v in enumerate(base_values)]
+    records = [
+        TrialRecord(
+            f"bl-{i}", f"run-bl-{i}", "FINISHED", 100, 100, BASELINE_GROUP, i, {"model.name": "dit"}, {"kid": v}
+        )
+        for i, v in enumerate(base_values)
+    ]
     for group, values in designs.items():
         records += [rec(group, i, v) for i, v in enumerate(values)]
     ranked = rank_groups(records, "kid", "min")
@@ -276,13 +423,18 @@ def test_the_baseline_is_compared_with_every_design_and_never_the_best():
     hw = stats.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / math.sqrt(3)
     assert g0.base_diff == pytest.approx(diffs.mean()) and g0.base_half_width == pytest.approx(hw)
     assert g0.vs_baseline == WORSE and g1.vs_baseline == WORSE and base.vs_baseline == ""
-    assert baseline_sentence(ranking) == (f"The best design, g0 switch_dit(M=3,k=2), is worse than the baseline dit: kid "
-                                          f"10.53 against 8.5, a difference of {diffs.mean():+.4g} +- {hw:.2g} "
-                                          "(95%, paired over 3 seeds).")
+    assert baseline_sentence(ranking) == (
+        f"The best design, g0 switch_dit(M=3,k=2), is worse than the baseline dit: kid "
+        f"10.53 against 8.5, a difference of {diffs.mean():+.4g} +- {hw:.2g} "
+        "(95%, paired over 3 seeds)."
+    )
     # A baseline that does not separate from the best, and one that did not finish.
     tied = _with_baseline([10.0, 12.0], {"g0": [11.0, 11.0]})
     assert tied.best.vs_baseline == TIED and "does not separate from the baseline dit" in baseline_sentence(tied)
-    assert _with_baseline([], {"g0": [1.0]}).baseline is None and baseline_sentence(_with_baseline([], {"g0": [1.0]})) == ""
+    assert (
+        _with_baseline([], {"g0": [1.0]}).baseline is None
+        and baseline_sentence(_with_baseline([], {"g0": [1.0]})) == ""
+    )
 
 
 def test_race_state_reads_separated_spent_or_open_from_the_seeds():
@@ -296,9 +448,12 @@ def test_race_state_reads_separated_spent_or_open_from_the_seeds():
     assert race_sentence(apart) == "Racing separated g0 from the runner-up g1 at 95% (2 extra seed(s) each, 3 in all)."
     close = _with_baseline([30.0, 30.5, 29.0], {"g0": [10.0, 13.0, 9.0], "g1": [12.0, 10.0, 12.0], "g2": [20.0]}, race)
     assert race_state(close.ranked, 1, 2, 2)[0] == RACE_SPENT and "its budget is spent (2 of 2 extra seeds each)" in (
-        race_sentence(close))
+        race_sentence(close)
+    )
     assert race_state(close.ranked, 1, 2, 3)[0] == RACE_OPEN  # one more round was allowed: cut short
-    one = _with_baseline([30.0, 30.5, 29.0], {"g0": [10.0, 10.2, 10.1], "g1": [12.0]}, {"sweep.race": "1", "sweep.race_seeds": "2"})
+    one = _with_baseline(
+        [30.0, 30.5, 29.0], {"g0": [10.0, 10.2, 10.1], "g1": [12.0]}, {"sweep.race": "1", "sweep.race_seeds": "2"}
+    )
     assert race_sentence(one) == "Racing separated g0 from the baseline at 95% (2 extra seed(s) each, 3 in all)."
     before = _with_baseline([30.0], {"g0": [10.0], "g1": [12.0]}, race)
     assert race_state(before.ranked, 1, 2, 2) == (RACE_OPEN, []) and race_state(before.ranked, 1, 0, 2) == ("", [])

@@ -23,14 +23,20 @@ from switchsweep.sweeps.run import _resume_overrides
 from switchsweep.sweeps.trial import FAILURE_REASON
 
 
-@pytest.mark.parametrize("text,want", [
-    ("sweep.tracking_uri=https://alice:s3cr3t@mlflow.example.com", "sweep.tracking_uri=https://***@mlflow.example.com"),
-    ("postgresql://u:pw@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
-    ("s3://bucket/runs?X-Amz-Signature=abc&region=eu", "s3://bucket/runs?X-Amz-Signature=***&region=eu"),
-    ("https://h/x?token=t0k&api_key=k3y&page=2", "https://h/x?token=***&api_key=***&page=2"),
-    ("sqlite:////tmp/runs/mlflow.db", "sqlite:////tmp/runs/mlflow.db"),
-    ("model.top_k=2 train.steps=300", "model.top_k=2 train.steps=300"),
-])
+@pytest.mark.parametrize(
+    "text,want",
+    [
+        (
+            "sweep.tracking_uri=https://alice:s3cr3t@mlflow.example.com",
+            "sweep.tracking_uri=https://***@mlflow.example.com",
+        ),
+        ("postgresql://u:pw@db:5432/mlflow", "postgresql://***@db:5432/mlflow"),
+        ("s3://bucket/runs?X-Amz-Signature=abc&region=eu", "s3://bucket/runs?X-Amz-Signature=***&region=eu"),
+        ("https://h/x?token=t0k&api_key=k3y&page=2", "https://h/x?token=***&api_key=***&page=2"),
+        ("sqlite:////tmp/runs/mlflow.db", "sqlite:////tmp/runs/mlflow.db"),
+        ("model.top_k=2 train.steps=300", "model.top_k=2 train.steps=300"),
+    ],
+)
 def test_redact_masks_credentials_and_keeps_the_rest(text, want):
     assert redact(text) == want
 
@@ -119,8 +125,10 @@ def test_the_record_says_running_only_while_a_driver_holds_the_lock(tmp_path):
 
 def test_a_killed_driver_leaves_no_lock(tmp_path):
     sweep_state.save(tmp_path, {"status": sweep_state.RUNNING})
-    code = ("import sys, time; from switchsweep.platform.sweep_state import DriverLock; "
-            f"lock = DriverLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from switchsweep.platform.sweep_state import DriverLock; "
+        f"lock = DriverLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); time.sleep(60)"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"
     assert sweep_state.status(tmp_path) == sweep_state.RUNNING
@@ -143,16 +151,19 @@ def test_trial_entries_merge_and_trials_over_counts_ended_ones(tmp_path):
     assert sorted(sweep_state.trials_over(state)) == ["b", "c"]
 
 
-@pytest.mark.parametrize("error,deterministic", [
-    (TrainingError("non-finite loss (nan) at step 3"), True),
-    (ConfigError("model.top_k=5 must be <= 3"), True),
-    (CheckpointError("corrupt"), True),
-    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
-    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), True),
-    (MemoryError(), True),
-    (RuntimeError("Connection reset by peer"), False),
-    (OSError("No space left on device"), False),
-])
+@pytest.mark.parametrize(
+    "error,deterministic",
+    [
+        (TrainingError("non-finite loss (nan) at step 3"), True),
+        (ConfigError("model.top_k=5 must be <= 3"), True),
+        (CheckpointError("corrupt"), True),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), True),
+        (MemoryError(), True),
+        (RuntimeError("Connection reset by peer"), False),
+        (OSError("No space left on device"), False),
+    ],
+)
 def test_deterministic_failures_are_told_from_retryable_ones(error, deterministic):
     assert is_deterministic(error) is deterministic
 
@@ -185,16 +196,24 @@ def test_log_tail_keeps_the_last_lines_and_the_traceback(capsys):
 def test_failure_reason_reads_what_run_trial_raised():
     error = f"Traceback ...\nRuntimeError: {FAILURE_REASON}=TrainingError: non-finite loss (nan) at step 3\n"
     assert failure_reason(error) == "TrainingError: non-finite loss (nan) at step 3"
-    assert failure_reason("ray.exceptions.ActorDiedError: the actor died\n\n") == "ray.exceptions.ActorDiedError: the actor died"
+    assert (
+        failure_reason("ray.exceptions.ActorDiedError: the actor died\n\n")
+        == "ray.exceptions.ActorDiedError: the actor died"
+    )
     assert failure_reason(None) == "the trial's process failed without an error message"
 
 
 def test_relative_paths_resolve_against_the_drivers_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    tree = {"eval": {"cache_dir": "cache", "inception_weights": "~/w.pt", "out": None}, "train": {"resume": "s3://b/c.pt"}}
+    tree = {
+        "eval": {"cache_dir": "cache", "inception_weights": "~/w.pt", "out": None},
+        "train": {"resume": "s3://b/c.pt"},
+    }
     resolve_paths(tree)
-    assert tree == {"eval": {"cache_dir": str(tmp_path / "cache"), "inception_weights": os.path.expanduser("~/w.pt"),
-                             "out": None}, "train": {"resume": "s3://b/c.pt"}}
+    assert tree == {
+        "eval": {"cache_dir": str(tmp_path / "cache"), "inception_weights": os.path.expanduser("~/w.pt"), "out": None},
+        "train": {"resume": "s3://b/c.pt"},
+    }
 
 
 def test_a_resume_must_be_given_redacted_credentials_again():
@@ -230,12 +249,16 @@ def test_an_inline_trials_checkpoint_is_kept_once_where_tune_keeps_it(run, tmp_p
     folder = tmp_path / "storage" / "tune" / "run_trial_t1" / "checkpoint_000001"
     folder.mkdir(parents=True)
     (folder / "ckpt.pt").write_bytes(b"x")
-    place_checkpoint(tracker, run_id, str(tmp_path / "storage"), "t1", "last", finished=False, inline=Checkpoint(str(folder)))
+    place_checkpoint(
+        tracker, run_id, str(tmp_path / "storage"), "t1", "last", finished=False, inline=Checkpoint(str(folder))
+    )
     assert tracker.client.get_run(run_id).data.tags[CHECKPOINT_TAG] == str(folder / "ckpt.pt")
     ckpt = tmp_path / "ckpt.pt"
     ckpt.write_bytes(b"final")
     tracker.log_artifact(run_id, ckpt, "checkpoint")
-    place_checkpoint(tracker, run_id, str(tmp_path / "storage"), "t1", "last", finished=True, inline=Checkpoint(str(folder)))
+    place_checkpoint(
+        tracker, run_id, str(tmp_path / "storage"), "t1", "last", finished=True, inline=Checkpoint(str(folder))
+    )
     assert list(folder.iterdir()) == []  # a Tune state that still names it restores the (ended) trial
 
 
@@ -244,8 +267,17 @@ def test_resume_refuses_in_one_line_when_the_tune_state_is_missing(tmp_path, cap
 
     root = tmp_path / "runs"
     sweep_dir = root / "sweeps" / "design_space" / "design_space-1"
-    sweep_state.save(sweep_dir, {"sweep_id": "design_space-1", "name": "design_space", "created": 1.0, "tune_dir": "tune",
-                                 "status": sweep_state.INTERRUPTED, "overrides": [f"sweep.root={root}"]})
+    sweep_state.save(
+        sweep_dir,
+        {
+            "sweep_id": "design_space-1",
+            "name": "design_space",
+            "created": 1.0,
+            "tune_dir": "tune",
+            "status": sweep_state.INTERRUPTED,
+            "overrides": [f"sweep.root={root}"],
+        },
+    )
     assert main(["sweep", "--resume", f"sweep.root={root}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--resume: sweep design_space-1 has no Tune state under" in err[0]
@@ -275,7 +307,15 @@ def _cut_short_state(tmp_path):
     (tune_dir / "experiment_state-2026-01-01_00-00-01.json").write_text('{"trial_data": ["older"]}')
     newest = tune_dir / "experiment_state-2026-01-01_00-00-09.json"
     newest.write_text('{"trial_data": ["a", "b"')  # what a driver killed during Tune's copy leaves
-    staging = tmp_path / "ray" / "session_2026-01-01_00-00-00_1" / "artifacts" / "2026-01-01_00-00-09" / "tune" / "driver_artifacts"
+    staging = (
+        tmp_path
+        / "ray"
+        / "session_2026-01-01_00-00-00_1"
+        / "artifacts"
+        / "2026-01-01_00-00-09"
+        / "tune"
+        / "driver_artifacts"
+    )
     staging.mkdir(parents=True)
     return tune_dir, newest, staging
 
@@ -296,8 +336,10 @@ def test_a_cut_short_tune_state_without_a_whole_copy_falls_back_or_is_refused(tm
     tune_dir, newest, staging = _cut_short_state(tmp_path)
     (staging / newest.name).write_text('{"trial')  # the staging copy is cut short too
     assert "resuming from experiment_state-2026-01-01_00-00-01.json" in repair(str(tune_dir), str(tmp_path / "ray"))
-    assert sorted(p.name for p in tune_dir.iterdir()) == ["experiment_state-2026-01-01_00-00-01.json",
-                                                          "experiment_state-2026-01-01_00-00-09.json.cut-short"]
+    assert sorted(p.name for p in tune_dir.iterdir()) == [
+        "experiment_state-2026-01-01_00-00-01.json",
+        "experiment_state-2026-01-01_00-00-09.json.cut-short",
+    ]
     (tune_dir / "experiment_state-2026-01-01_00-00-01.json").write_text("")
     with pytest.raises(ConfigError, match="was cut short .* no whole copy is left on this machine: start a new sweep"):
         repair(str(tune_dir), str(tmp_path / "ray"))
@@ -333,13 +375,16 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_pat
     assert path.read_text() == "old\n" and sorted(p.name for p in path.parent.iterdir()) == ["sweep.json"]
 
 
-@pytest.mark.parametrize("override, want", [
-    ("sweep.ray.address=auto", ("sweep.ray.address", "auto")),
-    ("+sweep.ray.worker_resources={A: 1}", ("sweep.ray.worker_resources", "{A: 1}")),
-    ("++train.steps=3", ("train.steps", "3")),
-    ("~eval.out", ("eval.out", "")),
-    ("sweep.tracking_uri=http://h:5000/?a=b", ("sweep.tracking_uri", "http://h:5000/?a=b")),
-])
+@pytest.mark.parametrize(
+    "override, want",
+    [
+        ("sweep.ray.address=auto", ("sweep.ray.address", "auto")),
+        ("+sweep.ray.worker_resources={A: 1}", ("sweep.ray.worker_resources", "{A: 1}")),
+        ("++train.steps=3", ("train.steps", "3")),
+        ("~eval.out", ("eval.out", "")),
+        ("sweep.tracking_uri=http://h:5000/?a=b", ("sweep.tracking_uri", "http://h:5000/?a=b")),
+    ],
+)
 def test_an_override_splits_into_its_key_and_value(override, want):
     from switchsweep.platform.compose import split_override
 

@@ -17,15 +17,29 @@ from switchsweep.platform.export import SweepRanking, is_plain_dit
 from switchsweep.platform.naming import run_name
 from switchsweep.platform.ranking import TrialRecord, compare_to_best, paired_difference, rank_groups
 
-PARENT = {"sweep.search": "grid", "sweep.seeds": "2", "train.steps": "100", "sweep.eval_every": "50",
-          "sweep.ray.num_workers": "2", "sweep.ray.use_gpu": "False", "sweep.ray.cpus_per_worker": "1.5",
-          "sweep.ray.gpus_per_worker": "1.0"}
+PARENT = {
+    "sweep.search": "grid",
+    "sweep.seeds": "2",
+    "train.steps": "100",
+    "sweep.eval_every": "50",
+    "sweep.ray.num_workers": "2",
+    "sweep.ray.use_gpu": "False",
+    "sweep.ray.cpus_per_worker": "1.5",
+    "sweep.ray.gpus_per_worker": "1.0",
+}
 
 
 def _params(name, m=3, k=2, ldp=1.0, alpha=4.0):
     p = {"model.name": name, "train.loss_weighting": "constant", "train.steps": "100"}
     if name == "switch_dit":
-        p.update({"model.num_experts": str(m), "model.top_k": str(k), "model.lambda_dp": str(ldp), "model.prior_alpha": str(alpha)})
+        p.update(
+            {
+                "model.num_experts": str(m),
+                "model.top_k": str(k),
+                "model.lambda_dp": str(ldp),
+                "model.prior_alpha": str(alpha),
+            }
+        )
     return p
 
 
@@ -36,15 +50,37 @@ def _sweep(designs, seeds=2, stopped=()):
         for s in range(seeds):
             tid = f"{g}-{s}"
             stop = tid in stopped
-            metrics = {"kid": kids[s], "kid_se": 2.0, "gflops": gflops, "params": 1e6, "trial_wall_s": 100.0 + s,
-                       "steps_per_sec": 5.0}
-            records.append(TrialRecord(tid, f"run-{tid}", "KILLED" if stop else "FINISHED", 50 if stop else 100, 100, g, s,
-                                       params, metrics))
+            metrics = {
+                "kid": kids[s],
+                "kid_se": 2.0,
+                "gflops": gflops,
+                "params": 1e6,
+                "trial_wall_s": 100.0 + s,
+                "steps_per_sec": 5.0,
+            }
+            records.append(
+                TrialRecord(
+                    tid, f"run-{tid}", "KILLED" if stop else "FINISHED", 50 if stop else 100, 100, g, s, params, metrics
+                )
+            )
             curve = [(50, kids[s] + 10)] + ([] if stop else [(100, kids[s])])
-            trials.append(TrialData(tid, f"run-{tid}", run_name(params, s), g, "KILLED" if stop else "FINISHED", stop,
-                                    params, metrics, {"loss": [(10, 1.0), (50, 0.5)], "kid": curve}))
+            trials.append(
+                TrialData(
+                    tid,
+                    f"run-{tid}",
+                    run_name(params, s),
+                    g,
+                    "KILLED" if stop else "FINISHED",
+                    stop,
+                    params,
+                    metrics,
+                    {"loss": [(10, 1.0), (50, 0.5)], "kid": curve},
+                )
+            )
     ranked = rank_groups(records, "kid", "min", "kid_se")
-    compare_to_best(ranked, lambda a, b: math.nan, "min", next((r.group for r in ranked if is_plain_dit(r.params)), None))
+    compare_to_best(
+        ranked, lambda a, b: math.nan, "min", next((r.group for r in ranked if is_plain_dit(r.params)), None)
+    )
     order = {t: i for i, r in enumerate(ranked) for t in r.trials}
     trials.sort(key=lambda t: order[t.trial_id])
     ranking = SweepRanking("grid-1", "kid", [], ranked, "parent", dict(PARENT))
@@ -102,7 +138,9 @@ def test_pareto_panels_draw_exactly_the_non_dominated_configurations():
     groups = {r.group: r for r in data.ranking.ranked}
     gflops = [(DESIGNS[g][2], groups[g].value) for g in DESIGNS]
     front = _front(gflops)
-    assert list(fronts[0].x) == pytest.approx([x for x, _ in front]) and list(fronts[0].y) == pytest.approx([y for _, y in front])
+    assert list(fronts[0].x) == pytest.approx([x for x, _ in front]) and list(fronts[0].y) == pytest.approx(
+        [y for _, y in front]
+    )
     # Compute panel: wall seconds of both seeds x 2 workers x 1.5 CPUs each.
     cost = [((100.0 + 101.0) * 2 * 1.5, groups[g].value) for g in DESIGNS]
     assert set(fronts[1].x) == {cost[0][0]}  # equal costs: only the best value is on the front
@@ -121,7 +159,9 @@ def test_learning_curves_mark_only_the_stopped_trials_at_their_last_evaluation()
 def test_routing_slider_shows_each_evaluation_by_itself():
     rng = np.random.default_rng(1)
     steps = [(50, rng.random((100, 18)), rng.random((100, 18))), (100, rng.random((100, 18)), rng.random((100, 18)))]
-    t = TrialData("t", "r", "switch_dit M3 k2 ldp1.0 a4 s0", "g", "FINISHED", False, _params("switch_dit"), {}, {}, steps)
+    t = TrialData(
+        "t", "r", "switch_dit M3 k2 ldp1.0 a4 s0", "g", "FINISHED", False, _params("switch_dit"), {}, {}, steps
+    )
     fig = report.routing_figure(t)
     heatmaps = list(fig.data)
     assert len(heatmaps) == 4
@@ -141,17 +181,21 @@ def test_importances_come_from_the_study_on_resolved_k(tmp_path):
     journal = tmp_path / "optuna.journal"
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     study = optuna.create_study(storage=storage, study_name="s")
-    dists = {"model.num_experts": optuna.distributions.CategoricalDistribution([2, 4, 6]),
-             "model.top_k:fraction": optuna.distributions.FloatDistribution(0.0, 1.0),
-             "model.lambda_dp": optuna.distributions.FloatDistribution(0.1, 10.0, log=True)}
+    dists = {
+        "model.num_experts": optuna.distributions.CategoricalDistribution([2, 4, 6]),
+        "model.top_k:fraction": optuna.distributions.FloatDistribution(0.0, 1.0),
+        "model.lambda_dp": optuna.distributions.FloatDistribution(0.1, 10.0, log=True),
+    }
     rng = np.random.default_rng(0)
     for m, k in itertools.product([2, 4, 6], [1, 2]):
         for _ in range(3):
             ldp = float(rng.uniform(0.1, 10))
-            t = optuna.trial.create_trial(params={"model.num_experts": m, "model.top_k:fraction": k / m - 0.01,
-                                                  "model.lambda_dp": ldp}, distributions=dists,
-                                          value=10.0 * k + rng.normal(0, 0.01),  # only k matters
-                                          user_attrs={"model.num_experts": m, "model.top_k": k, "model.lambda_dp": ldp})
+            t = optuna.trial.create_trial(
+                params={"model.num_experts": m, "model.top_k:fraction": k / m - 0.01, "model.lambda_dp": ldp},
+                distributions=dists,
+                value=10.0 * k + rng.normal(0, 0.01),  # only k matters
+                user_attrs={"model.num_experts": m, "model.top_k": k, "model.lambda_dp": ldp},
+            )
             study.add_trial(t)
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={}, distributions={}))
     imp, note = study_importances(journal, ["model.num_experts", "model.top_k", "model.lambda_dp"])
@@ -173,18 +217,65 @@ def test_the_page_is_self_contained_and_every_figure_has_a_div():
 
 
 def test_run_names_say_the_design_and_seed():
-    assert run_name({"model.name": "switch_dit", "model.num_experts": 3, "model.top_k": 2, "model.lambda_dp": 1.0,
-                     "model.prior_alpha": 4.0}, 0) == "switch_dit M3 k2 ldp1.0 a4 s0"
-    assert run_name({"model.name": "switch_dit", "model.num_experts": "4", "model.top_k": "1", "model.lambda_dp": "0.5463",
-                     "model.prior_alpha": "2.0", "model.gating": "noisy"}, 2) == "switch_dit M4 k1 noisy ldp0.546 a2 s2"
-    assert run_name({"model.name": "dit_moe", "model.num_experts": 8, "model.top_k": 2, "model.shared_experts": 1}, 0) == \
-        "dit_moe M8 k2 shared1 s0"
+    assert (
+        run_name(
+            {
+                "model.name": "switch_dit",
+                "model.num_experts": 3,
+                "model.top_k": 2,
+                "model.lambda_dp": 1.0,
+                "model.prior_alpha": 4.0,
+            },
+            0,
+        )
+        == "switch_dit M3 k2 ldp1.0 a4 s0"
+    )
+    assert (
+        run_name(
+            {
+                "model.name": "switch_dit",
+                "model.num_experts": "4",
+                "model.top_k": "1",
+                "model.lambda_dp": "0.5463",
+                "model.prior_alpha": "2.0",
+                "model.gating": "noisy",
+            },
+            2,
+        )
+        == "switch_dit M4 k1 noisy ldp0.546 a2 s2"
+    )
+    assert (
+        run_name({"model.name": "dit_moe", "model.num_experts": 8, "model.top_k": 2, "model.shared_experts": 1}, 0)
+        == "dit_moe M8 k2 shared1 s0"
+    )
     assert run_name({"model.name": "dit", "train.loss_weighting": "min_snr"}, 1) == "dit min_snr s1"
     # lambda_dp = 0 reads ldp0.0 (not also "no-prior"); tiny values keep their exponent.
-    assert run_name({"model.name": "switch_dit", "model.num_experts": 3, "model.top_k": 2, "model.lambda_dp": 0.0,
-                     "model.prior_alpha": 8.0}, 0) == "switch_dit M3 k2 ldp0.0 a8 s0"
-    assert run_name({"model.name": "switch_dit", "model.num_experts": 3, "model.top_k": 2, "model.lambda_dp": 1e-5,
-                     "model.prior_alpha": 4.0}, 0) == "switch_dit M3 k2 ldp1e-05 a4 s0"
+    assert (
+        run_name(
+            {
+                "model.name": "switch_dit",
+                "model.num_experts": 3,
+                "model.top_k": 2,
+                "model.lambda_dp": 0.0,
+                "model.prior_alpha": 8.0,
+            },
+            0,
+        )
+        == "switch_dit M3 k2 ldp0.0 a8 s0"
+    )
+    assert (
+        run_name(
+            {
+                "model.name": "switch_dit",
+                "model.num_experts": 3,
+                "model.top_k": 2,
+                "model.lambda_dp": 1e-5,
+                "model.prior_alpha": 4.0,
+            },
+            0,
+        )
+        == "switch_dit M3 k2 ldp1e-05 a4 s0"
+    )
 
 
 def test_the_ranking_says_why_a_configuration_failed_only_when_one_did():
@@ -192,6 +283,9 @@ def test_the_ranking_says_why_a_configuration_failed_only_when_one_did():
 
     data = _sweep({k: DESIGNS[k] for k in ("dit", "s32")})
     assert "why it failed" not in ranking_table(data)
-    data.ranking.ranked[-1].status, data.ranking.ranked[-1].failure = "FAILED", "dit-0: TrainingError: non-finite loss <x>"
+    data.ranking.ranked[-1].status, data.ranking.ranked[-1].failure = (
+        "FAILED",
+        "dit-0: TrainingError: non-finite loss <x>",
+    )
     table = ranking_table(data)
     assert "<th>why it failed</th>" in table and "<td>dit-0: TrainingError: non-finite loss &lt;x&gt;</td>" in table

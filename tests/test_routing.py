@@ -14,7 +14,9 @@ def _window_reference(T, width, total, alpha):
     return torch.tensor(rows)
 
 
-@pytest.mark.parametrize("N,M,k,alpha", [(6, 3, 2, 4.0), (4, 4, 1, 1.0), (12, 3, 2, 2.0), (5, 2, 2, 8.0), (3, 6, 4, 4.0)])
+@pytest.mark.parametrize(
+    "N,M,k,alpha", [(6, 3, 2, 4.0), (4, 4, 1, 1.0), (12, 3, 2, 2.0), (5, 2, 2, 8.0), (3, 6, 4, 4.0)]
+)
 def test_prior_mask_matches_formula(N, M, k, alpha):
     T = 200
     got = prior_mask(N, M, k, alpha=alpha, num_timesteps=T)

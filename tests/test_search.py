@@ -5,8 +5,8 @@ import pytest
 from optuna.trial import TrialState
 
 from switchsweep.platform.compose import load_sweep_config
-from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
 from switchsweep.platform.ranking import BASELINE_GROUP, paired_difference
+from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
 from switchsweep.sweeps.space import BASELINE_ROW, FULL, GROUP, ROW, SEED, trial_bases
 
 STEPS = 8
@@ -15,13 +15,26 @@ STEPS = 8
 def _searcher(tmp_path, seeds=1, objectives=("kid",), modes=("min",), search="tpe", tpe_startup=2, configs=50, **extra):
     job = load_sweep_config(["sweep=design_space"])
     return SeededStudySearch(
-        space=job.sweep.space, base=trial_bases(job, [])[0], journal=str(tmp_path / "optuna.journal"), study_name="s",
-        objectives=list(objectives), modes=list(modes), search=search, seed=0, tpe_startup=tpe_startup, seeds=seeds,
-        train_steps=STEPS, configs=configs, **extra)
+        space=job.sweep.space,
+        base=trial_bases(job, [])[0],
+        journal=str(tmp_path / "optuna.journal"),
+        study_name="s",
+        objectives=list(objectives),
+        modes=list(modes),
+        search=search,
+        seed=0,
+        tpe_startup=tpe_startup,
+        seeds=seeds,
+        train_steps=STEPS,
+        configs=configs,
+        **extra,
+    )
 
 
 def _reopen(tmp_path) -> optuna.Study:
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal")))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna.journal"))
+    )
     return optuna.load_study(study_name="s", storage=storage)
 
 
@@ -57,7 +70,10 @@ def test_seeds_group_into_one_optuna_trial_told_complete_pruned_or_failed(tmp_pa
     trials = _reopen(tmp_path).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     assert trials[0].value == pytest.approx(11.0)  # the mean over seeds of the final values
-    assert trials[1].intermediate_values == {1: pytest.approx(30.0), 2: pytest.approx(15.0)}  # step means over the seeds there
+    assert trials[1].intermediate_values == {
+        1: pytest.approx(30.0),
+        2: pytest.approx(15.0),
+    }  # step means over the seeds there
     assert trials[0].user_attrs["model.top_k"] == configs[0]["model.top_k"]  # Optuna's views see k, not the fraction
 
 
@@ -115,7 +131,9 @@ def test_tpe_start_up_is_sized_to_the_sweep(tmp_path):
     sampler = _searcher(tmp_path, tpe_startup=2).study.sampler
     assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 2
     (tmp_path / "journal.random").mkdir()
-    assert isinstance(_searcher(tmp_path / "journal.random", search="random").study.sampler, optuna.samplers.RandomSampler)
+    assert isinstance(
+        _searcher(tmp_path / "journal.random", search="random").study.sampler, optuna.samplers.RandomSampler
+    )
 
 
 def test_multi_objective_trials_are_told_every_objective(tmp_path):
@@ -131,8 +149,10 @@ def test_multi_objective_trials_are_told_every_objective(tmp_path):
 def test_the_baseline_trains_every_seed_first_outside_the_study(tmp_path):
     s = _searcher(tmp_path, seeds=2, configs=2, baseline=True)
     handed = [s.suggest(f"t{i}") for i in range(6)]
-    assert handed[:2] == [{GROUP: BASELINE_GROUP, SEED: 0, ROW: BASELINE_ROW, FULL: True},
-                          {GROUP: BASELINE_GROUP, SEED: 1, ROW: BASELINE_ROW, FULL: True}]
+    assert handed[:2] == [
+        {GROUP: BASELINE_GROUP, SEED: 0, ROW: BASELINE_ROW, FULL: True},
+        {GROUP: BASELINE_GROUP, SEED: 1, ROW: BASELINE_ROW, FULL: True},
+    ]
     assert [c[GROUP] for c in handed[2:]] == ["g000", "g000", "g001", "g001"] and not any(FULL in c for c in handed[2:])
     assert s.suggest("t6") == s.FINISHED  # every configuration handed out, no racing
     for i, kid in enumerate([50.0, 52.0, 10.0, 12.0, 30.0, 31.0]):
@@ -145,7 +165,9 @@ def test_the_baseline_trains_every_seed_first_outside_the_study(tmp_path):
 def _race(tmp_path, baseline_kids, group_kids, race_kids, race=2, race_seeds=3):
     """A one-seed search of len(group_kids) configurations (and a baseline), then racing rounds whose
     trials end with the kids `race_kids(group, seed)`; returns what was raced, round by round, and the end."""
-    s = _searcher(tmp_path, configs=len(group_kids), baseline=baseline_kids is not None, race=race, race_seeds=race_seeds)
+    s = _searcher(
+        tmp_path, configs=len(group_kids), baseline=baseline_kids is not None, race=race, race_seeds=race_seeds
+    )
     n = 0
     for kid in ([baseline_kids] if baseline_kids is not None else []) + group_kids:
         s.suggest(f"t{n}")
@@ -171,8 +193,13 @@ def _race(tmp_path, baseline_kids, group_kids, race_kids, race=2, race_seeds=3):
 def test_racing_gives_the_leaders_and_the_baseline_seeds_until_the_best_separates(tmp_path):
     # g001 (kid 10) and g002 (11) lead g000 (30); each new seed of g001 is 3 below g002's, with some spread.
     spread = {1: 0.0, 2: 0.5, 3: -0.5}
-    s, rounds, _ = _race(tmp_path, 40.0, [30.0, 10.0, 11.0],
-                         lambda g, seed: {"g001": 10.0 + spread[seed], "g002": 13.0, BASELINE_GROUP: 40.0}[g], race_seeds=5)
+    s, rounds, _ = _race(
+        tmp_path,
+        40.0,
+        [30.0, 10.0, 11.0],
+        lambda g, seed: {"g001": 10.0 + spread[seed], "g002": 13.0, BASELINE_GROUP: 40.0}[g],
+        race_seeds=5,
+    )
     assert rounds == [["g001", "g002", BASELINE_GROUP]] * 3  # the two best and the baseline, g000 not; 3 of 5 rounds
     values = lambda g: [s.values[g][i] for i in sorted(s.values[g])]  # noqa: E731
     # Stopped at the first round whose paired interval between the two leaders leaves out zero.
@@ -184,8 +211,13 @@ def test_racing_gives_the_leaders_and_the_baseline_seeds_until_the_best_separate
 
 def test_racing_stops_when_its_budget_is_spent(tmp_path):
     noise = {1: 3.0, 2: -3.0, 3: 2.0}  # the leaders swap from seed to seed: never separable
-    s, rounds, _ = _race(tmp_path, None, [10.0, 11.0, 30.0],
-                         lambda g, seed: {"g000": 10.0 + noise[seed], "g001": 11.0 - noise[seed]}[g], race_seeds=3)
+    s, rounds, _ = _race(
+        tmp_path,
+        None,
+        [10.0, 11.0, 30.0],
+        lambda g, seed: {"g000": 10.0 + noise[seed], "g001": 11.0 - noise[seed]}[g],
+        race_seeds=3,
+    )
     assert rounds == [["g000", "g001"]] * 3 and s.rounds == 3
     # Nothing to race: one configuration and no baseline.
     (tmp_path / "one").mkdir()
@@ -205,8 +237,15 @@ def test_asha_remembers_its_rungs_across_a_driver_restart(tmp_path):
     from switchsweep.sweeps.asha import ResumableASHA
 
     def fresh():  # what Tuner.restore brings back: the scheduler as it was built
-        return ResumableASHA(tmp_path / "asha.pkl", metric="kid", mode="min", time_attr="training_iteration", max_t=4,
-                             grace_period=1, reduction_factor=2)
+        return ResumableASHA(
+            tmp_path / "asha.pkl",
+            metric="kid",
+            mode="min",
+            time_attr="training_iteration",
+            max_t=4,
+            grace_period=1,
+            reduction_factor=2,
+        )
 
     first, second = _Trial("a"), _Trial("b")
     before = fresh()
@@ -215,8 +254,15 @@ def test_asha_remembers_its_rungs_across_a_driver_restart(tmp_path):
     after = fresh()
     after.on_trial_add(None, second)
     assert after.on_trial_result(None, second, {"training_iteration": 1, "kid": 20.0}) == TrialScheduler.STOP
-    forgetful = ResumableASHA(tmp_path / "other.pkl", metric="kid", mode="min", time_attr="training_iteration", max_t=4,
-                              grace_period=1, reduction_factor=2)
+    forgetful = ResumableASHA(
+        tmp_path / "other.pkl",
+        metric="kid",
+        mode="min",
+        time_attr="training_iteration",
+        max_t=4,
+        grace_period=1,
+        reduction_factor=2,
+    )
     forgetful.on_trial_add(None, second)  # without the saved rungs the same result would go on
     assert forgetful.on_trial_result(None, second, {"training_iteration": 1, "kid": 20.0}) == TrialScheduler.CONTINUE
 
@@ -226,8 +272,15 @@ def test_asha_never_stops_a_baseline_or_racing_trial_nor_compares_with_it(tmp_pa
 
     from switchsweep.sweeps.asha import ResumableASHA
 
-    asha = ResumableASHA(tmp_path / "asha.pkl", metric="kid", mode="min", time_attr="training_iteration", max_t=4,
-                         grace_period=1, reduction_factor=2)
+    asha = ResumableASHA(
+        tmp_path / "asha.pkl",
+        metric="kid",
+        mode="min",
+        time_attr="training_iteration",
+        max_t=4,
+        grace_period=1,
+        reduction_factor=2,
+    )
     searched, full, later = _Trial("a"), _Trial("base", {FULL: True}), _Trial("b")
     for t in (searched, full, later):
         asha.on_trial_add(None, t)
@@ -264,14 +317,25 @@ def test_a_trial_waits_at_a_rung_until_asha_lets_it_go_on(tmp_path):
     try:
         wait = ray.remote(num_cpus=0)(wait_at_gate)
         wait_at_gate("no-asha", "t", 4)  # a sweep without ASHA has no gate: no wait
-        asha = ResumableASHA(tmp_path / "asha.pkl", gate="s1", metric="kid", mode="min", time_attr="training_iteration",
-                             max_t=4, grace_period=1, reduction_factor=2)
+        asha = ResumableASHA(
+            tmp_path / "asha.pkl",
+            gate="s1",
+            metric="kid",
+            mode="min",
+            time_attr="training_iteration",
+            max_t=4,
+            grace_period=1,
+            reduction_factor=2,
+        )
         good, bad = _Trial("a"), _Trial("b")
         asha.on_trial_add(None, good)
         asha.on_trial_add(None, bad)
         waits = {t.trial_id: wait.remote("s1", t.trial_id, 4) for t in (good, bad)}
         assert ray.wait(list(waits.values()), timeout=2)[0] == []  # both wait for the decision
-        assert asha.on_trial_result(None, good, {"training_iteration": 1, "kid": 1.0, "step": 4}) == TrialScheduler.CONTINUE
+        assert (
+            asha.on_trial_result(None, good, {"training_iteration": 1, "kid": 1.0, "step": 4})
+            == TrialScheduler.CONTINUE
+        )
         assert asha.on_trial_result(None, bad, {"training_iteration": 1, "kid": 9.0, "step": 4}) == TrialScheduler.STOP
         assert ray.wait(list(waits.values()), num_returns=2, timeout=10)[0] == [waits["a"]]  # b never goes on
         ray.get(wait.remote("s1", "a", 4), timeout=10)  # a decision stands for a repeated report

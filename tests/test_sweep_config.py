@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import stats
 from ray import tune
+from scipy import stats
 
 import switchsweep
 from switchsweep.cli import main
@@ -15,9 +15,15 @@ from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.runtime import check_resources
 from switchsweep.platform.sweep_config import RayConfig, trains_inline, trial_resources
-from switchsweep.sweeps.space import (FRACTION_SUFFIX, apply_params, config_from_dict, param_space, resolve_point,
-                                      to_sampled, trial_bases)
-
+from switchsweep.sweeps.space import (
+    FRACTION_SUFFIX,
+    apply_params,
+    config_from_dict,
+    param_space,
+    resolve_point,
+    to_sampled,
+    trial_bases,
+)
 
 SHIPPED = sorted(p.stem for p in (Path(switchsweep.__file__).parent / "conf" / "sweep").glob("*.yaml"))
 
@@ -75,8 +81,16 @@ def test_top_k_fraction_covers_exactly_1_to_m(m, design_space):
     job, base = design_space
     points = {}
     for u in [0.0, 1e-9, *[i / 97 for i in range(1, 98)], 1.0]:
-        point = resolve_point(job.sweep.space, {"model.num_experts": m, "model.top_k" + FRACTION_SUFFIX: u,
-                                                "model.lambda_dp": 0.5, "model.prior_alpha": 2.0}, base)
+        point = resolve_point(
+            job.sweep.space,
+            {
+                "model.num_experts": m,
+                "model.top_k" + FRACTION_SUFFIX: u,
+                "model.lambda_dp": 0.5,
+                "model.prior_alpha": 2.0,
+            },
+            base,
+        )
         points[point["model.top_k"]] = point
     assert set(points) == set(range(1, m + 1))
     for k, point in points.items():  # each reaches the trial's config as it is
@@ -92,8 +106,16 @@ def test_uniform_fraction_gives_uniform_k(m, design_space):
     n = 6000
     counts = np.zeros(m + 1)
     for u in rng.uniform(0.0, 1.0, n):
-        point = resolve_point(job.sweep.space, {"model.num_experts": m, "model.top_k" + FRACTION_SUFFIX: u,
-                                                "model.lambda_dp": 1.0, "model.prior_alpha": 4.0}, base)
+        point = resolve_point(
+            job.sweep.space,
+            {
+                "model.num_experts": m,
+                "model.top_k" + FRACTION_SUFFIX: u,
+                "model.lambda_dp": 1.0,
+                "model.prior_alpha": 4.0,
+            },
+            base,
+        )
         counts[point["model.top_k"]] += 1
     assert counts[0] == 0
     assert stats.chisquare(counts[1:]).pvalue > 1e-3, counts  # a k made rare (e.g. round instead of ceil) fails
@@ -106,7 +128,9 @@ def test_given_points_round_trip_through_the_fraction(design_space):
             point = {"model.num_experts": m, "model.top_k": k, "model.lambda_dp": 1.0, "model.prior_alpha": 4.0}
             assert resolve_point(job.sweep.space, to_sampled(job.sweep.space, point, base), base) == point
     # A fraction of a setting that is not searched takes it from the base config (M = 5 here).
-    fixed = load_sweep_config(["sweep.space=[{key: model.top_k, fraction_of: model.num_experts}]", "model.num_experts=5"])
+    fixed = load_sweep_config(
+        ["sweep.space=[{key: model.top_k, fraction_of: model.num_experts}]", "model.num_experts=5"]
+    )
     fixed_base = trial_bases(fixed, [])[0]
     for k in range(1, 6):
         sampled = to_sampled(fixed.sweep.space, {"model.top_k": k}, fixed_base)
@@ -128,7 +152,10 @@ def test_given_points_round_trip_through_the_fraction(design_space):
         (["sweep.ray.trainable_cpus=0"], "sweep.ray.trainable_cpus=0"),
         (["sweep.ray.num_workers=3"], "data.batch_size=64 is not divisible by sweep.ray.num_workers=3"),
         (["sweep=table1", "sweep.grid=[]"], "sweep.grid is empty"),
-        (["sweep=table1", "sweep.grid=[['model.top_k=5']]"], "sweep.grid[0] ['model.top_k=5']: model.top_k=5 must be <="),
+        (
+            ["sweep=table1", "sweep.grid=[['model.top_k=5']]"],
+            "sweep.grid[0] ['model.top_k=5']: model.top_k=5 must be <=",
+        ),
         (["sweep=table1", "sweep.grid=[['model=resnet']]"], "sweep.grid[0]"),
         (["sweep.space=[{key: model.nope, choice: [1]}]"], "model.nope is not a setting"),
         (["sweep.space=[{key: model.top_k, choice: []}]"], "choice for model.top_k is empty"),
@@ -138,19 +165,41 @@ def test_given_points_round_trip_through_the_fraction(design_space):
         (["sweep.space=[{key: model.top_k, choice: [1]}, {key: model.top_k, choice: [2]}]"], "more than once"),
         (["sweep.space=[{key: model.top_k, choice: [1, 2, 4]}]"], "model.top_k=4 must be <= model.num_experts=3"),
         # Each key alone is valid; the combination M=2, k=3 is not.
-        (["sweep.space=[{key: model.num_experts, choice: [2, 3]}, {key: model.top_k, choice: [1, 3]}]"],
-         "sweep.space can reach an invalid config at model.num_experts=2, model.top_k=3"),
+        (
+            ["sweep.space=[{key: model.num_experts, choice: [2, 3]}, {key: model.top_k, choice: [1, 3]}]"],
+            "sweep.space can reach an invalid config at model.num_experts=2, model.top_k=3",
+        ),
         (["sweep.space=[{key: model.top_k, fraction_of: model.top_k}]"], "model.top_k is a fraction of itself"),
-        (["sweep.space=[{key: model.num_experts, fraction_of: model.top_k}, {key: model.top_k, fraction_of: model.num_experts}]"],
-         "itself a fraction"),
-        (["sweep.space=[{key: model.num_experts, uniform: [2, 6]}, {key: model.top_k, fraction_of: model.num_experts}]"],
-         "not searched over integers"),
+        (
+            [
+                "sweep.space=[{key: model.num_experts, fraction_of: model.top_k}, {key: model.top_k, fraction_of: "
+                "model.num_experts}]"
+            ],
+            "itself a fraction",
+        ),
+        (
+            [
+                "sweep.space=[{key: model.num_experts, uniform: [2, 6]}, {key: model.top_k, fraction_of: "
+                "model.num_experts}]"
+            ],
+            "not searched over integers",
+        ),
         (["sweep.space=[{key: model.top_k, fraction_of: model.lambda_dp}]"], "not an integer setting"),
         (["sweep.points_to_evaluate=[{model.num_experts: 3}]"], "must set exactly the searched keys"),
-        (["sweep.points_to_evaluate=[{model.num_experts: 5, model.top_k: 2, model.lambda_dp: 1.0, model.prior_alpha: 4.0}]"],
-         "model.num_experts=5 is outside"),
-        (["sweep.points_to_evaluate=[{model.num_experts: 2, model.top_k: 3, model.lambda_dp: 1.0, model.prior_alpha: 4.0}]"],
-         "model.top_k=3 must be <= model.num_experts=2"),
+        (
+            [
+                "sweep.points_to_evaluate=[{model.num_experts: 5, model.top_k: 2, model.lambda_dp: 1.0, "
+                "model.prior_alpha: 4.0}]"
+            ],
+            "model.num_experts=5 is outside",
+        ),
+        (
+            [
+                "sweep.points_to_evaluate=[{model.num_experts: 2, model.top_k: 3, model.lambda_dp: 1.0, "
+                "model.prior_alpha: 4.0}]"
+            ],
+            "model.top_k=3 must be <= model.num_experts=2",
+        ),
         (["sweep.objectives=[kid, gflops]"], "sweep.asha=false"),
         (["sweep.objectives=[kid]", "sweep.asha=false"], "two or more different metrics"),
         (["sweep.objectives=[gflops, kid]", "sweep.asha=false"], "set sweep.metric=gflops"),
@@ -208,15 +257,18 @@ def test_resume_without_an_interrupted_sweep_and_export_without_a_sweep(tmp_path
     assert "top=two is not a whole number" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, store, message", [
-    (["report", "sweep=design_space"], False, "no MLflow store at"),
-    (["ui"], False, "no MLflow store at"),
-    (["ui", "port=http"], True, "port=http is not a TCP port"),
-    (["ui", "port=70000"], True, "port=70000 is not a TCP port"),
-    (["ui", "sweep.tracking_uri=http://127.0.0.1:1"], False, "is an MLflow server already: open it in a browser"),
-    (["optuna-ui", "sweep=design_space"], False, "no design_space sweep under"),
-    (["optuna-ui", "sweep=design_space", "sweep.id=nope"], False, "sweep.id=nope: no such sweep under"),
-])
+@pytest.mark.parametrize(
+    "argv, store, message",
+    [
+        (["report", "sweep=design_space"], False, "no MLflow store at"),
+        (["ui"], False, "no MLflow store at"),
+        (["ui", "port=http"], True, "port=http is not a TCP port"),
+        (["ui", "port=70000"], True, "port=70000 is not a TCP port"),
+        (["ui", "sweep.tracking_uri=http://127.0.0.1:1"], False, "is an MLflow server already: open it in a browser"),
+        (["optuna-ui", "sweep=design_space"], False, "no design_space sweep under"),
+        (["optuna-ui", "sweep=design_space", "sweep.id=nope"], False, "sweep.id=nope: no such sweep under"),
+    ],
+)
 def test_dashboard_commands_refuse_bad_input_in_one_line(tmp_path, capsys, argv, store, message):
     if store:  # a store exists: only the port is wrong
         (tmp_path / "mlflow.db").touch()
@@ -269,8 +321,12 @@ def test_resume_and_extend_pick_the_latest_sweep_in_the_right_state(tmp_path):
     from switchsweep.sweeps.run import find_sweep
 
     root = tmp_path / "sweeps" / "design_space"
-    made = [("old-unfinished", 1.0, "interrupted"), ("newest-finished", 4.0, "finished"), ("mid-unfinished", 3.0, "running"),
-            ("old-finished", 2.0, "finished")]
+    made = [
+        ("old-unfinished", 1.0, "interrupted"),
+        ("newest-finished", 4.0, "finished"),
+        ("mid-unfinished", 3.0, "running"),
+        ("old-finished", 2.0, "finished"),
+    ]
     for sweep_id, created, status in made:
         (root / sweep_id).mkdir(parents=True)
         (root / sweep_id / STATE_FILE).write_text(json.dumps({"created": created, "status": status}))

@@ -15,30 +15,48 @@ import numpy as np
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
-from PIL import Image
-from optuna.trial import TrialState
-from scipy.optimize import linear_sum_assignment
-
-from sweep_harness import BIN, ENV, free_port, record
 from netstat import LOOPBACK, listening
+from optuna.trial import TrialState
+from PIL import Image
+from scipy.optimize import linear_sum_assignment
+from sweep_harness import BIN, ENV, free_port, record
+
+from switchsweep.models.routing import prior_mask
 from switchsweep.platform import sweep_state
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.tracking import default_tracking_uri
-from switchsweep.models.routing import prior_mask
 
 pytestmark = pytest.mark.slow
 
 
 def _sweep_cmd(root: Path, cache: Path, address: str, *extra: str) -> list[str]:
     return [
-        str(BIN / "switchsweep"), "sweep", "sweep=design_space", f"sweep.root={root}", f"sweep.ray.address={address}",
-        "sweep.num_trials=2", "sweep.baseline=none", "sweep.eval_every=4", "sweep.ray.num_workers=2", "train.steps=8", "train.log_every=2",
-        "data.batch_size=16", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=2", "eval.kid_subset_size=20",
-        "eval.kid_subsets=2", "sample.per_class=1", "sample.steps=2", f"eval.cache_dir={cache}",
+        str(BIN / "switchsweep"),
+        "sweep",
+        "sweep=design_space",
+        f"sweep.root={root}",
+        f"sweep.ray.address={address}",
+        "sweep.num_trials=2",
+        "sweep.baseline=none",
+        "sweep.eval_every=4",
+        "sweep.ray.num_workers=2",
+        "train.steps=8",
+        "train.log_every=2",
+        "data.batch_size=16",
+        "eval.num_samples=20",
+        "eval.batch_size=20",
+        "eval.steps=2",
+        "eval.kid_subset_size=20",
+        "eval.kid_subsets=2",
+        "sample.per_class=1",
+        "sample.steps=2",
+        f"eval.cache_dir={cache}",
         # Two given configurations, and ASHA on GFLOPs (deterministic, unlike KID after 4 steps): the second,
         # M=6 k=3, costs more than the first at the first evaluation, so ASHA stops it there.
-        "sweep.metric=gflops", "sweep.mode=min",
-        "sweep.points_to_evaluate=[{model.num_experts: 3, model.top_k: 1, model.lambda_dp: 1.0, model.prior_alpha: 4.0},"
+        "sweep.metric=gflops",
+        "sweep.mode=min",
+        "sweep.points_to_evaluate=[{model.num_experts: 3, model.top_k: 1, model.lambda_dp: 1.0, model.prior_alpha: "
+        "4.0},"
         " {model.num_experts: 6, model.top_k: 3, model.lambda_dp: 0.5, model.prior_alpha: 2.0}]",
         *extra,
     ]
@@ -64,29 +82,46 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
     assert done, (tmp_path / "first.log").read_text()[-3000:]
     first.send_signal(signal.SIGINT)
     assert first.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()[-3000:]
-    (first_trial, first_summary), = done.items()
+    ((first_trial, first_summary),) = done.items()
     state = json.loads(next(root.glob("sweeps/design_space/*/sweep.json")).read_text())
     assert state["status"] == "interrupted"
 
-    changed = subprocess.run(_sweep_cmd(root, cache, ray_head, "--resume", "train.steps=12"), capture_output=True,
-                             text=True, env=env, timeout=120)
+    changed = subprocess.run(
+        _sweep_cmd(root, cache, ray_head, "--resume", "train.steps=12"),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert changed.returncode == 2 and "train.steps=12: a resumed or extended sweep keeps" in changed.stderr
-    resumed = subprocess.run(_sweep_cmd(root, cache, ray_head, "--resume"), capture_output=True, text=True, env=env,
-                             timeout=400)
+    resumed = subprocess.run(
+        _sweep_cmd(root, cache, ray_head, "--resume"), capture_output=True, text=True, env=env, timeout=400
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "2 configurations x 1 seed(s), best first by gflops" in resumed.stdout
     # Tune's table: the searched settings and the numbers a user compares; the record's phase times stay out.
     header = next(line for line in resumed.stdout.splitlines() if line.startswith("| Trial name"))
     assert [c.strip() for c in header.split("|")[-4:-1]] == ["gflops", "loss", "step"], header
     assert "t_fit_start" not in resumed.stdout and "phases" not in resumed.stdout
-    assert re.search(r"open it: +switchsweep ui sweep\.root=\S+ +then http://127\.0\.0\.1:5000/#/experiments/\d+/runs"
-                     r"\?workflowType=machine_learning\n", resumed.stdout), resumed.stdout[-2000:]
+    assert re.search(
+        r"open it: +switchsweep ui sweep\.root=\S+ +then http://127\.0\.0\.1:5000/#/experiments/\d+/runs"
+        r"\?workflowType=machine_learning\n",
+        resumed.stdout,
+    ), resumed.stdout[-2000:]
     assert record(root)["trials"][first_trial] == first_summary  # the finished trial was not rerun
     state = json.loads(next(root.glob("sweeps/design_space/*/sweep.json")).read_text())
     assert state["status"] == "finished"
     # The record times each phase of a trial, in order, across its processes (benchmarks/sweep_overhead.py).
-    phases = ["t_trial_start", "t_fit_start", "t_worker_process", "t_train_fn", "t_worker_start", "t_loop_start",
-              "t_report", "t_trial_end"]
+    phases = [
+        "t_trial_start",
+        "t_fit_start",
+        "t_worker_process",
+        "t_train_fn",
+        "t_worker_start",
+        "t_loop_start",
+        "t_report",
+        "t_trial_end",
+    ]
     times = [first_summary[k] for k in phases]
     assert times == sorted(times), dict(zip(phases, times))
 
@@ -104,8 +139,12 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
     trial_ids = {c.data.tags["switchsweep.trial_id"] for c in children}
     assert first_trial in trial_ids
     assert parent.data.tags["switchsweep.best_trial"] in trial_ids
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"ranking.csv", "ranking.md", "search_space.json",
-                                                                          "report.html"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "ranking.csv",
+        "ranking.md",
+        "search_space.json",
+        "report.html",
+    }
     assert "report:      " in resumed.stdout and (next(root.glob("sweeps/design_space/*")) / "report.html").is_file()
     for child in children:
         run_id = child.info.run_id
@@ -138,10 +177,15 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
         assert [j.step for j in jsd] == steps and all(0 < j.value < np.log(2) for j in jsd)
         usage = np.array([[child.data.metrics[f"usage/block{b}/expert{e}"] for e in range(m)] for b in range(depth)])
         np.testing.assert_allclose(usage.sum(1), k, rtol=1e-6)
-        last_dir = Path(client.download_artifacts(run_id, f"routing/step_{steps[-1]:07d}", str(tmp_path / run_id / "last")))
+        last_dir = Path(
+            client.download_artifacts(run_id, f"routing/step_{steps[-1]:07d}", str(tmp_path / run_id / "last"))
+        )
         np.testing.assert_allclose(usage, np.load(last_dir / "w_gate.npy").reshape(1000, depth, m).mean(0), rtol=1e-6)
-        # Every sample grid logged is a full grid (10 classes x per_class=1 of 8x8 digits, scaled 4x, padded) and not blank.
-        grids = [a.path for a in client.list_artifacts(run_id, "images") if "samples" in a.path and a.path.endswith(".png")]
+        # Every sample grid logged is a full grid (10 classes x per_class=1 of 8x8 digits, scaled 4x, padded) and not
+        # blank.
+        grids = [
+            a.path for a in client.list_artifacts(run_id, "images") if "samples" in a.path and a.path.endswith(".png")
+        ]
         assert len(grids) == len(steps)
         for g in grids:
             with Image.open(client.download_artifacts(run_id, g, str(tmp_path / run_id / "img"))) as im:
@@ -151,27 +195,40 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
         assert np.isfinite(child.data.metrics["gflops"])
         # Each evaluation's noise values, which a paired comparison with another trial reads: KID's bootstrap
         # replicates and one FID influence per generated sample (eval.num_samples=20).
-        assert {a.path for a in client.list_artifacts(run_id, "eval_noise")} == {f"eval_noise/step_{s:07d}.json" for s in steps}
-        logged = json.loads(Path(client.download_artifacts(run_id, f"eval_noise/step_{steps[-1]:07d}.json",
-                                                           str(tmp_path / f"{run_id}-noise"))).read_text())
+        assert {a.path for a in client.list_artifacts(run_id, "eval_noise")} == {
+            f"eval_noise/step_{s:07d}.json" for s in steps
+        }
+        logged = json.loads(
+            Path(
+                client.download_artifacts(
+                    run_id, f"eval_noise/step_{steps[-1]:07d}.json", str(tmp_path / f"{run_id}-noise")
+                )
+            ).read_text()
+        )
         assert (len(logged["kid"]), len(logged["fid"])) == (50, 20)
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert finished and all("checkpoint" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in finished)
 
     # Optuna was told each trial's truth: finished -> COMPLETE with its value, stopped early -> PRUNED.
     sweep_dir = next(root.glob("sweeps/design_space/*"))
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep_dir / "optuna.journal")))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep_dir / "optuna.journal"))
+    )
     study = optuna.load_study(study_name=sweep_dir.name, storage=storage)
     by_group = {c.data.tags["switchsweep.group"]: c for c in children}
     assert sorted(by_group) == ["g000", "g001"]
-    design = {g: tuple(c.data.params[f"model.{k}"] for k in ("num_experts", "top_k", "lambda_dp", "prior_alpha"))
-              for g, c in by_group.items()}
+    design = {
+        g: tuple(c.data.params[f"model.{k}"] for k in ("num_experts", "top_k", "lambda_dp", "prior_alpha"))
+        for g, c in by_group.items()
+    }
     assert design == {"g000": ("3", "1", "1.0", "4.0"), "g001": ("6", "3", "0.5", "2.0")}
     # The first trained all its steps; ASHA stopped the second at its first evaluation (also after the resume).
     stopped = by_group["g001"]
     assert by_group["g000"].info.status == "FINISHED"
     assert stopped.info.status == "KILLED" and stopped.data.tags.get("switchsweep.stopped_early") == "true"
-    assert stopped.data.metrics["step"] == 4 and stopped.data.metrics["gflops"] > by_group["g000"].data.metrics["gflops"]
+    assert (
+        stopped.data.metrics["step"] == 4 and stopped.data.metrics["gflops"] > by_group["g000"].data.metrics["gflops"]
+    )
     assert study.trials[1].intermediate_values == {1: pytest.approx(stopped.data.metrics["gflops"])}
     for t in study.trials:
         child = by_group[f"g{t.number:03d}"]
@@ -182,8 +239,9 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
             assert t.value == pytest.approx(child.data.metrics["gflops"])
 
     # --extend adds configurations to the finished sweep: same parent run, same study.
-    extended = subprocess.run(_sweep_cmd(root, cache, ray_head, "--extend", "1"), capture_output=True, text=True,
-                              env=env, timeout=400)
+    extended = subprocess.run(
+        _sweep_cmd(root, cache, ray_head, "--extend", "1"), capture_output=True, text=True, env=env, timeout=400
+    )
     assert extended.returncode == 0, extended.stdout[-3000:] + extended.stderr[-3000:]
     assert "3 configurations x 1 seed(s)" in extended.stdout
     runs = client.search_runs([exp.experiment_id])
@@ -195,22 +253,36 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
 
     # Export the best trial and train it from the exported file as it is.
     out = tmp_path / "export"
-    exported = subprocess.run([str(BIN / "switchsweep"), "export", "sweep=design_space", "top=2", f"out={out}",
-                               f"sweep.root={root}"], capture_output=True, text=True, env=env, timeout=120)
+    exported = subprocess.run(
+        [str(BIN / "switchsweep"), "export", "sweep=design_space", "top=2", f"out={out}", f"sweep.root={root}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert exported.returncode == 0, exported.stderr
     files = sorted(out.glob("rank*.yaml"))
     assert len(files) == 2 and (out / "ranking.md").is_file()
     with open(out / "ranking.csv", newline="") as fh:
         ranking = list(csv.DictReader(fh))
     # Independently of the ranking code: finished trials first by lowest GFLOPs, the stopped one last.
-    finished = sorted((c for c in children if c.info.status == "FINISHED"), key=lambda c: (c.data.metrics["gflops"], c.data.tags["switchsweep.group"]))
+    finished = sorted(
+        (c for c in children if c.info.status == "FINISHED"),
+        key=lambda c: (c.data.metrics["gflops"], c.data.tags["switchsweep.group"]),
+    )
     assert [r["trial_id"] for r in ranking] == [c.data.tags["switchsweep.trial_id"] for c in finished] + [
-        stopped.data.tags["switchsweep.trial_id"]]
+        stopped.data.tags["switchsweep.trial_id"]
+    ]
     assert ranking[-1]["status"] == "KILLED" and parent.data.tags["switchsweep.best_trial"] == ranking[0]["trial_id"]
     assert ranking[0]["variant"].startswith("switch_dit(M=") and float(ranking[0]["params_M"]) > 0
     assert "sqlite" not in files[0].read_text() and "mlflow" not in files[0].read_text()
-    trained = subprocess.run([str(BIN / "switchsweep"), "train", "--config", str(files[0]), "train.progress=false"],
-                             capture_output=True, text=True, env=env, timeout=300)
+    trained = subprocess.run(
+        [str(BIN / "switchsweep"), "train", "--config", str(files[0]), "train.progress=false"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     ckpt = load_checkpoint(out / files[0].stem / "ckpt.pt")
     best = next(c for c in children if c.data.tags["switchsweep.trial_id"] == files[0].stem.split("-", 1)[1])
@@ -234,7 +306,8 @@ def test_report_opens_in_a_browser_with_every_plot_drawn(sweep_root, browser, tm
     page.wait_for_function("() => document.querySelectorAll('.plotly-graph-div .main-svg').length > 0")
     plots = page.evaluate("""() => [...document.querySelectorAll('.plotly-graph-div')].map(d => ({
         id: d.id, drawn: !!d.querySelector('.main-svg'),
-        points: d._fullData.reduce((n, t) => n + ((t.x || t.z || (t.dimensions || [{}])[0].values || []).length || 0), 0),
+        points: d._fullData.reduce(
+            (n, t) => n + ((t.x || t.z || (t.dimensions || [{}])[0].values || []).length || 0), 0),
         slider: (d.layout.sliders || []).length > 0}))""")
     assert errors == []
     # Pareto, learning curves, JSD, one routing figure per Switch-DiT trial (3), importances need 3 finished: none.
@@ -244,7 +317,7 @@ def test_report_opens_in_a_browser_with_every_plot_drawn(sweep_root, browser, tm
     plot = page.locator(f"#{routing[0]}")
     plot.scroll_into_view_if_needed()
     before = plot.screenshot(path=str(tmp_path / "routing-last.png"))
-    shown = "() => document.getElementById('%s')._fullData.filter(t => t.visible === true).map(t => t.name)" % routing[0]
+    shown = f"() => document.getElementById('{routing[0]}')._fullData.filter(t => t.visible === true).map(t => t.name)"
     assert page.evaluate(shown) == ["step 8", "step 8"]  # opens on the last evaluation
     rail = page.locator(f"#{routing[0]} .slider-rail-touch-rect").bounding_box()
     page.mouse.click(rail["x"] + 2, rail["y"] + rail["height"] / 2)  # the slider's first step
@@ -266,8 +339,14 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, 
     child = next(r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("switchsweep.role") == "trial")
     port = free_port()
     # Its own process group: stopping it must stop the MLflow server processes it starts too.
-    ui = subprocess.Popen([str(BIN / "switchsweep"), "ui", f"sweep.root={sweep_root}", f"port={port}"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, start_new_session=True)
+    ui = subprocess.Popen(
+        [str(BIN / "switchsweep"), "ui", f"sweep.root={sweep_root}", f"port={port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+        start_new_session=True,
+    )
     try:
         banner = ui.stdout.readline()
         link = f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
@@ -281,7 +360,9 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, 
             except OSError:
                 time.sleep(1)
         served = listening(ui.pid)  # switchsweep ui, the mlflow server and its workers
-        assert (("127.0.0.1", port) in {(a, p) for a, p, _ in served} and {a for a, _, _ in served} <= set(LOOPBACK)), served
+        assert ("127.0.0.1", port) in {(a, p) for a, p, _ in served} and {a for a, _, _ in served} <= set(LOOPBACK), (
+            served
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -294,11 +375,17 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, 
                 page.wait_for_selector(f"text={r.info.run_name}", timeout=20_000)
         page.screenshot(path=str(tmp_path / "mlflow-runs.png"))
         # The last sample grid of a finished trial, as the UI's artifact viewer shows it.
-        grid = sorted(a.path for a in client.list_artifacts(child.info.run_id, "images")
-                      if "samples" in a.path and a.path.endswith(".png"))[-1]
-        page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}/artifacts/{grid}?workflowType=machine_learning")
-        page.wait_for_function("() => [...document.images].some(i => i.src.startsWith('blob:') && i.naturalWidth > 0)",
-                               timeout=30_000)
+        grid = sorted(
+            a.path
+            for a in client.list_artifacts(child.info.run_id, "images")
+            if "samples" in a.path and a.path.endswith(".png")
+        )[-1]
+        page.goto(
+            f"{base}/#/experiments/{exp.experiment_id}/runs/{child.info.run_id}/artifacts/{grid}?workflowType=machine_learning"
+        )
+        page.wait_for_function(
+            "() => [...document.images].some(i => i.src.startsWith('blob:') && i.naturalWidth > 0)", timeout=30_000
+        )
         page.screenshot(path=str(tmp_path / "mlflow-samples.png"))
         stats = page.evaluate("""() => {
             const img = [...document.images].find(i => i.src.startsWith('blob:'));
@@ -321,8 +408,12 @@ def test_optuna_ui_serves_the_sweeps_study_on_loopback(sweep_root):
 
     sweep_id = _sweep_report(sweep_root).parent.name
     port = free_port()
-    ui = subprocess.Popen([str(BIN / "switchsweep"), "optuna-ui", "sweep=design_space", f"sweep.root={sweep_root}",
-                           f"port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    ui = subprocess.Popen(
+        [str(BIN / "switchsweep"), "optuna-ui", "sweep=design_space", f"sweep.root={sweep_root}", f"port={port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
     try:
         deadline, body = time.time() + 90, None
         while time.time() < deadline and body is None:
@@ -334,7 +425,9 @@ def test_optuna_ui_serves_the_sweeps_study_on_loopback(sweep_root):
                 time.sleep(1)
         assert body is not None and [s["study_name"] for s in body["study_summaries"]] == [sweep_id]
         served = listening(ui.pid)
-        assert ("127.0.0.1", port) in {(a, p) for a, p, _ in served} and {a for a, _, _ in served} <= set(LOOPBACK), served
+        assert ("127.0.0.1", port) in {(a, p) for a, p, _ in served} and {a for a, _, _ in served} <= set(LOOPBACK), (
+            served
+        )
     finally:
         ui.terminate()
         ui.wait(timeout=30)

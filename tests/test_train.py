@@ -20,7 +20,9 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_cfg, tmp_path, mod
     tiny_cfg.model.name = model
     straight = train(tiny_cfg)
 
-    first = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=3, out_dir=str(tmp_path / "a")))
+    first = dataclasses.replace(
+        tiny_cfg, train=dataclasses.replace(tiny_cfg.train, steps=3, out_dir=str(tmp_path / "a"))
+    )
     part1 = train(first)
     resumed_cfg = dataclasses.replace(
         tiny_cfg, train=dataclasses.replace(tiny_cfg.train, resume=str(part1.checkpoint), out_dir=str(tmp_path / "b"))
@@ -37,8 +39,9 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tiny_cfg, tmp_path, mod
 @pytest.mark.slow
 def test_compiled_blocks_train_like_eager_ones_and_keep_the_checkpoint_format(tiny_cfg, tmp_path):
     eager = train(tiny_cfg)
-    compiled_cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, compile=True,
-                                                                           out_dir=str(tmp_path / "compiled")))
+    compiled_cfg = dataclasses.replace(
+        tiny_cfg, train=dataclasses.replace(tiny_cfg.train, compile=True, out_dir=str(tmp_path / "compiled"))
+    )
     compiled = train(compiled_cfg)
     # Inductor fuses elementwise work, so float sums may round differently; the run is the same.
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-4, abs=1e-5)
@@ -52,7 +55,9 @@ def test_compiled_blocks_train_like_eager_ones_and_keep_the_checkpoint_format(ti
 def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(tiny_cfg, monkeypatch):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     tiny_cfg.train.compile = True
-    with pytest.raises(ConfigError, match="train.compile=true on a CPU needs a C\\+\\+ compiler and no-such-compiler-here"):
+    with pytest.raises(
+        ConfigError, match="train.compile=true on a CPU needs a C\\+\\+ compiler and no-such-compiler-here"
+    ):
         loop.Trainer(tiny_cfg)
 
 
@@ -128,8 +133,19 @@ def test_resume_that_is_already_done_says_so(tiny_cfg):
 
 def test_cli_train_writes_checkpoint_and_sample_grid(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = main(["train", "model=dit", "train.steps=4", "data.batch_size=8", f"train.out_dir={out}", "sample.steps=3",
-                 "sample.per_class=2", "train.device=cpu", "train.progress=false"])
+    code = main(
+        [
+            "train",
+            "model=dit",
+            "train.steps=4",
+            "data.batch_size=8",
+            f"train.out_dir={out}",
+            "sample.steps=3",
+            "sample.per_class=2",
+            "train.device=cpu",
+            "train.progress=false",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "checkpoint:" in capsys.readouterr().out and (out / "ckpt.pt").is_file()
     grid = Image.open(out / "samples.png")
@@ -138,8 +154,18 @@ def test_cli_train_writes_checkpoint_and_sample_grid(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_300_steps_of_switch_dit_tiny_on_digits_lower_the_loss(tmp_path):
-    cfg = load_config(["model=switch_dit", "model.size=tiny", "data=digits", "train.steps=300",
-                       f"train.out_dir={tmp_path}", "train.progress=false", "sample.per_class=1", "train.device=cpu"])
+    cfg = load_config(
+        [
+            "model=switch_dit",
+            "model.size=tiny",
+            "data=digits",
+            "train.steps=300",
+            f"train.out_dir={tmp_path}",
+            "train.progress=false",
+            "sample.per_class=1",
+            "train.device=cpu",
+        ]
+    )
     result = train(cfg)
     first, last = statistics.mean(result.losses[:30]), statistics.mean(result.losses[-30:])
     assert len(result.losses) == 300
@@ -153,17 +179,46 @@ def test_evaluate_cli_scores_a_checkpoint_and_writes_json(tiny_cfg, tmp_path, di
     (tmp_path / "cache").mkdir()  # the session's feature network; the reference features are computed here
     classifier = next(digits_net[2].glob("digits-cnn-*.pt"))
     (tmp_path / "cache" / classifier.name).write_bytes(classifier.read_bytes())
-    code = main(["evaluate", f"checkpoint={ckpt}", "eval.num_samples=24", "eval.batch_size=10", "eval.sampler=ddim",
-                 "eval.steps=3", "eval.cfg_scale=1.5", "eval.kid_subsets=5", f"eval.cache_dir={tmp_path / 'cache'}",
-                 f"eval.out={out}", "eval.device=cpu"])
+    code = main(
+        [
+            "evaluate",
+            f"checkpoint={ckpt}",
+            "eval.num_samples=24",
+            "eval.batch_size=10",
+            "eval.sampler=ddim",
+            "eval.steps=3",
+            "eval.cfg_scale=1.5",
+            "eval.kid_subsets=5",
+            f"eval.cache_dir={tmp_path / 'cache'}",
+            f"eval.out={out}",
+            "eval.device=cpu",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     result = json.loads(out.read_text())
     assert result["step"] == 6 and result["num_samples"] == 24
-    assert set(result["metrics"]) >= {"fid", "fid_se", "kid", "kid_se", "kid_subset_sd", "inception_score", "precision", "recall"}
+    assert set(result["metrics"]) >= {
+        "fid",
+        "fid_se",
+        "kid",
+        "kid_se",
+        "kid_subset_sd",
+        "inception_score",
+        "precision",
+        "recall",
+    }
     assert (tmp_path / "cache" / "ref-digits-8-digits-cnn-v1.pt").is_file()
     # The same settings score the same samples again; eval.seed draws other samples (and labels).
-    again = [f"checkpoint={ckpt}", "eval.num_samples=24", "eval.batch_size=10", "eval.steps=3", "eval.kid_subsets=5",
-             f"eval.cache_dir={tmp_path / 'cache'}", f"eval.out={tmp_path / 'again.json'}", "eval.device=cpu"]
+    again = [
+        f"checkpoint={ckpt}",
+        "eval.num_samples=24",
+        "eval.batch_size=10",
+        "eval.steps=3",
+        "eval.kid_subsets=5",
+        f"eval.cache_dir={tmp_path / 'cache'}",
+        f"eval.out={tmp_path / 'again.json'}",
+        "eval.device=cpu",
+    ]
     quality = ("fid", "kid", "inception_score", "precision", "recall")
     same = evaluate_checkpoint(load_eval_config(again), progress=False)["metrics"]
     assert {k: same[k] for k in quality} == {k: result["metrics"][k] for k in quality}

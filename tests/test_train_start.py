@@ -2,8 +2,8 @@
 
 import pickle
 import subprocess
-import time
 import sys
+import time
 
 from ray.train import ScalingConfig
 from ray.train.v2._internal.callbacks import BackendSetupCallback, DatasetsCallback
@@ -15,18 +15,24 @@ from switchsweep.sweeps.trial import _TorchTrainer
 
 def test_the_controller_side_of_the_loopback_backend_imports_no_torch():
     # What Train's controller unpickles and calls: the config, its backend, the functions it sends to workers.
-    shipped = pickle.dumps((loopback_ddp.LoopbackTorchConfig(timeout_s=60), loopback_ddp._serve, loopback_ddp._join,
-                            loopback_ddp._leave))
-    code = ("import pickle, sys; cfg, *fns = pickle.loads(sys.stdin.buffer.read()); cfg.backend_cls(); "
-            "assert cfg.timeout_s == 60 and cfg.to_dict()['backend'] is None; "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    shipped = pickle.dumps(
+        (loopback_ddp.LoopbackTorchConfig(timeout_s=60), loopback_ddp._serve, loopback_ddp._join, loopback_ddp._leave)
+    )
+    code = (
+        "import pickle, sys; cfg, *fns = pickle.loads(sys.stdin.buffer.read()); cfg.backend_cls(); "
+        "assert cfg.timeout_s == 60 and cfg.to_dict()['backend'] is None; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], input=shipped, capture_output=True, check=True)
     assert out.stdout.decode().strip() == "[]"
 
 
 def test_trials_train_without_ray_datas_dataset_manager():
-    trainer = _TorchTrainer(lambda config: None, scaling_config=ScalingConfig(num_workers=1),
-                            torch_config=loopback_ddp.LoopbackTorchConfig())
+    trainer = _TorchTrainer(
+        lambda config: None,
+        scaling_config=ScalingConfig(num_workers=1),
+        torch_config=loopback_ddp.LoopbackTorchConfig(),
+    )
     kinds = {type(cb) for cb in trainer._create_default_callbacks()}
     assert DatasetsCallback not in kinds
     assert {BackendSetupCallback, PlacementGroupCleanerCallback} <= kinds  # the backend, and ASHA's freed workers
@@ -34,8 +40,16 @@ def test_trials_train_without_ray_datas_dataset_manager():
 
 def test_a_workers_process_start_is_read_from_proc_not_from_when_it_asks():
     before = time.time()
-    out = subprocess.run([sys.executable, "-c", "import time; time.sleep(1.5); from switchsweep.sweeps.trial import "
-                          "process_start_time; print(process_start_time(), time.time())"], capture_output=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(1.5); from switchsweep.sweeps.trial import "
+            "process_start_time; print(process_start_time(), time.time())",
+        ],
+        capture_output=True,
+        check=True,
+    )
     started, asked = map(float, out.stdout.split())
     assert before - 0.05 <= started <= before + 1.0  # 10 ms ticks; a Python process starts well within a second
     assert asked - started >= 1.5

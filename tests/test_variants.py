@@ -44,8 +44,19 @@ from switchsweep.trainers.weighting import (
 )
 def test_every_variant_trains_from_the_cli(overrides, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", *overrides, "train.steps=3", "train.log_every=3", "data.batch_size=16", "sample.per_class=0",
-                 "train.progress=false", "train.device=cpu", f"train.out_dir={out}"])
+    code = main(
+        [
+            "train",
+            *overrides,
+            "train.steps=3",
+            "train.log_every=3",
+            "data.batch_size=16",
+            "sample.per_class=0",
+            "train.progress=false",
+            "train.device=cpu",
+            f"train.out_dir={out}",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "M parameters" in printed and "GFLOPs per image forward" in printed
@@ -108,7 +119,9 @@ def test_load_balancing_loss_is_zero_exactly_for_uniform_importance():
 
 def test_switch_dit_balance_loss_enters_the_aux_losses():
     model, _ = _model(balance_loss=0.01, lambda_dp=0.0)
-    out, aux = model(torch.randn(4, 1, 8, 8), torch.tensor([1, 300, 600, 999]), torch.tensor([0, 1, 2, 3]), return_aux=True)
+    out, aux = model(
+        torch.randn(4, 1, 8, 8), torch.tensor([1, 300, 600, 999]), torch.tensor([0, 1, 2, 3]), return_aux=True
+    )
     losses = model.aux_losses(aux, torch.tensor([1, 300, 600, 999]))
     assert set(losses) == {"balance"} and losses["balance"][0] == 0.01
     # Reference: top-k of every block's softmax (0 elsewhere), importance per block, CV^2, mean over blocks.
@@ -235,6 +248,17 @@ def test_gflops_match_the_closed_form_difference_of_switch_dit_and_dit():
 
 
 def test_variant_labels_name_the_design():
-    assert variant_label({"model.name": "switch_dit", "model.num_experts": "4", "model.top_k": "1", "model.gating": "noisy",
-                          "model.integration": "direct", "model.lambda_dp": "0.0"}) == "switch_dit(M=4,k=1,no-prior,noisy,direct)"
+    assert (
+        variant_label(
+            {
+                "model.name": "switch_dit",
+                "model.num_experts": "4",
+                "model.top_k": "1",
+                "model.gating": "noisy",
+                "model.integration": "direct",
+                "model.lambda_dp": "0.0",
+            }
+        )
+        == "switch_dit(M=4,k=1,no-prior,noisy,direct)"
+    )
     assert variant_label({"model.name": "dit", "train.loss_weighting": "p2"}) == "dit+p2"

@@ -70,8 +70,10 @@ def test_each_integration_changes_the_forward():
     x, t, y = _inputs()
     models = {name: _build(name="switch_dit", integration=name)[0].eval() for name in ("skip_onevec", "skip", "direct")}
     gen = torch.Generator().manual_seed(0)  # the same random weights for all three (adaLN-Zero would give all zeros)
-    state = {k: torch.randn(v.shape, generator=gen) * 0.2 if torch.is_tensor(v) and v.is_floating_point() else v
-             for k, v in models["skip"].state_dict().items()}
+    state = {
+        k: torch.randn(v.shape, generator=gen) * 0.2 if torch.is_tensor(v) and v.is_floating_point() else v
+        for k, v in models["skip"].state_dict().items()
+    }
     outs = {}
     for name, model in models.items():
         model.load_state_dict(state)

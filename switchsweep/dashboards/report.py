@@ -8,24 +8,28 @@ from __future__ import annotations
 import html
 import math
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from switchsweep.dashboards.sweep_data import SweepData, TrialData, collect
-from switchsweep.platform.files import atomic_write_text
 from switchsweep.platform.export import baseline_sentence, is_plain_dit, race_sentence, value_text
+from switchsweep.platform.files import atomic_write_text
 from switchsweep.platform.naming import variant_label
 from switchsweep.platform.ranking import Ranked, pareto_front
-from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
+from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.tracking import Tracker
 
-DESIGN_KEYS = (("model.num_experts", "M"), ("model.top_k", "k"), ("model.lambda_dp", "lambda_dp"),
-               ("model.prior_alpha", "alpha"))
+DESIGN_KEYS = (
+    ("model.num_experts", "M"),
+    ("model.top_k", "k"),
+    ("model.lambda_dp", "lambda_dp"),
+    ("model.prior_alpha", "alpha"),
+)
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 MAX_ROUTING_FIGURES = 16  # the best trials' routing; more makes the page slow to open
 
@@ -83,21 +87,49 @@ def ranking_table(data: SweepData) -> str:
     unit = compute_unit(data.ranking.parent_params)
     failed = any(r.failure for r in data.ranking.ranked)  # a column of reasons only where there is one
     base = data.ranking.baseline
-    header = ["rank", "design", "seeds", "status", "steps", f"{metric} mean +- 95%", "sd over seeds",
-              f"{noise or 'metric'} (evaluation noise)", "vs best", "minus the best, paired +- 95%",
-              *(["vs baseline", "minus the baseline, paired +- 95%"] if base else []), "params (M)", "GFLOPs", "steps/s",
-              unit, *(["pareto"] if data.ranking.objectives else []), *(["why it failed"] if failed else [])]
+    header = [
+        "rank",
+        "design",
+        "seeds",
+        "status",
+        "steps",
+        f"{metric} mean +- 95%",
+        "sd over seeds",
+        f"{noise or 'metric'} (evaluation noise)",
+        "vs best",
+        "minus the best, paired +- 95%",
+        *(["vs baseline", "minus the baseline, paired +- 95%"] if base else []),
+        "params (M)",
+        "GFLOPs",
+        "steps/s",
+        unit,
+        *(["pareto"] if data.ranking.objectives else []),
+        *(["why it failed"] if failed else []),
+    ]
     rows = []
     for r in data.ranking.ranked:
         cost = _group_cost(data, r)
-        rows.append([str(r.rank), variant_label(r.params) + (" (baseline)" if r.baseline else ""), str(r.seeds), r.status,
-                     str(r.steps), value_text(r), _num(r.std, ".3g"), _num(r.noise, ".3g"), r.vs_best,
-                     _pm(r.diff, r.diff_half_width),
-                     *([r.vs_baseline, _pm(r.base_diff, r.base_half_width)] if base else []),
-                     _num(r.metrics.get("params", math.nan) * 1e-6, ".3f"),
-                     _num(r.metrics.get("gflops", math.nan), ".4f"), _num(r.metrics.get("steps_per_sec", math.nan), ".2f"),
-                     _num(cost, ".3g"), *(["yes" if r.pareto else ""] if data.ranking.objectives else []),
-                     *([r.failure] if failed else [])])
+        rows.append(
+            [
+                str(r.rank),
+                variant_label(r.params) + (" (baseline)" if r.baseline else ""),
+                str(r.seeds),
+                r.status,
+                str(r.steps),
+                value_text(r),
+                _num(r.std, ".3g"),
+                _num(r.noise, ".3g"),
+                r.vs_best,
+                _pm(r.diff, r.diff_half_width),
+                *([r.vs_baseline, _pm(r.base_diff, r.base_half_width)] if base else []),
+                _num(r.metrics.get("params", math.nan) * 1e-6, ".3f"),
+                _num(r.metrics.get("gflops", math.nan), ".4f"),
+                _num(r.metrics.get("steps_per_sec", math.nan), ".2f"),
+                _num(cost, ".3g"),
+                *(["yes" if r.pareto else ""] if data.ranking.objectives else []),
+                *([r.failure] if failed else []),
+            ]
+        )
     return _table(header, rows, "ranking")
 
 
@@ -113,12 +145,27 @@ def design_table(data: SweepData) -> str | None:
         if r is base:
             rows.append([variant_label(r.params), str(r.seeds), value_text(r), "baseline", "", ""])
             continue
-        paired = "" if math.isnan(r.base_diff) else f"{r.base_diff:+.4g}" + (
-            "" if math.isnan(r.base_half_width) else f" +- {r.base_half_width:.2g}")
-        rows.append([variant_label(r.params), str(r.seeds), value_text(r), paired, r.vs_baseline or "unknown", r.base_basis])
+        paired = (
+            ""
+            if math.isnan(r.base_diff)
+            else f"{r.base_diff:+.4g}" + ("" if math.isnan(r.base_half_width) else f" +- {r.base_half_width:.2g}")
+        )
+        rows.append(
+            [variant_label(r.params), str(r.seeds), value_text(r), paired, r.vs_baseline or "unknown", r.base_basis]
+        )
     metric = data.metric
-    return _table(["design", "seeds", f"{metric} mean +- 95%", f"{metric} - DiT, paired (+- 95%)", "vs DiT",
-                   "what the interval holds"], rows, "designs")
+    return _table(
+        [
+            "design",
+            "seeds",
+            f"{metric} mean +- 95%",
+            f"{metric} - DiT, paired (+- 95%)",
+            "vs DiT",
+            "what the interval holds",
+        ],
+        rows,
+        "designs",
+    )
 
 
 # -- figures --------------------------------------------------------------------------------------
@@ -130,15 +177,28 @@ def parallel_coordinates(data: SweepData) -> go.Figure | None:
     dims = []
     for key, label in DESIGN_KEYS:
         values = [_float(r.params, key) for r in rows]
-        dims.append({"label": label, "values": values, **({"tickvals": sorted(set(values))} if label in ("M", "k") else {})})
+        dims.append(
+            {"label": label, "values": values, **({"tickvals": sorted(set(values))} if label in ("M", "k") else {})}
+        )
     dims.append({"label": "steps", "values": [r.steps for r in rows]})
     reverse = REPORTED_METRICS[data.metric] == "min"  # the better end of the colour scale is yellow either way
-    fig = go.Figure(go.Parcoords(
-        line={"color": [r.value for r in rows], "colorscale": "Viridis", "reversescale": reverse, "showscale": True,
-              "colorbar": {"title": {"text": data.metric}}},
-        dimensions=dims))
-    fig.update_layout(title=f"Search space, one line per configuration, coloured by {data.metric} (mean over seeds)",
-                      height=420, margin={"l": 60, "r": 60, "t": 80, "b": 30})
+    fig = go.Figure(
+        go.Parcoords(
+            line={
+                "color": [r.value for r in rows],
+                "colorscale": "Viridis",
+                "reversescale": reverse,
+                "showscale": True,
+                "colorbar": {"title": {"text": data.metric}},
+            },
+            dimensions=dims,
+        )
+    )
+    fig.update_layout(
+        title=f"Search space, one line per configuration, coloured by {data.metric} (mean over seeds)",
+        height=420,
+        margin={"l": 60, "r": 60, "t": 80, "b": 30},
+    )
     return fig
 
 
@@ -149,25 +209,52 @@ def pareto_figure(data: SweepData) -> go.Figure | None:
     if not rows:
         return None
     mode = REPORTED_METRICS[data.metric]
-    xs = {"GFLOPs per image forward": [r.metrics.get("gflops", math.nan) for r in rows],
-          f"{compute_unit(data.ranking.parent_params)} (all seeds)": [_group_cost(data, r) for r in rows]}
+    xs = {
+        "GFLOPs per image forward": [r.metrics.get("gflops", math.nan) for r in rows],
+        f"{compute_unit(data.ranking.parent_params)} (all seeds)": [_group_cost(data, r) for r in rows],
+    }
     fig = make_subplots(rows=1, cols=2, subplot_titles=list(xs))
     for col, (axis, x) in enumerate(xs.items(), 1):
         labels = [variant_label(r.params) for r in rows]
         err = [0.0 if math.isnan(r.half_width) else r.half_width for r in rows]
-        fig.add_trace(go.Scatter(x=x, y=[r.value for r in rows], mode="markers", name="configurations", text=labels,
-                                 error_y={"type": "data", "array": err, "visible": True}, marker={"color": "#1f77b4", "size": 9},
-                                 hovertemplate="%{text}<br>%{x:.4g}, %{y:.4g}<extra></extra>", showlegend=col == 1), row=1, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[r.value for r in rows],
+                mode="markers",
+                name="configurations",
+                text=labels,
+                error_y={"type": "data", "array": err, "visible": True},
+                marker={"color": "#1f77b4", "size": 9},
+                hovertemplate="%{text}<br>%{x:.4g}, %{y:.4g}<extra></extra>",
+                showlegend=col == 1,
+            ),
+            row=1,
+            col=col,
+        )
         keep = [i for i, v in enumerate(x) if math.isfinite(v)]
         on = pareto_front([[rows[i].value, x[i]] for i in keep], [mode, "min"])
         front = sorted((x[i], rows[i].value, labels[i]) for i, f in zip(keep, on) if f)
-        fig.add_trace(go.Scatter(x=[p[0] for p in front], y=[p[1] for p in front], text=[p[2] for p in front],
-                                 mode="lines+markers", name="Pareto front", line={"color": "#d62728", "shape": "hv"},
-                                 marker={"color": "#d62728", "size": 11, "symbol": "diamond-open"},
-                                 hovertemplate="%{text}<extra>Pareto</extra>", showlegend=col == 1), row=1, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=[p[0] for p in front],
+                y=[p[1] for p in front],
+                text=[p[2] for p in front],
+                mode="lines+markers",
+                name="Pareto front",
+                line={"color": "#d62728", "shape": "hv"},
+                marker={"color": "#d62728", "size": 11, "symbol": "diamond-open"},
+                hovertemplate="%{text}<extra>Pareto</extra>",
+                showlegend=col == 1,
+            ),
+            row=1,
+            col=col,
+        )
         fig.update_xaxes(title_text=axis, row=1, col=col)
         fig.update_yaxes(title_text=f"{data.metric} ({mode} is better)", row=1, col=col)
-    fig.update_layout(title=f"{data.metric} against compute (error bars: 95% interval; stopped trials left out)", height=420)
+    fig.update_layout(
+        title=f"{data.metric} against compute (error bars: 95% interval; stopped trials left out)", height=420
+    )
     return fig
 
 
@@ -181,14 +268,35 @@ def learning_curves(data: SweepData) -> go.Figure | None:
         color = _color(i)
         for col, key in ((1, "loss"), (2, metric)):
             points = t.curves.get(key, [])
-            fig.add_trace(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines+markers" if col == 2 else "lines",
-                                     name=t.name, legendgroup=t.trial_id, showlegend=col == 1, line={"color": color}),
-                          row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=[s for s, _ in points],
+                    y=[v for _, v in points],
+                    mode="lines+markers" if col == 2 else "lines",
+                    name=t.name,
+                    legendgroup=t.trial_id,
+                    showlegend=col == 1,
+                    line={"color": color},
+                ),
+                row=1,
+                col=col,
+            )
         last = t.curves.get(metric, [])
         if t.stopped_early and last:
-            fig.add_trace(go.Scatter(x=[last[-1][0]], y=[last[-1][1]], mode="markers", legendgroup=t.trial_id,
-                                     name="stopped by ASHA", showlegend=False, hovertemplate=f"{t.name}: stopped by ASHA<extra></extra>",
-                                     marker={"symbol": "x", "size": 14, "color": color, "line": {"width": 2}}), row=1, col=2)
+            fig.add_trace(
+                go.Scatter(
+                    x=[last[-1][0]],
+                    y=[last[-1][1]],
+                    mode="markers",
+                    legendgroup=t.trial_id,
+                    name="stopped by ASHA",
+                    showlegend=False,
+                    hovertemplate=f"{t.name}: stopped by ASHA<extra></extra>",
+                    marker={"symbol": "x", "size": 14, "color": color, "line": {"width": 2}},
+                ),
+                row=1,
+                col=2,
+            )
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_layout(title="Learning curves (x: stopped early by ASHA)", height=460)
@@ -200,16 +308,33 @@ def routing_figure(t: TrialData) -> go.Figure | None:
     if not t.routing:
         return None
     experts = int(_float(t.params, "model.num_experts"))
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True,
-                        subplot_titles=("w_gate: top-k selection", "diffusion prior, matched to w_gate"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        subplot_titles=("w_gate: top-k selection", "diffusion prior, matched to w_gate"),
+    )
     last = len(t.routing) - 1
     for i, (step, gate, prior) in enumerate(t.routing):
         bins = gate.shape[0]
         y = [(b + 0.5) * 1000 / bins for b in range(bins)]
         for col, z in ((1, gate), (2, prior)):
-            fig.add_trace(go.Heatmap(z=z, y=y, zmin=0, zmax=1, colorscale="Greys", visible=i == last, showscale=col == 2,
-                                     colorbar={"title": {"text": "share of t"}}, name=f"step {step}",
-                                     hovertemplate="unit %{x}, t~%{y:.0f}: %{z:.2f}<extra></extra>"), row=1, col=col)
+            fig.add_trace(
+                go.Heatmap(
+                    z=z,
+                    y=y,
+                    zmin=0,
+                    zmax=1,
+                    colorscale="Greys",
+                    visible=i == last,
+                    showscale=col == 2,
+                    colorbar={"title": {"text": "share of t"}},
+                    name=f"step {step}",
+                    hovertemplate="unit %{x}, t~%{y:.0f}: %{z:.2f}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
     units = t.routing[0][1].shape[1]
     for col in (1, 2):
         for b in range(experts, units, experts):  # block boundaries (units are block-major)
@@ -219,9 +344,18 @@ def routing_figure(t: TrialData) -> go.Figure | None:
     steps = []
     for i, (step, _, _) in enumerate(t.routing):
         visible = [j // 2 == i for j in range(2 * len(t.routing))]
-        steps.append({"method": "update", "label": str(step), "args": [{"visible": visible}, {"title.text": f"{t.name}: step {step}"}]})
-    fig.update_layout(title=f"{t.name}: step {t.routing[last][0]}", height=440,
-                      sliders=[{"active": last, "steps": steps, "currentvalue": {"prefix": "evaluation step "}, "pad": {"t": 50}}])
+        steps.append(
+            {
+                "method": "update",
+                "label": str(step),
+                "args": [{"visible": visible}, {"title.text": f"{t.name}: step {step}"}],
+            }
+        )
+    fig.update_layout(
+        title=f"{t.name}: step {t.routing[last][0]}",
+        height=440,
+        sliders=[{"active": last, "steps": steps, "currentvalue": {"prefix": "evaluation step "}, "pad": {"t": 50}}],
+    )
     return fig
 
 
@@ -233,10 +367,21 @@ def jsd_figure(data: SweepData) -> go.Figure | None:
     fig = go.Figure()
     for i, t in trials:
         points = t.curves["routing_jsd"]
-        fig.add_trace(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines+markers", name=t.name,
-                                 line={"color": _color(i)}))
-    fig.update_layout(title="JSD of the gates to the matched prior over training (all timesteps)",
-                      xaxis_title="step", yaxis_title="JSD (nats)", height=380)
+        fig.add_trace(
+            go.Scatter(
+                x=[s for s, _ in points],
+                y=[v for _, v in points],
+                mode="lines+markers",
+                name=t.name,
+                line={"color": _color(i)},
+            )
+        )
+    fig.update_layout(
+        title="JSD of the gates to the matched prior over training (all timesteps)",
+        xaxis_title="step",
+        yaxis_title="JSD (nats)",
+        height=380,
+    )
     return fig
 
 
@@ -244,9 +389,15 @@ def importance_figure(data: SweepData) -> go.Figure | None:
     if not data.importances:
         return None
     items = sorted(data.importances.items(), key=lambda kv: kv[1])
-    fig = go.Figure(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h", marker={"color": "#2ca02c"}))
-    fig.update_layout(title=f"Parameter importance for {data.metric} ({data.importance_note})", xaxis_title="importance",
-                      height=120 + 40 * len(items), margin={"l": 160})
+    fig = go.Figure(
+        go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h", marker={"color": "#2ca02c"})
+    )
+    fig.update_layout(
+        title=f"Parameter importance for {data.metric} ({data.importance_note})",
+        xaxis_title="importance",
+        height=120 + 40 * len(items),
+        margin={"l": 160},
+    )
     return fig
 
 
@@ -257,7 +408,8 @@ h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 32px; border-bottom: 1
 table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } th { background: #f3f3f3; }
 td:nth-child(2), th:nth-child(2) { text-align: left; }
-.meta { color: #555; font-size: 13px; } .verdict { font-size: 15px; margin: 6px 0; } .note { color: #666; font-style: italic; font-size: 13px; }
+.meta { color: #555; font-size: 13px; } .verdict { font-size: 15px; margin: 6px 0; }
+.note { color: #666; font-style: italic; font-size: 13px; }
 """
 
 
@@ -283,24 +435,43 @@ def render(data: SweepData) -> str:
         return fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot{plots}", config=config)
 
     p = r.parent_params
-    designs = f"{len(r.ranked) - 1} configurations and the baseline" if r.baseline else f"{len(r.ranked)} configurations"
-    meta = (f"{designs}, {len(data.trials)} trials; search {p.get('sweep.search', '?')}, "
-            f"{p.get('sweep.seeds', '1')} seed(s), {p.get('train.steps', '?')} steps, evaluation every "
-            f"{p.get('sweep.eval_every', '?')} steps; ranked by {data.metric} ({REPORTED_METRICS[data.metric]} is better). "
-            f"Written {time.strftime('%Y-%m-%d %H:%M')}.")
-    verdicts = "".join(f'<p class="verdict">{html.escape(line)}</p>' for line in (baseline_sentence(r), race_sentence(r))
-                       if line)
-    parts = [f"<h1>Sweep {html.escape(r.sweep_id)}</h1>", verdicts, f'<p class="meta">{html.escape(meta)}</p>',
-             _section("Ranking", _note("Finished configurations first, by the mean over seeds; then those stopped early. "
-                                       "vs best: tied where the difference to the best, paired seed by seed (ranking.md: "
-                                       "diff_to_best), has a 95% interval holding zero; without one, where the two "
-                                       "95% intervals overlap. A baseline (sweep.baseline) is ranked with the rest, "
-                                       "never as the best.") + ranking_table(data))]
+    designs = (
+        f"{len(r.ranked) - 1} configurations and the baseline" if r.baseline else f"{len(r.ranked)} configurations"
+    )
+    meta = (
+        f"{designs}, {len(data.trials)} trials; search {p.get('sweep.search', '?')}, "
+        f"{p.get('sweep.seeds', '1')} seed(s), {p.get('train.steps', '?')} steps, evaluation every "
+        f"{p.get('sweep.eval_every', '?')} steps; ranked by {data.metric} ({REPORTED_METRICS[data.metric]} is better). "
+        f"Written {time.strftime('%Y-%m-%d %H:%M')}."
+    )
+    verdicts = "".join(
+        f'<p class="verdict">{html.escape(line)}</p>' for line in (baseline_sentence(r), race_sentence(r)) if line
+    )
+    parts = [
+        f"<h1>Sweep {html.escape(r.sweep_id)}</h1>",
+        verdicts,
+        f'<p class="meta">{html.escape(meta)}</p>',
+        _section(
+            "Ranking",
+            _note(
+                "Finished configurations first, by the mean over seeds; then those stopped early. "
+                "vs best: tied where the difference to the best, paired seed by seed (ranking.md: "
+                "diff_to_best), has a 95% interval holding zero; without one, where the two "
+                "95% intervals overlap. A baseline (sweep.baseline) is ranked with the rest, "
+                "never as the best."
+            )
+            + ranking_table(data),
+        ),
+    ]
     if data.search == "grid":
         table = design_table(data)
-        parts.append(_section("Designs against DiT", table or _note("this grid has no finished plain-DiT row to compare with")))
+        parts.append(
+            _section("Designs against DiT", table or _note("this grid has no finished plain-DiT row to compare with"))
+        )
     parts += [
-        _section("Search space", plot(parallel_coordinates(data), "fewer than two Switch-DiT configurations with a value")),
+        _section(
+            "Search space", plot(parallel_coordinates(data), "fewer than two Switch-DiT configurations with a value")
+        ),
         _section("Quality against compute", plot(pareto_figure(data), "no finished configuration yet")),
         _section("Learning curves", plot(learning_curves(data), "no trial has logged a step yet")),
         _section("Routing against the prior", plot(jsd_figure(data), "no Switch-DiT trial logged its routing")),
@@ -308,18 +479,26 @@ def render(data: SweepData) -> str:
     routed = [t for t in data.trials if t.routing][:MAX_ROUTING_FIGURES]
     parts += [plot(routing_figure(t), "") for t in routed]
     if len([t for t in data.trials if t.routing]) > len(routed):
-        parts.append(_note(f"routing of the best {MAX_ROUTING_FIGURES} trials shown; every trial's arrays are in MLflow"))
+        parts.append(
+            _note(f"routing of the best {MAX_ROUTING_FIGURES} trials shown; every trial's arrays are in MLflow")
+        )
     parts.append(_section("Parameter importance", plot(importance_figure(data), data.importance_note)))
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>switchsweep report {html.escape(r.sweep_id)}</title>"
-            f"<style>{CSS}</style><script type='text/javascript'>{get_plotlyjs()}</script></head>\n<body>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>switchsweep report "
+        f"{html.escape(r.sweep_id)}</title>"
+        f"<style>{CSS}</style><script type='text/javascript'>{get_plotlyjs()}</script></head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
 
 
 def write_report(data: SweepData, out: str | Path) -> Path:
     return atomic_write_text(out, render(data))
 
 
-def make_report(tracker: Tracker, name: str, sweep_id: str | None, sweeps_dir: Path, out: str | Path | None = None) -> Path:
+def make_report(
+    tracker: Tracker, name: str, sweep_id: str | None, sweeps_dir: Path, out: str | Path | None = None
+) -> Path:
     """Write the report of a sweep (default: report.html in its folder) and log it to its parent run,
     so it is one click away in the MLflow UI."""
     data = collect(tracker, name, sweep_id, sweeps_dir)

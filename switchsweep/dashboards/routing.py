@@ -11,7 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def routing_heatmap(w_gate: np.ndarray, w_prior: np.ndarray, num_blocks: int, path: str | Path, title: str = "") -> Path:
+def routing_heatmap(
+    w_gate: np.ndarray, w_prior: np.ndarray, num_blocks: int, path: str | Path, title: str = ""
+) -> Path:
     """w_gate and the prior matched to it, both [T, U], side by side: units on the x axis, t downwards,
     with a line between blocks (U = blocks x experts)."""
     path = Path(path)

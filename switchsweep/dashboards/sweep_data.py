@@ -32,7 +32,9 @@ class TrialData:
     params: dict[str, str]
     metrics: dict[str, float]  # last values
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
-    routing: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (step, w_gate, matched prior), binned
+    routing: list[tuple[int, np.ndarray, np.ndarray]] = field(
+        default_factory=list
+    )  # (step, w_gate, matched prior), binned
 
 
 @dataclass
@@ -68,7 +70,9 @@ def _routing(tracker: Tracker, run_id: str) -> list[tuple[int, np.ndarray, np.nd
         for path in sorted(steps):
             folder = local / Path(path).name
             step = int(folder.name.removeprefix("step_"))
-            out.append((step, bin_rows(np.load(folder / "w_gate.npy")), bin_rows(np.load(folder / "w_prior_matched.npy"))))
+            out.append(
+                (step, bin_rows(np.load(folder / "w_gate.npy")), bin_rows(np.load(folder / "w_prior_matched.npy")))
+            )
     return out
 
 
@@ -83,17 +87,24 @@ def study_importances(journal: Path, keys: list[str]) -> tuple[dict[str, float] 
     if not summaries:
         return None, f"the study journal {journal} holds no study"
     study = optuna.load_study(study_name=summaries[0].study_name, storage=storage)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and all(k in t.user_attrs for k in keys)]
+    done = [
+        t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and all(k in t.user_attrs for k in keys)
+    ]
     varying = [k for k in keys if len({t.user_attrs[k] for t in done}) > 1]
     if len(done) < 3 or not varying:
-        return None, (f"{len(done)} finished configuration(s) with {len(varying)} varying setting(s): importances need "
-                      "at least 3 and 1 (PRUNED configurations are left out: their values are partial)")
+        return None, (
+            f"{len(done)} finished configuration(s) with {len(varying)} varying setting(s): importances need "
+            "at least 3 and 1 (PRUNED configurations are left out: their values are partial)"
+        )
     dists = {}
     for k in varying:
         values = [t.user_attrs[k] for t in done]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        dists[k] = (optuna.distributions.FloatDistribution(float(min(values)), float(max(values))) if numeric
-                    else optuna.distributions.CategoricalDistribution(sorted(set(map(str, values)))))
+        dists[k] = (
+            optuna.distributions.FloatDistribution(float(min(values)), float(max(values)))
+            if numeric
+            else optuna.distributions.CategoricalDistribution(sorted(set(map(str, values))))
+        )
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line for a throwaway study
     try:
@@ -101,8 +112,14 @@ def study_importances(journal: Path, keys: list[str]) -> tuple[dict[str, float] 
     finally:
         optuna.logging.set_verbosity(level)
     for t in done:
-        params = {k: (float(t.user_attrs[k]) if isinstance(dists[k], optuna.distributions.FloatDistribution)
-                      else str(t.user_attrs[k])) for k in varying}
+        params = {
+            k: (
+                float(t.user_attrs[k])
+                if isinstance(dists[k], optuna.distributions.FloatDistribution)
+                else str(t.user_attrs[k])
+            )
+            for k in varying
+        }
         resolved.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=t.values[0]))
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     imp = optuna.importance.get_param_importances(resolved, evaluator=evaluator)
@@ -126,10 +143,16 @@ def collect(tracker: Tracker, name: str, sweep_id: str | None, sweeps_dir: Path)
         for trial_id in group.trials:
             run = runs[trial_id]
             params, seed = dict(run.data.params), int(run.data.tags.get(SEED_TAG, 0))
-            t = TrialData(trial_id=trial_id, run_id=run.info.run_id, name=run.info.run_name or run_name(params, seed),
-                          group=group.group, status=run.info.status,
-                          stopped_early=run.data.tags.get(STOPPED_TAG) == "true",
-                          params=params, metrics=dict(run.data.metrics))
+            t = TrialData(
+                trial_id=trial_id,
+                run_id=run.info.run_id,
+                name=run.info.run_name or run_name(params, seed),
+                group=group.group,
+                status=run.info.status,
+                stopped_early=run.data.tags.get(STOPPED_TAG) == "true",
+                params=params,
+                metrics=dict(run.data.metrics),
+            )
             for key in (ranking.metric, *CURVES):
                 history = tracker.client.get_metric_history(run.info.run_id, key)
                 t.curves[key] = sorted((m.step, m.value) for m in history if math.isfinite(m.value))

@@ -6,7 +6,11 @@ import torch
 from torch import Tensor
 
 from switchsweep.kernels.backend import uses_triton
-from switchsweep.kernels.reference import moe_grouped_linear_reference, sample_routed_linear_reference, shared_routing_linear
+from switchsweep.kernels.reference import (
+    moe_grouped_linear_reference,
+    sample_routed_linear_reference,
+    shared_routing_linear,
+)
 
 __all__ = ["sample_routed_linear", "moe_grouped_linear", "token_routed_linear"]
 
@@ -31,7 +35,9 @@ def sample_routed_linear(z: Tensor, weight: Tensor, bias: Tensor, expert_idx: Te
     return sample_routed_linear_reference(z, weight, bias, expert_idx, gates)
 
 
-def moe_grouped_linear(x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Tensor | None = None, x_is_pairs: bool = False) -> Tensor:
+def moe_grouped_linear(
+    x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Tensor | None = None, x_is_pairs: bool = False
+) -> Tensor:
     """Token-routed experts, one output row per (token, choice) pair: [T*k, Dout], row t*k+j =
     gates[t, j] (if given) * x[row] @ weight[expert_idx[t, j]], row = t*k+j if x_is_pairs else t.
     x [T or T*k, Din], weight [M, Din, Dout], expert_idx [T, k] (long)."""

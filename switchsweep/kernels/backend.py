@@ -40,8 +40,10 @@ def uses_triton(t: Tensor) -> bool:
     if name == "reference" or (name == "auto" and not t.is_cuda):
         return False
     if not t.is_cuda and not interpreted():
-        raise RuntimeError(f"{ENV}=triton on CPU tensors needs Triton's interpreter: set {INTERPRET}=1 before "
-                           "switchsweep.kernels is imported")
+        raise RuntimeError(
+            f"{ENV}=triton on CPU tensors needs Triton's interpreter: set {INTERPRET}=1 before "
+            "switchsweep.kernels is imported"
+        )
     return True
 
 

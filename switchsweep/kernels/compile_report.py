@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 # Run in a fresh interpreter: the kernels must be imported without TRITON_INTERPRET (tests set it).
-_COMPILE = r'''
+_COMPILE = r"""
 import json, re, subprocess, sys, tempfile
 import triton
 from triton.backends.nvidia.compiler import get_ptxas
@@ -38,12 +38,20 @@ FIXED = {"w_ptr": "*fp32", "bias_ptr": "*fp32", "idx_ptr": "*i64", "dw_ptr": "*f
          "pairs_ptr": "*i32", "block_expert_ptr": "*i32", "block_start_ptr": "*i32", "expert_start_ptr": "*i32",
          "expert_end_ptr": "*i32"}
 CASES = [
-    ("srl_forward", sr.srl_forward_kernel, {"K": 2, "BLOCK_L": bl, "BLOCK_N": bn, "BLOCK_K": bk, "PRECISION": prec, "STORE_H": True}, {}, warps, stages),
-    ("srl_grad_z", sr.srl_grad_z_kernel, {"K": 2, "BLOCK_L": bl, "BLOCK_N": bn, "BLOCK_K": bk, "PRECISION": prec}, {"r_ptr": "*fp32"}, warps, stages),
-    ("srl_grad_w", sr.srl_grad_w_kernel, {"K": 2, "BLOCK_D": wd, "BLOCK_N": wn, "BLOCK_L": wl, "PRECISION": prec}, {}, wwarps, wstages),
-    ("grouped", tr.grouped_kernel, {"X_DIV": 2, "X2_DIV": 1, "HAS_GATE": True, "WITH_DG": False, "BLOCK_P": tp, "BLOCK_N": tn, "BLOCK_K": tk, "PRECISION": prec}, {}, 4, 3),
-    ("grouped_dx_dgate", tr.grouped_kernel, {"X_DIV": 1, "X2_DIV": 2, "HAS_GATE": True, "WITH_DG": True, "BLOCK_P": tp, "BLOCK_N": tn, "BLOCK_K": tk, "PRECISION": prec}, {"dg_ptr": "*fp32"}, 4, 3),
-    ("grouped_grad_w", tr.grouped_grad_w_kernel, {"X_DIV": 2, "HAS_GATE": True, "BLOCK_D": tn, "BLOCK_N": tn, "BLOCK_P": tp, "PRECISION": prec}, {}, 4, 3),
+    ("srl_forward", sr.srl_forward_kernel,
+     {"K": 2, "BLOCK_L": bl, "BLOCK_N": bn, "BLOCK_K": bk, "PRECISION": prec, "STORE_H": True}, {}, warps, stages),
+    ("srl_grad_z", sr.srl_grad_z_kernel,
+     {"K": 2, "BLOCK_L": bl, "BLOCK_N": bn, "BLOCK_K": bk, "PRECISION": prec}, {"r_ptr": "*fp32"}, warps, stages),
+    ("srl_grad_w", sr.srl_grad_w_kernel,
+     {"K": 2, "BLOCK_D": wd, "BLOCK_N": wn, "BLOCK_L": wl, "PRECISION": prec}, {}, wwarps, wstages),
+    ("grouped", tr.grouped_kernel,
+     {"X_DIV": 2, "X2_DIV": 1, "HAS_GATE": True, "WITH_DG": False, "BLOCK_P": tp, "BLOCK_N": tn, "BLOCK_K": tk,
+      "PRECISION": prec}, {}, 4, 3),
+    ("grouped_dx_dgate", tr.grouped_kernel,
+     {"X_DIV": 1, "X2_DIV": 2, "HAS_GATE": True, "WITH_DG": True, "BLOCK_P": tp, "BLOCK_N": tn, "BLOCK_K": tk,
+      "PRECISION": prec}, {"dg_ptr": "*fp32"}, 4, 3),
+    ("grouped_grad_w", tr.grouped_grad_w_kernel,
+     {"X_DIV": 2, "HAS_GATE": True, "BLOCK_D": tn, "BLOCK_N": tn, "BLOCK_P": tp, "PRECISION": prec}, {}, 4, 3),
 ]
 rows = []
 for label, fn, consts, extra, num_warps, num_stages in CASES:
@@ -55,8 +63,8 @@ for label, fn, consts, extra, num_warps, num_stages in CASES:
         sig[name] = extra.get(name, FIXED.get(name, f"*{data}" if name.endswith("_ptr") else "i32"))
         if name.endswith("_ptr") or name in ("L", "D", "DIN", "DOUT"):
             attrs[(i,)] = [["tt.divisibility", 16]]
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs), target=GPUTarget("cuda", 90, 32),
-                       options={"num_warps": num_warps, "num_stages": num_stages})
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                       target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": num_stages})
     ptx = k.asm["ptx"]
     # Registers and spills as ptxas reports them (the loaded kernel's n_regs needs a GPU).
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as fh:
@@ -67,10 +75,10 @@ for label, fn, consts, extra, num_warps, num_stages in CASES:
     regs = int(re.search(r"Used (\d+) registers", said).group(1))
     stores, loads = (int(re.search(rf"(\d+) bytes spill {what}", said).group(1)) for what in ("stores", "loads"))
     tc = "wgmma" if "wgmma" in ptx else ("mma.sync" if "mma.sync" in ptx else "none (FMA)")
-    rows.append({"kernel": label, "regs": regs, "spill_stores": stores, "spill_loads": loads, "shared_kb": k.metadata.shared / 1024,
-                 "warps": k.metadata.num_warps, "tensor_cores": tc})
+    rows.append({"kernel": label, "regs": regs, "spill_stores": stores, "spill_loads": loads,
+                 "shared_kb": k.metadata.shared / 1024, "warps": k.metadata.num_warps, "tensor_cores": tc})
 print(json.dumps(rows))
-'''
+"""
 
 
 def compile_report(dtype: str) -> list[dict]:
@@ -88,7 +96,10 @@ def print_report(dtypes: list[str]) -> None:
     for dtype in dtypes:
         for r in compile_report(dtype):
             spills = f"{r['spill_stores']}/{r['spill_loads']}"
-            print(f"{dtype:<6}{r['kernel']:<16}{r['warps']:>6}{r['regs']:>6}{spills:>15}{r['shared_kb']:>9.1f}  {r['tensor_cores']}")
+            print(
+                f"{dtype:<6}{r['kernel']:<16}{r['warps']:>6}{r['regs']:>6}{spills:>15}{r['shared_kb']:>9.1f}  "
+                f"{r['tensor_cores']}"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,8 +3,6 @@ shapes and launches depend only on tensor metadata, never on tensor values)."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 from torch import Tensor
@@ -34,8 +32,10 @@ def precision(t: Tensor) -> str:
 def _check_offsets(z: Tensor) -> None:
     """Offsets inside one sample are 32-bit in the kernels (across samples they are 64-bit)."""
     if z.shape[1] * z.shape[2] >= 2**31:
-        raise ValueError(f"sample_routed_linear: one sample holds L*D = {z.shape[1]} * {z.shape[2]} elements, past the "
-                         "kernels' 32-bit offsets within a sample (2**31): use fewer tokens per sample")
+        raise ValueError(
+            f"sample_routed_linear: one sample holds L*D = {z.shape[1]} * {z.shape[2]} elements, past the "
+            "kernels' 32-bit offsets within a sample (2**31): use fewer tokens per sample"
+        )
 
 
 @torch.library.custom_op("switchsweep::sample_routed_linear", mutates_args=())
@@ -50,9 +50,25 @@ def sample_routed_linear_triton(
     h = torch.empty_like(z) if store_h else z.new_empty(0)
     bl, bn, bk, warps, stages = block_sizes(L, D, z.element_size())
     grid = (triton.cdiv(D, bn), triton.cdiv(L, bl), B)
-    srl_forward_kernel[grid](z, weight, bias, expert_idx, gates, out, h, L, D, K=expert_idx.shape[1],
-                             BLOCK_L=bl, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision(z), STORE_H=store_h,
-                             num_warps=warps, num_stages=stages)
+    srl_forward_kernel[grid](
+        z,
+        weight,
+        bias,
+        expert_idx,
+        gates,
+        out,
+        h,
+        L,
+        D,
+        K=expert_idx.shape[1],
+        BLOCK_L=bl,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        PRECISION=precision(z),
+        STORE_H=store_h,
+        num_warps=warps,
+        num_stages=stages,
+    )
     return out, h
 
 
@@ -75,8 +91,24 @@ def sample_routed_linear_backward_triton(
     dz = torch.empty_like(z)
     r = torch.empty(B, triton.cdiv(L, bl), D, device=z.device, dtype=torch.float32)  # row-tile sums of dh
     srl_grad_z_kernel[(triton.cdiv(D, bn), triton.cdiv(L, bl), B)](
-        dy, z, h, weight, expert_idx, gates, dz, r, L, D, K=K, BLOCK_L=bl, BLOCK_N=bn, BLOCK_K=bk, PRECISION=prec,
-        num_warps=warps, num_stages=stages)
+        dy,
+        z,
+        h,
+        weight,
+        expert_idx,
+        gates,
+        dz,
+        r,
+        L,
+        D,
+        K=K,
+        BLOCK_L=bl,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        PRECISION=prec,
+        num_warps=warps,
+        num_stages=stages,
+    )
     r = r.sum(1)  # sum_l dh[b], [B, D]
     # dW's reduction over samples in `splits` ranges, and the gate term per tile; both summed here in a fixed order.
     bd, bn, bl, warps, stages = grad_w_block_sizes(L, D, z.element_size())
@@ -85,8 +117,26 @@ def sample_routed_linear_backward_triton(
     dw = torch.zeros(splits, M, D, D, device=z.device, dtype=torch.float32)
     dgw = torch.empty(tiles, B, K, device=z.device, dtype=torch.float32)
     srl_grad_w_kernel[(splits, triton.cdiv(D, bd), triton.cdiv(D, bn))](
-        dy, z, weight, expert_idx, gates, dw, dgw, B, L, D, M, triton.cdiv(B, splits), K=K, BLOCK_D=bd, BLOCK_N=bn,
-        BLOCK_L=bl, PRECISION=prec, num_warps=warps, num_stages=stages)
+        dy,
+        z,
+        weight,
+        expert_idx,
+        gates,
+        dw,
+        dgw,
+        B,
+        L,
+        D,
+        M,
+        triton.cdiv(B, splits),
+        K=K,
+        BLOCK_D=bd,
+        BLOCK_N=bn,
+        BLOCK_L=bl,
+        PRECISION=prec,
+        num_warps=warps,
+        num_stages=stages,
+    )
     c = torch.zeros(B, M, device=z.device, dtype=torch.float32).scatter_add(1, expert_idx, gates.float())
     dbias = (c.T @ r).to(bias.dtype)
     dg = dgw.sum(0) + (r.unsqueeze(1) * bias.float()[expert_idx]).sum(-1)
@@ -106,8 +156,10 @@ def _setup(ctx, inputs, output) -> None:
 def _backward(ctx, grad_out: Tensor, _grad_h: Tensor):
     z, h, weight, bias, expert_idx, gates = ctx.saved_tensors
     if h.numel() != z.numel():
-        raise RuntimeError("sample_routed_linear_triton ran with store_h=False, so it cannot be differentiated: "
-                           "call it with store_h=True when a gradient is needed (sample_routed_linear does)")
+        raise RuntimeError(
+            "sample_routed_linear_triton ran with store_h=False, so it cannot be differentiated: "
+            "call it with store_h=True when a gradient is needed (sample_routed_linear does)"
+        )
     dz, dw, db, dg = sample_routed_linear_backward_triton(grad_out, z, h, weight, bias, expert_idx, gates)
     return dz, dw, db, None, dg, None
 
@@ -117,22 +169,54 @@ torch.library.register_autograd("switchsweep::sample_routed_linear", _backward, 
 torch.library.register_autocast("switchsweep::sample_routed_linear", "cuda", torch.bfloat16)
 
 
-def _grouped(x: Tensor, weight: Tensor, w_strides: tuple[int, int, int], din: int, dout: int, tables, x_div: int,
-             gates: Tensor | None, out: Tensor, dg: Tensor | None = None, x2: Tensor | None = None, x2_div: int = 1) -> Tensor:
+def _grouped(
+    x: Tensor,
+    weight: Tensor,
+    w_strides: tuple[int, int, int],
+    din: int,
+    dout: int,
+    tables,
+    x_div: int,
+    gates: Tensor | None,
+    out: Tensor,
+    dg: Tensor | None = None,
+    x2: Tensor | None = None,
+    x2_div: int = 1,
+) -> Tensor:
     pairs, _, end, block_expert, block_start = tables
     bp, bn, bk = token_tiles(din, dout)
     grid = (triton.cdiv(dout, bn), block_expert.numel())
     token_grouped_kernel[grid](
-        x, weight, out, x2 if x2 is not None else x, dg if dg is not None else out, gates if gates is not None else x,
-        pairs, block_expert, block_start, end, din, dout, weight.shape[0], pairs.numel(), *w_strides,
-        X_DIV=x_div, X2_DIV=x2_div, HAS_GATE=gates is not None, WITH_DG=dg is not None,
-        BLOCK_P=bp, BLOCK_N=bn, BLOCK_K=bk, PRECISION=precision(x))
+        x,
+        weight,
+        out,
+        x2 if x2 is not None else x,
+        dg if dg is not None else out,
+        gates if gates is not None else x,
+        pairs,
+        block_expert,
+        block_start,
+        end,
+        din,
+        dout,
+        weight.shape[0],
+        pairs.numel(),
+        *w_strides,
+        X_DIV=x_div,
+        X2_DIV=x2_div,
+        HAS_GATE=gates is not None,
+        WITH_DG=dg is not None,
+        BLOCK_P=bp,
+        BLOCK_N=bn,
+        BLOCK_K=bk,
+        PRECISION=precision(x),
+    )
     return out
 
 
 @torch.library.custom_op("switchsweep::moe_grouped_linear", mutates_args=())
 def moe_grouped_linear_triton(
-    x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Optional[Tensor], x_is_pairs: bool
+    x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Tensor | None, x_is_pairs: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Per-pair outputs [T*k, Dout]: row t*k+j is gates[t, j] * x[row] @ weight[expert_idx[t, j]], with
     row = t*k+j when x holds one row per pair, else t; then the routing tables (`route`), which the
@@ -152,13 +236,24 @@ def _(x, weight, expert_idx, gates, x_is_pairs):
     pairs = expert_idx.numel()
     blocks = triton.cdiv(pairs, token_tiles(din, dout)[0]) + m
     i32 = dict(device=x.device, dtype=torch.int32)
-    return (x.new_empty(pairs, dout), torch.empty(pairs, **i32), torch.empty(m, **i32), torch.empty(m, **i32),
-            torch.empty(blocks, **i32), torch.empty(blocks, **i32))
+    return (
+        x.new_empty(pairs, dout),
+        torch.empty(pairs, **i32),
+        torch.empty(m, **i32),
+        torch.empty(m, **i32),
+        torch.empty(blocks, **i32),
+        torch.empty(blocks, **i32),
+    )
 
 
 @torch.library.custom_op("switchsweep::moe_grouped_linear_backward", mutates_args=())
 def moe_grouped_linear_backward_triton(
-    dy: Tensor, x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Optional[Tensor], x_is_pairs: bool,
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    expert_idx: Tensor,
+    gates: Tensor | None,
+    x_is_pairs: bool,
     tables: list[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dweight, dgates); dgates is empty without gates. `tables` are the forward's routing tables."""
@@ -169,18 +264,47 @@ def moe_grouped_linear_backward_triton(
     x_div = 1 if x_is_pairs else k
     # dx per pair: g_p * dy[p] @ W[e]^T (W read transposed through its strides), summed over k for token
     # inputs; with gates, the same tiles give each pair's gate gradient, per column tile of dx.
-    dg = None if gates is None else torch.empty(triton.cdiv(din, token_tiles(dout, din)[1]), t * k, device=x.device,
-                                                dtype=torch.float32)
-    dxp = _grouped(dy, weight, (din * dout, 1, dout), dout, din, tables, 1, gates, dy.new_empty(t * k, din),
-                   dg=dg, x2=x, x2_div=x_div)
+    dg = (
+        None
+        if gates is None
+        else torch.empty(triton.cdiv(din, token_tiles(dout, din)[1]), t * k, device=x.device, dtype=torch.float32)
+    )
+    dxp = _grouped(
+        dy,
+        weight,
+        (din * dout, 1, dout),
+        dout,
+        din,
+        tables,
+        1,
+        gates,
+        dy.new_empty(t * k, din),
+        dg=dg,
+        x2=x,
+        x2_div=x_div,
+    )
     dx = dxp if x_is_pairs else dxp.view(t, k, din).sum(1)
     dw = torch.empty_like(weight)
     bd = token_tiles(dout, din)[1]
     bp, bn, _ = token_tiles(din, dout)
     pairs, start, end, _, _ = tables
     token_grad_w_kernel[(m, triton.cdiv(din, bd), triton.cdiv(dout, bn))](
-        x, dy, gates if gates is not None else x, pairs, start, end, dw, din, dout, X_DIV=x_div,
-        HAS_GATE=gates is not None, BLOCK_D=bd, BLOCK_N=bn, BLOCK_P=bp, PRECISION=precision(x))
+        x,
+        dy,
+        gates if gates is not None else x,
+        pairs,
+        start,
+        end,
+        dw,
+        din,
+        dout,
+        X_DIV=x_div,
+        HAS_GATE=gates is not None,
+        BLOCK_D=bd,
+        BLOCK_N=bn,
+        BLOCK_P=bp,
+        PRECISION=precision(x),
+    )
     if gates is None:
         return dx, dw, x.new_empty(0)
     return dx, dw, dg.sum(0).view(t, k).to(gates.dtype)

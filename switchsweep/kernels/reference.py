@@ -19,7 +19,9 @@ def mixed_expert_params(weight: Tensor, bias: Tensor, expert_idx: Tensor, gates:
     return w_mix, b_mix
 
 
-def sample_routed_linear_reference(z: Tensor, weight: Tensor, bias: Tensor, expert_idx: Tensor, gates: Tensor) -> Tensor:
+def sample_routed_linear_reference(
+    z: Tensor, weight: Tensor, bias: Tensor, expert_idx: Tensor, gates: Tensor
+) -> Tensor:
     """z * m(z) with m(z) = 1 + sum_j gates[b, j] (z[b] @ weight[e_bj] + bias[e_bj]) (Switch-DiT SMoE, Sec. 4.1)."""
     w_mix, b_mix = mixed_expert_params(weight, bias, expert_idx, gates)
     delta = torch.baddbmm(b_mix.unsqueeze(1).to(z.dtype), z, w_mix.to(z.dtype))
@@ -36,7 +38,9 @@ def shared_routing_linear(z: Tensor, weight: Tensor, bias: Tensor, expert_idx: T
     return z * (1 + delta)
 
 
-def moe_grouped_linear_reference(x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Tensor | None, x_is_pairs: bool) -> Tensor:
+def moe_grouped_linear_reference(
+    x: Tensor, weight: Tensor, expert_idx: Tensor, gates: Tensor | None, x_is_pairs: bool
+) -> Tensor:
     """Per-pair outputs [T*k, Dout] of token-routed experts: row t*k+j is gates[t, j] * x[row] @ weight[e_tj],
     row = t*k+j for per-pair inputs, else t. One GEMM per expert over the rows routed to it."""
     k = expert_idx.shape[1]

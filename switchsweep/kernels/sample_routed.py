@@ -24,8 +24,9 @@ from switchsweep.kernels.dot import dot
 
 
 @triton.jit
-def _mix_tile(w_ptr, idx_ptr, g_ptr, b, rows, cols, D, K: tl.constexpr, R: tl.constexpr, C: tl.constexpr,
-              TRANS: tl.constexpr):
+def _mix_tile(
+    w_ptr, idx_ptr, g_ptr, b, rows, cols, D, K: tl.constexpr, R: tl.constexpr, C: tl.constexpr, TRANS: tl.constexpr
+):
     """sum_j g[b, j] * W[e[b, j]][rows, cols] in fp32, [R, C] (W read transposed when TRANS)."""
     mask = (rows[:, None] < D) & (cols[None, :] < D)
     acc = tl.zeros((R, C), dtype=tl.float32)
@@ -42,9 +43,21 @@ def _mix_tile(w_ptr, idx_ptr, g_ptr, b, rows, cols, D, K: tl.constexpr, R: tl.co
 
 @triton.jit
 def srl_forward_kernel(
-    z_ptr, w_ptr, bias_ptr, idx_ptr, g_ptr, out_ptr, h_ptr, L, D,
-    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr, STORE_H: tl.constexpr,
+    z_ptr,
+    w_ptr,
+    bias_ptr,
+    idx_ptr,
+    g_ptr,
+    out_ptr,
+    h_ptr,
+    L,
+    D,
+    K: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    STORE_H: tl.constexpr,
 ):
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -53,7 +66,9 @@ def srl_forward_kernel(
     acc = tl.zeros((BLOCK_L, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, D, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        zt = tl.load(z_ptr + base + rows[:, None] * D + ks[None, :], mask=(rows[:, None] < L) & (ks[None, :] < D), other=0.0)
+        zt = tl.load(
+            z_ptr + base + rows[:, None] * D + ks[None, :], mask=(rows[:, None] < L) & (ks[None, :] < D), other=0.0
+        )
         w = _mix_tile(w_ptr, idx_ptr, g_ptr, b, ks, cols, D, K, BLOCK_K, BLOCK_N, False)
         acc = dot(zt, w, acc, PRECISION)
     bmix = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -72,8 +87,21 @@ def srl_forward_kernel(
 
 @triton.jit
 def srl_grad_z_kernel(
-    dy_ptr, z_ptr, h_ptr, w_ptr, idx_ptr, g_ptr, dz_ptr, r_ptr, L, D,
-    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    dy_ptr,
+    z_ptr,
+    h_ptr,
+    w_ptr,
+    idx_ptr,
+    g_ptr,
+    dz_ptr,
+    r_ptr,
+    L,
+    D,
+    K: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """dz = dy * (1 + h) + (dy * z) @ Wmix^T for one [BLOCK_L, BLOCK_N] tile of dz. The first column
     tile's programs also write their rows' sum of dh, r[b, row tile, :], for dbias and the gates."""
@@ -103,8 +131,23 @@ def srl_grad_z_kernel(
 
 @triton.jit
 def srl_grad_w_kernel(
-    dy_ptr, z_ptr, w_ptr, idx_ptr, g_ptr, dw_ptr, dgw_ptr, B, L, D, M, PER_SPLIT,
-    K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr,
+    dy_ptr,
+    z_ptr,
+    w_ptr,
+    idx_ptr,
+    g_ptr,
+    dw_ptr,
+    dgw_ptr,
+    B,
+    L,
+    D,
+    M,
+    PER_SPLIT,
+    K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """For the samples of split s and one [BLOCK_D, BLOCK_N] tile: each sample's z[b]^T dh[b], computed
     once, is added with its gate g[b, j] to the partial dW[s, e[b, j]] of each of its k experts, and its
@@ -121,7 +164,9 @@ def srl_grad_w_kernel(
         s = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
         for l0 in range(0, L, BLOCK_L):
             ls = l0 + tl.arange(0, BLOCK_L)
-            zt = tl.load(z_ptr + base + ls[None, :] * D + rows[:, None], mask=(ls[None, :] < L) & (rows[:, None] < D), other=0.0)
+            zt = tl.load(
+                z_ptr + base + ls[None, :] * D + rows[:, None], mask=(ls[None, :] < L) & (rows[:, None] < D), other=0.0
+            )
             m = (ls[:, None] < L) & (cols[None, :] < D)
             offs = base + ls[:, None] * D + cols[None, :]
             dy = tl.load(dy_ptr + offs, mask=m, other=0.0)

@@ -21,10 +21,31 @@ from switchsweep.kernels.dot import dot
 
 @triton.jit
 def grouped_kernel(
-    x_ptr, w_ptr, out_ptr, x2_ptr, dg_ptr, g_ptr, pairs_ptr, block_expert_ptr, block_start_ptr, expert_end_ptr,
-    DIN, DOUT, M, P, stride_we, stride_wk, stride_wn,
-    X_DIV: tl.constexpr, X2_DIV: tl.constexpr, HAS_GATE: tl.constexpr, WITH_DG: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    out_ptr,
+    x2_ptr,
+    dg_ptr,
+    g_ptr,
+    pairs_ptr,
+    block_expert_ptr,
+    block_start_ptr,
+    expert_end_ptr,
+    DIN,
+    DOUT,
+    M,
+    P,
+    stride_we,
+    stride_wk,
+    stride_wn,
+    X_DIV: tl.constexpr,
+    X2_DIV: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    WITH_DG: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """out[p] = g_p * X[p // X_DIV] @ W[e] for the block's pairs. WITH_DG (the backward's dx, X = dy and
     W transposed) also writes the gate gradient's part on this column tile, <dy[p] @ W[e]^T, X2[p // X2_DIV]>
@@ -43,24 +64,47 @@ def grouped_kernel(
         w_base = w_ptr + e.to(tl.int64) * stride_we
         for k0 in range(0, DIN, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            xt = tl.load(x_ptr + row[:, None].to(tl.int64) * DIN + ks[None, :], mask=valid[:, None] & (ks[None, :] < DIN), other=0.0)
-            wt = tl.load(w_base + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
-                         mask=(ks[:, None] < DIN) & (cols[None, :] < DOUT), other=0.0)
+            xt = tl.load(
+                x_ptr + row[:, None].to(tl.int64) * DIN + ks[None, :],
+                mask=valid[:, None] & (ks[None, :] < DIN),
+                other=0.0,
+            )
+            wt = tl.load(
+                w_base + ks[:, None] * stride_wk + cols[None, :] * stride_wn,
+                mask=(ks[:, None] < DIN) & (cols[None, :] < DOUT),
+                other=0.0,
+            )
             acc = dot(xt, wt, acc, PRECISION)
         mask = valid[:, None] & (cols[None, :] < DOUT)
         if WITH_DG:
             x2 = tl.load(x2_ptr + (pair // X2_DIV)[:, None].to(tl.int64) * DOUT + cols[None, :], mask=mask, other=0.0)
-            tl.store(dg_ptr + tl.program_id(0).to(tl.int64) * P + pair, tl.sum(acc * x2.to(tl.float32), axis=1), mask=valid)
+            tl.store(
+                dg_ptr + tl.program_id(0).to(tl.int64) * P + pair, tl.sum(acc * x2.to(tl.float32), axis=1), mask=valid
+            )
         if HAS_GATE:
             acc = acc * tl.load(g_ptr + pair, mask=valid, other=0.0).to(tl.float32)[:, None]
-        tl.store(out_ptr + pair[:, None].to(tl.int64) * DOUT + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(
+            out_ptr + pair[:, None].to(tl.int64) * DOUT + cols[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask
+        )
 
 
 @triton.jit
 def grouped_grad_w_kernel(
-    x_ptr, dy_ptr, g_ptr, pairs_ptr, expert_start_ptr, expert_end_ptr, dw_ptr, DIN, DOUT,
-    X_DIV: tl.constexpr, HAS_GATE: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr,
+    x_ptr,
+    dy_ptr,
+    g_ptr,
+    pairs_ptr,
+    expert_start_ptr,
+    expert_end_ptr,
+    dw_ptr,
+    DIN,
+    DOUT,
+    X_DIV: tl.constexpr,
+    HAS_GATE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """dW[e][rows, cols] = sum over e's pairs of g_p * X[r(p)]^T dy[p]: one GEMM over e's pairs only."""
     e = tl.program_id(0)
@@ -74,13 +118,25 @@ def grouped_grad_w_kernel(
         valid = offs < end
         pair = tl.load(pairs_ptr + offs, mask=valid, other=0)
         row = pair // X_DIV
-        xt = tl.load(x_ptr + row[None, :].to(tl.int64) * DIN + rows[:, None], mask=valid[None, :] & (rows[:, None] < DIN), other=0.0)
-        dy = tl.load(dy_ptr + pair[:, None].to(tl.int64) * DOUT + cols[None, :], mask=valid[:, None] & (cols[None, :] < DOUT), other=0.0)
+        xt = tl.load(
+            x_ptr + row[None, :].to(tl.int64) * DIN + rows[:, None],
+            mask=valid[None, :] & (rows[:, None] < DIN),
+            other=0.0,
+        )
+        dy = tl.load(
+            dy_ptr + pair[:, None].to(tl.int64) * DOUT + cols[None, :],
+            mask=valid[:, None] & (cols[None, :] < DOUT),
+            other=0.0,
+        )
         if HAS_GATE:
             dy = (dy.to(tl.float32) * tl.load(g_ptr + pair, mask=valid, other=0.0).to(tl.float32)[:, None]).to(dy.dtype)
         acc = dot(xt, dy, acc, PRECISION)
     tile = (rows[:, None] < DIN) & (cols[None, :] < DOUT)
-    tl.store(dw_ptr + e.to(tl.int64) * DIN * DOUT + rows[:, None] * DOUT + cols[None, :], acc.to(dw_ptr.dtype.element_ty), mask=tile)
+    tl.store(
+        dw_ptr + e.to(tl.int64) * DIN * DOUT + rows[:, None] * DOUT + cols[None, :],
+        acc.to(dw_ptr.dtype.element_ty),
+        mask=tile,
+    )
 
 
 def route(expert_idx: Tensor, num_experts: int, block_p: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from switchsweep.models.layers import AdaLNBranches, FinalLayer, LabelEmbedder, TimestepEmbedder, sincos_pos_embed_2d
@@ -67,7 +66,11 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
         # adaLN-Zero: every block and the final layer start as the identity / zero output.
-        for layer in [*(b.adaLN_modulation[-1] for b in self.blocks), self.final_layer.adaLN_modulation[-1], self.final_layer.linear]:
+        for layer in [
+            *(b.adaLN_modulation[-1] for b in self.blocks),
+            self.final_layer.adaLN_modulation[-1],
+            self.final_layer.linear,
+        ]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 

@@ -77,8 +77,9 @@ class DiTMoEBlock(AdaLNBranches):
 
 
 class DiTMoE(DiT):
-    def __init__(self, *, num_experts: int = 8, top_k: int = 2, shared_experts: int = 1, expert_balance: float = 0.01,
-                 **kwargs):
+    def __init__(
+        self, *, num_experts: int = 8, top_k: int = 2, shared_experts: int = 1, expert_balance: float = 0.01, **kwargs
+    ):
         self.num_experts, self.top_k, self.shared_experts = num_experts, top_k, shared_experts
         self.expert_balance = expert_balance
         super().__init__(**kwargs)

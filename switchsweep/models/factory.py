@@ -43,8 +43,13 @@ def build_model(model: ModelConfig, data: DataConfig, num_timesteps: int, seed: 
             **common,
         )
     if model.name == "dit_moe":
-        return DiTMoE(num_experts=model.num_experts, top_k=model.top_k, shared_experts=model.shared_experts,
-                      expert_balance=model.expert_balance, **common)
+        return DiTMoE(
+            num_experts=model.num_experts,
+            top_k=model.top_k,
+            shared_experts=model.shared_experts,
+            expert_balance=model.expert_balance,
+            **common,
+        )
     if model.name == "multi_experts":
         return MultiExpertDiT(num_intervals=model.num_intervals, **common)
     raise ValueError(f"unknown model {model.name!r}")

@@ -45,5 +45,7 @@ def kernel_path_gaps(model: nn.Module, x: Tensor, t: Tensor, y: Tensor) -> dict[
     ref_out, ref_grads, cotangent = _run(model, "reference", x, t, y, None)
     out, grads, _ = _run(model, "triton", x, t, y, cotangent)
     if grads.keys() != ref_grads.keys():
-        raise ValueError(f"parameters with a gradient differ between the paths: {sorted(grads.keys() ^ ref_grads.keys())}")
+        raise ValueError(
+            f"parameters with a gradient differ between the paths: {sorted(grads.keys() ^ ref_grads.keys())}"
+        )
     return {"output": relative_gap(out, ref_out), **{n: relative_gap(grads[n], ref_grads[n]) for n in ref_grads}}

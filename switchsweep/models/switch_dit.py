@@ -34,8 +34,16 @@ class SwitchDiTBlock(AdaLNBranches):
     - direct: the SMoE output sum_j g_j (z W_j + b_j) replaces the block input.
     """
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, num_experts: int, top_k: int,
-                 gating: str = "timestep", integration: str = "skip_onevec"):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp_ratio: float,
+        num_experts: int,
+        top_k: int,
+        gating: str = "timestep",
+        integration: str = "skip_onevec",
+    ):
         super().__init__(dim, heads, mlp_ratio)
         self.top_k, self.integration = top_k, integration
         self.gate = nn.Sequential(nn.SiLU(), nn.Linear(dim, num_experts))
@@ -94,8 +102,9 @@ class SwitchDiT(DiT):
         self._matchings = 0  # matchings solved so far; seeds their tie-breaking and is checkpointed
 
     def _make_block(self, index: int) -> SwitchDiTBlock:
-        return SwitchDiTBlock(self.hidden, self.heads, self.mlp_ratio, self.num_experts, self.top_k, self.gating,
-                              self.integration)
+        return SwitchDiTBlock(
+            self.hidden, self.heads, self.mlp_ratio, self.num_experts, self.top_k, self.gating, self.integration
+        )
 
     def _run_blocks(self, x: Tensor, c: Tensor, t: Tensor, e_t: Tensor, aux: dict[str, Any] | None) -> Tensor:
         if aux is not None and self.training and self.lambda_dp > 0:
@@ -119,7 +128,9 @@ class SwitchDiT(DiT):
         logits = F.linear(a, torch.cat([h.weight for h in heads]), torch.cat([h.bias for h in heads]))
         if noisy and self.gating == "noisy":
             noise = [block.noise[1] for block in self.blocks]
-            logits = noisy_logits(logits, F.linear(a, torch.cat([h.weight for h in noise]), torch.cat([h.bias for h in noise])))
+            logits = noisy_logits(
+                logits, F.linear(a, torch.cat([h.weight for h in noise]), torch.cat([h.bias for h in noise]))
+            )
         return gate_probs(logits.view(len(e_t), len(heads), -1))
 
     @torch.no_grad()
@@ -159,9 +170,14 @@ class SwitchDiT(DiT):
         # A fixed rng: logging must not move the training run's tie-breaking sequence.
         col = torch.from_numpy(hungarian_match(cost.cpu().numpy(), np.random.default_rng(self.matching_seed)))
         matched = self.w_prior[:, col.to(self.w_prior.device)]
-        return {"w_gate": w_gate.cpu(), "w_prior_matched": matched.cpu(), "permutation": col, "cost": cost.cpu(),
-                "usage": w_gate.view_as(probs).mean(0).cpu(),
-                "prior_jsd": diffusion_prior_loss(probs, matched, self.top_k).cpu()}
+        return {
+            "w_gate": w_gate.cpu(),
+            "w_prior_matched": matched.cpu(),
+            "permutation": col,
+            "cost": cost.cpu(),
+            "usage": w_gate.view_as(probs).mean(0).cpu(),
+            "prior_jsd": diffusion_prior_loss(probs, matched, self.top_k).cpu(),
+        }
 
     def get_extra_state(self) -> dict[str, int]:
         return {"matchings": self._matchings}

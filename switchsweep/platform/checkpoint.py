@@ -32,10 +32,16 @@ def load_checkpoint(path: str | os.PathLike, setting: str = "train.resume", mmap
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises many types for truncated or foreign files
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{setting}={path}: corrupt or not a checkpoint ({reason}): point it at an intact ckpt.pt") from e
+        raise CheckpointError(
+            f"{setting}={path}: corrupt or not a checkpoint ({reason}): point it at an intact ckpt.pt"
+        ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{setting}={path}: not a switchsweep checkpoint: point it at a ckpt.pt written by switchsweep train")
+        raise CheckpointError(
+            f"{setting}={path}: not a switchsweep checkpoint: point it at a ckpt.pt written by switchsweep train"
+        )
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
-        raise CheckpointError(f"{setting}={path}: checkpoint lacks {', '.join(missing)}: point it at a complete ckpt.pt")
+        raise CheckpointError(
+            f"{setting}={path}: checkpoint lacks {', '.join(missing)}: point it at a complete ckpt.pt"
+        )
     return payload

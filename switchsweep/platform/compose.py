@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from hydra import compose, initialize_config_module
@@ -30,7 +31,11 @@ def _one_line(e: BaseException) -> str:
             if line and not line.startswith(("full_key:", "object_type", "reference_type")) and line not in parts:
                 parts.append(line)
         e = e.__cause__
-    text = " ".join(parts).replace("Available options in", "available in").replace("To append to your config use", "unknown key; to add one use")
+    text = (
+        " ".join(parts)
+        .replace("Available options in", "available in")
+        .replace("To append to your config use", "unknown key; to add one use")
+    )
     return text[:300] or "unparseable override"
 
 
@@ -63,10 +68,11 @@ def _override_value(overrides: Sequence[str], key: str) -> str | None:
 
 PREPARE_SETTINGS = ("data.root", "data.vae", "data.resolution", "data.flip", "data.shard_size")
 # What a user may reach for instead of the setting prepare reads.
-_PREPARE_INSTEAD = {"data.image_size": "the latent size follows from data.resolution (pixels / 8 with an SD VAE): set "
-                                       "data.resolution",
-                    "data.channels": "the latent channels are the VAE's (data.vae)",
-                    "data.num_classes": "the classes are data.root's class folders"}
+_PREPARE_INSTEAD = {
+    "data.image_size": "the latent size follows from data.resolution (pixels / 8 with an SD VAE): set data.resolution",
+    "data.channels": "the latent channels are the VAE's (data.vae)",
+    "data.num_classes": "the classes are data.root's class folders",
+}
 
 
 def load_data_config(overrides: Sequence[str]) -> DataConfig:
@@ -100,7 +106,9 @@ def load_eval_config(overrides: Sequence[str]) -> Config:
         raise ConfigError("checkpoint is not set: pass checkpoint=<path of a ckpt.pt written by switchsweep train>")
     not_eval = [o for o in overrides if not (override_key(o).startswith("eval.") or override_key(o) == "checkpoint")]
     if not_eval:
-        raise ConfigError(f"{not_eval[0]}: evaluate takes the model from the checkpoint; only checkpoint= and eval.* apply")
+        raise ConfigError(
+            f"{not_eval[0]}: evaluate takes the model from the checkpoint; only checkpoint= and eval.* apply"
+        )
     saved = load_checkpoint(path, setting="checkpoint", mmap=True)["config"]
     merged = OmegaConf.merge(OmegaConf.structured(Config), saved)
     trained_with = OmegaConf.to_container(merged.eval)
@@ -118,13 +126,17 @@ def _on_top_of(saved: Any, overrides: Sequence[str], setting: str) -> Config:
     """`saved` (a resolved config) with dotted overrides on top; config-group overrides are refused."""
     groups = [o for o in overrides if "=" in o and "." not in override_key(o)]
     if groups:
-        raise ConfigError(f"{groups[0]}: {setting} fixes the config groups; give dotted overrides only (e.g. model.top_k=1)")
+        raise ConfigError(
+            f"{groups[0]}: {setting} fixes the config groups; give dotted overrides only (e.g. model.top_k=1)"
+        )
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
     except OmegaConfBaseException as e:  # name the setting only: the file may hold anything
         key = getattr(e, "full_key", "") or "a setting"
-        raise ConfigError(f"{setting}: {key} is not a setting of this version's config or has a value of the wrong type: "
-                          "fix it or write the file again with switchsweep export") from None
+        raise ConfigError(
+            f"{setting}: {key} is not a setting of this version's config or has a value of the wrong type: "
+            "fix it or write the file again with switchsweep export"
+        ) from None
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as e:
@@ -142,13 +154,19 @@ def _config_file(path: str) -> Any:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"--config {path}: not valid YAML{where}: give a YAML written by switchsweep export or --cfg") from None
+        raise ConfigError(
+            f"--config {path}: not valid YAML{where}: give a YAML written by switchsweep export or --cfg"
+        ) from None
     except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-        raise ConfigError(f"--config {path}: not a readable YAML file ({type(e).__name__}): give a YAML written by "
-                          "switchsweep export or --cfg") from None
+        raise ConfigError(
+            f"--config {path}: not a readable YAML file ({type(e).__name__}): give a YAML written by "
+            "switchsweep export or --cfg"
+        ) from None
     if not isinstance(data, dict) or not set(data) <= {f.name for f in dataclasses.fields(Config)}:
-        raise ConfigError(f"--config {path}: not a switchsweep config (its top level must be sections such as model:, "
-                          "train:, data:): give a YAML written by switchsweep export or --cfg")
+        raise ConfigError(
+            f"--config {path}: not a switchsweep config (its top level must be sections such as model:, "
+            "train:, data:): give a YAML written by switchsweep export or --cfg"
+        )
     return OmegaConf.create(data)
 
 

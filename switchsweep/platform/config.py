@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -59,11 +59,15 @@ class ModelConfig:
     # Switch-DiT (num_experts / top_k also size DiT-MoE's token-routed experts)
     num_experts: int = _design(MOE, 3, label="M")
     top_k: int = _design(MOE, 2, label="k")
-    lambda_dp: float = _design(SWITCH, 1.0, off="no-prior", run="ldp", decimal=True)  # diffusion prior loss weight; 0: off
+    lambda_dp: float = _design(
+        SWITCH, 1.0, off="no-prior", run="ldp", decimal=True
+    )  # diffusion prior loss weight; 0: off
     prior_alpha: float = _design(SWITCH, 4.0, run="a")
     # timestep: softmax of a gate on e_t; noisy: plus trainable noise while training
     gating: str = _design(SWITCH, "timestep", flag=True)
-    balance_loss: float = _design(SWITCH, 0.0, on="balance")  # weight of the load-balancing (importance CV^2) loss; 0: off
+    balance_loss: float = _design(
+        SWITCH, 0.0, on="balance"
+    )  # weight of the load-balancing (importance CV^2) loss; 0: off
     # skip_onevec: z*m, z*(1-m) skip, m = 1 + experts (zero init); skip: same, m = experts only, random init;
     # direct: the SMoE output replaces the block input
     integration: str = _design(SWITCH, "skip_onevec", flag=True)
@@ -84,14 +88,14 @@ class DataConfig:
     channels: int = 1
     num_classes: int = 10
     batch_size: int = 64
-    path: Optional[str] = None  # latents: the prepared folder (manifest.json and shards)
+    path: str | None = None  # latents: the prepared folder (manifest.json and shards)
     # `prepare`, and the real images' reference features for evaluating latents
-    root: Optional[str] = None  # an ImageFolder: one folder of images per class
-    vae: Optional[str] = None  # a local diffusers AutoencoderKL folder (latents: default, the manifest's)
+    root: str | None = None  # an ImageFolder: one folder of images per class
+    vae: str | None = None  # a local diffusers AutoencoderKL folder (latents: default, the manifest's)
     resolution: int = 256  # prepare: centre crop and resize to this many pixels before encoding
     flip: bool = False  # prepare: also encode each image's horizontal mirror
     shard_size: int = 256  # prepare: images per latent shard (the unit of work and of resuming)
-    ref_batch: Optional[str] = None  # latents: an ADM-style reference batch .npz (mu, sigma, arr_0) instead of data.root
+    ref_batch: str | None = None  # latents: an ADM-style reference batch .npz (mu, sigma, arr_0) instead of data.root
 
 
 @dataclass
@@ -117,7 +121,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 0  # 0: only at the end
     out_dir: str = "runs/train"
-    resume: Optional[str] = None
+    resume: str | None = None
     progress: bool = True
     # Weighting of the noise-prediction loss over timesteps
     loss_weighting: str = "constant"  # constant, uw (ANT uncertainty weighting), min_snr, p2
@@ -153,12 +157,12 @@ class EvalConfig(SamplerConfig):
     batch_size: int = 250
     seed: int = 0
     feature_net: str = "digits"
-    inception_weights: Optional[str] = None  # local FID InceptionV3 state dict; nothing is downloaded
+    inception_weights: str | None = None  # local FID InceptionV3 state dict; nothing is downloaded
     cache_dir: str = "~/.cache/switchsweep"
     kid_subset_size: int = 1000
     kid_subsets: int = 100
     pr_k: int = 3
-    out: Optional[str] = None  # JSON path; default: eval.json beside the checkpoint
+    out: str | None = None  # JSON path; default: eval.json beside the checkpoint
     device: str = "auto"
 
 
@@ -170,7 +174,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    checkpoint: Optional[str] = None  # the checkpoint `switchsweep evaluate` scores
+    checkpoint: str | None = None  # the checkpoint `switchsweep evaluate` scores
 
 
 def register_configs() -> None:
@@ -198,7 +202,8 @@ def validate_model(m: ModelConfig | DictConfig, image_size: int) -> None:
     _need(hidden % heads == 0, f"model.size={m.size}: hidden {hidden} is not divisible by {heads} heads")
     _need(
         image_size % m.patch_size == 0,
-        f"model.patch_size={m.patch_size} does not divide data.image_size={image_size}: pick a patch size that divides it",
+        f"model.patch_size={m.patch_size} does not divide data.image_size={image_size}: pick a patch size that divides "
+        "it",
     )
     _need(m.mlp_ratio > 0, f"model.mlp_ratio={m.mlp_ratio} must be > 0")
     if m.name in ("switch_dit", "dit_moe"):
@@ -255,14 +260,19 @@ def validate(cfg: Config | DictConfig) -> None:
     _one_of("train.loss_weighting", t.loss_weighting, LOSS_WEIGHTINGS)
     if t.loss_weighting == "uw":
         _need(t.uw_clusters >= 1, f"train.uw_clusters={t.uw_clusters} must be >= 1")
-        _need(t.uw_clusters <= f.num_timesteps, f"train.uw_clusters={t.uw_clusters} must be <= diffusion.num_timesteps={f.num_timesteps}")
+        _need(
+            t.uw_clusters <= f.num_timesteps,
+            f"train.uw_clusters={t.uw_clusters} must be <= diffusion.num_timesteps={f.num_timesteps}",
+        )
         _need(t.uw_lr > 0, f"train.uw_lr={t.uw_lr} must be > 0")
     _need(t.min_snr_gamma > 0, f"train.min_snr_gamma={t.min_snr_gamma} must be > 0")
     _need(t.p2_k > 0, f"train.p2_k={t.p2_k} must be > 0")
     _need(t.p2_gamma >= 0, f"train.p2_gamma={t.p2_gamma} must be >= 0")
     if cfg.model.name == "multi_experts":
-        _need(cfg.model.num_intervals <= f.num_timesteps,
-              f"model.num_intervals={cfg.model.num_intervals} must be <= diffusion.num_timesteps={f.num_timesteps}")
+        _need(
+            cfg.model.num_intervals <= f.num_timesteps,
+            f"model.num_intervals={cfg.model.num_intervals} must be <= diffusion.num_timesteps={f.num_timesteps}",
+        )
 
     s = cfg.sample
     _validate_sampler("sample", s, f.num_timesteps)
@@ -272,8 +282,10 @@ def validate(cfg: Config | DictConfig) -> None:
 
 def _validate_sampler(section: str, s: SamplerConfig | DictConfig, num_timesteps: int) -> None:
     _one_of(f"{section}.sampler", s.sampler, SAMPLERS)
-    _need(0 < s.steps <= num_timesteps,
-          f"{section}.steps={s.steps} must be in [1, diffusion.num_timesteps={num_timesteps}]")
+    _need(
+        0 < s.steps <= num_timesteps,
+        f"{section}.steps={s.steps} must be in [1, diffusion.num_timesteps={num_timesteps}]",
+    )
     _need(s.cfg_scale >= 1.0, f"{section}.cfg_scale={s.cfg_scale} must be >= 1 (1 disables guidance)")
     _need(s.ddim_eta >= 0, f"{section}.ddim_eta={s.ddim_eta} must be >= 0")
 
@@ -295,10 +307,16 @@ def validate_scoring(e: EvalConfig | DictConfig, data_name: str | None = None) -
     (`evaluate`, sweeps; a training run scores nothing): latents are scored on decoded images by
     InceptionV3, whose weights are a local file."""
     if data_name == "latents":
-        _need(e.feature_net == "inception",
-              f"eval.feature_net={e.feature_net}: data=latents is scored on decoded images: set eval.feature_net=inception")
+        _need(
+            e.feature_net == "inception",
+            f"eval.feature_net={e.feature_net}: data=latents is scored on decoded images: set "
+            "eval.feature_net=inception",
+        )
     if e.feature_net == "inception":
-        _need(bool(e.inception_weights), "eval.feature_net=inception needs eval.inception_weights=<local .pt file of FID InceptionV3 weights>")
+        _need(
+            bool(e.inception_weights),
+            "eval.feature_net=inception needs eval.inception_weights=<local .pt file of FID InceptionV3 weights>",
+        )
 
 
 def to_config(cfg: DictConfig) -> Config:
@@ -307,15 +325,25 @@ def to_config(cfg: DictConfig) -> Config:
         OmegaConf.resolve(cfg)  # ${oc.env:...} and other interpolations, once, here
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or "a setting"
-        raise ConfigError(f"{key}: {str(e).splitlines()[0].rstrip('.')}: set it, or give {key}=... on the command line") from None
+        raise ConfigError(
+            f"{key}: {str(e).splitlines()[0].rstrip('.')}: set it, or give {key}=... on the command line"
+        ) from None
     validate(cfg)
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
 # Settings that name files or folders. A sweep resolves them on its driver before trials start, since
 # Tune runs each trial in its own working folder.
-PATH_SETTINGS = (("eval", "cache_dir"), ("eval", "inception_weights"), ("eval", "out"), ("train", "resume"),
-                 ("data", "path"), ("data", "root"), ("data", "vae"), ("data", "ref_batch"))
+PATH_SETTINGS = (
+    ("eval", "cache_dir"),
+    ("eval", "inception_weights"),
+    ("eval", "out"),
+    ("train", "resume"),
+    ("data", "path"),
+    ("data", "root"),
+    ("data", "vae"),
+    ("data", "ref_batch"),
+)
 
 
 def resolve_paths(tree: dict[str, Any]) -> dict[str, Any]:

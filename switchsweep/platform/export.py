@@ -12,24 +12,60 @@ import functools
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.naming import variant_label
-from switchsweep.platform.ranking import (BETTER, RACE_OPEN, RACE_SEPARATED, RACE_SPENT, WORSE, Ranked, TrialRecord,
-                                          best_design, compare_to_best, race_state, rank_groups)
-from switchsweep.platform.sweep_dir import RANKING_CSV, RANKING_MD
+from switchsweep.platform.ranking import (
+    BETTER,
+    RACE_OPEN,
+    RACE_SEPARATED,
+    RACE_SPENT,
+    WORSE,
+    Ranked,
+    TrialRecord,
+    best_design,
+    compare_to_best,
+    race_state,
+    rank_groups,
+)
 from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
-from switchsweep.platform.tracking import (EVAL_NOISE_ARTIFACT, FAILURE_TAG, GROUP_TAG, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG,
-                                           SEED_TAG, SWEEP_TAG, TRIAL_TAG, Tracker, eval_noise_name, redact, require_store)
+from switchsweep.platform.sweep_dir import RANKING_CSV, RANKING_MD
+from switchsweep.platform.tracking import (
+    EVAL_NOISE_ARTIFACT,
+    FAILURE_TAG,
+    GROUP_TAG,
+    METRIC_TAG,
+    MODE_TAG,
+    OBJECTIVES_TAG,
+    SEED_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    Tracker,
+    eval_noise_name,
+    redact,
+    require_store,
+)
 
-RANK_COLUMNS = ("rank", "group", "trial_id", "seeds", "status", "steps", "variant", "lambda_dp", "prior_alpha", "params_M",
-                "gflops", "steps_per_s")
+RANK_COLUMNS = (
+    "rank",
+    "group",
+    "trial_id",
+    "seeds",
+    "status",
+    "steps",
+    "variant",
+    "lambda_dp",
+    "prior_alpha",
+    "params_M",
+    "gflops",
+    "steps_per_s",
+)
 
 
 def is_plain_dit(params: dict[str, str]) -> bool:
@@ -41,7 +77,9 @@ def _parent(tracker: Tracker, experiment_id: str, name: str, sweep_id: str | Non
     parent = tracker.parent_run(experiment_id, sweep_id)
     if parent is None:
         which = f"sweep.id={sweep_id}" if sweep_id else f"a {name} sweep"
-        raise ConfigError(f"{which} is not in {redact(tracker.uri)}: list sweeps in the MLflow UI (make ui) or run one first")
+        raise ConfigError(
+            f"{which} is not in {redact(tracker.uri)}: list sweeps in the MLflow UI (make ui) or run one first"
+        )
     return parent
 
 
@@ -79,9 +117,11 @@ def baseline_sentence(ranking: SweepRanking) -> str:
     if best is None or not best.complete or math.isnan(best.base_diff):
         return f"No design finished to compare with the baseline {label} ({metric} {value_text(base)})."
     how = {BETTER: "beats", WORSE: "is worse than"}.get(best.vs_baseline, "does not separate from")
-    return (f"The best design, {best.group} {variant_label(best.params)}, {how} the baseline {label}: {metric} "
-            f"{best.value:.4g} against {base.value:.4g}, a difference of {_pm(best.base_diff, best.base_half_width)} "
-            f"(95%, {best.base_basis}).")
+    return (
+        f"The best design, {best.group} {variant_label(best.params)}, {how} the baseline {label}: {metric} "
+        f"{best.value:.4g} against {base.value:.4g}, a difference of {_pm(best.base_diff, best.base_half_width)} "
+        f"(95%, {best.base_basis})."
+    )
 
 
 def race_sentence(ranking: SweepRanking) -> str:
@@ -107,7 +147,9 @@ def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> Swe
     """The sweep's configurations best first (see `platform.ranking`), from its MLflow child runs."""
     experiment_id = tracker.find_experiment(name)
     if experiment_id is None:
-        raise ConfigError(f"sweep={name}: no such sweep in {redact(tracker.uri)}: run `switchsweep sweep sweep={name}` first")
+        raise ConfigError(
+            f"sweep={name}: no such sweep in {redact(tracker.uri)}: run `switchsweep sweep sweep={name}` first"
+        )
     parent = _parent(tracker, experiment_id, name, sweep_id)
     tags = parent.data.tags
     metric, mode = tags[METRIC_TAG], tags[MODE_TAG]
@@ -115,24 +157,39 @@ def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> Swe
     records = []
     for run in tracker.children(experiment_id, parent.info.run_id):
         t = run.data.tags
-        records.append(TrialRecord(
-            trial_id=t.get(TRIAL_TAG, ""), run_id=run.info.run_id, status=run.info.status,
-            steps=int(run.data.metrics.get("step", 0)), train_steps=int(run.data.params.get("train.steps", 0)),
-            group=t.get(GROUP_TAG, t.get(TRIAL_TAG, "")), seed_index=int(t.get(SEED_TAG, 0)),
-            params=dict(run.data.params), metrics=dict(run.data.metrics), failure=t.get(FAILURE_TAG, "")))
-    ranked = rank_groups(records, metric, mode, METRIC_SE.get(metric), objectives,
-                         [REPORTED_METRICS[o] for o in objectives])
+        records.append(
+            TrialRecord(
+                trial_id=t.get(TRIAL_TAG, ""),
+                run_id=run.info.run_id,
+                status=run.info.status,
+                steps=int(run.data.metrics.get("step", 0)),
+                train_steps=int(run.data.params.get("train.steps", 0)),
+                group=t.get(GROUP_TAG, t.get(TRIAL_TAG, "")),
+                seed_index=int(t.get(SEED_TAG, 0)),
+                params=dict(run.data.params),
+                metrics=dict(run.data.metrics),
+                failure=t.get(FAILURE_TAG, ""),
+            )
+        )
+    ranked = rank_groups(
+        records, metric, mode, METRIC_SE.get(metric), objectives, [REPORTED_METRICS[o] for o in objectives]
+    )
     if not objectives:
         reference = next((r.group for r in ranked if is_plain_dit(r.params)), None)
-        compare_to_best(ranked, _paired_noise(tracker, metric, {r.trial_id: r for r in records}), mode,
-                        reference if parent.data.params.get("sweep.search") == "grid" else None)
+        compare_to_best(
+            ranked,
+            _paired_noise(tracker, metric, {r.trial_id: r for r in records}),
+            mode,
+            reference if parent.data.params.get("sweep.search") == "grid" else None,
+        )
     return SweepRanking(tags[SWEEP_TAG], metric, objectives, ranked, parent.info.run_id, dict(parent.data.params))
 
 
 def _paired_noise(tracker: Tracker, metric: str, records: dict[str, TrialRecord]) -> Callable[[str, str], float]:
     """The evaluation noise of the difference of two trials' last evaluations (`trainers.metrics.noise_sd`
     of their paired noise values, as the trials logged them), NaN where either lacks them."""
-    @functools.lru_cache(maxsize=None)
+
+    @functools.cache
     def values(trial: str) -> np.ndarray | None:
         r = records.get(trial)
         if r is None or metric not in METRIC_SE:
@@ -167,34 +224,72 @@ def _cells(r: Ranked, objectives: list[str]) -> list[str]:
     def num(value: float, fmt: str) -> str:
         return "" if math.isnan(value) else format(value, fmt)
 
-    return [str(r.rank), r.group, r.trial_id, str(r.seeds), r.status, str(r.steps), variant_label(p),
-            f"{float(p['model.lambda_dp']):.4g}" if switch else "", p.get("model.prior_alpha", "") if switch else "",
-            num(m.get("params", math.nan) * 1e-6, ".3f"), num(m.get("gflops", math.nan), ".4f"),
-            num(m.get("steps_per_sec", math.nan), ".2f"), num(r.value, ".6g"), num(r.std, ".3g"), num(r.noise, ".3g"),
-            num(r.half_width, ".3g"), r.vs_best, num(r.diff, "+.4g"), num(r.diff_half_width, ".3g"), r.diff_basis,
-            r.vs_baseline, num(r.base_diff, "+.4g"), num(r.base_half_width, ".3g"),
-            *([("yes" if r.pareto else "")] if objectives else []),
-            *(num(r.objectives[o], ".6g") for o in objectives[1:]), r.failure]
+    return [
+        str(r.rank),
+        r.group,
+        r.trial_id,
+        str(r.seeds),
+        r.status,
+        str(r.steps),
+        variant_label(p),
+        f"{float(p['model.lambda_dp']):.4g}" if switch else "",
+        p.get("model.prior_alpha", "") if switch else "",
+        num(m.get("params", math.nan) * 1e-6, ".3f"),
+        num(m.get("gflops", math.nan), ".4f"),
+        num(m.get("steps_per_sec", math.nan), ".2f"),
+        num(r.value, ".6g"),
+        num(r.std, ".3g"),
+        num(r.noise, ".3g"),
+        num(r.half_width, ".3g"),
+        r.vs_best,
+        num(r.diff, "+.4g"),
+        num(r.diff_half_width, ".3g"),
+        r.diff_basis,
+        r.vs_baseline,
+        num(r.base_diff, "+.4g"),
+        num(r.base_half_width, ".3g"),
+        *([("yes" if r.pareto else "")] if objectives else []),
+        *(num(r.objectives[o], ".6g") for o in objectives[1:]),
+        r.failure,
+    ]
 
 
 def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
     """ranking.csv (every column, machine-readable) and ranking.md (the same rows for people)."""
     metric, objectives = ranking.metric, ranking.objectives
-    header = [*RANK_COLUMNS, metric, f"{metric}_sd_seeds", f"{metric}_noise", f"{metric}_ci95", "vs_best", "diff_to_best",
-              "diff_ci95", "diff_basis", "vs_baseline", "diff_to_baseline", "baseline_ci95",
-              *(["pareto"] if objectives else []), *(f"{o}_mean" for o in objectives[1:]), "failure"]
+    header = [
+        *RANK_COLUMNS,
+        metric,
+        f"{metric}_sd_seeds",
+        f"{metric}_noise",
+        f"{metric}_ci95",
+        "vs_best",
+        "diff_to_best",
+        "diff_ci95",
+        "diff_basis",
+        "vs_baseline",
+        "diff_to_baseline",
+        "baseline_ci95",
+        *(["pareto"] if objectives else []),
+        *(f"{o}_mean" for o in objectives[1:]),
+        "failure",
+    ]
     rows = [_cells(r, objectives) for r in ranking.ranked]
     table = out / RANKING_CSV
     with open(table, "w", newline="") as fh:  # labels such as switch_dit(M=3,k=2) hold commas: quote them
         csv.writer(fh).writerows([header, *rows])
     md = out / RANKING_MD
-    lines = [f"{metric}: mean over seeds; ci95: half-width of its 95% interval (t over seeds, or 1.96 x the "
-             f"metric's evaluation noise with one seed, which leaves out training-seed noise); diff_to_best: the "
-             "difference to the best, paired seed by seed, with its 95% half-width (diff_ci95) and what that interval "
-             "holds (diff_basis); vs_best: worse where that interval leaves out zero, else tied; the same against the "
-             "sweep's baseline (group baseline) where it has one: diff_to_baseline, baseline_ci95, vs_baseline.",
-             "", *(part for line in (baseline_sentence(ranking), race_sentence(ranking)) if line for part in (line, "")),
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"{metric}: mean over seeds; ci95: half-width of its 95% interval (t over seeds, or 1.96 x the "
+        f"metric's evaluation noise with one seed, which leaves out training-seed noise); diff_to_best: the "
+        "difference to the best, paired seed by seed, with its 95% half-width (diff_ci95) and what that interval "
+        "holds (diff_basis); vs_best: worse where that interval leaves out zero, else tied; the same against the "
+        "sweep's baseline (group baseline) where it has one: diff_to_baseline, baseline_ci95, vs_baseline.",
+        "",
+        *(part for line in (baseline_sentence(ranking), race_sentence(ranking)) if line for part in (line, "")),
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     md.write_text("\n".join(lines) + "\n")
     return table, md
@@ -208,7 +303,9 @@ def export_best(tracking_uri: str, name: str, top: int, out: str | Path, sweep_i
     tracker = Tracker(require_store(tracking_uri))
     ranking = rank_trials(tracker, name, sweep_id)
     if not ranking.ranked:
-        raise ConfigError(f"sweep {ranking.sweep_id} has no trials yet: resume it with `switchsweep sweep sweep={name} --resume`")
+        raise ConfigError(
+            f"sweep {ranking.sweep_id} has no trials yet: resume it with `switchsweep sweep sweep={name} --resume`"
+        )
     designs = [r for r in ranking.ranked if not r.baseline]  # the baseline is compared with, not exported
     chosen = [r for r in designs if r.pareto] if ranking.objectives else designs[:top]
     prefix = "pareto" if ranking.objectives else "rank"
@@ -220,14 +317,18 @@ def export_best(tracking_uri: str, name: str, top: int, out: str | Path, sweep_i
             try:
                 cfg = OmegaConf.load(tracker.download(r.run_id, "config.yaml", tmp))
             except Exception as e:  # a trial whose artifact store is gone: say which, keep the others
-                raise ConfigError(f"trial {r.trial_id}: its config.yaml artifact cannot be read ({type(e).__name__}): "
-                                  "check the MLflow artifact store") from e
+                raise ConfigError(
+                    f"trial {r.trial_id}: its config.yaml artifact cannot be read ({type(e).__name__}): "
+                    "check the MLflow artifact store"
+                ) from e
         stem = f"{prefix}{i:02d}-{r.trial_id}"
         cfg.train.out_dir = str(out / stem)
         path = out / f"{stem}.yaml"
         objectives = "".join(f", {o}={r.objectives[o]:.6g}" for o in ranking.objectives[1:])
-        header = (f"# {ranking.sweep_id} rank {r.rank}: {ranking.metric}={value_text(r)} over {r.seeds} seed(s){objectives} "
-                  f"after {r.steps} steps ({r.status})\n")
+        header = (
+            f"# {ranking.sweep_id} rank {r.rank}: {ranking.metric}={value_text(r)} over {r.seeds} seed(s){objectives} "
+            f"after {r.steps} steps ({r.status})\n"
+        )
         path.write_text(header + OmegaConf.to_yaml(cfg))
         written.append(path)
     write_ranking(ranking, out)

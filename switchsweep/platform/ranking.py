@@ -19,8 +19,9 @@ compared with it the same way.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from scipy import stats
@@ -97,8 +98,13 @@ def interval_half_width(values: Sequence[float], noise: float) -> float:
     return 1.96 * noise if math.isfinite(noise) else math.nan
 
 
-def paired_difference(values: Sequence[float], baseline: Sequence[float], noise: float = math.nan,
-                      baseline_noise: float = math.nan, paired_noise: float = math.nan) -> tuple[float, float]:
+def paired_difference(
+    values: Sequence[float],
+    baseline: Sequence[float],
+    noise: float = math.nan,
+    baseline_noise: float = math.nan,
+    paired_noise: float = math.nan,
+) -> tuple[float, float]:
     """(mean, 95% half-width) of values[i] - baseline[i], pairing seed i with seed i (the same
     train.seed, so the same batches and noise). With two pairs or more, a t interval over the
     differences, which hold training-seed and evaluation noise both. With one pair, 1.96 x the
@@ -145,8 +151,9 @@ def best_design(ranked: Sequence[Ranked]) -> Ranked | None:
     return next((r for r in designs if r.complete and math.isfinite(r.value)), designs[0] if designs else None)
 
 
-def compare_to_best(ranked: Sequence[Ranked], paired_noise: Callable[[str, str], float], mode: str = "min",
-                    reference: str | None = None) -> None:
+def compare_to_best(
+    ranked: Sequence[Ranked], paired_noise: Callable[[str, str], float], mode: str = "min", reference: str | None = None
+) -> None:
     """Each complete configuration's difference to the best design (`Ranked.diff`, its 95% half-width and
     what the interval holds), paired seed by seed (`paired_difference`; `paired_noise(trial, best_trial)`
     of one-seed pairs, NaN where unknown), and `vs_best` from it (`verdict`); then each one's
@@ -156,7 +163,8 @@ def compare_to_best(ranked: Sequence[Ranked], paired_noise: Callable[[str, str],
     if best is None or not best.complete or not math.isfinite(best.value):
         return
     base = next((r for r in comparable(ranked) if r.baseline), None) or next(
-        (r for r in comparable(ranked) if r.group == reference), None)
+        (r for r in comparable(ranked) if r.group == reference), None
+    )
     for r in comparable(ranked):
         if r is not best:
             r.diff, r.diff_half_width, r.diff_basis = _paired_to(r, best, paired_noise)
@@ -222,8 +230,14 @@ def _status(members: Sequence[TrialRecord]) -> str:
     return "KILLED"  # FINISHED but short of its steps: stopped at ASHA's max_t
 
 
-def rank_groups(records: Sequence[TrialRecord], metric: str, mode: str, noise_metric: str | None = None,
-                objectives: Sequence[str] = (), modes: Sequence[str] = ()) -> list[Ranked]:
+def rank_groups(
+    records: Sequence[TrialRecord],
+    metric: str,
+    mode: str,
+    noise_metric: str | None = None,
+    objectives: Sequence[str] = (),
+    modes: Sequence[str] = (),
+) -> list[Ranked]:
     """Configurations best first: complete ones by mean value (Pareto members first in multi-objective
     sweeps), then incomplete ones (fewer steps: not comparable), each with a NaN value last."""
     groups: dict[str, list[TrialRecord]] = {}
@@ -238,22 +252,41 @@ def rank_groups(records: Sequence[TrialRecord], metric: str, mode: str, noise_me
         noises = [m.metrics.get(noise_metric, math.nan) for m in members] if noise_metric else [math.nan]
         noise = float(np.mean(noises))
         first = members[0]
-        ranked.append(Ranked(
-            rank=0, group=name, trial_id=first.trial_id, run_id=first.run_id, status=_status(members),
-            steps=min(m.steps for m in members), value=value,
-            std=float(np.std(finite, ddof=1)) if len(finite) >= 2 else math.nan, noise=noise,
-            half_width=interval_half_width(finite, noise) if finite else math.nan, seeds=len(members),
-            params=dict(first.params), metrics=dict(first.metrics), trials=[m.trial_id for m in members], values=values,
-            objectives={o: float(np.mean([m.metrics.get(o, math.nan) for m in members])) for o in objectives},
-            failure=next((f"{m.trial_id}: {m.failure}" for m in members if m.status == "FAILED"), ""),
-        ))
+        ranked.append(
+            Ranked(
+                rank=0,
+                group=name,
+                trial_id=first.trial_id,
+                run_id=first.run_id,
+                status=_status(members),
+                steps=min(m.steps for m in members),
+                value=value,
+                std=float(np.std(finite, ddof=1)) if len(finite) >= 2 else math.nan,
+                noise=noise,
+                half_width=interval_half_width(finite, noise) if finite else math.nan,
+                seeds=len(members),
+                params=dict(first.params),
+                metrics=dict(first.metrics),
+                trials=[m.trial_id for m in members],
+                values=values,
+                objectives={o: float(np.mean([m.metrics.get(o, math.nan) for m in members])) for o in objectives},
+                failure=next((f"{m.trial_id}: {m.failure}" for m in members if m.status == "FAILED"), ""),
+            )
+        )
     if objectives:
         complete = [r for r in ranked if r.complete]
         for r, on in zip(complete, pareto_front([[r.objectives[o] for o in objectives] for r in complete], modes)):
             r.pareto = on
     sign = 1.0 if mode == "min" else -1.0
-    ranked.sort(key=lambda r: (not r.complete, not r.pareto, math.isnan(r.value),
-                               sign * r.value if not math.isnan(r.value) else 0.0, r.group))
+    ranked.sort(
+        key=lambda r: (
+            not r.complete,
+            not r.pareto,
+            math.isnan(r.value),
+            sign * r.value if not math.isnan(r.value) else 0.0,
+            r.group,
+        )
+    )
     _mark_ties(ranked)
     for i, r in enumerate(ranked):
         r.rank = i + 1

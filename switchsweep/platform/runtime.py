@@ -9,8 +9,9 @@ import logging
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import ray
 import yaml
@@ -49,8 +50,11 @@ def start_ray(r: RayConfig) -> None:
     keeps its instance."""
     if ray.is_initialized():
         return
-    quiet = dict(logging_level=logging.WARNING, log_to_driver=False,
-                 runtime_env={"env_vars": WORKER_ENV if r.address else LOCAL_ENV})
+    quiet = dict(
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+        runtime_env={"env_vars": WORKER_ENV if r.address else LOCAL_ENV},
+    )
     if r.address:
         _check_reachable(r.address)
         with _stderr_kept() as said:
@@ -60,13 +64,22 @@ def start_ray(r: RayConfig) -> None:
             except (ConnectionError, ValueError, RuntimeError) as e:
                 error, refused = e, "InvalidAuthToken" in said.read_text(errors="replace")
         if refused:
-            raise ConfigError(f"sweep.ray.address={r.address}: the cluster refused this machine's Ray token: set RAY_AUTH_TOKEN "
-                              "(or ~/.ray/auth_token) to the cluster's token (`ray get-auth-token` on its head)") from None
-        raise ConfigError(f"sweep.ray.address={r.address}: cannot connect ({str(error).splitlines()[0][:160]}): "
-                          "start the cluster (make cluster-up) or drop the setting for a local instance") from None
+            raise ConfigError(
+                f"sweep.ray.address={r.address}: the cluster refused this machine's Ray token: set RAY_AUTH_TOKEN "
+                "(or ~/.ray/auth_token) to the cluster's token (`ray get-auth-token` on its head)"
+            ) from None
+        raise ConfigError(
+            f"sweep.ray.address={r.address}: cannot connect ({str(error).splitlines()[0][:160]}): "
+            "start the cluster (make cluster-up) or drop the setting for a local instance"
+        ) from None
     _loopback_only()
-    ray.init(num_cpus=local_num_cpus(r), include_dashboard=True, dashboard_host="127.0.0.1",
-             _node_ip_address="127.0.0.1", **quiet)
+    ray.init(
+        num_cpus=local_num_cpus(r),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        **quiet,
+    )
 
 
 def _check_reachable(address: str) -> None:
@@ -75,7 +88,9 @@ def _check_reachable(address: str) -> None:
 
     fix = "start the cluster (make cluster-up) or drop the setting for a local instance"
     try:
-        target = address.removeprefix("ray://") if address.startswith("ray://") else canonicalize_bootstrap_address(address)
+        target = (
+            address.removeprefix("ray://") if address.startswith("ray://") else canonicalize_bootstrap_address(address)
+        )
     except (ConnectionError, ValueError) as e:
         raise ConfigError(f"sweep.ray.address={address}: {str(e).splitlines()[0][:160]}: {fix}") from None
     if target is None:
@@ -84,7 +99,9 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except (OSError, ValueError) as e:
-        raise ConfigError(f"sweep.ray.address={address}: nothing answers at {target} ({type(e).__name__}): {fix}") from None
+        raise ConfigError(
+            f"sweep.ray.address={address}: nothing answers at {target} ({type(e).__name__}): {fix}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -151,8 +168,10 @@ def node_types(path: str) -> dict[str, dict[str, Any]] | None:
         types = yaml.safe_load(file.read_text())["available_node_types"]
         return {name: dict(t.get("resources") or {}) for name, t in types.items()}
     except (yaml.YAMLError, KeyError, TypeError, AttributeError) as e:
-        raise ConfigError(f"sweep.ray.cluster_config={path}: not an autoscaler config with available_node_types "
-                          f"({type(e).__name__}): point it at the cluster's config or at a missing file") from None
+        raise ConfigError(
+            f"sweep.ray.cluster_config={path}: not an autoscaler config with available_node_types "
+            f"({type(e).__name__}): point it at the cluster's config or at a missing file"
+        ) from None
 
 
 def _fits(bundle: dict[str, float], have: dict[str, Any]) -> bool:
@@ -168,7 +187,12 @@ def check_node_types(r: RayConfig, types: dict[str, dict[str, Any]], present: li
             continue
         need = ", ".join(f"{name}: {amount:g}" for name, amount in bundle.items())
         missing = [name for name, amount in bundle.items() if not any(float(h.get(name, 0)) >= amount for h in nodes)]
-        fix = ("add a GPU node type to cluster.yaml or set sweep.ray.use_gpu=false" if missing == ["GPU"]
-               else "add it to a node type's resources in cluster.yaml or lower the request")
-        raise ConfigError(f"sweep.ray: {what} needs {{{need}}} but no node type of {r.cluster_config} "
-                          f"({', '.join(types)}) has it: {fix}")
+        fix = (
+            "add a GPU node type to cluster.yaml or set sweep.ray.use_gpu=false"
+            if missing == ["GPU"]
+            else "add it to a node type's resources in cluster.yaml or lower the request"
+        )
+        raise ConfigError(
+            f"sweep.ray: {what} needs {{{need}}} but no node type of {r.cluster_config} "
+            f"({', '.join(types)}) has it: {fix}"
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -48,31 +48,35 @@ class ParamSpec:
     """
 
     key: str = "???"
-    choice: Optional[List[Any]] = None
-    loguniform: Optional[List[float]] = None
-    uniform: Optional[List[float]] = None
-    randint: Optional[List[int]] = None  # [low, high], both inclusive
-    fraction_of: Optional[str] = None
+    choice: list[Any] | None = None
+    loguniform: list[float] | None = None
+    uniform: list[float] | None = None
+    randint: list[int] | None = None  # [low, high], both inclusive
+    fraction_of: str | None = None
 
 
 @dataclass
 class RayConfig:
-    address: Optional[str] = None  # null: start a local Ray instance; "auto" or ray://host:10001 for a cluster
-    num_cpus: Optional[int] = None  # local instance only; null: enough for max_concurrent trials
+    address: str | None = None  # null: start a local Ray instance; "auto" or ray://host:10001 for a cluster
+    num_cpus: int | None = None  # local instance only; null: enough for max_concurrent trials
     num_workers: int = 1  # DDP workers per trial
     use_gpu: bool = False
-    cpus_per_worker: Optional[float] = None  # null: local, the cores shared by all workers at once; cluster, 1
+    cpus_per_worker: float | None = None  # null: local, the cores shared by all workers at once; cluster, 1
     gpus_per_worker: float = 1.0  # used only with use_gpu
     trainable_cpus: float = 0.05  # the per-trial driver that starts the Train job
     max_failures: int = 1  # restarts of a trial's training, each resuming from the last checkpoint
     # A one-worker trial on this machine trains in its Tune trial's own process instead of a Train job,
     # whose controller and worker processes cost seconds a trial to start; false: always a Train job.
     inline: bool = True
-    storage_path: Optional[str] = None  # Tune state and Train checkpoints (s3://, gs://, a shared mount); null: <root>/sweeps
+    storage_path: str | None = (
+        None  # Tune state and Train checkpoints (s3://, gs://, a shared mount); null: <root>/sweeps
+    )
     shared_fs: bool = False  # storage_path is a path every node mounts (NFS, ...): accepted with a cluster address
-    driver_resource: Optional[str] = None  # a custom resource (TRAIN_DRIVER) that places trial drivers, CPU-free
-    worker_resources: Dict[str, float] = field(default_factory=dict)  # extra custom resources per DDP worker
-    cluster_config: str = "~/ray_bootstrap_config.yaml"  # the autoscaler's config on the head: the node types a trial may get
+    driver_resource: str | None = None  # a custom resource (TRAIN_DRIVER) that places trial drivers, CPU-free
+    worker_resources: dict[str, float] = field(default_factory=dict)  # extra custom resources per DDP worker
+    cluster_config: str = (
+        "~/ray_bootstrap_config.yaml"  # the autoscaler's config on the head: the node types a trial may get
+    )
 
 
 @dataclass
@@ -84,26 +88,26 @@ class SweepConfig:
     max_concurrent: int = 1
     metric: str = "kid"
     mode: str = "min"
-    objectives: List[str] = field(default_factory=list)  # >= 2 metrics: multi-objective search, Pareto ranking
-    tpe_startup: Optional[int] = None  # TPE's random start-up configurations; null: max(2, num_trials // 4)
-    points_to_evaluate: List[Dict[str, Any]] = field(default_factory=list)  # first configurations, e.g. the paper's
+    objectives: list[str] = field(default_factory=list)  # >= 2 metrics: multi-objective search, Pareto ranking
+    tpe_startup: int | None = None  # TPE's random start-up configurations; null: max(2, num_trials // 4)
+    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)  # first configurations, e.g. the paper's
     # A model (conf/model/<name>) trained with every seed, the same steps and evaluation, outside the search,
     # that each configuration is compared with; none: no baseline.
-    baseline: Optional[str] = None
+    baseline: str | None = None
     race: int = 0  # after the search: the top N configurations and the baseline get more seeds until the best separates
     race_seeds: int = 3  # the racing budget: extra seeds per raced configuration at most
     eval_every: int = 100  # steps between evaluations; one ASHA time unit
     asha: bool = True
     grace_period: int = 1  # evaluations before ASHA may stop a trial
     reduction_factor: float = 2.0
-    space: List[ParamSpec] = field(default_factory=list)
-    grid: List[List[str]] = field(default_factory=list)  # rows of Hydra overrides (search=grid)
+    space: list[ParamSpec] = field(default_factory=list)
+    grid: list[list[str]] = field(default_factory=list)  # rows of Hydra overrides (search=grid)
     seed: int = 0
-    id: Optional[str] = None  # a sweep's id (<name>-<time>); null: a new one, or the latest with resume/export
+    id: str | None = None  # a sweep's id (<name>-<time>); null: a new one, or the latest with resume/export
     resume: bool = False
     extend: int = 0  # set by `--extend N`: N more configurations for a finished sweep, same parent run and study
     root: str = "runs"  # sweeps, the MLflow store and its artifacts live under it
-    tracking_uri: Optional[str] = None  # null: sqlite:///<root>/mlflow.db; an http(s) MLflow server on clusters
+    tracking_uri: str | None = None  # null: sqlite:///<root>/mlflow.db; an http(s) MLflow server on clusters
     # A trial's final checkpoint, kept once: last: every finished trial's in MLflow; best: the best trial's in
     # MLflow, the others' in Ray Train's storage; false: every one in Ray Train's storage only.
     log_checkpoints: str = "last"
@@ -146,40 +150,57 @@ def _need(cond: bool, message: str) -> None:
 def _check_spec(i: int, spec: ParamSpec | DictConfig, base: DictConfig) -> None:
     where = f"sweep.space[{i}]"
     _need(spec.key not in ("", "???"), f"{where}.key is not set: give a dotted setting such as model.num_experts")
-    _need(OmegaConf.select(base, spec.key, default="__missing__") != "__missing__",
-          f"{where}.key={spec.key} is not a setting of the training config: check the spelling")
+    _need(
+        OmegaConf.select(base, spec.key, default="__missing__") != "__missing__",
+        f"{where}.key={spec.key} is not a setting of the training config: check the spelling",
+    )
     kinds = [k for k in SPEC_KINDS if getattr(spec, k) is not None]
-    _need(len(kinds) == 1, f"{where} ({spec.key}) sets {kinds or 'no distribution'}: set exactly one of {', '.join(SPEC_KINDS)}")
+    _need(
+        len(kinds) == 1,
+        f"{where} ({spec.key}) sets {kinds or 'no distribution'}: set exactly one of {', '.join(SPEC_KINDS)}",
+    )
     kind, value = kinds[0], getattr(spec, kinds[0])
     if kind == "choice":
         _need(len(value) > 0, f"{where}.choice for {spec.key} is empty: list at least one value")
     elif kind == "fraction_of":
         ref = OmegaConf.select(base, value, default=None)
-        _need(isinstance(ref, int), f"{where}.fraction_of={value} is not an integer setting: use e.g. model.num_experts")
+        _need(
+            isinstance(ref, int), f"{where}.fraction_of={value} is not an integer setting: use e.g. model.num_experts"
+        )
     else:
-        _need(len(value) == 2 and value[0] <= value[1],
-              f"{where}.{kind} for {spec.key} must be [low, high] with low <= high, got {list(value)}")
+        _need(
+            len(value) == 2 and value[0] <= value[1],
+            f"{where}.{kind} for {spec.key} must be [low, high] with low <= high, got {list(value)}",
+        )
         if kind == "loguniform":
             _need(value[0] > 0, f"{where}.loguniform for {spec.key} needs low > 0, got {value[0]}")
 
 
-def _check_fractions(space: List[ParamSpec]) -> None:
+def _check_fractions(space: list[ParamSpec]) -> None:
     """`fraction_of` must name a fixed integer setting or a searched integer one (choice of ints or randint)."""
     by_key = {spec.key: spec for spec in space}
     for spec in space:
         ref = spec.fraction_of
         if ref is None:
             continue
-        _need(ref != spec.key, f"sweep.space entry {spec.key} is a fraction of itself: name another setting, e.g. model.num_experts")
+        _need(
+            ref != spec.key,
+            f"sweep.space entry {spec.key} is a fraction of itself: name another setting, e.g. model.num_experts",
+        )
         other = by_key.get(ref)
         if other is None:
             continue
-        _need(other.fraction_of is None,
-              f"sweep.space entry {spec.key} is a fraction of {ref}, itself a fraction: search {ref} with choice or randint")
+        _need(
+            other.fraction_of is None,
+            f"sweep.space entry {spec.key} is a fraction of {ref}, itself a fraction: search {ref} with choice or "
+            "randint",
+        )
         ints = other.randint is not None or (other.choice is not None and all(isinstance(v, int) for v in other.choice))
-        _need(ints and all(v >= 1 for v in (other.randint or other.choice or [])),
-              f"sweep.space entry {spec.key} is a fraction of {ref}, which is not searched over integers >= 1: "
-              f"use choice or randint for {ref}")
+        _need(
+            ints and all(v >= 1 for v in (other.randint or other.choice or [])),
+            f"sweep.space entry {spec.key} is a fraction of {ref}, which is not searched over integers >= 1: "
+            f"use choice or randint for {ref}",
+        )
 
 
 def _in_domain(spec: ParamSpec | DictConfig, value: Any) -> bool:
@@ -189,11 +210,11 @@ def _in_domain(spec: ParamSpec | DictConfig, value: Any) -> bool:
         return False
     if spec.fraction_of is not None:
         return isinstance(value, int) and value >= 1  # checked against the referenced value when resolved
-    low, high = (spec.loguniform or spec.uniform or spec.randint)
+    low, high = spec.loguniform or spec.uniform or spec.randint
     return low <= value <= high and (spec.randint is None or isinstance(value, int))
 
 
-def check_point(i: int, point: Any, space: List[ParamSpec]) -> None:
+def check_point(i: int, point: Any, space: list[ParamSpec]) -> None:
     """A `points_to_evaluate` entry sets every searched key to a value its distribution can take
     (a `fraction_of` key as the integer itself, e.g. model.top_k: 2)."""
     where = f"sweep.points_to_evaluate[{i}]"
@@ -204,28 +225,41 @@ def check_point(i: int, point: Any, space: List[ParamSpec]) -> None:
         value = point[spec.key]
         _need(_in_domain(spec, value), f"{where}: {spec.key}={value!r} is outside its sweep.space distribution")
         if spec.fraction_of is not None and spec.fraction_of in point:
-            _need(value <= point[spec.fraction_of],
-                  f"{where}: {spec.key}={value} must be <= {spec.fraction_of}={point[spec.fraction_of]}")
+            _need(
+                value <= point[spec.fraction_of],
+                f"{where}: {spec.key}={value} must be <= {spec.fraction_of}={point[spec.fraction_of]}",
+            )
 
 
 def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
     """Static checks of the sweep section; raise ConfigError naming the field on the first bad one."""
     validate_scoring(job.eval, job.data.name)  # every trial is evaluated
     s = job.sweep
-    _need(bool(SAFE_NAME.fullmatch(str(s.name))),
-          f"sweep.name={str(s.name)[:60]!r} must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit)")
-    _need(s.id is None or bool(SAFE_NAME.fullmatch(str(s.id))),
-          f"sweep.id={str(s.id)[:60]!r} must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or digit), "
-          "e.g. design_space-20261201-120000")
-    _need(str(s.log_checkpoints).lower() in LOG_CHECKPOINTS,
-          f"sweep.log_checkpoints={s.log_checkpoints!r} is not one of {', '.join(LOG_CHECKPOINTS)}: pick one of those")
+    _need(
+        bool(SAFE_NAME.fullmatch(str(s.name))),
+        f"sweep.name={str(s.name)[:60]!r} must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or "
+        "digit)",
+    )
+    _need(
+        s.id is None or bool(SAFE_NAME.fullmatch(str(s.id))),
+        f"sweep.id={str(s.id)[:60]!r} must be 1-128 letters, digits, '.', '_' or '-' (starting with a letter or "
+        "digit), "
+        "e.g. design_space-20261201-120000",
+    )
+    _need(
+        str(s.log_checkpoints).lower() in LOG_CHECKPOINTS,
+        f"sweep.log_checkpoints={s.log_checkpoints!r} is not one of {', '.join(LOG_CHECKPOINTS)}: pick one of those",
+    )
     _need(s.search in SEARCHES, f"sweep.search={s.search!r} is not one of {', '.join(SEARCHES)}: pick one of those")
     if s.search == "grid":
         _need(len(s.grid) > 0, "sweep.grid is empty: list rows of overrides, or use sweep.search=tpe with sweep.space")
         _need(len(s.space) == 0, "sweep.space is set with sweep.search=grid: put the values in sweep.grid rows instead")
     else:
-        _need(len(s.space) > 0,
-              f"sweep.space is empty: nothing to search with sweep.search={s.search}; add parameters or pick a sweep with one")
+        _need(
+            len(s.space) > 0,
+            f"sweep.space is empty: nothing to search with sweep.search={s.search}; add parameters or pick a sweep "
+            "with one",
+        )
         _need(len(s.grid) == 0, f"sweep.grid is set with sweep.search={s.search}: use sweep.search=grid for grids")
     base = OmegaConf.structured(job) if not isinstance(job, DictConfig) else job
     for i, spec in enumerate(s.space):
@@ -238,57 +272,97 @@ def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
     for i, point in enumerate(s.points_to_evaluate):
         check_point(i, point, s.space)
     _need(s.num_trials >= 1, f"sweep.num_trials={s.num_trials} must be >= 1")
-    _need(s.search != "grid" or s.num_trials == 1,
-          f"sweep.num_trials={s.num_trials} with sweep.search=grid: a grid runs every row once; repeat rows with sweep.seeds")
+    _need(
+        s.search != "grid" or s.num_trials == 1,
+        f"sweep.num_trials={s.num_trials} with sweep.search=grid: a grid runs every row once; repeat rows with "
+        "sweep.seeds",
+    )
     _need(s.seeds >= 1, f"sweep.seeds={s.seeds} must be >= 1")
     _need(s.max_concurrent >= 1, f"sweep.max_concurrent={s.max_concurrent} must be >= 1")
     _need(s.tpe_startup is None or s.tpe_startup >= 1, f"sweep.tpe_startup={s.tpe_startup} must be >= 1 (or null)")
     _need(s.extend >= 0, f"--extend {s.extend} must be >= 1")
     if baseline_model(s) is not None:
-        _need(s.search != "grid", f"sweep.baseline={s.baseline} with sweep.search=grid: add the baseline as a grid row "
-              f"(model={s.baseline}) or set sweep.baseline=none")
+        _need(
+            s.search != "grid",
+            f"sweep.baseline={s.baseline} with sweep.search=grid: add the baseline as a grid row "
+            f"(model={s.baseline}) or set sweep.baseline=none",
+        )
     _need(s.race >= 0, f"sweep.race={s.race} must be >= 0 (0: no racing)")
     if s.race:
-        _need(s.search != "grid", "sweep.race with sweep.search=grid: a grid runs every row; give it more sweep.seeds instead")
+        _need(
+            s.search != "grid",
+            "sweep.race with sweep.search=grid: a grid runs every row; give it more sweep.seeds instead",
+        )
         _need(not s.objectives, "sweep.race with sweep.objectives: racing separates one metric; set sweep.race=0")
         _need(s.race_seeds >= 1, f"sweep.race_seeds={s.race_seeds} must be >= 1 (extra seeds per raced configuration)")
-        _need(s.race >= 2 or baseline_model(s) is not None,
-              f"sweep.race={s.race} races one configuration against nothing: race 2 or more, or set sweep.baseline")
-    _need(not s.points_to_evaluate or s.search != "grid",
-          "sweep.points_to_evaluate is set with sweep.search=grid: add the point as a sweep.grid row instead")
+        _need(
+            s.race >= 2 or baseline_model(s) is not None,
+            f"sweep.race={s.race} races one configuration against nothing: race 2 or more, or set sweep.baseline",
+        )
+    _need(
+        not s.points_to_evaluate or s.search != "grid",
+        "sweep.points_to_evaluate is set with sweep.search=grid: add the point as a sweep.grid row instead",
+    )
     for name in [s.metric, *s.objectives]:
-        _need(name in REPORTED_METRICS,
-              f"sweep.metric={name!r} is never reported by a trial: use one of {', '.join(REPORTED_METRICS)}")
-    _need(s.mode == REPORTED_METRICS[s.metric],
-          f"sweep.mode={s.mode!r} but {s.metric} is {'lower' if REPORTED_METRICS[s.metric] == 'min' else 'higher'}"
-          f"-is-better: set sweep.mode={REPORTED_METRICS[s.metric]}")
+        _need(
+            name in REPORTED_METRICS,
+            f"sweep.metric={name!r} is never reported by a trial: use one of {', '.join(REPORTED_METRICS)}",
+        )
+    _need(
+        s.mode == REPORTED_METRICS[s.metric],
+        f"sweep.mode={s.mode!r} but {s.metric} is {'lower' if REPORTED_METRICS[s.metric] == 'min' else 'higher'}"
+        f"-is-better: set sweep.mode={REPORTED_METRICS[s.metric]}",
+    )
     if s.objectives:
-        _need(len(s.objectives) >= 2 and len(set(s.objectives)) == len(s.objectives),
-              f"sweep.objectives={list(s.objectives)} needs two or more different metrics, e.g. [kid, gflops]")
-        _need(s.objectives[0] == s.metric,
-              f"sweep.objectives starts with {s.objectives[0]} but sweep.metric={s.metric}: set sweep.metric={s.objectives[0]}")
-        _need(not s.asha, "sweep.objectives with sweep.asha=true: ASHA stops trials on one metric; set sweep.asha=false")
-    _need(0 < s.eval_every <= job.train.steps,
-          f"sweep.eval_every={s.eval_every} must be in [1, train.steps={job.train.steps}]: trials report only at evaluations")
+        _need(
+            len(s.objectives) >= 2 and len(set(s.objectives)) == len(s.objectives),
+            f"sweep.objectives={list(s.objectives)} needs two or more different metrics, e.g. [kid, gflops]",
+        )
+        _need(
+            s.objectives[0] == s.metric,
+            f"sweep.objectives starts with {s.objectives[0]} but sweep.metric={s.metric}: set "
+            f"sweep.metric={s.objectives[0]}",
+        )
+        _need(
+            not s.asha, "sweep.objectives with sweep.asha=true: ASHA stops trials on one metric; set sweep.asha=false"
+        )
+    _need(
+        0 < s.eval_every <= job.train.steps,
+        f"sweep.eval_every={s.eval_every} must be in [1, train.steps={job.train.steps}]: trials report only at "
+        "evaluations",
+    )
     _need(s.grace_period >= 1, f"sweep.grace_period={s.grace_period} must be >= 1 evaluation")
     _need(s.reduction_factor > 1, f"sweep.reduction_factor={s.reduction_factor} must be > 1")
     _need(bool(s.root), "sweep.root is empty: give a directory for sweeps and the MLflow store")
     r = s.ray
     _need(r.num_workers >= 1, f"sweep.ray.num_workers={r.num_workers} must be >= 1")
-    _need(r.cpus_per_worker is None or r.cpus_per_worker > 0, f"sweep.ray.cpus_per_worker={r.cpus_per_worker} must be > 0")
+    _need(
+        r.cpus_per_worker is None or r.cpus_per_worker > 0, f"sweep.ray.cpus_per_worker={r.cpus_per_worker} must be > 0"
+    )
     _need(0 < r.trainable_cpus <= 1, f"sweep.ray.trainable_cpus={r.trainable_cpus} must be in (0, 1] (Ray refuses 0)")
-    _need(not r.use_gpu or r.gpus_per_worker > 0, f"sweep.ray.gpus_per_worker={r.gpus_per_worker} must be > 0 with use_gpu")
+    _need(
+        not r.use_gpu or r.gpus_per_worker > 0,
+        f"sweep.ray.gpus_per_worker={r.gpus_per_worker} must be > 0 with use_gpu",
+    )
     _need(r.max_failures >= 0, f"sweep.ray.max_failures={r.max_failures} must be >= 0")
     _need(r.num_cpus is None or r.num_cpus >= 1, f"sweep.ray.num_cpus={r.num_cpus} must be >= 1")
-    _need(not r.driver_resource or r.driver_resource not in ("CPU", "GPU", "memory"),
-          f"sweep.ray.driver_resource={r.driver_resource} must be a custom resource (e.g. TRAIN_DRIVER) declared on the head")
-    _need(all(v > 0 for v in r.worker_resources.values()) and not {"CPU", "GPU"} & set(r.worker_resources),
-          f"sweep.ray.worker_resources={dict(r.worker_resources)} must map custom resources to amounts > 0 "
-          "(CPUs and GPUs: cpus_per_worker, gpus_per_worker)")
+    _need(
+        not r.driver_resource or r.driver_resource not in ("CPU", "GPU", "memory"),
+        f"sweep.ray.driver_resource={r.driver_resource} must be a custom resource (e.g. TRAIN_DRIVER) declared on the "
+        "head",
+    )
+    _need(
+        all(v > 0 for v in r.worker_resources.values()) and not {"CPU", "GPU"} & set(r.worker_resources),
+        f"sweep.ray.worker_resources={dict(r.worker_resources)} must map custom resources to amounts > 0 "
+        "(CPUs and GPUs: cpus_per_worker, gpus_per_worker)",
+    )
     if not is_local_address(r.address):
         _check_shared(s)
-    _need(job.data.batch_size % r.num_workers == 0,
-          f"data.batch_size={job.data.batch_size} is not divisible by sweep.ray.num_workers={r.num_workers}: make it a multiple")
+    _need(
+        job.data.batch_size % r.num_workers == 0,
+        f"data.batch_size={job.data.batch_size} is not divisible by sweep.ray.num_workers={r.num_workers}: make it a "
+        "multiple",
+    )
 
 
 def _check_shared(s: SweepConfig) -> None:
@@ -296,13 +370,19 @@ def _check_shared(s: SweepConfig) -> None:
     r, where = s.ray, f"with sweep.ray.address={s.ray.address}"
     storage = r.storage_path or ""
     if not storage.startswith(SHARED_SCHEMES):
-        _need(r.shared_fs and storage.startswith("/"),
-              f"sweep.ray.storage_path={storage or 'null'} {where}: worker nodes cannot reach a path on this machine; "
-              "use s3://bucket/sweeps or gs://bucket/sweeps, or an absolute path every node mounts with sweep.ray.shared_fs=true")
+        _need(
+            r.shared_fs and storage.startswith("/"),
+            f"sweep.ray.storage_path={storage or 'null'} {where}: worker nodes cannot reach a path on this machine; "
+            "use s3://bucket/sweeps or gs://bucket/sweeps, or an absolute path every node mounts with "
+            "sweep.ray.shared_fs=true",
+        )
     uri = s.tracking_uri or ""
-    _need(uri.startswith(("http://", "https://", "databricks")),
-          f"sweep.tracking_uri={uri or 'null'} {where}: trials on other nodes cannot write to a local MLflow store; "
-          "run `mlflow server --serve-artifacts` on the head and pass sweep.tracking_uri=http://HEAD:5000 (or platform=cluster)")
+    _need(
+        uri.startswith(("http://", "https://", "databricks")),
+        f"sweep.tracking_uri={uri or 'null'} {where}: trials on other nodes cannot write to a local MLflow store; "
+        "run `mlflow server --serve-artifacts` on the head and pass sweep.tracking_uri=http://HEAD:5000 (or "
+        "platform=cluster)",
+    )
 
 
 def worker_bundle(r: RayConfig) -> dict[str, float]:

@@ -19,8 +19,9 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.files import atomic_write_text
@@ -101,8 +102,9 @@ class DriverLock:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            raise ConfigError(f"sweep {self.path.parent.name} is being run by {holder}: wait for it to end or stop it, "
-                              "then --resume") from None
+            raise ConfigError(
+                f"sweep {self.path.parent.name} is being run by {holder}: wait for it to end or stop it, then --resume"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"driver pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")

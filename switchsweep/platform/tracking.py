@@ -14,8 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
@@ -36,7 +37,11 @@ SEED_TAG = "switchsweep.seed_index"
 OBJECTIVES_TAG = "switchsweep.objectives"  # comma-separated, on the parent of a multi-objective sweep
 METRIC_TAG, MODE_TAG = "switchsweep.metric", "switchsweep.mode"  # on the parent: what the sweep ranks by
 GIT_TAG, MODEL_TAG = "switchsweep.git_commit", "switchsweep.model"
-BEST_TRIAL_TAG, BEST_GROUP_TAG, BEST_RUN_TAG = "switchsweep.best_trial", "switchsweep.best_group", "switchsweep.best_run_id"
+BEST_TRIAL_TAG, BEST_GROUP_TAG, BEST_RUN_TAG = (
+    "switchsweep.best_trial",
+    "switchsweep.best_group",
+    "switchsweep.best_run_id",
+)
 STOPPED_TAG = "switchsweep.stopped_early"  # "true" on a trial the scheduler stopped
 FAILURE_TAG = "switchsweep.failure"  # why a trial failed, one line
 ATTEMPTS_TAG = "switchsweep.attempts"  # on a failed trial (and every inline one): attempts it ran (1: not retried)
@@ -78,14 +83,18 @@ def require_store(uri: str) -> str:
     """`uri`, once a local SQLite store is known to exist: reading must not create an empty one."""
     local = uri.removeprefix("sqlite:///")
     if local != uri and not Path(local).is_file():
-        raise ConfigError(f"no MLflow store at {local}: run `switchsweep sweep` first, or set sweep.root to the folder "
-                          "a sweep used (sweep.root=DIR)")
+        raise ConfigError(
+            f"no MLflow store at {local}: run `switchsweep sweep` first, or set sweep.root to the folder "
+            "a sweep used (sweep.root=DIR)"
+        )
     return uri
 
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-_SECRET_QUERY = re.compile(r"(?P<key>[?&][^=&\s]*(?:secret|token|password|passwd|key|signature|credential|auth)[^=&\s]*=)[^&\s]*",
-                           re.IGNORECASE)
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&][^=&\s]*(?:secret|token|password|passwd|key|signature|credential|auth)[^=&\s]*=)[^&\s]*",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
@@ -143,7 +152,9 @@ class Tracker:
             try:
                 experiment_id = _retry(lambda: self.client.create_experiment(name, artifact_location=location))
             except MlflowException as e:
-                raise SwitchsweepError(f"MLflow at {self.uri} refused to create experiment {name!r}: {str(e).splitlines()[0]}") from e
+                raise SwitchsweepError(
+                    f"MLflow at {self.uri} refused to create experiment {name!r}: {str(e).splitlines()[0]}"
+                ) from e
         _retry(lambda: self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND))
         return experiment_id
 
@@ -155,11 +166,15 @@ class Tracker:
         return None if exp is None else exp.experiment_id
 
     def create_run(self, experiment_id: str, name: str, tags: Mapping[str, Any]) -> str:
-        run = _retry(lambda: self.client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()}))
+        run = _retry(
+            lambda: self.client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
+        )
         return run.info.run_id
 
     def search(self, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list:
-        return list(_retry(lambda: self.client.search_runs([experiment_id], filter_string, order_by=order_by, max_results=5000)))
+        return list(
+            _retry(lambda: self.client.search_runs([experiment_id], filter_string, order_by=order_by, max_results=5000))
+        )
 
     def parent_run(self, experiment_id: str, sweep_id: str | None = None):
         """A sweep's parent run (the latest sweep of the experiment without `sweep_id`), or None."""
@@ -172,8 +187,9 @@ class Tracker:
         filt = f"tags.`{PARENT_TAG}` = '{parent_id}'" + (f" and tags.`{TRIAL_TAG}` = '{trial_id}'" if trial_id else "")
         return self.search(experiment_id, filt)
 
-    def child_run(self, experiment_id: str, parent_id: str, sweep_id: str, trial_id: str, name: str,
-                  tags: Mapping[str, Any]) -> tuple[str, bool]:
+    def child_run(
+        self, experiment_id: str, parent_id: str, sweep_id: str, trial_id: str, name: str, tags: Mapping[str, Any]
+    ) -> tuple[str, bool]:
         """The trial's run under `parent_id`: the existing one on resume (never a duplicate), else a new one."""
         found = self.children(experiment_id, parent_id, trial_id)
         if found:
@@ -187,7 +203,7 @@ class Tracker:
         items = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow's per-batch param limit
             chunk = items[start : start + 100]
-            _retry(lambda: self.client.log_batch(run_id, params=chunk, synchronous=True))
+            _retry(lambda: self.client.log_batch(run_id, params=chunk, synchronous=True))  # noqa: B023 - called here
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -239,7 +255,9 @@ class Tracker:
     def logged_steps(self, run_id: str) -> dict[str, set[int]]:
         """The steps already logged per metric, and per image key (as "image:<key>"): what a retry skips."""
         run = _retry(lambda: self.client.get_run(run_id))
-        seen = {k: {m.step for m in _retry(lambda k=k: self.client.get_metric_history(run_id, k))} for k in run.data.metrics}
+        seen = {
+            k: {m.step for m in _retry(lambda k=k: self.client.get_metric_history(run_id, k))} for k in run.data.metrics
+        }
         for art in _retry(lambda: self.client.list_artifacts(run_id, "images")):
             found = _IMAGE_NAME.match(Path(art.path).name)
             if found:
@@ -253,8 +271,14 @@ class ResilientLog:
     restarts training. Writes already in the run (a retried attempt re-running steps) are skipped,
     so every metric step is logged once."""
 
-    def __init__(self, tracker: Tracker, run_id: str, seen: dict[str, set[int]] | None = None, attempts: int = 4,
-                 backoff_s: float = 0.5):
+    def __init__(
+        self,
+        tracker: Tracker,
+        run_id: str,
+        seen: dict[str, set[int]] | None = None,
+        attempts: int = 4,
+        backoff_s: float = 0.5,
+    ):
         self.tracker, self.run_id, self.attempts, self.backoff_s = tracker, run_id, attempts, backoff_s
         self.seen = seen or {}
         self.pending: list[tuple[str, tuple, dict]] = []
@@ -302,8 +326,11 @@ class ResilientLog:
                 self._send(method, args, kwargs, attempts or self.attempts)
             except (MlflowException, OSError, ConnectionError) as e:
                 if not quiet:
-                    print(f"switchsweep: {len(self.pending)} MLflow writes not sent ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:120] if str(e) else ''})", file=sys.stderr)
+                    print(
+                        f"switchsweep: {len(self.pending)} MLflow writes not sent ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120] if str(e) else ''})",
+                        file=sys.stderr,
+                    )
                 return False
             self.pending.pop(0)
         return True

@@ -43,7 +43,9 @@ class ResumableASHA(ASHAScheduler):
                 self.__dict__.update(pickle.load(fh))
 
     def _save(self) -> None:
-        atomic_write(self._state_file, lambda fh: pickle.dump({k: v for k, v in self.__dict__.items() if k not in _OWN}, fh))
+        atomic_write(
+            self._state_file, lambda fh: pickle.dump({k: v for k, v in self.__dict__.items() if k not in _OWN}, fh)
+        )
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._load()

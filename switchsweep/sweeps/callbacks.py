@@ -18,8 +18,11 @@ from switchsweep.platform.tracking import CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, F
 from switchsweep.sweeps.trial import FAILURE_REASON, PHASES, PHASES_KEY
 
 _REASON = re.compile(rf"{FAILURE_REASON}=(.+)")
-MLFLOW_STATUS = {sweep_state.TRIAL_FINISHED: "FINISHED", sweep_state.TRIAL_STOPPED: "KILLED",
-                 sweep_state.TRIAL_FAILED: "FAILED"}
+MLFLOW_STATUS = {
+    sweep_state.TRIAL_FINISHED: "FINISHED",
+    sweep_state.TRIAL_STOPPED: "KILLED",
+    sweep_state.TRIAL_FAILED: "FAILED",
+}
 
 
 def failure_reason(error_text: str | None) -> str:
@@ -36,15 +39,26 @@ def train_checkpoints(storage_path: str, trial_id: str) -> tuple[pafs.FileSystem
     """The folders of a trial's checkpoints in Ray Train's storage (a path or URI), oldest first."""
     fs, base = storage_fs(storage_path)
     infos = fs.get_file_info(pafs.FileSelector(f"{base}/train-{trial_id}", allow_not_found=True))
-    return fs, sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    return fs, sorted(
+        i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+    )
 
 
-def place_checkpoint(tracker: Tracker, run_id: str, storage_path: str, trial_id: str, keep: str, finished: bool,
-                     inline: Checkpoint | None = None) -> None:
+def place_checkpoint(
+    tracker: Tracker,
+    run_id: str,
+    storage_path: str,
+    trial_id: str,
+    keep: str,
+    finished: bool,
+    inline: Checkpoint | None = None,
+) -> None:
     """Keep a trial's final checkpoint once: a finished trial whose checkpoint is in MLflow (keep=last)
     loses Ray's copies; otherwise the run is tagged with where Ray keeps it: Ray Train, or Tune for an
     inline trial (its last checkpoint, `inline`)."""
-    fs, folders = (inline.filesystem, [inline.path]) if inline is not None else train_checkpoints(storage_path, trial_id)
+    fs, folders = (
+        (inline.filesystem, [inline.path]) if inline is not None else train_checkpoints(storage_path, trial_id)
+    )
     if finished and keep == "last" and tracker.has_artifact(run_id, CHECKPOINT_ARTIFACT):
         # Tune's state may still name an inline trial's folder (its snapshot can be older than the
         # trial's end), and a resume restores what it names: that folder stays, empty.
@@ -57,8 +71,16 @@ def place_checkpoint(tracker: Tracker, run_id: str, storage_path: str, trial_id:
 
 
 class TrialTracking(Callback):
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_dir: str, train_steps: int,
-                 storage_path: str, log_checkpoints: str):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        sweep_dir: str,
+        train_steps: int,
+        storage_path: str,
+        log_checkpoints: str,
+    ):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.sweep_dir, self.train_steps = Path(sweep_dir), train_steps
         self.storage_path, self.log_checkpoints = storage_path, log_checkpoints
@@ -84,8 +106,10 @@ class TrialTracking(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         phases = result.get(PHASES_KEY, {})
-        fields = {**{k: result[k] for k in ("step", "loop_s", "attempt") if k in result},
-                  **{k: phases[k] for k in PHASES if k in phases}}
+        fields = {
+            **{k: result[k] for k in ("step", "loop_s", "attempt") if k in result},
+            **{k: phases[k] for k in PHASES if k in phases},
+        }
         wall = self._wall(trial.trial_id)
         if wall is not None:
             fields["wall_s"] = wall
@@ -129,7 +153,14 @@ class TrialTracking(Callback):
             if tags:
                 tracker.set_tags(run_id, tags)
             if status != sweep_state.TRIAL_FAILED:
-                place_checkpoint(tracker, run_id, self.storage_path, trial_id, self.log_checkpoints,
-                                 finished=status == sweep_state.TRIAL_FINISHED, inline=trial.checkpoint)
+                place_checkpoint(
+                    tracker,
+                    run_id,
+                    self.storage_path,
+                    trial_id,
+                    self.log_checkpoints,
+                    finished=status == sweep_state.TRIAL_FINISHED,
+                    inline=trial.checkpoint,
+                )
             tracker.set_status(run_id, MLFLOW_STATUS[status])
         sweep_state.update_trial(self.sweep_dir, trial_id, **fields)

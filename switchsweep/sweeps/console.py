@@ -16,8 +16,13 @@ class SweepReporter(CLIReporter):
         """metrics: the sweep's (one, by which rows are sorted, best first; or its objectives, unsorted);
         parameters: what tells trials apart (configuration, seed, searched settings), never the keys that
         only route a trial (its base row, whether it trains every step)."""
-        super().__init__(metric_columns=[*metrics, "loss", "step"], parameter_columns=parameters,
-                         max_report_frequency=0, sort_by_metric=len(metrics) == 1, max_column_length=24)
+        super().__init__(
+            metric_columns=[*metrics, "loss", "step"],
+            parameter_columns=parameters,
+            max_report_frequency=0,
+            sort_by_metric=len(metrics) == 1,
+            max_column_length=24,
+        )
         self._shown: list[tuple] | None = None
 
     def should_report(self, trials: list[Trial], done: bool = False) -> bool:

@@ -11,7 +11,8 @@ import collections
 import io
 import sys
 import traceback
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -69,7 +70,7 @@ class LogTail:
         self.partial = io.StringIO()
 
     class _Tee:
-        def __init__(self, stream: Any, tail: "LogTail"):
+        def __init__(self, stream: Any, tail: LogTail):
             self.stream, self.tail = stream, tail
 
         def write(self, text: str) -> int:
@@ -86,7 +87,7 @@ class LogTail:
         self.partial = io.StringIO(rest)
         self.partial.seek(0, io.SEEK_END)
 
-    def __enter__(self) -> "LogTail":
+    def __enter__(self) -> LogTail:
         self.saved = sys.stdout, sys.stderr
         sys.stdout, sys.stderr = self._Tee(sys.stdout, self), self._Tee(sys.stderr, self)
         return self

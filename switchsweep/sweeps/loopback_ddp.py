@@ -17,7 +17,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any
 
 import ray
 from ray._private.ray_constants import env_integer
@@ -39,8 +39,15 @@ def _serve(world_size: int, timeout_s: int) -> int:
     sock.listen(max(8, 2 * world_size))
     port = sock.getsockname()[1]
     # Not waiting for the other ranks here: they connect once this returns the port.
-    store = dist.TCPStore("127.0.0.1", port, world_size, is_master=True, timeout=timedelta(seconds=timeout_s),
-                          wait_for_workers=False, master_listen_fd=sock.fileno())
+    store = dist.TCPStore(
+        "127.0.0.1",
+        port,
+        world_size,
+        is_master=True,
+        timeout=timedelta(seconds=timeout_s),
+        wait_for_workers=False,
+        master_listen_fd=sock.fileno(),
+    )
     _SERVED.update(sock=sock, store=store)
     return port
 
@@ -75,15 +82,21 @@ def _device_context():
 class _LoopbackBackend(Backend):
     share_cuda_visible_devices = True  # as Train's torch backend: every local GPU visible to every worker
 
-    def on_start(self, worker_group, backend_config: "LoopbackTorchConfig") -> None:
+    def on_start(self, worker_group, backend_config: LoopbackTorchConfig) -> None:
         gpus = worker_group.get_resources_per_worker().get("GPU", 0)
         backend = backend_config.backend or ("nccl" if gpus > 0 else "gloo")
         n, timeout_s = len(worker_group), backend_config.timeout_s
         port = worker_group.execute_single(0, _serve, world_size=n, timeout_s=timeout_s)
-        ray.get([worker_group.execute_single_async(i, _join, backend=backend, world_rank=i, world_size=n, port=port,
-                                                   timeout_s=timeout_s) for i in range(n)])
+        ray.get(
+            [
+                worker_group.execute_single_async(
+                    i, _join, backend=backend, world_rank=i, world_size=n, port=port, timeout_s=timeout_s
+                )
+                for i in range(n)
+            ]
+        )
 
-    def on_shutdown(self, worker_group, backend_config: "LoopbackTorchConfig") -> None:
+    def on_shutdown(self, worker_group, backend_config: LoopbackTorchConfig) -> None:
         # As Train's torch backend, with its setting: a hung process group must not hold the trial's end.
         timeout_s = env_integer(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S)
         try:
@@ -96,7 +109,7 @@ class _LoopbackBackend(Backend):
 class LoopbackTorchConfig(BackendConfig):
     """TorchTrainer's `torch_config` for a local instance: TorchConfig's backend and timeout, a loopback rendezvous."""
 
-    backend: Optional[str] = None  # None: nccl with GPUs, else gloo
+    backend: str | None = None  # None: nccl with GPUs, else gloo
     timeout_s: int = 1800
 
     @property

@@ -12,9 +12,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ray import tune
 
@@ -26,14 +27,36 @@ from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.export import baseline_sentence, race_sentence, rank_trials, write_ranking
 from switchsweep.platform.ranking import Ranked
 from switchsweep.platform.runtime import check_cluster, ray_temp_dir, resolve_worker_cpus, start_ray
-from switchsweep.platform.sweep_config import (REPORTED_METRICS, SweepJobConfig, baseline_model, driver_bundle,
-                                              is_local_address, trains_inline, trial_resources)
+from switchsweep.platform.sweep_config import (
+    REPORTED_METRICS,
+    SweepJobConfig,
+    baseline_model,
+    driver_bundle,
+    is_local_address,
+    trains_inline,
+    trial_resources,
+)
 from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.sweep_state import DriverLock
-from switchsweep.platform.tracking import (BEST_GROUP_TAG, BEST_RUN_TAG, BEST_TRIAL_TAG, CHECKPOINT_ARTIFACT,
-                                           CHECKPOINT_TAG, GIT_TAG, IN_MLFLOW, METRIC_TAG, MODE_TAG, OBJECTIVES_TAG,
-                                           ROLE_TAG, SWEEP_TAG, Tracker, default_tracking_uri, git_commit, is_local_store,
-                                           redact)
+from switchsweep.platform.tracking import (
+    BEST_GROUP_TAG,
+    BEST_RUN_TAG,
+    BEST_TRIAL_TAG,
+    CHECKPOINT_ARTIFACT,
+    CHECKPOINT_TAG,
+    GIT_TAG,
+    IN_MLFLOW,
+    METRIC_TAG,
+    MODE_TAG,
+    OBJECTIVES_TAG,
+    ROLE_TAG,
+    SWEEP_TAG,
+    Tracker,
+    default_tracking_uri,
+    git_commit,
+    is_local_store,
+    redact,
+)
 from switchsweep.sweeps.asha import ResumableASHA
 from switchsweep.sweeps.callbacks import TrialTracking
 from switchsweep.sweeps.console import NEW_OUTPUT_ENV, SweepReporter
@@ -111,11 +134,18 @@ def find_sweep(job: SweepJobConfig, finished: bool | None = None) -> Path:
                 hint = "its driver is still running: wait for it or stop it"
             raise ConfigError(f"{flag}: sweep {job.sweep.id} is {status}: {hint}")
         return path
-    found = [p for p in sweep_state.sweeps(root)
-             if finished is None or (sweep_state.status(p) == sweep_state.FINISHED) == finished]
+    found = [
+        p
+        for p in sweep_state.sweeps(root)
+        if finished is None or (sweep_state.status(p) == sweep_state.FINISHED) == finished
+    ]
     if not found:
         what = {True: "finished ", False: "interrupted ", None: ""}[finished]
-        hint = f"start one without {flag}" if finished is not None else f"run `switchsweep sweep sweep={job.sweep.name}` first"
+        hint = (
+            f"start one without {flag}"
+            if finished is not None
+            else f"run `switchsweep sweep sweep={job.sweep.name}` first"
+        )
         raise ConfigError(f"{flag}: no {what}{job.sweep.name} sweep under {root}: {hint}")
     return found[-1]
 
@@ -142,11 +172,22 @@ def _search_alg(job: SweepJobConfig, sweep_dir: Path, sweep_id: str, base: dict[
     objectives = list(s.objectives) or [s.metric]
     # The study lives in a journal file beside the sweep, so the search itself can be inspected and resumed.
     return SeededStudySearch(
-        space=s.space, base=base, journal=str(SweepDir(sweep_dir).journal), study_name=sweep_id, objectives=objectives,
-        modes=[REPORTED_METRICS[m] for m in objectives], search=s.search, seed=s.seed,
-        tpe_startup=s.tpe_startup or default_tpe_startup(s.num_trials), seeds=s.seeds, train_steps=job.train.steps,
-        configs=s.extend or s.num_trials, baseline=not s.extend and baseline_model(s) is not None,
-        race=0 if s.extend else s.race, race_seeds=s.race_seeds)
+        space=s.space,
+        base=base,
+        journal=str(SweepDir(sweep_dir).journal),
+        study_name=sweep_id,
+        objectives=objectives,
+        modes=[REPORTED_METRICS[m] for m in objectives],
+        search=s.search,
+        seed=s.seed,
+        tpe_startup=s.tpe_startup or default_tpe_startup(s.num_trials),
+        seeds=s.seeds,
+        train_steps=job.train.steps,
+        configs=s.extend or s.num_trials,
+        baseline=not s.extend and baseline_model(s) is not None,
+        race=0 if s.extend else s.race,
+        race_seeds=s.race_seeds,
+    )
 
 
 def _asha_rungs(job: SweepJobConfig) -> tuple[int, int]:
@@ -168,8 +209,14 @@ def _scheduler(job: SweepJobConfig, sweep_dir: Path) -> ResumableASHA | None:
         return None
     grace, evals = _asha_rungs(job)
     # One ASHA state per sweep: a resume or an --extend compares new results with every earlier one.
-    return ResumableASHA(SweepDir(sweep_dir).asha, gate=sweep_dir.name, time_attr="training_iteration", max_t=evals,
-                         grace_period=grace, reduction_factor=s.reduction_factor)
+    return ResumableASHA(
+        SweepDir(sweep_dir).asha,
+        gate=sweep_dir.name,
+        time_attr="training_iteration",
+        max_t=evals,
+        grace_period=grace,
+        reduction_factor=s.reduction_factor,
+    )
 
 
 def _warm_feature_cache(job: SweepJobConfig) -> None:
@@ -187,14 +234,18 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str
         if s.resume and s.extend:
             raise ConfigError("--resume and --extend together: resume the interrupted sweep first, then extend it")
         if s.extend and s.search == "grid":
-            raise ConfigError(f"--extend with sweep={s.name}: a grid runs a fixed set of rows; start a new sweep "
-                              "(e.g. with more sweep.seeds) instead")
+            raise ConfigError(
+                f"--extend with sweep={s.name}: a grid runs a fixed set of rows; start a new sweep "
+                "(e.g. with more sweep.seeds) instead"
+            )
         sweep_dir = find_sweep(job, finished=bool(s.extend))
         state = sweep_state.load(sweep_dir)
         changed = [o for o in overrides if not _where_it_runs(o) and o not in state["overrides"]]
         if changed:
-            raise ConfigError(f"{changed[0]}: a resumed or extended sweep keeps its search and training config; "
-                              "drop it or start a new sweep")
+            raise ConfigError(
+                f"{changed[0]}: a resumed or extended sweep keeps its search and training config; "
+                "drop it or start a new sweep"
+            )
         if s.extend:
             state["extensions"] = [*state.get("extensions", []), s.extend]
             state["tune_dir"] = f"tune-ext{len(state['extensions'])}"
@@ -202,37 +253,83 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str
     sweep_id = s.id or f"{s.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = sweeps_root(job) / sweep_id
     if sweep_dir.exists():
-        raise ConfigError(f"sweep {sweep_id} already exists at {sweep_dir}: resume it with --resume or pick another sweep.id")
+        raise ConfigError(
+            f"sweep {sweep_id} already exists at {sweep_dir}: resume it with --resume or pick another sweep.id"
+        )
     # Credentials in URIs are never stored: a resume is given them again.
     kept = [redact(o) for o in _stored(overrides)]
-    state = {"sweep_id": sweep_id, "name": s.name, "created": time.time(), "status": sweep_state.RUNNING, "overrides": kept,
-             "tune_dir": "tune"}
+    state = {
+        "sweep_id": sweep_id,
+        "name": s.name,
+        "created": time.time(),
+        "status": sweep_state.RUNNING,
+        "overrides": kept,
+        "tune_dir": "tune",
+    }
     return sweep_dir, state
 
 
-def _open_parent(tracker: Tracker, job: SweepJobConfig, state: dict[str, Any], sweep_dir: Path, experiment_id: str,
-                 overrides: Sequence[str]) -> None:
+def _open_parent(
+    tracker: Tracker,
+    job: SweepJobConfig,
+    state: dict[str, Any],
+    sweep_dir: Path,
+    experiment_id: str,
+    overrides: Sequence[str],
+) -> None:
     """Create the sweep's parent run in its experiment once (here, on the driver: trials only add
     child runs), or reopen it on resume."""
     s = job.sweep
     if "parent_run_id" in state:
         tracker.set_status(state["parent_run_id"], "RUNNING")
         return
-    parent = tracker.create_run(experiment_id, state["sweep_id"], {
-        ROLE_TAG: "sweep", SWEEP_TAG: state["sweep_id"], METRIC_TAG: s.metric, MODE_TAG: s.mode,
-        OBJECTIVES_TAG: ",".join(s.objectives), GIT_TAG: git_commit()})
-    tracker.log_dict(parent, {"search": s.search, "space": [dataclasses.asdict(p) for p in s.space],
-                              "grid": [list(r) for r in s.grid], "num_trials": s.num_trials, "seeds": s.seeds,
-                              "objectives": list(s.objectives), "points_to_evaluate": [dict(p) for p in s.points_to_evaluate]},
-                     "search_space.json")
-    tracker.log_params(parent, {"sweep.search": s.search, "sweep.metric": s.metric, "sweep.mode": s.mode,
-                                "sweep.num_trials": s.num_trials, "sweep.seeds": s.seeds, "sweep.eval_every": s.eval_every,
-                                "sweep.objectives": ",".join(s.objectives), "sweep.baseline": baseline_model(s) or "none",
-                                "sweep.race": s.race, "sweep.race_seeds": s.race_seeds,
-                                "train.steps": job.train.steps, "sweep.overrides": redact(" ".join(overrides)),
-                                # what one trial occupies: the report turns wall time into device-hours
-                                **{f"sweep.ray.{k}": getattr(s.ray, k) for k in
-                                   ("num_workers", "use_gpu", "cpus_per_worker", "gpus_per_worker")}})
+    parent = tracker.create_run(
+        experiment_id,
+        state["sweep_id"],
+        {
+            ROLE_TAG: "sweep",
+            SWEEP_TAG: state["sweep_id"],
+            METRIC_TAG: s.metric,
+            MODE_TAG: s.mode,
+            OBJECTIVES_TAG: ",".join(s.objectives),
+            GIT_TAG: git_commit(),
+        },
+    )
+    tracker.log_dict(
+        parent,
+        {
+            "search": s.search,
+            "space": [dataclasses.asdict(p) for p in s.space],
+            "grid": [list(r) for r in s.grid],
+            "num_trials": s.num_trials,
+            "seeds": s.seeds,
+            "objectives": list(s.objectives),
+            "points_to_evaluate": [dict(p) for p in s.points_to_evaluate],
+        },
+        "search_space.json",
+    )
+    tracker.log_params(
+        parent,
+        {
+            "sweep.search": s.search,
+            "sweep.metric": s.metric,
+            "sweep.mode": s.mode,
+            "sweep.num_trials": s.num_trials,
+            "sweep.seeds": s.seeds,
+            "sweep.eval_every": s.eval_every,
+            "sweep.objectives": ",".join(s.objectives),
+            "sweep.baseline": baseline_model(s) or "none",
+            "sweep.race": s.race,
+            "sweep.race_seeds": s.race_seeds,
+            "train.steps": job.train.steps,
+            "sweep.overrides": redact(" ".join(overrides)),
+            # what one trial occupies: the report turns wall time into device-hours
+            **{
+                f"sweep.ray.{k}": getattr(s.ray, k)
+                for k in ("num_workers", "use_gpu", "cpus_per_worker", "gpus_per_worker")
+            },
+        },
+    )
     state.update(experiment_id=experiment_id, parent_run_id=parent, tracking_uri=redact(tracker.uri))
     sweep_state.save(sweep_dir, state)
 
@@ -246,9 +343,11 @@ def _experiment(tracker: Tracker, job: SweepJobConfig) -> str:
     location = tracker.artifact_location(experiment_id)
     if is_local_address(job.sweep.ray.address) or is_local_store(tracker.uri) or not is_local_store(location):
         return experiment_id
-    raise ConfigError(f"sweep.tracking_uri={redact(tracker.uri)}: its experiment {job.sweep.name!r} keeps artifacts at "
-                      f"{location}, on one machine's disk: start the server with --serve-artifacts (or "
-                      "--default-artifact-root s3://...) and use a new sweep.name")
+    raise ConfigError(
+        f"sweep.tracking_uri={redact(tracker.uri)}: its experiment {job.sweep.name!r} keeps artifacts at "
+        f"{location}, on one machine's disk: start the server with --serve-artifacts (or "
+        "--default-artifact-root s3://...) and use a new sweep.name"
+    )
 
 
 def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dict[str, Any]) -> tune.Tuner:
@@ -258,14 +357,22 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
     # within 5 s of each other: they do in a short trial, and the snapshot is what a resume relies on.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault(NEW_OUTPUT_ENV, "0")
-    trainable = tune.with_resources(tune.with_parameters(run_trial, job=trial_job),
-                                    trial_resources(s.ray) if inline else driver_bundle(s.ray))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, job=trial_job), trial_resources(s.ray) if inline else driver_bundle(s.ray)
+    )
     storage, name = trial_job.storage_path, state.get("tune_dir", "tune")
     tune_path = _join(storage, name)
     if s.resume:  # that it can be restored was checked before any work
         return tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True)
-    tracking = TrialTracking(trial_job.tracking_uri, trial_job.experiment_id, trial_job.parent_run_id, str(sweep_dir),
-                             job.train.steps, storage, trial_job.log_checkpoints)
+    tracking = TrialTracking(
+        trial_job.tracking_uri,
+        trial_job.experiment_id,
+        trial_job.parent_run_id,
+        str(sweep_dir),
+        job.train.steps,
+        storage,
+        trial_job.log_checkpoints,
+    )
     searcher = _search_alg(job, sweep_dir, trial_job.sweep_id, trial_job.bases[0])
     if searcher is not None and not s.extend and s.points_to_evaluate:
         searcher.enqueue(s.points_to_evaluate)
@@ -276,15 +383,24 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
         trainable,
         param_space=param_space(s),
         tune_config=tune.TuneConfig(
-            metric=s.metric, mode=s.mode, search_alg=searcher, scheduler=_scheduler(job, sweep_dir),
-            num_samples=1 if s.search == "grid" else samples, max_concurrent_trials=s.max_concurrent,
+            metric=s.metric,
+            mode=s.mode,
+            search_alg=searcher,
+            scheduler=_scheduler(job, sweep_dir),
+            num_samples=1 if s.search == "grid" else samples,
+            max_concurrent_trials=s.max_concurrent,
         ),
         # A Train job's attempts (restarts from its last checkpoint) are decided in run_trial, an inline trial's
         # here: its process may be what died. Tune keeps only an inline trial's last checkpoint.
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=[tracking],
-                                  progress_reporter=SweepReporter(list(s.objectives) or [s.metric], reporter_columns(s)),
-                                  failure_config=tune.FailureConfig(max_failures=s.ray.max_failures if inline else 0),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            verbose=1,
+            callbacks=[tracking],
+            progress_reporter=SweepReporter(list(s.objectives) or [s.metric], reporter_columns(s)),
+            failure_config=tune.FailureConfig(max_failures=s.ray.max_failures if inline else 0),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
     )
 
 
@@ -296,8 +412,10 @@ def _resume_overrides(state: dict[str, Any], given: Sequence[str]) -> list[str]:
     hidden = [o for o in stored if "***" in o]
     if hidden:
         key = override_key(hidden[0])
-        raise ConfigError(f"{key}: its credentials were not stored with the sweep: give {key}=... again with --resume "
-                          "(or put them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
+        raise ConfigError(
+            f"{key}: its credentials were not stored with the sweep: give {key}=... again with --resume "
+            "(or put them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+        )
     return [*stored, *filter(_where_it_runs, given)]
 
 
@@ -321,8 +439,12 @@ def _report(tracker: Tracker, name: str, sweep_id: str, sweeps_dir: Path) -> Pat
     try:
         return make_report(tracker, name, sweep_id, sweeps_dir)
     except Exception as e:  # noqa: BLE001 - any failure: the ranking and MLflow runs stand regardless
-        print(f"switchsweep sweep: warning: the report was not written ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-              f"rebuild it with `switchsweep report sweep={name} sweep.id={sweep_id}`", file=sys.stderr)
+        print(
+            f"switchsweep sweep: warning: the report was not written ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}); "
+            f"rebuild it with `switchsweep report sweep={name} sweep.id={sweep_id}`",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -331,7 +453,9 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
     reach, the cluster's resources, a missing Tune state to resume) is checked before the sweep's
     directory, MLflow runs or Ray exist."""
     sweep_dir, state = _open(job, overrides)
-    if job.sweep.resume or job.sweep.extend:  # the job as it was composed when the sweep started; only where it runs may change
+    if (
+        job.sweep.resume or job.sweep.extend
+    ):  # the job as it was composed when the sweep started; only where it runs may change
         overrides = _resume_overrides(state, overrides)
         job = load_sweep_config(overrides)
     else:
@@ -344,9 +468,11 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
         check_prepared(config_from_dict(bases[0]).data)  # absolute paths, as the trials will see them
     storage = sweep_storage(job, state["sweep_id"])
     if s.resume and not tune.Tuner.can_restore(_join(storage, state.get("tune_dir", "tune"))):
-        raise ConfigError(f"--resume: sweep {state['sweep_id']} has no Tune state under {storage} to continue from "
-                          "(interrupted before its first trial started, or sweep.ray.storage_path changed): "
-                          "start a new sweep, or pass the storage_path it used")
+        raise ConfigError(
+            f"--resume: sweep {state['sweep_id']} has no Tune state under {storage} to continue from "
+            "(interrupted before its first trial started, or sweep.ray.storage_path changed): "
+            "start a new sweep, or pass the storage_path it used"
+        )
     lock = DriverLock(sweep_dir)
     if sweep_dir.exists():  # resume or extend: a second driver is refused before anything starts
         lock.acquire()
@@ -367,16 +493,29 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
         lock.release()
 
 
-def _drive(job: SweepJobConfig, tracker: Tracker, sweep_dir: Path, state: dict[str, Any], bases: list[dict[str, Any]],
-           storage: str) -> SweepResult:
+def _drive(
+    job: SweepJobConfig,
+    tracker: Tracker,
+    sweep_dir: Path,
+    state: dict[str, Any],
+    bases: list[dict[str, Any]],
+    storage: str,
+) -> SweepResult:
     """Run the Tuner to its end (or an interrupt) under the sweep's lock, then rank and report."""
     s, keep = job.sweep, str(job.sweep.log_checkpoints).lower()  # `false` arrives as a YAML boolean
     _warm_feature_cache(job)
     trial_job = TrialJob(
-        bases=bases, sweep_id=state["sweep_id"], storage_path=storage,
-        tracking_uri=tracker.uri, experiment_id=state["experiment_id"], parent_run_id=state["parent_run_id"],
-        eval_every=s.eval_every, ray=s.ray, git_commit=git_commit(),
-        log_checkpoints=keep, done_trials=sorted(sweep_state.trials_over(state)),
+        bases=bases,
+        sweep_id=state["sweep_id"],
+        storage_path=storage,
+        tracking_uri=tracker.uri,
+        experiment_id=state["experiment_id"],
+        parent_run_id=state["parent_run_id"],
+        eval_every=s.eval_every,
+        ray=s.ray,
+        git_commit=git_commit(),
+        log_checkpoints=keep,
+        done_trials=sorted(sweep_state.trials_over(state)),
         rung_steps=_rung_steps(job),
     )
     state["status"] = sweep_state.RUNNING
@@ -403,5 +542,16 @@ def _drive(job: SweepJobConfig, tracker: Tracker, sweep_dir: Path, state: dict[s
     report = _report(tracker, s.name, state["sweep_id"], sweeps_root(job)) if ranked else None
     tracker.set_status(parent, "KILLED" if interrupted else "FINISHED")
     failed = {t: e.get("reason", "") for t, e in over.items() if e["status"] == sweep_state.TRIAL_FAILED}
-    return SweepResult(state["sweep_id"], sweep_dir, redact(tracker.uri), s.name, state["experiment_id"], parent, ranked,
-                       interrupted, report, failed, [x for x in (baseline_sentence(ranking), race_sentence(ranking)) if x])
+    return SweepResult(
+        state["sweep_id"],
+        sweep_dir,
+        redact(tracker.uri),
+        s.name,
+        state["experiment_id"],
+        parent,
+        ranked,
+        interrupted,
+        report,
+        failed,
+        [x for x in (baseline_sentence(ranking), race_sentence(ranking)) if x],
+    )

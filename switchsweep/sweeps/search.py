@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -36,7 +37,16 @@ from ray.tune.search import Searcher
 
 from switchsweep.platform.ranking import BASELINE_GROUP, race_leaders, separated
 from switchsweep.platform.sweep_config import ParamSpec
-from switchsweep.sweeps.space import BASELINE_ROW, FULL, GROUP, ROW, SEED, optuna_distributions, resolve_point, to_sampled
+from switchsweep.sweeps.space import (
+    BASELINE_ROW,
+    FULL,
+    GROUP,
+    ROW,
+    SEED,
+    optuna_distributions,
+    resolve_point,
+    to_sampled,
+)
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 
@@ -64,7 +74,9 @@ def group_state(outcomes: Sequence[str]) -> str:
     return PRUNED if PRUNED in outcomes else COMPLETE
 
 
-def trial_outcome(result: dict[str, Any] | None, error: bool, objectives: Sequence[str], train_steps: int) -> tuple[str, list[float]]:
+def trial_outcome(
+    result: dict[str, Any] | None, error: bool, objectives: Sequence[str], train_steps: int
+) -> tuple[str, list[float]]:
     """(outcome, objective values) of one finished Tune trial from its last result."""
     if error or not result or any(m not in result for m in objectives):
         return FAILED, []
@@ -77,9 +89,25 @@ def trial_outcome(result: dict[str, Any] | None, error: bool, objectives: Sequen
 class SeededStudySearch(Searcher):
     """A Tune searcher over an Optuna study kept in a journal file; see the module docstring."""
 
-    def __init__(self, *, space: Sequence[ParamSpec], base: dict[str, Any], journal: str, study_name: str,
-                 objectives: Sequence[str], modes: Sequence[str], search: str, seed: int, tpe_startup: int,
-                 seeds: int, train_steps: int, configs: int, baseline: bool = False, race: int = 0, race_seeds: int = 0):
+    def __init__(
+        self,
+        *,
+        space: Sequence[ParamSpec],
+        base: dict[str, Any],
+        journal: str,
+        study_name: str,
+        objectives: Sequence[str],
+        modes: Sequence[str],
+        search: str,
+        seed: int,
+        tpe_startup: int,
+        seeds: int,
+        train_steps: int,
+        configs: int,
+        baseline: bool = False,
+        race: int = 0,
+        race_seeds: int = 0,
+    ):
         super().__init__(metric=objectives[0], mode=modes[0])
         self.space, self.base = list(space), base
         self.journal, self.study_name = journal, study_name
@@ -116,13 +144,20 @@ class SeededStudySearch(Searcher):
         if self._study is None:
             storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(self.journal))
             directions = ["minimize" if m == "min" else "maximize" for m in self.modes]
-            self._study = optuna.create_study(storage=storage, sampler=self._sampler(self.seed), study_name=self.study_name,
-                                              directions=directions, load_if_exists=True)
+            self._study = optuna.create_study(
+                storage=storage,
+                sampler=self._sampler(self.seed),
+                study_name=self.study_name,
+                directions=directions,
+                load_if_exists=True,
+            )
             asked = len(self._study.get_trials(deepcopy=False))
             if asked:
                 # Reopened (resume, extend): a sampler seeded as at the start would draw the first
                 # configurations again; one seeded by what the study already holds goes on from there.
-                self._study.sampler = self._sampler(int(np.random.SeedSequence([self.seed, asked]).generate_state(1)[0]))
+                self._study.sampler = self._sampler(
+                    int(np.random.SeedSequence([self.seed, asked]).generate_state(1)[0])
+                )
         return self._study
 
     def enqueue(self, points: Sequence[dict[str, Any]]) -> None:
@@ -178,10 +213,15 @@ class SeededStudySearch(Searcher):
                 return None
             if not self.rounds:
                 self.raced = self.standings()[: self.race] + ([BASELINE_GROUP] if BASELINE_GROUP in self.values else [])
-            leaders = race_leaders(sorted((g for g in self.raced if g in self.values), key=lambda g: (self._mean(g), g)),
-                                   lambda g: g == BASELINE_GROUP)
-            if len(leaders) < 2 or self.rounds >= self.race_seeds or separated(
-                    *([self.values[g][i] for i in sorted(self.values[g])] for g in leaders)):
+            leaders = race_leaders(
+                sorted((g for g in self.raced if g in self.values), key=lambda g: (self._mean(g), g)),
+                lambda g: g == BASELINE_GROUP,
+            )
+            if (
+                len(leaders) < 2
+                or self.rounds >= self.race_seeds
+                or separated(*([self.values[g][i] for i in sorted(self.values[g])] for g in leaders))
+            ):
                 return Searcher.FINISHED
             self.rounds += 1
             self.queue = [(g, self.seeds + self.rounds - 1) for g in self.raced]

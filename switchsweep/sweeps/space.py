@@ -10,7 +10,8 @@ import copy
 import dataclasses
 import itertools
 import math
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -20,8 +21,14 @@ from ray import tune
 from switchsweep.platform.compose import compose_config, override_key
 from switchsweep.platform.config import Config, to_config, validate
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.sweep_config import (SPEC_KINDS, ParamSpec, SweepConfig, SweepJobConfig, baseline_model,
-                                              validate_sweep)
+from switchsweep.platform.sweep_config import (
+    SPEC_KINDS,
+    ParamSpec,
+    SweepConfig,
+    SweepJobConfig,
+    baseline_model,
+    validate_sweep,
+)
 
 FRACTION_SUFFIX = ":fraction"  # the name Optuna sees for a `fraction_of` key: the fraction u itself
 # Keys of a trial's config that are not training settings: the grid row, the seed index, the group
@@ -82,7 +89,11 @@ def resolve_point(space: Sequence[ParamSpec], sampled: dict[str, Any], base: dic
     point = {spec.key: sampled[spec.key] for spec in space if spec.fraction_of is None}
     for spec in space:
         if spec.fraction_of is not None:
-            n = point[spec.fraction_of] if spec.fraction_of in point else OmegaConf.select(OmegaConf.create(base), spec.fraction_of)
+            n = (
+                point[spec.fraction_of]
+                if spec.fraction_of in point
+                else OmegaConf.select(OmegaConf.create(base), spec.fraction_of)
+            )
             point[spec.key] = fraction_to_int(sampled[spec.key + FRACTION_SUFFIX], int(n))
     return point
 
@@ -142,8 +153,10 @@ def reachable_points(space: Sequence[ParamSpec], base: dict[str, Any]) -> Iterat
     fractions = [s for s in space if s.fraction_of is not None]
     size = math.prod(len(_values(s)) for s in plain)
     if size > MAX_COMBINATIONS:
-        raise ConfigError(f"sweep.space has {size} corner combinations, too many to check before starting: "
-                          "search fewer settings or fewer choices")
+        raise ConfigError(
+            f"sweep.space has {size} corner combinations, too many to check before starting: "
+            "search fewer settings or fewer choices"
+        )
     base_cfg = OmegaConf.create(base)
     for combo in itertools.product(*(_values(s) for s in plain)):
         point = dict(zip((s.key for s in plain), combo))

@@ -41,9 +41,23 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.naming import run_name
 from switchsweep.platform.sweep_config import RayConfig, trains_inline, worker_bundle
-from switchsweep.platform.tracking import (ATTEMPTS_TAG, CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, EVAL_NOISE_ARTIFACT,
-                                           FAILURE_TAG, GIT_TAG, GROUP_TAG, IN_MLFLOW, MODEL_TAG, RESUMED_TAG, SEED_TAG,
-                                           ResilientLog, Tracker, eval_noise_name, flatten)
+from switchsweep.platform.tracking import (
+    ATTEMPTS_TAG,
+    CHECKPOINT_ARTIFACT,
+    CHECKPOINT_TAG,
+    EVAL_NOISE_ARTIFACT,
+    FAILURE_TAG,
+    GIT_TAG,
+    GROUP_TAG,
+    IN_MLFLOW,
+    MODEL_TAG,
+    RESUMED_TAG,
+    SEED_TAG,
+    ResilientLog,
+    Tracker,
+    eval_noise_name,
+    flatten,
+)
 from switchsweep.sweeps.failures import LogTail, TrialFailure, is_deterministic, reason, trial_failure
 from switchsweep.sweeps.gate import wait_at_gate
 from switchsweep.sweeps.loopback_ddp import LoopbackTorchConfig
@@ -78,8 +92,16 @@ PROGRESS = "progress.json"  # beside ckpt.pt in every reported checkpoint: train
 # trial code is imported, the loop's start, this report; and seconds spent waiting at rungs and in reports
 # (checkpoint upload, and an inline trial's wait for Tune to take its result). An inline trial has no
 # worker process of its own.
-PHASES = ("t_fit_start", "t_worker_process", "t_train_fn", "t_worker_start", "t_loop_start", "t_report", "gate_s",
-          "report_s")
+PHASES = (
+    "t_fit_start",
+    "t_worker_process",
+    "t_train_fn",
+    "t_worker_start",
+    "t_loop_start",
+    "t_report",
+    "gate_s",
+    "report_s",
+)
 # A report carries them nested under one key: Tune's console shows a report's top-level numbers as its
 # metric columns, and these are the record's, not a user's.
 PHASES_KEY = "phases"
@@ -151,8 +173,14 @@ class SweepHooks(TrainHooks):
         self.attempt, self.keep = config["attempt"], config["log_checkpoints"]
         self.sweep_id, self.trial_id, self.rungs = config["sweep_id"], config["trial_id"], set(config["rung_steps"])
         self.loop_s, self.started = loop_s, time.perf_counter()  # seconds of earlier attempts, this one's clock
-        self.times = {"t_fit_start": config["fit_start"], "t_train_fn": config["t_train_fn"], "t_worker_start": worker_start,
-                      "t_loop_start": time.time(), "gate_s": 0.0, "report_s": 0.0}
+        self.times = {
+            "t_fit_start": config["fit_start"],
+            "t_train_fn": config["t_train_fn"],
+            "t_worker_start": worker_start,
+            "t_loop_start": time.time(),
+            "gate_s": 0.0,
+            "report_s": 0.0,
+        }
         started = process_start_time()
         if started is not None and session.own_process:
             self.times["t_worker_process"] = started
@@ -175,7 +203,9 @@ class SweepHooks(TrainHooks):
     def on_log(self, step: int, metrics: dict[str, float]) -> None:
         self.log.log_metrics(metrics, step)
 
-    def _evaluate_and_log(self, trainer: Trainer, step: int, metrics: dict[str, float], ckpt_dir: Path) -> dict[str, float]:
+    def _evaluate_and_log(
+        self, trainer: Trainer, step: int, metrics: dict[str, float], ckpt_dir: Path
+    ) -> dict[str, float]:
         cfg, log = self.cfg, self.log
         report, noise = evaluate_model(trainer.ema.model, trainer.diffusion, cfg.data, cfg.eval, trainer.device)
         report.update(loss=metrics["loss"], steps_per_sec=metrics["steps_per_sec"], **self.stats)
@@ -195,8 +225,13 @@ class SweepHooks(TrainHooks):
                 np.save(folder / f"{name}.npy", mats[name].numpy())
             from switchsweep.dashboards.routing import routing_heatmap  # matplotlib: rank 0, at evaluations only
 
-            png = routing_heatmap(mats["w_gate"].numpy(), mats["w_prior_matched"].numpy(), trainer.model.depth,
-                                  folder / "routing.png", title=f"step {step}")
+            png = routing_heatmap(
+                mats["w_gate"].numpy(),
+                mats["w_prior_matched"].numpy(),
+                trainer.model.depth,
+                folder / "routing.png",
+                title=f"step {step}",
+            )
             log.log_artifacts(sorted(folder.iterdir()), f"routing/step_{step:07d}")
             log.log_image(png, key="routing", step=step)
             # Scalars MLflow's chart view can plot over training: distance to the prior, expert usage.
@@ -207,7 +242,9 @@ class SweepHooks(TrainHooks):
             grid = trainer.sample_grid(art / f"samples_{step:07d}.png", per_class=cfg.sample.per_class)
             log.log_image(grid, key="samples", step=step)
         if final and self.keep == "last":  # the last one goes to MLflow instead of Ray Train's storage
-            log.log_artifacts([trainer.save(art / Path(CHECKPOINT_ARTIFACT).name)], str(Path(CHECKPOINT_ARTIFACT).parent))
+            log.log_artifacts(
+                [trainer.save(art / Path(CHECKPOINT_ARTIFACT).name)], str(Path(CHECKPOINT_ARTIFACT).parent)
+            )
             log.set_tags({CHECKPOINT_TAG: IN_MLFLOW})
         # "step" last: a step MLflow has was logged whole, so a retry skips exactly what it has.
         log.log_metrics({**logged, "loop_s": self.elapsed(), "attempt": self.attempt, "step": step}, step)
@@ -231,8 +268,13 @@ class SweepHooks(TrainHooks):
                 box = [report]
                 dist.broadcast_object_list(box, src=0)
                 report = box[0]
-            report = {**report, "step": step, "loop_s": self.elapsed(), "attempt": self.attempt,
-                      PHASES_KEY: {**self.times, "t_report": time.time()}}
+            report = {
+                **report,
+                "step": step,
+                "loop_s": self.elapsed(),
+                "attempt": self.attempt,
+                PHASES_KEY: {**self.times, "t_report": time.time()},
+            }
             has_ckpt = self.rank == 0 and (ckpt_dir / "ckpt.pt").is_file()
             reporting = time.perf_counter()
             self.session.report(report, ckpt_dir if has_ckpt else None)
@@ -297,9 +339,18 @@ class _TorchTrainer(TorchTrainer):
 
 
 def _worker_config(job: TrialJob, tree: dict[str, Any], run_id: str, trial_id: str, attempt: int) -> dict[str, Any]:
-    return {"config": tree, "run_id": run_id, "tracking_uri": job.tracking_uri, "eval_every": job.eval_every,
-            "attempt": attempt, "log_checkpoints": job.log_checkpoints, "sweep_id": job.sweep_id, "trial_id": trial_id,
-            "rung_steps": job.rung_steps, "fit_start": time.time()}
+    return {
+        "config": tree,
+        "run_id": run_id,
+        "tracking_uri": job.tracking_uri,
+        "eval_every": job.eval_every,
+        "attempt": attempt,
+        "log_checkpoints": job.log_checkpoints,
+        "sweep_id": job.sweep_id,
+        "trial_id": trial_id,
+        "rung_steps": job.rung_steps,
+        "fit_start": time.time(),
+    }
 
 
 def run_trial(params: dict[str, Any], job: TrialJob) -> None:
@@ -315,9 +366,18 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
     seed = int(params.get(SEED, 0))
     r, inline = job.ray, trains_inline(job.ray)
     run_id, created = tracker.child_run(
-        job.experiment_id, job.parent_run_id, job.sweep_id, trial_id, name=run_name(flatten(tree), seed),
-        tags={GIT_TAG: job.git_commit, MODEL_TAG: tree["model"]["name"], GROUP_TAG: trial_group(params), SEED_TAG: seed,
-              **({ATTEMPTS_TAG: 1} if inline else {})},
+        job.experiment_id,
+        job.parent_run_id,
+        job.sweep_id,
+        trial_id,
+        name=run_name(flatten(tree), seed),
+        tags={
+            GIT_TAG: job.git_commit,
+            MODEL_TAG: tree["model"]["name"],
+            GROUP_TAG: trial_group(params),
+            SEED_TAG: seed,
+            **({ATTEMPTS_TAG: 1} if inline else {}),
+        },
     )
     if created:
         tracker.log_params(run_id, {**flatten(tree), **{f"search.{k}": v for k, v in params.items()}})
@@ -329,7 +389,9 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
         trainer = _TorchTrainer(
             train_worker,  # sweeps.train_entry: the controller imports little
             train_loop_config=_worker_config(job, tree, run_id, trial_id, attempt),
-            scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=worker_bundle(r)),
+            scaling_config=ScalingConfig(
+                num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=worker_bundle(r)
+            ),
             torch_config=None if r.address else LoopbackTorchConfig(),  # a local instance listens on 127.0.0.1 only
             run_config=RunConfig(
                 name=f"train-{trial_id}",  # deterministic: each attempt resumes this Train run's last checkpoint
@@ -352,7 +414,9 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
         return
 
 
-def _train_inline(job: TrialJob, tree: dict[str, Any], tracker: Tracker, run_id: str, trial_id: str, created: bool) -> None:
+def _train_inline(
+    job: TrialJob, tree: dict[str, Any], tracker: Tracker, run_id: str, trial_id: str, created: bool
+) -> None:
     """Train a one-worker trial in this process, with Tune's session for reports and checkpoints. Tune
     restarts the trial (its process may be what died) from its last checkpoint: the run's tags count
     the attempts and carry a deterministic failure, which a restart ends with again instead of training."""

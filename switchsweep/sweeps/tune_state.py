@@ -58,7 +58,9 @@ def repair(tune_path: str, ray_temp_dir: str) -> str | None:
                 out.write(text)
             return f"{name} was cut short (the driver was killed while saving it): put back from {copy}"
     if len(found) == 1:
-        raise ConfigError(f"--resume: Tune's state {newest} was cut short (the driver was killed while saving it) and "
-                          "no whole copy is left on this machine: start a new sweep")
+        raise ConfigError(
+            f"--resume: Tune's state {newest} was cut short (the driver was killed while saving it) and "
+            "no whole copy is left on this machine: start a new sweep"
+        )
     fs.move(newest, f"{newest}.cut-short")
     return f"{name} was cut short (the driver was killed while saving it): resuming from {found[-2].rsplit('/', 1)[-1]}"

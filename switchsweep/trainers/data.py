@@ -1,4 +1,5 @@
-"""Training data (scikit-learn's bundled digits, or prepared VAE latents), and batches as a pure function of the step."""
+"""Training data (scikit-learn's bundled digits, or prepared VAE latents), and batches as a pure function of
+the step."""
 
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ class BatchStream:
     of batch B/W train on exactly the batches one worker of batch B would.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, global_batch: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, images: Tensor, labels: Tensor, global_batch: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         self.images, self.labels, self.seed = images, labels, seed
         self.global_batch, self.local = global_batch, global_batch // world_size
         self.offset = rank * self.local

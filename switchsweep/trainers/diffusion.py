@@ -108,10 +108,10 @@ class GaussianDiffusion:
         self.log_betas = torch.log(betas)
 
     @classmethod
-    def from_config(cls, schedule: str, num_timesteps: int) -> "GaussianDiffusion":
+    def from_config(cls, schedule: str, num_timesteps: int) -> GaussianDiffusion:
         return cls(make_betas(schedule, num_timesteps), schedule=schedule)
 
-    def respaced(self, steps: int) -> "GaussianDiffusion":
+    def respaced(self, steps: int) -> GaussianDiffusion:
         """The process restricted to `steps` evenly spaced timesteps, with betas recomputed from alpha_bar."""
         use = spaced_timesteps(self.num_timesteps, steps)
         acp = self.alphas_cumprod[use]
@@ -125,7 +125,9 @@ class GaussianDiffusion:
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps."""
-        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        return (
+            self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        )
 
     def q_posterior(self, x0: Tensor, xt: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log variance of q(x_{t-1} | x_t, x_0)."""
@@ -133,10 +135,15 @@ class GaussianDiffusion:
         return mean, self._at(self.posterior_log_variance_clipped, t, xt)
 
     def predict_x0(self, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        return self._at(self.sqrt_recip_alphas_cumprod, t, xt) * xt - self._at(self.sqrt_recipm1_alphas_cumprod, t, xt) * eps
+        return (
+            self._at(self.sqrt_recip_alphas_cumprod, t, xt) * xt
+            - self._at(self.sqrt_recipm1_alphas_cumprod, t, xt) * eps
+        )
 
     def predict_eps(self, xt: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-        return (self._at(self.sqrt_recip_alphas_cumprod, t, xt) * xt - x0) / self._at(self.sqrt_recipm1_alphas_cumprod, t, xt)
+        return (self._at(self.sqrt_recip_alphas_cumprod, t, xt) * xt - x0) / self._at(
+            self.sqrt_recipm1_alphas_cumprod, t, xt
+        )
 
     def p_mean_variance(self, model_output: Tensor, xt: Tensor, t: Tensor, clip: bool = True) -> PosteriorPrediction:
         """p(x_{t-1} | x_t) from the model output [eps, v]; v in [-1, 1] interpolates the log variance
@@ -164,7 +171,9 @@ class GaussianDiffusion:
         nll = -mean_flat(discretized_gaussian_log_likelihood(x0, pred.mean, 0.5 * pred.log_variance)) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
-    def training_losses(self, model_output: Tensor, x0: Tensor, xt: Tensor, t: Tensor, noise: Tensor) -> dict[str, Tensor]:
+    def training_losses(
+        self, model_output: Tensor, x0: Tensor, xt: Tensor, t: Tensor, noise: Tensor
+    ) -> dict[str, Tensor]:
         """Per-sample hybrid loss: eps-MSE + L_vb, with L_vb training only the variance (improved DDPM Sec. 3.1)."""
         c = x0.shape[1]
         mse = mean_flat((noise - model_output[:, :c]) ** 2)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +25,14 @@ from switchsweep.trainers.sampling import sample_images
 
 
 def generate_and_embed(
-    model: nn.Module, diffusion: GaussianDiffusion, net: FeatureNet, cfg: EvalConfig, num_classes: int,
-    device: torch.device, progress: bool = False, decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    model: nn.Module,
+    diffusion: GaussianDiffusion,
+    net: FeatureNet,
+    cfg: EvalConfig,
+    num_classes: int,
+    device: torch.device,
+    progress: bool = False,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`cfg.num_samples` samples with uniformly random labels (ADM protocol), embedded batch by batch
     (latents decoded to images by `decode` first)."""
@@ -33,8 +40,16 @@ def generate_and_embed(
     labels = torch.randint(0, num_classes, (cfg.num_samples,), generator=gen, device=device)
     feats, probs = [], []
     for batch in tqdm(labels.split(cfg.batch_size), desc="evaluate", disable=not progress):
-        images = sample_images(model, diffusion, batch, sampler=cfg.sampler, steps=cfg.steps,
-                               cfg_scale=cfg.cfg_scale, eta=cfg.ddim_eta, generator=gen)
+        images = sample_images(
+            model,
+            diffusion,
+            batch,
+            sampler=cfg.sampler,
+            steps=cfg.steps,
+            cfg_scale=cfg.cfg_scale,
+            eta=cfg.ddim_eta,
+            generator=gen,
+        )
         f, p = net.embed(decode(images) if decode else images)
         feats.append(f)
         probs.append(p)
@@ -42,7 +57,11 @@ def generate_and_embed(
 
 
 def evaluate_model(
-    model: nn.Module, diffusion: GaussianDiffusion, data: DataConfig, cfg: EvalConfig, device: torch.device,
+    model: nn.Module,
+    diffusion: GaussianDiffusion,
+    data: DataConfig,
+    cfg: EvalConfig,
+    device: torch.device,
     progress: bool = False,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """All metrics of `model`'s samples, and the values their evaluation noise is read from
@@ -54,8 +73,16 @@ def evaluate_model(
     start = time.perf_counter()
     fake, probs = generate_and_embed(model, diffusion, net, cfg, data.num_classes, device, progress, decode)
     elapsed = time.perf_counter() - start
-    metrics, noise = all_metrics(real, fake, probs, kid_subset_size=cfg.kid_subset_size, kid_subsets=cfg.kid_subsets,
-                                 pr_k=cfg.pr_k, seed=cfg.seed, real_statistics=reference_statistics(data))
+    metrics, noise = all_metrics(
+        real,
+        fake,
+        probs,
+        kid_subset_size=cfg.kid_subset_size,
+        kid_subsets=cfg.kid_subsets,
+        pr_k=cfg.pr_k,
+        seed=cfg.seed,
+        real_statistics=reference_statistics(data),
+    )
     metrics["eval_images_per_sec"] = cfg.num_samples / elapsed
     return metrics, noise
 

@@ -136,7 +136,9 @@ def reference_features(data: DataConfig, net: FeatureNet, cache_dir: str | os.Pa
 
         manifest = read_manifest(data.path)
         source = data.ref_batch or data.root or manifest["root"]
-        key = hashlib.sha256(f"{Path(source).expanduser().resolve()}|{manifest['resolution']}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(f"{Path(source).expanduser().resolve()}|{manifest['resolution']}".encode()).hexdigest()[
+            :16
+        ]
         path = Path(cache_dir).expanduser() / f"ref-latents-{key}-{net.name}.pt"
     else:
         path = Path(cache_dir).expanduser() / f"ref-{data.name}-{data.image_size}-{net.name}.pt"
@@ -167,10 +169,14 @@ def _real_image_features(data: DataConfig, manifest: dict, net: FeatureNet, chun
         images = batch["arr_0"]
         chunks = (images[i : i + chunk] for i in range(0, len(images), chunk))
     else:
-        _, items = scan(data.root or manifest["root"], "data.root" if data.root else "the manifest's root (set data.root)")
+        _, items = scan(
+            data.root or manifest["root"], "data.root" if data.root else "the manifest's root (set data.root)"
+        )
         paths = [p for p, _ in items]
-        chunks = (np.stack([read_image(p, manifest["resolution"]) for p in paths[i : i + chunk]])
-                  for i in range(0, len(paths), chunk))
+        chunks = (
+            np.stack([read_image(p, manifest["resolution"]) for p in paths[i : i + chunk]])
+            for i in range(0, len(paths), chunk)
+        )
     return torch.cat([net.embed(torch.from_numpy(to_unit_range(c)))[0] for c in chunks])
 
 
@@ -181,12 +187,20 @@ def reference_batch(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(Path(path).expanduser()) as npz:
             batch = {k: npz[k] for k in ("mu", "sigma", "arr_0") if k in npz.files}
     except (OSError, ValueError) as e:
-        raise ConfigError(f"data.ref_batch={path}: not a readable .npz ({type(e).__name__}): give an ADM reference batch") from None
+        raise ConfigError(
+            f"data.ref_batch={path}: not a readable .npz ({type(e).__name__}): give an ADM reference batch"
+        ) from None
     if "arr_0" not in batch and not {"mu", "sigma"} <= batch.keys():
-        raise ConfigError(f"data.ref_batch={path}: holds neither arr_0 images nor mu and sigma: give an ADM reference batch")
-    if "arr_0" in batch and (batch["arr_0"].ndim != 4 or batch["arr_0"].shape[-1] != 3 or batch["arr_0"].dtype != np.uint8):
-        raise ConfigError(f"data.ref_batch={path}: arr_0 is {batch['arr_0'].dtype} {batch['arr_0'].shape}, "
-                          "not [N, H, W, 3] uint8 images: give an ADM reference batch")
+        raise ConfigError(
+            f"data.ref_batch={path}: holds neither arr_0 images nor mu and sigma: give an ADM reference batch"
+        )
+    if "arr_0" in batch and (
+        batch["arr_0"].ndim != 4 or batch["arr_0"].shape[-1] != 3 or batch["arr_0"].dtype != np.uint8
+    ):
+        raise ConfigError(
+            f"data.ref_batch={path}: arr_0 is {batch['arr_0'].dtype} {batch['arr_0'].shape}, "
+            "not [N, H, W, 3] uint8 images: give an ADM reference batch"
+        )
     return batch
 
 

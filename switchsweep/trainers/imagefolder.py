@@ -21,11 +21,17 @@ def scan(root: str | os.PathLike, setting: str = "data.root") -> tuple[list[str]
         raise ConfigError(f"{setting}={root}: no such folder: give an ImageFolder (one folder of images per class)")
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     folders = [(base / c, i) for i, c in enumerate(classes)] if classes else [(base, 0)]
-    items = [(str(f), i) for folder, i in folders for f in sorted(folder.rglob("*"))
-             if f.suffix.lower() in EXTENSIONS and f.is_file()]
+    items = [
+        (str(f), i)
+        for folder, i in folders
+        for f in sorted(folder.rglob("*"))
+        if f.suffix.lower() in EXTENSIONS and f.is_file()
+    ]
     if not items:
-        raise ConfigError(f"{setting}={root}: no images ({', '.join(EXTENSIONS)}) in it or its class folders: "
-                          "give an ImageFolder (one folder of images per class)")
+        raise ConfigError(
+            f"{setting}={root}: no images ({', '.join(EXTENSIONS)}) in it or its class folders: "
+            "give an ImageFolder (one folder of images per class)"
+        )
     return classes or [""], items
 
 
@@ -48,7 +54,9 @@ def read_image(path: str, size: int) -> np.ndarray:
         with Image.open(path) as image:
             return centre_crop(image, size)
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ConfigError(f"data.root: {path} is not a readable image ({type(e).__name__}): remove or replace it") from None
+        raise ConfigError(
+            f"data.root: {path} is not a readable image ({type(e).__name__}): remove or replace it"
+        ) from None
 
 
 def to_unit_range(images: np.ndarray) -> np.ndarray:

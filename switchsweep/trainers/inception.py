@@ -47,12 +47,15 @@ class InceptionA(nn.Module):
         self.branch_pool = BasicConv2d(cin, pool_features, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch5x5_2(self.branch5x5_1(x)),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            self.branch_pool(_avg(x)),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(_avg(x)),
+            ],
+            1,
+        )
 
 
 class InceptionB(nn.Module):
@@ -64,11 +67,14 @@ class InceptionB(nn.Module):
         self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([
-            self.branch3x3(x),
-            self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-            F.max_pool2d(x, 3, stride=2),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                F.max_pool2d(x, 3, stride=2),
+            ],
+            1,
+        )
 
 
 class InceptionC(nn.Module):
@@ -87,14 +93,23 @@ class InceptionC(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         dbl = x
-        for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+        for layer in (
+            self.branch7x7dbl_1,
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             dbl = layer(dbl)
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
-            dbl,
-            self.branch_pool(_avg(x)),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
+                dbl,
+                self.branch_pool(_avg(x)),
+            ],
+            1,
+        )
 
 
 class InceptionD(nn.Module):
@@ -130,12 +145,17 @@ class InceptionE(nn.Module):
         b3 = self.branch3x3_1(x)
         dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg(x)
-        return torch.cat([
-            self.branch1x1(x),
-            self.branch3x3_2a(b3), self.branch3x3_2b(b3),
-            self.branch3x3dbl_3a(dbl), self.branch3x3dbl_3b(dbl),
-            self.branch_pool(pooled),
-        ], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch3x3_2a(b3),
+                self.branch3x3_2b(b3),
+                self.branch3x3dbl_3a(dbl),
+                self.branch3x3dbl_3b(dbl),
+                self.branch_pool(pooled),
+            ],
+            1,
+        )
 
 
 class FIDInceptionV3(FeatureNet):
@@ -179,7 +199,19 @@ class FIDInceptionV3(FeatureNet):
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, 3, stride=2)
-        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+        for name in (
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+            "Mixed_6d",
+            "Mixed_6e",
+            "Mixed_7a",
+            "Mixed_7b",
+            "Mixed_7c",
+        ):
             x = getattr(self, name)(x)
         feats = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return feats, self.fc(feats).softmax(-1)
@@ -191,7 +223,9 @@ def load_fid_inception(path: str | os.PathLike | None) -> FIDInceptionV3:
         raise ConfigError("eval.inception_weights is not set: give the local .pt file of FID InceptionV3 weights")
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ConfigError(f"eval.inception_weights={path}: no such file: give the local .pt file of FID InceptionV3 weights")
+        raise ConfigError(
+            f"eval.inception_weights={path}: no such file: give the local .pt file of FID InceptionV3 weights"
+        )
     digest = hashlib.sha256(file.read_bytes()).hexdigest()[:12]
     model = FIDInceptionV3(name=f"inception-{digest}")
     try:
@@ -199,5 +233,7 @@ def load_fid_inception(path: str | os.PathLike | None) -> FIDInceptionV3:
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise ConfigError(f"eval.inception_weights={path}: not FID InceptionV3 weights ({first}): point it at the right file") from e
+        raise ConfigError(
+            f"eval.inception_weights={path}: not FID InceptionV3 weights ({first}): point it at the right file"
+        ) from e
     return model.eval()

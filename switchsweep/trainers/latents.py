@@ -13,16 +13,17 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from switchsweep.platform.files import atomic_write
 from switchsweep.platform.config import DataConfig
 from switchsweep.platform.errors import ConfigError
+from switchsweep.platform.files import atomic_write
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"
@@ -48,9 +49,13 @@ def vae_config(folder: str | os.PathLike, setting: str = "data.vae") -> dict[str
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{setting}={folder}: config.json is missing or unreadable ({type(e).__name__}): {fix}") from None
+        raise ConfigError(
+            f"{setting}={folder}: config.json is missing or unreadable ({type(e).__name__}): {fix}"
+        ) from None
     if config.get("_class_name") != "AutoencoderKL":
-        raise ConfigError(f"{setting}={folder}: config.json describes {config.get('_class_name')!r}, not an AutoencoderKL: {fix}")
+        raise ConfigError(
+            f"{setting}={folder}: config.json describes {config.get('_class_name')!r}, not an AutoencoderKL: {fix}"
+        )
     if not any((path / w).is_file() for w in VAE_WEIGHTS):
         raise ConfigError(f"{setting}={folder}: no {VAE_WEIGHTS[0]} in the folder: {fix}")
     return config
@@ -66,8 +71,10 @@ def latent_geometry(config: dict[str, Any], resolution: int) -> tuple[int, int]:
     """(latent channels, latent size) the VAE makes of `resolution`-pixel images."""
     factor = 2 ** (len(config.get("block_out_channels", (1,))) - 1)
     if resolution % factor:
-        raise ConfigError(f"data.resolution={resolution} is not a multiple of the VAE's downsampling factor {factor}: "
-                          f"use e.g. {resolution // factor * factor or factor}")
+        raise ConfigError(
+            f"data.resolution={resolution} is not a multiple of the VAE's downsampling factor {factor}: "
+            f"use e.g. {resolution // factor * factor or factor}"
+        )
     return int(config.get("latent_channels", 4)), resolution // factor
 
 
@@ -80,8 +87,10 @@ def load_vae(folder: str | os.PathLike, device: torch.device | str = "cpu", sett
     try:
         vae = AutoencoderKL.from_pretrained(str(Path(folder).expanduser()), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:
-        raise ConfigError(f"{setting}={folder}: the VAE does not load ({type(e).__name__}: {str(e).splitlines()[0][:160]}): "
-                          "check that the weights match config.json") from None
+        raise ConfigError(
+            f"{setting}={folder}: the VAE does not load ({type(e).__name__}: {str(e).splitlines()[0][:160]}): "
+            "check that the weights match config.json"
+        ) from None
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -94,15 +103,19 @@ def scale_factor(config: dict[str, Any]) -> float:
 def read_manifest(folder: str | os.PathLike, setting: str = "data.path") -> dict[str, Any]:
     path = Path(folder).expanduser() / MANIFEST
     if not path.is_file():
-        raise ConfigError(f"{setting}={folder}: no {MANIFEST} (not a prepared folder, or its prepare did not finish): "
-                          "run or rerun `switchsweep prepare ... out=<this folder>`")
+        raise ConfigError(
+            f"{setting}={folder}: no {MANIFEST} (not a prepared folder, or its prepare did not finish): "
+            "run or rerun `switchsweep prepare ... out=<this folder>`"
+        )
     try:
         manifest = json.loads(path.read_text())
     except ValueError:
         raise ConfigError(f"{setting}={folder}: {MANIFEST} is not valid JSON: rerun `switchsweep prepare`") from None
     if manifest.get("format") != FORMAT:
-        raise ConfigError(f"{setting}={folder}: {MANIFEST} has format {manifest.get('format')}, this version reads {FORMAT}: "
-                          "rerun `switchsweep prepare` into a new folder")
+        raise ConfigError(
+            f"{setting}={folder}: {MANIFEST} has format {manifest.get('format')}, this version reads {FORMAT}: "
+            "rerun `switchsweep prepare` into a new folder"
+        )
     return manifest
 
 
@@ -110,10 +123,15 @@ def check_against(manifest: dict[str, Any], data: DataConfig) -> None:
     """The config's shape and classes are the folder's: one line naming the field on a mismatch."""
     channels, size = manifest["latent_shape"][0], manifest["latent_shape"][1]
     classes = len(manifest["classes"])
-    for field, want, have in (("channels", channels, data.channels), ("image_size", size, data.image_size),
-                              ("num_classes", classes, data.num_classes)):
+    for field, want, have in (
+        ("channels", channels, data.channels),
+        ("image_size", size, data.image_size),
+        ("num_classes", classes, data.num_classes),
+    ):
         if want != have:
-            raise ConfigError(f"data.{field}={have}: the latents in {data.path} have {field} {want}: set data.{field}={want}")
+            raise ConfigError(
+                f"data.{field}={have}: the latents in {data.path} have {field} {want}: set data.{field}={want}"
+            )
 
 
 class ShardedLatents:
@@ -127,11 +145,15 @@ class ShardedLatents:
             try:
                 array = np.load(file, mmap_mode="r")
             except (OSError, ValueError) as e:
-                raise ConfigError(f"data.path={folder}: shard {s['latents']} is unreadable ({type(e).__name__}): "
-                                  "rerun `switchsweep prepare` with the same settings to rewrite it") from None
+                raise ConfigError(
+                    f"data.path={folder}: shard {s['latents']} is unreadable ({type(e).__name__}): "
+                    "rerun `switchsweep prepare` with the same settings to rewrite it"
+                ) from None
             if len(array) != s["count"]:
-                raise ConfigError(f"data.path={folder}: shard {s['latents']} holds {len(array)} latents, the manifest "
-                                  f"says {s['count']}: rerun `switchsweep prepare` with the same settings to rewrite it")
+                raise ConfigError(
+                    f"data.path={folder}: shard {s['latents']} holds {len(array)} latents, the manifest "
+                    f"says {s['count']}: rerun `switchsweep prepare` with the same settings to rewrite it"
+                )
             self.arrays.append(array)
         self.starts = np.cumsum([0] + [len(a) for a in self.arrays])
         self.shape = (int(self.starts[-1]), *self.arrays[0].shape[1:])
@@ -157,8 +179,10 @@ def check_prepared(data: DataConfig) -> dict[str, Any]:
     check_against(manifest, data)
     missing = [s[k] for s in manifest["shards"] for k in ("latents", "labels") if not (folder / s[k]).is_file()]
     if missing:
-        raise ConfigError(f"data.path={folder}: {len(missing)} shard file(s) are missing (first: {missing[0]}): "
-                          "rerun `switchsweep prepare` with the same settings to rewrite them")
+        raise ConfigError(
+            f"data.path={folder}: {len(missing)} shard file(s) are missing (first: {missing[0]}): "
+            "rerun `switchsweep prepare` with the same settings to rewrite them"
+        )
     return manifest
 
 
@@ -168,11 +192,15 @@ def load_latents(data: DataConfig) -> tuple[ShardedLatents, Tensor]:
     manifest = check_prepared(data)
     latents = ShardedLatents(folder, manifest["shards"])
     if tuple(latents.shape[1:]) != tuple(manifest["latent_shape"]):
-        raise ConfigError(f"data.path={folder}: the shards hold {tuple(latents.shape[1:])} latents, the manifest says "
-                          f"{tuple(manifest['latent_shape'])}: rerun `switchsweep prepare` into a new folder")
+        raise ConfigError(
+            f"data.path={folder}: the shards hold {tuple(latents.shape[1:])} latents, the manifest says "
+            f"{tuple(manifest['latent_shape'])}: rerun `switchsweep prepare` into a new folder"
+        )
     labels = torch.from_numpy(np.concatenate([np.load(folder / s["labels"]) for s in manifest["shards"]])).long()
     if len(labels) != len(latents):
-        raise ConfigError(f"data.path={folder}: {len(labels)} labels for {len(latents)} latents: rerun `switchsweep prepare`")
+        raise ConfigError(
+            f"data.path={folder}: {len(labels)} labels for {len(latents)} latents: rerun `switchsweep prepare`"
+        )
     return latents, labels
 
 
@@ -184,15 +212,16 @@ def latent_decoder(data: DataConfig, device: torch.device) -> Callable[[Tensor],
     setting = "data.vae" if data.vae else f"the VAE recorded in {Path(data.path) / MANIFEST}"
     config_hash = vae_config_hash(vae_config(folder, setting))
     if config_hash != manifest["vae"]["config_sha256"]:
-        raise ConfigError(f"{setting}={folder}: its config differs from the VAE the latents in {data.path} were made with: "
-                          "give that VAE's folder as data.vae")
+        raise ConfigError(
+            f"{setting}={folder}: its config differs from the VAE the latents in {data.path} were made with: "
+            "give that VAE's folder as data.vae"
+        )
     vae = _loaded_vae(str(folder), str(device), setting, config_hash)
     scale = manifest["scale_factor"]
 
     @torch.no_grad()
     def decode(latents: Tensor, batch_size: int = 16) -> Tensor:
-        out = [vae.decode(chunk.to(device) / scale).sample.clamp(-1, 1).float()
-               for chunk in latents.split(batch_size)]
+        out = [vae.decode(chunk.to(device) / scale).sample.clamp(-1, 1).float() for chunk in latents.split(batch_size)]
         return torch.cat(out)
 
     return decode
@@ -219,9 +248,14 @@ def write_shard(out: Path, i: int, latents: np.ndarray, labels: np.ndarray, num_
     lat_file, lab_file, marker = shard_files(out, i)
     atomic_write(lat_file, lambda f: np.save(f, latents))
     atomic_write(lab_file, lambda f: np.save(f, labels))
-    entry = {"latents": f"{SHARDS}/{lat_file.name}", "labels": f"{SHARDS}/{lab_file.name}", "count": len(labels),
-             "latents_sha256": file_sha256(lat_file), "labels_sha256": file_sha256(lab_file),
-             "class_counts": np.bincount(labels, minlength=num_classes).tolist()}
+    entry = {
+        "latents": f"{SHARDS}/{lat_file.name}",
+        "labels": f"{SHARDS}/{lab_file.name}",
+        "count": len(labels),
+        "latents_sha256": file_sha256(lat_file),
+        "labels_sha256": file_sha256(lab_file),
+        "class_counts": np.bincount(labels, minlength=num_classes).tolist(),
+    }
     write_json(marker, entry)
     return entry
 
@@ -229,9 +263,25 @@ def write_shard(out: Path, i: int, latents: np.ndarray, labels: np.ndarray, num_
 def write_manifest(out: Path, plan: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
     """The folder's manifest, from its plan and its shards' markers, in order: the last file written."""
     counts = np.sum([e["class_counts"] for e in entries], axis=0).tolist()
-    manifest = {k: plan[k] for k in ("format", "root", "classes", "resolution", "flip", "seed", "latent_shape",
-                                     "scale_factor", "dtype", "vae")}
-    manifest.update(num_images=int(sum(counts)), class_counts=counts,
-                    shards=[{k: e[k] for k in ("latents", "labels", "count", "latents_sha256", "labels_sha256")} for e in entries])
+    manifest = {
+        k: plan[k]
+        for k in (
+            "format",
+            "root",
+            "classes",
+            "resolution",
+            "flip",
+            "seed",
+            "latent_shape",
+            "scale_factor",
+            "dtype",
+            "vae",
+        )
+    }
+    manifest.update(
+        num_images=int(sum(counts)),
+        class_counts=counts,
+        shards=[{k: e[k] for k in ("latents", "labels", "count", "latents_sha256", "labels_sha256")} for e in entries],
+    )
     write_json(out / MANIFEST, manifest)
     return manifest

@@ -50,7 +50,7 @@ class TrainHooks:
     def on_checkpoint(self, step: int, path: Path) -> None:
         pass
 
-    def on_report(self, trainer: "Trainer", step: int, metrics: dict[str, float]) -> None:
+    def on_report(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         pass
 
 
@@ -93,7 +93,8 @@ class Trainer:
         # Data first: its checks are cheap and must fail before any model is built.
         if cfg.data.batch_size % self.world_size:
             raise TrainingError(
-                f"data.batch_size={cfg.data.batch_size} is not divisible by {self.world_size} workers: make it a multiple"
+                f"data.batch_size={cfg.data.batch_size} is not divisible by {self.world_size} workers: make it a "
+                "multiple"
             )
         images, labels = load_dataset(cfg.data)
         self.stream = BatchStream(images, labels, cfg.data.batch_size, cfg.train.seed, self.rank, self.world_size)
@@ -103,13 +104,16 @@ class Trainer:
         self.ema = EMA(self.model, cfg.train.ema_decay)  # before compiling: samples and evaluations run eagerly
         if cfg.train.compile:
             compile_blocks(self.model)
-        self.weighting = LossWeighting(cfg.train, self.diffusion.alphas_cumprod, cfg.diffusion.num_timesteps).to(self.device)
+        self.weighting = LossWeighting(cfg.train, self.diffusion.alphas_cumprod, cfg.diffusion.num_timesteps).to(
+            self.device
+        )
         groups = [{"params": list(self.model.parameters())}]
         if self.weighting.uw is not None:  # the UW log-variances learn at their own rate
             groups.append({"params": list(self.weighting.parameters()), "lr": cfg.train.uw_lr, "weight_decay": 0.0})
         # Fused: one kernel for all parameters (on a CPU the default loops over them, one kernel each).
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                           fused=self.device.type in ("cpu", "cuda"))
+        self.optimizer = torch.optim.AdamW(
+            groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=self.device.type in ("cpu", "cuda")
+        )
         self.net: torch.nn.Module = self.model
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -142,7 +146,8 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError) as e:
             first = str(e).strip().splitlines()[0][:160]
             raise CheckpointError(
-                f"train.resume={path}: checkpoint does not fit this model ({first}): resume with the config it was written with"
+                f"train.resume={path}: checkpoint does not fit this model ({first}): resume with the config it was "
+                "written with"
             ) from e
         self.step = int(payload["step"])
 
@@ -193,8 +198,14 @@ class Trainer:
         labels = classes.repeat(s.per_class if per_class is None else per_class)
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.train.seed)
         images = sample_images(
-            self.ema.model, self.diffusion, labels, sampler=s.sampler, steps=s.steps,
-            cfg_scale=s.cfg_scale, eta=s.ddim_eta, generator=gen,
+            self.ema.model,
+            self.diffusion,
+            labels,
+            sampler=s.sampler,
+            steps=s.steps,
+            cfg_scale=s.cfg_scale,
+            eta=s.ddim_eta,
+            generator=gen,
         )
         if self.cfg.data.name == "latents":
             images = latent_decoder(self.cfg.data, self.device)(images)
@@ -206,8 +217,10 @@ def _check_cpp_compiler() -> None:
     not in a traceback at the first step."""
     cxx = os.environ.get("CXX", "g++")
     if shutil.which(cxx) is None:
-        raise ConfigError(f"train.compile=true on a CPU needs a C++ compiler and {cxx} is not on PATH: "
-                          "install g++ (or set CXX) or set train.compile=false")
+        raise ConfigError(
+            f"train.compile=true on a CPU needs a C++ compiler and {cxx} is not on PATH: "
+            "install g++ (or set CXX) or set train.compile=false"
+        )
 
 
 def compile_blocks(model: torch.nn.Module) -> int:
@@ -246,12 +259,15 @@ def train(cfg: Config, hooks: TrainHooks | None = None) -> TrainResult:
     main = trainer.rank == 0
     if trainer.step >= cfg.train.steps:
         raise TrainingError(
-            f"train.steps={cfg.train.steps} is not beyond the checkpoint's step {trainer.step}: raise train.steps to continue"
+            f"train.steps={cfg.train.steps} is not beyond the checkpoint's step {trainer.step}: raise train.steps to "
+            "continue"
         )
     if main:  # model size and compute, counted once, by the rank that reports them
         result.model_stats = {
             "params": float(parameter_count(trainer.model)),
-            "gflops": forward_gflops(trainer.model, cfg.data.channels, cfg.data.image_size, cfg.diffusion.num_timesteps),
+            "gflops": forward_gflops(
+                trainer.model, cfg.data.channels, cfg.data.image_size, cfg.diffusion.num_timesteps
+            ),
         }
         hooks.on_start(result.model_stats)
     trainer.model.train()

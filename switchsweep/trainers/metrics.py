@@ -7,13 +7,12 @@ feature extractors (torch-fidelity, torchvision): these take any features, numpy
 from __future__ import annotations
 
 import math
-from typing import Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-ArrayLike = Union[np.ndarray, Tensor]
+ArrayLike = np.ndarray | Tensor
 
 
 def _np64(x: ArrayLike) -> np.ndarray:
@@ -39,7 +38,9 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     mu1, mu2 = _np64(mu1).ravel(), _np64(mu2).ravel()
     s1, s2 = np.atleast_2d(_np64(sigma1)), np.atleast_2d(_np64(sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
-        raise ValueError(f"frechet_distance: shapes differ: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
+        raise ValueError(
+            f"frechet_distance: shapes differ: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}"
+        )
     # tr((S1 S2)^(1/2)) = tr((A S2 A)^(1/2)) with A = S1^(1/2): both symmetric PSD, so eigh stays
     # exact where sqrtm of the non-symmetric product warns or fails (singular covariances).
     a = _psd_sqrt(s1)
@@ -78,8 +79,9 @@ def kernel_inception_distance(
     return float(values.mean()), float(values.std())
 
 
-def kid_bootstrap(real: ArrayLike, fake: ArrayLike, replicates: int = 50, seed: int = 0,
-                  max_samples: int = 1000) -> np.ndarray:
+def kid_bootstrap(
+    real: ArrayLike, fake: ArrayLike, replicates: int = 50, seed: int = 0, max_samples: int = 1000
+) -> np.ndarray:
     """KID's evaluation noise as `replicates` values whose sd is its standard error: the unbiased MMD^2 of
     bootstrap resamples of the generated features, the real side fixed. That sd is what evaluating the
     same model with another `eval.seed` (other labels and initial noise) varies KID by; the spread over

@@ -26,8 +26,21 @@ from switchsweep.platform.config import DataConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.runtime import node_types
 from switchsweep.trainers.imagefolder import read_image, scan, to_unit_range
-from switchsweep.trainers.latents import (FORMAT, MANIFEST, SHARDS, file_sha256, latent_geometry, load_vae, scale_factor, shard_files,
-                                          vae_config, vae_config_hash, write_json, write_manifest, write_shard)
+from switchsweep.trainers.latents import (
+    FORMAT,
+    MANIFEST,
+    SHARDS,
+    file_sha256,
+    latent_geometry,
+    load_vae,
+    scale_factor,
+    shard_files,
+    vae_config,
+    vae_config_hash,
+    write_json,
+    write_manifest,
+    write_shard,
+)
 
 PLAN = "plan.json"
 
@@ -54,10 +67,21 @@ def _plan(data: DataConfig, seed: int) -> tuple[dict[str, Any], list[tuple[str, 
     channels, size = latent_geometry(config, data.resolution)
     root = Path(data.root).expanduser().resolve()
     listing = hashlib.sha256("\n".join(f"{Path(p).relative_to(root)}\t{c}" for p, c in items).encode()).hexdigest()
-    plan = {"format": FORMAT, "root": str(root), "classes": classes, "files_sha256": listing, "num_files": len(items),
-            "resolution": data.resolution, "flip": data.flip, "shard_size": data.shard_size, "seed": seed,
-            "latent_shape": [channels, size, size], "scale_factor": scale_factor(config), "dtype": "float16",
-            "vae": {"path": str(Path(data.vae).expanduser().resolve()), "config_sha256": vae_config_hash(config)}}
+    plan = {
+        "format": FORMAT,
+        "root": str(root),
+        "classes": classes,
+        "files_sha256": listing,
+        "num_files": len(items),
+        "resolution": data.resolution,
+        "flip": data.flip,
+        "shard_size": data.shard_size,
+        "seed": seed,
+        "latent_shape": [channels, size, size],
+        "scale_factor": scale_factor(config),
+        "dtype": "float16",
+        "vae": {"path": str(Path(data.vae).expanduser().resolve()), "config_sha256": vae_config_hash(config)},
+    }
     return plan, items
 
 
@@ -74,9 +98,13 @@ def _check_plan(out: Path, plan: dict[str, Any]) -> None:
         raise ConfigError(f"out={out}: its {PLAN} is not valid JSON (not a prepare folder?): give a new out=") from None
     for key in ("root", "files_sha256", "resolution", "flip", "shard_size", "seed", "vae"):
         if old.get(key) != plan[key]:
-            what = {"files_sha256": "the image files under data.root", "vae": "data.vae (its config)"}.get(key, f"{key}")
-            raise ConfigError(f"out={out} was prepared with other {what} ({old.get(key)!r:.80}): give a new out=, "
-                              "or the settings it was prepared with to finish it")
+            what = {"files_sha256": "the image files under data.root", "vae": "data.vae (its config)"}.get(
+                key, f"{key}"
+            )
+            raise ConfigError(
+                f"out={out} was prepared with other {what} ({old.get(key)!r:.80}): give a new out=, "
+                "or the settings it was prepared with to finish it"
+            )
 
 
 def _done(out: Path, i: int) -> dict[str, Any] | None:
@@ -97,8 +125,12 @@ def _read_shard(row: dict[str, Any], resolution: int, flip: bool) -> dict[str, A
     try:
         images = np.stack([read_image(p, resolution) for p in row["paths"]])
     except ConfigError as e:
-        return {"shard": row["shard"], "images": np.zeros((0, resolution, resolution, 3), np.uint8),
-                "labels": np.zeros(0, np.int64), "error": str(e)}
+        return {
+            "shard": row["shard"],
+            "images": np.zeros((0, resolution, resolution, 3), np.uint8),
+            "labels": np.zeros(0, np.int64),
+            "error": str(e),
+        }
     labels = np.asarray(row["labels"], dtype=np.int64)
     if flip:
         images, labels = np.concatenate([images, images[:, :, ::-1]]), np.concatenate([labels, labels])
@@ -118,7 +150,12 @@ class _Encoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         shard, images, error = int(batch["shard"][0]), batch["images"][0], str(batch["error"][0])
         if error:
-            return {"shard": [shard], "latents": [np.zeros(0, np.float16)], "labels": [batch["labels"][0]], "error": [error]}
+            return {
+                "shard": [shard],
+                "latents": [np.zeros(0, np.float16)],
+                "labels": [batch["labels"][0]],
+                "error": [error],
+            }
         gen = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + shard)
         out = []
         for start in range(0, len(images), self.batch_size):
@@ -127,7 +164,9 @@ class _Encoder:
         return {"shard": [shard], "latents": [np.concatenate(out)], "labels": [batch["labels"][0]], "error": [""]}
 
 
-def check_inputs(data: DataConfig, out: str | os.PathLike, seed: int = 0) -> tuple[dict[str, Any], list[tuple[str, int]]]:
+def check_inputs(
+    data: DataConfig, out: str | os.PathLike, seed: int = 0
+) -> tuple[dict[str, Any], list[tuple[str, int]]]:
     """Everything `prepare` can refuse before any work: the images, the VAE, the settings, the folder."""
     plan, items = _plan(data, seed)
     _check_plan(Path(out).expanduser().resolve(), plan)
@@ -142,8 +181,15 @@ def _encoder_gpus(cluster_config: str) -> tuple[bool, int]:
     return now > 0 or any(float(r.get("GPU", 0)) > 0 for r in types.values()), now
 
 
-def prepare(data: DataConfig, out: str | os.PathLike, seed: int = 0, encode_batch: int = 16, progress: bool = True,
-            encoders: int | None = None, cluster_config: str = "~/ray_bootstrap_config.yaml") -> Prepared:
+def prepare(
+    data: DataConfig,
+    out: str | os.PathLike,
+    seed: int = 0,
+    encode_batch: int = 16,
+    progress: bool = True,
+    encoders: int | None = None,
+    cluster_config: str = "~/ray_bootstrap_config.yaml",
+) -> Prepared:
     """Encode `data.root` into `out` (Ray must be started). Encoder actors take a GPU each where the
     cluster has GPUs (or its autoscaler config, `cluster_config`, has GPU node types), up to `encoders`
     of them (default: one per GPU up now, at least one); otherwise one encodes on the CPU."""
@@ -157,8 +203,14 @@ def prepare(data: DataConfig, out: str | os.PathLike, seed: int = 0, encode_batc
     entries = {i: e for i in range(len(shards)) if (e := _done(out, i)) is not None}
     todo = [i for i in range(len(shards)) if i not in entries]
     per_image = 2 if data.flip else 1
-    bar = tqdm(total=len(items) * per_image, initial=sum(e["count"] for e in entries.values()), unit="img",
-               desc="prepare", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=len(items) * per_image,
+        initial=sum(e["count"] for e in entries.values()),
+        unit="img",
+        desc="prepare",
+        disable=not progress,
+        file=sys.stderr,
+    )
     if todo:
         ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: this one
         logging.getLogger("ray.data").setLevel(logging.WARNING)
@@ -166,18 +218,29 @@ def prepare(data: DataConfig, out: str | os.PathLike, seed: int = 0, encode_batc
         rows = [{"shard": i, "paths": [p for p, _ in shards[i]], "labels": [c for _, c in shards[i]]} for i in todo]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         ds = ds.map(_read_shard, fn_kwargs={"resolution": data.resolution, "flip": data.flip})
-        ds = ds.map_batches(_Encoder, batch_size=1, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=encoders or max(1, gpus_now)),
-                            # on CPUs, one encoder takes all but one (left to the readers)
-                            num_gpus=1 if gpu else 0, num_cpus=1 if gpu else max(1, int(ray.cluster_resources()["CPU"]) - 1),
-                            fn_constructor_kwargs={"vae": plan["vae"]["path"], "scale": plan["scale_factor"], "seed": seed,
-                                                   "batch_size": encode_batch})
+        ds = ds.map_batches(
+            _Encoder,
+            batch_size=1,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=encoders or max(1, gpus_now)),
+            # on CPUs, one encoder takes all but one (left to the readers)
+            num_gpus=1 if gpu else 0,
+            num_cpus=1 if gpu else max(1, int(ray.cluster_resources()["CPU"]) - 1),
+            fn_constructor_kwargs={
+                "vae": plan["vae"]["path"],
+                "scale": plan["scale_factor"],
+                "seed": seed,
+                "batch_size": encode_batch,
+            },
+        )
         try:
             for row in ds.iter_rows():
                 if row["error"]:
                     raise ConfigError(row["error"])  # the shards written so far stay: a rerun skips them
                 i = int(row["shard"])
-                entries[i] = write_shard(out, i, np.asarray(row["latents"]), np.asarray(row["labels"]), len(plan["classes"]))
+                entries[i] = write_shard(
+                    out, i, np.asarray(row["latents"]), np.asarray(row["labels"]), len(plan["classes"])
+                )
                 bar.update(entries[i]["count"])
         finally:
             bar.close()

@@ -35,8 +35,9 @@ def timestep_cluster(t: Tensor, num_clusters: int, num_timesteps: int) -> Tensor
     return torch.div(t * num_clusters, num_timesteps, rounding_mode="floor")
 
 
-def stratified_timesteps(batch: int, num_clusters: int, num_timesteps: int, generator: torch.Generator,
-                         device: torch.device) -> Tensor:
+def stratified_timesteps(
+    batch: int, num_clusters: int, num_timesteps: int, generator: torch.Generator, device: torch.device
+) -> Tensor:
     """t with the batch spread evenly over the clusters (the first batch % n clusters get one more),
     uniform inside each cluster, so every cluster's loss is seen every step."""
     cluster = torch.arange(batch, device=device) % num_clusters
@@ -80,7 +81,9 @@ class LossWeighting(nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
         self.uw = UncertaintyWeighting(cfg.uw_clusters, num_timesteps) if self.kind == "uw" else None
 
-    def sample_timesteps(self, batch: int, num_timesteps: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    def sample_timesteps(
+        self, batch: int, num_timesteps: int, generator: torch.Generator, device: torch.device
+    ) -> Tensor:
         if self.uw is not None:
             return stratified_timesteps(batch, self.uw.num_clusters, num_timesteps, generator, device)
         return torch.randint(0, num_timesteps, (batch,), generator=generator, device=device)
@@ -91,6 +94,10 @@ class LossWeighting(nn.Module):
         if self.uw is not None:
             return self.uw(terms["loss"], t)
         s = snr(self.alphas_cumprod, t)
-        w = min_snr_weight(s, self.cfg.min_snr_gamma) if self.kind == "min_snr" else p2_weight(s, self.cfg.p2_k, self.cfg.p2_gamma)
+        w = (
+            min_snr_weight(s, self.cfg.min_snr_gamma)
+            if self.kind == "min_snr"
+            else p2_weight(s, self.cfg.p2_k, self.cfg.p2_gamma)
+        )
         per_sample = w * terms["mse"] + (terms["loss"] - terms["mse"])  # only the eps term is reweighted
         return per_sample.mean()
