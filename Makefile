@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test train evaluate sweep variants ui optuna-ui report bench faults paper-check paired-eval search-efficiency mutation clean \
+.PHONY: install test format train evaluate sweep variants ui optuna-ui report bench faults paper-check paired-eval search-efficiency mutation clean \
 	gpu-check gpu-wheels cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
 
 $(STAMP): pyproject.toml
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The style holds by itself: lint and format are checked before the tests run (`make format` applies them).
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 train: $(STAMP)
 	$(VENV)/bin/switchsweep train model=switch_dit model.size=tiny data=digits train.steps=300 train.out_dir=runs/train
