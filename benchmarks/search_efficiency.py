@@ -1,8 +1,9 @@
 """P5, search efficiency: the table1 (M, k) grid against TPE + ASHA over M in {2, 3, 4, 6}, k in 1..M
 (the grid's rows are a subset of that space), one seed each, the same steps and evaluation. Reports
 the compute, in trial-steps (the training steps every trial ran, stopped ones included), each search
-spent until it first finished a configuration within the grid best's noise (its KID + 1.96 x kid_se).
-A grid knows its best only after every row, so its cost is all of its rows.
+spent until it first finished a configuration within the grid best's noise (its KID + 1.96 x kid_se),
+and each sweep's finished configurations paired with its best. A grid knows its best only after every
+row, so its cost is all of its rows.
 
     python -m benchmarks.search_efficiency                      # runs both sweeps (about 20 min on 2 cores)
     python -m benchmarks.search_efficiency -- train.steps=600   # overrides for both sweeps after --
@@ -79,6 +80,15 @@ def cost_to_reach(traj: list[tuple[str, int, bool, float]], threshold: float) ->
     return reached, spent
 
 
+def paired_line(tracker: Tracker, name: str) -> str:
+    """Each finished configuration's difference to its sweep's best, paired by evaluation, with its verdict."""
+    ranked = [r for r in rank_trials(tracker, name).ranked if r.complete]
+    parts = [f"{variant_label(ranked[0].params)} {ranked[0].value:.4g} (best)"] + [
+        f"{variant_label(r.params)} {r.diff:+.3g} +- {r.diff_half_width:.2g} {r.vs_best}" for r in ranked[1:]
+    ]
+    return f"{name}, finished, paired with its best: " + "; ".join(parts)
+
+
 def report(root: Path) -> str:
     tracker = Tracker(default_tracking_uri(root))
     best = rank_trials(tracker, GRID).ranked[0]
@@ -104,6 +114,7 @@ def report(root: Path) -> str:
             "trial-steps"
         )
         lines.append(f"P5 compute ratio, grid / tpe+asha: {grid_total / tpe_reach:.2f}x")
+    lines += [paired_line(tracker, GRID), paired_line(tracker, TPE)]
     return "\n".join(lines)
 
 

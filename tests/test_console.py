@@ -41,3 +41,26 @@ def test_its_parameter_columns_tell_trials_apart_and_leave_routing_keys_out():
         "model.prior_alpha",
     ]
     assert reporter_columns(load_sweep_config(["sweep=table1"]).sweep) == ["row", "seed"]
+
+
+def test_a_table_with_a_baseline_trial_lacking_the_searched_settings_prints(tmp_path):
+    from ray.tune.experiment import Trial
+
+    searched = Trial("run_trial", config={"group": "g000", "seed": 0, "model.num_experts": 3}, stub=True)
+    baseline = Trial("run_trial", config={"group": "baseline", "seed": 0, "row": 1, "full": True}, stub=True)
+    for trial, kid in ((searched, 20.0), (baseline, 10.0)):  # the baseline is the best by the metric
+        trial.set_status(Trial.TERMINATED)
+        trial.storage = SimpleNamespace(experiment_driver_staging_path=str(tmp_path), trial_driver_staging_path=None)
+        trial.run_metadata.last_result = {
+            "kid": kid,
+            "loss": 0.1,
+            "step": 8,
+            "config": trial.config,
+            "training_iteration": 1,
+        }
+    reporter = SweepReporter(["kid"], ["group", "seed", "model.num_experts"])
+    reporter.setup(metric="kid", mode="min")
+    reporter.set_start_time(0.0)
+    table = reporter._progress_str([searched, baseline], done=False)
+    rows = [line for line in table.splitlines() if line.startswith("| run_trial")]
+    assert len(rows) == 2 and "baseline" in rows[0] and "g000" in rows[1]  # sorted best first

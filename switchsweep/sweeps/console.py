@@ -25,6 +25,11 @@ class SweepReporter(CLIReporter):
         )
         self._shown: list[tuple] | None = None
 
+    def _current_best_trial(self, trials: list[Trial]):
+        """No "current best trial" line: the table is sorted best first, and that line looks up every
+        parameter column in the best trial's config, which a baseline trial lacks the searched keys of."""
+        return None, self._metric
+
     def should_report(self, trials: list[Trial], done: bool = False) -> bool:
         """Only when some trial's status or last report changed since the table was last printed (Tune asks
         about once a second, and again at the end)."""
