@@ -60,8 +60,10 @@ def _sweep(job, overrides) -> int:
 
     result = run_sweep(job, overrides)
     metric, seeds = job.sweep.metric, job.sweep.seeds
+    designs = sum(not r.baseline for r in result.ranked)
+    baseline = " and the baseline" if designs < len(result.ranked) else ""
     print(
-        f"\nsweep {result.sweep_id}: {len(result.ranked)} configurations x {seeds} seed(s), best first by {metric} "
+        f"\nsweep {result.sweep_id}: {designs} configurations{baseline} x {seeds} seed(s), best first by {metric} "
         "(mean +- 95% half-width; then the difference to the best, paired seed by seed, +- its 95% half-width: "
         "tied = not separable from the best)"
     )
