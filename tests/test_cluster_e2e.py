@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
     "sweep.num_trials=2",
+    "sweep.baseline=none",
     "sweep.max_concurrent=2",
     "sweep.eval_every=4",
     "train.steps=4",
@@ -143,31 +144,32 @@ def test_refusals_come_in_one_line_before_any_trial(cluster):
 def test_a_sweep_submitted_as_a_job_scales_up_runs_on_workers_and_scales_down(cluster):
     c, fake = cluster, cluster["fake"]
     assert fake.workers() == [], "the cluster starts with its head only"
+    cmd = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        c["dashboard"],
+        "--",
+        "switchsweep",
+        "sweep",
+        "platform=cluster",
+        "sweep.ray.use_gpu=false",
+        "sweep.ray.cpus_per_worker=1",
+        f"+sweep.ray.worker_resources={{{FAKE_GPU}: 1}}",
+        "sweep.ray.shared_fs=true",
+        f"sweep.ray.cluster_config={fake.config_file}",
+        f"eval.cache_dir={c['cache']}",
+        *TINY,
+    ]
     t0 = time.time()
-    submit = subprocess.run(
-        [
-            str(BIN / "ray"),
-            "job",
-            "submit",
-            "--address",
-            c["dashboard"],
-            "--",
-            "switchsweep",
-            "sweep",
-            "platform=cluster",
-            "sweep.ray.use_gpu=false",
-            "sweep.ray.cpus_per_worker=1",
-            f"+sweep.ray.worker_resources={{{FAKE_GPU}: 1}}",
-            "sweep.ray.shared_fs=true",
-            f"sweep.ray.cluster_config={fake.config_file}",
-            f"eval.cache_dir={c['cache']}",
-            *TINY,
-        ],
-        env=c["env"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    # The head's job agent registers with the dashboard some seconds after it answers; until then a
+    # submission is refused before anything runs, and is sent again.
+    while True:
+        submit = subprocess.run(cmd, env=c["env"], capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in submit.stderr or time.time() - t0 > 90:
+            break
+        time.sleep(2)
     sweep_s = time.time() - t0
     assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
     # The head has no CPU for the trials' workers: the autoscaler launched GPU-type nodes for them.

@@ -373,6 +373,7 @@ def test_a_sweep_on_latents_scores_decoded_samples_and_logs_decoded_grids(tmp_pa
             f"eval.inception_weights={weights}",
             f"eval.cache_dir={tmp_path / 'cache'}",
             "sweep.num_trials=1",
+            "sweep.baseline=none",
             "train.steps=4",
             "sweep.eval_every=2",
             "eval.num_samples=6",

@@ -225,6 +225,22 @@ def test_racing_stops_when_its_budget_is_spent(tmp_path):
     assert rounds == []
 
 
+def _asha(state_file, **kwargs):
+    """ASHA on KID over 4 evaluations, stopping the worse half at each rung."""
+    from switchsweep.sweeps.asha import ResumableASHA
+
+    return ResumableASHA(
+        state_file,
+        metric="kid",
+        mode="min",
+        time_attr="training_iteration",
+        max_t=4,
+        grace_period=1,
+        reduction_factor=2,
+        **kwargs,
+    )
+
+
 class _Trial:
     def __init__(self, trial_id, config=None):
         self.trial_id = trial_id
@@ -234,18 +250,8 @@ class _Trial:
 def test_asha_remembers_its_rungs_across_a_driver_restart(tmp_path):
     from ray.tune.schedulers import TrialScheduler
 
-    from switchsweep.sweeps.asha import ResumableASHA
-
     def fresh():  # what Tuner.restore brings back: the scheduler as it was built
-        return ResumableASHA(
-            tmp_path / "asha.pkl",
-            metric="kid",
-            mode="min",
-            time_attr="training_iteration",
-            max_t=4,
-            grace_period=1,
-            reduction_factor=2,
-        )
+        return _asha(tmp_path / "asha.pkl")
 
     first, second = _Trial("a"), _Trial("b")
     before = fresh()
@@ -254,15 +260,7 @@ def test_asha_remembers_its_rungs_across_a_driver_restart(tmp_path):
     after = fresh()
     after.on_trial_add(None, second)
     assert after.on_trial_result(None, second, {"training_iteration": 1, "kid": 20.0}) == TrialScheduler.STOP
-    forgetful = ResumableASHA(
-        tmp_path / "other.pkl",
-        metric="kid",
-        mode="min",
-        time_attr="training_iteration",
-        max_t=4,
-        grace_period=1,
-        reduction_factor=2,
-    )
+    forgetful = _asha(tmp_path / "other.pkl")
     forgetful.on_trial_add(None, second)  # without the saved rungs the same result would go on
     assert forgetful.on_trial_result(None, second, {"training_iteration": 1, "kid": 20.0}) == TrialScheduler.CONTINUE
 
@@ -270,17 +268,7 @@ def test_asha_remembers_its_rungs_across_a_driver_restart(tmp_path):
 def test_asha_never_stops_a_baseline_or_racing_trial_nor_compares_with_it(tmp_path):
     from ray.tune.schedulers import TrialScheduler
 
-    from switchsweep.sweeps.asha import ResumableASHA
-
-    asha = ResumableASHA(
-        tmp_path / "asha.pkl",
-        metric="kid",
-        mode="min",
-        time_attr="training_iteration",
-        max_t=4,
-        grace_period=1,
-        reduction_factor=2,
-    )
+    asha = _asha(tmp_path / "asha.pkl")
     searched, full, later = _Trial("a"), _Trial("base", {FULL: True}), _Trial("b")
     for t in (searched, full, later):
         asha.on_trial_add(None, t)
@@ -310,23 +298,13 @@ def test_a_trial_waits_at_a_rung_until_asha_lets_it_go_on(tmp_path):
     import ray
     from ray.tune.schedulers import TrialScheduler
 
-    from switchsweep.sweeps.asha import ResumableASHA
     from switchsweep.sweeps.gate import wait_at_gate
 
     ray.init(num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         wait = ray.remote(num_cpus=0)(wait_at_gate)
         wait_at_gate("no-asha", "t", 4)  # a sweep without ASHA has no gate: no wait
-        asha = ResumableASHA(
-            tmp_path / "asha.pkl",
-            gate="s1",
-            metric="kid",
-            mode="min",
-            time_attr="training_iteration",
-            max_t=4,
-            grace_period=1,
-            reduction_factor=2,
-        )
+        asha = _asha(tmp_path / "asha.pkl", gate="s1")
         good, bad = _Trial("a"), _Trial("b")
         asha.on_trial_add(None, good)
         asha.on_trial_add(None, bad)
