@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sweep_harness import BIN, pids
+from sweep_harness import BIN, free_port, pids
 
 FAKE_GPU = "fake_gpu"
 
@@ -115,6 +115,8 @@ class FakeCluster:
                 "--node-ip-address=127.0.0.1",
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard_port}",
+                # Its own agent port: Ray's fixed default would clash with the test session's head.
+                f"--dashboard-agent-listen-port={free_port()}",
                 f"--num-cpus={head.get('CPU', 0)}",
                 f"--resources={json.dumps(custom)}",
                 f"--temp-dir={self.temp / 'ray'}",

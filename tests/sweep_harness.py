@@ -28,6 +28,19 @@ POINTS = (
 )
 
 
+# Batches, evaluation and sample grids small enough that a trial's time goes to what a test checks.
+TINY_EVAL = [
+    "data.batch_size=16",
+    "eval.num_samples=20",
+    "eval.batch_size=20",
+    "eval.steps=2",
+    "eval.kid_subset_size=20",
+    "eval.kid_subsets=2",
+    "sample.per_class=1",
+    "sample.steps=2",
+]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -49,6 +62,8 @@ def start_head(temp: Path, num_cpus: int = 3) -> tuple[subprocess.Popen, str]:
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash}",
+            # Its own agent port: Ray's fixed default lets only one head per machine serve jobs.
+            f"--dashboard-agent-listen-port={free_port()}",
             f"--temp-dir={temp}",
             "--disable-usage-stats",
         ],
@@ -101,14 +116,7 @@ def sweep_cmd(
         f"train.steps={STEPS}",
         f"train.log_every={log_every}",
         "sweep.asha=false",
-        "data.batch_size=16",
-        "eval.num_samples=20",
-        "eval.batch_size=20",
-        "eval.steps=2",
-        "eval.kid_subset_size=20",
-        "eval.kid_subsets=2",
-        "sample.per_class=1",
-        "sample.steps=2",
+        *TINY_EVAL,
         *extra,
     ]
 

@@ -19,7 +19,7 @@ from netstat import LOOPBACK, listening
 from optuna.trial import TrialState
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
-from sweep_harness import BIN, ENV, free_port, record
+from sweep_harness import BIN, ENV, TINY_EVAL, free_port, record
 
 from switchsweep.models.routing import prior_mask
 from switchsweep.platform import sweep_state
@@ -42,14 +42,7 @@ def _sweep_cmd(root: Path, cache: Path, address: str, *extra: str) -> list[str]:
         "sweep.ray.num_workers=2",
         "train.steps=8",
         "train.log_every=2",
-        "data.batch_size=16",
-        "eval.num_samples=20",
-        "eval.batch_size=20",
-        "eval.steps=2",
-        "eval.kid_subset_size=20",
-        "eval.kid_subsets=2",
-        "sample.per_class=1",
-        "sample.steps=2",
+        *TINY_EVAL,
         f"eval.cache_dir={cache}",
         # Two given configurations, and ASHA on GFLOPs (deterministic, unlike KID after 4 steps): the second,
         # M=6 k=3, costs more than the first at the first evaluation, so ASHA stops it there.
