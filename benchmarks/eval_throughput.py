@@ -15,10 +15,10 @@ import torch
 from benchmarks.args import positive_int
 from switchsweep.models import build_model
 from switchsweep.platform.config import Config
-from switchsweep.trainers.diffusion import GaussianDiffusion
-from switchsweep.trainers.features import build_feature_net
-from switchsweep.trainers.loop import resolve_device
-from switchsweep.trainers.sampling import sample_images
+from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion
+from switchsweep.trainers.diffusion.sampling import sample_images
+from switchsweep.trainers.evaluation.features import build_feature_net
+from switchsweep.trainers.loop.trainer import resolve_device
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,9 +33,9 @@ from switchsweep.models import build_model
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.compose import load_config
 from switchsweep.platform.config import Config
-from switchsweep.trainers.diffusion import GaussianDiffusion
-from switchsweep.trainers.evaluate import evaluate_model
-from switchsweep.trainers.loop import train
+from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion
+from switchsweep.trainers.evaluation.evaluate import evaluate_model
+from switchsweep.trainers.loop.trainer import train
 
 MODELS = {"dit": ["model=dit"], "switch_dit_M3_k2": ["model=switch_dit", "model.num_experts=3", "model.top_k=2"]}
 # (samples, DDIM steps) at one sampling cost: the sweep's own setting in the middle.

@@ -27,10 +27,10 @@ from benchmarks.args import positive_int
 from switchsweep.platform.config import Config, DataConfig
 from switchsweep.platform.runtime import start_ray
 from switchsweep.platform.sweep_config import RayConfig
-from switchsweep.trainers.data import BatchStream, load_dataset
-from switchsweep.trainers.latents import vae_config, vae_config_hash, write_manifest, write_shard
-from switchsweep.trainers.loop import Trainer
-from switchsweep.trainers.prepare import prepare
+from switchsweep.trainers.data.batches import BatchStream, load_dataset
+from switchsweep.trainers.data.latents import vae_config, vae_config_hash, write_manifest, write_shard
+from switchsweep.trainers.data.prepare import prepare
+from switchsweep.trainers.loop.trainer import Trainer
 
 SD_VAE = dict(
     block_out_channels=(128, 256, 512, 512),
@@ -79,7 +79,7 @@ def prepare_rate(tmp: Path, name: str, arch: dict, images: int, resolution: int)
     done = prepare(data, tmp / f"{name}-latents", progress=False)
     wall = time.perf_counter() - start
     encode = torch.tensor(np.random.default_rng(0).uniform(-1, 1, (8, 3, resolution, resolution)), dtype=torch.float32)
-    from switchsweep.trainers.latents import load_vae
+    from switchsweep.trainers.data.latents import load_vae
 
     model = load_vae(vae)
     with torch.no_grad():  # the VAE alone, in this process: what the pipeline adds is the rest

@@ -33,8 +33,8 @@ from switchsweep.kernels.reference import expert_layer_least_ops
 from switchsweep.models import switch_dit
 from switchsweep.platform.config import MODEL_SIZES, Config, validate_model
 from switchsweep.platform.errors import ConfigError, TrainingError
-from switchsweep.trainers.latents import FORMAT, write_manifest, write_shard
-from switchsweep.trainers.loop import Trainer, resolve_device
+from switchsweep.trainers.data.latents import FORMAT, write_manifest, write_shard
+from switchsweep.trainers.loop.trainer import Trainer, resolve_device
 
 MODELS = ("dit", "dtr", "switch_dit")
 EXPERTS_OFF, LEAST = "experts off", "experts' least work"

@@ -31,7 +31,7 @@ EXIT_TRIALS_FAILED = 3  # the sweep ran to its end but some trials failed (2: ba
 
 
 def _train(cfg) -> int:
-    from switchsweep.trainers.loop import train  # heavy imports only once the config is valid
+    from switchsweep.trainers.loop.trainer import train  # heavy imports only once the config is valid
 
     result = train(cfg)
     stats = result.model_stats
@@ -47,7 +47,7 @@ def _train(cfg) -> int:
 
 
 def _evaluate(cfg) -> int:
-    from switchsweep.trainers.evaluate import evaluate_checkpoint
+    from switchsweep.trainers.evaluation.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(cfg)
     print(json.dumps(result["metrics"], indent=2))
@@ -219,13 +219,13 @@ def _prepare(args: argparse.Namespace) -> int:
         )
     from switchsweep.platform.runtime import start_ray
     from switchsweep.platform.sweep_config import RayConfig
-    from switchsweep.trainers.prepare import check_inputs, prepare
+    from switchsweep.trainers.data.prepare import check_inputs, prepare
 
     check_inputs(data, own["out"], int(seed))  # before Ray starts
     start_ray(RayConfig(address=own.get("address")))
     done = prepare(data, own["out"], seed=int(seed), encoders=int(encoders) if encoders else None)
     print(f"prepared {done.images} latents in {done.shards} shards ({done.redone} encoded now) in {done.out}")
-    from switchsweep.trainers.latents import read_manifest
+    from switchsweep.trainers.data.latents import read_manifest
 
     manifest = read_manifest(done.out)
     channels, size, _ = manifest["latent_shape"]

@@ -26,7 +26,7 @@ def tiny_cfg(tmp_path) -> Config:
 @pytest.fixture(scope="session")
 def digits_net(tmp_path_factory):
     """The digits feature network, trained once per session into a temporary cache: (net, accuracy, cache dir)."""
-    from switchsweep.trainers.features import load_or_train_digits_classifier
+    from switchsweep.trainers.evaluation.features import load_or_train_digits_classifier
 
     cache = tmp_path_factory.mktemp("cache")
     net, acc = load_or_train_digits_classifier(cache)

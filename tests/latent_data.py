@@ -44,7 +44,7 @@ def tiny_vae(folder: Path, seed: int = 0) -> Path:
 
 
 def inception_weights(path: Path) -> Path:
-    from switchsweep.trainers.inception import FIDInceptionV3
+    from switchsweep.trainers.evaluation.inception import FIDInceptionV3
 
     torch.manual_seed(0)
     torch.save(FIDInceptionV3().state_dict(), path)

@@ -8,8 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from switchsweep.platform.checkpoint import load_checkpoint
-from switchsweep.trainers.data import BatchStream, load_digits_tensors
-from switchsweep.trainers.loop import train
+from switchsweep.trainers.data.batches import BatchStream, load_digits_tensors
+from switchsweep.trainers.loop.trainer import train
 
 pytestmark = pytest.mark.slow
 

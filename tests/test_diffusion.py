@@ -3,8 +3,14 @@ import math
 import pytest
 import torch
 
-from switchsweep.trainers.diffusion import GaussianDiffusion, cosine_betas, linear_betas, normal_kl, spaced_timesteps
-from switchsweep.trainers.sampling import ddim_sample, ddpm_sample, guided, sample_images
+from switchsweep.trainers.diffusion.gaussian import (
+    GaussianDiffusion,
+    cosine_betas,
+    linear_betas,
+    normal_kl,
+    spaced_timesteps,
+)
+from switchsweep.trainers.diffusion.sampling import ddim_sample, ddpm_sample, guided, sample_images
 
 
 def test_linear_schedule_values():

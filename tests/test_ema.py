@@ -10,11 +10,11 @@ from PIL import Image
 
 from switchsweep.platform.checkpoint import load_checkpoint, save_checkpoint
 from switchsweep.platform.compose import load_eval_config
-from switchsweep.trainers import loop
-from switchsweep.trainers.ema import EMA
-from switchsweep.trainers.evaluate import evaluate_checkpoint
-from switchsweep.trainers.images import save_image_grid
-from switchsweep.trainers.loop import Trainer, train
+from switchsweep.trainers.data.images import save_image_grid
+from switchsweep.trainers.evaluation.evaluate import evaluate_checkpoint
+from switchsweep.trainers.loop import trainer as loop
+from switchsweep.trainers.loop.ema import EMA
+from switchsweep.trainers.loop.trainer import Trainer, train
 
 
 def test_decay_warms_up_as_the_closed_form_then_holds():

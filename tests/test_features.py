@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from switchsweep.platform.errors import ConfigError
-from switchsweep.trainers.features import DigitsClassifier, digits_split, load_or_train_digits_classifier
-from switchsweep.trainers.inception import FIDInceptionV3, load_fid_inception
-from switchsweep.trainers.metrics import all_metrics
+from switchsweep.trainers.evaluation.features import DigitsClassifier, digits_split, load_or_train_digits_classifier
+from switchsweep.trainers.evaluation.inception import FIDInceptionV3, load_fid_inception
+from switchsweep.trainers.evaluation.metrics import all_metrics
 
 
 def test_digits_classifier_reaches_97_percent_held_out_and_is_cached(digits_net):

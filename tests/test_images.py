@@ -4,9 +4,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from switchsweep.trainers import loop
-from switchsweep.trainers.images import save_image_grid
-from switchsweep.trainers.loop import Trainer
+from switchsweep.trainers.data.images import save_image_grid
+from switchsweep.trainers.loop import trainer as loop
+from switchsweep.trainers.loop.trainer import Trainer
 
 SCALE, PAD = 4, 1
 

@@ -13,9 +13,9 @@ from PIL import Image
 from switchsweep.platform.compose import load_config, load_eval_config
 from switchsweep.platform.config import DataConfig
 from switchsweep.platform.errors import ConfigError
-from switchsweep.trainers.data import BatchStream, load_dataset
-from switchsweep.trainers.imagefolder import centre_crop, scan
-from switchsweep.trainers.latents import (
+from switchsweep.trainers.data.batches import BatchStream, load_dataset
+from switchsweep.trainers.data.imagefolder import centre_crop, scan
+from switchsweep.trainers.data.latents import (
     MANIFEST,
     check_against,
     latent_decoder,
@@ -24,7 +24,7 @@ from switchsweep.trainers.latents import (
     vae_config,
     vae_config_hash,
 )
-from switchsweep.trainers.metrics import all_metrics, feature_statistics, frechet_distance
+from switchsweep.trainers.evaluation.metrics import all_metrics, feature_statistics, frechet_distance
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +190,8 @@ def test_an_adm_reference_batch_gives_fid_from_its_own_statistics():
 
 
 def test_reference_features_come_from_the_ref_batch_images(tmp_path, vae_dir):
-    from switchsweep.trainers.features import reference_batch, reference_features, reference_statistics
-    from switchsweep.trainers.inception import load_fid_inception
+    from switchsweep.trainers.evaluation.features import reference_batch, reference_features, reference_statistics
+    from switchsweep.trainers.evaluation.inception import load_fid_inception
 
     _hand_made(tmp_path / "lat", vae_dir)
     images = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
@@ -247,12 +247,12 @@ def local_ray():
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_prepare_resumes_trains_and_evaluates_on_decoded_samples(local_ray, tmp_path, vae_dir):
-    from switchsweep.trainers.diffusion import GaussianDiffusion  # noqa: F401  (import cost outside the timings)
-    from switchsweep.trainers.evaluate import evaluate_checkpoint
-    from switchsweep.trainers.imagefolder import read_image, to_unit_range
-    from switchsweep.trainers.latents import file_sha256
-    from switchsweep.trainers.loop import train
-    from switchsweep.trainers.prepare import prepare
+    from switchsweep.trainers.data.imagefolder import read_image, to_unit_range
+    from switchsweep.trainers.data.latents import file_sha256
+    from switchsweep.trainers.data.prepare import prepare
+    from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion  # noqa: F401  (import cost outside the timings)
+    from switchsweep.trainers.evaluation.evaluate import evaluate_checkpoint
+    from switchsweep.trainers.loop.trainer import train
 
     root = image_folder(tmp_path / "imgs", per_class=5)
     data = DataConfig(

@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from switchsweep.trainers.metrics import (
+from switchsweep.trainers.evaluation.metrics import (
     all_metrics,
     feature_statistics,
     fid_from_features,

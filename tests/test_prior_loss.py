@@ -149,7 +149,7 @@ def test_jensen_shannon_gradient_matches_finite_differences():
 def test_training_with_the_prior_loss_moves_the_gates_toward_the_prior(tiny_cfg):
     # Same seed, same batches: 20 steps with lambda_dp = 1 end closer to the matched prior (JSD over all T)
     # than 20 steps without the prior loss, and closer than at the start.
-    from switchsweep.trainers.loop import Trainer
+    from switchsweep.trainers.loop.trainer import Trainer
 
     jsd = {}
     for ldp in (0.0, 1.0):

@@ -10,9 +10,9 @@ from switchsweep.cli import main
 from switchsweep.platform.checkpoint import load_checkpoint, save_checkpoint
 from switchsweep.platform.compose import load_config, load_eval_config
 from switchsweep.platform.errors import CheckpointError, ConfigError, TrainingError
-from switchsweep.trainers import loop
-from switchsweep.trainers.evaluate import evaluate_checkpoint
-from switchsweep.trainers.loop import train
+from switchsweep.trainers.evaluation.evaluate import evaluate_checkpoint
+from switchsweep.trainers.loop import trainer as loop
+from switchsweep.trainers.loop.trainer import train
 
 
 @pytest.mark.parametrize("model", ["switch_dit", "dit", "dtr"])

@@ -13,9 +13,9 @@ from switchsweep.models.routing import expert_balance_loss, importance_balance_l
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.config import Config, TrainConfig
 from switchsweep.platform.naming import variant_label
-from switchsweep.trainers.diffusion import GaussianDiffusion
-from switchsweep.trainers.sampling import sample_images
-from switchsweep.trainers.weighting import (
+from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion
+from switchsweep.trainers.diffusion.sampling import sample_images
+from switchsweep.trainers.diffusion.weighting import (
     LossWeighting,
     UncertaintyWeighting,
     min_snr_weight,

@@ -186,7 +186,7 @@ def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> Swe
 
 
 def _paired_noise(tracker: Tracker, metric: str, records: dict[str, TrialRecord]) -> Callable[[str, str], float]:
-    """The evaluation noise of the difference of two trials' last evaluations (`trainers.metrics.noise_sd`
+    """The evaluation noise of the difference of two trials' last evaluations (`trainers.evaluation.metrics.noise_sd`
     of their paired noise values, as the trials logged them), NaN where either lacks them."""
 
     @functools.cache

@@ -31,7 +31,7 @@ REPORTED_METRICS = {
     "steps_per_sec": "max",
 }
 # A metric's evaluation noise, reported beside it: its standard error over the generated samples
-# (trainers.metrics), what re-evaluating the same model with another eval.seed varies it by.
+# (trainers.evaluation.metrics), what re-evaluating the same model with another eval.seed varies it by.
 METRIC_SE = {"kid": "kid_se", "fid": "fid_se"}
 SPEC_KINDS = ("choice", "loguniform", "uniform", "randint", "fraction_of")
 LOG_CHECKPOINTS = ("last", "best", "false")

@@ -49,7 +49,8 @@ RESUMED_TAG = "switchsweep.resumed_from_step"  # the checkpoint step a restarted
 CHECKPOINT_TAG = "switchsweep.checkpoint"  # where the trial's final checkpoint is kept
 CHECKPOINT_ARTIFACT = "checkpoint/ckpt.pt"  # a final checkpoint kept in MLflow, under the trial's run
 IN_MLFLOW = f"mlflow:{CHECKPOINT_ARTIFACT}"  # CHECKPOINT_TAG's value for it
-EVAL_NOISE_ARTIFACT = "eval_noise"  # per evaluation, the values its metrics' noise is read from (trainers.metrics)
+# per evaluation, the values its metrics' noise is read from (trainers.evaluation.metrics)
+EVAL_NOISE_ARTIFACT = "eval_noise"
 # MLflow 3's experiment kind for model training (the UI's view itself follows its workflowType link parameter).
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length

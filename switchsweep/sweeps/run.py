@@ -65,9 +65,9 @@ from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
 from switchsweep.sweeps.space import config_from_dict, param_space, reporter_columns, trial_bases
 from switchsweep.sweeps.trial import TrialJob, run_trial
 from switchsweep.sweeps.tune_state import repair as repair_tune_state
-from switchsweep.trainers.features import build_feature_net, reference_features
-from switchsweep.trainers.latents import check_prepared
-from switchsweep.trainers.loop import resolve_device
+from switchsweep.trainers.data.latents import check_prepared
+from switchsweep.trainers.evaluation.features import build_feature_net, reference_features
+from switchsweep.trainers.loop.trainer import resolve_device
 
 # Settings a resumed sweep may change: where and how it runs, never what it searches.
 RESUME_KEYS = ("sweep", "sweep.id", "sweep.resume", "sweep.extend", "sweep.root", "sweep.tracking_uri")

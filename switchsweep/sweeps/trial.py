@@ -2,7 +2,7 @@
 or, for a one-worker trial on this machine (`sweep.ray.inline`), the loop itself in its own process.
 
 The Tune side (`run_trial`) opens the trial's MLflow child run and runs the Train job; the Train
-side (`run_worker`, through `sweeps.train_entry`) runs `trainers.loop.train` on every worker. Every
+side (`run_worker`, through `sweeps.train_entry`) runs `trainers.loop.trainer.train` on every worker. Every
 `sweep.eval_every` steps rank 0 evaluates the EMA model, logs metrics, routing matrices and samples
 to MLflow, and every rank reports the metrics (with rank 0's checkpoint) to Ray, which passes them
 on to Tune and ASHA; at ASHA's rungs rank 0 then waits for its decision (`sweeps.gate`).
@@ -63,8 +63,8 @@ from switchsweep.sweeps.gate import wait_at_gate
 from switchsweep.sweeps.loopback_ddp import LoopbackTorchConfig
 from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params, config_from_dict
 from switchsweep.sweeps.train_entry import train_worker
-from switchsweep.trainers.evaluate import evaluate_model
-from switchsweep.trainers.loop import Trainer, TrainHooks, train
+from switchsweep.trainers.evaluation.evaluate import evaluate_model
+from switchsweep.trainers.loop.trainer import Trainer, TrainHooks, train
 
 
 @dataclass

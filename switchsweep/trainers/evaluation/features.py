@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from switchsweep.platform.checkpoint import atomic_torch_save
 from switchsweep.platform.config import DataConfig, EvalConfig
 from switchsweep.platform.errors import ConfigError
-from switchsweep.trainers.data import load_dataset, load_digits_tensors
+from switchsweep.trainers.data.batches import load_dataset, load_digits_tensors
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def build_feature_net(cfg: EvalConfig, device: torch.device) -> FeatureNet:
     if cfg.feature_net == "digits":
         net, _ = load_or_train_digits_classifier(cfg.cache_dir)
     elif cfg.feature_net == "inception":
-        from switchsweep.trainers.inception import load_fid_inception
+        from switchsweep.trainers.evaluation.inception import load_fid_inception
 
         net = load_fid_inception(cfg.inception_weights)
     else:
@@ -132,7 +132,7 @@ def reference_features(data: DataConfig, net: FeatureNet, cache_dir: str | os.Pa
     training image for digits; for latents the images of data.ref_batch (its arr_0; None when it has
     only mu and sigma), else of the ImageFolder the latents were made from (data.root overrides it)."""
     if data.name == "latents":
-        from switchsweep.trainers.latents import read_manifest
+        from switchsweep.trainers.data.latents import read_manifest
 
         manifest = read_manifest(data.path)
         source = data.ref_batch or data.root or manifest["root"]
@@ -160,7 +160,7 @@ def reference_features(data: DataConfig, net: FeatureNet, cache_dir: str | os.Pa
 
 def _real_image_features(data: DataConfig, manifest: dict, net: FeatureNet, chunk: int = 256) -> Tensor | None:
     """Features of the reference batch's images, or of the ImageFolder's, read and embedded a chunk at a time."""
-    from switchsweep.trainers.imagefolder import read_image, scan, to_unit_range
+    from switchsweep.trainers.data.imagefolder import read_image, scan, to_unit_range
 
     if data.ref_batch:
         batch = reference_batch(data.ref_batch)

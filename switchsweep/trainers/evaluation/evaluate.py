@@ -16,12 +16,17 @@ from tqdm.auto import tqdm
 from switchsweep.models import build_model
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.config import Config, DataConfig, EvalConfig
-from switchsweep.trainers.diffusion import GaussianDiffusion
-from switchsweep.trainers.features import FeatureNet, build_feature_net, reference_features, reference_statistics
-from switchsweep.trainers.latents import latent_decoder
-from switchsweep.trainers.loop import resolve_device
-from switchsweep.trainers.metrics import all_metrics
-from switchsweep.trainers.sampling import sample_images
+from switchsweep.trainers.data.latents import latent_decoder
+from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion
+from switchsweep.trainers.diffusion.sampling import sample_images
+from switchsweep.trainers.evaluation.features import (
+    FeatureNet,
+    build_feature_net,
+    reference_features,
+    reference_statistics,
+)
+from switchsweep.trainers.evaluation.metrics import all_metrics
+from switchsweep.trainers.loop.trainer import resolve_device
 
 
 def generate_and_embed(

@@ -22,13 +22,13 @@ from switchsweep.models.layers import AdaLNBranches
 from switchsweep.platform.checkpoint import load_checkpoint, save_checkpoint
 from switchsweep.platform.config import Config
 from switchsweep.platform.errors import CheckpointError, ConfigError, TrainingError
-from switchsweep.trainers.data import BatchStream, load_dataset
-from switchsweep.trainers.diffusion import GaussianDiffusion
-from switchsweep.trainers.ema import EMA
-from switchsweep.trainers.images import save_image_grid
-from switchsweep.trainers.latents import latent_decoder
-from switchsweep.trainers.sampling import sample_images
-from switchsweep.trainers.weighting import LossWeighting
+from switchsweep.trainers.data.batches import BatchStream, load_dataset
+from switchsweep.trainers.data.images import save_image_grid
+from switchsweep.trainers.data.latents import latent_decoder
+from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion
+from switchsweep.trainers.diffusion.sampling import sample_images
+from switchsweep.trainers.diffusion.weighting import LossWeighting
+from switchsweep.trainers.loop.ema import EMA
 
 GRID_CLASSES = 16  # sample grids show at most this many classes (ImageNet has 1,000)
 

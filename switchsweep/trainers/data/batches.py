@@ -32,7 +32,7 @@ def load_digits_tensors() -> tuple[Tensor, Tensor]:
 def load_dataset(cfg: DataConfig) -> tuple[Tensor, Tensor]:
     """(images [N, C, H, W], labels [N]); prepared latents come memory-mapped, read as batches ask."""
     if cfg.name == "latents":
-        from switchsweep.trainers.latents import load_latents
+        from switchsweep.trainers.data.latents import load_latents
 
         return load_latents(cfg)  # checked against its manifest there
     if cfg.name == "digits":

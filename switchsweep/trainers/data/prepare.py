@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 from switchsweep.platform.config import DataConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.runtime import node_types
-from switchsweep.trainers.imagefolder import read_image, scan, to_unit_range
-from switchsweep.trainers.latents import (
+from switchsweep.trainers.data.imagefolder import read_image, scan, to_unit_range
+from switchsweep.trainers.data.latents import (
     FORMAT,
     MANIFEST,
     SHARDS,

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from switchsweep.trainers.diffusion import GaussianDiffusion
+from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion
 
 ModelFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
