@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from switchsweep.platform import sweep_state
+from switchsweep.platform.sweep_record import SweepRecord
 
 # Where a trial's overhead goes, from the times its record keeps (sweeps.trial.PHASES): each phase is
 # (name, start field, end field) or, for rung waits, a duration field.
@@ -53,7 +53,7 @@ def breakdown(entry: dict) -> dict[str, float]:
 
 
 def summarise(sweep_dir: Path) -> list[dict]:
-    trials = sweep_state.load(sweep_dir).get("trials", {})
+    trials = SweepRecord.load(sweep_dir).to_json()["trials"]
     rows = [{"trial_id": t, **e} for t, e in sorted(trials.items())]
     names = [name for name, _, _ in PHASES]
     print(

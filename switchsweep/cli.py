@@ -133,6 +133,7 @@ def _local_store(job) -> str:
 
 def _export(args: argparse.Namespace) -> int:
     from switchsweep.platform.export import export_best
+    from switchsweep.sweeps.run import sweeps_root
 
     own, overrides = _own(args.overrides, ("top", "out"))
     job = load_sweep_config(overrides)
@@ -140,7 +141,9 @@ def _export(args: argparse.Namespace) -> int:
     if not top.isdigit():
         raise ConfigError(f"top={top} is not a whole number: give how many of the best trials to export, e.g. top=3")
     out = own.get("out") or f"runs/export/{job.sweep.name}"
-    written = export_best(_local_store(job), job.sweep.name, int(top), out, sweep_id=job.sweep.id)
+    written = export_best(
+        _local_store(job), job.sweep.name, int(top), out, sweep_id=job.sweep.id, sweeps_dir=sweeps_root(job)
+    )
     for path in written:
         print(f"{path}    run it: switchsweep train --config {path}")
     print(f"ranking: {out}/ranking.md, {out}/ranking.csv")

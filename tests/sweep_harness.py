@@ -5,8 +5,6 @@ each means."""
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 import signal
 import socket
@@ -122,14 +120,11 @@ def sweep_cmd(
 
 
 def record(root: Path) -> dict[str, Any]:
-    """The sweep's record (sweep.json) of the one sweep under `root`, or {} before it exists."""
-    found = glob.glob(str(root / "sweeps" / "design_space" / "*" / "sweep.json"))
-    if not found:
-        return {}
-    try:
-        return json.loads(Path(found[0]).read_text())
-    except json.JSONDecodeError:  # never half-written (atomic rename), but be safe while polling
-        return {}
+    """The record of the one sweep under `root` as it is written, or {} before it exists."""
+    from switchsweep.platform.sweep_record import SweepRecord
+
+    found = [p for p in (root / "sweeps" / "design_space").glob("*") if SweepRecord.exists(p)]
+    return SweepRecord.load(found[0]).to_json() if found else {}
 
 
 def wait_for(what, timeout: float, proc: subprocess.Popen | None = None, poll: float = 0.2) -> Any:
@@ -284,10 +279,10 @@ def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str
     driver.wait(timeout=30)
     before = _trial_facts(root)
     sweep_dir = next((root / "sweeps" / "design_space").iterdir())
-    from switchsweep.platform import sweep_state
     from switchsweep.platform.sweep_dir import SweepDir
+    from switchsweep.platform.sweep_record import sweep_status
 
-    status_after_kill = sweep_state.status(sweep_dir)
+    status_after_kill = sweep_status(sweep_dir)
     resumed = subprocess.Popen([*cmd, "--resume"], stdout=log, stderr=subprocess.STDOUT, env=ENV)
     lock = SweepDir(sweep_dir).lock
     wait_for(lambda: lock.is_file() and f"pid {resumed.pid} " in lock.read_text(), 120, resumed)

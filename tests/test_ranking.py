@@ -11,21 +11,23 @@ from scipy import stats
 
 from switchsweep.platform.ranking import BEST, TIED, WORSE, TrialRecord, pareto_front, rank_groups
 from switchsweep.platform.sweep_config import METRIC_SE
+from switchsweep.platform.sweep_record import TrialEnd
 
 
 def rec(group, seed, value, status="FINISHED", steps=100, noise=None, **metrics):
     m = {"kid": value, **metrics}
     if noise is not None:
         m["kid_se"] = noise
+    end = TrialEnd.from_mlflow(status)
     return TrialRecord(
-        f"{group}-{seed}", f"run-{group}-{seed}", status, steps, 100, group, seed, {"model.name": "switch_dit"}, m
+        f"{group}-{seed}", f"run-{group}-{seed}", end, steps, group, seed, {"model.name": "switch_dit"}, m
     )
 
 
 def test_finished_configurations_come_first_then_stopped_then_nan():
     records = [
         rec("stopped", 0, 1.0, status="KILLED", steps=50),  # best number, but from half the training
-        rec("short", 0, 2.0, status="FINISHED", steps=50),  # FINISHED at ASHA's max_t short of train.steps
+        rec("short", 0, 2.0, status="RUNNING", steps=50),  # still training: not comparable either
         rec("good", 0, 5.0),
         rec("bad", 0, 9.0),
         rec("nan", 0, math.nan),
@@ -246,17 +248,16 @@ def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
     }
     extra = {"params": 2.166e6, "gflops": 0.04271, "steps_per_sec": 5.678}
     records = [
-        TrialRecord(f"s-{i}", f"r-s-{i}", "FINISHED", 100, 100, "gs", i, switch, {"kid": v, "kid_se": 2.0, **extra})
+        TrialRecord(f"s-{i}", f"r-s-{i}", TrialEnd.FINISHED, 100, "gs", i, switch, {"kid": v, "kid_se": 2.0, **extra})
         for i, v in enumerate([10.0, 14.0])
     ]
-    records.append(TrialRecord("d-0", "r-d-0", "KILLED", 50, 100, "gd", 0, {"model.name": "dit"}, {"kid": math.nan}))
+    records.append(TrialRecord("d-0", "r-d-0", TrialEnd.STOPPED, 50, "gd", 0, {"model.name": "dit"}, {"kid": math.nan}))
     records.append(
         TrialRecord(
             "f-0",
             "r-f-0",
-            "FAILED",
+            TrialEnd.FAILED,
             3,
-            100,
             "gf",
             0,
             {"model.name": "dit"},
@@ -400,7 +401,7 @@ def _with_baseline(base_values, designs, parent=None):
 
     records = [
         TrialRecord(
-            f"bl-{i}", f"run-bl-{i}", "FINISHED", 100, 100, BASELINE_GROUP, i, {"model.name": "dit"}, {"kid": v}
+            f"bl-{i}", f"run-bl-{i}", TrialEnd.FINISHED, 100, BASELINE_GROUP, i, {"model.name": "dit"}, {"kid": v}
         )
         for i, v in enumerate(base_values)
     ]

@@ -4,8 +4,6 @@ lock, failure classification, credential redaction, driver-side path resolution.
 import json
 import os
 import pickle
-import signal
-import subprocess
 import sys
 
 import pytest
@@ -13,14 +11,20 @@ import torch
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from switchsweep.platform import sweep_state
 from switchsweep.platform.config import resolve_paths
 from switchsweep.platform.errors import CheckpointError, ConfigError, TrainingError
+from switchsweep.platform.sweep_record import INTERRUPTED, SweepRecord
 from switchsweep.platform.tracking import CHECKPOINT_TAG, ResilientLog, Tracker, default_tracking_uri, redact
-from switchsweep.sweeps.callbacks import failure_reason, place_checkpoint
-from switchsweep.sweeps.failures import LogTail, TrialFailure, is_deterministic, trial_failure
+from switchsweep.sweeps.callbacks import place_checkpoint
+from switchsweep.sweeps.failures import (
+    FAILURE_REASON,
+    LogTail,
+    TrialFailure,
+    failure_reason,
+    is_deterministic,
+    trial_failure,
+)
 from switchsweep.sweeps.run import _resume_overrides
-from switchsweep.sweeps.trial import FAILURE_REASON
 
 
 @pytest.mark.parametrize(
@@ -109,48 +113,6 @@ def test_writes_during_an_outage_are_kept_and_sent_in_order_later(run, tmp_path,
     assert "MLflow write failed" in capsys.readouterr().err
 
 
-def test_the_record_says_running_only_while_a_driver_holds_the_lock(tmp_path):
-    sweep_state.save(tmp_path, {"status": sweep_state.RUNNING, "created": 1.0})
-    assert sweep_state.status(tmp_path) == sweep_state.INTERRUPTED  # a driver that died
-    lock = sweep_state.DriverLock(tmp_path)
-    lock.acquire()
-    try:
-        assert sweep_state.status(tmp_path) == sweep_state.RUNNING
-        with pytest.raises(ConfigError, match=rf"sweep {tmp_path.name} is being run by driver pid {os.getpid()} on "):
-            sweep_state.DriverLock(tmp_path).acquire()
-    finally:
-        lock.release()
-    assert sweep_state.status(tmp_path) == sweep_state.INTERRUPTED
-
-
-def test_a_killed_driver_leaves_no_lock(tmp_path):
-    sweep_state.save(tmp_path, {"status": sweep_state.RUNNING})
-    code = (
-        "import sys, time; from switchsweep.platform.sweep_state import DriverLock; "
-        f"lock = DriverLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); time.sleep(60)"
-    )
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert child.stdout.readline().strip() == "held"
-    assert sweep_state.status(tmp_path) == sweep_state.RUNNING
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=10)
-    assert sweep_state.status(tmp_path) == sweep_state.INTERRUPTED
-    lock = sweep_state.DriverLock(tmp_path)
-    lock.acquire()  # a resuming driver takes it over
-    lock.release()
-
-
-def test_trial_entries_merge_and_trials_over_counts_ended_ones(tmp_path):
-    sweep_state.save(tmp_path, {"status": sweep_state.RUNNING})
-    sweep_state.update_trial(tmp_path, "a", status="running", step=4)
-    sweep_state.update_trial(tmp_path, "a", step=8)
-    sweep_state.update_trial(tmp_path, "b", status=sweep_state.TRIAL_FAILED, reason="x")
-    sweep_state.update_trial(tmp_path, "c", status=sweep_state.TRIAL_STOPPED)
-    state = sweep_state.load(tmp_path)
-    assert state["trials"]["a"] == {"status": "running", "step": 8}
-    assert sorted(sweep_state.trials_over(state)) == ["b", "c"]
-
-
 @pytest.mark.parametrize(
     "error,deterministic",
     [
@@ -216,8 +178,9 @@ def test_relative_paths_resolve_against_the_drivers_folder(tmp_path, monkeypatch
     }
 
 
-def test_a_resume_must_be_given_redacted_credentials_again():
-    state = {"overrides": ["sweep=design_space", "sweep.tracking_uri=https://***@mlflow.example.com", "train.steps=8"]}
+def test_a_resume_must_be_given_redacted_credentials_again(tmp_path):
+    stored = ["sweep=design_space", "sweep.tracking_uri=https://***@mlflow.example.com", "train.steps=8"]
+    state = SweepRecord(tmp_path, overrides=stored)
     with pytest.raises(ConfigError, match="sweep.tracking_uri: its credentials were not stored"):
         _resume_overrides(state, ["sweep=design_space"])
     again = _resume_overrides(state, ["sweep.tracking_uri=https://a:b@mlflow.example.com"])
@@ -267,17 +230,14 @@ def test_resume_refuses_in_one_line_when_the_tune_state_is_missing(tmp_path, cap
 
     root = tmp_path / "runs"
     sweep_dir = root / "sweeps" / "design_space" / "design_space-1"
-    sweep_state.save(
+    SweepRecord(
         sweep_dir,
-        {
-            "sweep_id": "design_space-1",
-            "name": "design_space",
-            "created": 1.0,
-            "tune_dir": "tune",
-            "status": sweep_state.INTERRUPTED,
-            "overrides": [f"sweep.root={root}"],
-        },
-    )
+        sweep_id="design_space-1",
+        name="design_space",
+        created=1.0,
+        status=INTERRUPTED,
+        overrides=[f"sweep.root={root}"],
+    ).save()
     assert main(["sweep", "--resume", f"sweep.root={root}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--resume: sweep design_space-1 has no Tune state under" in err[0]
@@ -345,20 +305,25 @@ def test_a_cut_short_tune_state_without_a_whole_copy_falls_back_or_is_refused(tm
         repair(str(tune_dir), str(tmp_path / "ray"))
 
 
-def test_a_trial_tune_restarts_keeps_its_wall_clock(tmp_path):
+def test_a_trial_tune_restarts_keeps_its_wall_clock_and_counts_the_attempt(tmp_path):
     import time
     from types import SimpleNamespace
 
     from switchsweep.sweeps.callbacks import TrialTracking
 
-    sweep_state.save(tmp_path, {"sweep_id": "s", "trials": {}})
+    SweepRecord(tmp_path, sweep_id="s").save()
     tracking = TrialTracking("sqlite:///unused.db", "0", "p", str(tmp_path), 40, str(tmp_path), "last")
-    trial = SimpleNamespace(trial_id="t1")
+    trial = SimpleNamespace(trial_id="t1", error_file=None, get_error=lambda: "ActorDiedError: the actor died")
     tracking.on_trial_start(0, [], trial)
     time.sleep(0.3)  # the trial's process dies here; Tune starts it again
+    tracking.on_trial_recover(0, [], trial)
     tracking.on_trial_start(0, [], trial)
     tracking.on_trial_result(0, [], trial, {"step": 10, "loop_s": 0.1})
-    assert sweep_state.load(tmp_path)["trials"]["t1"]["wall_s"] >= 0.3
+    entry = SweepRecord.load(tmp_path).trials["t1"]
+    assert entry.wall_s >= 0.3 and entry.attempt == 2 and entry.reason == ""  # a crash: the restart trains
+    trial.get_error = lambda: f"RuntimeError: {FAILURE_REASON}=TrainingError: non-finite loss\n"
+    tracking.on_trial_recover(0, [], trial)  # deterministic: the next restart ends with it (trial._train_inline)
+    assert SweepRecord.load(tmp_path).trials["t1"].reason == "TrainingError: non-finite loss"
 
 
 def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -16,6 +16,7 @@ from switchsweep.dashboards.sweep_data import SweepData, TrialData, bin_rows, st
 from switchsweep.platform.export import SweepRanking, is_plain_dit
 from switchsweep.platform.naming import run_name
 from switchsweep.platform.ranking import TrialRecord, compare_to_best, paired_difference, rank_groups
+from switchsweep.platform.sweep_record import TrialEnd
 
 PARENT = {
     "sweep.search": "grid",
@@ -60,7 +61,7 @@ def _sweep(designs, seeds=2, stopped=()):
             }
             records.append(
                 TrialRecord(
-                    tid, f"run-{tid}", "KILLED" if stop else "FINISHED", 50 if stop else 100, 100, g, s, params, metrics
+                    tid, f"run-{tid}", TrialEnd.of(50 if stop else 100, 100), 50 if stop else 100, g, s, params, metrics
                 )
             )
             curve = [(50, kids[s] + 10)] + ([] if stop else [(100, kids[s])])
@@ -283,8 +284,8 @@ def test_the_ranking_says_why_a_configuration_failed_only_when_one_did():
 
     data = _sweep({k: DESIGNS[k] for k in ("dit", "s32")})
     assert "why it failed" not in ranking_table(data)
-    data.ranking.ranked[-1].status, data.ranking.ranked[-1].failure = (
-        "FAILED",
+    data.ranking.ranked[-1].end, data.ranking.ranked[-1].failure = (
+        TrialEnd.FAILED,
         "dit-0: TrainingError: non-finite loss <x>",
     )
     table = ranking_table(data)

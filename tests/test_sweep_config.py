@@ -1,7 +1,6 @@
 """Sweep configs, search spaces and their bad-input errors: all checked before Ray or MLflow start."""
 
 import copy
-import json
 from pathlib import Path
 
 import numpy as np
@@ -279,11 +278,11 @@ def test_dashboard_commands_refuse_bad_input_in_one_line(tmp_path, capsys, argv,
 
 
 def test_optuna_ui_refuses_a_grid_sweep_that_has_no_study(tmp_path, capsys):
-    from switchsweep.platform.sweep_dir import STATE_FILE
+    from switchsweep.platform.sweep_record import SweepRecord
 
     folder = tmp_path / "sweeps" / "table1" / "table1-1"
     folder.mkdir(parents=True)
-    (folder / STATE_FILE).write_text(json.dumps({"created": 1.0, "status": "finished"}))
+    SweepRecord(folder, sweep_id="table1-1", name="table1", created=1.0, status="finished").save()
     assert main(["optuna-ui", "sweep=table1", f"sweep.root={tmp_path}"]) == 2
     assert "table1-1 has no Optuna study" in capsys.readouterr().err
 
@@ -317,7 +316,7 @@ def test_unset_worker_cpus_share_the_local_cores(monkeypatch):
 
 
 def test_resume_and_extend_pick_the_latest_sweep_in_the_right_state(tmp_path):
-    from switchsweep.platform.sweep_dir import STATE_FILE
+    from switchsweep.platform.sweep_record import SweepRecord
     from switchsweep.sweeps.run import find_sweep
 
     root = tmp_path / "sweeps" / "design_space"
@@ -329,7 +328,7 @@ def test_resume_and_extend_pick_the_latest_sweep_in_the_right_state(tmp_path):
     ]
     for sweep_id, created, status in made:
         (root / sweep_id).mkdir(parents=True)
-        (root / sweep_id / STATE_FILE).write_text(json.dumps({"created": created, "status": status}))
+        SweepRecord(root / sweep_id, sweep_id=sweep_id, created=created, status=status).save()
     job = load_sweep_config([f"sweep.root={tmp_path}"])
     assert find_sweep(job, finished=False).name == "mid-unfinished"  # newest of the unfinished, by creation time
     assert find_sweep(job, finished=True).name == "newest-finished"

@@ -27,6 +27,24 @@ def test_the_controller_side_of_the_loopback_backend_imports_no_torch():
     assert out.stdout.decode().strip() == "[]"
 
 
+def test_the_controller_unpickles_a_workers_spec_without_the_worker_side():
+    # Train's controller imports the train function's module and unpickles its config only to pass them on.
+    from switchsweep.platform.config import Config
+    from switchsweep.sweeps.train_entry import WorkerSpec, train_worker
+
+    cfg = Config()
+    cfg.model.top_k = 1
+    spec = WorkerSpec(cfg, "run", "sqlite:///x.db", 4, 1, "last", "s", "t", (4,), 1.0)
+    code = (
+        "import pickle, sys; fn, cfg = pickle.loads(sys.stdin.buffer.read()); "
+        "assert cfg['spec'].config.model.top_k == 1; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mlflow', 'ray')))"
+    )
+    shipped = pickle.dumps((train_worker, {"spec": spec}))
+    out = subprocess.run([sys.executable, "-c", code], input=shipped, capture_output=True, check=True)
+    assert out.stdout.decode().strip() == "[]"
+
+
 def test_trials_train_without_ray_datas_dataset_manager():
     trainer = _TorchTrainer(
         lambda config: None,
@@ -44,7 +62,7 @@ def test_a_workers_process_start_is_read_from_proc_not_from_when_it_asks():
         [
             sys.executable,
             "-c",
-            "import time; time.sleep(1.5); from switchsweep.sweeps.trial import "
+            "import time; time.sleep(1.5); from switchsweep.sweeps.worker import "
             "process_start_time; print(process_start_time(), time.time())",
         ],
         capture_output=True,

@@ -135,7 +135,7 @@ def _space_keys(tracker: Tracker, parent_run_id: str) -> list[str]:
 def collect(tracker: Tracker, name: str, sweep_id: str | None, sweeps_dir: Path) -> SweepData:
     """Everything the report shows of one sweep (the latest of `name` when `sweep_id` is None);
     `sweeps_dir` holds the sweeps of that name, each with its Optuna journal if it searched."""
-    ranking = rank_trials(tracker, name, sweep_id)
+    ranking = rank_trials(tracker, name, sweep_id, sweeps_dir)
     experiment_id = tracker.find_experiment(name)
     runs = {r.data.tags.get(TRIAL_TAG, ""): r for r in tracker.children(experiment_id, ranking.parent_run_id)}
     trials = []

@@ -36,6 +36,7 @@ from switchsweep.platform.ranking import (
 )
 from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
 from switchsweep.platform.sweep_dir import RANKING_CSV, RANKING_MD
+from switchsweep.platform.sweep_record import SweepRecord, TrialEnd
 from switchsweep.platform.tracking import (
     EVAL_NOISE_ARTIFACT,
     FAILURE_TAG,
@@ -143,8 +144,13 @@ def race_sentence(ranking: SweepRanking) -> str:
     return f"Racing did not separate {lead.group} from {versus} at 95%: {ended} ({extra} of {budget} extra seeds each)."
 
 
-def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> SweepRanking:
-    """The sweep's configurations best first (see `platform.ranking`), from its MLflow child runs."""
+def rank_trials(
+    tracker: Tracker, name: str, sweep_id: str | None = None, sweeps_dir: Path | None = None
+) -> SweepRanking:
+    """The sweep's configurations best first (see `platform.ranking`), from its MLflow child runs and how
+    its record (in `sweeps_dir`, the folder of the sweeps of that name) says each trial ended. A sweep
+    whose record is not on this machine (a cluster's sweep ranked from a laptop) is ranked from the run
+    statuses that mirror it."""
     experiment_id = tracker.find_experiment(name)
     if experiment_id is None:
         raise ConfigError(
@@ -154,16 +160,18 @@ def rank_trials(tracker: Tracker, name: str, sweep_id: str | None = None) -> Swe
     tags = parent.data.tags
     metric, mode = tags[METRIC_TAG], tags[MODE_TAG]
     objectives = [o for o in tags.get(OBJECTIVES_TAG, "").split(",") if o]
+    folder = sweeps_dir / tags[SWEEP_TAG] if sweeps_dir is not None else None
+    ends = SweepRecord.load(folder).ends() if folder is not None and SweepRecord.exists(folder) else None
     records = []
     for run in tracker.children(experiment_id, parent.info.run_id):
         t = run.data.tags
+        trial_id = t.get(TRIAL_TAG, "")
         records.append(
             TrialRecord(
-                trial_id=t.get(TRIAL_TAG, ""),
+                trial_id=trial_id,
                 run_id=run.info.run_id,
-                status=run.info.status,
+                end=ends.get(trial_id, TrialEnd.RUNNING) if ends is not None else TrialEnd.from_mlflow(run.info.status),
                 steps=int(run.data.metrics.get("step", 0)),
-                train_steps=int(run.data.params.get("train.steps", 0)),
                 group=t.get(GROUP_TAG, t.get(TRIAL_TAG, "")),
                 seed_index=int(t.get(SEED_TAG, 0)),
                 params=dict(run.data.params),
@@ -295,13 +303,20 @@ def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
     return table, md
 
 
-def export_best(tracking_uri: str, name: str, top: int, out: str | Path, sweep_id: str | None = None) -> list[Path]:
+def export_best(
+    tracking_uri: str,
+    name: str,
+    top: int,
+    out: str | Path,
+    sweep_id: str | None = None,
+    sweeps_dir: Path | None = None,
+) -> list[Path]:
     """Write the `top` best configurations (rank01-<trial>.yaml, ...; their lowest seed's config) and
     the full ranking into `out`. A multi-objective sweep writes its Pareto set (pareto01-<trial>.yaml, ...)."""
     if top < 1:
         raise ConfigError(f"top={top} must be >= 1")
     tracker = Tracker(require_store(tracking_uri))
-    ranking = rank_trials(tracker, name, sweep_id)
+    ranking = rank_trials(tracker, name, sweep_id, sweeps_dir)
     if not ranking.ranked:
         raise ConfigError(
             f"sweep {ranking.sweep_id} has no trials yet: resume it with `switchsweep sweep sweep={name} --resume`"

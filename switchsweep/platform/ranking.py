@@ -26,19 +26,21 @@ from typing import TypeVar
 import numpy as np
 from scipy import stats
 
+from switchsweep.platform.sweep_record import TrialEnd
+
 BEST, TIED, WORSE, BETTER = "best", "tied", "worse", "better"
 BASELINE_GROUP = "baseline"  # the group of a sweep's baseline (`sweep.baseline`): compared with, never the best
 
 
 @dataclass
 class TrialRecord:
-    """One trial as tracking holds it: status, steps trained, its configuration and seed, last metrics."""
+    """One trial: how it ended (the sweep's record decides), steps trained, its configuration and seed,
+    last metrics."""
 
     trial_id: str
     run_id: str
-    status: str  # FINISHED, KILLED (stopped early), FAILED, RUNNING
+    end: TrialEnd
     steps: int
-    train_steps: int
     group: str
     seed_index: int
     params: dict[str, str]
@@ -47,7 +49,7 @@ class TrialRecord:
 
     @property
     def complete(self) -> bool:
-        return self.status == "FINISHED" and self.steps >= self.train_steps
+        return self.end is TrialEnd.FINISHED
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Ranked:
     group: str
     trial_id: str
     run_id: str
-    status: str  # FINISHED only if every seed trained all its steps
+    end: TrialEnd  # finished only if every seed finished (`_group_end`)
     steps: int  # the fewest steps any seed trained
     value: float  # mean over seeds of the metric
     std: float  # sd over seeds (nan with one seed)
@@ -83,7 +85,12 @@ class Ranked:
 
     @property
     def complete(self) -> bool:
-        return self.status == "FINISHED"
+        return self.end is TrialEnd.FINISHED
+
+    @property
+    def status(self) -> str:
+        """How rankings print it: MLflow's word for the end (FINISHED, KILLED, FAILED, RUNNING)."""
+        return self.end.mlflow_status
 
     @property
     def baseline(self) -> bool:
@@ -221,13 +228,12 @@ def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> lis
     return front
 
 
-def _status(members: Sequence[TrialRecord]) -> str:
-    if all(m.complete for m in members):
-        return "FINISHED"
-    for status in ("FAILED", "RUNNING", "KILLED"):
-        if any(m.status == status for m in members):
-            return status
-    return "KILLED"  # FINISHED but short of its steps: stopped at ASHA's max_t
+def _group_end(members: Sequence[TrialRecord]) -> TrialEnd:
+    """A configuration finished if every seed did; else its first of failed, running, stopped."""
+    for end in (TrialEnd.FAILED, TrialEnd.RUNNING, TrialEnd.STOPPED):
+        if any(m.end is end for m in members):
+            return end
+    return TrialEnd.FINISHED
 
 
 def rank_groups(
@@ -258,7 +264,7 @@ def rank_groups(
                 group=name,
                 trial_id=first.trial_id,
                 run_id=first.run_id,
-                status=_status(members),
+                end=_group_end(members),
                 steps=min(m.steps for m in members),
                 value=value,
                 std=float(np.std(finite, ddof=1)) if len(finite) >= 2 else math.nan,
@@ -270,7 +276,7 @@ def rank_groups(
                 trials=[m.trial_id for m in members],
                 values=values,
                 objectives={o: float(np.mean([m.metrics.get(o, math.nan) for m in members])) for o in objectives},
-                failure=next((f"{m.trial_id}: {m.failure}" for m in members if m.status == "FAILED"), ""),
+                failure=next((f"{m.trial_id}: {m.failure}" for m in members if m.end is TrialEnd.FAILED), ""),
             )
         )
     if objectives:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-STATE_FILE = "sweep.json"  # the sweep's record (`platform.sweep_state`)
+STATE_FILE = "sweep.json"  # the sweep's record (`platform.sweep_record`)
 LOCK_FILE = "driver.lock"  # held by the one driver running the sweep
 JOURNAL_FILE = "optuna.journal"  # the Optuna study of a tpe/random sweep
 ASHA_FILE = "asha.pkl"  # ASHA's rungs, kept across driver restarts (`sweeps.asha`)

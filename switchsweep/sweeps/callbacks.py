@@ -1,10 +1,9 @@
 """Driver-side bookkeeping of trials (a Tune callback): Tune may stop a trial's process at any
-report, so its progress and end are written here, into the sweep's record (`platform.sweep_state`),
+report, so its progress and end are written here, into the sweep's record (`platform.sweep_record`),
 and from there onto the trial's MLflow run (status, timing, why it failed)."""
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -12,27 +11,11 @@ from typing import Any
 import pyarrow.fs as pafs
 from ray.tune import Callback, Checkpoint
 
-from switchsweep.platform import sweep_state
 from switchsweep.platform.storage import storage_fs
+from switchsweep.platform.sweep_record import SweepRecord, TrialEnd
 from switchsweep.platform.tracking import CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, STOPPED_TAG, Tracker
-from switchsweep.sweeps.trial import FAILURE_REASON, PHASES, PHASES_KEY
-
-_REASON = re.compile(rf"{FAILURE_REASON}=(.+)")
-MLFLOW_STATUS = {
-    sweep_state.TRIAL_FINISHED: "FINISHED",
-    sweep_state.TRIAL_STOPPED: "KILLED",
-    sweep_state.TRIAL_FAILED: "FAILED",
-}
-
-
-def failure_reason(error_text: str | None) -> str:
-    """The one-line reason run_trial put in a failed trial's error, else the error's last line."""
-    text = error_text or ""
-    found = _REASON.search(text)
-    if found:
-        return found.group(1).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "the trial's process failed without an error message"
+from switchsweep.sweeps.failures import failure_reason, repeated_failure
+from switchsweep.sweeps.train_entry import PHASES, PHASES_KEY
 
 
 def train_checkpoints(storage_path: str, trial_id: str) -> tuple[pafs.FileSystem, list[str]]:
@@ -97,70 +80,69 @@ class TrialTracking(Callback):
         return before + time.perf_counter() - clock
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        entry = sweep_state.load(self.sweep_dir).get("trials", {}).get(trial.trial_id, {})
-        if entry.get("status") in sweep_state.TRIAL_OVER:
+        # Before the trial's function runs: a restarted inline trial reads its attempt from the entry.
+        entry = SweepRecord.load(self.sweep_dir).trial_started(trial.trial_id)
+        if entry is None:
             return  # over before a driver restart: Tune's snapshot was older than the record
         # A trial Tune restarts (an inline trial whose process died) keeps its clock: its wall counts the restart.
-        self.started.setdefault(trial.trial_id, (time.perf_counter(), float(entry.get("wall_s", 0.0))))
-        sweep_state.update_trial(self.sweep_dir, trial.trial_id, status="running", t_trial_start=time.time())
+        self.started.setdefault(trial.trial_id, (time.perf_counter(), entry.wall_s or 0.0))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         phases = result.get(PHASES_KEY, {})
-        fields = {
-            **{k: result[k] for k in ("step", "loop_s", "attempt") if k in result},
-            **{k: phases[k] for k in PHASES if k in phases},
-        }
-        wall = self._wall(trial.trial_id)
-        if wall is not None:
-            fields["wall_s"] = wall
-        sweep_state.update_trial(self.sweep_dir, trial.trial_id, **fields)
+        timings = {k: phases[k] for k in PHASES if k in phases}
+        SweepRecord.load(self.sweep_dir).trial_reported(
+            trial.trial_id,
+            step=result.get("step"),
+            loop_s=result.get("loop_s"),
+            attempt=result.get("attempt"),
+            wall_s=self._wall(trial.trial_id),
+            timings=timings,
+        )
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        why = repeated_failure(_error_text(trial))
+        if why is not None:  # deterministic: the restart ends with the same reason instead of training again
+            SweepRecord.load(self.sweep_dir).trial_will_fail_again(trial.trial_id, why)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._finish(trial, failure=None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        # The error file is written in the trial's local folder first (storage gets its copy later).
-        local = Path(trial.error_file) if trial.error_file else None
-        text = local.read_text(errors="replace") if local is not None and local.is_file() else trial.get_error()
-        self._finish(trial, failure=failure_reason(text))
+        self._finish(trial, failure=failure_reason(_error_text(trial)))
 
     def _finish(self, trial: Any, failure: str | None) -> None:
         trial_id = trial.trial_id
-        entry = sweep_state.load(self.sweep_dir).get("trials", {}).get(trial_id, {})
-        if entry.get("status") in sweep_state.TRIAL_OVER:
-            return  # recorded once; a restored Tune may report the same end again
-        step = int(entry.get("step", 0))
-        if failure is not None:
-            status = sweep_state.TRIAL_FAILED
-        else:
-            status = sweep_state.TRIAL_FINISHED if step >= self.train_steps else sweep_state.TRIAL_STOPPED
-        fields: dict[str, Any] = {"status": status, "step": step, "t_trial_end": time.time()}
-        if failure is not None:
-            fields["reason"] = failure
-        wall = self._wall(trial_id)
-        if wall is not None and "loop_s" in entry:
-            fields.update(wall_s=wall, overhead_s=wall - float(entry["loop_s"]))
+        entry = SweepRecord.load(self.sweep_dir).trial_ended(trial_id, self.train_steps, failure, self._wall(trial_id))
+        if entry is None:
+            return
         tracker = Tracker(self.tracking_uri)
         runs = tracker.children(self.experiment_id, self.parent_run_id, trial_id)
-        if runs:
-            run_id = runs[0].info.run_id
-            timing = {f"trial_{k}": fields[k] for k in ("wall_s", "overhead_s") if k in fields}
-            if timing:
-                tracker.log_metrics(run_id, timing, step=step)
-            tags = {STOPPED_TAG: "true"} if status == sweep_state.TRIAL_STOPPED else {}
-            if failure is not None:
-                tags[FAILURE_TAG] = failure
-            if tags:
-                tracker.set_tags(run_id, tags)
-            if status != sweep_state.TRIAL_FAILED:
-                place_checkpoint(
-                    tracker,
-                    run_id,
-                    self.storage_path,
-                    trial_id,
-                    self.log_checkpoints,
-                    finished=status == sweep_state.TRIAL_FINISHED,
-                    inline=trial.checkpoint,
-                )
-            tracker.set_status(run_id, MLFLOW_STATUS[status])
-        sweep_state.update_trial(self.sweep_dir, trial_id, **fields)
+        if not runs:
+            return
+        run_id = runs[0].info.run_id
+        if entry.overhead_s is not None:
+            tracker.log_metrics(
+                run_id, {"trial_wall_s": entry.wall_s, "trial_overhead_s": entry.overhead_s}, step=entry.step
+            )
+        tags = {STOPPED_TAG: "true"} if entry.status is TrialEnd.STOPPED else {}
+        if failure is not None:
+            tags[FAILURE_TAG] = failure
+        if tags:
+            tracker.set_tags(run_id, tags)
+        if entry.status is not TrialEnd.FAILED:
+            place_checkpoint(
+                tracker,
+                run_id,
+                self.storage_path,
+                trial_id,
+                self.log_checkpoints,
+                finished=entry.status is TrialEnd.FINISHED,
+                inline=trial.checkpoint,
+            )
+        tracker.set_status(run_id, entry.status.mlflow_status)
+
+
+def _error_text(trial: Any) -> str:
+    # The error file is written in the trial's local folder first (storage gets its copy later).
+    local = Path(trial.error_file) if trial.error_file else None
+    return local.read_text(errors="replace") if local is not None and local.is_file() else (trial.get_error() or "")

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import collections
 import io
+import re
 import sys
 import traceback
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from switchsweep.platform.errors import CheckpointError, ConfigError, TrainingError
+from switchsweep.platform.tracking import ATTEMPTS_TAG, FAILURE_TAG, Tracker
 
 DETERMINISTIC = (TrainingError, ConfigError, CheckpointError, torch.OutOfMemoryError, MemoryError)
 _OOM_TEXT = ("out of memory", "can't allocate memory")  # allocator errors raised as plain RuntimeError
+FAILURE_REASON = "failure_reason"  # marks the reason in a failed trial's error, for the driver to read back
+_REASON = re.compile(rf"{FAILURE_REASON}=(.+)")
 
 
 class TrialFailure(Exception):
@@ -100,3 +104,29 @@ class LogTail:
         if error is not None:
             lines += ["", *"".join(traceback.format_exception(error)).splitlines()]
         return "\n".join(lines) + "\n"
+
+
+def fail_trial(tracker: Tracker, run_id: str, why: str, log_tail: str | None, attempts: int) -> NoReturn:
+    """End a trial as failed, the one way: its run tagged with why and after how many attempts, its worker's
+    last lines as an artifact (None: keep the ones logged before), and the reason raised for the driver
+    (`failure_reason`), which records the end and sets the run's status from it."""
+    tracker.set_tags(run_id, {FAILURE_TAG: why, ATTEMPTS_TAG: attempts})
+    if log_tail is not None:
+        tracker.log_text(run_id, log_tail, "failure/worker.log")
+    raise RuntimeError(f"{FAILURE_REASON}={why}")
+
+
+def repeated_failure(error_text: str) -> str | None:
+    """The reason `fail_trial` put in a trial's error: a failure another attempt would repeat."""
+    found = _REASON.search(error_text)
+    return found.group(1).strip() if found else None
+
+
+def failure_reason(error_text: str | None) -> str:
+    """Why a trial failed: the reason `fail_trial` raised, else the error's last line."""
+    text = error_text or ""
+    repeated = repeated_failure(text)
+    if repeated is not None:
+        return repeated
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "the trial's process failed without an error message"

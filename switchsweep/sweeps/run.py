@@ -1,7 +1,7 @@
 """The sweep driver: validate, open the MLflow parent run, start Ray, run (or resume) the Tuner,
 then write the results table and the best trial onto the parent run.
 
-The sweep's state lives in one record, `sweep.json` (`platform.sweep_state`): this driver holds the
+The sweep's state lives in one record, `sweep.json` (`platform.sweep_record`): this driver holds the
 sweep's lock while it runs and decides from the record alone whether the sweep is finished.
 """
 
@@ -20,7 +20,6 @@ from typing import Any
 from ray import tune
 
 from switchsweep.dashboards.report import make_report
-from switchsweep.platform import sweep_state
 from switchsweep.platform.compose import load_sweep_config, override_key
 from switchsweep.platform.config import resolve_paths
 from switchsweep.platform.errors import ConfigError
@@ -37,7 +36,15 @@ from switchsweep.platform.sweep_config import (
     trial_resources,
 )
 from switchsweep.platform.sweep_dir import SweepDir
-from switchsweep.platform.sweep_state import DriverLock
+from switchsweep.platform.sweep_record import (
+    FINISHED,
+    INTERRUPTED,
+    RUNNING,
+    DriverLock,
+    SweepRecord,
+    sweep_status,
+    sweeps,
+)
 from switchsweep.platform.tracking import (
     BEST_GROUP_TAG,
     BEST_RUN_TAG,
@@ -125,20 +132,16 @@ def find_sweep(job: SweepJobConfig, finished: bool | None = None) -> Path:
     flag = {True: "--extend", False: "--resume", None: f"sweep={job.sweep.name}"}[finished]
     if job.sweep.id:
         path = root / job.sweep.id
-        if not SweepDir(path).state.is_file():
+        if not SweepRecord.exists(path):
             raise ConfigError(f"sweep.id={job.sweep.id}: no such sweep under {root}: check the id (ls {root})")
-        status = sweep_state.status(path)
-        if finished is not None and (status == sweep_state.FINISHED) != finished:
+        status = sweep_status(path)
+        if finished is not None and (status == FINISHED) != finished:
             hint = "resume it with --resume first" if finished else "add trials with --extend N instead"
-            if status == sweep_state.RUNNING:
+            if status == RUNNING:
                 hint = "its driver is still running: wait for it or stop it"
             raise ConfigError(f"{flag}: sweep {job.sweep.id} is {status}: {hint}")
         return path
-    found = [
-        p
-        for p in sweep_state.sweeps(root)
-        if finished is None or (sweep_state.status(p) == sweep_state.FINISHED) == finished
-    ]
+    found = [p for p in sweeps(root) if finished is None or (sweep_status(p) == FINISHED) == finished]
     if not found:
         what = {True: "finished ", False: "interrupted ", None: ""}[finished]
         hint = (
@@ -150,11 +153,11 @@ def find_sweep(job: SweepJobConfig, finished: bool | None = None) -> Path:
     return found[-1]
 
 
-def expected_trials(job: SweepJobConfig, state: dict[str, Any]) -> int:
+def expected_trials(job: SweepJobConfig, record: SweepRecord) -> int:
     """Tune trials the sweep runs at least: configurations (grid rows, or sampled ones plus every
     extension) times seeds, plus the baseline's seeds (racing adds more, `race_budget`)."""
     s = job.sweep
-    configs = len(s.grid) if s.search == "grid" else s.num_trials + sum(state.get("extensions", []))
+    configs = len(s.grid) if s.search == "grid" else s.num_trials + sum(record.extensions)
     return (configs + (baseline_model(s) is not None)) * s.seeds
 
 
@@ -226,8 +229,8 @@ def _warm_feature_cache(job: SweepJobConfig) -> None:
     reference_features(job.data, net, job.eval.cache_dir)
 
 
-def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str, Any]]:
-    """The sweep's directory and state: a new one, the interrupted one being resumed, or the
+def _open(job: SweepJobConfig, overrides: Sequence[str]) -> SweepRecord:
+    """The sweep's record (its folder: `path`): a new one, the interrupted one being resumed, or the
     finished one being extended."""
     s = job.sweep
     if s.resume or s.extend:
@@ -239,17 +242,17 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str
                 "(e.g. with more sweep.seeds) instead"
             )
         sweep_dir = find_sweep(job, finished=bool(s.extend))
-        state = sweep_state.load(sweep_dir)
-        changed = [o for o in overrides if not _where_it_runs(o) and o not in state["overrides"]]
+        record = SweepRecord.load(sweep_dir)
+        changed = [o for o in overrides if not _where_it_runs(o) and o not in record.overrides]
         if changed:
             raise ConfigError(
                 f"{changed[0]}: a resumed or extended sweep keeps its search and training config; "
                 "drop it or start a new sweep"
             )
         if s.extend:
-            state["extensions"] = [*state.get("extensions", []), s.extend]
-            state["tune_dir"] = f"tune-ext{len(state['extensions'])}"
-        return sweep_dir, state
+            record.extensions.append(s.extend)
+            record.tune_dir = f"tune-ext{len(record.extensions)}"
+        return record
     sweep_id = s.id or f"{s.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = sweeps_root(job) / sweep_id
     if sweep_dir.exists():
@@ -258,37 +261,28 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> tuple[Path, dict[str
         )
     # Credentials in URIs are never stored: a resume is given them again.
     kept = [redact(o) for o in _stored(overrides)]
-    state = {
-        "sweep_id": sweep_id,
-        "name": s.name,
-        "created": time.time(),
-        "status": sweep_state.RUNNING,
-        "overrides": kept,
-        "tune_dir": "tune",
-    }
-    return sweep_dir, state
+    return SweepRecord(sweep_dir, sweep_id=sweep_id, name=s.name, overrides=kept)
 
 
 def _open_parent(
     tracker: Tracker,
     job: SweepJobConfig,
-    state: dict[str, Any],
-    sweep_dir: Path,
+    record: SweepRecord,
     experiment_id: str,
     overrides: Sequence[str],
 ) -> None:
     """Create the sweep's parent run in its experiment once (here, on the driver: trials only add
     child runs), or reopen it on resume."""
     s = job.sweep
-    if "parent_run_id" in state:
-        tracker.set_status(state["parent_run_id"], "RUNNING")
+    if record.parent_run_id:
+        tracker.set_status(record.parent_run_id, "RUNNING")
         return
     parent = tracker.create_run(
         experiment_id,
-        state["sweep_id"],
+        record.sweep_id,
         {
             ROLE_TAG: "sweep",
-            SWEEP_TAG: state["sweep_id"],
+            SWEEP_TAG: record.sweep_id,
             METRIC_TAG: s.metric,
             MODE_TAG: s.mode,
             OBJECTIVES_TAG: ",".join(s.objectives),
@@ -330,8 +324,8 @@ def _open_parent(
             },
         },
     )
-    state.update(experiment_id=experiment_id, parent_run_id=parent, tracking_uri=redact(tracker.uri))
-    sweep_state.save(sweep_dir, state)
+    record.experiment_id, record.parent_run_id, record.tracking_uri = experiment_id, parent, redact(tracker.uri)
+    record.save()
 
 
 def _experiment(tracker: Tracker, job: SweepJobConfig) -> str:
@@ -350,7 +344,7 @@ def _experiment(tracker: Tracker, job: SweepJobConfig) -> str:
     )
 
 
-def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dict[str, Any]) -> tune.Tuner:
+def _tuner(job: SweepJobConfig, trial_job: TrialJob, record: SweepRecord) -> tune.Tuner:
     s = job.sweep
     inline = trains_inline(s.ray)  # the trial's process trains: it holds its worker's resources too
     # Tune snapshots its state at each inline checkpoint (it keeps one a trial) and warns when those come
@@ -360,7 +354,7 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, job=trial_job), trial_resources(s.ray) if inline else driver_bundle(s.ray)
     )
-    storage, name = trial_job.storage_path, state.get("tune_dir", "tune")
+    storage, name = trial_job.storage_path, record.tune_dir
     tune_path = _join(storage, name)
     if s.resume:  # that it can be restored was checked before any work
         return tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True)
@@ -368,12 +362,12 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
         trial_job.tracking_uri,
         trial_job.experiment_id,
         trial_job.parent_run_id,
-        str(sweep_dir),
+        str(record.path),
         job.train.steps,
         storage,
         trial_job.log_checkpoints,
     )
-    searcher = _search_alg(job, sweep_dir, trial_job.sweep_id, trial_job.bases[0])
+    searcher = _search_alg(job, record.path, trial_job.sweep_id, trial_job.bases[0])
     if searcher is not None and not s.extend and s.points_to_evaluate:
         searcher.enqueue(s.points_to_evaluate)
     samples = (s.extend or s.num_trials) * s.seeds
@@ -386,7 +380,7 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
             metric=s.metric,
             mode=s.mode,
             search_alg=searcher,
-            scheduler=_scheduler(job, sweep_dir),
+            scheduler=_scheduler(job, record.path),
             num_samples=1 if s.search == "grid" else samples,
             max_concurrent_trials=s.max_concurrent,
         ),
@@ -404,11 +398,11 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, sweep_dir: Path, state: dic
     )
 
 
-def _resume_overrides(state: dict[str, Any], given: Sequence[str]) -> list[str]:
+def _resume_overrides(record: SweepRecord, given: Sequence[str]) -> list[str]:
     """The sweep's stored overrides, with where-it-runs settings given again on the command line taking
     their place; a stored one whose credentials were redacted must be given again."""
     keys = {override_key(o) for o in given if _where_it_runs(o)}
-    stored = [o for o in state["overrides"] if override_key(o) not in keys]
+    stored = [o for o in record.overrides if override_key(o) not in keys]
     hidden = [o for o in stored if "***" in o]
     if hidden:
         key = override_key(hidden[0])
@@ -452,11 +446,12 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
     """Run (or resume) the sweep. Everything that can fail on bad input (the configs every trial can
     reach, the cluster's resources, a missing Tune state to resume) is checked before the sweep's
     directory, MLflow runs or Ray exist."""
-    sweep_dir, state = _open(job, overrides)
+    record = _open(job, overrides)
+    sweep_dir = record.path
     if (
         job.sweep.resume or job.sweep.extend
     ):  # the job as it was composed when the sweep started; only where it runs may change
-        overrides = _resume_overrides(state, overrides)
+        overrides = _resume_overrides(record, overrides)
         job = load_sweep_config(overrides)
     else:
         overrides = _stored(overrides)
@@ -466,10 +461,10 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
     bases = [resolve_paths(b) for b in trial_bases(job, overrides)]
     if job.data.name == "latents":
         check_prepared(config_from_dict(bases[0]).data)  # absolute paths, as the trials will see them
-    storage = sweep_storage(job, state["sweep_id"])
-    if s.resume and not tune.Tuner.can_restore(_join(storage, state.get("tune_dir", "tune"))):
+    storage = sweep_storage(job, record.sweep_id)
+    if s.resume and not tune.Tuner.can_restore(_join(storage, record.tune_dir)):
         raise ConfigError(
-            f"--resume: sweep {state['sweep_id']} has no Tune state under {storage} to continue from "
+            f"--resume: sweep {record.sweep_id} has no Tune state under {storage} to continue from "
             "(interrupted before its first trial started, or sweep.ray.storage_path changed): "
             "start a new sweep, or pass the storage_path it used"
         )
@@ -480,15 +475,15 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
         start_ray(s.ray)
         check_cluster(s.ray)
         if s.resume:
-            repaired = repair_tune_state(_join(storage, state.get("tune_dir", "tune")), ray_temp_dir())
+            repaired = repair_tune_state(_join(storage, record.tune_dir), ray_temp_dir())
             if repaired:
                 print(f"switchsweep sweep: {repaired}", file=sys.stderr)
         tracker = Tracker(s.tracking_uri or default_tracking_uri(s.root))
         experiment_id = _experiment(tracker, job)
         if not lock.held:  # a new sweep's folder appears here, once its input is known to be good
             lock.acquire()
-        _open_parent(tracker, job, state, sweep_dir, experiment_id, overrides)
-        return _drive(job, tracker, sweep_dir, state, bases, storage)
+        _open_parent(tracker, job, record, experiment_id, overrides)
+        return _drive(job, tracker, record, bases, storage)
     finally:
         lock.release()
 
@@ -496,8 +491,7 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
 def _drive(
     job: SweepJobConfig,
     tracker: Tracker,
-    sweep_dir: Path,
-    state: dict[str, Any],
+    record: SweepRecord,
     bases: list[dict[str, Any]],
     storage: str,
 ) -> SweepResult:
@@ -506,30 +500,29 @@ def _drive(
     _warm_feature_cache(job)
     trial_job = TrialJob(
         bases=bases,
-        sweep_id=state["sweep_id"],
+        sweep_id=record.sweep_id,
+        sweep_dir=str(record.path),
         storage_path=storage,
         tracking_uri=tracker.uri,
-        experiment_id=state["experiment_id"],
-        parent_run_id=state["parent_run_id"],
+        experiment_id=record.experiment_id,
+        parent_run_id=record.parent_run_id,
         eval_every=s.eval_every,
         ray=s.ray,
         git_commit=git_commit(),
         log_checkpoints=keep,
-        done_trials=sorted(sweep_state.trials_over(state)),
+        done_trials=sorted(record.trials_over()),
         rung_steps=_rung_steps(job),
     )
-    state["status"] = sweep_state.RUNNING
-    sweep_state.save(sweep_dir, state)
-    _tuner(job, trial_job, sweep_dir, state).fit()
-    state = sweep_state.load(sweep_dir)  # the trials' entries, as TrialTracking recorded them
-    over = sweep_state.trials_over(state)
-    parent = state["parent_run_id"]
-    ranking = rank_trials(tracker, s.name, state["sweep_id"])
+    record.set_status(RUNNING)
+    _tuner(job, trial_job, record).fit()
+    record = SweepRecord.load(record.path)  # the trials' entries, as TrialTracking recorded them
+    over, parent = record.trials_over(), record.parent_run_id
+    ranking = rank_trials(tracker, s.name, record.sweep_id, sweeps_root(job))
     ranked = ranking.ranked
     # Racing runs a number of trials known only at its end: any trial started and not over is one cut short.
-    interrupted = len(over) < expected_trials(job, state) or len(state.get("trials", {})) > len(over)
+    interrupted = len(over) < expected_trials(job, record) or len(record.trials) > len(over)
     if ranked:
-        tracker.log_artifacts(parent, write_ranking(ranking, sweep_dir))
+        tracker.log_artifacts(parent, write_ranking(ranking, record.path))
     best = ranking.best
     if best is not None:
         if keep == "best" and best.complete:
@@ -537,21 +530,19 @@ def _drive(
         tracker.set_tags(parent, {BEST_TRIAL_TAG: best.trial_id, BEST_GROUP_TAG: best.group, BEST_RUN_TAG: best.run_id})
         if not math.isnan(best.value):
             tracker.log_metrics(parent, {f"best_{s.metric}": best.value}, step=0)
-    state["status"] = sweep_state.INTERRUPTED if interrupted else sweep_state.FINISHED
-    sweep_state.save(sweep_dir, state)
-    report = _report(tracker, s.name, state["sweep_id"], sweeps_root(job)) if ranked else None
+    record.set_status(INTERRUPTED if interrupted else FINISHED)
+    report = _report(tracker, s.name, record.sweep_id, sweeps_root(job)) if ranked else None
     tracker.set_status(parent, "KILLED" if interrupted else "FINISHED")
-    failed = {t: e.get("reason", "") for t, e in over.items() if e["status"] == sweep_state.TRIAL_FAILED}
     return SweepResult(
-        state["sweep_id"],
-        sweep_dir,
+        record.sweep_id,
+        record.path,
         redact(tracker.uri),
         s.name,
-        state["experiment_id"],
+        record.experiment_id,
         parent,
         ranked,
         interrupted,
         report,
-        failed,
+        record.failed(),
         [x for x in (baseline_sentence(ranking), race_sentence(ranking)) if x],
     )

@@ -37,6 +37,7 @@ from ray.tune.search import Searcher
 
 from switchsweep.platform.ranking import BASELINE_GROUP, race_leaders, separated
 from switchsweep.platform.sweep_config import ParamSpec
+from switchsweep.platform.sweep_record import TrialEnd
 from switchsweep.sweeps.space import (
     BASELINE_ROW,
     FULL,
@@ -47,8 +48,6 @@ from switchsweep.sweeps.space import (
     resolve_point,
     to_sampled,
 )
-
-COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 
 
 @dataclass
@@ -67,23 +66,22 @@ def default_tpe_startup(num_trials: int) -> int:
     return max(2, num_trials // 4)
 
 
-def group_state(outcomes: Sequence[str]) -> str:
-    """A configuration failed if any seed failed, was pruned if any seed was stopped early."""
-    if FAILED in outcomes:
-        return FAILED
-    return PRUNED if PRUNED in outcomes else COMPLETE
+def group_state(ends: Sequence[TrialEnd]) -> TrialEnd:
+    """A configuration failed if any seed failed, was stopped (pruned) if any seed was stopped early."""
+    if TrialEnd.FAILED in ends:
+        return TrialEnd.FAILED
+    return TrialEnd.STOPPED if TrialEnd.STOPPED in ends else TrialEnd.FINISHED
 
 
 def trial_outcome(
     result: dict[str, Any] | None, error: bool, objectives: Sequence[str], train_steps: int
-) -> tuple[str, list[float]]:
-    """(outcome, objective values) of one finished Tune trial from its last result."""
-    if error or not result or any(m not in result for m in objectives):
-        return FAILED, []
-    values = [float(result[m]) for m in objectives]
-    if not all(math.isfinite(v) for v in values):
-        return FAILED, []
-    return (COMPLETE if int(result.get("step", 0)) >= train_steps else PRUNED), values
+) -> tuple[TrialEnd, list[float]]:
+    """(end, objective values) of one Tune trial that is over, from its last result: failed too when
+    an objective is missing or not finite."""
+    values = [float(result[m]) for m in objectives if m in result] if result else []
+    failed = error or len(values) != len(objectives) or not all(math.isfinite(v) for v in values)
+    end = TrialEnd.of(int((result or {}).get("step", 0)), train_steps, failed=failed)
+    return end, [] if failed else values
 
 
 class SeededStudySearch(Searcher):
@@ -240,8 +238,8 @@ class SeededStudySearch(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id in self.full:
             self.pending.discard(trial_id)
-            state, values = trial_outcome(result, error, self.objectives, self.train_steps)
-            if state == COMPLETE:
+            end, values = trial_outcome(result, error, self.objectives, self.train_steps)
+            if end is TrialEnd.FINISHED:
                 group, seed = self.full[trial_id]
                 self.values.setdefault(group, {})[seed] = values[0]
             return
@@ -255,16 +253,16 @@ class SeededStudySearch(Searcher):
 
     def _tell(self, group: _Group) -> None:
         outcomes = [o for o in group.outcomes.values() if o is not None]
-        state = group_state([o[0] for o in outcomes])
-        if state == FAILED:
-            self.study.tell(group.number, state=TrialState.FAIL)
-        elif state == PRUNED:
+        end = group_state([o[0] for o in outcomes])
+        if end is TrialEnd.FAILED:
+            self.study.tell(group.number, state=TrialState[end.optuna_state])
+        elif end is TrialEnd.STOPPED:
             if len(self.objectives) == 1:
                 trial = optuna.trial.Trial(self.study, group.storage_id)
                 steps = sorted({s for values in group.intermediate.values() for s in values})
                 for step in steps:
                     trial.report(float(np.mean([v[step] for v in group.intermediate.values() if step in v])), step)
-            self.study.tell(group.number, state=TrialState.PRUNED)
+            self.study.tell(group.number, state=TrialState[end.optuna_state])
         else:
             means = [float(np.mean([o[1][i] for o in outcomes])) for i in range(len(self.objectives))]
             self.study.tell(group.number, means if len(means) > 1 else means[0])
