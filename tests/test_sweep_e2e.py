@@ -1,5 +1,6 @@
-"""End to end on the session's Ray head (conftest): a 2-trial sweep through the CLI is
-interrupted after its first trial, resumed, checked in MLflow, exported and re-trained."""
+"""End to end on the session's Ray head (conftest): one scenario (a fixture) runs a 2-configuration
+sweep through the CLI, interrupts, resumes, extends, exports and re-trains it; each test checks one
+part of what it left, in MLflow, Optuna, the record, the console, the report and the UIs."""
 
 import csv
 import json
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,55 +56,96 @@ def _sweep_cmd(root: Path, cache: Path, address: str, *extra: str) -> list[str]:
     ]
 
 
+@dataclass
+class Scenario:
+    """What the end-to-end scenario did, step by step, for the focused tests below to check."""
+
+    root: Path
+    tmp: Path
+    first_trial: str  # the trial over when the first driver was interrupted
+    first_summary: dict  # its record entry then
+    interrupted: dict  # the record after the interrupt
+    changed: subprocess.CompletedProcess  # --resume with a changed training setting
+    resumed: subprocess.CompletedProcess
+    after_resume: dict  # the record then
+    runs_after_resume: list  # the MLflow runs then
+    extended: subprocess.CompletedProcess  # --extend 1
+    exported: subprocess.CompletedProcess
+    export_dir: Path
+    trained: subprocess.CompletedProcess  # `switchsweep train --config` of the best exported file
+
+
+def _run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def _ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 @pytest.fixture(scope="module")
-def sweep_root(tmp_path_factory) -> Path:
-    """The end-to-end sweep's root, shared with the browser tests that look at what it produced."""
-    return tmp_path_factory.mktemp("e2e") / "runs"
-
-
-def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, sweep_root, tmp_path):
-    root, cache = sweep_root, digits_net[2]
-    env = ENV
-    log = open(tmp_path / "first.log", "w")
-    first = subprocess.Popen(_sweep_cmd(root, cache, ray_head), stdout=log, stderr=subprocess.STDOUT, env=env)
-    # Interrupt (Ctrl+C) once the first trial has finished.
+def scenario(ray_head, digits_net, tmp_path_factory) -> Scenario:
+    """A 2-configuration sweep through the CLI on the session's Ray head: interrupted (Ctrl+C) once its
+    first trial is over, refused a changed resume, resumed, extended by one configuration, exported,
+    and its best exported config trained as it is. Shared with the browser tests that look at what it
+    produced."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    root, cache = tmp / "runs", digits_net[2]
+    log = open(tmp / "first.log", "w")
+    first = subprocess.Popen(_sweep_cmd(root, cache, ray_head), stdout=log, stderr=subprocess.STDOUT, env=ENV)
     deadline = time.time() + 400
     done: dict = {}
     while time.time() < deadline and not done and first.poll() is None:
         time.sleep(1)
         done = {t: e for t, e in record(root).get("trials", {}).items() if e["status"] != "running"}
-    assert done, (tmp_path / "first.log").read_text()[-3000:]
+    assert done, (tmp / "first.log").read_text()[-3000:]
     first.send_signal(signal.SIGINT)
-    assert first.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    assert first.wait(timeout=180) == 130, (tmp / "first.log").read_text()[-3000:]
     ((first_trial, first_summary),) = done.items()
-    state = record(root)
-    assert state["status"] == "interrupted"
+    interrupted = record(root)
+    changed = _run(_sweep_cmd(root, cache, ray_head, "--resume", "train.steps=12"), 120)
+    resumed = _ok(_run(_sweep_cmd(root, cache, ray_head, "--resume"), 400))
+    after_resume = record(root)
+    client = MlflowClient(default_tracking_uri(root))
+    runs_after_resume = client.search_runs([client.get_experiment_by_name("design_space").experiment_id])
+    extended = _ok(_run(_sweep_cmd(root, cache, ray_head, "--extend", "1"), 400))
+    out = tmp / "export"
+    export = [str(BIN / "switchsweep"), "export", "sweep=design_space", "top=2", f"out={out}", f"sweep.root={root}"]
+    exported = _ok(_run(export, 120))
+    best = sorted(out.glob("rank*.yaml"))[0]
+    trained = _ok(_run([str(BIN / "switchsweep"), "train", "--config", str(best), "train.progress=false"], 300))
+    return Scenario(
+        root,
+        tmp,
+        first_trial,
+        first_summary,
+        interrupted,
+        changed,
+        resumed,
+        after_resume,
+        runs_after_resume,
+        extended,
+        exported,
+        out,
+        trained,
+    )
 
-    changed = subprocess.run(
-        _sweep_cmd(root, cache, ray_head, "--resume", "train.steps=12"),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+
+def _children(runs: list) -> tuple:
+    parents = [r for r in runs if r.data.tags.get("switchsweep.role") == "sweep"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return parents[0], children
+
+
+def test_an_interrupted_sweep_resumes_without_training_its_finished_trial_again(scenario):
+    assert scenario.interrupted["status"] == "interrupted"
+    changed = scenario.changed
     assert changed.returncode == 2 and "train.steps=12: a resumed or extended sweep keeps" in changed.stderr
-    resumed = subprocess.run(
-        _sweep_cmd(root, cache, ray_head, "--resume"), capture_output=True, text=True, env=env, timeout=400
-    )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "2 configurations x 1 seed(s), best first by gflops" in resumed.stdout
-    # Tune's table: the searched settings and the numbers a user compares; the record's phase times stay out.
-    header = next(line for line in resumed.stdout.splitlines() if line.startswith("| Trial name"))
-    assert [c.strip() for c in header.split("|")[-4:-1]] == ["gflops", "loss", "step"], header
-    assert "t_fit_start" not in resumed.stdout and "phases" not in resumed.stdout
-    assert re.search(
-        r"open it: +switchsweep ui sweep\.root=\S+ +then http://127\.0\.0\.1:5000/#/experiments/\d+/runs"
-        r"\?workflowType=machine_learning\n",
-        resumed.stdout,
-    ), resumed.stdout[-2000:]
-    assert record(root)["trials"][first_trial] == first_summary  # the finished trial was not rerun
-    state = record(root)
-    assert state["status"] == "finished"
+    assert "2 configurations x 1 seed(s), best first by gflops" in scenario.resumed.stdout
+    assert scenario.after_resume["trials"][scenario.first_trial] == scenario.first_summary  # not rerun
+    assert scenario.after_resume["status"] == "finished"
     # The record times each phase of a trial, in order, across its processes (benchmarks/sweep_overhead.py).
     phases = [
         "t_trial_start",
@@ -114,30 +157,46 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
         "t_report",
         "t_trial_end",
     ]
-    times = [first_summary[k] for k in phases]
+    times = [scenario.first_summary[k] for k in phases]
     assert times == sorted(times), dict(zip(phases, times))
 
-    # MLflow: one parent, one child per trial (no duplicate after resume), metrics and routing artifacts.
-    client = MlflowClient(default_tracking_uri(root))
+
+def test_the_console_shows_the_searched_settings_and_the_link_to_the_runs(scenario):
+    stdout = scenario.resumed.stdout
+    # Tune's table: the searched settings and the numbers a user compares; the record's phase times stay out.
+    header = next(line for line in stdout.splitlines() if line.startswith("| Trial name"))
+    assert [c.strip() for c in header.split("|")[-4:-1]] == ["gflops", "loss", "step"], header
+    assert "t_fit_start" not in stdout and "phases" not in stdout
+    assert re.search(
+        r"open it: +switchsweep ui sweep\.root=\S+ +then http://127\.0\.0\.1:5000/#/experiments/\d+/runs"
+        r"\?workflowType=machine_learning\n",
+        stdout,
+    ), stdout[-2000:]
+    assert "report:      " in stdout and (next(scenario.root.glob("sweeps/design_space/*")) / "report.html").is_file()
+
+
+def test_mlflow_holds_one_parent_and_one_child_per_trial_under_design_names(scenario):
+    client = MlflowClient(default_tracking_uri(scenario.root))
     exp = client.get_experiment_by_name("design_space")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("switchsweep.role") == "sweep"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    parent = parents[0]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2 and len(runs) == 3
+    parent, children = _children(scenario.runs_after_resume)
+    assert parent.info.status == "FINISHED" and len(children) == 2 and len(scenario.runs_after_resume) == 3
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's training-runs view
     assert {c.info.run_name for c in children} == {"switch_dit M3 k1 ldp1.0 a4 s0", "switch_dit M6 k3 ldp0.5 a2 s0"}
     trial_ids = {c.data.tags["switchsweep.trial_id"] for c in children}
-    assert first_trial in trial_ids
-    assert parent.data.tags["switchsweep.best_trial"] in trial_ids
+    assert scenario.first_trial in trial_ids and parent.data.tags["switchsweep.best_trial"] in trial_ids
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
         "ranking.csv",
         "ranking.md",
         "search_space.json",
         "report.html",
     }
-    assert "report:      " in resumed.stdout and (next(root.glob("sweeps/design_space/*")) / "report.html").is_file()
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert finished and all("checkpoint" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in finished)
+
+
+def test_each_evaluation_logs_metrics_routing_samples_and_noise_once(scenario, tmp_path):
+    client = MlflowClient(default_tracking_uri(scenario.root))
+    _, children = _children(scenario.runs_after_resume)
     for child in children:
         run_id = child.info.run_id
         kid = client.get_metric_history(run_id, "kid")
@@ -198,20 +257,22 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
             ).read_text()
         )
         assert (len(logged["kid"]), len(logged["fid"])) == (50, 20)
-    finished = [c for c in children if c.info.status == "FINISHED"]
-    assert finished and all("checkpoint" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in finished)
 
+
+def test_optuna_is_told_each_trials_end_and_asha_stopped_the_costlier_one(scenario):
+    client = MlflowClient(default_tracking_uri(scenario.root))
+    _, children = _children(client.search_runs([client.get_experiment_by_name("design_space").experiment_id]))
+    sweep_dir = next(scenario.root.glob("sweeps/design_space/*"))
     # Optuna was told each trial's truth: finished -> COMPLETE with its value, stopped early -> PRUNED.
-    sweep_dir = next(root.glob("sweeps/design_space/*"))
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(sweep_dir / "optuna.journal"))
     )
     study = optuna.load_study(study_name=sweep_dir.name, storage=storage)
     by_group = {c.data.tags["switchsweep.group"]: c for c in children}
-    assert sorted(by_group) == ["g000", "g001"]
+    assert sorted(by_group) == ["g000", "g001", "g002"]  # the two given, and the one --extend added
     design = {
-        g: tuple(c.data.params[f"model.{k}"] for k in ("num_experts", "top_k", "lambda_dp", "prior_alpha"))
-        for g, c in by_group.items()
+        g: tuple(by_group[g].data.params[f"model.{k}"] for k in ("num_experts", "top_k", "lambda_dp", "prior_alpha"))
+        for g in ("g000", "g001")
     }
     assert design == {"g000": ("3", "1", "1.0", "4.0"), "g001": ("6", "3", "0.5", "2.0")}
     # The first trained all its steps; ASHA stopped the second at its first evaluation (also after the resume).
@@ -230,29 +291,26 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
         if want == TrialState.COMPLETE:
             assert t.value == pytest.approx(child.data.metrics["gflops"])
 
-    # --extend adds configurations to the finished sweep: same parent run, same study.
-    extended = subprocess.run(
-        _sweep_cmd(root, cache, ray_head, "--extend", "1"), capture_output=True, text=True, env=env, timeout=400
-    )
-    assert extended.returncode == 0, extended.stdout[-3000:] + extended.stderr[-3000:]
-    assert "3 configurations x 1 seed(s)" in extended.stdout
-    runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 4 and sum(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in runs) == 3
-    assert len(optuna.load_study(study_name=sweep_dir.name, storage=storage).trials) == 3
-    assert record(root)["status"] == "finished"
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    parent = client.get_run(parent.info.run_id)
 
-    # Export the best trial and train it from the exported file as it is.
-    out = tmp_path / "export"
-    exported = subprocess.run(
-        [str(BIN / "switchsweep"), "export", "sweep=design_space", "top=2", f"out={out}", f"sweep.root={root}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+def test_extend_adds_configurations_to_the_same_parent_run_and_study(scenario):
+    assert "3 configurations x 1 seed(s)" in scenario.extended.stdout
+    client = MlflowClient(default_tracking_uri(scenario.root))
+    runs = client.search_runs([client.get_experiment_by_name("design_space").experiment_id])
+    parent, children = _children(runs)
+    assert len(runs) == 4 and len(children) == 3
+    assert parent.info.run_id == _children(scenario.runs_after_resume)[0].info.run_id
+    sweep_dir = next(scenario.root.glob("sweeps/design_space/*"))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep_dir / "optuna.journal"))
     )
-    assert exported.returncode == 0, exported.stderr
+    assert len(optuna.load_study(study_name=sweep_dir.name, storage=storage).trials) == 3
+    assert record(scenario.root)["status"] == "finished"
+
+
+def test_export_writes_the_best_configs_which_train_as_they_are(scenario):
+    client = MlflowClient(default_tracking_uri(scenario.root))
+    parent, children = _children(client.search_runs([client.get_experiment_by_name("design_space").experiment_id]))
+    out = scenario.export_dir
     files = sorted(out.glob("rank*.yaml"))
     assert len(files) == 2 and (out / "ranking.md").is_file()
     with open(out / "ranking.csv", newline="") as fh:
@@ -262,20 +320,13 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
         (c for c in children if c.info.status == "FINISHED"),
         key=lambda c: (c.data.metrics["gflops"], c.data.tags["switchsweep.group"]),
     )
+    stopped = next(c for c in children if c.info.status == "KILLED")
     assert [r["trial_id"] for r in ranking] == [c.data.tags["switchsweep.trial_id"] for c in finished] + [
         stopped.data.tags["switchsweep.trial_id"]
     ]
     assert ranking[-1]["status"] == "KILLED" and parent.data.tags["switchsweep.best_trial"] == ranking[0]["trial_id"]
     assert ranking[0]["variant"].startswith("switch_dit(M=") and float(ranking[0]["params_M"]) > 0
     assert "sqlite" not in files[0].read_text() and "mlflow" not in files[0].read_text()
-    trained = subprocess.run(
-        [str(BIN / "switchsweep"), "train", "--config", str(files[0]), "train.progress=false"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert trained.returncode == 0, trained.stderr[-3000:]
     ckpt = load_checkpoint(out / files[0].stem / "ckpt.pt")
     best = next(c for c in children if c.data.tags["switchsweep.trial_id"] == files[0].stem.split("-", 1)[1])
     assert ckpt["step"] == 8
@@ -283,18 +334,18 @@ def test_sweep_interrupt_resume_track_export_and_retrain(ray_head, digits_net, s
         assert str(ckpt["config"]["model"][key]) == best.data.params[f"model.{key}"]
 
 
-def _sweep_report(sweep_root: Path) -> Path:
-    reports = list(sweep_root.glob("sweeps/design_space/*/report.html"))
+def _sweep_report(scenario: Scenario) -> Path:
+    reports = list(scenario.root.glob("sweeps/design_space/*/report.html"))
     assert reports, "the end-to-end sweep above wrote no report: see its failure"
     return reports[0]
 
 
-def test_report_opens_in_a_browser_with_every_plot_drawn(sweep_root, browser, tmp_path):
+def test_report_opens_in_a_browser_with_every_plot_drawn(scenario, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.goto(_sweep_report(sweep_root).as_uri())
+    page.goto(_sweep_report(scenario).as_uri())
     page.wait_for_function("() => document.querySelectorAll('.plotly-graph-div .main-svg').length > 0")
     plots = page.evaluate("""() => [...document.querySelectorAll('.plotly-graph-div')].map(d => ({
         id: d.id, drawn: !!d.querySelector('.main-svg'),
@@ -323,7 +374,8 @@ def test_report_opens_in_a_browser_with_every_plot_drawn(sweep_root, browser, tm
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
 
 
-def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, browser, tmp_path):
+def test_mlflow_ui_shows_the_training_runs_under_their_design_names(scenario, browser, tmp_path):
+    sweep_root = scenario.root
     client = MlflowClient(default_tracking_uri(sweep_root))
     exp = client.get_experiment_by_name("design_space")
     runs = client.search_runs([exp.experiment_id])
@@ -395,10 +447,11 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(sweep_root, 
         ui.wait(timeout=30)
 
 
-def test_optuna_ui_serves_the_sweeps_study_on_loopback(sweep_root):
+def test_optuna_ui_serves_the_sweeps_study_on_loopback(scenario):
+    sweep_root = scenario.root
     import urllib.request
 
-    sweep_id = _sweep_report(sweep_root).parent.name
+    sweep_id = _sweep_report(scenario).parent.name
     port = free_port()
     ui = subprocess.Popen(
         [str(BIN / "switchsweep"), "optuna-ui", "sweep=design_space", f"sweep.root={sweep_root}", f"port={port}"],

@@ -30,7 +30,8 @@ def test_the_controller_side_of_the_loopback_backend_imports_no_torch():
 def test_the_controller_unpickles_a_workers_spec_without_the_worker_side():
     # Train's controller imports the train function's module and unpickles its config only to pass them on.
     from switchsweep.platform.config import Config
-    from switchsweep.sweeps.train_entry import WorkerSpec, train_worker
+    from switchsweep.sweeps.train_entry import train_worker
+    from switchsweep.sweeps.worker_spec import WorkerSpec
 
     cfg = Config()
     cfg.model.top_k = 1

@@ -15,7 +15,7 @@ from switchsweep.platform.storage import storage_fs
 from switchsweep.platform.sweep_record import SweepRecord, TrialEnd
 from switchsweep.platform.tracking import CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, STOPPED_TAG, Tracker
 from switchsweep.sweeps.failures import failure_reason, repeated_failure
-from switchsweep.sweeps.train_entry import PHASES, PHASES_KEY
+from switchsweep.sweeps.worker_spec import PHASES, PHASES_KEY
 
 
 def train_checkpoints(storage_path: str, trial_id: str) -> tuple[pafs.FileSystem, list[str]]:

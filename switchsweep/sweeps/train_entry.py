@@ -1,57 +1,17 @@
-"""What crosses a trial's process boundary, in a module with nothing heavy to import: the function each
-Ray Train job runs (`train_worker`), the `WorkerSpec` it is handed, and the shape of what workers report.
-Train's controller process imports the module of the function it is handed only to pass it on to the
-workers, and importing `sweeps.worker` there (torch, MLflow, the models) would delay every trial."""
+"""The function each Ray Train job runs, in a module with nothing heavy to import: Train's controller
+process imports the module of the function it is handed only to pass it on to the workers, and
+importing `sweeps.worker` there (torch, MLflow, the models) would delay every trial."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
-
-from switchsweep.platform.config import Config
-
-PROGRESS = "progress.json"  # beside ckpt.pt in every reported checkpoint: training seconds so far
-# Wall-clock times (epoch seconds) of a trial's phases, reported with every result so the driver's
-# record can break a trial's overhead down (benchmarks/sweep_overhead.py): the Train job's start, the
-# worker's process start, the train function's call, the worker's start once the trial code is
-# imported, the loop's start, this report; and seconds spent waiting at rungs and in reports
-# (checkpoint upload, and an inline trial's wait for Tune to take its result). An inline trial has no
-# worker process of its own.
-PHASES = (
-    "t_fit_start",
-    "t_worker_process",
-    "t_train_fn",
-    "t_worker_start",
-    "t_loop_start",
-    "t_report",
-    "gate_s",
-    "report_s",
-)
-# A report carries them nested under one key: Tune's console shows a report's top-level numbers as its
-# metric columns, and these are the record's, not a user's.
-PHASES_KEY = "phases"
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything a trial's worker needs: its one validated training config and where it reports."""
-
-    config: Config  # the sweep's sample.per_class included: the grid is drawn at each evaluation
-    run_id: str  # the trial's MLflow run
-    tracking_uri: str
-    eval_every: int
-    attempt: int
-    log_checkpoints: str  # last: the final checkpoint in MLflow only; false/best: in Train storage
-    sweep_id: str
-    trial_id: str
-    rung_steps: tuple[int, ...]  # ASHA decides here: rank 0 waits for it (sweeps.gate)
-    fit_start: float  # epoch seconds: the Train job's start
-    train_fn_start: float | None = None  # epoch seconds: the train function's call (PHASES' t_train_fn)
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    called = time.time()  # before the imports: the sweep's record times them (PHASES)
+    """`config["spec"]`: the trial's `sweeps.worker_spec.WorkerSpec`."""
+    called = time.time()  # before the imports: the sweep's record times them (worker_spec.PHASES)
     from switchsweep.sweeps.worker import run_worker  # in the worker, which needs all of it
 
     run_worker(replace(config["spec"], train_fn_start=called))

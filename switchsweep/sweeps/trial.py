@@ -1,7 +1,7 @@
 """One sweep trial, the Tune side: a Tune function that opens the trial's MLflow child run and runs one
 Ray Train TorchTrainer DDP job of `sweeps.worker.run_worker`, or, for a one-worker trial on this machine
 (`sweep.ray.inline`), runs it in its own process. Its workers are handed one `WorkerSpec`
-(`sweeps.train_entry`) holding the trial's one validated config.
+(`sweeps.worker_spec`) holding the trial's one validated config.
 
 Failures: `run_trial` restarts a Train job whose workers died (up to `sweep.ray.max_failures`
 times, each from the last checkpoint) but ends the trial at once on a deterministic failure
@@ -40,8 +40,9 @@ from switchsweep.platform.tracking import (
 from switchsweep.sweeps.failures import TrialFailure, fail_trial, reason, trial_failure
 from switchsweep.sweeps.loopback_ddp import LoopbackTorchConfig
 from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params, config_from_dict
-from switchsweep.sweeps.train_entry import WorkerSpec, train_worker
+from switchsweep.sweeps.train_entry import train_worker
 from switchsweep.sweeps.worker import TuneSession, run_worker
+from switchsweep.sweeps.worker_spec import WorkerSpec
 
 
 @dataclass

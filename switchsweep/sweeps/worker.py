@@ -35,7 +35,7 @@ from switchsweep.platform.tracking import (
 )
 from switchsweep.sweeps.failures import LogTail, TrialFailure, is_deterministic, reason
 from switchsweep.sweeps.gate import wait_at_gate
-from switchsweep.sweeps.train_entry import PHASES_KEY, PROGRESS, WorkerSpec
+from switchsweep.sweeps.worker_spec import PHASES_KEY, PROGRESS, WorkerSpec
 from switchsweep.trainers.evaluation.evaluate import evaluate_model
 from switchsweep.trainers.loop.trainer import Trainer, TrainHooks, train
 

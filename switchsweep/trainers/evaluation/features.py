@@ -20,28 +20,12 @@ from switchsweep.platform.checkpoint import atomic_torch_save
 from switchsweep.platform.config import DataConfig, EvalConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.trainers.data.batches import load_dataset, load_digits_tensors
+from switchsweep.trainers.evaluation.feature_net import FeatureNet
 
 log = logging.getLogger(__name__)
 
 DIGITS_CLASSIFIER_VERSION = 1
 DIGITS_HELD_OUT = 0.2
-
-
-class FeatureNet(nn.Module):
-    """Maps images in [-1, 1] to (features [N, d], class probabilities [N, classes])."""
-
-    name: str = "feature-net"  # part of the reference-statistics cache key
-
-    @torch.no_grad()
-    def embed(self, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
-        """Batched, no-grad features and probabilities, returned on the CPU."""
-        device = next(self.parameters()).device
-        feats, probs = [], []
-        for start in range(0, len(images), batch_size):
-            f, p = self(images[start : start + batch_size].to(device))
-            feats.append(f.float().cpu())
-            probs.append(p.float().cpu())
-        return torch.cat(feats), torch.cat(probs)
 
 
 class DigitsClassifier(FeatureNet):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from switchsweep.platform.errors import ConfigError
-from switchsweep.trainers.evaluation.features import FeatureNet
+from switchsweep.trainers.evaluation.feature_net import FeatureNet
 
 INPUT_SIZE = 299
 

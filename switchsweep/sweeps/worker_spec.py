@@ -1,0 +1,46 @@
+"""What crosses a trial's process boundary: the `WorkerSpec` its Tune side hands every worker, and the
+shape of what workers report back. Nothing heavy to import: Train's controller unpickles the spec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from switchsweep.platform.config import Config
+
+PROGRESS = "progress.json"  # beside ckpt.pt in every reported checkpoint: training seconds so far
+# Wall-clock times (epoch seconds) of a trial's phases, reported with every result so the driver's
+# record can break a trial's overhead down (benchmarks/sweep_overhead.py): the Train job's start, the
+# worker's process start, the train function's call, the worker's start once the trial code is
+# imported, the loop's start, this report; and seconds spent waiting at rungs and in reports
+# (checkpoint upload, and an inline trial's wait for Tune to take its result). An inline trial has no
+# worker process of its own.
+PHASES = (
+    "t_fit_start",
+    "t_worker_process",
+    "t_train_fn",
+    "t_worker_start",
+    "t_loop_start",
+    "t_report",
+    "gate_s",
+    "report_s",
+)
+# A report carries them nested under one key: Tune's console shows a report's top-level numbers as its
+# metric columns, and these are the record's, not a user's.
+PHASES_KEY = "phases"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a trial's worker needs: its one validated training config and where it reports."""
+
+    config: Config  # the sweep's sample.per_class included: the grid is drawn at each evaluation
+    run_id: str  # the trial's MLflow run
+    tracking_uri: str
+    eval_every: int
+    attempt: int
+    log_checkpoints: str  # last: the final checkpoint in MLflow only; false/best: in Train storage
+    sweep_id: str
+    trial_id: str
+    rung_steps: tuple[int, ...]  # ASHA decides here: rank 0 waits for it (sweeps.gate)
+    fit_start: float  # epoch seconds: the Train job's start
+    train_fn_start: float | None = None  # epoch seconds: the train function's call (PHASES' t_train_fn)
