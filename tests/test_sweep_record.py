@@ -21,7 +21,7 @@ from switchsweep.platform.sweep_record import (
     sweeps,
 )
 from switchsweep.platform.tracking import Tracker, default_tracking_uri
-from switchsweep.sweeps.failures import fail_trial, failure_reason, repeated_failure
+from switchsweep.sweeps.failures import fail_again, fail_trial, failure_reason, repeated_failure
 
 
 def test_a_trial_is_finished_only_when_it_trained_every_step():
@@ -78,8 +78,10 @@ def test_a_restarted_trial_counts_its_attempts_and_carries_a_failure_it_would_re
     record.trial_started("a")  # Tune restarted it (its process died)
     assert SweepRecord.load(tmp_path).trials["a"].attempt == 2
     record.trial_will_fail_again("a", "TrainingError: non-finite loss")
+    record.trial_started("a")  # a restart that only fails again: not an attempt
     entry = SweepRecord.load(tmp_path).trials["a"]
     assert entry.reason == "TrainingError: non-finite loss" and entry.status is TrialEnd.RUNNING
+    assert entry.attempt == 2
     assert record.trial_ended("a", 10, failure=entry.reason, wall_s=None).status is TrialEnd.FAILED
     assert SweepRecord.load(tmp_path).failed() == {"a": "TrainingError: non-finite loss"}
 
@@ -92,6 +94,9 @@ def test_the_one_failure_path_tags_the_run_and_raises_what_the_driver_reads(tmp_
     text = f"Traceback ...\nRuntimeError: {raised.value}\n"
     assert repeated_failure(text) == failure_reason(text) == "TrainingError: non-finite loss (nan) at step 3"
     assert repeated_failure("ActorDiedError: the actor died") is None
+    with pytest.raises(RuntimeError) as again:
+        fail_again("TrainingError: non-finite loss (nan) at step 3")
+    assert str(again.value) == str(raised.value)
     tags = tracker.tags(run_id)
     assert tags["switchsweep.failure"] == "TrainingError: non-finite loss (nan) at step 3"
     assert tags["switchsweep.attempts"] == "2"

@@ -164,14 +164,15 @@ class SweepRecord:
 
     # Trial transitions, each saved at once: the driver records them as Tune reports them.
     def trial_started(self, trial_id: str) -> TrialEntry | None:
-        """A trial (re)starts: a new entry, or one more attempt for a restarted one; None if it is over."""
+        """A trial (re)starts: a new entry, or one more attempt for a restarted one (but one that will only
+        fail again, `trial_will_fail_again`); None if it is over."""
         entry = self.trials.get(trial_id)
         if entry is not None and entry.over:
             return None
         if entry is None:
             entry = self.trials[trial_id] = TrialEntry()
             entry.timings["t_trial_start"] = time.time()
-        else:
+        elif not entry.reason:
             entry.attempt += 1
         self.save()
         return entry

@@ -106,13 +106,18 @@ class LogTail:
         return "\n".join(lines) + "\n"
 
 
-def fail_trial(tracker: Tracker, run_id: str, why: str, log_tail: str | None, attempts: int) -> NoReturn:
+def fail_trial(tracker: Tracker, run_id: str, why: str, log_tail: str, attempts: int) -> NoReturn:
     """End a trial as failed, the one way: its run tagged with why and after how many attempts, its worker's
-    last lines as an artifact (None: keep the ones logged before), and the reason raised for the driver
-    (`failure_reason`), which records the end and sets the run's status from it."""
+    last lines as an artifact, and the reason raised for the driver (`failure_reason`), which records the
+    end and sets the run's status from it."""
     tracker.set_tags(run_id, {FAILURE_TAG: why, ATTEMPTS_TAG: attempts})
-    if log_tail is not None:
-        tracker.log_text(run_id, log_tail, "failure/worker.log")
+    tracker.log_text(run_id, log_tail, "failure/worker.log")
+    fail_again(why)
+
+
+def fail_again(why: str) -> NoReturn:
+    """End a restart of a trial that `fail_trial` ended already, with the same reason (its run keeps
+    what the failed attempt tagged and logged)."""
     raise RuntimeError(f"{FAILURE_REASON}={why}")
 
 

@@ -37,7 +37,7 @@ from switchsweep.platform.tracking import (
     Tracker,
     flatten,
 )
-from switchsweep.sweeps.failures import TrialFailure, fail_trial, reason, trial_failure
+from switchsweep.sweeps.failures import TrialFailure, fail_again, fail_trial, reason, trial_failure
 from switchsweep.sweeps.loopback_ddp import LoopbackTorchConfig
 from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params, config_from_dict
 from switchsweep.sweeps.train_entry import train_worker
@@ -168,7 +168,7 @@ def _train_inline(job: TrialJob, cfg: Any, tracker: Tracker, run_id: str, trial_
     entry = SweepRecord.load(job.sweep_dir).trials.get(trial_id, TrialEntry())
     attempt = entry.attempt
     if entry.reason:
-        fail_trial(tracker, run_id, entry.reason, None, attempt)  # the first failure's log stays
+        fail_again(entry.reason)
     tracker.set_tags(run_id, {ATTEMPTS_TAG: attempt})
     spec = _worker_spec(job, cfg, run_id, trial_id, attempt)
     try:
