@@ -19,10 +19,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The style holds by itself: lint and format are checked before the tests run (`make format` applies them).
+# The fast suite runs on two processes (much of it is single-threaded: Triton's interpreter, small tensors);
+# the end-to-end tests one at a time after it, since they share one Ray head and the machine's cores.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow" -n 2
+	$(PY) -m pytest -q -m slow
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -171,6 +171,6 @@ class FakeCluster:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-            deadline = time.time() + 15
+            deadline = time.time() + 5
             while sig == signal.SIGTERM and time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in procs):
                 time.sleep(0.5)

@@ -68,6 +68,7 @@ def start_head(temp: Path, num_cpus: int = 3) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=ENV,
+        start_new_session=True,  # its own process group: stop_head ends every process it started
     )
     address = f"127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -86,9 +87,19 @@ def start_head(temp: Path, num_cpus: int = 3) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the Ray head did not start")
 
 
-def stop_head(head: subprocess.Popen) -> None:
-    head.send_signal(signal.SIGTERM)
-    head.wait(timeout=60)
+def stop_head(head: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the head's process group, then SIGKILL what is left after `grace_s`: a throwaway head
+    keeps nothing worth a graceful shutdown."""
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    head.wait(timeout=30)
 
 
 def sweep_cmd(

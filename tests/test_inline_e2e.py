@@ -30,7 +30,7 @@ def test_inline_trials_log_what_train_jobs_log(ray_head, digits_net, tmp_path):
     for kind, extra in (("inline", []), ("train", ["sweep.ray.inline=false"])):
         root = tmp_path / kind
         done = subprocess.run(
-            sweep_cmd(root, ray_head, digits_net[2], "sweep.num_trials=2", *extra),
+            sweep_cmd(root, ray_head, digits_net[2], "sweep.num_trials=2", "train.steps=20", *extra),
             capture_output=True,
             text=True,
             env=ENV,

@@ -349,7 +349,7 @@ def test_prepare_resumes_trains_and_evaluates_on_decoded_samples(local_ray, tmp_
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_a_sweep_on_latents_scores_decoded_samples_and_logs_decoded_grids(tmp_path, vae_dir):
+def test_a_sweep_on_latents_scores_decoded_samples_and_logs_decoded_grids(ray_head, tmp_path, vae_dir):
     import subprocess
 
     from mlflow.tracking import MlflowClient
@@ -365,6 +365,7 @@ def test_a_sweep_on_latents_scores_decoded_samples_and_logs_decoded_grids(tmp_pa
             "sweep",
             "sweep=design_space",
             f"sweep.root={root}",
+            f"sweep.ray.address={ray_head}",
             "data=latents",
             f"data.path={tmp_path / 'lat'}",
             "data.image_size=8",

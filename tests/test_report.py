@@ -71,8 +71,7 @@ def _sweep(designs, seeds=2, stopped=()):
                     f"run-{tid}",
                     run_name(params, s),
                     g,
-                    "KILLED" if stop else "FINISHED",
-                    stop,
+                    TrialEnd.STOPPED if stop else TrialEnd.FINISHED,
                     params,
                     metrics,
                     {"loss": [(10, 1.0), (50, 0.5)], "kid": curve},
@@ -161,7 +160,7 @@ def test_routing_slider_shows_each_evaluation_by_itself():
     rng = np.random.default_rng(1)
     steps = [(50, rng.random((100, 18)), rng.random((100, 18))), (100, rng.random((100, 18)), rng.random((100, 18)))]
     t = TrialData(
-        "t", "r", "switch_dit M3 k2 ldp1.0 a4 s0", "g", "FINISHED", False, _params("switch_dit"), {}, {}, steps
+        "t", "r", "switch_dit M3 k2 ldp1.0 a4 s0", "g", TrialEnd.FINISHED, _params("switch_dit"), {}, {}, steps
     )
     fig = report.routing_figure(t)
     heatmaps = list(fig.data)

@@ -15,7 +15,8 @@ import optuna
 from switchsweep.platform.export import SweepRanking, rank_trials
 from switchsweep.platform.naming import run_name
 from switchsweep.platform.sweep_dir import SweepDir
-from switchsweep.platform.tracking import SEED_TAG, STOPPED_TAG, TRIAL_TAG, Tracker
+from switchsweep.platform.sweep_record import TrialEnd
+from switchsweep.platform.tracking import SEED_TAG, TRIAL_TAG, Tracker
 
 CURVES = ("loss", "routing_jsd")  # besides the sweep's metric
 TIME_BINS = 100  # timesteps are averaged in bins for the routing images: 1000 rows would bloat the page
@@ -27,14 +28,17 @@ class TrialData:
     run_id: str
     name: str  # its MLflow run name (design and seed)
     group: str
-    status: str
-    stopped_early: bool
+    end: TrialEnd  # as the sweep's record says
     params: dict[str, str]
     metrics: dict[str, float]  # last values
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
     routing: list[tuple[int, np.ndarray, np.ndarray]] = field(
         default_factory=list
     )  # (step, w_gate, matched prior), binned
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.end is TrialEnd.STOPPED
 
 
 @dataclass
@@ -148,8 +152,7 @@ def collect(tracker: Tracker, name: str, sweep_id: str | None, sweeps_dir: Path)
                 run_id=run.info.run_id,
                 name=run.info.run_name or run_name(params, seed),
                 group=group.group,
-                status=run.info.status,
-                stopped_early=run.data.tags.get(STOPPED_TAG) == "true",
+                end=ranking.ends[trial_id],
                 params=params,
                 metrics=dict(run.data.metrics),
             )

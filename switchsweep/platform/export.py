@@ -92,6 +92,7 @@ class SweepRanking:
     ranked: list[Ranked]  # best first
     parent_run_id: str = ""
     parent_params: dict[str, str] = field(default_factory=dict)  # the sweep's settings as logged
+    ends: dict[str, TrialEnd] = field(default_factory=dict)  # each trial's, as the ranking read them
 
     @property
     def best(self) -> Ranked | None:
@@ -190,7 +191,15 @@ def rank_trials(
             mode,
             reference if parent.data.params.get("sweep.search") == "grid" else None,
         )
-    return SweepRanking(tags[SWEEP_TAG], metric, objectives, ranked, parent.info.run_id, dict(parent.data.params))
+    return SweepRanking(
+        tags[SWEEP_TAG],
+        metric,
+        objectives,
+        ranked,
+        parent.info.run_id,
+        dict(parent.data.params),
+        {r.trial_id: r.end for r in records},
+    )
 
 
 def _paired_noise(tracker: Tracker, metric: str, records: dict[str, TrialRecord]) -> Callable[[str, str], float]:
