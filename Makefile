@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
+EXTRAS ?= dev  # the test tools; cluster nodes install with EXTRAS= (none)
 
 .PHONY: install test format train evaluate sweep variants ui optuna-ui report bench faults paper-check paired-eval search-efficiency mutation clean \
 	gpu-check gpu-wheels cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat  # a path entry: mutmut's copies can shadow it
+	$(PY) -m pip install -q -e '.$(if $(strip $(EXTRAS)),[$(strip $(EXTRAS))])' --config-settings editable_mode=compat  # a path entry: mutmut's copies can shadow it
 	@touch $(STAMP)
 
 install: $(STAMP)

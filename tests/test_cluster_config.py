@@ -13,8 +13,8 @@ from ray.autoscaler._private.util import prepare_config, validate_config  # pinn
 
 from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.runtime import check_node_types, node_types
-from switchsweep.platform.sweep_config import RayConfig, is_local_address
+from switchsweep.platform.runtime import check_node_types, node_types, resolve_worker_cpus
+from switchsweep.platform.sweep_config import RayConfig, is_local_address, worker_bundle
 from switchsweep.platform.tracking import is_local_store
 from switchsweep.sweeps.run import sweep_storage
 
@@ -62,7 +62,7 @@ def test_gpu_worker_types_scale_from_zero_and_are_capped():
 def test_every_node_gets_this_tree_the_token_and_the_readme_install():
     assert CLUSTER["file_mounts"]["~/switchsweep"] == "." and "~/.ray/auth_token" in CLUSTER["file_mounts"]
     assert ".venv" in CLUSTER["rsync_exclude"]
-    assert any(c.strip().endswith("make install") for c in CLUSTER["setup_commands"])
+    assert any(c.strip().endswith("make install EXTRAS=") for c in CLUSTER["setup_commands"])
     env = " ".join(CLUSTER["head_setup_commands"])
     for name in re.findall(r"oc\.env:(SWITCHSWEEP_\w+)", json.dumps(PLATFORM)):
         assert f"export {name}=" in env, f"platform=cluster reads {name}, which the head never sets"
@@ -139,8 +139,125 @@ def test_platform_cluster_reads_the_heads_environment(monkeypatch):
     with pytest.raises(ConfigError, match="SWITCHSWEEP_TRACKING_URI"):
         load_sweep_config(["platform=cluster"])
     monkeypatch.setenv("SWITCHSWEEP_TRACKING_URI", "http://10.0.0.5:5000")
-    r = load_sweep_config(["platform=cluster"]).sweep.ray
+    job = load_sweep_config(["platform=cluster"])
+    r = job.sweep.ray
     assert (r.address, r.storage_path, r.use_gpu, r.driver_resource) == ("auto", "s3://b/switchsweep", True, DRIVER)
+    # Training there needs CUDA (a node without it fails in one line, not silently on one CPU), and a cold
+    # GPU node has the time to boot and install before its trial's workers give up.
+    assert job.train.device == "cuda" and r.worker_start_timeout_s >= 900
+
+
+def _cluster_trial(monkeypatch, gpus: int, *extra: str) -> RayConfig:
+    monkeypatch.setenv("SWITCHSWEEP_STORAGE", "s3://b/switchsweep")
+    monkeypatch.setenv("SWITCHSWEEP_TRACKING_URI", "http://10.0.0.5:5000")
+    job = load_sweep_config(["platform=cluster", f"sweep.ray.num_workers={gpus}", *extra])
+    return resolve_worker_cpus(job.sweep.ray, job.sweep.max_concurrent)
+
+
+def _nodes_ray_picks(r: RayConfig) -> tuple[dict[str, int], list]:
+    """What Ray's autoscaler adds, from cluster.yaml's types, for one trial's pending placement group."""
+    from functools import partial
+
+    from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+    from ray.autoscaler._private.resource_demand_scheduler import (
+        _default_utilization_scorer,
+        get_nodes_for,
+        placement_groups_to_resource_demands,
+    )
+    from ray.core.generated.common_pb2 import Bundle, PlacementStrategy
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+
+    bundles = [Bundle(unit_resources=worker_bundle(r)) for _ in range(r.num_workers)]
+    group = PlacementGroupTableData(strategy=PlacementStrategy.Value(r.placement_strategy), bundles=bundles)
+    demands, _ = placement_groups_to_resource_demands([group])
+    types = prepare_config(json.loads(json.dumps(CLUSTER)))["available_node_types"]
+    scorer = partial(_default_utilization_scorer, node_availability_summary=NodeAvailabilitySummary({}))
+    added, left = get_nodes_for(types, {}, CLUSTER["head_node_type"], CLUSTER["max_workers"], demands, scorer)
+    return {t: n for t, n in added.items() if n}, left
+
+
+@pytest.mark.parametrize(
+    "gpus, node_type", [(1, "ray.worker.gpu1"), (2, "ray.worker.gpu8"), (4, "ray.worker.gpu8"), (8, "ray.worker.gpu8")]
+)
+def test_rays_node_picker_gives_each_trial_size_one_node_of_the_intended_type(monkeypatch, gpus, node_type):
+    r = _cluster_trial(monkeypatch, gpus)
+    assert _nodes_ray_picks(r) == ({node_type: 1}, [])
+    types = {n: t["resources"] for n, t in CLUSTER["available_node_types"].items()}
+    check_node_types(r, types, [])  # and the sweep's own check lets it through
+    # The caps allow it: every type can reach its own max_workers at once.
+    workers = [t for n, t in CLUSTER["available_node_types"].items() if n != CLUSTER["head_node_type"]]
+    assert CLUSTER["max_workers"] >= sum(t["max_workers"] for t in workers)
+
+
+def test_packing_workers_loosely_would_spread_an_8_gpu_trial_over_1_gpu_nodes(monkeypatch):
+    # What STRICT_PACK prevents: Ray's picker fills the 1-GPU type first, and DDP runs across nodes.
+    r = _cluster_trial(monkeypatch, 8, "sweep.ray.placement_strategy=PACK")
+    added, _ = _nodes_ray_picks(r)
+    assert added.get("ray.worker.gpu1", 0) > 1
+
+
+def test_a_trial_too_big_for_any_one_node_is_refused_in_one_line(monkeypatch):
+    r = _cluster_trial(monkeypatch, 16)
+    types = {n: t["resources"] for n, t in CLUSTER["available_node_types"].items()}
+    with pytest.raises(ConfigError, match=r"its 16 DDP workers on one node.*placement_strategy=PACK"):
+        check_node_types(r, types, [])
+    with pytest.raises(ConfigError, match="sweep.ray.placement_strategy=TIGHT must be one of STRICT_PACK"):
+        load_sweep_config(["sweep.ray.placement_strategy=TIGHT"])
+
+
+def _commands() -> list[str]:
+    keys = ("initialization_commands", "setup_commands", "head_setup_commands", "head_start_ray_commands")
+    return [c for k in (*keys, "worker_setup_commands", "worker_start_ray_commands") for c in CLUSTER.get(k, [])]
+
+
+def test_no_pkill_pattern_matches_the_shell_that_runs_it():
+    found = 0
+    for command in _commands():
+        for pattern in re.findall(r"pkill -f (\"[^\"]+\"|'[^']+'|\S+)", command):
+            found += 1
+            # The shell that runs the command has the whole command in its own command line.
+            assert re.search(shlex.split(pattern)[0], command) is None, pattern
+    assert found >= 1
+    assert re.search("mlflow server", 'pkill -f "mlflow server"'), "the check itself sees the self-match"
+
+
+def test_every_node_has_a_pinned_image_and_an_instance_profile_for_the_bucket():
+    for name, t in CLUSTER["available_node_types"].items():
+        config = t["node_config"]
+        assert config.get("ImageId", "").startswith(("ami-", "resolve:ssm:/aws/service/")), name
+        assert config.get("IamInstanceProfile", {}).get("Name"), name  # Ray gives one to the head only
+    head_policy = json.loads((REPO / "deploy" / "aws" / "head-policy.json").read_text())
+    worker_policy = json.loads((REPO / "deploy" / "aws" / "worker-policy.json").read_text())
+    head_actions = {a for st in head_policy["Statement"] for a in st["Action"]}
+    # The head launches workers with their profile and resolves their image; workers reach one bucket only.
+    assert {"ec2:RunInstances", "iam:PassRole", "ssm:GetParameters"} <= head_actions
+    for st in worker_policy["Statement"]:
+        assert all(a.startswith("s3:") for a in st["Action"]) and "*" not in st["Resource"].split(":::")[1][:1]
+
+
+def test_nodes_install_what_they_run_and_nothing_for_tests():
+    setup = " ".join(CLUSTER["setup_commands"])
+    assert "make install EXTRAS=" in setup and "[dev]" not in setup
+    for package in ("build-essential", "python3-dev"):  # Triton compiles its launcher against Python.h
+        assert package in setup
+    assert "DPkg::Lock::Timeout" in setup  # a first boot's unattended upgrades hold the apt lock
+    assert "sudo apt-get" not in setup  # sudo only where the node's user is not root
+
+
+def test_the_heads_driver_slots_fit_its_memory():
+    head = CLUSTER["available_node_types"][CLUSTER["head_node_type"]]
+    (start,) = [c for c in CLUSTER["head_start_ray_commands"] if "ray start" in c]
+    slots = head["resources"][DRIVER]
+    assert json.loads(_start_flags(start)["resources"])[DRIVER] == slots
+    gib = {"m6i.xlarge": 16, "m6i.2xlarge": 32, "m6i.4xlarge": 64}[head["node_config"]["InstanceType"]]
+    assert slots * 2 <= gib - 4  # about 2 GiB a trial's driver, and room for the sweep's driver and MLflow
+
+
+def test_readme_ray_job_commands_carry_the_clusters_token_mode():
+    readme = (REPO / "README.md").read_text()
+    commands = re.findall(r"^\s*(?:\S+=\S+\s+)*(?:\S*/)?ray job \S+.*$", readme, re.M)
+    assert commands and all("RAY_AUTH_MODE=token" in c for c in commands), commands
+    assert "mountpoint" not in readme.lower()  # no rename: atomic writes cannot work on it
 
 
 def _types(tmp_path, config) -> dict:

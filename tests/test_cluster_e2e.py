@@ -32,6 +32,7 @@ TINY = [
     "train.steps=4",
     "train.log_every=2",
     "sweep.asha=false",
+    "train.device=cpu",  # platform=cluster trains on CUDA only; this cluster's "GPUs" are a custom resource
     *TINY_EVAL,
 ]
 

@@ -19,12 +19,19 @@ import yaml
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.sweep_config import RayConfig, driver_bundle, trial_resources, worker_bundle
 
-# Environment of every Ray worker of the sweep: a Train worker group on a loaded machine can take
-# longer than the default 60 s to start, and the Train controller's 2 s poll adds up to a poll to
-# every report and to every trial's end.
-WORKER_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "180", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 # A local instance has no nodes to be preempted: no Train preemption watcher, one process less per trial.
-LOCAL_ENV = {**WORKER_ENV, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def worker_env(r: RayConfig) -> dict[str, str]:
+    """Environment of every Ray worker of the sweep: a Train worker group may take longer than Train's
+    default 60 s to start (a loaded machine; a GPU node's boot and setup, `worker_start_timeout_s`), and
+    the Train controller's 2 s poll adds up to a poll to every report and to every trial's end."""
+    env = {
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": f"{r.worker_start_timeout_s:g}",
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    }
+    return env if r.address else {**env, **LOCAL_ENV}
 
 
 def local_num_cpus(r: RayConfig) -> int:
@@ -53,7 +60,7 @@ def start_ray(r: RayConfig) -> None:
     quiet = dict(
         logging_level=logging.WARNING,
         log_to_driver=False,
-        runtime_env={"env_vars": WORKER_ENV if r.address else LOCAL_ENV},
+        runtime_env={"env_vars": worker_env(r)},
     )
     if r.address:
         _check_reachable(r.address)
@@ -180,16 +187,23 @@ def _fits(bundle: dict[str, float], have: dict[str, Any]) -> bool:
 
 def check_node_types(r: RayConfig, types: dict[str, dict[str, Any]], present: list[dict[str, float]]) -> None:
     """On an autoscaling cluster, refuse a trial that no node type (nor a node already up) can ever
-    hold: its driver, or one of its workers (a GPU type that the config lacks, say)."""
+    hold: its driver, or one of its workers (a GPU type that the config lacks, say), or, placed on one
+    node (STRICT_PACK), all its workers together."""
     nodes = [*types.values(), *present]
-    for what, bundle in (("a trial's driver", driver_bundle(r)), ("one DDP worker", worker_bundle(r))):
+    wanted = [("a trial's driver", driver_bundle(r)), ("one DDP worker", worker_bundle(r))]
+    if r.placement_strategy == "STRICT_PACK" and r.num_workers > 1:
+        together = {name: amount * r.num_workers for name, amount in worker_bundle(r).items()}
+        wanted.append((f"its {r.num_workers} DDP workers on one node (placement_strategy=STRICT_PACK)", together))
+    for what, bundle in wanted:
         if any(_fits(bundle, have) for have in nodes):
             continue
         need = ", ".join(f"{name}: {amount:g}" for name, amount in bundle.items())
         missing = [name for name, amount in bundle.items() if not any(float(h.get(name, 0)) >= amount for h in nodes)]
         fix = (
             "add a GPU node type to cluster.yaml or set sweep.ray.use_gpu=false"
-            if missing == ["GPU"]
+            if missing == ["GPU"] and what == "one DDP worker"
+            else "add a node type that large to cluster.yaml, or set sweep.ray.placement_strategy=PACK"
+            if "STRICT_PACK" in what
             else "add it to a node type's resources in cluster.yaml or lower the request"
         )
         raise ConfigError(

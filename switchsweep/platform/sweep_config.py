@@ -77,6 +77,14 @@ class RayConfig:
     cluster_config: str = (
         "~/ray_bootstrap_config.yaml"  # the autoscaler's config on the head: the node types a trial may get
     )
+    # How a trial's DDP workers are placed: STRICT_PACK keeps them on one node, so an 8-GPU trial asks the
+    # autoscaler for one 8-GPU node rather than eight 1-GPU ones (PACK or SPREAD: across nodes).
+    placement_strategy: str = "STRICT_PACK"
+    # How long a trial's workers may take to start: on a cluster that includes a GPU node's boot and setup.
+    worker_start_timeout_s: float = 180.0
+
+
+PLACEMENT_STRATEGIES = ("STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD")  # Ray's placement group strategies
 
 
 @dataclass
@@ -345,6 +353,11 @@ def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
         f"sweep.ray.gpus_per_worker={r.gpus_per_worker} must be > 0 with use_gpu",
     )
     _need(r.max_failures >= 0, f"sweep.ray.max_failures={r.max_failures} must be >= 0")
+    _need(
+        r.placement_strategy in PLACEMENT_STRATEGIES,
+        f"sweep.ray.placement_strategy={r.placement_strategy} must be one of {', '.join(PLACEMENT_STRATEGIES)}",
+    )
+    _need(r.worker_start_timeout_s > 0, f"sweep.ray.worker_start_timeout_s={r.worker_start_timeout_s} must be > 0")
     _need(r.num_cpus is None or r.num_cpus >= 1, f"sweep.ray.num_cpus={r.num_cpus} must be >= 1")
     _need(
         not r.driver_resource or r.driver_resource not in ("CPU", "GPU", "memory"),

@@ -137,7 +137,10 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
             train_worker,  # sweeps.train_entry: the controller imports little
             train_loop_config={"spec": _worker_spec(job, cfg, run_id, trial_id, attempt)},
             scaling_config=ScalingConfig(
-                num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker=worker_bundle(r)
+                num_workers=r.num_workers,
+                use_gpu=r.use_gpu,
+                resources_per_worker=worker_bundle(r),
+                placement_strategy=r.placement_strategy,
             ),
             torch_config=None if r.address else LoopbackTorchConfig(),  # a local instance listens on 127.0.0.1 only
             run_config=RunConfig(
