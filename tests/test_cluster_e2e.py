@@ -103,34 +103,47 @@ def cluster(tmp_path_factory, digits_net):
         mlflow.wait(timeout=30)
 
 
-def _sweep(c, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _sweep_cmd(c, *extra: str) -> list[str]:
     """The sweep run directly on the 'head' (this machine), as `ray job submit` would run it."""
-    cmd = [str(BIN / "switchsweep"), "sweep", "platform=cluster", f"eval.cache_dir={c['cache']}", *TINY, *extra]
-    return subprocess.run(cmd, env=env or c["env"], capture_output=True, text=True, timeout=300)
+    return [str(BIN / "switchsweep"), "sweep", "platform=cluster", f"eval.cache_dir={c['cache']}", *TINY, *extra]
 
 
-def _one_line_refusal(out: subprocess.CompletedProcess, *words: str) -> None:
-    lines = out.stderr.strip().splitlines()
-    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
-    assert all(w in lines[0] for w in words), lines[0]
+def _one_line_refusals(c, cases: list[tuple[list[str], dict, tuple[str, ...]]]) -> None:
+    """Each refusal is its own sweep command, started together: none of them gets to any work."""
+    procs = [
+        subprocess.Popen(_sweep_cmd(c, *extra), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for extra, env, _ in cases
+    ]
+    for proc, (extra, _, words) in zip(procs, cases):
+        _, err = proc.communicate(timeout=300)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (extra, err[-2000:])
+        assert all(w in lines[0] for w in words), lines[0]
 
 
 def test_refusals_come_in_one_line_before_any_trial(cluster):
     c = cluster
     local = {**c["env"], "SWITCHSWEEP_STORAGE": str(c["tmp"] / "local")}
-    _one_line_refusal(_sweep(c, "sweep.ray.use_gpu=false", env=local), "sweep.ray.storage_path", "shared_fs=true")
     cpu = ["sweep.ray.use_gpu=false", "sweep.ray.shared_fs=true"]
-    _one_line_refusal(
-        _sweep(c, *cpu, f"sweep.tracking_uri=sqlite:///{c['tmp']}/x.db"), "sweep.tracking_uri", "mlflow server"
-    )
-    _one_line_refusal(_sweep(c, *cpu, f"sweep.ray.address=127.0.0.1:{free_port()}"), "nothing answers")
     wrong = {**c["env"], "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    _one_line_refusal(_sweep(c, *cpu, env=wrong), "token")
-    # platform=cluster asks for GPUs; the fake cluster's types have fake_gpu instead: no GPU type.
-    _one_line_refusal(
-        _sweep(c, "sweep.ray.shared_fs=true", f"sweep.ray.cluster_config={c['fake'].config_file}"),
-        "GPU",
-        "add a GPU node type",
+    _one_line_refusals(
+        c,
+        [
+            (["sweep.ray.use_gpu=false"], local, ("sweep.ray.storage_path", "shared_fs=true")),
+            (
+                [*cpu, f"sweep.tracking_uri=sqlite:///{c['tmp']}/x.db"],
+                c["env"],
+                ("sweep.tracking_uri", "mlflow server"),
+            ),
+            ([*cpu, f"sweep.ray.address=127.0.0.1:{free_port()}"], c["env"], ("nothing answers",)),
+            (cpu, wrong, ("token",)),
+            # platform=cluster asks for GPUs; the fake cluster's types have fake_gpu instead: no GPU type.
+            (
+                ["sweep.ray.shared_fs=true", f"sweep.ray.cluster_config={c['fake'].config_file}"],
+                c["env"],
+                ("GPU", "add a GPU node type"),
+            ),
+        ],
     )
     assert not list((c["shared"] / "switchsweep").glob("*/*/tune")), "a refused sweep left Tune state behind"
 
