@@ -153,13 +153,13 @@ def test_cli_train_writes_checkpoint_and_sample_grid(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_300_steps_of_switch_dit_tiny_on_digits_lower_the_loss(tmp_path):
+def test_150_steps_of_switch_dit_tiny_on_digits_lower_the_loss(tmp_path):
     cfg = load_config(
         [
             "model=switch_dit",
             "model.size=tiny",
             "data=digits",
-            "train.steps=300",
+            "train.steps=150",
             f"train.out_dir={tmp_path}",
             "train.progress=false",
             "sample.per_class=1",
@@ -168,8 +168,8 @@ def test_300_steps_of_switch_dit_tiny_on_digits_lower_the_loss(tmp_path):
     )
     result = train(cfg)
     first, last = statistics.mean(result.losses[:30]), statistics.mean(result.losses[-30:])
-    assert len(result.losses) == 300
-    assert last < 0.4 * first, (first, last)  # measured: about 1.1 -> 0.2
+    assert len(result.losses) == 150
+    assert last < 0.4 * first, (first, last)  # measured: about 1.08 -> 0.26
     assert result.last_metrics["loss_prior"] > 0 and result.samples.is_file()
 
 
