@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -5,6 +7,9 @@ from switchsweep.kernels.backend import set_interpreter
 
 # Triton's interpreter without CUDA, its compiled kernels with it: before any kernel module is imported.
 set_interpreter(torch.cuda.is_available())
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`'s parallel fast suite: one thread a process, one process a core
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # and for the processes the tests start
 
 from switchsweep.platform.config import Config  # noqa: E402
 
@@ -25,10 +30,22 @@ def tiny_cfg(tmp_path) -> Config:
 
 @pytest.fixture(scope="session")
 def digits_net(tmp_path_factory):
-    """The digits feature network, trained once per session into a temporary cache: (net, accuracy, cache dir)."""
+    """The digits feature network, trained once per test run into a temporary cache: (net, accuracy, cache
+    dir). The parallel workers of `make test` train it once between them, each then keeping its own copy."""
+    import fcntl
+    import shutil
+
     from switchsweep.trainers.evaluation.features import load_or_train_digits_classifier
 
+    run = tmp_path_factory.getbasetemp()
+    shared = (run.parent if os.environ.get("PYTEST_XDIST_WORKER") else run) / "digits-net"
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker trains, the others wait and read its file
+        load_or_train_digits_classifier(shared)
     cache = tmp_path_factory.mktemp("cache")
+    for trained in shared.glob("*.pt"):
+        shutil.copy(trained, cache / trained.name)
     net, acc = load_or_train_digits_classifier(cache)
     return net, acc, cache
 
