@@ -139,3 +139,21 @@ def test_sweeps_are_listed_oldest_first(tmp_path):
         SweepRecord(tmp_path / name, sweep_id=name, created=created).save()
     (tmp_path / "not-a-sweep").mkdir()
     assert [p.name for p in sweeps(tmp_path)] == ["c", "b", "a"]
+
+
+def test_an_end_is_mirrored_before_it_is_saved(tmp_path):
+    record = SweepRecord(tmp_path, sweep_id="s-1")
+    record.trial_started("a")
+    record.trial_reported("a", step=10, loop_s=1.0, attempt=None, wall_s=None, timings={})
+
+    def driver_dies(entry):  # after computing the end, before MLflow has it
+        assert entry.status is TrialEnd.FINISHED and SweepRecord.load(tmp_path).trials["a"].status is TrialEnd.RUNNING
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        SweepRecord.load(tmp_path).trial_ended("a", 10, failure=None, wall_s=2.0, mirror=driver_dies)
+    seen = []
+    again = SweepRecord.load(tmp_path)  # the resumed driver records it again, mirror included
+    assert again.trials["a"].status is TrialEnd.RUNNING
+    again.trial_ended("a", 10, failure=None, wall_s=2.0, mirror=seen.append)
+    assert [e.status for e in seen] == [TrialEnd.FINISHED] and SweepRecord.load(tmp_path).trials["a"].over

@@ -20,7 +20,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -201,10 +201,16 @@ class SweepRecord:
         self.save()
 
     def trial_ended(
-        self, trial_id: str, train_steps: int, failure: str | None, wall_s: float | None
+        self,
+        trial_id: str,
+        train_steps: int,
+        failure: str | None,
+        wall_s: float | None,
+        mirror: Callable[[TrialEntry], None] | None = None,
     ) -> TrialEntry | None:
         """Record how a trial ended (`TrialEnd.of` its last step); None if it was recorded over already
-        (a restored Tune may report the same end again)."""
+        (a restored Tune may report the same end again). `mirror` writes the end elsewhere (MLflow) before
+        the record is saved, so a driver killed in between records it again on resume."""
         entry = self.trials.setdefault(trial_id, TrialEntry())
         if entry.over:
             return None
@@ -213,6 +219,8 @@ class SweepRecord:
         entry.timings["t_trial_end"] = time.time()
         if wall_s is not None and entry.loop_s is not None:
             entry.wall_s, entry.overhead_s = wall_s, wall_s - entry.loop_s
+        if mirror is not None:
+            mirror(entry)
         self.save()
         return entry
 

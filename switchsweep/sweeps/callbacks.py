@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 from ray.tune import Callback, Checkpoint
 
 from switchsweep.platform.storage import storage_fs
-from switchsweep.platform.sweep_record import SweepRecord, TrialEnd
+from switchsweep.platform.sweep_record import SweepRecord, TrialEnd, TrialEntry
 from switchsweep.platform.tracking import CHECKPOINT_ARTIFACT, CHECKPOINT_TAG, FAILURE_TAG, STOPPED_TAG, Tracker
 from switchsweep.sweeps.failures import failure_reason, repeated_failure
 from switchsweep.sweeps.worker_spec import PHASES, PHASES_KEY
@@ -111,12 +111,15 @@ class TrialTracking(Callback):
         self._finish(trial, failure=failure_reason(_error_text(trial)))
 
     def _finish(self, trial: Any, failure: str | None) -> None:
-        trial_id = trial.trial_id
-        entry = SweepRecord.load(self.sweep_dir).trial_ended(trial_id, self.train_steps, failure, self._wall(trial_id))
-        if entry is None:
-            return
+        record = SweepRecord.load(self.sweep_dir)
+        record.trial_ended(
+            trial.trial_id, self.train_steps, failure, self._wall(trial.trial_id), lambda e: self._mirror(trial, e)
+        )
+
+    def _mirror(self, trial: Any, entry: TrialEntry) -> None:
+        """The trial's end onto its MLflow run: timing, tags, where its checkpoint is kept, its status."""
         tracker = Tracker(self.tracking_uri)
-        runs = tracker.children(self.experiment_id, self.parent_run_id, trial_id)
+        runs = tracker.children(self.experiment_id, self.parent_run_id, trial.trial_id)
         if not runs:
             return
         run_id = runs[0].info.run_id
@@ -125,8 +128,8 @@ class TrialTracking(Callback):
                 run_id, {"trial_wall_s": entry.wall_s, "trial_overhead_s": entry.overhead_s}, step=entry.step
             )
         tags = {STOPPED_TAG: "true"} if entry.status is TrialEnd.STOPPED else {}
-        if failure is not None:
-            tags[FAILURE_TAG] = failure
+        if entry.status is TrialEnd.FAILED:
+            tags[FAILURE_TAG] = entry.reason
         if tags:
             tracker.set_tags(run_id, tags)
         if entry.status is not TrialEnd.FAILED:
@@ -134,7 +137,7 @@ class TrialTracking(Callback):
                 tracker,
                 run_id,
                 self.storage_path,
-                trial_id,
+                trial.trial_id,
                 self.log_checkpoints,
                 finished=entry.status is TrialEnd.FINISHED,
                 inline=trial.checkpoint,

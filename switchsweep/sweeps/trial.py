@@ -25,6 +25,7 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks import DatasetsCallback  # pinned Ray: see _TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from switchsweep.platform.config import Config
 from switchsweep.platform.naming import run_name
 from switchsweep.platform.sweep_config import RayConfig, trains_inline, worker_bundle
 from switchsweep.platform.sweep_record import SweepRecord, TrialEntry
@@ -85,7 +86,7 @@ class _TorchTrainer(TorchTrainer):
         return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, DatasetsCallback)]
 
 
-def _worker_spec(job: TrialJob, cfg: Any, run_id: str, trial_id: str, attempt: int) -> WorkerSpec:
+def _worker_spec(job: TrialJob, cfg: Config, run_id: str, trial_id: str, attempt: int) -> WorkerSpec:
     return WorkerSpec(
         config=cfg,
         run_id=run_id,
@@ -163,7 +164,7 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
         return
 
 
-def _train_inline(job: TrialJob, cfg: Any, tracker: Tracker, run_id: str, trial_id: str) -> None:
+def _train_inline(job: TrialJob, cfg: Config, tracker: Tracker, run_id: str, trial_id: str) -> None:
     """Train a one-worker trial in this process, with Tune's session for reports and checkpoints. Tune
     restarts the trial (its process may be what died) from its last checkpoint; the sweep's record
     counts the attempts and carries a deterministic failure, which a restart ends with again."""
