@@ -157,3 +157,15 @@ def test_an_end_is_mirrored_before_it_is_saved(tmp_path):
     assert again.trials["a"].status is TrialEnd.RUNNING
     again.trial_ended("a", 10, failure=None, wall_s=2.0, mirror=seen.append)
     assert [e.status for e in seen] == [TrialEnd.FINISHED] and SweepRecord.load(tmp_path).trials["a"].over
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"trials": {"a": {"status": "lost"}}}', "[1, 2]"])
+def test_a_damaged_record_is_one_line_and_names_the_file(tmp_path, capsys, text):
+    from switchsweep.cli import main
+
+    folder = tmp_path / "sweeps" / "design_space" / "design_space-1"
+    folder.mkdir(parents=True)
+    (folder / STATE_FILE).write_text(text)
+    assert main(["sweep", "--resume", f"sweep.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{folder / STATE_FILE}: not a readable sweep record" in err[0], err

@@ -190,22 +190,21 @@ def check_node_types(r: RayConfig, types: dict[str, dict[str, Any]], present: li
     hold: its driver, or one of its workers (a GPU type that the config lacks, say), or, placed on one
     node (STRICT_PACK), all its workers together."""
     nodes = [*types.values(), *present]
-    wanted = [("a trial's driver", driver_bundle(r)), ("one DDP worker", worker_bundle(r))]
+    add = "add it to a node type's resources in cluster.yaml or lower the request"
+    wanted = [("a trial's driver", driver_bundle(r), add), ("one DDP worker", worker_bundle(r), add)]
     if r.placement_strategy == "STRICT_PACK" and r.num_workers > 1:
         together = {name: amount * r.num_workers for name, amount in worker_bundle(r).items()}
-        wanted.append((f"its {r.num_workers} DDP workers on one node (placement_strategy=STRICT_PACK)", together))
-    for what, bundle in wanted:
+        what = f"its {r.num_workers} DDP workers on one node (placement_strategy=STRICT_PACK)"
+        wanted.append(
+            (what, together, "add a node type that large to cluster.yaml, or set sweep.ray.placement_strategy=PACK")
+        )
+    for what, bundle, fix in wanted:
         if any(_fits(bundle, have) for have in nodes):
             continue
         need = ", ".join(f"{name}: {amount:g}" for name, amount in bundle.items())
         missing = [name for name, amount in bundle.items() if not any(float(h.get(name, 0)) >= amount for h in nodes)]
-        fix = (
-            "add a GPU node type to cluster.yaml or set sweep.ray.use_gpu=false"
-            if missing == ["GPU"] and what == "one DDP worker"
-            else "add a node type that large to cluster.yaml, or set sweep.ray.placement_strategy=PACK"
-            if "STRICT_PACK" in what
-            else "add it to a node type's resources in cluster.yaml or lower the request"
-        )
+        if missing == ["GPU"] and fix is add:
+            fix = "add a GPU node type to cluster.yaml or set sweep.ray.use_gpu=false"
         raise ConfigError(
             f"sweep.ray: {what} needs {{{need}}} but no node type of {r.cluster_config} "
             f"({', '.join(types)}) has it: {fix}"

@@ -132,10 +132,17 @@ class SweepRecord:
     @classmethod
     def load(cls, sweep_dir: str | Path) -> SweepRecord:
         path = Path(sweep_dir)
-        data = json.loads(SweepDir(path).state.read_text())
-        trials = {t: TrialEntry.from_json(e) for t, e in data.pop("trials", {}).items()}
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(path=path, trials=trials, **{k: v for k, v in data.items() if k in known})
+        state = SweepDir(path).state
+        try:
+            data = json.loads(state.read_text())
+            trials = {t: TrialEntry.from_json(e) for t, e in data.pop("trials", {}).items()}
+            known = {f.name for f in dataclasses.fields(cls)}
+            return cls(path=path, trials=trials, **{k: v for k, v in data.items() if k in known})
+        except (ValueError, TypeError, AttributeError) as e:  # not JSON, or not the record's shape
+            raise ConfigError(
+                f"{state}: not a readable sweep record ({type(e).__name__}): move that folder aside and start a new "
+                "sweep, or put back the record a backup holds"
+            ) from None
 
     @staticmethod
     def exists(sweep_dir: str | Path) -> bool:
