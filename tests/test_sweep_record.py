@@ -32,6 +32,14 @@ def test_a_trial_is_finished_only_when_it_trained_every_step():
     assert [e.over for e in TrialEnd] == [False, True, True, True]
 
 
+def test_a_configuration_ends_as_its_worst_seed():
+    F, R, S, X = TrialEnd.FINISHED, TrialEnd.RUNNING, TrialEnd.STOPPED, TrialEnd.FAILED
+    assert TrialEnd.of_group([F, F]) is F
+    assert TrialEnd.of_group([F, S]) is S
+    assert TrialEnd.of_group([S, R, F]) is R  # not comparable yet
+    assert TrialEnd.of_group([R, X, S]) is X
+
+
 def test_each_end_maps_once_to_mlflow_and_optuna():
     assert {e: e.mlflow_status for e in TrialEnd} == {
         TrialEnd.RUNNING: "RUNNING",

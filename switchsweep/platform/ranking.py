@@ -60,7 +60,7 @@ class Ranked:
     group: str
     trial_id: str
     run_id: str
-    end: TrialEnd  # finished only if every seed finished (`_group_end`)
+    end: TrialEnd  # finished only if every seed finished (`TrialEnd.of_group`)
     steps: int  # the fewest steps any seed trained
     value: float  # mean over seeds of the metric
     std: float  # sd over seeds (nan with one seed)
@@ -228,14 +228,6 @@ def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> lis
     return front
 
 
-def _group_end(members: Sequence[TrialRecord]) -> TrialEnd:
-    """A configuration finished if every seed did; else its first of failed, running, stopped."""
-    for end in (TrialEnd.FAILED, TrialEnd.RUNNING, TrialEnd.STOPPED):
-        if any(m.end is end for m in members):
-            return end
-    return TrialEnd.FINISHED
-
-
 def rank_groups(
     records: Sequence[TrialRecord],
     metric: str,
@@ -264,7 +256,7 @@ def rank_groups(
                 group=name,
                 trial_id=first.trial_id,
                 run_id=first.run_id,
-                end=_group_end(members),
+                end=TrialEnd.of_group(m.end for m in members),
                 steps=min(m.steps for m in members),
                 value=value,
                 std=float(np.std(finite, ddof=1)) if len(finite) >= 2 else math.nan,

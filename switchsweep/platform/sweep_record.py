@@ -20,7 +20,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -48,6 +48,13 @@ class TrialEnd(str, Enum):
         if failed:
             return cls.FAILED
         return cls.FINISHED if step >= train_steps else cls.STOPPED
+
+    @classmethod
+    def of_group(cls, ends: Iterable[TrialEnd]) -> TrialEnd:
+        """A configuration's, from its seeds': failed if any failed, else running if any runs, else stopped
+        if any was stopped early, else finished."""
+        ends = set(ends)
+        return next((e for e in (cls.FAILED, cls.RUNNING, cls.STOPPED) if e in ends), cls.FINISHED)
 
     @property
     def over(self) -> bool:

@@ -66,13 +66,6 @@ def default_tpe_startup(num_trials: int) -> int:
     return max(2, num_trials // 4)
 
 
-def group_state(ends: Sequence[TrialEnd]) -> TrialEnd:
-    """A configuration failed if any seed failed, was stopped (pruned) if any seed was stopped early."""
-    if TrialEnd.FAILED in ends:
-        return TrialEnd.FAILED
-    return TrialEnd.STOPPED if TrialEnd.STOPPED in ends else TrialEnd.FINISHED
-
-
 def trial_outcome(
     result: dict[str, Any] | None, error: bool, objectives: Sequence[str], train_steps: int
 ) -> tuple[TrialEnd, list[float]]:
@@ -253,7 +246,7 @@ class SeededStudySearch(Searcher):
 
     def _tell(self, group: _Group) -> None:
         outcomes = [o for o in group.outcomes.values() if o is not None]
-        end = group_state([o[0] for o in outcomes])
+        end = TrialEnd.of_group(o[0] for o in outcomes)
         if end is TrialEnd.FAILED:
             self.study.tell(group.number, state=TrialState[end.optuna_state])
         elif end is TrialEnd.STOPPED:
