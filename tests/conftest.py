@@ -42,11 +42,10 @@ def digits_net(tmp_path_factory):
     shared.mkdir(exist_ok=True)
     with open(shared / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker trains, the others wait and read its file
-        load_or_train_digits_classifier(shared)
+        net, acc = load_or_train_digits_classifier(shared)
     cache = tmp_path_factory.mktemp("cache")
     for trained in shared.glob("*.pt"):
         shutil.copy(trained, cache / trained.name)
-    net, acc = load_or_train_digits_classifier(cache)
     return net, acc, cache
 
 
