@@ -99,19 +99,20 @@ mutation: $(STAMP)
 	$(VENV)/bin/mutmut results
 
 # The GPU cluster of cluster.yaml (README, "On a GPU cluster"), driven from this machine. The cluster's
-# Ray token is made here once (~/.ray/auth_token) and mounted on every node.
+# Ray token is made here once (~/.ray/auth_token) and mounted on every node. CLUSTER: another launcher config.
+CLUSTER ?= cluster.yaml
 cluster-up: $(STAMP)
 	$(PY) -m pip install -q boto3  # Ray's AWS provider
 	@test -s ~/.ray/auth_token || $(VENV)/bin/ray get-auth-token --generate >/dev/null
-	$(VENV)/bin/ray up -y cluster.yaml
+	$(VENV)/bin/ray up -y $(CLUSTER)
 
 cluster-down: $(STAMP)
-	$(VENV)/bin/ray down -y cluster.yaml
+	$(VENV)/bin/ray down -y $(CLUSTER)
 
 # The Ray dashboard on http://127.0.0.1:8265 and MLflow on http://127.0.0.1:5000, through SSH until Ctrl+C
 # (on the head, socat relays loopback to MLflow's private address while this runs).
 cluster-ui: $(STAMP)
-	$(VENV)/bin/ray exec cluster.yaml --port-forward=8265 --port-forward=5000 \
+	$(VENV)/bin/ray exec $(CLUSTER) --port-forward=8265 --port-forward=5000 \
 	  'socat TCP-LISTEN:5000,bind=127.0.0.1,fork,reuseaddr TCP:$$(hostname -I | cut -d" " -f1):5000'
 
 # A sweep as a Ray job on the head, so it outlives this machine (needs `make cluster-ui` running).

@@ -1,0 +1,219 @@
+"""cluster.yaml's own commands, run by Ray's cluster launcher over SSH on this machine.
+
+A launcher config is derived from cluster.yaml with Ray's `local` provider: every command section and
+the file mounts are kept verbatim, only the provider, the SSH login and the node types (the local
+provider has one, made from the nodes it is given) change, plus the one EDIT value a real cluster
+needs set: the bucket, here a folder both nodes see. The nodes are sshd in namespaces of their own
+(`ssh_nodes`), a head and a worker on a bridge with this machine. Their images already
+hold this checkout's environment (`~/switchsweep/.venv` is linked to it), as a built image would, so
+the setup's `make install EXTRAS=` has nothing left to do; everything else runs as written.
+
+Then, as an operator would: `make cluster-up`, the head's Ray with token auth, the MLflow server on its
+port keeping runs in the head's SQLite file, `make cluster-sweep` running a 1-trial sweep on the
+worker to FINISHED, and `make cluster-down`.
+"""
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from fake_cluster import wait_http
+from mlflow.tracking import MlflowClient
+from ssh_nodes import Bridge, SshNode, available, make_key, port_open
+from sweep_harness import BIN, TINY_EVAL
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+# Kept verbatim from cluster.yaml (but for the bucket's EDIT value).
+SECTIONS = (
+    "initialization_commands",
+    "setup_commands",
+    "head_setup_commands",
+    "worker_setup_commands",
+    "head_start_ray_commands",
+    "worker_start_ray_commands",
+    "file_mounts",
+    "rsync_exclude",
+)
+BUCKET = "s3://my-bucket/switchsweep"  # cluster.yaml's placeholder, marked EDIT
+SUBNET = "10.231.7"
+HERE_IP, HEAD_IP, WORKER_IP = f"{SUBNET}.254", f"{SUBNET}.1", f"{SUBNET}.2"
+DASHBOARD = "http://127.0.0.1:8265"  # forwarded by `make cluster-ui`, as the README's Ray job commands expect
+
+
+def launcher_config(cluster_yaml: Path, key: Path, bucket: Path) -> dict:
+    """cluster.yaml for the local provider (see the module): provider, auth and node types replaced,
+    the bucket set; the rest as it is."""
+    real = yaml.safe_load(cluster_yaml.read_text())
+    text = json.dumps({s: real.get(s, []) for s in SECTIONS})
+    assert text.count(BUCKET) == 1, f"cluster.yaml should name the bucket once, as {BUCKET}"
+    derived = {k: v for k, v in real.items() if k not in ("provider", "auth", "available_node_types", "head_node_type")}
+    derived.update(json.loads(text.replace(BUCKET, str(bucket))))
+    derived["provider"] = {"type": "local", "head_ip": HEAD_IP, "worker_ips": [WORKER_IP]}
+    derived["auth"] = {"ssh_user": "root", "ssh_private_key": str(key)}
+    return derived
+
+
+def _run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+def _alive_nodes(token: str) -> list[dict]:
+    """The cluster's live nodes' resources, from Ray's state API (through `make cluster-ui`)."""
+    status, body = _get(f"{DASHBOARD}/api/v0/nodes?limit=100", token)
+    assert status == 200, status
+    listed = json.loads(body)["data"]["result"]["result"]
+    return [n["resources_total"] for n in listed if n["state"] == "ALIVE"]
+
+
+def _job_status(job: str, token: str) -> str:
+    status, body = _get(f"{DASHBOARD}/api/jobs/{job}", token)
+    assert status == 200, status
+    return json.loads(body)["status"]
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    why = available()
+    if why:
+        pytest.skip(why)
+    tmp = tmp_path_factory.mktemp("launch")
+    key = make_key(tmp)
+    bridge = Bridge(f"ssbr{os.getpid() % 100000}", HERE_IP)
+    started: list[SshNode] = []
+    # The environment's Python, where it lives in root's home (pyenv): the node's root has another home.
+    keep = tuple(p for p in (Path(sys.base_prefix),) if p.is_relative_to("/root"))
+    try:
+        for name, ip in (("head", HEAD_IP), ("worker", WORKER_IP)):
+            home = tmp / name / "home"
+            home.mkdir(parents=True)
+            (home / "switchsweep").mkdir()
+            (home / "switchsweep" / ".venv").symlink_to(BIN.parent)  # the built image's environment
+            started.append(SshNode(f"ss{name}{os.getpid() % 100000}", ip, home, key.with_suffix(".pub"), bridge, keep))
+        yield {"tmp": tmp, "key": key, "head": started[0], "worker": started[1]}
+    finally:
+        for node in started:
+            node.stop()
+        bridge.delete()
+
+
+def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
+    tmp, head = nodes["tmp"], nodes["head"]
+    bucket = tmp / "bucket"
+    bucket.mkdir()
+    config = tmp / "cluster-local.yaml"
+    config.write_text(yaml.safe_dump(launcher_config(REPO / "cluster.yaml", nodes["key"], bucket)))
+    laptop = tmp / "laptop"  # the operator's machine: its own home (the Ray token) and launcher state
+    (laptop / "ray").mkdir(parents=True)
+    env = {**os.environ, "HOME": str(laptop), "RAY_TMPDIR": str(laptop / "ray"), "PYTHONUNBUFFERED": "1"}
+    # Ray's v2 autoscaler (the default on AWS) never starts the local provider's listed workers: its
+    # reconciler does not find them among the provider's instances. The v1 autoscaler does.
+    env["RAY_UP_enable_autoscaler_v2"] = "0"
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        env.pop(name, None)
+    make = ["make", f"VENV={BIN.parent}", f"CLUSTER={config}"]
+    t0 = time.time()
+
+    up = _run([*make, "cluster-up"], env, 900)
+    up_s = time.time() - t0
+    try:
+        assert up.returncode == 0, up.stdout[-5000:] + up.stderr[-3000:]
+        token = (laptop / ".ray" / "auth_token").read_text().strip()
+        assert (head.home / ".ray" / "auth_token").read_text().strip() == token, "the token mount reached the head"
+
+        # `make cluster-ui`: the dashboard and MLflow through SSH on this machine's loopback.
+        ui = subprocess.Popen(
+            [*make, "cluster-ui"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_http(f"{DASHBOARD}/api/version", 120, ui)
+        # The head's Ray asks for the token: the dashboard refuses a request without it.
+        assert _get(f"{DASHBOARD}/api/jobs/")[0] == 401
+        assert _get(f"{DASHBOARD}/api/jobs/", token)[0] == 200
+
+        # MLflow, started by head_start_ray_commands, answers and keeps its runs in the head's SQLite file.
+        tracking = "http://127.0.0.1:5000"
+        try:
+            wait_http(f"{tracking}/health", 60, ui)
+        except TimeoutError:
+            pytest.fail("the MLflow server of head_start_ray_commands never answered on the head's port 5000")
+        assert _get(f"{tracking}/health")[0] == 200
+        assert _get(f"http://{HEAD_IP}:5000/health")[0] == 200, "the worker nodes cannot reach MLflow"
+        assert (head.home / "mlflow.db").stat().st_size > 0
+
+        # The local provider starts its worker once the head is up: the trials' CPUs are there.
+        deadline = time.time() + 300
+        while len(alive := _alive_nodes(token)) < 2 and time.time() < deadline:
+            time.sleep(3)
+        assert len(alive) == 2, f"the worker never joined: {alive}"
+        assert [n.get("CPU", 0) for n in alive if "TRAIN_DRIVER" in n] == [0], "the head trains nothing"
+        joined_s = time.time() - t0
+
+        args = [
+            "sweep.num_trials=1",
+            "sweep.baseline=none",
+            "sweep.asha=false",
+            "sweep.eval_every=4",
+            "train.steps=4",
+            "train.log_every=2",
+            "train.device=cpu",  # no CUDA here; the trial runs on the worker's CPUs
+            "sweep.ray.use_gpu=false",
+            "sweep.ray.shared_fs=true",  # the "bucket" is a folder both nodes see
+            f"eval.cache_dir={digits_net[2]}",
+            *TINY_EVAL,
+        ]
+        ray_env = {**env, "RAY_AUTH_MODE": "token"}  # the token: ~/.ray/auth_token
+        submit = _run([*make, "cluster-sweep", f"ARGS={' '.join(args)}"], env, 300)
+        assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+        (job,) = set(re.findall(r"raysubmit_\w+", submit.stdout + submit.stderr))
+        deadline = time.time() + 600
+        while (state := _job_status(job, token)) not in ("SUCCEEDED", "FAILED", "STOPPED") and time.time() < deadline:
+            time.sleep(3)
+        logs = _run([str(BIN / "ray"), "job", "logs", "--address", DASHBOARD, job], ray_env, 60)
+        assert state == "SUCCEEDED", (state, (logs.stdout + logs.stderr)[-6000:])
+        sweep_s = time.time() - t0 - joined_s
+
+        client = MlflowClient(tracking)
+        (exp,) = [e for e in client.search_experiments() if e.name == "design_space"]
+        (run,) = client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'")
+        assert run.info.status == "FINISHED" and run.data.metrics["step"] == 4 and "kid" in run.data.metrics
+        assert list(bucket.glob(f"mlflow/{exp.experiment_id}/{run.info.run_id}")), "artifacts go to the bucket"
+        assert list(bucket.glob("design_space/*/tune")), "Tune's state goes to the bucket"
+        with sqlite3.connect(head.home / "mlflow.db") as db:
+            (stored,) = db.execute("select status from runs where run_uuid = ?", (run.info.run_id,)).fetchone()
+        assert stored == "FINISHED", "the run is in the head's own store"
+    finally:
+        if "ui" in locals():
+            os.killpg(ui.pid, signal.SIGTERM)
+            ui.wait(timeout=30)
+        down = _run([*make, "cluster-down"], env, 300)
+    assert down.returncode == 0, (down.stdout + down.stderr)[-4000:]
+    assert not port_open(HEAD_IP, 6379), "the head's Ray is still up after cluster-down"
+    print(
+        f"\nray up over SSH: head up in {up_s:.0f} s, worker joined at {joined_s:.0f} s, "
+        f"1-trial sweep {sweep_s:.0f} s, {time.time() - t0:.0f} s in all",
+        file=sys.stderr,
+    )
