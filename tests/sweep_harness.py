@@ -45,7 +45,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_head(temp: Path, num_cpus: int = 3) -> tuple[subprocess.Popen, str]:
+class Head(str):
+    """A throwaway head's address, as sweeps take it, and the session its processes share (the head's
+    pid): a test that kills a trial's process looks for it there, never in another head's."""
+
+    session: int
+
+    def __new__(cls, address: str, session: int) -> Head:
+        head = super().__new__(cls, address)
+        head.session = session
+        return head
+
+
+def start_head(temp: Path, num_cpus: int = 3) -> tuple[subprocess.Popen, Head]:
     """A Ray head on 127.0.0.1 with its dashboard (Train frees stopped trials' workers through it)."""
     port, dash = free_port(), free_port()
     head = subprocess.Popen(
@@ -70,7 +82,7 @@ def start_head(temp: Path, num_cpus: int = 3) -> tuple[subprocess.Popen, str]:
         env=ENV,
         start_new_session=True,  # its own process group: stop_head ends every process it started
     )
-    address = f"127.0.0.1:{port}"
+    address = Head(f"127.0.0.1:{port}", head.pid)
     deadline = time.time() + 120
     while time.time() < deadline:
         if (
@@ -150,26 +162,31 @@ def wait_for(what, timeout: float, proc: subprocess.Popen | None = None, poll: f
     raise TimeoutError("the sweep did not get there in time")
 
 
-def pids(matches: Callable[[bytes], bool]) -> list[int]:
-    """PIDs of this machine's processes (but this one) whose command line (NUL-separated) `matches`."""
+def pids(matches: Callable[[bytes], bool], session: int | None = None) -> list[int]:
+    """PIDs of this machine's processes (but this one) whose command line (NUL-separated) `matches`,
+    in process session `session` if given."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if int(pid) != os.getpid() and matches(Path(f"/proc/{pid}/cmdline").read_bytes()):
+            if (
+                int(pid) != os.getpid()
+                and (session is None or os.getsid(int(pid)) == session)
+                and matches(Path(f"/proc/{pid}/cmdline").read_bytes())
+            ):
                 found.append(int(pid))
         except OSError:
             continue
     return sorted(found)
 
 
-def train_workers() -> list[int]:
-    """PIDs of the Ray Train DDP worker processes on this machine."""
-    return pids(lambda cmd: cmd.startswith(b"ray::RayTrainWorker"))
+def train_workers(head: Head) -> list[int]:
+    """PIDs of the Ray Train DDP worker processes of `head`."""
+    return pids(lambda cmd: cmd.startswith(b"ray::RayTrainWorker"), head.session)
 
 
-def inline_trials() -> list[int]:
-    """PIDs of the Tune trial processes on this machine (an inline trial trains in its own)."""
-    return pids(lambda cmd: cmd.startswith(b"ray::ImplicitFunc"))
+def inline_trials(head: Head) -> list[int]:
+    """PIDs of the Tune trial processes of `head` (an inline trial trains in its own)."""
+    return pids(lambda cmd: cmd.startswith(b"ray::ImplicitFunc"), head.session)
 
 
 def _store(root: Path):
@@ -213,7 +230,7 @@ def _logged_loss_steps(root: Path) -> list[int]:
 
 
 def worker_kill(
-    root: Path, address: str, cache: Path | None = None, at_step: int = 20, delay_s: float = 0.5, workers: int = 2
+    root: Path, address: Head, cache: Path | None = None, at_step: int = 20, delay_s: float = 0.5, workers: int = 2
 ) -> dict[str, Any]:
     """SIGKILL one of a 2-worker trial's DDP workers (workers=1: the process of the trial, which trains
     inline) `delay_s` after it reported step `at_step`, so steps past that checkpoint are already in
@@ -223,9 +240,9 @@ def worker_kill(
     driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
     steps = lambda: [e.get("step", 0) for e in record(root).get("trials", {}).values()]  # noqa: E731
     find = train_workers if workers > 1 else inline_trials
-    wait_for(lambda: any(s >= at_step for s in steps()) and find(), 400, driver)
+    wait_for(lambda: any(s >= at_step for s in steps()) and find(address), 400, driver)
     time.sleep(delay_s)
-    workers = find()
+    workers = find(address)
     if not workers:
         driver.kill()
         raise RuntimeError(

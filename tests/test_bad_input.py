@@ -105,7 +105,7 @@ CASES = [
     ),
     (
         "sweep data=latents data.path={tmp}/latents data.image_size=8",
-        "eval.feature_net=inception needs eval.inception_weights=<local .pt file of FID InceptionV3 weights>",
+        "eval.feature_net=inception needs eval.inception_weights=<.pt file of FID InceptionV3 weights>",
     ),
     ("evaluate checkpoint={tmp}/latent-ckpt.pt", "eval.feature_net=inception needs eval.inception_weights="),
     ("train data=latents data.path={tmp}/latents", "data.image_size=32: the latents in"),

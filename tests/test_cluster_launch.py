@@ -16,6 +16,7 @@ worker to FINISHED, and `make cluster-down`.
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -31,6 +32,8 @@ from fake_cluster import wait_http
 from mlflow.tracking import MlflowClient
 from ssh_nodes import Bridge, SshNode, available, make_key, port_open
 from sweep_harness import BIN, TINY_EVAL
+
+from switchsweep.trainers.evaluation.features import DigitsClassifier
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -182,9 +185,12 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
             "train.device=cpu",  # no CUDA here; the trial runs on the worker's CPUs
             "sweep.ray.use_gpu=false",
             "sweep.ray.shared_fs=true",  # the "bucket" is a folder both nodes see
-            f"eval.cache_dir={digits_net[2]}",
             *TINY_EVAL,
         ]
+        # platform=cluster keeps the evaluation cache in the bucket: the classifier is there already (as if
+        # an earlier sweep had trained it), the driver adds the reference features, the worker reads both.
+        (bucket / "eval-cache").mkdir()
+        shutil.copy(digits_net[2] / f"{DigitsClassifier.name}.pt", bucket / "eval-cache")
         ray_env = {**env, "RAY_AUTH_MODE": "token"}  # the token: ~/.ray/auth_token
         submit = _run([*make, "cluster-sweep", f"ARGS={' '.join(args)}"], env, 300)
         assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
@@ -202,6 +208,7 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
         assert run.info.status == "FINISHED" and run.data.metrics["step"] == 4 and "kid" in run.data.metrics
         assert list(bucket.glob(f"mlflow/{exp.experiment_id}/{run.info.run_id}")), "artifacts go to the bucket"
         assert list(bucket.glob("design_space/*/tune")), "Tune's state goes to the bucket"
+        assert list(bucket.glob("eval-cache/ref-digits-*.pt")), "the reference features are shared in the bucket"
         with sqlite3.connect(head.home / "mlflow.db") as db:
             (stored,) = db.execute("select status from runs where run_uuid = ?", (run.info.run_id,)).fetchone()
         assert stored == "FINISHED", "the run is in the head's own store"

@@ -77,3 +77,37 @@ def test_inception_weights_errors_name_the_setting(tmp_path):
         load_fid_inception(wrong)
     with pytest.raises(ConfigError, match="eval.inception_weights is not set"):
         load_fid_inception(None)
+
+
+def test_the_cache_and_the_weights_can_live_behind_a_storage_uri(digits_net, tmp_path, monkeypatch):
+    """A cluster's nodes share the evaluation cache and the Inception weights through the bucket: the same
+    files, read and written through a URI (file:// here; s3:// takes the same path through pyarrow)."""
+    import shutil
+
+    from switchsweep.platform.config import DataConfig
+    from switchsweep.trainers.evaluation import features
+
+    net, acc, cache = digits_net
+    bucket = tmp_path / "bucket" / "eval-cache"
+    bucket.mkdir(parents=True)
+    shutil.copy(cache / f"{DigitsClassifier.name}.pt", bucket)
+    shared, shared_acc = load_or_train_digits_classifier(f"file://{bucket}")
+    assert shared_acc == acc and all(
+        torch.equal(a, b) for a, b in zip(net.state_dict().values(), shared.state_dict().values())
+    )
+
+    data = DataConfig()
+    first = features.reference_features(data, net, f"file://{bucket}")  # computed, written through the URI
+    assert (bucket / f"ref-{data.name}-{data.image_size}-{net.name}.pt").is_file()
+    monkeypatch.setattr(features, "load_dataset", lambda data: pytest.fail("recomputed instead of read"))
+    assert torch.equal(features.reference_features(data, net, f"file://{bucket}"), first)
+
+    torch.manual_seed(0)
+    weights = tmp_path / "bucket" / "fid_inception.pt"
+    torch.save(FIDInceptionV3().state_dict(), weights)
+    local, remote = load_fid_inception(weights), load_fid_inception(f"file://{weights}")
+    assert remote.name == local.name and all(
+        torch.equal(a, b) for a, b in zip(local.state_dict().values(), remote.state_dict().values())
+    )
+    with pytest.raises(ConfigError, match="eval.inception_weights=file://.*no such file"):
+        load_fid_inception(f"file://{tmp_path}/bucket/missing.pt")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import torch
 
 from switchsweep.platform.errors import CheckpointError
 from switchsweep.platform.files import atomic_write
+from switchsweep.platform.storage import read_bytes, write_bytes
 
 FORMAT = "switchsweep-checkpoint"
 REQUIRED_KEYS = ("format", "step", "model", "ema", "optimizer", "rng", "config")
@@ -17,6 +19,19 @@ REQUIRED_KEYS = ("format", "step", "model", "ema", "optimizer", "rng", "config")
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def save_to_storage(obj: Any, path: str) -> None:
+    """`torch.save` to a local path or a storage URI (s3://...), whole or not at all."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_from_storage(path: str) -> Any | None:
+    """`torch.load` (weights only, onto the CPU) from a local path or a storage URI; None where there is none."""
+    data = read_bytes(path)
+    return None if data is None else torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:

@@ -157,8 +157,8 @@ class EvalConfig(SamplerConfig):
     batch_size: int = 250
     seed: int = 0
     feature_net: str = "digits"
-    inception_weights: str | None = None  # local FID InceptionV3 state dict; nothing is downloaded
-    cache_dir: str = "~/.cache/switchsweep"
+    inception_weights: str | None = None  # FID InceptionV3 state dict: a file or a URI; nothing is downloaded
+    cache_dir: str = "~/.cache/switchsweep"  # feature networks and reference features: a folder or a URI
     kid_subset_size: int = 1000
     kid_subsets: int = 100
     pr_k: int = 3
@@ -315,7 +315,7 @@ def validate_scoring(e: EvalConfig | DictConfig, data_name: str | None = None) -
     if e.feature_net == "inception":
         _need(
             bool(e.inception_weights),
-            "eval.feature_net=inception needs eval.inception_weights=<local .pt file of FID InceptionV3 weights>",
+            "eval.feature_net=inception needs eval.inception_weights=<.pt file of FID InceptionV3 weights>",
         )
 
 

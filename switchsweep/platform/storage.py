@@ -1,11 +1,45 @@
-"""A sweep's storage (Tune state, Train checkpoints): a local path or a URI such as s3://bucket/sweeps."""
+"""Storage shared by a cluster's nodes: a local path or a URI such as s3://bucket/sweeps (a sweep's Tune
+state and Train checkpoints, the evaluation cache, weights files)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow.fs as pafs
+
+from switchsweep.platform.files import atomic_write
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
 
 
 def storage_fs(path: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem of `path` and the path on it, without a trailing slash."""
-    fs, base = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    fs, base = pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), path)
     return fs, base.rstrip("/")
+
+
+def storage_join(base: str, name: str) -> str:
+    """`name` inside the folder `base` (a local folder, ~ expanded, or a URI)."""
+    return f"{base.rstrip('/')}/{name}" if is_uri(base) else str(Path(base).expanduser() / name)
+
+
+def read_bytes(path: str) -> bytes | None:
+    """The whole file at `path` (a local path, ~ expanded, or a URI), or None where there is none."""
+    fs, where = storage_fs(path if is_uri(path) else str(Path(path).expanduser()))
+    if fs.get_file_info(where).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(where) as f:
+        return f.read()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """The file at `path`, whole or not at all: a local file by rename; an object store's put already is."""
+    if not is_uri(path):
+        atomic_write(Path(path).expanduser(), lambda f: f.write(data))
+        return
+    fs, where = storage_fs(path)
+    fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(where) as f:
+        f.write(data)

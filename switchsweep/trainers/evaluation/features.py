@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from switchsweep.platform.checkpoint import atomic_torch_save
+from switchsweep.platform.checkpoint import load_from_storage, save_to_storage
 from switchsweep.platform.config import DataConfig, EvalConfig
 from switchsweep.platform.errors import ConfigError
+from switchsweep.platform.storage import storage_join
 from switchsweep.trainers.data.batches import load_dataset, load_digits_tensors
 from switchsweep.trainers.evaluation.feature_net import FeatureNet
 
@@ -84,18 +85,19 @@ def train_digits_classifier(seed: int = 0, epochs: int = 30) -> tuple[DigitsClas
 
 
 def load_or_train_digits_classifier(cache_dir: str | os.PathLike) -> tuple[DigitsClassifier, float]:
-    """The cached classifier, or a freshly trained one written to the cache (also when the file is corrupt)."""
-    path = Path(cache_dir).expanduser() / f"{DigitsClassifier.name}.pt"
-    if path.is_file():
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+    """The cached classifier, or a freshly trained one written to the cache (also when the file is corrupt).
+    `cache_dir`: a local folder or a storage URI (a cluster's nodes share one in the bucket)."""
+    path = storage_join(str(cache_dir), f"{DigitsClassifier.name}.pt")
+    try:
+        payload = load_from_storage(path)
+        if payload is not None:
             model = DigitsClassifier()
             model.load_state_dict(payload["state_dict"])
             return model.eval(), float(payload["held_out_accuracy"])
-        except Exception as e:  # any unreadable cache is rebuilt, never fatal
-            log.warning("cached digits classifier %s is unreadable (%s); retraining it", path, type(e).__name__)
+    except Exception as e:  # any unreadable cache is rebuilt, never fatal
+        log.warning("cached digits classifier %s is unreadable (%s); retraining it", path, type(e).__name__)
     model, accuracy = train_digits_classifier()
-    atomic_torch_save({"state_dict": model.state_dict(), "held_out_accuracy": accuracy}, path)
+    save_to_storage({"state_dict": model.state_dict(), "held_out_accuracy": accuracy}, path)
     return model, accuracy
 
 
@@ -123,14 +125,16 @@ def reference_features(data: DataConfig, net: FeatureNet, cache_dir: str | os.Pa
         key = hashlib.sha256(f"{Path(source).expanduser().resolve()}|{manifest['resolution']}".encode()).hexdigest()[
             :16
         ]
-        path = Path(cache_dir).expanduser() / f"ref-latents-{key}-{net.name}.pt"
+        name = f"ref-latents-{key}-{net.name}.pt"
     else:
-        path = Path(cache_dir).expanduser() / f"ref-{data.name}-{data.image_size}-{net.name}.pt"
-    if path.is_file():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)["features"]
-        except Exception as e:
-            log.warning("cached reference features %s are unreadable (%s); recomputing", path, type(e).__name__)
+        name = f"ref-{data.name}-{data.image_size}-{net.name}.pt"
+    path = storage_join(str(cache_dir), name)
+    try:
+        cached = load_from_storage(path)
+        if cached is not None:
+            return cached["features"]
+    except Exception as e:
+        log.warning("cached reference features %s are unreadable (%s); recomputing", path, type(e).__name__)
     if data.name == "latents":
         feats = _real_image_features(data, manifest, net)
         if feats is None:
@@ -138,7 +142,7 @@ def reference_features(data: DataConfig, net: FeatureNet, cache_dir: str | os.Pa
     else:
         images, _ = load_dataset(data)
         feats, _ = net.embed(images)
-    atomic_torch_save({"features": feats}, path)
+    save_to_storage({"features": feats}, path)
     return feats
 
 

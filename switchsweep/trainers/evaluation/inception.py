@@ -1,5 +1,6 @@
 """InceptionV3 as used for FID (the TF-ported 2015-12-05 graph: 1008 logits, count_include_pad=False
-average pools, a max pool in the last block), with weights from a local file only.
+average pools, a max pool in the last block), with weights from a given file (local or in a bucket): nothing
+is downloaded.
 
 Module names follow the usual PyTorch FID state dicts (`Conv2d_1a_3x3.conv.weight`, `Mixed_5b...`)
 so such a file loads as it is. Features are the 2048-d average-pooled activations.
@@ -8,14 +9,15 @@ so such a file loads as it is. Features are the 2048-d average-pooled activation
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from switchsweep.platform.errors import ConfigError
+from switchsweep.platform.storage import read_bytes
 from switchsweep.trainers.evaluation.feature_net import FeatureNet
 
 INPUT_SIZE = 299
@@ -218,18 +220,16 @@ class FIDInceptionV3(FeatureNet):
 
 
 def load_fid_inception(path: str | os.PathLike | None) -> FIDInceptionV3:
-    """FID InceptionV3 with the state dict stored at `path` (from `eval.inception_weights`)."""
+    """FID InceptionV3 with the state dict stored at `path` (from `eval.inception_weights`): a local file or
+    a storage URI (s3://..., read by every node of a cluster)."""
     if not path:
-        raise ConfigError("eval.inception_weights is not set: give the local .pt file of FID InceptionV3 weights")
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(
-            f"eval.inception_weights={path}: no such file: give the local .pt file of FID InceptionV3 weights"
-        )
-    digest = hashlib.sha256(file.read_bytes()).hexdigest()[:12]
-    model = FIDInceptionV3(name=f"inception-{digest}")
+        raise ConfigError("eval.inception_weights is not set: give the .pt file of FID InceptionV3 weights")
+    data = read_bytes(str(path))
+    if data is None:
+        raise ConfigError(f"eval.inception_weights={path}: no such file: give the .pt file of FID InceptionV3 weights")
+    model = FIDInceptionV3(name=f"inception-{hashlib.sha256(data).hexdigest()[:12]}")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
