@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,11 +71,17 @@ def browser():
 
 
 @pytest.fixture(scope="session")
-def ray_head(tmp_path_factory):
+def ray_head():
     """One throwaway Ray head on 127.0.0.1 for the sweeps that run against a cluster (a start costs
-    several seconds): its address."""
+    several seconds): its address. Its folder is short: Ray's unix sockets live there, and their paths
+    may not exceed 107 bytes (a parallel worker's pytest folder is longer)."""
+    import shutil
+    import tempfile
+
     from sweep_harness import start_head, stop_head
 
-    head, address = start_head(tmp_path_factory.mktemp("ray"))
+    temp = tempfile.mkdtemp(prefix="ssrh-", dir="/tmp")
+    head, address = start_head(Path(temp))
     yield address
     stop_head(head)
+    shutil.rmtree(temp, ignore_errors=True)

@@ -145,6 +145,8 @@ def test_platform_cluster_reads_the_heads_environment(monkeypatch):
     # Training there needs CUDA (a node without it fails in one line, not silently on one CPU), and a cold
     # GPU node has the time to boot and install before its trial's workers give up.
     assert job.train.device == "cuda" and r.worker_start_timeout_s >= 900
+    # Every node reads one evaluation cache in the bucket rather than computing its own.
+    assert job.eval.cache_dir == "s3://b/switchsweep/eval-cache"
 
 
 def _cluster_trial(monkeypatch, gpus: int, *extra: str) -> RayConfig:
@@ -242,6 +244,16 @@ def test_nodes_install_what_they_run_and_nothing_for_tests():
         assert package in setup
     assert "DPkg::Lock::Timeout" in setup  # a first boot's unattended upgrades hold the apt lock
     assert "sudo apt-get" not in setup  # sudo only where the node's user is not root
+
+
+def test_ray_starts_wherever_the_open_files_limit_is_lower_than_rays_wish():
+    starts = [c for c in CLUSTER["head_start_ray_commands"] + CLUSTER["worker_start_ray_commands"] if "ray start" in c]
+    assert starts and all('ulimit -n "$(ulimit -Hn)"' in c for c in starts)  # a fixed number above it fails
+
+
+def test_the_launchers_own_shells_find_the_projects_commands():
+    setup = CLUSTER["setup_commands"]
+    assert any("~/.bashrc" in c and "switchsweep/.venv/bin" in c for c in setup)  # ray exec, ray down's ray stop
 
 
 def test_the_heads_driver_slots_fit_its_memory():
