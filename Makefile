@@ -21,7 +21,7 @@ install: $(STAMP)
 
 # The style holds by itself: lint and format are checked before the tests run (`make format` applies them).
 # The fast suite runs on two processes (much of it is single-threaded: Triton's interpreter, small tensors);
-# the end-to-end tests one at a time after it, since they share one Ray head and the machine's cores.
+# the end-to-end tests one at a time after it: side by side they slow each other past their timeouts.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

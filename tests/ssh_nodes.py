@@ -27,6 +27,9 @@ def available() -> str | None:
     missing = [tool for tool in (SSHD, "ssh", "rsync", "unshare", "ip") if not shutil.which(tool)]
     if missing:
         return f"missing {', '.join(missing)}: apt-get install -y openssh-server rsync (.ci/run does)"
+    probe = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "true"]
+    if subprocess.run(probe, capture_output=True).returncode != 0:
+        return "this machine does not allow new network and PID namespaces (unshare --net --pid failed)"
     return None
 
 
@@ -96,7 +99,11 @@ class SshNode:
             stdout=subprocess.DEVNULL,
             stderr=open(home.parent / f"{name}-sshd.log", "w"),
         )
-        self._wait_listening()
+        try:
+            self._wait_listening()
+        except Exception:
+            self.stop()
+            raise
 
     def _join(self, bridge: Bridge) -> None:
         """A network namespace with one interface on `bridge`, at self.ip, and DNS that fails at once."""

@@ -160,7 +160,7 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
         # MLflow, started by head_start_ray_commands, answers and keeps its runs in the head's SQLite file.
         tracking = "http://127.0.0.1:5000"
         try:
-            wait_http(f"{tracking}/health", 60, ui)
+            wait_http(f"{tracking}/health", 180, ui)  # MLflow's start takes a while beside other tests
         except TimeoutError:
             pytest.fail("the MLflow server of head_start_ray_commands never answered on the head's port 5000")
         assert _get(f"{tracking}/health")[0] == 200
