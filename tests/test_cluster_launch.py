@@ -138,6 +138,7 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
 
     up = _run([*make, "cluster-up"], env, 900)
     up_s = time.time() - t0
+    ui = None
     try:
         assert up.returncode == 0, up.stdout[-5000:] + up.stderr[-3000:]
         token = (laptop / ".ray" / "auth_token").read_text().strip()
@@ -213,7 +214,7 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
             (stored,) = db.execute("select status from runs where run_uuid = ?", (run.info.run_id,)).fetchone()
         assert stored == "FINISHED", "the run is in the head's own store"
     finally:
-        if "ui" in locals():
+        if ui is not None:
             os.killpg(ui.pid, signal.SIGTERM)
             ui.wait(timeout=30)
         down = _run([*make, "cluster-down"], env, 300)
