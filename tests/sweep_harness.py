@@ -296,9 +296,11 @@ def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str
     cmd = sweep_cmd(root, address, cache, "sweep.num_trials=2", "sweep.ray.num_workers=1")
 
     def second_under_way() -> bool:
+        # Past the checkpoint's report, not at it: Tune snapshots its state (the checkpoint with it) while
+        # handling that report, which may end after the record has it; a later report means it is done.
         entries = list(record(root).get("trials", {}).values())
         return any(e.get("status") == "finished" for e in entries) and any(
-            e.get("status") == "running" and e.get("step", 0) >= EVAL_EVERY for e in entries
+            e.get("status") == "running" and e.get("step", 0) > EVAL_EVERY for e in entries
         )
 
     driver = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
