@@ -291,7 +291,7 @@ def worker_kill_survived(r: dict[str, Any]) -> bool:
 
 def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str, Any]:
     """SIGKILL the driver of a 2-configuration sweep once its first trial is over and its second has
-    reported a checkpoint; a second driver is refused while `--resume` finishes the sweep."""
+    reported past a checkpoint; a second driver is refused while `--resume` finishes the sweep."""
     log = open(root.parent / f"{root.name}-driver-kill.log", "w")
     cmd = sweep_cmd(root, address, cache, "sweep.num_trials=2", "sweep.ray.num_workers=1")
 
