@@ -8,6 +8,7 @@ that the Tune state is under <storage>/<name>/<id>, that a bad token, a missing 
 local store are refused in one line before any trial, and that the worker nodes are gone after the
 idle timeout."""
 
+import json
 import os
 import secrets
 import shutil
@@ -109,15 +110,21 @@ def _sweep_cmd(c, *extra: str) -> list[str]:
 
 
 def _one_line_refusals(c, cases: list[tuple[list[str], dict, tuple[str, ...]]]) -> None:
-    """Each refusal is its own sweep command, started together: none of them gets to any work."""
-    procs = [
-        subprocess.Popen(_sweep_cmd(c, *extra), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for extra, env, _ in cases
-    ]
-    for proc, (extra, _, words) in zip(procs, cases):
-        _, err = proc.communicate(timeout=300)
-        lines = err.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1, (extra, err[-2000:])
+    """Each refusal is its own sweep command, in its own process, all at once (forked from one that imported
+    the package: tests/cli_cases.py): none of them gets to any work."""
+    given, found = c["tmp"] / "cases.json", c["tmp"] / "refusals.json"
+    given.write_text(json.dumps([{"argv": _sweep_cmd(c, *extra)[1:], "env": env} for extra, env, _ in cases]))
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("cli_cases.py")), str(given), str(found)],
+        env=c["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for got, (extra, _, words) in zip(json.loads(found.read_text()), cases):
+        lines = got["stderr"].strip().splitlines()
+        assert got["code"] == 2 and len(lines) == 1, (extra, got["stderr"][-2000:])
         assert all(w in lines[0] for w in words), lines[0]
 
 

@@ -10,6 +10,18 @@ from sweep_harness import ENV, record, sweep_cmd
 from switchsweep.platform.tracking import default_tracking_uri
 
 pytestmark = pytest.mark.slow
+# A Train job's phases (benchmarks/sweep_overhead.py reads them): trial, Train's fit, worker process, its
+# train function, the worker's session, the loop, a report, the trial's end.
+TRAIN_PHASES = [
+    "t_trial_start",
+    "t_fit_start",
+    "t_worker_process",
+    "t_train_fn",
+    "t_worker_start",
+    "t_loop_start",
+    "t_report",
+    "t_trial_end",
+]
 
 
 def _logged(root) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -42,10 +54,11 @@ def test_inline_trials_log_what_train_jobs_log(ray_head, digits_net, tmp_path):
     for kind, proc in procs.items():
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-3000:]
-        trials = record(tmp_path / kind)["trials"].values()
-        assert all(
-            ("t_worker_process" in t) == (kind == "train") for t in trials
-        )  # a Train job starts a worker process
+        (trial,) = record(tmp_path / kind)["trials"].values()
+        assert ("t_worker_process" in trial) == (kind == "train")  # a Train job starts a worker process
+        if kind == "train":  # the record times each phase of it, in order, across its processes
+            times = [trial[k] for k in TRAIN_PHASES]
+            assert times == sorted(times), dict(zip(TRAIN_PHASES, times))
         logged[kind] = _logged(tmp_path / kind)
     assert len(logged["inline"]) == 1 and all(v["loss"] and v["kid"] for v in logged["inline"].values())
     assert logged["inline"] == logged["train"]

@@ -30,6 +30,7 @@ def test_a_design_sweep_races_its_leaders_against_the_baseline(ray_head, digits_
             "sweep.baseline=dit",
             "sweep.race=2",
             "sweep.race_seeds=1",
+            "sweep.max_concurrent=2",  # two trials at a time: one starts while the other trains
         )
         if o != "sweep.baseline=none"
     ]
