@@ -99,9 +99,12 @@ mutation: $(STAMP)
 	$(VENV)/bin/mutmut results
 
 # The GPU cluster of cluster.yaml (README, "On a GPU cluster"), driven from this machine. The cluster's
-# Ray token is made here once (~/.ray/auth_token) and mounted on every node. CLUSTER: another launcher config.
+# Ray token is made here once (~/.ray/auth_token) and mounted on every node; MLflow's database URI
+# (~/.switchsweep/mlflow-db, this machine's own) on the head. CLUSTER: another launcher config.
 CLUSTER ?= cluster.yaml
 cluster-up: $(STAMP)
+	@test -f ~/.switchsweep/mlflow-db || { echo "cluster-up: ~/.switchsweep/mlflow-db is missing: put the PostgreSQL URI of MLflow's database in it (README, \"On a GPU cluster\"), or create it empty to keep MLflow's runs on the head's disk, lost with the head" >&2; exit 2; }
+	@chmod 600 ~/.switchsweep/mlflow-db
 	$(PY) -m pip install -q boto3  # Ray's AWS provider
 	@test -s ~/.ray/auth_token || $(VENV)/bin/ray get-auth-token --generate >/dev/null
 	$(VENV)/bin/ray up -y $(CLUSTER)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -25,7 +26,8 @@ from switchsweep.platform.errors import ConfigError, SwitchsweepError
 from switchsweep.platform.export import value_text
 from switchsweep.platform.naming import variant_label
 from switchsweep.platform.sweep_dir import SweepDir
-from switchsweep.platform.tracking import default_tracking_uri, redact, require_store, runs_page
+from switchsweep.platform.tracking import default_tracking_uri, runs_page
+from switchsweep.platform.uris import is_server, redact, require_store
 
 EXIT_TRIALS_FAILED = 3  # the sweep ran to its end but some trials failed (2: bad input, 130: interrupted)
 
@@ -168,20 +170,20 @@ def _ui(args: argparse.Namespace) -> int:
     job = load_sweep_config(overrides)
     port, host = _port(own, 5000), own.get("host", "127.0.0.1")
     uri = _local_store(job)
-    if not uri.startswith("sqlite:"):
+    if is_server(uri):
         raise ConfigError(f"sweep.tracking_uri={redact(uri)} is an MLflow server already: open it in a browser")
-    from switchsweep.platform.tracking import Tracker
+    from switchsweep.platform.tracking import Tracker, reachable
 
-    experiment_id = Tracker(uri).find_experiment(job.sweep.name)
+    experiment_id = Tracker(reachable(uri)).find_experiment(job.sweep.name)
     what = (
         f"sweep={job.sweep.name}'s runs" if experiment_id else f"no sweep={job.sweep.name} in it yet; the experiments"
     )
-    print(
-        f"MLflow UI over {uri}: {what} at {runs_page(f'http://{host}:{port}', experiment_id)} (Ctrl+C stops it)",
-        flush=True,
-    )
+    link = runs_page(f"http://{host}:{port}", experiment_id)
+    print(f"MLflow UI over {redact(uri)}: {what} at {link} (Ctrl+C stops it)", flush=True)
     exe = Path(sys.executable).parent / "mlflow"
-    return subprocess.run([str(exe), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]).returncode
+    # The store through the environment: a database's password stays out of the process list.
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+    return subprocess.run([str(exe), "ui", "--host", host, "--port", str(port)], env=env).returncode
 
 
 def _optuna_ui(args: argparse.Namespace) -> int:

@@ -37,8 +37,10 @@ class Postgres:
 
     USER = "switchsweep"
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, hosts: tuple[str, ...] = ("127.0.0.1",), network: str | None = None):
+        """Listening on `hosts`, answering clients on loopback and, with a password too, in `network` (a CIDR)."""
         self.port, self.password = port, secrets.token_hex(12)
+        self.hosts, self.network = hosts, network
         self.bin = _INSTALLED[-1].parent if _INSTALLED else Path(shutil.which("postgres")).parent
         self.folder = Path(tempfile.mkdtemp(prefix="sspg-", dir="/tmp"))  # short: its unix socket lives here
         self.proc: subprocess.Popen | None = None
@@ -48,8 +50,8 @@ class Postgres:
             os.chown(self.folder, owner.pw_uid, owner.pw_gid)
             self._as = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
 
-    def uri(self, database: str, driver: str = "postgresql") -> str:
-        return f"{driver}://{self.USER}:{self.password}@127.0.0.1:{self.port}/{database}"
+    def uri(self, database: str, host: str = "127.0.0.1") -> str:
+        return f"postgresql://{self.USER}:{self.password}@{host}:{self.port}/{database}"
 
     def _run(self, *cmd: str) -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=self.folder, **self._as)
@@ -76,13 +78,16 @@ class Postgres:
             "--no-sync",
         )
         secret.unlink()
+        if self.network:
+            with open(data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {self.network} scram-sha-256\n")
         self.proc = subprocess.Popen(
             [
                 str(self.bin / "postgres"),
                 "-D",
                 str(data),
                 "-h",
-                "127.0.0.1",
+                ",".join(self.hosts),
                 "-p",
                 str(self.port),
                 "-k",

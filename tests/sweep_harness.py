@@ -6,10 +6,12 @@ each means."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -189,19 +191,19 @@ def inline_trials(head: Head) -> list[int]:
     return pids(lambda cmd: cmd.startswith(b"ray::ImplicitFunc"), head.session)
 
 
-def _store(root: Path):
-    """The MLflow client of the sweep's local store and the id of its experiment."""
+def _store(root: Path, tracking_uri: str | None = None):
+    """The MLflow client of the sweep's store (its local one unless `tracking_uri`) and its experiment's id."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{root.resolve() / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri or f"sqlite:///{root.resolve() / 'mlflow.db'}")
     return client, client.get_experiment_by_name("design_space").experiment_id
 
 
-def audit(root: Path, log_every: int = LOG_EVERY) -> dict[str, Any]:
+def audit(root: Path, log_every: int = LOG_EVERY, tracking_uri: str | None = None) -> dict[str, Any]:
     """Every metric point of the sweep's trial runs against the steps it should be at: a point logged
     at every log step (losses), every evaluation (metrics, routing), step 0 (model size) or the end
     (trial timing). Failed trials count for duplicates only."""
-    client, exp = _store(root)
+    client, exp = _store(root, tracking_uri)
     runs = client.search_runs([exp])
     trials = [r for r in runs if r.data.tags.get("switchsweep.role") == "trial"]
     points = duplicates = lost = 0
@@ -255,9 +257,9 @@ def worker_kill(
     return {"rc": rc, "logged_before_kill": logged, **_trial_facts(root), **audit(root), "log": log.name}
 
 
-def _trial_facts(root: Path) -> dict[str, Any]:
+def _trial_facts(root: Path, tracking_uri: str | None = None) -> dict[str, Any]:
     state = record(root)
-    client, exp = _store(root)
+    client, exp = _store(root, tracking_uri)
     out: dict[str, Any] = {"status": state.get("status"), "trials": state.get("trials", {})}
     for run in client.search_runs([exp], "tags.`switchsweep.role` = 'trial'"):
         tid = run.data.tags["switchsweep.trial_id"]
@@ -328,6 +330,106 @@ def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str
         **audit(root),
         "log": log.name,
     }
+
+
+def _head_with_mlflow(tmp: Path, name: str, database: str, bucket: Path) -> dict[str, Any]:
+    """A throwaway Ray head and an MLflow server over `database` with its artifacts in `bucket`, as a
+    cluster's head runs them."""
+    temp = Path(tempfile.mkdtemp(prefix=f"ss{name}-", dir="/tmp"))  # short: Ray's unix sockets live there
+    head, address = start_head(temp)
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        + ["--artifacts-destination", str(bucket / "mlflow"), "--serve-artifacts"],
+        env={**ENV, "MLFLOW_BACKEND_STORE_URI": database},
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / f"mlflow-{name}.log", "w"),
+        start_new_session=True,
+    )
+    tracking = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(f"{tracking}/health"), 180, server, poll=1)
+    return {"head": head, "address": address, "mlflow": server, "tracking": tracking, "temp": temp}
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _lose(node: dict[str, Any]) -> None:
+    for proc in (node["mlflow"], node["head"]):  # every process of each: SIGKILL, as a lost machine
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+    shutil.rmtree(node["temp"], ignore_errors=True)
+
+
+def lost_head(tmp: Path, cache: Path | None, database: str) -> dict[str, Any]:
+    """Lose the head of a 3-configuration sweep: its driver, Ray head (with the trial processes) and MLflow
+    server are SIGKILLed once one trial is over and another has reported past a checkpoint. A new head,
+    with an empty home but the same storage (a folder standing in for the bucket) and database, resumes
+    it with --resume; a second driver there is refused meanwhile."""
+    bucket = tmp / "bucket"
+    storage = f"sweep.ray.storage_path={bucket / 'switchsweep'}"
+    roots = [tmp / "home-1" / "runs", tmp / "home-2" / "runs"]
+    first = _head_with_mlflow(tmp, "lh1", database, bucket)
+    second = None
+    try:
+        cmd = sweep_cmd(roots[0], first["address"], cache, "sweep.num_trials=3", storage)
+        log = open(tmp / "lost-head.log", "w")
+        driver = subprocess.Popen(
+            [*cmd, f"sweep.tracking_uri={first['tracking']}"], stdout=log, stderr=subprocess.STDOUT, env=ENV
+        )
+
+        def under_way() -> bool:  # as in driver_kill: past the checkpoint's report, not at it
+            entries = list(record(roots[0]).get("trials", {}).values())
+            return any(e.get("status") == "finished" for e in entries) and any(
+                e.get("status") == "running" and e.get("step", 0) > EVAL_EVERY for e in entries
+            )
+
+        wait_for(under_way, 600, driver)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        before = _trial_facts(roots[0], first["tracking"])
+        _lose(first)
+        shutil.rmtree(roots[0].parent)  # the old head's disk is gone with it
+
+        second = _head_with_mlflow(tmp, "lh2", database, bucket)
+        again = sweep_cmd(roots[1], second["address"], cache, "sweep.num_trials=3", storage)
+        again += [f"sweep.tracking_uri={second['tracking']}", "--resume"]
+        resumed = subprocess.Popen(again, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+        wait_for(lambda: record(roots[1]).get("status") == "running" and _locked(roots[1]), 120, resumed)
+        refused = subprocess.run(again, capture_output=True, text=True, env=ENV, timeout=120)
+        rc = resumed.wait(timeout=600)
+        after = _trial_facts(roots[1], second["tracking"])
+        return {
+            "rc": rc,
+            "second_driver": (refused.returncode, refused.stderr),
+            "before": before,
+            **after,
+            **audit(roots[1], tracking_uri=second["tracking"]),
+            "sweep_dir": next((roots[1] / "sweeps" / "design_space").iterdir()),
+            "log": log.name,
+        }
+    finally:
+        if second is not None:
+            _lose(second)
+        elif first["head"].poll() is None:
+            _lose(first)
+
+
+def _locked(root: Path) -> bool:
+    from switchsweep.platform.sweep_record import is_locked
+
+    found = list((root / "sweeps" / "design_space").glob("*"))
+    return bool(found) and is_locked(found[0])
 
 
 def driver_kill_survived(r: dict[str, Any]) -> bool:

@@ -15,7 +15,7 @@ from switchsweep.platform.compose import load_sweep_config
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.runtime import check_node_types, node_types, resolve_worker_cpus
 from switchsweep.platform.sweep_config import RayConfig, is_local_address, worker_bundle
-from switchsweep.platform.tracking import is_local_store
+from switchsweep.platform.uris import is_database, is_local_store, is_server
 from switchsweep.sweeps.run import sweep_storage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,6 +118,9 @@ def test_a_cluster_address_refuses_stores_only_one_machine_has(overrides, words)
         ["sweep.ray.storage_path=s3://b/s", "sweep.tracking_uri=http://10.0.0.5:5000"],
         ["sweep.ray.storage_path=gs://b/s", "sweep.tracking_uri=https://mlflow.example.com"],
         ["sweep.ray.storage_path=/mnt/nfs/sweeps", "sweep.ray.shared_fs=true", "sweep.tracking_uri=http://head:5000"],
+        ["sweep.ray.storage_path=s3://b/s", "sweep.tracking_uri=postgresql://u:pw@db.internal:5432/mlflow"],
+        ["sweep.ray.storage_path=s3://b/s", "sweep.tracking_uri=postgresql+psycopg://u:pw@db/mlflow"],
+        ["sweep.ray.storage_path=s3://b/s", "sweep.tracking_uri=mysql+pymysql://u:pw@db/mlflow"],
     ],
 )
 def test_a_cluster_address_accepts_shared_stores(overrides):
@@ -131,6 +134,10 @@ def test_a_head_on_loopback_is_this_machine_and_keeps_local_stores():
     load_sweep_config(["sweep.ray.address=127.0.0.1:6379"])  # SQLite store, local storage: fine
     assert is_local_store("sqlite:////tmp/m.db") and is_local_store("/tmp/mlruns") and is_local_store("file:///tmp/x")
     assert not is_local_store("http://127.0.0.1:5000") and not is_local_store("mlflow-artifacts:/1/abc")
+    assert is_database("postgresql://u:p@h/db") and is_database("postgresql+psycopg://h/db")
+    assert is_database("mysql+pymysql://h/db") and not is_database("sqlite:////tmp/m.db")
+    assert is_server("http://h:5000") and is_server("databricks") is False and is_server("databricks://profile")
+    assert not is_server("postgresql://h/db") and not is_local_store("postgresql://h/db")
 
 
 def test_platform_cluster_reads_the_heads_environment(monkeypatch):
@@ -210,17 +217,6 @@ def test_a_trial_too_big_for_any_one_node_is_refused_in_one_line(monkeypatch):
 def _commands() -> list[str]:
     keys = ("initialization_commands", "setup_commands", "head_setup_commands", "head_start_ray_commands")
     return [c for k in (*keys, "worker_setup_commands", "worker_start_ray_commands") for c in CLUSTER.get(k, [])]
-
-
-def test_no_pkill_pattern_matches_the_shell_that_runs_it():
-    found = 0
-    for command in _commands():
-        for pattern in re.findall(r"pkill -f (\"[^\"]+\"|'[^']+'|\S+)", command):
-            found += 1
-            # The shell that runs the command has the whole command in its own command line.
-            assert re.search(shlex.split(pattern)[0], command) is None, pattern
-    assert found >= 1
-    assert re.search("mlflow server", 'pkill -f "mlflow server"'), "the check itself sees the self-match"
 
 
 def test_every_node_has_a_pinned_image_and_an_instance_profile_for_the_bucket():

@@ -9,8 +9,9 @@ hold this checkout's environment (`~/switchsweep/.venv` is linked to it), as a b
 the setup's `make install EXTRAS=` has nothing left to do; everything else runs as written.
 
 Then, as an operator would: `make cluster-up`, the head's Ray with token auth, the MLflow server on its
-port keeping runs in the head's SQLite file, `make cluster-sweep` running a 1-trial sweep on the
-worker to FINISHED, and `make cluster-down`.
+port keeping runs in a PostgreSQL database (a server on this machine, reached over the bridge, as a
+managed one would be), `make cluster-sweep` running a 1-trial sweep on the worker to FINISHED, and
+`make cluster-down`.
 """
 
 import json
@@ -18,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,12 +26,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import postgres
+import psycopg
 import pytest
 import yaml
 from fake_cluster import wait_http
 from mlflow.tracking import MlflowClient
 from ssh_nodes import Bridge, SshNode, available, make_key, port_open
-from sweep_harness import BIN, TINY_EVAL
+from sweep_harness import BIN, TINY_EVAL, free_port
 
 from switchsweep.trainers.evaluation.features import DigitsClassifier
 
@@ -80,6 +82,13 @@ def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
         return e.code, b""
 
 
+def _has(path, text: str) -> bool:
+    try:
+        return text.encode() in Path(path).read_bytes()
+    except OSError:
+        return False
+
+
 def _alive_nodes(token: str) -> list[dict]:
     """The cluster's live nodes' resources, from Ray's state API (through `make cluster-ui`)."""
     status, body = _get(f"{DASHBOARD}/api/v0/nodes?limit=100", token)
@@ -96,13 +105,14 @@ def _job_status(job: str, token: str) -> str:
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    why = available()
+    why = available() or postgres.available()
     if why:
         pytest.skip(why)
     tmp = tmp_path_factory.mktemp("launch")
     key = make_key(tmp)
     bridge = Bridge(f"ssbr{os.getpid() % 100000}", HERE_IP)
     started: list[SshNode] = []
+    db = postgres.Postgres(free_port(), hosts=("127.0.0.1", HERE_IP), network=f"{SUBNET}.0/24")
     # The environment's Python, where it lives in root's home (pyenv): the node's root has another home.
     keep = tuple(p for p in (Path(sys.base_prefix),) if p.is_relative_to("/root"))
     try:
@@ -112,10 +122,12 @@ def nodes(tmp_path_factory):
             (home / "switchsweep").mkdir()
             (home / "switchsweep" / ".venv").symlink_to(BIN.parent)  # the built image's environment
             started.append(SshNode(f"ss{name}{os.getpid() % 100000}", ip, home, key.with_suffix(".pub"), bridge, keep))
-        yield {"tmp": tmp, "key": key, "head": started[0], "worker": started[1]}
+        db.start()
+        yield {"tmp": tmp, "key": key, "head": started[0], "worker": started[1], "db": db}
     finally:
         for node in started:
             node.stop()
+        db.stop()
         bridge.delete()
 
 
@@ -133,6 +145,11 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
     env["RAY_UP_enable_autoscaler_v2"] = "0"
     for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
         env.pop(name, None)
+    # MLflow's database, a PostgreSQL server on this machine that the head reaches over the bridge (as a
+    # cluster's head reaches a managed one), named in the operator's file that cluster-up mounts.
+    db = nodes["db"]
+    (laptop / ".switchsweep").mkdir()
+    (laptop / ".switchsweep" / "mlflow-db").write_text(db.uri("mlflow", host=HERE_IP))
     make = ["make", f"VENV={BIN.parent}", f"CLUSTER={config}"]
     t0 = time.time()
 
@@ -158,7 +175,7 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
         assert _get(f"{DASHBOARD}/api/jobs/")[0] == 401
         assert _get(f"{DASHBOARD}/api/jobs/", token)[0] == 200
 
-        # MLflow, started by head_start_ray_commands, answers and keeps its runs in the head's SQLite file.
+        # MLflow, started by head_start_ray_commands, answers, with its runs in the database.
         tracking = "http://127.0.0.1:5000"
         try:
             wait_http(f"{tracking}/health", 180, ui)  # MLflow's start takes a while beside other tests
@@ -166,7 +183,7 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
             pytest.fail("the MLflow server of head_start_ray_commands never answered on the head's port 5000")
         assert _get(f"{tracking}/health")[0] == 200
         assert _get(f"http://{HEAD_IP}:5000/health")[0] == 200, "the worker nodes cannot reach MLflow"
-        assert (head.home / "mlflow.db").stat().st_size > 0
+        assert not (head.home / "mlflow.db").exists(), "MLflow's runs belong in the database, not the head's disk"
 
         # The local provider starts its worker once the head is up: the trials' CPUs are there.
         deadline = time.time() + 300
@@ -210,9 +227,14 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
         assert list(bucket.glob(f"mlflow/{exp.experiment_id}/{run.info.run_id}")), "artifacts go to the bucket"
         assert list(bucket.glob("design_space/*/tune")), "Tune's state goes to the bucket"
         assert list(bucket.glob("eval-cache/ref-digits-*.pt")), "the reference features are shared in the bucket"
-        with sqlite3.connect(head.home / "mlflow.db") as db:
-            (stored,) = db.execute("select status from runs where run_uuid = ?", (run.info.run_id,)).fetchone()
-        assert stored == "FINISHED", "the run is in the head's own store"
+        with psycopg.connect(db.uri("mlflow")) as conn:
+            (stored,) = conn.execute("select status from runs where run_uuid = %s", (run.info.run_id,)).fetchone()
+        assert stored == "FINISHED", "the run is in the database"
+        # The database's password reached the server through its environment only: in no command line, log,
+        # or file of the sweep's.
+        assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _has(f"/proc/{pid}/cmdline", db.password)]
+        assert not _has(head.home / "mlflow.log", db.password)
+        assert not [p for p in bucket.rglob("*") if p.is_file() and _has(p, db.password)]
     finally:
         if ui is not None:
             os.killpg(ui.pid, signal.SIGTERM)

@@ -1,17 +1,22 @@
-"""Faults end to end, each once (`python -m benchmarks.faults` repeats them): a SIGKILLed DDP worker,
-a SIGKILLed inline trial, a SIGKILLed driver and its resume, and four concurrent trials on the default
-SQLite store, one of which fails deterministically, on the project's own local Ray instance (whose
-every socket must listen on 127.0.0.1)."""
+"""Faults end to end, each once (`python -m benchmarks.faults` repeats the first two): a SIGKILLed DDP
+worker, a SIGKILLed inline trial, a lost head (its driver, Ray and MLflow server killed, its disk gone)
+and the resume on a new one, four concurrent trials on the default SQLite store, one of which fails
+deterministically, on the project's own local Ray instance (whose every socket must listen on
+127.0.0.1), and four on an MLflow server over PostgreSQL."""
 
 import csv
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
+import postgres
 import pytest
+from fake_cluster import wait_http
 from mlflow.tracking import MlflowClient
 from netstat import LOOPBACK, listening
-from sweep_harness import ENV, STEPS, audit, driver_kill, record, sweep_cmd, worker_kill
+from sweep_harness import BIN, ENV, STEPS, audit, free_port, lost_head, record, sweep_cmd, worker_kill
 
 from switchsweep.cli import EXIT_TRIALS_FAILED
 from switchsweep.platform.tracking import default_tracking_uri
@@ -44,10 +49,18 @@ def test_a_killed_worker_restarts_from_its_checkpoint_and_logs_each_step_once(ra
     assert list((root / "sweeps").rglob("*.pt")) == []
 
 
-def test_a_killed_driver_resumes_without_rerunning_or_duplicating_anything(ray_head, digits_net, tmp_path):
-    d = driver_kill(tmp_path / "runs", ray_head, digits_net[2])
-    assert d["status_after_kill"] == "interrupted"  # the record said running, but no driver holds its lock
-    code, err = d["second_driver"]
+def test_a_lost_head_is_survived_by_a_new_one_from_the_bucket_and_the_database(digits_net, tmp_path):
+    """The head's driver, Ray and MLflow server are killed and its disk is gone; a new head with an empty
+    home resumes the sweep from what outlives it: the storage (the bucket) and MLflow's database."""
+    why = postgres.available()
+    if why:
+        pytest.skip(why)
+    db = postgres.Postgres(free_port()).start()
+    try:
+        d = lost_head(tmp_path, digits_net[2], db.uri("mlflow"))
+    finally:
+        db.stop()
+    code, err = d["second_driver"]  # a driver already runs it on the new head
     assert code == 2 and len(err.strip().splitlines()) == 1 and "is being run by driver pid" in err, err
     assert d["rc"] == 0 and d["status"] == "finished", _log(d)
     over = [t for t, e in d["before"]["trials"].items() if e.get("status") == "finished"]
@@ -55,9 +68,13 @@ def test_a_killed_driver_resumes_without_rerunning_or_duplicating_anything(ray_h
     (first,) = over
     for key in ("end_time", "wall_s", "loop_s", "attempt"):  # not run again
         assert d["trials"][first][key] == d["before"]["trials"][first][key]
-    (second,) = [t for t in d["trials"] if t != first]
-    assert d["trials"][second]["step"] == STEPS and d["trials"][second]["resumed_from"] >= 10
-    assert (d["runs"], d["trial_runs"], d["duplicates"], d["lost"]) == (3, 2, 0, 0)
+    cut = [t for t, e in d["before"]["trials"].items() if e.get("status") == "running"]
+    assert len(cut) == 1 and d["trials"][cut[0]]["step"] == STEPS and d["trials"][cut[0]]["resumed_from"] >= 10
+    assert len(d["trials"]) == 3 and {e["status"] for e in d["trials"].values()} == {"finished"}
+    assert (d["runs"], d["trial_runs"], d["duplicates"], d["lost"]) == (4, 3, 0, 0) and d["points"] > 0
+    with open(d["sweep_dir"] / "ranking.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 3
+    print(f"\nlost head: {d['points']} points, 0 lost, 0 duplicated; 1 finished trial not rerun, 1 resumed")
 
 
 def test_four_concurrent_trials_on_sqlite_lose_no_point_and_a_failing_one_is_not_retried(digits_net, tmp_path):
@@ -110,3 +127,75 @@ def test_four_concurrent_trials_on_sqlite_lose_no_point_and_a_failing_one_is_not
     with open(sweep_dir / "ranking.csv", newline="") as fh:
         rows = {r["trial_id"]: r for r in csv.DictReader(fh)}
     assert rows[failed_id]["status"] == "FAILED" and "non-finite loss" in rows[failed_id]["failure"]
+
+
+def test_four_concurrent_trials_on_an_mlflow_server_over_postgresql_lose_no_point(ray_head, digits_net, tmp_path):
+    """The cluster's store: an MLflow server whose backend is PostgreSQL (its URI, password included, in
+    the server's environment only), with four trials writing to it at once."""
+    why = postgres.available()
+    if why:
+        pytest.skip(why)
+    db = postgres.Postgres(free_port()).start()
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--artifacts-destination",
+            str(tmp_path / "bucket" / "mlflow"),
+            "--serve-artifacts",
+        ],
+        env={**ENV, "MLFLOW_BACKEND_STORE_URI": db.uri("mlflow")},
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "mlflow.log", "w"),
+        start_new_session=True,
+    )
+    try:
+        tracking = f"http://127.0.0.1:{port}"
+        wait_http(f"{tracking}/health", 180, server)
+        root = tmp_path / "runs"
+        grid = "sweep.grid=[['model=dit'],['model=dtr'],['model=switch_dit','model.top_k=1'],['model=dit_moe']]"
+        done = subprocess.run(
+            sweep_cmd(
+                root,
+                ray_head,
+                digits_net[2],
+                "sweep.max_concurrent=4",
+                "sweep.ray.cpus_per_worker=0.5",
+                f"sweep.tracking_uri={tracking}",
+                grid,
+                sweep="table1",
+                log_every=1,
+            ),
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=600,
+        )
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        trials = record(root)["trials"]
+        assert len(trials) == 4 and {(e["status"], e["step"]) for e in trials.values()} == {("finished", STEPS)}
+        found = audit(root, log_every=1, tracking_uri=tracking)
+        assert found | {"points": 0} == {"runs": 5, "trial_runs": 4, "points": 0, "duplicates": 0, "lost": 0}
+        # Every point is a row of the database itself, and the password is in no file the sweep wrote.
+        import psycopg
+
+        with psycopg.connect(db.uri("mlflow")) as conn:
+            rows = conn.execute(
+                "SELECT count(*) FROM metrics m JOIN tags t ON t.run_uuid = m.run_uuid "
+                "WHERE t.key = 'switchsweep.role' AND t.value = 'trial'"
+            ).fetchone()[0]
+        assert rows == found["points"] > 4 * STEPS
+        written = [p for p in root.rglob("*") if p.is_file() and p.suffix in (".json", ".md", ".csv", ".html", ".log")]
+        assert written and not [p for p in written if db.password in p.read_text(errors="replace")]
+        print(f"\npostgresql store: {found['points']} points from 4 concurrent trials, 0 lost, 0 duplicated")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        db.stop()

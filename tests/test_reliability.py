@@ -14,7 +14,8 @@ from PIL import Image
 from switchsweep.platform.config import resolve_paths
 from switchsweep.platform.errors import CheckpointError, ConfigError, TrainingError
 from switchsweep.platform.sweep_record import INTERRUPTED, SweepRecord
-from switchsweep.platform.tracking import CHECKPOINT_TAG, ResilientLog, Tracker, default_tracking_uri, redact
+from switchsweep.platform.tracking import CHECKPOINT_TAG, ResilientLog, Tracker, default_tracking_uri
+from switchsweep.platform.uris import redact
 from switchsweep.sweeps.callbacks import place_checkpoint
 from switchsweep.sweeps.failures import (
     FAILURE_REASON,

@@ -264,6 +264,12 @@ def test_resume_without_an_interrupted_sweep_and_export_without_a_sweep(tmp_path
         (["ui", "port=http"], True, "port=http is not a TCP port"),
         (["ui", "port=70000"], True, "port=70000 is not a TCP port"),
         (["ui", "sweep.tracking_uri=http://127.0.0.1:1"], False, "is an MLflow server already: open it in a browser"),
+        # A database nothing answers at: one line, its password masked.
+        (
+            ["ui", "sweep.tracking_uri=postgresql://u:pw1234@127.0.0.1:1/db"],
+            False,
+            "sweep.tracking_uri=postgresql://***@127.0.0.1:1/db: cannot open the MLflow database",
+        ),
         (["optuna-ui", "sweep=design_space"], False, "no design_space sweep under"),
         (["optuna-ui", "sweep=design_space", "sweep.id=nope"], False, "sweep.id=nope: no such sweep under"),
     ],
@@ -273,7 +279,7 @@ def test_dashboard_commands_refuse_bad_input_in_one_line(tmp_path, capsys, argv,
         (tmp_path / "mlflow.db").touch()
     assert main([*argv, f"sweep.root={tmp_path}"]) == 2
     err = capsys.readouterr().err
-    assert message in err and err.count("\n") == 1, err
+    assert message in err and err.count("\n") == 1 and "pw1234" not in err, err
     assert not (tmp_path / "sweeps").exists()
 
 

@@ -177,3 +177,55 @@ def test_a_damaged_record_is_one_line_and_names_the_file(tmp_path, capsys, text)
     assert main(["sweep", "--resume", f"sweep.root={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{folder / STATE_FILE}: not a readable sweep record" in err[0], err
+
+
+@pytest.mark.parametrize("uri", [False, True], ids=["shared-folder", "uri"])
+def test_every_save_keeps_the_sweeps_state_in_its_storage_and_a_new_machine_resumes_from_it(tmp_path, uri):
+    from switchsweep.platform.compose import load_sweep_config
+    from switchsweep.sweeps.run import find_sweep
+
+    bucket = tmp_path / "bucket"
+    base = bucket.as_uri() if uri else str(bucket)
+    first = tmp_path / "head-1" / "runs" / "sweeps" / "design_space" / "s1"
+    first.mkdir(parents=True)
+    stored = f"{base}/design_space/s1"
+    record = SweepRecord(first, sweep_id="s1", name="design_space", storage=stored)
+    (first / "optuna.journal").write_text('{"op_code": 0}\n')  # the searcher's and ASHA's state, as they stand
+    (first / "asha.pkl").write_bytes(b"rungs")
+    record.trial_started("t1")
+    record.trial_reported("t1", step=10, loop_s=1.0, attempt=1, wall_s=None, timings={})
+    kept = bucket / "design_space" / "s1"
+    assert json.loads((kept / STATE_FILE).read_text())["trials"]["t1"]["step"] == 10  # at every transition
+    assert (kept / "optuna.journal").read_text() == '{"op_code": 0}\n' and (kept / "asha.pkl").read_bytes() == b"rungs"
+    record.trial_ended("t1", train_steps=10, failure=None, wall_s=2.0)
+    SweepRecord(
+        first.parent / "s0",
+        sweep_id="s0",
+        name="design_space",
+        created=0.0,
+        status="finished",
+        storage=f"{base}/design_space/s0",
+    ).save()
+
+    # The first head's disk is gone: a new one with an empty home finds the unfinished sweep in the storage.
+    new_root = tmp_path / "head-2" / "runs"
+    job = load_sweep_config([f"sweep.root={new_root}", f"sweep.ray.storage_path={base}"])
+    found = find_sweep(job, finished=False)
+    assert found == new_root.resolve() / "sweeps" / "design_space" / "s1"
+    resumed = SweepRecord.load(found)
+    assert resumed.trials["t1"].status is TrialEnd.FINISHED and resumed.storage == stored
+    assert (found / "optuna.journal").read_text() == '{"op_code": 0}\n' and (
+        found / "asha.pkl"
+    ).read_bytes() == b"rungs"
+    assert sweep_status(found) == INTERRUPTED  # its old driver holds no lock here
+    # By id too, and --extend's search finds the finished one; a sweep kept nowhere is one line.
+    assert find_sweep(job, finished=True).name == "s0"
+    with pytest.raises(ConfigError, match="sweep.id=nope: no such sweep"):
+        find_sweep(load_sweep_config([f"sweep.root={new_root}", f"sweep.ray.storage_path={base}", "sweep.id=nope"]))
+
+
+def test_a_sweep_kept_in_its_own_folder_is_not_copied(tmp_path):
+    folder = tmp_path / "runs" / "sweeps" / "design_space" / "s1"
+    folder.mkdir(parents=True)
+    SweepRecord(folder, sweep_id="s1", storage=str(folder)).save()  # the default storage: the sweep's own folder
+    assert sorted(p.name for p in folder.iterdir()) == [STATE_FILE]

@@ -49,9 +49,8 @@ from switchsweep.platform.tracking import (
     TRIAL_TAG,
     Tracker,
     eval_noise_name,
-    redact,
-    require_store,
 )
+from switchsweep.platform.uris import redact, require_store
 
 RANK_COLUMNS = (
     "rank",

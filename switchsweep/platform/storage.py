@@ -43,3 +43,10 @@ def write_bytes(path: str, data: bytes) -> None:
     fs.create_dir(where.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(where) as f:
         f.write(data)
+
+
+def list_folders(base: str) -> list[str]:
+    """The folders directly in `base` (a local folder or a URI), as paths of the same kind; none if it is missing."""
+    fs, where = storage_fs(base if is_uri(base) else str(Path(base).expanduser()))
+    infos = fs.get_file_info(pafs.FileSelector(where, allow_not_found=True))
+    return sorted(storage_join(base, i.base_name) for i in infos if i.type == pafs.FileType.Directory)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from switchsweep.platform.config import Config, validate_scoring
 from switchsweep.platform.errors import ConfigError
+from switchsweep.platform.uris import is_database, is_server, redact
 
 SEARCHES = ("tpe", "random", "grid")
 # Metrics every trial report carries, and whether lower is better.
@@ -391,10 +392,10 @@ def _check_shared(s: SweepConfig) -> None:
         )
     uri = s.tracking_uri or ""
     _need(
-        uri.startswith(("http://", "https://", "databricks")),
-        f"sweep.tracking_uri={uri or 'null'} {where}: trials on other nodes cannot write to a local MLflow store; "
-        "run `mlflow server --serve-artifacts` on the head and pass sweep.tracking_uri=http://HEAD:5000 (or "
-        "platform=cluster)",
+        is_server(uri) or is_database(uri),
+        f"sweep.tracking_uri={redact(uri) or 'null'} {where}: trials on other nodes cannot write to a local MLflow "
+        "store; run `mlflow server --serve-artifacts` on the head and pass sweep.tracking_uri=http://HEAD:5000 (or "
+        "platform=cluster), or a database every node reaches (postgresql://USER:PASSWORD@HOST/DB)",
     )
 
 

@@ -1,4 +1,6 @@
-"""Every file of a sweep's folder (`<root>/sweeps/<name>/<id>/`), named once."""
+"""Every file of a sweep's folder (`<root>/sweeps/<name>/<id>/`), named once, and the copy of its state
+kept in the sweep's storage (`<storage_path>/<name>/<id>/`, a bucket on a cluster): the record, the Optuna
+journal and ASHA's rungs, which a driver on another machine resumes from."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ JOURNAL_FILE = "optuna.journal"  # the Optuna study of a tpe/random sweep
 ASHA_FILE = "asha.pkl"  # ASHA's rungs, kept across driver restarts (`sweeps.asha`)
 RANKING_CSV, RANKING_MD = "ranking.csv", "ranking.md"  # also written by `switchsweep export` into its folder
 REPORT_FILE = "report.html"
+KEPT_IN_STORAGE = (STATE_FILE, JOURNAL_FILE, ASHA_FILE)  # what a lost machine's disk must not take with it
 
 
 @dataclass(frozen=True)
@@ -36,3 +39,24 @@ class SweepDir:
     @property
     def report(self) -> Path:
         return self.path / REPORT_FILE
+
+    def copy_to(self, storage: str) -> None:
+        """Write the sweep's state into its storage folder, each file whole or not at all."""
+        from switchsweep.platform.storage import storage_join, write_bytes
+
+        for name in KEPT_IN_STORAGE:
+            local = self.path / name
+            if local.is_file():
+                write_bytes(storage_join(storage, name), local.read_bytes())
+
+    def copy_from(self, storage: str) -> bool:
+        """Bring the sweep's state from its storage folder into this (new) folder; False if it holds no record."""
+        from switchsweep.platform.storage import read_bytes, storage_join, write_bytes
+
+        found = {name: read_bytes(storage_join(storage, name)) for name in KEPT_IN_STORAGE}
+        if found[STATE_FILE] is None:
+            return False
+        for name, data in found.items():
+            if data is not None:
+                write_bytes(str(self.path / name), data)
+        return True

@@ -134,20 +134,26 @@ class SweepRecord:
     experiment_id: str = ""
     parent_run_id: str = ""
     tracking_uri: str = ""  # redacted
+    # The sweep's folder in its storage (a bucket on a cluster), where every save copies the sweep's state.
+    storage: str = ""
     trials: dict[str, TrialEntry] = field(default_factory=dict)
 
     @classmethod
     def load(cls, sweep_dir: str | Path) -> SweepRecord:
         path = Path(sweep_dir)
         state = SweepDir(path).state
+        return cls._parse(path, state.read_text(), str(state))
+
+    @classmethod
+    def _parse(cls, path: Path, text: str, where: str) -> SweepRecord:
         try:
-            data = json.loads(state.read_text())
+            data = json.loads(text)
             trials = {t: TrialEntry.from_json(e) for t, e in data.pop("trials", {}).items()}
             known = {f.name for f in dataclasses.fields(cls)}
             return cls(path=path, trials=trials, **{k: v for k, v in data.items() if k in known})
         except (ValueError, TypeError, AttributeError) as e:  # not JSON, or not the record's shape
             raise ConfigError(
-                f"{state}: not a readable sweep record ({type(e).__name__}): move that folder aside and start a new "
+                f"{where}: not a readable sweep record ({type(e).__name__}): move that folder aside and start a new "
                 "sweep, or put back the record a backup holds"
             ) from None
 
@@ -160,7 +166,10 @@ class SweepRecord:
         return {**data, "trials": {t: e.to_json() for t, e in self.trials.items()}}
 
     def save(self) -> None:
-        atomic_write_text(SweepDir(self.path).state, json.dumps(self.to_json(), indent=2) + "\n")
+        folder = SweepDir(self.path)
+        atomic_write_text(folder.state, json.dumps(self.to_json(), indent=2) + "\n")
+        if self.storage and not _is_folder(self.storage, self.path):
+            folder.copy_to(self.storage)
 
     def set_status(self, status: str) -> None:
         self.status = status
@@ -239,6 +248,11 @@ class SweepRecord:
         return entry
 
 
+def _is_folder(storage: str, path: Path) -> bool:
+    """Whether `storage` names the local folder `path` itself (the default storage: the sweep's own folder)."""
+    return "://" not in storage and Path(storage).expanduser().resolve() == path.resolve()
+
+
 def is_locked(sweep_dir: str | Path) -> bool:
     """Whether a live driver holds the sweep's lock."""
     path = SweepDir(Path(sweep_dir)).lock
@@ -263,6 +277,20 @@ def sweeps(root: str | Path) -> Iterator[Path]:
     """Sweep folders under `root`, oldest first."""
     found = [SweepRecord.load(p.parent) for p in Path(root).glob(f"*/{STATE_FILE}")]
     return (r.path for r in sorted(found, key=lambda r: r.created))
+
+
+def stored_sweeps(base: str) -> list[tuple[str, SweepRecord]]:
+    """The sweeps whose state is kept under `base` (`<storage_path>/<name>`), oldest first: each one's folder
+    there and its record as last saved (a driver that died mid-sweep left it "running")."""
+    from switchsweep.platform.storage import list_folders, read_bytes, storage_join
+
+    found = []
+    for folder in list_folders(base):
+        state = storage_join(folder, STATE_FILE)
+        data = read_bytes(state)
+        if data is not None:
+            found.append((folder, SweepRecord._parse(Path(folder), data.decode(), state)))
+    return sorted(found, key=lambda f: f[1].created)
 
 
 class DriverLock:

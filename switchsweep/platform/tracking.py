@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
+from switchsweep.platform.uris import is_database, is_server, redact
 
 T = TypeVar("T")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep CLI output to our own lines
@@ -75,34 +75,6 @@ def runs_page(base_url: str, experiment_id: str | None) -> str:
     return f"{base_url.rstrip('/')}/#/{where}?workflowType=machine_learning"
 
 
-def is_local_store(uri: str) -> bool:
-    """A store on this machine's disk (SQLite or a file path), as opposed to a tracking server."""
-    return urlparse(uri).scheme in ("", "file", "sqlite")
-
-
-def require_store(uri: str) -> str:
-    """`uri`, once a local SQLite store is known to exist: reading must not create an empty one."""
-    local = uri.removeprefix("sqlite:///")
-    if local != uri and not Path(local).is_file():
-        raise ConfigError(
-            f"no MLflow store at {local}: run `switchsweep sweep` first, or set sweep.root to the folder "
-            "a sweep used (sweep.root=DIR)"
-        )
-    return uri
-
-
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-_SECRET_QUERY = re.compile(
-    r"(?P<key>[?&][^=&\s]*(?:secret|token|password|passwd|key|signature|credential|auth)[^=&\s]*=)[^&\s]*",
-    re.IGNORECASE,
-)
-
-
-def redact(text: str) -> str:
-    """`text` with URI credentials masked: `user:token@` and secret-looking query values become ***."""
-    return _SECRET_QUERY.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))
-
-
 def git_commit(cwd: str | Path = Path(__file__).parent) -> str:
     """The commit of the installed source tree (an editable install), or "unknown"."""
     try:
@@ -124,6 +96,38 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def reachable(uri: str) -> str:
+    """`uri`, once a database store has answered one connection: MLflow itself retries a refused one for
+    about 100 s, logging each failure over many lines, before it gives up."""
+    if not is_database(uri):
+        return uri
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 10}, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            return uri
+    except Exception as e:  # the driver's errors: a refused password, an unknown host or database, a timeout
+        raise ConfigError(
+            f"sweep.tracking_uri={redact(uri)}: cannot open the MLflow database ({redact(_first_line(e))}): "
+            "check its host, port, user, password and database name"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def artifact_location(root: str | Path, name: str) -> str:
+    """Where a store's experiment `name` keeps artifacts: a folder under `root` (a local folder or a URI)."""
+    root = str(root)
+    if "://" in root:
+        return f"{root.rstrip('/')}/{name}"
+    return (Path(root).expanduser().resolve() / name).as_uri()
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def _retry(fn: Callable[[], T], attempts: int = 6) -> T:
     for i in range(attempts):
         try:
@@ -142,19 +146,18 @@ class Tracker:
 
     def experiment(self, name: str, artifact_root: str | Path) -> str:
         """The id of experiment `name`, created if missing, and marked as a model-training experiment
-        (not a GenAI one). A local store keeps artifacts under `artifact_root`; a tracking server in its
-        own artifact store, where every node (and the UI) reaches them."""
+        (not a GenAI one). A store (SQLite, a database) keeps artifacts under `artifact_root` (a folder or
+        a bucket URI); a tracking server in its own artifact store, where every node (and the UI) reaches them."""
         exp = _retry(lambda: self.client.get_experiment_by_name(name))
         if exp is not None:
             experiment_id = exp.experiment_id
         else:
-            local = is_local_store(self.uri)
-            location = (Path(artifact_root).expanduser().resolve() / name).as_uri() if local else None
+            location = None if is_server(self.uri) else artifact_location(artifact_root, name)
             try:
                 experiment_id = _retry(lambda: self.client.create_experiment(name, artifact_location=location))
             except MlflowException as e:
                 raise SwitchsweepError(
-                    f"MLflow at {self.uri} refused to create experiment {name!r}: {str(e).splitlines()[0]}"
+                    f"MLflow at {redact(self.uri)} refused to create experiment {name!r}: {_first_line(e)}"
                 ) from e
         _retry(lambda: self.client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND))
         return experiment_id

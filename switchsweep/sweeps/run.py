@@ -28,6 +28,7 @@ from switchsweep.platform.ranking import Ranked
 from switchsweep.platform.runtime import check_cluster, ray_temp_dir, resolve_worker_cpus, start_ray
 from switchsweep.platform.sweep_config import (
     REPORTED_METRICS,
+    SHARED_SCHEMES,
     SweepJobConfig,
     baseline_model,
     driver_bundle,
@@ -42,6 +43,7 @@ from switchsweep.platform.sweep_record import (
     RUNNING,
     DriverLock,
     SweepRecord,
+    stored_sweeps,
     sweep_status,
     sweeps,
 )
@@ -61,9 +63,9 @@ from switchsweep.platform.tracking import (
     Tracker,
     default_tracking_uri,
     git_commit,
-    is_local_store,
-    redact,
+    reachable,
 )
+from switchsweep.platform.uris import is_database, is_local_store, redact
 from switchsweep.sweeps.asha import ResumableASHA
 from switchsweep.sweeps.callbacks import TrialTracking
 from switchsweep.sweeps.console import NEW_OUTPUT_ENV, SweepReporter
@@ -127,12 +129,13 @@ def _join(base: str, *parts: str) -> str:
 
 
 def find_sweep(job: SweepJobConfig, finished: bool | None = None) -> Path:
-    """The sweep named by sweep.id, else the latest one that is (not) finished (None: either)."""
+    """The sweep named by sweep.id, else the latest one that is (not) finished (None: either): on this
+    machine, else in the sweep's storage (a new head after the old one was lost), copied here first."""
     root = sweeps_root(job)
     flag = {True: "--extend", False: "--resume", None: f"sweep={job.sweep.name}"}[finished]
     if job.sweep.id:
         path = root / job.sweep.id
-        if not SweepRecord.exists(path):
+        if not SweepRecord.exists(path) and not _from_storage(job, finished):
             raise ConfigError(f"sweep.id={job.sweep.id}: no such sweep under {root}: check the id (ls {root})")
         status = sweep_status(path)
         if finished is not None and (status == FINISHED) != finished:
@@ -142,6 +145,8 @@ def find_sweep(job: SweepJobConfig, finished: bool | None = None) -> Path:
             raise ConfigError(f"{flag}: sweep {job.sweep.id} is {status}: {hint}")
         return path
     found = [p for p in sweeps(root) if finished is None or (sweep_status(p) == FINISHED) == finished]
+    if not found and (fetched := _from_storage(job, finished)):
+        found = [fetched]
     if not found:
         what = {True: "finished ", False: "interrupted ", None: ""}[finished]
         hint = (
@@ -151,6 +156,28 @@ def find_sweep(job: SweepJobConfig, finished: bool | None = None) -> Path:
         )
         raise ConfigError(f"{flag}: no {what}{job.sweep.name} sweep under {root}: {hint}")
     return found[-1]
+
+
+def _from_storage(job: SweepJobConfig, finished: bool | None) -> Path | None:
+    """The sweep (sweep.id's, else the latest one that is (not) finished) whose state the sweep's storage
+    keeps but this machine does not, copied into its folder here; None if there is none."""
+    base = job.sweep.ray.storage_path
+    if not base:  # the default storage is this machine's own sweeps folder
+        return None
+    kept = [
+        (folder, record)
+        for folder, record in stored_sweeps(_join(base, job.sweep.name))
+        if (not job.sweep.id or record.sweep_id == job.sweep.id)
+        and (finished is None or (record.status == FINISHED) == finished)
+        and not SweepRecord.exists(sweeps_root(job) / record.sweep_id)
+    ]
+    if not kept:
+        return None
+    folder, record = kept[-1]
+    local = SweepDir(sweeps_root(job) / record.sweep_id)
+    local.copy_from(folder)
+    print(f"switchsweep sweep: sweep {record.sweep_id}'s state comes from {redact(folder)}", file=sys.stderr)
+    return local.path
 
 
 def expected_trials(job: SweepJobConfig, record: SweepRecord) -> int:
@@ -261,7 +288,7 @@ def _open(job: SweepJobConfig, overrides: Sequence[str]) -> SweepRecord:
         )
     # Credentials in URIs are never stored: a resume is given them again.
     kept = [redact(o) for o in _stored(overrides)]
-    return SweepRecord(sweep_dir, sweep_id=sweep_id, name=s.name, overrides=kept)
+    return SweepRecord(sweep_dir, sweep_id=sweep_id, name=s.name, overrides=kept, storage=sweep_storage(job, sweep_id))
 
 
 def _open_parent(
@@ -332,8 +359,11 @@ def _experiment(tracker: Tracker, job: SweepJobConfig) -> str:
     """The sweep's MLflow experiment. On a cluster, trials on other nodes write artifacts where it says:
     refuse a tracking server that hands out a path on some machine's disk instead of serving them
     itself or keeping them in a bucket."""
-    root = Path(job.sweep.root).expanduser().resolve()
-    experiment_id = tracker.experiment(job.sweep.name, root / "mlartifacts")
+    storage = job.sweep.ray.storage_path or ""
+    # A database store with a bucket beside it: artifacts in the bucket, where every node reaches them.
+    shared = is_database(tracker.uri) and (storage.startswith(SHARED_SCHEMES) or job.sweep.ray.shared_fs)
+    root = _join(storage, "mlartifacts") if shared else Path(job.sweep.root).expanduser().resolve() / "mlartifacts"
+    experiment_id = tracker.experiment(job.sweep.name, root)
     location = tracker.artifact_location(experiment_id)
     if is_local_address(job.sweep.ray.address) or is_local_store(tracker.uri) or not is_local_store(location):
         return experiment_id
@@ -468,6 +498,7 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
             "(interrupted before its first trial started, or sweep.ray.storage_path changed): "
             "start a new sweep, or pass the storage_path it used"
         )
+    uri = reachable(s.tracking_uri or default_tracking_uri(s.root))  # a database answers before Ray starts
     lock = DriverLock(sweep_dir)
     if sweep_dir.exists():  # resume or extend: a second driver is refused before anything starts
         lock.acquire()
@@ -478,7 +509,7 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
             repaired = repair_tune_state(_join(storage, record.tune_dir), ray_temp_dir())
             if repaired:
                 print(f"switchsweep sweep: {repaired}", file=sys.stderr)
-        tracker = Tracker(s.tracking_uri or default_tracking_uri(s.root))
+        tracker = Tracker(uri)
         experiment_id = _experiment(tracker, job)
         if not lock.held:  # a new sweep's folder appears here, once its input is known to be good
             lock.acquire()

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# MLflow's tracking server on the cluster's head (cluster.yaml's head_start_ray_commands run this).
+# Backend: the database URI in ~/.switchsweep/mlflow-db (PostgreSQL; mounted from the laptop, where
+# `make cluster-up` asks for it), or SQLite on the head's own disk when that file is empty. Artifacts: the
+# bucket. It listens on the head's private address, where the GPU nodes log to it.
+# Where systemd runs (the cluster's images), a unit that starts it at boot and again if it exits; elsewhere
+# a process of its own, which `ray up` (these start commands) starts again. The URI, password included,
+# stays out of command lines and logs: it reaches the server through its environment.
+set -euo pipefail
+. ~/switchsweep.env
+HOST=$(hostname -I | awk '{print $1}')
+MLFLOW="$HOME/switchsweep/.venv/bin/mlflow"
+ARGS=(server --host "$HOST" --port 5000 --artifacts-destination "$SWITCHSWEEP_STORAGE/mlflow" --serve-artifacts)
+DB=$(cat ~/.switchsweep/mlflow-db 2>/dev/null || true)
+URI=${DB:-sqlite:///$HOME/mlflow.db}
+
+umask 077
+mkdir -p ~/.switchsweep
+printf 'MLFLOW_BACKEND_STORE_URI=%s\n' "$URI" > ~/.switchsweep/mlflow.env
+cat > ~/.switchsweep/switchsweep-mlflow.service <<EOF
+[Unit]
+Description=MLflow tracking server of the switchsweep cluster
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+User=$(id -un)
+EnvironmentFile=$HOME/.switchsweep/mlflow.env
+ExecStart=$MLFLOW ${ARGS[*]}
+Restart=always
+RestartSec=5
+StandardOutput=append:$HOME/mlflow.log
+StandardError=append:$HOME/mlflow.log
+
+[Install]
+WantedBy=multi-user.target
+EOF
+
+if [ -d /run/systemd/system ]; then
+  S=$(command -v sudo || true)
+  $S cp ~/.switchsweep/switchsweep-mlflow.service /etc/systemd/system/
+  $S systemctl daemon-reload
+  $S systemctl enable --quiet switchsweep-mlflow
+  $S systemctl restart switchsweep-mlflow
+else
+  # The server this script started last, if it still runs (a pid a reboot handed to another program is not it).
+  PID=$(cat ~/.switchsweep/mlflow.pid 2>/dev/null || true)
+  if [ -n "$PID" ] && tr '\0' ' ' < "/proc/$PID/cmdline" 2>/dev/null | grep -q "mlflow server"; then
+    kill "$PID"
+    for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
+  fi
+  MLFLOW_BACKEND_STORE_URI="$URI" nohup "$MLFLOW" "${ARGS[@]}" > ~/mlflow.log 2>&1 < /dev/null &
+  echo $! > ~/.switchsweep/mlflow.pid
+fi
