@@ -33,6 +33,10 @@ class ResumableASHA(ASHAScheduler):
         self._gate = gate  # the sweep's id, naming its rung gate; None: trials do not wait at rungs
         self._gate_actor = None
 
+    def relocate(self, state_file: str | Path) -> None:
+        """Keep the state in `state_file` from now on (a resumed sweep's folder on another machine)."""
+        self._state_file = str(state_file)
+
     def _load(self) -> None:
         if self._loaded:
             return

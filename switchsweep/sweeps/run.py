@@ -387,7 +387,9 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, record: SweepRecord) -> tun
     storage, name = trial_job.storage_path, record.tune_dir
     tune_path = _join(storage, name)
     if s.resume:  # that it can be restored was checked before any work
-        return tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True)
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True)
+        _relocate(tuner, trial_job, record)
+        return tuner
     tracking = TrialTracking(
         trial_job.tracking_uri,
         trial_job.experiment_id,
@@ -426,6 +428,21 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, record: SweepRecord) -> tun
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
+
+
+def _relocate(tuner: tune.Tuner, trial_job: TrialJob, record: SweepRecord) -> None:
+    """Tune restores the sweep's callback, searcher and scheduler as they were pickled, with the folder and
+    MLflow address of the machine that started the sweep; this driver may run on another (a new head after
+    the old one was lost): point them at its own (pinned Ray: the restored tuner's private attributes)."""
+    restored = tuner._local_tuner
+    for callback in restored.get_run_config().callbacks or []:
+        if isinstance(callback, TrialTracking):
+            callback.sweep_dir, callback.tracking_uri = record.path, trial_job.tracking_uri
+    folder = SweepDir(record.path)
+    if isinstance(restored._tune_config.search_alg, SeededStudySearch):
+        restored._tune_config.search_alg.journal = str(folder.journal)
+    if isinstance(restored._tune_config.scheduler, ResumableASHA):
+        restored._tune_config.scheduler.relocate(folder.asha)
 
 
 def _resume_overrides(record: SweepRecord, given: Sequence[str]) -> list[str]:

@@ -268,4 +268,6 @@ class SeededStudySearch(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as fh:
-            self.__dict__.update(pickle.load(fh))
+            state = pickle.load(fh)
+        state.pop("journal", None)  # where this driver keeps it: a resumed sweep may run on another machine
+        self.__dict__.update(state)
