@@ -105,7 +105,6 @@ CLUSTER ?= cluster.yaml
 cluster-up: $(STAMP)
 	@test -f ~/.switchsweep/mlflow-db || { echo "cluster-up: ~/.switchsweep/mlflow-db is missing: put the PostgreSQL URI of MLflow's database in it (README, \"On a GPU cluster\"), or create it empty to keep MLflow's runs on the head's disk, lost with the head" >&2; exit 2; }
 	@chmod 600 ~/.switchsweep/mlflow-db
-	$(PY) -m pip install -q boto3  # Ray's AWS provider
 	@test -s ~/.ray/auth_token || $(VENV)/bin/ray get-auth-token --generate >/dev/null
 	$(VENV)/bin/ray up -y $(CLUSTER)
 

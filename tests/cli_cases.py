@@ -1,6 +1,7 @@
-"""Several `switchsweep` command lines, each in a process of its own with its own environment, forked from
-one that imported the package once: what each returned and wrote to standard error (file descriptor 2,
-where Ray's core writes too). For refusals, which end before any work: an import costs more than they do.
+"""Several `switchsweep` command lines in one process, one after another, each with its own environment:
+what each returned and wrote to standard error (file descriptor 2, where Ray's core writes too). For
+refusals, which end before any work: the package is imported once instead of once a command. Ray reads
+its token once a process: cases with different tokens belong in different processes.
 
     python tests/cli_cases.py CASES.json RESULTS.json
 CASES.json: [{"argv": [...], "env": {...}}, ...]; RESULTS.json: [{"code": int, "stderr": str}, ...]."""
@@ -11,38 +12,38 @@ import sys
 import tempfile
 
 
-def _child(case: dict, err) -> None:
+def run(cases: list[dict]) -> list[dict]:
     from switchsweep.cli import main
 
-    os.environ.clear()
-    os.environ.update(case["env"])
-    os.dup2(err.fileno(), 2)
-    try:
-        code = main(case["argv"])
-    except SystemExit as e:  # argparse's refusals
-        code = e.code if isinstance(e.code, int) else 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def run(cases: list[dict]) -> list[dict]:
-    import switchsweep.cli  # noqa: F401  (once, before the forks)
-
-    started = []
-    for case in cases:
-        err = tempfile.TemporaryFile("w+")
-        pid = os.fork()
-        if pid == 0:
-            _child(case, err)
-        started.append((pid, err))
     results = []
-    for pid, err in started:
-        _, status = os.waitpid(pid, 0)
-        err.seek(0)
-        results.append({"code": os.waitstatus_to_exitcode(status), "stderr": err.read()})
-        err.close()
+    for case in cases:
+        os.environ.clear()
+        os.environ.update(case["env"])
+        with tempfile.TemporaryFile("w+") as err:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(err.fileno(), 2)
+            try:
+                code = main(case["argv"])
+            except SystemExit as e:  # argparse's refusals
+                code = e.code
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+            err.seek(0)
+            results.append({"code": code, "stderr": err.read()})
+        _disconnect()
     return results
+
+
+def _disconnect() -> None:
+    """As a command's own process would leave things: no Ray connection carried into the next one."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -59,8 +59,10 @@ class Head(str):
         return head
 
 
-def start_head(temp: Path, num_cpus: int = 3) -> tuple[subprocess.Popen, Head]:
-    """A Ray head on 127.0.0.1 with its dashboard (Train frees stopped trials' workers through it)."""
+def start_head(temp: Path, num_cpus: int = 3, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Head]:
+    """A Ray head on 127.0.0.1 with its dashboard (Train frees stopped trials' workers through it); its
+    processes (trials, workers) get `env` (default ENV)."""
+    env = env or ENV
     port, dash = free_port(), free_port()
     head = subprocess.Popen(
         [
@@ -81,7 +83,7 @@ def start_head(temp: Path, num_cpus: int = 3) -> tuple[subprocess.Popen, Head]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        env=ENV,
+        env=env,
         start_new_session=True,  # its own process group: stop_head ends every process it started
     )
     address = Head(f"127.0.0.1:{port}", head.pid)
@@ -332,16 +334,16 @@ def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str
     }
 
 
-def _head_with_mlflow(tmp: Path, name: str, database: str, bucket: Path) -> dict[str, Any]:
+def _head_with_mlflow(tmp: Path, name: str, database: str, bucket: str, env: dict[str, str]) -> dict[str, Any]:
     """A throwaway Ray head and an MLflow server over `database` with its artifacts in `bucket`, as a
-    cluster's head runs them."""
+    cluster's head runs them; `env` reaches the bucket."""
     temp = Path(tempfile.mkdtemp(prefix=f"ss{name}-", dir="/tmp"))  # short: Ray's unix sockets live there
-    head, address = start_head(temp)
+    head, address = start_head(temp, env=env)
     port = free_port()
     server = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        + ["--artifacts-destination", str(bucket / "mlflow"), "--serve-artifacts"],
-        env={**ENV, "MLFLOW_BACKEND_STORE_URI": database},
+        + ["--artifacts-destination", f"{bucket}/mlflow", "--serve-artifacts"],
+        env={**env, "MLFLOW_BACKEND_STORE_URI": database},
         stdout=subprocess.DEVNULL,
         stderr=open(tmp / f"mlflow-{name}.log", "w"),
         start_new_session=True,
@@ -371,21 +373,21 @@ def _lose(node: dict[str, Any]) -> None:
     shutil.rmtree(node["temp"], ignore_errors=True)
 
 
-def lost_head(tmp: Path, cache: Path | None, database: str) -> dict[str, Any]:
+def lost_head(tmp: Path, cache: Path | None, database: str, bucket: str, bucket_env: dict[str, str]) -> dict[str, Any]:
     """Lose the head of a 3-configuration sweep: its driver, Ray head (with the trial processes) and MLflow
     server are SIGKILLed once one trial is over and another has reported past a checkpoint. A new head,
-    with an empty home but the same storage (a folder standing in for the bucket) and database, resumes
+    with an empty home but the same bucket (`s3://...`, reached with `bucket_env`) and database, resumes
     it with --resume; a second driver there is refused meanwhile."""
-    bucket = tmp / "bucket"
-    storage = f"sweep.ray.storage_path={bucket / 'switchsweep'}"
+    env = {**ENV, **bucket_env}
+    storage = f"sweep.ray.storage_path={bucket}/switchsweep"
     roots = [tmp / "home-1" / "runs", tmp / "home-2" / "runs"]
-    first = _head_with_mlflow(tmp, "lh1", database, bucket)
+    first = _head_with_mlflow(tmp, "lh1", database, bucket, env)
     second = None
     try:
         cmd = sweep_cmd(roots[0], first["address"], cache, "sweep.num_trials=3", storage)
         log = open(tmp / "lost-head.log", "w")
         driver = subprocess.Popen(
-            [*cmd, f"sweep.tracking_uri={first['tracking']}"], stdout=log, stderr=subprocess.STDOUT, env=ENV
+            [*cmd, f"sweep.tracking_uri={first['tracking']}"], stdout=log, stderr=subprocess.STDOUT, env=env
         )
 
         def under_way() -> bool:  # as in driver_kill: past the checkpoint's report, not at it
@@ -401,12 +403,12 @@ def lost_head(tmp: Path, cache: Path | None, database: str) -> dict[str, Any]:
         _lose(first)
         shutil.rmtree(roots[0].parent)  # the old head's disk is gone with it
 
-        second = _head_with_mlflow(tmp, "lh2", database, bucket)
+        second = _head_with_mlflow(tmp, "lh2", database, bucket, env)
         again = sweep_cmd(roots[1], second["address"], cache, "sweep.num_trials=3", storage)
         again += [f"sweep.tracking_uri={second['tracking']}", "--resume"]
-        resumed = subprocess.Popen(again, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+        resumed = subprocess.Popen(again, stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_for(lambda: record(roots[1]).get("status") == "running" and _locked(roots[1]), 120, resumed)
-        refused = subprocess.run(again, capture_output=True, text=True, env=ENV, timeout=120)
+        refused = subprocess.run(again, capture_output=True, text=True, env=env, timeout=120)
         rc = resumed.wait(timeout=600)
         after = _trial_facts(roots[1], second["tracking"])
         return {

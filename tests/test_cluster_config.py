@@ -136,7 +136,7 @@ def test_a_head_on_loopback_is_this_machine_and_keeps_local_stores():
     assert not is_local_store("http://127.0.0.1:5000") and not is_local_store("mlflow-artifacts:/1/abc")
     assert is_database("postgresql://u:p@h/db") and is_database("postgresql+psycopg://h/db")
     assert is_database("mysql+pymysql://h/db") and not is_database("sqlite:////tmp/m.db")
-    assert is_server("http://h:5000") and is_server("databricks") is False and is_server("databricks://profile")
+    assert is_server("http://h:5000") and is_server("databricks") and is_server("databricks://profile")
     assert not is_server("postgresql://h/db") and not is_local_store("postgresql://h/db")
 
 
@@ -291,3 +291,61 @@ def test_node_types_refuse_a_trial_no_node_can_hold(tmp_path):
     (tmp_path / "bad.yaml").write_text("just: text\n")
     with pytest.raises(ConfigError, match="sweep.ray.cluster_config"):
         node_types(str(tmp_path / "bad.yaml"))
+
+
+def test_cluster_up_asks_for_mlflows_database_before_anything_starts(tmp_path):
+    import subprocess
+    import sys
+
+    venv = Path(sys.executable).parent.parent
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}  # an operator without ~/.switchsweep/mlflow-db
+    done = subprocess.run(
+        # -o: the environment counts as installed (as it is once `make test` runs): nothing to rebuild first
+        ["make", "-s", f"VENV={venv}", "-o", f"{venv}/.installed-stamp", "cluster-up"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    said, *rest = done.stderr.splitlines()  # one line of ours, then make's own "*** Error 2"
+    assert done.returncode == 2 and all(line.startswith("make: ***") for line in rest), done.stderr
+    assert said.startswith("cluster-up: ~/.switchsweep/mlflow-db is missing") and "PostgreSQL URI" in said
+    assert not (tmp_path / ".ray").exists()  # no token made, no launcher run
+
+
+@pytest.fixture
+def no_aws_credentials(monkeypatch, tmp_path):
+    """A machine with no AWS credentials: none in the environment, no ~/.aws, not on EC2."""
+    import os
+
+    for name in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def test_a_bucket_without_credentials_is_one_line_naming_the_fix(no_aws_credentials, monkeypatch):
+    from switchsweep.platform.storage import check_credentials
+
+    with pytest.raises(ConfigError) as e:
+        check_credentials("s3://b/sweeps", "sweep.ray.storage_path")
+    said = str(e.value)
+    assert said.startswith("sweep.ray.storage_path=s3://b/sweeps: no AWS credentials on ") and "\n" not in said
+    assert "IamInstanceProfile" in said and "AWS_ACCESS_KEY_ID" in said
+    check_credentials("/mnt/nfs/sweeps", "sweep.ray.storage_path")  # a shared folder needs none
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    check_credentials("s3://b/sweeps", "sweep.ray.storage_path")
+
+
+def test_a_node_without_credentials_fails_its_trial_in_one_line_before_training(no_aws_credentials):
+    from switchsweep.platform.config import Config
+    from switchsweep.sweeps.failures import TrialFailure
+    from switchsweep.sweeps.worker import run_worker
+    from switchsweep.sweeps.worker_spec import WorkerSpec
+
+    spec = WorkerSpec(Config(), "run", "sqlite:///x.db", 4, 1, "last", "s", "t", (4,), 1.0, storage="s3://b/s/x")
+    with pytest.raises(TrialFailure) as e:
+        run_worker(spec)  # Ray Train's session, MLflow and the model are never reached
+    assert e.value.reason.startswith("ConfigError: sweep.ray.storage_path=s3://b/s/x: no AWS credentials on ")

@@ -1,12 +1,13 @@
 """Autoscaling end to end on one machine: a fake multi-node cluster made from cluster.yaml (its own
-module: the cluster has its own head, and stops only its own processes), an MLflow server with
-served artifacts, and a 2-trial sweep submitted as a Ray job with platform=cluster, as on a real cluster.
+module: the cluster has its own head, and stops only its own processes), an S3 endpoint as its bucket
+(tests/s3.py), an MLflow server with served artifacts in that bucket, and a 2-trial sweep submitted as a
+Ray job with platform=cluster, as on a real cluster.
 
 It checks that the autoscaler launched worker nodes for the trials (the head has no CPUs for them),
 that both trials finished with metrics and artifacts the driver reads back from the tracking server,
-that the Tune state is under <storage>/<name>/<id>, that a bad token, a missing GPU type and a
-local store are refused in one line before any trial, and that the worker nodes are gone after the
-idle timeout."""
+that the Tune state and the sweep's own state are in the bucket under <storage>/<name>/<id>, that a bad
+token, a missing GPU type and a local store are refused in one line before any trial, and that the
+worker nodes are gone after the idle timeout."""
 
 import json
 import os
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+import s3
 from fake_cluster import FAKE_GPU, FakeCluster, fake_config, wait_http
 from mlflow.tracking import MlflowClient
 from sweep_harness import BIN, TINY_EVAL, free_port
@@ -40,22 +42,26 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, digits_net):
-    """MLflow server (artifacts served from a folder standing in for the bucket) + the fake cluster,
-    whose head environment names them as cluster.yaml's head does."""
+    """An S3 endpoint standing in for the bucket, an MLflow server (artifacts served from the bucket) and
+    the fake cluster, whose head environment names them as cluster.yaml's head does; every node gets the
+    bucket's credentials in its environment, as a cluster's nodes get them from their instance profile."""
+    why = s3.available()
+    if why:
+        pytest.skip(why)
     tmp = tmp_path_factory.mktemp("cluster")
-    shared = tmp / "bucket"
-    shared.mkdir()
+    bucket = s3.S3(free_port()).start()
     mlflow_port, gcs_port, dash_port = free_port(), free_port(), free_port()
     token = secrets.token_hex(16)
     env = {
         **os.environ,
+        **bucket.env,
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "PYTHONUNBUFFERED": "1",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the head and its nodes stay on 127.0.0.1
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
         "HOME": str(tmp / "head-home"),
-        "SWITCHSWEEP_STORAGE": str(shared / "switchsweep"),
+        "SWITCHSWEEP_STORAGE": f"s3://{bucket.bucket}/switchsweep",
         "SWITCHSWEEP_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
     }
     env.pop("RAY_ADDRESS", None)
@@ -72,7 +78,7 @@ def cluster(tmp_path_factory, digits_net):
             "--backend-store-uri",
             f"sqlite:///{tmp / 'mlflow.db'}",
             "--artifacts-destination",
-            str(shared / "mlflow"),
+            f"s3://{bucket.bucket}/mlflow",
             "--serve-artifacts",
         ],
         env=env,
@@ -91,7 +97,7 @@ def cluster(tmp_path_factory, digits_net):
             "fake": fake,
             "env": env,
             "tmp": tmp,
-            "shared": shared,
+            "bucket": bucket,
             "cache": digits_net[2],
             "started": started,
             "tracking": env["SWITCHSWEEP_TRACKING_URI"],
@@ -102,6 +108,7 @@ def cluster(tmp_path_factory, digits_net):
         shutil.rmtree(short, ignore_errors=True)
         os.killpg(mlflow.pid, 15)
         mlflow.wait(timeout=30)
+        bucket.stop()
 
 
 def _sweep_cmd(c, *extra: str) -> list[str]:
@@ -110,28 +117,30 @@ def _sweep_cmd(c, *extra: str) -> list[str]:
 
 
 def _one_line_refusals(c, cases: list[tuple[list[str], dict, tuple[str, ...]]]) -> None:
-    """Each refusal is its own sweep command, in its own process, all at once (forked from one that imported
-    the package: tests/cli_cases.py): none of them gets to any work."""
-    given, found = c["tmp"] / "cases.json", c["tmp"] / "refusals.json"
-    given.write_text(json.dumps([{"argv": _sweep_cmd(c, *extra)[1:], "env": env} for extra, env, _ in cases]))
-    done = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("cli_cases.py")), str(given), str(found)],
-        env=c["env"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    for got, (extra, _, words) in zip(json.loads(found.read_text()), cases):
-        lines = got["stderr"].strip().splitlines()
-        assert got["code"] == 2 and len(lines) == 1, (extra, got["stderr"][-2000:])
-        assert all(w in lines[0] for w in words), lines[0]
+    """Each refusal is its own sweep command line; those sharing a Ray token run one after another in one
+    process (tests/cli_cases.py), the processes all at once: none of them gets to any work."""
+    by_token: dict[str, list[int]] = {}
+    for i, (_, env, _) in enumerate(cases):
+        by_token.setdefault(env.get("RAY_AUTH_TOKEN", ""), []).append(i)
+    procs = []
+    for n, indices in enumerate(by_token.values()):
+        given, found = c["tmp"] / f"cases{n}.json", c["tmp"] / f"refusals{n}.json"
+        given.write_text(json.dumps([{"argv": _sweep_cmd(c, *cases[i][0])[1:], "env": cases[i][1]} for i in indices]))
+        script = str(Path(__file__).with_name("cli_cases.py"))
+        procs.append((indices, found, subprocess.Popen([sys.executable, script, str(given), str(found)], env=c["env"])))
+    for indices, found, proc in procs:
+        assert proc.wait(timeout=300) == 0
+        for got, i in zip(json.loads(found.read_text()), indices):
+            extra, _, words = cases[i]
+            lines = got["stderr"].strip().splitlines()
+            assert got["code"] == 2 and len(lines) == 1, (extra, got["stderr"][-2000:])
+            assert all(w in lines[0] for w in words), lines[0]
 
 
 def test_refusals_come_in_one_line_before_any_trial(cluster):
     c = cluster
     local = {**c["env"], "SWITCHSWEEP_STORAGE": str(c["tmp"] / "local")}
-    cpu = ["sweep.ray.use_gpu=false", "sweep.ray.shared_fs=true"]
+    cpu = ["sweep.ray.use_gpu=false"]
     wrong = {**c["env"], "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     _one_line_refusals(
         c,
@@ -146,13 +155,13 @@ def test_refusals_come_in_one_line_before_any_trial(cluster):
             (cpu, wrong, ("token",)),
             # platform=cluster asks for GPUs; the fake cluster's types have fake_gpu instead: no GPU type.
             (
-                ["sweep.ray.shared_fs=true", f"sweep.ray.cluster_config={c['fake'].config_file}"],
+                [f"sweep.ray.cluster_config={c['fake'].config_file}"],
                 c["env"],
                 ("GPU", "add a GPU node type"),
             ),
         ],
     )
-    assert not list((c["shared"] / "switchsweep").glob("*/*/tune")), "a refused sweep left Tune state behind"
+    assert not [k for k in c["bucket"].keys("switchsweep/") if "/tune/" in k], "a refused sweep left Tune state behind"
 
 
 def test_a_sweep_submitted_as_a_job_scales_up_runs_on_workers_and_scales_down(cluster):
@@ -171,7 +180,6 @@ def test_a_sweep_submitted_as_a_job_scales_up_runs_on_workers_and_scales_down(cl
         "sweep.ray.use_gpu=false",
         "sweep.ray.cpus_per_worker=1",
         f"+sweep.ray.worker_resources={{{FAKE_GPU}: 1}}",
-        "sweep.ray.shared_fs=true",
         f"sweep.ray.cluster_config={fake.config_file}",
         f"eval.cache_dir={c['cache']}",
         *TINY,
@@ -197,9 +205,14 @@ def test_a_sweep_submitted_as_a_job_scales_up_runs_on_workers_and_scales_down(cl
         assert {"config.yaml", "routing", "checkpoint"} <= names, names
         folder = client.download_artifacts(run.info.run_id, "checkpoint", str(c["tmp"] / run.info.run_id))
         assert (Path(folder) / "ckpt.pt").stat().st_size > 0
-    (sweep_dir,) = (c["shared"] / "switchsweep" / "design_space").iterdir()
-    assert (sweep_dir / "tune").is_dir(), "Tune state lives under <storage>/<name>/<id>"
-    assert not list(sweep_dir.glob("train-*/checkpoint_*")), "checkpoints kept once: in MLflow"
+    # The bucket holds, under <storage>/<name>/<id>, the Tune state and the sweep's own state (what a new
+    # head resumes from), no Train checkpoint (kept once: in MLflow, whose artifacts are in the bucket too).
+    keys = c["bucket"].keys()
+    (sweep_id,) = {k.split("/")[2] for k in keys if k.startswith("switchsweep/design_space/")} - {""}
+    kept = {k.removeprefix(f"switchsweep/design_space/{sweep_id}/").split("/")[0] for k in keys if sweep_id in k}
+    assert {"tune", "sweep.json", "optuna.journal"} <= kept, kept
+    assert not [k for k in keys if "/checkpoint_" in k and "/train-" in k], "checkpoints kept once: in MLflow"
+    assert [k for k in keys if k.startswith(f"mlflow/{exp.experiment_id}/") and k.endswith("ckpt.pt")]
 
     # export reads the configs from the tracking server.
     out = c["tmp"] / "export"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import postgres
 import pytest
+import s3
 from fake_cluster import wait_http
 from mlflow.tracking import MlflowClient
 from netstat import LOOPBACK, listening
@@ -51,15 +52,17 @@ def test_a_killed_worker_restarts_from_its_checkpoint_and_logs_each_step_once(ra
 
 def test_a_lost_head_is_survived_by_a_new_one_from_the_bucket_and_the_database(digits_net, tmp_path):
     """The head's driver, Ray and MLflow server are killed and its disk is gone; a new head with an empty
-    home resumes the sweep from what outlives it: the storage (the bucket) and MLflow's database."""
-    why = postgres.available()
+    home resumes the sweep from what outlives it: the bucket (an S3 endpoint) and MLflow's database."""
+    why = postgres.available() or s3.available()
     if why:
         pytest.skip(why)
-    db = postgres.Postgres(free_port()).start()
+    db, bucket = postgres.Postgres(free_port()).start(), s3.S3(free_port()).start()
     try:
-        d = lost_head(tmp_path, digits_net[2], db.uri("mlflow"))
+        d = lost_head(tmp_path, digits_net[2], db.uri("mlflow"), f"s3://{bucket.bucket}", bucket.env)
+        kept = bucket.keys()
     finally:
         db.stop()
+        bucket.stop()
     code, err = d["second_driver"]  # a driver already runs it on the new head
     assert code == 2 and len(err.strip().splitlines()) == 1 and "is being run by driver pid" in err, err
     assert d["rc"] == 0 and d["status"] == "finished", _log(d)
@@ -74,6 +77,11 @@ def test_a_lost_head_is_survived_by_a_new_one_from_the_bucket_and_the_database(d
     assert (d["runs"], d["trial_runs"], d["duplicates"], d["lost"]) == (4, 3, 0, 0) and d["points"] > 0
     with open(d["sweep_dir"] / "ranking.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 3
+    # What the new head resumed from is in the bucket: the sweep's own state beside Tune's, and MLflow's artifacts.
+    sweep_id = d["sweep_dir"].name
+    assert {f"switchsweep/design_space/{sweep_id}/{f}" for f in ("sweep.json", "optuna.journal")} <= set(kept)
+    assert [k for k in kept if k.startswith(f"switchsweep/design_space/{sweep_id}/tune/")]
+    assert [k for k in kept if k.startswith("mlflow/") and k.endswith("ckpt.pt")]
     print(f"\nlost head: {d['points']} points, 0 lost, 0 duplicated; 1 finished trial not rerun, 1 resumed")
 
 

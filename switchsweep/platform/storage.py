@@ -3,10 +3,12 @@ state and Train checkpoints, the evaluation cache, weights files)."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.files import atomic_write
 
 
@@ -50,3 +52,18 @@ def list_folders(base: str) -> list[str]:
     fs, where = storage_fs(base if is_uri(base) else str(Path(base).expanduser()))
     infos = fs.get_file_info(pafs.FileSelector(where, allow_not_found=True))
     return sorted(storage_join(base, i.base_name) for i in infos if i.type == pafs.FileType.Directory)
+
+
+def check_credentials(path: str, field: str) -> None:
+    """Refuse, in one line, an s3:// `path` for which this machine has no AWS credentials: each write there
+    would fail, the first only once a trial has trained to its first checkpoint. (The S3 client would
+    rather go on anonymously, which a private bucket refuses.)"""
+    if not path.startswith("s3://"):
+        return
+    import botocore.session
+
+    if botocore.session.get_session().get_credentials() is None:
+        raise ConfigError(
+            f"{field}={path}: no AWS credentials on {socket.gethostname()}: give its instance a profile with "
+            "the bucket (cluster.yaml's IamInstanceProfile), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )

@@ -49,14 +49,11 @@ class SweepDir:
             if local.is_file():
                 write_bytes(storage_join(storage, name), local.read_bytes())
 
-    def copy_from(self, storage: str) -> bool:
-        """Bring the sweep's state from its storage folder into this (new) folder; False if it holds no record."""
+    def copy_from(self, storage: str) -> None:
+        """Bring the sweep's state from its storage folder into this (new) folder."""
         from switchsweep.platform.storage import read_bytes, storage_join, write_bytes
 
-        found = {name: read_bytes(storage_join(storage, name)) for name in KEPT_IN_STORAGE}
-        if found[STATE_FILE] is None:
-            return False
-        for name, data in found.items():
+        for name in KEPT_IN_STORAGE:
+            data = read_bytes(storage_join(storage, name))
             if data is not None:
                 write_bytes(str(self.path / name), data)
-        return True

@@ -26,7 +26,7 @@ def is_database(uri: str) -> bool:
 
 def is_server(uri: str) -> bool:
     """An MLflow tracking server, which keeps (or serves) its experiments' artifacts itself."""
-    return urlparse(uri).scheme in ("http", "https", "databricks")
+    return uri == "databricks" or urlparse(uri).scheme in ("http", "https", "databricks")
 
 
 def require_store(uri: str) -> str:

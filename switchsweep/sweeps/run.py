@@ -26,6 +26,7 @@ from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.export import baseline_sentence, race_sentence, rank_trials, write_ranking
 from switchsweep.platform.ranking import Ranked
 from switchsweep.platform.runtime import check_cluster, ray_temp_dir, resolve_worker_cpus, start_ray
+from switchsweep.platform.storage import check_credentials
 from switchsweep.platform.sweep_config import (
     REPORTED_METRICS,
     SHARED_SCHEMES,
@@ -135,7 +136,7 @@ def find_sweep(job: SweepJobConfig, finished: bool | None = None) -> Path:
     flag = {True: "--extend", False: "--resume", None: f"sweep={job.sweep.name}"}[finished]
     if job.sweep.id:
         path = root / job.sweep.id
-        if not SweepRecord.exists(path) and not _from_storage(job, finished):
+        if not SweepRecord.exists(path) and not _from_storage(job, None):  # its status is checked below
             raise ConfigError(f"sweep.id={job.sweep.id}: no such sweep under {root}: check the id (ls {root})")
         status = sweep_status(path)
         if finished is not None and (status == FINISHED) != finished:
@@ -176,7 +177,7 @@ def _from_storage(job: SweepJobConfig, finished: bool | None) -> Path | None:
     folder, record = kept[-1]
     local = SweepDir(sweeps_root(job) / record.sweep_id)
     local.copy_from(folder)
-    print(f"switchsweep sweep: sweep {record.sweep_id}'s state comes from {redact(folder)}", file=sys.stderr)
+    print(f"switchsweep: sweep {record.sweep_id}'s state comes from {redact(folder)}", file=sys.stderr)
     return local.path
 
 
@@ -515,7 +516,8 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str]) -> SweepResult:
             "(interrupted before its first trial started, or sweep.ray.storage_path changed): "
             "start a new sweep, or pass the storage_path it used"
         )
-    uri = reachable(s.tracking_uri or default_tracking_uri(s.root))  # a database answers before Ray starts
+    check_credentials(storage, "sweep.ray.storage_path")  # both before Ray starts
+    uri = reachable(s.tracking_uri or default_tracking_uri(s.root))
     lock = DriverLock(sweep_dir)
     if sweep_dir.exists():  # resume or extend: a second driver is refused before anything starts
         lock.acquire()

@@ -98,6 +98,7 @@ def _worker_spec(job: TrialJob, cfg: Config, run_id: str, trial_id: str, attempt
         trial_id=trial_id,
         rung_steps=tuple(job.rung_steps),
         fit_start=time.time(),
+        storage=job.storage_path,
     )
 
 

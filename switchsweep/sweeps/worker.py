@@ -23,6 +23,7 @@ from ray import tune
 from ray.train import Checkpoint
 
 from switchsweep.platform.checkpoint import load_checkpoint
+from switchsweep.platform.storage import check_credentials
 from switchsweep.platform.tracking import (
     CHECKPOINT_ARTIFACT,
     CHECKPOINT_TAG,
@@ -233,6 +234,7 @@ def run_worker(spec: WorkerSpec, session: TrainSession | None = None) -> None:
         # Scratch on this worker's own node; what outlives the trial goes to MLflow and Train's storage.
         scratch = Path(tempfile.mkdtemp(prefix="switchsweep-trial-"))
         try:
+            check_credentials(spec.storage, "sweep.ray.storage_path")  # this node's, before any training
             # Nothing lands in out_dir (checkpoints go through the hooks), and the sample grid is drawn at
             # each evaluation (SweepHooks), not once at the end.
             cfg = spec.config

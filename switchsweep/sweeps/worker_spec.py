@@ -44,3 +44,4 @@ class WorkerSpec:
     rung_steps: tuple[int, ...]  # ASHA decides here: rank 0 waits for it (sweeps.gate)
     fit_start: float  # epoch seconds: the Train job's start
     train_fn_start: float | None = None  # epoch seconds: the train function's call (PHASES' t_train_fn)
+    storage: str = ""  # Train's storage (a bucket on a cluster): this node's credentials for it are checked first
