@@ -23,6 +23,7 @@ from switchsweep.cli import EXIT_TRIALS_FAILED
 from switchsweep.platform.tracking import default_tracking_uri
 
 pytestmark = pytest.mark.slow
+SHORT = 20  # steps of the concurrency tests' trials: two evaluations each (the faults need four)
 
 
 def _log(r) -> str:
@@ -94,6 +95,7 @@ def test_four_concurrent_trials_on_sqlite_lose_no_point_and_a_failing_one_is_not
         digits_net[2],
         "sweep.max_concurrent=4",
         "sweep.ray.cpus_per_worker=0.5",
+        f"train.steps={SHORT}",
         grid,
         sweep="table1",
         log_every=1,
@@ -114,7 +116,7 @@ def test_four_concurrent_trials_on_sqlite_lose_no_point_and_a_failing_one_is_not
     assert len(trials) == 4 and len(failed) == 1
     ((failed_id, entry),) = failed.items()
     assert "non-finite loss (nan) at step 2" in entry["reason"]
-    assert all(e["status"] == "finished" and e["step"] == STEPS for t, e in trials.items() if t != failed_id)
+    assert all(e["status"] == "finished" and e["step"] == SHORT for t, e in trials.items() if t != failed_id)
     assert audit(root, log_every=1) | {"points": 0} == {
         "runs": 5,
         "trial_runs": 4,
@@ -177,6 +179,7 @@ def test_four_concurrent_trials_on_an_mlflow_server_over_postgresql_lose_no_poin
                 "sweep.max_concurrent=4",
                 "sweep.ray.cpus_per_worker=0.5",
                 f"sweep.tracking_uri={tracking}",
+                f"train.steps={SHORT}",
                 grid,
                 sweep="table1",
                 log_every=1,
@@ -188,7 +191,7 @@ def test_four_concurrent_trials_on_an_mlflow_server_over_postgresql_lose_no_poin
         )
         assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
         trials = record(root)["trials"]
-        assert len(trials) == 4 and {(e["status"], e["step"]) for e in trials.values()} == {("finished", STEPS)}
+        assert len(trials) == 4 and {(e["status"], e["step"]) for e in trials.values()} == {("finished", SHORT)}
         found = audit(root, log_every=1, tracking_uri=tracking)
         assert found | {"points": 0} == {"runs": 5, "trial_runs": 4, "points": 0, "duplicates": 0, "lost": 0}
         # Every point is a row of the database itself, and the password is in no file the sweep wrote.
@@ -199,7 +202,7 @@ def test_four_concurrent_trials_on_an_mlflow_server_over_postgresql_lose_no_poin
                 "SELECT count(*) FROM metrics m JOIN tags t ON t.run_uuid = m.run_uuid "
                 "WHERE t.key = 'switchsweep.role' AND t.value = 'trial'"
             ).fetchone()[0]
-        assert rows == found["points"] > 4 * STEPS
+        assert rows == found["points"] > 4 * SHORT
         written = [p for p in root.rglob("*") if p.is_file() and p.suffix in (".json", ".md", ".csv", ".html", ".log")]
         assert written and not [p for p in written if db.password in p.read_text(errors="replace")]
         print(f"\npostgresql store: {found['points']} points from 4 concurrent trials, 0 lost, 0 duplicated")
