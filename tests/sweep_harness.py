@@ -334,22 +334,33 @@ def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str
     }
 
 
+def start_mlflow(database: str, artifacts: str, log: Path, env: dict[str, str] = ENV) -> tuple[subprocess.Popen, str]:
+    """An MLflow server on 127.0.0.1 over `database` (its URI, password included, in the server's environment
+    only, as the cluster's head runs it) serving the artifacts it keeps in `artifacts`: it and its address."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        + ["--artifacts-destination", artifacts, "--serve-artifacts"],
+        env={**env, "MLFLOW_BACKEND_STORE_URI": database},
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "w"),
+        start_new_session=True,  # its own process group: its workers stop with it
+    )
+    tracking = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(f"{tracking}/health"), 180, server, poll=1)
+    except (RuntimeError, TimeoutError):
+        os.killpg(server.pid, signal.SIGKILL)
+        raise
+    return server, tracking
+
+
 def _head_with_mlflow(tmp: Path, name: str, database: str, bucket: str, env: dict[str, str]) -> dict[str, Any]:
     """A throwaway Ray head and an MLflow server over `database` with its artifacts in `bucket`, as a
     cluster's head runs them; `env` reaches the bucket."""
     temp = Path(tempfile.mkdtemp(prefix=f"ss{name}-", dir="/tmp"))  # short: Ray's unix sockets live there
     head, address = start_head(temp, env=env)
-    port = free_port()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-        + ["--artifacts-destination", f"{bucket}/mlflow", "--serve-artifacts"],
-        env={**env, "MLFLOW_BACKEND_STORE_URI": database},
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp / f"mlflow-{name}.log", "w"),
-        start_new_session=True,
-    )
-    tracking = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _answers(f"{tracking}/health"), 180, server, poll=1)
+    server, tracking = start_mlflow(database, f"{bucket}/mlflow", tmp / f"mlflow-{name}.log", env)
     return {"head": head, "address": address, "mlflow": server, "tracking": tracking, "temp": temp}
 
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import postgres
 import pytest
 import s3
-from fake_cluster import wait_http
 from mlflow.tracking import MlflowClient
 from netstat import LOOPBACK, listening
-from sweep_harness import BIN, ENV, STEPS, audit, free_port, lost_head, record, sweep_cmd, worker_kill
+from sweep_harness import ENV, STEPS, audit, free_port, lost_head, record, start_mlflow, sweep_cmd, worker_kill
 
 from switchsweep.cli import EXIT_TRIALS_FAILED
 from switchsweep.platform.tracking import default_tracking_uri
@@ -146,29 +145,9 @@ def test_four_concurrent_trials_on_an_mlflow_server_over_postgresql_lose_no_poin
     if why:
         pytest.skip(why)
     db = postgres.Postgres(free_port()).start()
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--artifacts-destination",
-            str(tmp_path / "bucket" / "mlflow"),
-            "--serve-artifacts",
-        ],
-        env={**ENV, "MLFLOW_BACKEND_STORE_URI": db.uri("mlflow")},
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "mlflow.log", "w"),
-        start_new_session=True,
-    )
+    server = None
     try:
-        tracking = f"http://127.0.0.1:{port}"
-        wait_http(f"{tracking}/health", 180, server)
+        server, tracking = start_mlflow(db.uri("mlflow"), str(tmp_path / "bucket" / "mlflow"), tmp_path / "mlflow.log")
         root = tmp_path / "runs"
         grid = "sweep.grid=[['model=dit'],['model=dtr'],['model=switch_dit','model.top_k=1'],['model=dit_moe']]"
         done = subprocess.run(
@@ -207,6 +186,7 @@ def test_four_concurrent_trials_on_an_mlflow_server_over_postgresql_lose_no_poin
         assert written and not [p for p in written if db.password in p.read_text(errors="replace")]
         print(f"\npostgresql store: {found['points']} points from 4 concurrent trials, 0 lost, 0 duplicated")
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
         db.stop()

@@ -8,20 +8,12 @@ from mlflow.tracking import MlflowClient
 from sweep_harness import ENV, record, sweep_cmd
 
 from switchsweep.platform.tracking import default_tracking_uri
+from switchsweep.sweeps.worker_spec import PHASES
 
 pytestmark = pytest.mark.slow
-# A Train job's phases (benchmarks/sweep_overhead.py reads them): trial, Train's fit, worker process, its
-# train function, the worker's session, the loop, a report, the trial's end.
-TRAIN_PHASES = [
-    "t_trial_start",
-    "t_fit_start",
-    "t_worker_process",
-    "t_train_fn",
-    "t_worker_start",
-    "t_loop_start",
-    "t_report",
-    "t_trial_end",
-]
+# A Train job's phases in the order they happen (benchmarks/sweep_overhead.py reads them): the trial's start,
+# the worker's phases as PHASES lists them, the trial's end.
+TRAIN_PHASES = ["t_trial_start", *(p for p in PHASES if p.startswith("t_")), "t_trial_end"]
 
 
 def _logged(root) -> dict[str, dict[str, list[tuple[int, float]]]]:
