@@ -393,13 +393,14 @@ def lost_head(tmp: Path, cache: Path | None, database: str, bucket: str, bucket_
     storage = f"sweep.ray.storage_path={bucket}/switchsweep"
     roots = [tmp / "home-1" / "runs", tmp / "home-2" / "runs"]
     first = _head_with_mlflow(tmp, "lh1", database, bucket, env)
-    second = None
+    second, drivers = None, []
     try:
         cmd = sweep_cmd(roots[0], first["address"], cache, "sweep.num_trials=3", storage)
         log = open(tmp / "lost-head.log", "w")
         driver = subprocess.Popen(
             [*cmd, f"sweep.tracking_uri={first['tracking']}"], stdout=log, stderr=subprocess.STDOUT, env=env
         )
+        drivers.append(driver)
 
         def under_way() -> bool:  # as in driver_kill: past the checkpoint's report, not at it
             entries = list(record(roots[0]).get("trials", {}).values())
@@ -418,6 +419,7 @@ def lost_head(tmp: Path, cache: Path | None, database: str, bucket: str, bucket_
         again = sweep_cmd(roots[1], second["address"], cache, "sweep.num_trials=3", storage)
         again += [f"sweep.tracking_uri={second['tracking']}", "--resume"]
         resumed = subprocess.Popen(again, stdout=log, stderr=subprocess.STDOUT, env=env)
+        drivers.append(resumed)
         wait_for(lambda: record(roots[1]).get("status") == "running" and _locked(roots[1]), 120, resumed)
         refused = subprocess.run(again, capture_output=True, text=True, env=env, timeout=120)
         rc = resumed.wait(timeout=600)
@@ -432,6 +434,10 @@ def lost_head(tmp: Path, cache: Path | None, database: str, bucket: str, bucket_
             "log": log.name,
         }
     finally:
+        for driver in drivers:  # a driver a failed wait left running
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait(timeout=30)
         if second is not None:
             _lose(second)
         elif first["head"].poll() is None:

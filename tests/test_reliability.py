@@ -211,8 +211,10 @@ def test_an_inline_trials_checkpoint_is_kept_once_where_tune_keeps_it(run, tmp_p
 
     tracker, run_id = run
     folder = tmp_path / "storage" / "tune" / "run_trial_t1" / "checkpoint_000001"
-    folder.mkdir(parents=True)
-    (folder / "ckpt.pt").write_bytes(b"x")
+    earlier = folder.with_name("checkpoint_000000")  # Tune keeps the one before the last too
+    for kept in (earlier, folder):
+        kept.mkdir(parents=True)
+        (kept / "ckpt.pt").write_bytes(b"x")
     place_checkpoint(
         tracker, run_id, str(tmp_path / "storage"), "t1", "last", finished=False, inline=Checkpoint(str(folder))
     )
@@ -223,7 +225,8 @@ def test_an_inline_trials_checkpoint_is_kept_once_where_tune_keeps_it(run, tmp_p
     place_checkpoint(
         tracker, run_id, str(tmp_path / "storage"), "t1", "last", finished=True, inline=Checkpoint(str(folder))
     )
-    assert list(folder.iterdir()) == []  # a Tune state that still names it restores the (ended) trial
+    # Both emptied, both kept: a Tune state that still names one restores the (ended) trial.
+    assert list(folder.iterdir()) == [] and list(earlier.iterdir()) == []
 
 
 def test_resume_refuses_in_one_line_when_the_tune_state_is_missing(tmp_path, capsys):

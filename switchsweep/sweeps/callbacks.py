@@ -21,10 +21,17 @@ from switchsweep.sweeps.worker_spec import PHASES, PHASES_KEY
 def train_checkpoints(storage_path: str, trial_id: str) -> tuple[pafs.FileSystem, list[str]]:
     """The folders of a trial's checkpoints in Ray Train's storage (a path or URI), oldest first."""
     fs, base = storage_fs(storage_path)
-    infos = fs.get_file_info(pafs.FileSelector(f"{base}/train-{trial_id}", allow_not_found=True))
-    return fs, sorted(
-        i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
-    )
+    return fs, _checkpoint_folders(fs, f"{base}/train-{trial_id}")
+
+
+def _inline_checkpoints(last: Checkpoint) -> tuple[pafs.FileSystem, list[str]]:
+    """Every checkpoint folder Tune keeps for an inline trial (its last one and those kept before it)."""
+    return last.filesystem, _checkpoint_folders(last.filesystem, last.path.rsplit("/", 1)[0])
+
+
+def _checkpoint_folders(fs: pafs.FileSystem, folder: str) -> list[str]:
+    infos = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_"))
 
 
 def place_checkpoint(
@@ -39,17 +46,16 @@ def place_checkpoint(
     """Keep a trial's final checkpoint once: a finished trial whose checkpoint is in MLflow (keep=last)
     loses Ray's copies; otherwise the run is tagged with where Ray keeps it: Ray Train, or Tune for an
     inline trial (its last checkpoint, `inline`)."""
-    fs, folders = (
-        (inline.filesystem, [inline.path]) if inline is not None else train_checkpoints(storage_path, trial_id)
-    )
+    fs, folders = _inline_checkpoints(inline) if inline is not None else train_checkpoints(storage_path, trial_id)
     if finished and keep == "last" and tracker.has_artifact(run_id, CHECKPOINT_ARTIFACT):
         # Tune's state may still name an inline trial's folder (its snapshot can be older than the
-        # trial's end), and a resume restores what it names: that folder stays, empty.
+        # trial's end), and a resume restores what it names: those folders stay, empty.
         clear = fs.delete_dir_contents if inline is not None else fs.delete_dir
         for folder in folders:
             clear(folder)
     elif folders:
-        where = folders[-1] if "://" not in storage_path else f"{storage_path.split('://')[0]}://{folders[-1]}"
+        last = inline.path if inline is not None else folders[-1]
+        where = last if "://" not in storage_path else f"{storage_path.split('://')[0]}://{last}"
         tracker.set_tags(run_id, {CHECKPOINT_TAG: f"{where}/ckpt.pt"})
 
 

@@ -73,7 +73,7 @@ from switchsweep.sweeps.console import NEW_OUTPUT_ENV, SweepReporter
 from switchsweep.sweeps.gate import rung_steps
 from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
 from switchsweep.sweeps.space import config_from_dict, param_space, reporter_columns, trial_bases
-from switchsweep.sweeps.trial import TrialJob, run_trial
+from switchsweep.sweeps.trial import KEPT_CHECKPOINTS, TrialJob, run_trial
 from switchsweep.sweeps.tune_state import repair as repair_tune_state
 from switchsweep.trainers.data.latents import check_prepared
 from switchsweep.trainers.evaluation.features import build_feature_net, reference_features
@@ -418,7 +418,7 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, record: SweepRecord) -> tun
             max_concurrent_trials=s.max_concurrent,
         ),
         # A Train job's attempts (restarts from its last checkpoint) are decided in run_trial, an inline trial's
-        # here: its process may be what died. Tune keeps only an inline trial's last checkpoint.
+        # here: its process may be what died. Tune keeps an inline trial's last checkpoints (KEPT_CHECKPOINTS).
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
@@ -426,7 +426,7 @@ def _tuner(job: SweepJobConfig, trial_job: TrialJob, record: SweepRecord) -> tun
             callbacks=[tracking],
             progress_reporter=SweepReporter(list(s.objectives) or [s.metric], reporter_columns(s)),
             failure_config=tune.FailureConfig(max_failures=s.ray.max_failures if inline else 0),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
         ),
     )
 

@@ -45,6 +45,11 @@ from switchsweep.sweeps.train_entry import train_worker
 from switchsweep.sweeps.worker import TuneSession, run_worker
 from switchsweep.sweeps.worker_spec import WorkerSpec
 
+# Checkpoints kept a trial (Tune's for an inline trial, Train's for a Train job): two, because the state a
+# restore reads can still name the one before the latest when the driver is lost between Ray deleting it
+# and saving that state; with one, such a trial could not go on from any.
+KEPT_CHECKPOINTS = 2
+
 
 @dataclass
 class TrialJob:
@@ -150,7 +155,7 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
                 storage_path=job.storage_path,
                 # Restarts are decided here (deterministic failures are not retried), not by Train.
                 failure_config=FailureConfig(max_failures=0, controller_failure_limit=3),
-                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                checkpoint_config=CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),
                 callbacks=[TuneReportCallback()],
             ),
         )
