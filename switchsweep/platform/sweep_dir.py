@@ -13,7 +13,9 @@ JOURNAL_FILE = "optuna.journal"  # the Optuna study of a tpe/random sweep
 ASHA_FILE = "asha.pkl"  # ASHA's rungs, kept across driver restarts (`sweeps.asha`)
 RANKING_CSV, RANKING_MD = "ranking.csv", "ranking.md"  # also written by `switchsweep export` into its folder
 REPORT_FILE = "report.html"
-KEPT_IN_STORAGE = (STATE_FILE, JOURNAL_FILE, ASHA_FILE)  # what a lost machine's disk must not take with it
+# What a lost machine's disk must not take with it, in the order it is copied: the record last, so that a copy
+# cut short never has a record newer than the search state beside it.
+KEPT_IN_STORAGE = (JOURNAL_FILE, ASHA_FILE, STATE_FILE)
 
 
 @dataclass(frozen=True)
