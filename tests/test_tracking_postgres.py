@@ -54,3 +54,11 @@ def test_a_wrong_password_is_one_line_without_it(postgres):
     said = str(e.value)
     assert len(said.splitlines()) == 1 and "not-the-password" not in said and postgres.password not in said
     assert said.startswith("sweep.tracking_uri=postgresql://***@127.0.0.1") and "password" in said
+
+
+def test_a_database_whose_driver_is_not_installed_is_one_line():
+    with pytest.raises(ConfigError) as e:
+        reachable("mysql+nosuchdriver://u:pw5678@db.internal/mlflow")
+    said = str(e.value)
+    assert said.startswith("sweep.tracking_uri=mysql+nosuchdriver://***@db.internal/mlflow: cannot open")
+    assert "\n" not in said and "pw5678" not in said

@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
+from switchsweep.platform.storage import is_uri, storage_join
 from switchsweep.platform.uris import is_database, is_server, redact
 
 T = TypeVar("T")
@@ -103,25 +104,25 @@ def reachable(uri: str) -> str:
         return uri
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 10}, poolclass=sqlalchemy.pool.NullPool)
-    try:
+    engine = None
+    try:  # a missing driver module fails in create_engine, the rest in connect
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 10}, poolclass=sqlalchemy.pool.NullPool)
         with engine.connect():
             return uri
-    except Exception as e:  # the driver's errors: a refused password, an unknown host or database, a timeout
+    except Exception as e:  # a refused password, an unknown host or database, a timeout, a driver not installed
         raise ConfigError(
             f"sweep.tracking_uri={redact(uri)}: cannot open the MLflow database ({redact(_first_line(e))}): "
-            "check its host, port, user, password and database name"
+            "check its host, port, user, password and database name, and that its driver is installed"
         ) from None
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
 
 
 def artifact_location(root: str | Path, name: str) -> str:
     """Where a store's experiment `name` keeps artifacts: a folder under `root` (a local folder or a URI)."""
     root = str(root)
-    if "://" in root:
-        return f"{root.rstrip('/')}/{name}"
-    return (Path(root).expanduser().resolve() / name).as_uri()
+    return storage_join(root, name) if is_uri(root) else (Path(root).expanduser().resolve() / name).as_uri()
 
 
 def _first_line(e: BaseException) -> str:
