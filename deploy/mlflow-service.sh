@@ -16,7 +16,8 @@ URI=${DB:-sqlite:///$HOME/mlflow.db}
 
 umask 077
 mkdir -p ~/.switchsweep
-printf 'MLFLOW_BACKEND_STORE_URI=%s\n' "$URI" > ~/.switchsweep/mlflow.env
+# Without MLflow's GenAI job runner (eight processes that do nothing for a sweep's runs).
+printf 'MLFLOW_BACKEND_STORE_URI=%s\nMLFLOW_SERVER_ENABLE_JOB_EXECUTION=false\n' "$URI" > ~/.switchsweep/mlflow.env
 cat > ~/.switchsweep/switchsweep-mlflow.service <<EOF
 [Unit]
 Description=MLflow tracking server of the switchsweep cluster
@@ -49,6 +50,6 @@ else
     kill "$PID"
     for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
   fi
-  MLFLOW_BACKEND_STORE_URI="$URI" nohup "$MLFLOW" "${ARGS[@]}" > ~/mlflow.log 2>&1 < /dev/null &
+  MLFLOW_BACKEND_STORE_URI="$URI" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup "$MLFLOW" "${ARGS[@]}" > ~/mlflow.log 2>&1 < /dev/null &
   echo $! > ~/.switchsweep/mlflow.pid
 fi

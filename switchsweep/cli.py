@@ -172,7 +172,7 @@ def _ui(args: argparse.Namespace) -> int:
     uri = _local_store(job)
     if is_server(uri):
         raise ConfigError(f"sweep.tracking_uri={redact(uri)} is an MLflow server already: open it in a browser")
-    from switchsweep.platform.tracking import Tracker, reachable
+    from switchsweep.platform.tracking import SERVER_ENV, Tracker, reachable
 
     experiment_id = Tracker(reachable(uri)).find_experiment(job.sweep.name)
     what = (
@@ -182,7 +182,7 @@ def _ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI over {redact(uri)}: {what} at {link} (Ctrl+C stops it)", flush=True)
     exe = Path(sys.executable).parent / "mlflow"
     # The store through the environment: a database's password stays out of the process list.
-    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+    env = {**os.environ, **SERVER_ENV, "MLFLOW_BACKEND_STORE_URI": uri}
     return subprocess.run([str(exe), "ui", "--host", host, "--port", str(port)], env=env).returncode
 
 

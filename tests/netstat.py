@@ -1,4 +1,5 @@
-"""Listening TCP sockets of a process tree, read from /proc (Linux): which address each one binds."""
+"""Listening TCP sockets of a process tree, read from /proc (Linux): which address each one binds; and the
+tree's command lines."""
 
 import os
 import socket
@@ -20,6 +21,17 @@ def _tree(root: int) -> set[int]:
         pid = stack.pop()
         found.add(pid)
         stack += children.get(pid, [])
+    return found
+
+
+def commands(root_pid: int) -> list[str]:
+    """The command lines of `root_pid` and its descendants, arguments joined by spaces."""
+    found = []
+    for pid in _tree(root_pid):
+        try:
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
     return found
 
 

@@ -336,12 +336,15 @@ def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str
 
 def start_mlflow(database: str, artifacts: str, log: Path, env: dict[str, str] = ENV) -> tuple[subprocess.Popen, str]:
     """An MLflow server on 127.0.0.1 over `database` (its URI, password included, in the server's environment
-    only, as the cluster's head runs it) serving the artifacts it keeps in `artifacts`: it and its address."""
+    only, as the cluster's head runs it, without MLflow's job runner) serving the artifacts it keeps in
+    `artifacts`: it and its address."""
+    from switchsweep.platform.tracking import SERVER_ENV
+
     port = free_port()
     server = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         + ["--artifacts-destination", artifacts, "--serve-artifacts"],
-        env={**env, "MLFLOW_BACKEND_STORE_URI": database},
+        env={**env, **SERVER_ENV, "MLFLOW_BACKEND_STORE_URI": database},
         stdout=subprocess.DEVNULL,
         stderr=open(log, "w"),
         start_new_session=True,  # its own process group: its workers stop with it
@@ -386,7 +389,8 @@ def _lose(node: dict[str, Any]) -> None:
 
 def lost_head(tmp: Path, cache: Path | None, database: str, bucket: str, bucket_env: dict[str, str]) -> dict[str, Any]:
     """Lose the head of a 3-configuration sweep: its driver, Ray head (with the trial processes) and MLflow
-    server are SIGKILLed once one trial is over and another has reported past a checkpoint. A new head,
+    server are SIGKILLed once one trial is over and another has reported past a checkpoint in the bucket's
+    copy of Tune's state. A new head,
     with an empty home but the same bucket (`s3://...`, reached with `bucket_env`) and database, resumes
     it with --resume; a second driver there is refused meanwhile."""
     env = {**ENV, **bucket_env}
@@ -402,13 +406,10 @@ def lost_head(tmp: Path, cache: Path | None, database: str, bucket: str, bucket_
         )
         drivers.append(driver)
 
-        def under_way() -> bool:  # as in driver_kill: past the checkpoint's report, not at it
-            entries = list(record(roots[0]).get("trials", {}).values())
-            return any(e.get("status") == "finished" for e in entries) and any(
-                e.get("status") == "running" and e.get("step", 0) > EVAL_EVERY for e in entries
-            )
-
-        wait_for(under_way, 600, driver)
+        # As in driver_kill, past the checkpoint's report, not at it; and as the bucket has it: Tune copies its
+        # state there every few seconds and after every KEPT_CHECKPOINTS checkpoints of a trial, and a new head
+        # resumes from that copy alone.
+        wait_for(lambda: _under_way(_tune_trials(bucket, env)), 600, driver, poll=0.5)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
         before = _trial_facts(roots[0], first["tracking"])
@@ -442,6 +443,36 @@ def lost_head(tmp: Path, cache: Path | None, database: str, bucket: str, bucket_
             _lose(second)
         elif first["head"].poll() is None:
             _lose(first)
+
+
+def _under_way(trials: list[tuple[str, int]]) -> bool:
+    """One trial over and another past its first checkpoint, from (Tune status, last step) pairs."""
+    return any(s == "TERMINATED" for s, _ in trials) and any(s == "RUNNING" and n > EVAL_EVERY for s, n in trials)
+
+
+def _tune_trials(bucket: str, env: dict[str, str]) -> list[tuple[str, int]]:
+    """(status, last reported step) of each trial in the newest copy of Tune's experiment state under
+    `bucket` (s3://name), reached with `env`'s endpoint and credentials."""
+    import json
+
+    import boto3
+
+    name = bucket.removeprefix("s3://")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    listed = s3.list_objects_v2(Bucket=name).get("Contents", [])
+    states = [o for o in listed if "/tune/experiment_state-" in o["Key"]]
+    if not states:
+        return []
+    newest = max(states, key=lambda o: o["LastModified"])["Key"]
+    state = json.loads(s3.get_object(Bucket=name, Key=newest)["Body"].read())
+    trials = [(json.loads(t), json.loads(meta)) for t, meta in state["trial_data"]]
+    return [(t["status"], m["last_result"].get("step", 0)) for t, m in trials]
 
 
 def _locked(root: Path) -> bool:

@@ -25,6 +25,8 @@ from fake_cluster import FAKE_GPU, FakeCluster, fake_config, wait_http
 from mlflow.tracking import MlflowClient
 from sweep_harness import BIN, TINY_EVAL, free_port
 
+from switchsweep.platform.tracking import SERVER_ENV
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 TINY = [
@@ -81,7 +83,7 @@ def cluster(tmp_path_factory, digits_net):
             f"s3://{bucket.bucket}/mlflow",
             "--serve-artifacts",
         ],
-        env=env,
+        env={**env, **SERVER_ENV},
         stdout=subprocess.DEVNULL,
         stderr=open(tmp / "mlflow.log", "w"),
         start_new_session=True,

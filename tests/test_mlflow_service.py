@@ -16,6 +16,7 @@ URI = "postgresql://mlflow:s3cr%24t@db.internal:5432/mlflow"
 # Records its arguments and environment, then stays up as a server would.
 FAKE_MLFLOW = """#!/usr/bin/env bash
 printf '%s\\n' "$*" > "$HOME/given-args"
+printf '%s\\n' "$MLFLOW_SERVER_ENABLE_JOB_EXECUTION" > "$HOME/given-jobs"
 printf '%s\\n' "$MLFLOW_BACKEND_STORE_URI" > "$HOME/given-uri"
 while :; do sleep 0.5; done
 """
@@ -75,9 +76,11 @@ def test_the_server_gets_the_database_uri_from_its_environment_and_a_restart_rep
             "--serve-artifacts",
         ]
         assert (home / "given-uri").read_text().strip() == URI
+        assert (home / "given-jobs").read_text().strip() == "false"  # no GenAI job runner
         assert "s3cr" not in Path(f"/proc/{first}/cmdline").read_text()  # not in the process list
         env_file = home / ".switchsweep" / "mlflow.env"
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600 and URI in env_file.read_text()
+        assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in env_file.read_text()  # the systemd unit's too
 
         # The unit a head with systemd installs: it starts the same server at boot and again if it exits.
         unit = (home / ".switchsweep" / "switchsweep-mlflow.service").read_text()

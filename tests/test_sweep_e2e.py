@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
-from netstat import LOOPBACK, listening
+from netstat import LOOPBACK, commands, listening
 from optuna.trial import TrialState
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
@@ -397,6 +397,7 @@ def test_mlflow_ui_shows_the_training_runs_under_their_design_names(scenario, br
         assert ("127.0.0.1", port) in {(a, p) for a, p, _ in served} and {a for a, _, _ in served} <= set(LOOPBACK), (
             served
         )
+        assert [c for c in commands(ui.pid) if "mlflow" in c] and not [c for c in commands(ui.pid) if "huey" in c]
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))

@@ -29,6 +29,10 @@ from switchsweep.platform.uris import is_database, is_server, redact
 T = TypeVar("T")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keep CLI output to our own lines
 
+# The environment of an MLflow server of ours: without MLflow's GenAI job runner, whose eight processes
+# do nothing for a sweep's runs.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_TAG = "switchsweep.sweep_id"
 TRIAL_TAG = "switchsweep.trial_id"
