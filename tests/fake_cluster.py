@@ -132,24 +132,21 @@ class FakeCluster:
         wait_http(f"http://127.0.0.1:{self.dashboard_port}/api/version", 90)
 
     def nodes(self) -> list[dict[str, Any]]:
-        """Every node the cluster has had (dead ones too): NodeID, Alive, Resources."""
-        # Marked: the driver may also print the autoscaler's events on stdout, after the list.
-        code = (
-            f"import json, ray; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False); "
-            "print('NODES', json.dumps([{k: n[k] for k in ('NodeID', 'Alive', 'Resources')} for n in ray.nodes()]))"
+        """Every node the cluster has had (dead ones too), from Ray's state API: node_id, state, resources_total."""
+        token = self.env.get("RAY_AUTH_TOKEN")
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.dashboard_port}/api/v0/nodes?limit=1000",
+            headers={"Authorization": f"Bearer {token}"} if token else {},
         )
-        out = subprocess.run(
-            [str(BIN / "python"), "-c", code], env=self.env, capture_output=True, text=True, timeout=120, check=True
-        )
-        listed = [line for line in out.stdout.splitlines() if line.startswith("NODES ")]
-        return json.loads(listed[-1].removeprefix("NODES "))
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())["data"]["result"]["result"]
 
     def workers(self, alive: bool | None = None) -> list[dict[str, Any]]:
         """The nodes the autoscaler launched (all but the head), alive or not."""
         head_type = self.config["head_node_type"]
         head_resources = set(self.config["available_node_types"][head_type]["resources"]) - {"CPU", "GPU"}
-        found = [n for n in self.nodes() if not head_resources & set(n["Resources"])]
-        return [n for n in found if alive is None or n["Alive"] == alive]
+        found = [n for n in self.nodes() if not head_resources & set(n["resources_total"])]
+        return [n for n in found if alive is None or (n["state"] == "ALIVE") == alive]
 
     def autoscaler_events(self) -> list[tuple[str, int, str]]:
         """What the autoscaler says it did, from its own log: ("Adding"|"Removing", nodes, node type)."""

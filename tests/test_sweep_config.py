@@ -343,3 +343,16 @@ def test_resume_and_extend_pick_the_latest_sweep_in_the_right_state(tmp_path):
     assert find_sweep(chosen, finished=False).name == "old-unfinished"
     with pytest.raises(ConfigError, match="sweep old-unfinished is interrupted: resume it with --resume first"):
         find_sweep(chosen, finished=True)
+
+
+def test_a_resume_that_changes_the_training_config_is_refused_in_one_line(tmp_path, capsys):
+    from switchsweep.platform.sweep_record import SweepRecord
+
+    folder = tmp_path / "sweeps" / "design_space" / "design_space-1"
+    folder.mkdir(parents=True)
+    kept = ["sweep.num_trials=2", "sweep.eval_every=4", "train.steps=8"]
+    SweepRecord(folder, sweep_id="design_space-1", name="design_space", overrides=kept, status="interrupted").save()
+    assert main(["sweep", "--resume", *kept, "train.steps=12", f"sweep.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "train.steps=12: a resumed or extended sweep keeps its search and training config" in err, err
+    assert err.count("\n") == 1 and SweepRecord.load(folder).status == "interrupted"

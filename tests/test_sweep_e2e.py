@@ -64,7 +64,6 @@ class Scenario:
     first_trial: str  # the trial over when the first driver was interrupted
     first_summary: dict  # its record entry then
     interrupted: dict  # the record after the interrupt
-    changed: subprocess.CompletedProcess  # --resume with a changed training setting
     resumed: subprocess.CompletedProcess
     after_resume: dict  # the record then
     runs_after_resume: list  # the MLflow runs then
@@ -86,7 +85,7 @@ def _ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def scenario(ray_head, digits_net, tmp_path_factory) -> Scenario:
     """A 2-configuration sweep through the CLI on the session's Ray head: interrupted (Ctrl+C) once its
-    first trial is over, refused a changed resume, resumed, extended by one configuration, exported,
+    first trial is over, resumed, extended by one configuration, exported,
     and its best exported config trained as it is. Shared with the browser tests that look at what it
     produced."""
     tmp = tmp_path_factory.mktemp("e2e")
@@ -103,7 +102,6 @@ def scenario(ray_head, digits_net, tmp_path_factory) -> Scenario:
     assert first.wait(timeout=180) == 130, (tmp / "first.log").read_text()[-3000:]
     ((first_trial, first_summary),) = done.items()
     interrupted = record(root)
-    changed = _run(_sweep_cmd(root, cache, ray_head, "--resume", "train.steps=12"), 120)
     resumed = _ok(_run(_sweep_cmd(root, cache, ray_head, "--resume"), 400))
     after_resume = record(root)
     client = MlflowClient(default_tracking_uri(root))
@@ -120,7 +118,6 @@ def scenario(ray_head, digits_net, tmp_path_factory) -> Scenario:
         first_trial,
         first_summary,
         interrupted,
-        changed,
         resumed,
         after_resume,
         runs_after_resume,
@@ -140,8 +137,6 @@ def _children(runs: list) -> tuple:
 
 def test_an_interrupted_sweep_resumes_without_training_its_finished_trial_again(scenario):
     assert scenario.interrupted["status"] == "interrupted"
-    changed = scenario.changed
-    assert changed.returncode == 2 and "train.steps=12: a resumed or extended sweep keeps" in changed.stderr
     assert "2 configurations x 1 seed(s), best first by gflops" in scenario.resumed.stdout
     assert scenario.after_resume["trials"][scenario.first_trial] == scenario.first_summary  # not rerun
     assert scenario.after_resume["status"] == "finished"
