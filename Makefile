@@ -21,12 +21,14 @@ install: $(STAMP)
 
 # The style holds by itself: lint and format are checked before the tests run (`make format` applies them).
 # The fast suite runs on two processes (much of it is single-threaded: Triton's interpreter, small tensors);
-# the end-to-end tests one at a time after it: side by side they slow each other past their timeouts.
+# the end-to-end tests after it, on two processes too, a module at a time (its tests share what its fixtures
+# start) in the order tests/conftest.py gives: they spend much of their time waiting on Ray, SSH and servers
+# starting, which the other process fills.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -m "not slow" -n 2
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow -n 2 --dist loadfile --no-loadscope-reorder
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

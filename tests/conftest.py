@@ -8,11 +8,34 @@ from switchsweep.kernels.backend import set_interpreter
 
 # Triton's interpreter without CUDA, its compiled kernels with it: before any kernel module is imported.
 set_interpreter(torch.cuda.is_available())
-if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`'s parallel fast suite: one thread a process, one process a core
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`'s two processes: one thread each, one process a core
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"  # and for the processes the tests start
 
 from switchsweep.platform.config import Config  # noqa: E402
+
+# `make test` runs the end-to-end modules on two processes, a module at a time: the longest start first (one
+# started last would leave the other process idle at the end).
+LONGEST_FIRST = (
+    "test_faults_e2e.py",
+    "test_sweep_e2e.py",
+    "test_cluster_e2e.py",
+    "test_cluster_launch.py",
+    "test_concurrency_e2e.py",
+    "test_latents.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def rank(item) -> tuple[int, int]:
+        name = item.path.name
+        if name in LONGEST_FIRST:
+            return 0, LONGEST_FIRST.index(name)
+        return (1 if item.path in slow else 2), 0  # then the other slow modules, then the rest
+
+    items.sort(key=rank)  # stable: a module's tests keep their order
 
 
 @pytest.fixture

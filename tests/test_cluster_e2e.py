@@ -97,7 +97,9 @@ def cluster(tmp_path_factory, digits_net):
         fake.start()
         yield {
             "fake": fake,
-            "env": env,
+            # `sweep.ray.address=auto` (platform=cluster) finds this cluster, not whichever one this machine
+            # started last (a test beside this one may start its own), as a job on the head finds its own.
+            "env": {**env, "RAY_ADDRESS": fake.address},
             "tmp": tmp,
             "bucket": bucket,
             "cache": digits_net[2],

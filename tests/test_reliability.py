@@ -229,6 +229,27 @@ def test_an_inline_trials_checkpoint_is_kept_once_where_tune_keeps_it(run, tmp_p
     assert list(folder.iterdir()) == [] and list(earlier.iterdir()) == []
 
 
+def test_a_trial_whose_checkpoint_is_gone_trains_from_the_start(tmp_path, capsys):
+    from ray.train import Checkpoint
+
+    from switchsweep.sweeps.worker import restore
+
+    kept = tmp_path / "checkpoint_000001"
+    kept.mkdir()
+    (kept / "ckpt.pt").write_bytes(b"x")
+    scratches = [tmp_path / f"scratch{i}" for i in range(3)]
+    for scratch in scratches:
+        scratch.mkdir()
+    assert restore(Checkpoint.from_directory(str(kept)), scratches[0])
+    assert (scratches[0] / "ckpt.pt").read_bytes() == b"x"
+    # Deleted by Ray (kept checkpoints rotate) before the state naming it was replaced; emptied once in MLflow.
+    gone, emptied = tmp_path / "checkpoint_000000", tmp_path / "checkpoint_000002"
+    emptied.mkdir()
+    for folder, scratch in ((gone, scratches[1]), (emptied, scratches[2])):
+        assert not restore(Checkpoint.from_directory(str(folder)), scratch)
+        assert f"checkpoint {folder} is gone: it trains from step 0" in capsys.readouterr().err
+
+
 def test_resume_refuses_in_one_line_when_the_tune_state_is_missing(tmp_path, capsys):
     from switchsweep.cli import main
 

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -225,6 +226,20 @@ class SweepHooks(TrainHooks):
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+def restore(checkpoint: Checkpoint, scratch: Path) -> bool:
+    """Copy the trial's checkpoint, as Ray hands it back, into `scratch`. False when it is gone: a head lost
+    between Ray deleting an older checkpoint and copying out the state that names the newer one leaves a
+    restore naming the deleted one; the trial then trains from step 0 (MLflow's points are not logged twice)."""
+    try:
+        checkpoint.to_directory(str(scratch))
+    except FileNotFoundError:
+        pass
+    if (scratch / "ckpt.pt").is_file():
+        return True
+    print(f"switchsweep: this trial's checkpoint {checkpoint.path} is gone: it trains from step 0", file=sys.stderr)
+    return False
+
+
 def run_worker(spec: WorkerSpec, session: TrainSession | None = None) -> None:
     """The Train loop of every worker (or of an inline trial, `session`): resume from Ray's latest
     checkpoint if there is one, then train. A deterministic failure is raised as `TrialFailure`, with
@@ -240,8 +255,7 @@ def run_worker(spec: WorkerSpec, session: TrainSession | None = None) -> None:
             cfg = spec.config
             train_cfg = dataclasses.replace(cfg.train, out_dir=str(scratch / "out"), resume=None)
             checkpoint, loop_s, resumed = session.checkpoint(), 0.0, None
-            if checkpoint is not None:
-                checkpoint.to_directory(str(scratch))
+            if checkpoint is not None and restore(checkpoint, scratch):
                 train_cfg = dataclasses.replace(train_cfg, resume=str(scratch / "ckpt.pt"))
                 if (scratch / PROGRESS).is_file():
                     loop_s = float(json.loads((scratch / PROGRESS).read_text())["loop_s"])
