@@ -15,7 +15,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the tests' S3 endpoint (tests/s3.py), for the lost-head scenario
+    from s3 import S3
 
 BIN = Path(sys.executable).parent
 # A throwaway head: token auth off for it and its clients alike, and on 127.0.0.1 only (see
@@ -387,16 +390,16 @@ def _lose(node: dict[str, Any]) -> None:
     shutil.rmtree(node["temp"], ignore_errors=True)
 
 
-def lost_head(tmp: Path, cache: Path | None, database: str, bucket: str, bucket_env: dict[str, str]) -> dict[str, Any]:
+def lost_head(tmp: Path, cache: Path | None, database: str, bucket: S3) -> dict[str, Any]:
     """Lose the head of a 3-configuration sweep: its driver, Ray head (with the trial processes) and MLflow
     server are SIGKILLed once one trial is over and another has reported past a checkpoint in the bucket's
     copy of Tune's state. A new head,
-    with an empty home but the same bucket (`s3://...`, reached with `bucket_env`) and database, resumes
-    it with --resume; a second driver there is refused meanwhile."""
-    env = {**ENV, **bucket_env}
-    storage = f"sweep.ray.storage_path={bucket}/switchsweep"
+    with an empty home but the same bucket and database, resumes it with --resume; a second driver there is
+    refused meanwhile."""
+    env = {**ENV, **bucket.env}
+    storage = f"sweep.ray.storage_path=s3://{bucket.bucket}/switchsweep"
     roots = [tmp / "home-1" / "runs", tmp / "home-2" / "runs"]
-    first = _head_with_mlflow(tmp, "lh1", database, bucket, env)
+    first = _head_with_mlflow(tmp, "lh1", database, f"s3://{bucket.bucket}", env)
     second, drivers = None, []
     try:
         cmd = sweep_cmd(roots[0], first["address"], cache, "sweep.num_trials=3", storage)
@@ -409,14 +412,14 @@ def lost_head(tmp: Path, cache: Path | None, database: str, bucket: str, bucket_
         # As in driver_kill, past the checkpoint's report, not at it; and as the bucket has it: Tune copies its
         # state there every few seconds and after every KEPT_CHECKPOINTS checkpoints of a trial, and a new head
         # resumes from that copy alone.
-        wait_for(lambda: _under_way(_tune_trials(bucket, env)), 600, driver, poll=0.5)
+        wait_for(lambda: _under_way(_tune_trials(bucket)), 600, driver, poll=0.5)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
         before = _trial_facts(roots[0], first["tracking"])
         _lose(first)
         shutil.rmtree(roots[0].parent)  # the old head's disk is gone with it
 
-        second = _head_with_mlflow(tmp, "lh2", database, bucket, env)
+        second = _head_with_mlflow(tmp, "lh2", database, f"s3://{bucket.bucket}", env)
         again = sweep_cmd(roots[1], second["address"], cache, "sweep.num_trials=3", storage)
         again += [f"sweep.tracking_uri={second['tracking']}", "--resume"]
         resumed = subprocess.Popen(again, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -450,27 +453,17 @@ def _under_way(trials: list[tuple[str, int]]) -> bool:
     return any(s == "TERMINATED" for s, _ in trials) and any(s == "RUNNING" and n > EVAL_EVERY for s, n in trials)
 
 
-def _tune_trials(bucket: str, env: dict[str, str]) -> list[tuple[str, int]]:
-    """(status, last reported step) of each trial in the newest copy of Tune's experiment state under
-    `bucket` (s3://name), reached with `env`'s endpoint and credentials."""
+def _tune_trials(bucket: S3) -> list[tuple[str, int]]:
+    """(status, last reported step) of each trial in the newest copy of Tune's experiment state in `bucket`."""
     import json
 
-    import boto3
-
-    name = bucket.removeprefix("s3://")
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
-    listed = s3.list_objects_v2(Bucket=name).get("Contents", [])
+    client = bucket.client()
+    listed = client.list_objects_v2(Bucket=bucket.bucket).get("Contents", [])
     states = [o for o in listed if "/tune/experiment_state-" in o["Key"]]
     if not states:
         return []
     newest = max(states, key=lambda o: o["LastModified"])["Key"]
-    state = json.loads(s3.get_object(Bucket=name, Key=newest)["Body"].read())
+    state = json.loads(client.get_object(Bucket=bucket.bucket, Key=newest)["Body"].read())
     trials = [(json.loads(t), json.loads(meta)) for t, meta in state["trial_data"]]
     return [(t["status"], m["last_result"].get("step", 0)) for t, m in trials]
 
