@@ -1,5 +1,7 @@
 # Every target creates .venv on first use and installs into it: torch 2.13.0 (CPU build) first,
-# so that the package's `torch>=` range is already met and pip pulls no multi-GB CUDA build.
+# so that the package's `torch>=` range is already met and pip pulls no multi-GB CUDA build. The byte-code is
+# compiled after pip, on every core (pip compiles a file at a time); as with pip, a file that does not compile
+# (torch ships one in a newer Python's syntax) is left to the interpreter, not an install failure.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,9 +14,10 @@ EXTRAS ?= dev  # the test tools; cluster nodes install with EXTRAS= (none)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.$(if $(strip $(EXTRAS)),[$(strip $(EXTRAS))])' --config-settings editable_mode=compat  # a path entry: mutmut's copies can shadow it
+	$(PY) -m pip install -q --no-compile --upgrade pip
+	$(PY) -m pip install -q --no-compile torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q --no-compile -e '.$(if $(strip $(EXTRAS)),[$(strip $(EXTRAS))])' --config-settings editable_mode=compat  # a path entry: mutmut's copies can shadow it
+	@$(PY) -m compileall -qq -j 0 $(VENV)/lib || true
 	@touch $(STAMP)
 
 install: $(STAMP)
