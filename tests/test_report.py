@@ -156,6 +156,25 @@ def test_learning_curves_mark_only_the_stopped_trials_at_their_last_evaluation()
     assert len(lines) == 2 * len(data.trials)  # loss and KID of every trial
 
 
+def test_a_metric_fixed_before_training_gets_no_curve_and_stops_are_marked_on_the_loss():
+    data = _sweep(DESIGNS, stopped={"s64-1"})
+    for t in data.trials:  # as gflops is logged: once, at step 0
+        t.curves["kid"] = [(0, t.metrics["gflops"])]
+    fig = report.learning_curves(data)
+    assert [a.text for a in fig.layout.annotations] == ["training loss"]  # one panel
+    lines = [t for t in fig.data if t.name != "stopped by ASHA"]
+    assert len(lines) == len(data.trials) and all(list(t.x) == [10, 50] for t in lines)  # the loss only
+    marks = [t for t in fig.data if t.name == "stopped by ASHA"]
+    assert len(marks) == 1 and list(marks[0].x) == [50] and list(marks[0].y) == [0.5]
+    assert "kid is fixed before training" in fig.layout.title.text
+    for t in data.trials:  # one evaluation after step 0 is a curve again
+        t.curves["kid"] = [(0, 1.0), (50, 2.0)]
+    assert [a.text for a in report.learning_curves(data).layout.annotations] == [
+        "training loss",
+        "kid at each evaluation",
+    ]
+
+
 def test_routing_slider_shows_each_evaluation_by_itself():
     rng = np.random.default_rng(1)
     steps = [(50, rng.random((100, 18)), rng.random((100, 18))), (100, rng.random((100, 18)), rng.random((100, 18)))]

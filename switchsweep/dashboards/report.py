@@ -259,20 +259,25 @@ def pareto_figure(data: SweepData) -> go.Figure | None:
 
 
 def learning_curves(data: SweepData) -> go.Figure | None:
-    """Training loss and the sweep's metric of every trial on shared axes; ASHA's stops marked."""
+    """Training loss and the sweep's metric of every trial on shared axes; ASHA's stops marked. A metric
+    fixed before training (gflops, params: logged at step 0 only) has no curve, so only the loss is drawn."""
     metric = data.metric
     if not any(t.curves.get("loss") or t.curves.get(metric) for t in data.trials):
         return None
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss", f"{metric} at each evaluation"))
+    steps = [s for t in data.trials for s, _ in t.curves.get(metric, [])]
+    fixed = bool(steps) and max(steps) == 0
+    keys = ("loss",) if fixed else ("loss", metric)
+    titles = ("training loss", f"{metric} at each evaluation")[: len(keys)]
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=titles)
     for i, t in enumerate(data.trials):
         color = _color(i)
-        for col, key in ((1, "loss"), (2, metric)):
+        for col, key in enumerate(keys, 1):
             points = t.curves.get(key, [])
             fig.add_trace(
                 go.Scatter(
                     x=[s for s, _ in points],
                     y=[v for _, v in points],
-                    mode="lines+markers" if col == 2 else "lines",
+                    mode="lines" if key == "loss" else "lines+markers",
                     name=t.name,
                     legendgroup=t.trial_id,
                     showlegend=col == 1,
@@ -281,7 +286,7 @@ def learning_curves(data: SweepData) -> go.Figure | None:
                 row=1,
                 col=col,
             )
-        last = t.curves.get(metric, [])
+        last = t.curves.get(keys[-1], [])
         if t.stopped_early and last:
             fig.add_trace(
                 go.Scatter(
@@ -295,11 +300,14 @@ def learning_curves(data: SweepData) -> go.Figure | None:
                     marker={"symbol": "x", "size": 14, "color": color, "line": {"width": 2}},
                 ),
                 row=1,
-                col=2,
+                col=len(keys),
             )
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_layout(title="Learning curves (x: stopped early by ASHA)", height=460)
+    title = "Learning curves (x: stopped early by ASHA)"
+    if fixed:
+        title += f"; {metric} is fixed before training, so it has no curve"
+    fig.update_layout(title=title, height=460)
     return fig
 
 
