@@ -14,6 +14,16 @@ from pathlib import Path
 MOTO = Path(sys.executable).parent / "moto_server"
 
 
+def available() -> str | None:
+    """Why an endpoint cannot be started here, or None. moto is a dev dependency that `make test` installs, so
+    the tests fail on its absence (`S3.start`) instead of skipping; the benchmarks refuse before any work."""
+    return None if _server() else "moto's S3 server is not installed: pip install -e '.[dev]'"
+
+
+def _server() -> str | None:
+    return str(MOTO) if MOTO.exists() else shutil.which("moto_server")
+
+
 class S3:
     def __init__(self, port: int, bucket: str = "switchsweep-test"):
         self.port, self.bucket = port, bucket
@@ -28,11 +38,11 @@ class S3:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> S3:
-        exe = str(MOTO) if MOTO.exists() else shutil.which("moto_server")
-        if exe is None:  # a dev dependency: `make test` installs it, so its absence is an error, not a skip
-            raise RuntimeError("moto's S3 server is not installed: pip install -e '.[dev]'")
+        why = available()
+        if why:
+            raise RuntimeError(why)
         self.proc = subprocess.Popen(
-            [exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [_server(), "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.time() + 60
         while True:

@@ -366,7 +366,12 @@ def _head_with_mlflow(tmp: Path, name: str, database: str, bucket: str, env: dic
     cluster's head runs them; `env` reaches the bucket."""
     temp = Path(tempfile.mkdtemp(prefix=f"ss{name}-", dir="/tmp"))  # short: Ray's unix sockets live there
     head, address = start_head(temp, env=env)
-    server, tracking = start_mlflow(database, f"{bucket}/mlflow", tmp / f"mlflow-{name}.log", env)
+    try:
+        server, tracking = start_mlflow(database, f"{bucket}/mlflow", tmp / f"mlflow-{name}.log", env)
+    except BaseException:  # no head left behind by a server that did not start
+        stop_head(head)
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
     return {"head": head, "address": address, "mlflow": server, "tracking": tracking, "temp": temp}
 
 
@@ -458,8 +463,8 @@ def _tune_trials(bucket: S3) -> list[tuple[str, int]]:
     import json
 
     client = bucket.client()
-    listed = client.list_objects_v2(Bucket=bucket.bucket).get("Contents", [])
-    states = [o for o in listed if "/tune/experiment_state-" in o["Key"]]
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket.bucket, Prefix="switchsweep/")
+    states = [o for page in pages for o in page.get("Contents", []) if "/tune/experiment_state-" in o["Key"]]
     if not states:
         return []
     newest = max(states, key=lambda o: o["LastModified"])["Key"]
@@ -475,22 +480,23 @@ def _locked(root: Path) -> bool:
     return bool(found) and is_locked(found[0])
 
 
-def driver_kill_survived(r: dict[str, Any]) -> bool:
-    over = {t: e for t, e in r["before"]["trials"].items() if e.get("status") == "finished"}
-    unchanged = all(
-        r["trials"][t]["end_time"] == e["end_time"] and r["trials"][t]["wall_s"] == e["wall_s"] for t, e in over.items()
-    )
-    interrupted = [t for t in r["trials"] if t not in over]
+def resume_survived(r: dict[str, Any], trials: int) -> bool:
+    """A sweep of `trials` trials cut with one finished and one past a checkpoint (a killed driver, a lost
+    head), then resumed with --resume: a second driver refused meanwhile, the finished trial not run again,
+    the cut one going on from its checkpoint, every trial at its last step, one MLflow run each (and the
+    parent's) and no metric point lost or logged twice."""
+    before, after = r["before"]["trials"], r["trials"]
+    over = [t for t, e in before.items() if e.get("status") == "finished"]
+    cut = [t for t, e in before.items() if e.get("status") == "running"]
     return (
         r["rc"] == 0
         and r["status"] == "finished"
-        and r["status_after_kill"] == "interrupted"
         and r["second_driver"][0] == 2
         and len(over) == 1
-        and unchanged
-        and r["trial_runs"] == 2
-        and r["runs"] == 3
-        and all(r["trials"][t]["resumed_from"] and r["trials"][t]["step"] == STEPS for t in interrupted)
-        and r["duplicates"] == 0
-        and r["lost"] == 0
+        and all(after[t][key] == before[t][key] for t in over for key in ("end_time", "wall_s"))
+        and len(cut) == 1
+        and (after[cut[0]].get("resumed_from") or 0) >= EVAL_EVERY
+        and len(after) == trials
+        and all(e["step"] == STEPS for e in after.values())
+        and (r["runs"], r["trial_runs"], r["duplicates"], r["lost"]) == (trials + 1, trials, 0, 0)
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import postgres
 import pytest
 import s3
-from sweep_harness import STEPS, free_port, lost_head, worker_kill
+from sweep_harness import STEPS, free_port, lost_head, resume_survived, worker_kill
 
 pytestmark = pytest.mark.slow
 SHORT = 20  # steps of the concurrency tests' trials: two evaluations each (the faults need four)
@@ -64,6 +64,8 @@ def test_a_lost_head_is_survived_by_a_new_one_from_the_bucket_and_the_database(d
     assert len(cut) == 1 and d["trials"][cut[0]]["step"] == STEPS and d["trials"][cut[0]]["resumed_from"] >= 10
     assert len(d["trials"]) == 3 and {e["status"] for e in d["trials"].values()} == {"finished"}
     assert (d["runs"], d["trial_runs"], d["duplicates"], d["lost"]) == (4, 3, 0, 0) and d["points"] > 0
+    # The benchmark's verdict on the same run, which a lost point or a trial count off by one turns.
+    assert resume_survived(d, 3) and not resume_survived({**d, "lost": 1}, 3) and not resume_survived(d, 2)
     with open(d["sweep_dir"] / "ranking.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 3
     # What the new head resumed from is in the bucket: the sweep's own state beside Tune's, and MLflow's artifacts.
