@@ -82,7 +82,7 @@ gpu-wheels: $(STAMP)
 	rm -rf .whl
 	$(PY) -m pip wheel -q --no-deps -w .whl $$($(PY) -m pip freeze | grep -iE '^(hydra-core|omegaconf|antlr4-python3-runtime)==')
 
-# Killed workers, inline trials, a killed driver and a lost head, survived? (about 12 minutes on 2 cores)
+# Killed workers, inline trials, a killed driver and a lost head, survived? (about 9 minutes on 2 cores)
 faults: $(STAMP)
 	$(PY) -m benchmarks.faults
 
