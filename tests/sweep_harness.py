@@ -398,9 +398,8 @@ def _lose(node: dict[str, Any]) -> None:
 def lost_head(tmp: Path, cache: Path | None, database: str, bucket: S3) -> dict[str, Any]:
     """Lose the head of a 3-configuration sweep: its driver, Ray head (with the trial processes) and MLflow
     server are SIGKILLed once one trial is over and another has reported past a checkpoint in the bucket's
-    copy of Tune's state. A new head,
-    with an empty home but the same bucket and database, resumes it with --resume; a second driver there is
-    refused meanwhile."""
+    copy of Tune's state. A new head, with an empty home but the same bucket and database, resumes it with
+    --resume; a second driver there is refused meanwhile."""
     env = {**ENV, **bucket.env}
     storage = f"sweep.ray.storage_path=s3://{bucket.bucket}/switchsweep"
     roots = [tmp / "home-1" / "runs", tmp / "home-2" / "runs"]

@@ -11,7 +11,6 @@ import s3
 from sweep_harness import STEPS, free_port, lost_head, resume_survived, worker_kill
 
 pytestmark = pytest.mark.slow
-SHORT = 20  # steps of the concurrency tests' trials: two evaluations each (the faults need four)
 
 
 def _log(r) -> str:
