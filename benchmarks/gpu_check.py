@@ -268,8 +268,8 @@ def sweep(workdir: Path) -> dict:
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("design_space")
     trials = client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'")
-    done = [{"status": r.info.status, "kid": r.data.metrics.get("kid")} for r in trials]
-    ok = len(done) == 2 and all(d["status"] == "FINISHED" and d["kid"] is not None for d in done)
+    done = [{"status": r.info.status, "kid_x1e3": r.data.metrics.get("kid_x1e3")} for r in trials]
+    ok = len(done) == 2 and all(d["status"] == "FINISHED" and d["kid_x1e3"] is not None for d in done)
     return {"ok": ok, "seconds": round(seconds, 1), "trials": done}
 
 

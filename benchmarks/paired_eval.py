@@ -4,8 +4,8 @@ Two fixed checkpoints, a DiT and a Switch-DiT (M=3, k=2), trained as in `sweep=p
 the digits), are evaluated at the in-sweep sampling cost (samples x DDIM steps of about 6,000; KID over 20
 subsets holding every generated sample and as many real ones) under several evaluation seeds. Per model
 it prints KID's spread over the seeds against
-the two noise figures an evaluation reports, `kid_se` (the bootstrap standard error over the generated
-samples) and `kid_subset_sd` (the spread over real subsets); then the spread of the difference
+the two noise figures an evaluation reports, `kid_x1e3_se` (the bootstrap standard error over the generated
+samples) and `kid_x1e3_subset_sd` (the spread over real subsets); then the spread of the difference
 Switch-DiT - DiT when both use the same seed (paired: the same labels and initial noise, as every trial
 of a sweep) against different seeds (unpaired); and, at equal sampling cost (samples x DDIM steps), more
 samples with fewer steps against fewer samples with more steps.
@@ -112,20 +112,23 @@ def main(argv: list[str] | None = None) -> None:
         f"checkpoints: {args.steps} steps each ({trained:.0f} s here, in {folder}); {args.seeds} evaluation seeds; "
         f"{time.perf_counter() - start:.0f} s in all\n"
     )
-    print("| samples x DDIM steps | model | KID mean | sd over eval seeds | mean kid_se | mean kid_subset_sd |")
+    print(
+        "| samples x DDIM steps | model | KID mean | sd over eval seeds | mean kid_x1e3_se | mean kid_x1e3_subset_sd |"
+    )
     print("|---|---|---|---|---|---|")
     for (samples, steps), by_model in results.items():
         for name, runs in by_model.items():
-            kid = [r["kid"] for r in runs]
+            kid = [r["kid_x1e3"] for r in runs]
             print(
                 f"| {samples} x {steps} | {name} | {np.mean(kid):.4g} | {sd(kid):.3g} | "
-                f"{np.mean([r['kid_se'] for r in runs]):.3g} | {np.mean([r['kid_subset_sd'] for r in runs]):.3g} |"
+                f"{np.mean([r['kid_x1e3_se'] for r in runs]):.3g} | "
+                f"{np.mean([r['kid_x1e3_subset_sd'] for r in runs]):.3g} |"
             )
     print("\n| samples x DDIM steps | difference | mean | sd paired (same seed) | sd unpaired (other seed) |")
     print("|---|---|---|---|---|")
     a, b = list(MODELS)[1], list(MODELS)[0]
     for (samples, steps), by_model in results.items():
-        ka, kb = [r["kid"] for r in by_model[a]], [r["kid"] for r in by_model[b]]
+        ka, kb = [r["kid_x1e3"] for r in by_model[a]], [r["kid_x1e3"] for r in by_model[b]]
         paired = [x - y for x, y in zip(ka, kb)]
         unpaired = [x - y for x, y in zip(ka, kb[1:] + kb[:1])]  # seed s against seed s + 1
         print(

@@ -1,7 +1,7 @@
 """P5, search efficiency: the table1 (M, k) grid against TPE + ASHA over M in {2, 3, 4, 6}, k in 1..M
 (the grid's rows are a subset of that space), one seed each, the same steps and evaluation. Reports
 the compute, in trial-steps (the training steps every trial ran, stopped ones included), each search
-spent until it first finished a configuration within the grid best's noise (its KID + 1.96 x kid_se),
+spent until it first finished a configuration within the grid best's noise (its KID + 1.96 x kid_x1e3_se),
 and each sweep's finished configurations paired with its best. A grid knows its best only after every
 row, so its cost is all of its rows.
 
@@ -65,7 +65,7 @@ def trajectory(tracker: Tracker, name: str) -> list[tuple[str, int, bool, float]
     for r in runs:
         steps = int(r.data.metrics.get("step", 0))
         complete = r.info.status == "FINISHED" and steps >= int(r.data.params["train.steps"])
-        out.append((variant_label(r.data.params), steps, complete, r.data.metrics.get("kid", math.nan)))
+        out.append((variant_label(r.data.params), steps, complete, r.data.metrics.get("kid_x1e3", math.nan)))
     return out
 
 

@@ -23,8 +23,9 @@ from switchsweep.platform.compose import (
     split_override,
 )
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
-from switchsweep.platform.export import value_text
+from switchsweep.platform.export import accuracy_text, value_text
 from switchsweep.platform.naming import variant_label
+from switchsweep.platform.ranking import LEARNED_ACCURACY
 from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.tracking import default_tracking_uri, runs_page
 from switchsweep.platform.uris import is_server, redact, require_store
@@ -53,6 +54,12 @@ def _evaluate(cfg) -> int:
 
     result = evaluate_checkpoint(cfg)
     print(json.dumps(result["metrics"], indent=2))
+    accuracy = result["metrics"].get("class_accuracy", math.nan)
+    if accuracy < LEARNED_ACCURACY:
+        print(
+            f"not learned: {accuracy:.1%} of its samples are of the class they were drawn for (a learned model: "
+            f">= {LEARNED_ACCURACY:.0%}); train it longer (train.steps) or faster (train.lr)"
+        )
     print(f"written to {result['out']}")
     return 0
 
@@ -78,8 +85,9 @@ def _sweep(job, overrides) -> int:
             f"{r.diff:+.4g} +- {r.diff_half_width:.2g} ({r.diff_basis})" if math.isfinite(r.diff_half_width) else ""
         )
         flags = " ".join(x for x in (r.vs_best, versus, "pareto" if r.pareto else "") if x)
+        accuracy = f"accuracy={accuracy_text(r):<6} " if math.isfinite(r.accuracy) else ""
         print(
-            f"  {r.rank:2d}. {r.group:<8} {metric}={value_text(r):<16} steps={r.steps:<5} {r.status:<8} "
+            f"  {r.rank:2d}. {r.group:<8} {metric}={value_text(r):<16} {accuracy}steps={r.steps:<5} {r.status:<8} "
             f"{variant_label(r.params)}{extra}{objectives}  {flags}"
         )
     for line in result.verdicts:

@@ -57,7 +57,7 @@ CASES = [
     ("sweep sweep.log_checkpoints=sometimes", "sweep.log_checkpoints='sometimes'"),
     ("sweep sweep.ray.num_workers=3", "not divisible by sweep.ray.num_workers=3"),
     ("sweep sweep.ray.trainable_cpus=0", "sweep.ray.trainable_cpus=0"),
-    ("sweep sweep.asha=true sweep.objectives=[kid,gflops]", "sweep.asha=true"),
+    ("sweep sweep.asha=true sweep.objectives=[kid_x1e3,gflops]", "sweep.asha=true"),
     ("sweep sweep.search=grid", "sweep.grid is empty"),
     ("sweep sweep=table1 model.top_k=9", "model.top_k=9"),
     ("sweep --resume", "no interrupted design_space sweep"),

@@ -201,7 +201,7 @@ def test_a_sweep_submitted_as_a_job_scales_up_runs_on_workers_and_scales_down(cl
     runs = client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'")
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), [r.info.status for r in runs]
     for run in runs:
-        assert run.data.metrics["step"] == 4 and "kid" in run.data.metrics
+        assert run.data.metrics["step"] == 4 and "kid_x1e3" in run.data.metrics
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "routing", "checkpoint"} <= names, names
         folder = client.download_artifacts(run.info.run_id, "checkpoint", str(c["tmp"] / run.info.run_id))

@@ -223,7 +223,7 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
         client = MlflowClient(tracking)
         (exp,) = [e for e in client.search_experiments() if e.name == "design_space"]
         (run,) = client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'")
-        assert run.info.status == "FINISHED" and run.data.metrics["step"] == 4 and "kid" in run.data.metrics
+        assert run.info.status == "FINISHED" and run.data.metrics["step"] == 4 and "kid_x1e3" in run.data.metrics
         assert list(bucket.glob(f"mlflow/{exp.experiment_id}/{run.info.run_id}")), "artifacts go to the bucket"
         assert list(bucket.glob("design_space/*/tune")), "Tune's state goes to the bucket"
         assert list(bucket.glob("eval-cache/ref-digits-*.pt")), "the reference features are shared in the bucket"

@@ -11,7 +11,7 @@ def _trial(tid, status, iteration=None):
 
 
 def test_the_table_is_printed_when_a_trial_starts_reports_or_ends_only():
-    reporter = SweepReporter(["kid"], ["group", "seed"])
+    reporter = SweepReporter(["kid_x1e3"], ["group", "seed"])
     a = _trial("a", "PENDING")
     assert reporter.should_report([a])
     assert not reporter.should_report([a]) and not reporter.should_report([a], done=True)  # nothing new
@@ -23,8 +23,8 @@ def test_the_table_is_printed_when_a_trial_starts_reports_or_ends_only():
 
 
 def test_its_columns_are_the_sweeps_metrics_loss_and_step():
-    assert list(SweepReporter(["kid"], ["group", "seed"])._metric_columns) == ["kid", "loss", "step"]
-    assert list(SweepReporter(["kid", "gflops"], [])._metric_columns) == ["kid", "gflops", "loss", "step"]
+    assert list(SweepReporter(["kid_x1e3"], ["group", "seed"])._metric_columns) == ["kid_x1e3", "loss", "step"]
+    assert list(SweepReporter(["kid_x1e3", "gflops"], [])._metric_columns) == ["kid_x1e3", "gflops", "loss", "step"]
 
 
 def test_its_parameter_columns_tell_trials_apart_and_leave_routing_keys_out():
@@ -52,14 +52,14 @@ def test_a_table_with_a_baseline_trial_lacking_the_searched_settings_prints(tmp_
         trial.set_status(Trial.TERMINATED)
         trial.storage = SimpleNamespace(experiment_driver_staging_path=str(tmp_path), trial_driver_staging_path=None)
         trial.run_metadata.last_result = {
-            "kid": kid,
+            "kid_x1e3": kid,
             "loss": 0.1,
             "step": 8,
             "config": trial.config,
             "training_iteration": 1,
         }
-    reporter = SweepReporter(["kid"], ["group", "seed", "model.num_experts"])
-    reporter.setup(metric="kid", mode="min")
+    reporter = SweepReporter(["kid_x1e3"], ["group", "seed", "model.num_experts"])
+    reporter.setup(metric="kid_x1e3", mode="min")
     reporter.set_start_time(0.0)
     table = reporter._progress_str([searched, baseline], done=False)
     rows = [line for line in table.splitlines() if line.startswith("| run_trial")]

@@ -4,7 +4,7 @@ import torch
 from switchsweep.platform.errors import ConfigError
 from switchsweep.trainers.evaluation.features import DigitsClassifier, digits_split, load_or_train_digits_classifier
 from switchsweep.trainers.evaluation.inception import FIDInceptionV3, load_fid_inception
-from switchsweep.trainers.evaluation.metrics import all_metrics
+from switchsweep.trainers.evaluation.metrics import all_metrics, class_accuracy
 
 
 def test_digits_classifier_reaches_97_percent_held_out_and_is_cached(digits_net):
@@ -40,10 +40,33 @@ def test_held_out_digits_score_far_better_than_noise_on_every_metric(digits_net)
     good, _ = all_metrics(real, held_f, held_p, kid_subset_size=200, kid_subsets=20)
     bad, _ = all_metrics(real, noise_f, noise_p, kid_subset_size=200, kid_subsets=20)
     assert good["fid"] * 10 < bad["fid"]
-    assert good["kid"] * 10 < bad["kid"]
+    assert good["kid_x1e3"] * 10 < bad["kid_x1e3"]
     assert good["inception_score"] > 2 * bad["inception_score"]
     assert good["precision"] > bad["precision"] + 0.5
     assert good["recall"] > bad["recall"] + 0.5
+
+
+def test_class_accuracy_of_real_digits_follows_their_labels(digits_net):
+    """Real held-out digits with their labels score the classifier's own accuracy; the same digits with
+    shuffled labels score chance; samples all of one class drawn for that class score the classifier's
+    accuracy on that class, drawn for another class nothing."""
+    net, held_out_accuracy, _ = digits_net
+    _, _, x_test, y_test = digits_split()
+    _, probs = net.embed(x_test)
+    assert class_accuracy(probs, y_test) == pytest.approx(held_out_accuracy)
+    shuffled = y_test[torch.randperm(len(y_test), generator=torch.Generator().manual_seed(0))]
+    assert abs(class_accuracy(probs, shuffled) - 0.1) < 0.05  # chance: 1 in 10 classes
+    sevens = y_test == 7
+    assert class_accuracy(probs[sevens], y_test[sevens]) > 0.9
+    assert class_accuracy(probs[sevens], torch.full((int(sevens.sum()),), 3)) < 0.05
+
+
+def test_classifier_features_are_scaled_for_the_kid_kernel(digits_net):
+    """The real digits' features have a root-mean-square value of 1 (x.y/d of order 1 in KID's cubic kernel)."""
+    net, _, _ = digits_net
+    x_train, _, _, _ = digits_split()
+    feats, _ = net.embed(x_train)
+    assert feats.square().mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
 
 
 def test_inception_plumbing_with_random_weights(tmp_path):

@@ -23,7 +23,7 @@ def _logged(root) -> dict[str, dict[str, list[tuple[int, float]]]]:
     return {
         r.info.run_name: {
             k: sorted((m.step, m.value) for m in client.get_metric_history(r.info.run_id, k))
-            for k in ("loss", "kid", "routing_jsd")
+            for k in ("loss", "kid_x1e3", "routing_jsd")
         }
         for r in runs
     }
@@ -52,5 +52,5 @@ def test_inline_trials_log_what_train_jobs_log(ray_head, digits_net, tmp_path):
             times = [trial[k] for k in TRAIN_PHASES]
             assert times == sorted(times), dict(zip(TRAIN_PHASES, times))
         logged[kind] = _logged(tmp_path / kind)
-    assert len(logged["inline"]) == 1 and all(v["loss"] and v["kid"] for v in logged["inline"].values())
+    assert len(logged["inline"]) == 1 and all(v["loss"] and v["kid_x1e3"] for v in logged["inline"].values())
     assert logged["inline"] == logged["train"]

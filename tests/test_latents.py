@@ -184,9 +184,13 @@ def test_an_adm_reference_batch_gives_fid_from_its_own_statistics():
     mu, sigma = real.mean(0) + 1.0, np.eye(5) * 2.0  # not the features': FID must use these
     with_stats, _ = all_metrics(real, fake, probs, kid_subset_size=20, kid_subsets=3, real_statistics=(mu, sigma))
     assert with_stats["fid"] == pytest.approx(frechet_distance(mu, sigma, *feature_statistics(fake)))
-    assert with_stats["kid"] == all_metrics(real, fake, probs, kid_subset_size=20, kid_subsets=3)[0]["kid"]
+    assert with_stats["kid_x1e3"] == all_metrics(real, fake, probs, kid_subset_size=20, kid_subsets=3)[0]["kid_x1e3"]
     only_stats, _ = all_metrics(None, fake, probs, real_statistics=(mu, sigma))  # a batch without arr_0 images
-    assert only_stats["fid"] == with_stats["fid"] and np.isnan(only_stats["kid"]) and np.isnan(only_stats["precision"])
+    assert (
+        only_stats["fid"] == with_stats["fid"]
+        and np.isnan(only_stats["kid_x1e3"])
+        and np.isnan(only_stats["precision"])
+    )
 
 
 def test_reference_features_come_from_the_ref_batch_images(tmp_path, vae_dir):
@@ -339,7 +343,7 @@ def test_prepare_resumes_trains_and_evaluates_on_decoded_samples(local_ray, tmp_
     )
     assert ev.eval.feature_net == "inception" and ev.eval.inception_weights == str(weights)  # from the checkpoint
     metrics = evaluate_checkpoint(ev, progress=False)["metrics"]
-    assert all(np.isfinite(metrics[k]) for k in ("fid", "kid", "inception_score"))
+    assert all(np.isfinite(metrics[k]) for k in ("fid", "kid_x1e3", "inception_score"))
     cached = list((tmp_path / "cache").glob("ref-latents-*.pt"))
     assert len(cached) == 1 and torch.load(cached[0], weights_only=True)["features"].shape == (
         15,
@@ -396,7 +400,7 @@ def test_a_sweep_on_latents_scores_decoded_samples_and_logs_decoded_grids(ray_he
     exp = client.get_experiment_by_name("design_space")
     (trial,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("switchsweep.role") != "sweep"]
     assert trial.info.status == "FINISHED" and trial.data.params["data.name"] == "latents"
-    assert [m.step for m in client.get_metric_history(trial.info.run_id, "kid")] == [2, 4]
+    assert [m.step for m in client.get_metric_history(trial.info.run_id, "kid_x1e3")] == [2, 4]
     grid = next(
         a.path
         for a in client.list_artifacts(trial.info.run_id, "images")

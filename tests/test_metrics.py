@@ -6,7 +6,9 @@ import scipy.linalg
 import torch
 
 from switchsweep.trainers.evaluation.metrics import (
+    accuracy_influence,
     all_metrics,
+    class_accuracy,
     feature_statistics,
     fid_from_features,
     fid_influence,
@@ -99,9 +101,9 @@ def test_evaluation_noise_estimates_match_the_spread_over_evaluations():
     fakes = [_draws(100 + s) for s in range(60)]
     kid_sd = np.std([kernel_inception_distance(real, f, 250, 20, seed=s)[0] for s, f in enumerate(fakes)], ddof=1)
     fid_sd = np.std([frechet_distance(*stats, *feature_statistics(f)) for f in fakes], ddof=1)
-    kid_se = np.mean([noise_sd(kid_bootstrap(real, f, seed=s)) for s, f in enumerate(fakes[:8])])
+    kid_x1e3_se = np.mean([noise_sd(kid_bootstrap(real, f, seed=s)) for s, f in enumerate(fakes[:8])])
     fid_se = np.mean([noise_sd(fid_influence(stats, f)) for f in fakes[:8]])
-    assert 1 / 1.35 < kid_se / kid_sd < 1.35, (kid_se, kid_sd)  # measured: 1.03
+    assert 1 / 1.35 < kid_x1e3_se / kid_sd < 1.35, (kid_x1e3_se, kid_sd)  # measured: 1.03
     assert 1 / 1.35 < fid_se / fid_sd < 1.35, (fid_se, fid_sd)  # measured: 1.09
     # The spread over real subsets is another quantity: here 0.40 of the evaluation noise.
     subset_sd = np.mean([kernel_inception_distance(real, f, 250, 20, seed=s)[1] for s, f in enumerate(fakes[:8])])
@@ -120,10 +122,40 @@ def test_fid_influence_is_the_delta_method_on_a_shifted_mean():
 def test_all_metrics_report_the_evaluation_noise_and_the_subset_spread_under_their_names():
     real, fake = np.random.default_rng(0).standard_normal((300, 8)), _draws(1, n=120, d=8)
     m, noise = all_metrics(real, fake, np.full((120, 10), 0.1), kid_subset_size=100, kid_subsets=5)
-    assert {"kid", "kid_se", "kid_subset_sd", "fid", "fid_se"} <= set(m) and "kid_std" not in m
+    assert {"kid_x1e3", "kid_x1e3_se", "kid_x1e3_subset_sd", "fid", "fid_se"} <= set(m) and "kid_std" not in m
     assert (
-        m["kid_se"] == pytest.approx(noise_sd(kid_bootstrap(real, fake))) and m["fid_se"] == noise_sd(noise["fid"]) > 0
+        m["kid_x1e3_se"] == pytest.approx(1e3 * noise_sd(kid_bootstrap(real, fake)))
+        and m["fid_se"] == noise_sd(noise["fid"]) > 0
     )
+    # KID in one unit, x 10^3, with its noise values in the same unit
+    raw, raw_sd = kernel_inception_distance(real, fake, 100, 5)
+    assert (m["kid_x1e3"], m["kid_x1e3_subset_sd"]) == pytest.approx((1e3 * raw, 1e3 * raw_sd))
+    assert noise_sd(noise["kid_x1e3"]) == pytest.approx(m["kid_x1e3_se"])
+    assert "class_accuracy" not in m  # no labels: the feature network classifies nothing of this data
+
+
+def test_class_accuracy_and_its_noise_on_hand_built_probabilities():
+    labels = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    probs = np.eye(4)[[0, 1, 2, 0, 0, 1, 3, 3]]  # 6 of 8 drawn as their own class
+    assert class_accuracy(probs, labels) == 0.75
+    values = accuracy_influence(probs, labels)
+    assert values.sum() * math.sqrt(8) / 8 == pytest.approx(0.75)
+    # its noise is the binomial standard error sqrt(p (1 - p) / n) with the n - 1 denominator
+    assert noise_sd(values) == pytest.approx(math.sqrt(0.75 * 0.25 / 8 * 8 / 7))
+    m, noise = all_metrics(
+        np.random.default_rng(0).standard_normal((20, 4)),
+        np.random.default_rng(1).standard_normal((8, 4)),
+        probs,
+        kid_subset_size=8,
+        kid_subsets=2,
+        fake_labels=labels,
+    )
+    assert m["class_accuracy"] == 0.75 and m["class_accuracy_se"] == pytest.approx(noise_sd(values))
+    # paired: a model that gets one more sample right differs by exactly that sample
+    better = probs.copy()
+    better[3] = np.eye(4)[3]
+    diff = accuracy_influence(better, labels) - values
+    assert diff.sum() * math.sqrt(8) / 8 == pytest.approx(1 / 8)
 
 
 def test_kid_bootstrap_on_many_samples_scales_a_subsample_by_one_over_sqrt_n():

@@ -15,9 +15,9 @@ from switchsweep.platform.sweep_record import TrialEnd
 
 
 def rec(group, seed, value, status="FINISHED", steps=100, noise=None, **metrics):
-    m = {"kid": value, **metrics}
+    m = {"kid_x1e3": value, **metrics}
     if noise is not None:
-        m["kid_se"] = noise
+        m["kid_x1e3_se"] = noise
     end = TrialEnd.from_mlflow(status)
     return TrialRecord(
         f"{group}-{seed}", f"run-{group}-{seed}", end, steps, group, seed, {"model.name": "switch_dit"}, m
@@ -33,7 +33,7 @@ def test_finished_configurations_come_first_then_stopped_then_nan():
         rec("nan", 0, math.nan),
         rec("failed", 0, math.nan, status="FAILED", steps=10),
     ]
-    ranked = rank_groups(records, "kid", "min")
+    ranked = rank_groups(records, "kid_x1e3", "min")
     assert [r.group for r in ranked][:3] == ["good", "bad", "nan"]
     assert {r.group for r in ranked[3:5]} == {"stopped", "short"} and ranked[-1].group == "failed"
     assert [r.rank for r in ranked] == list(range(1, 7))
@@ -41,9 +41,9 @@ def test_finished_configurations_come_first_then_stopped_then_nan():
 
 
 def test_max_mode_ranks_higher_first():
-    ranked = rank_groups([rec("a", 0, 1.0), rec("b", 0, 3.0), rec("c", 0, 2.0)], "kid", "max")
+    ranked = rank_groups([rec("a", 0, 1.0), rec("b", 0, 3.0), rec("c", 0, 2.0)], "kid_x1e3", "max")
     assert [r.group for r in ranked] == ["b", "c", "a"]
-    ranked = rank_groups([rec("a", 0, 1.0), rec("b", 0, 3.0), rec("c", 0, 2.0)], "kid", "min")
+    ranked = rank_groups([rec("a", 0, 1.0), rec("b", 0, 3.0), rec("c", 0, 2.0)], "kid_x1e3", "min")
     assert [r.group for r in ranked] == ["a", "c", "b"]
 
 
@@ -52,7 +52,7 @@ def test_seeds_aggregate_to_mean_sd_and_a_t_interval():
     b = [20.0, 21.0, 25.0]
     records = [rec("a", i, v) for i, v in enumerate(a)] + [rec("b", i, v) for i, v in enumerate(b)]
     records.append(rec("b", 3, 22.0, status="KILLED", steps=40))  # one seed stopped early: b is incomplete
-    ranked = rank_groups(records, "kid", "min")
+    ranked = rank_groups(records, "kid_x1e3", "min")
     top = ranked[0]
     assert top.group == "a" and top.seeds == 3 and top.trials == ["a-0", "a-1", "a-2"]
     assert top.value == pytest.approx(12.0) and top.std == pytest.approx(2.0)
@@ -67,16 +67,16 @@ def test_ties_with_the_best_are_marked_from_the_intervals():
         + [rec("close", i, v) for i, v in enumerate([11.0, 12.0, 13.0])]  # overlaps the best's interval
         + [rec("far", i, v) for i, v in enumerate([30.0, 31.0, 32.0])]
     )
-    ranked = {r.group: r.vs_best for r in rank_groups(records, "kid", "min")}
+    ranked = {r.group: r.vs_best for r in rank_groups(records, "kid_x1e3", "min")}
     assert ranked == {"best": BEST, "close": TIED, "far": WORSE}
 
 
 def test_one_seed_uses_the_metric_s_own_noise_or_says_nothing():
     records = [rec("a", 0, 100.0, noise=10.0), rec("b", 0, 130.0, noise=10.0), rec("c", 0, 150.0, noise=2.0)]
-    ranked = rank_groups(records, "kid", "min", noise_metric="kid_se")
+    ranked = rank_groups(records, "kid_x1e3", "min", noise_metric="kid_x1e3_se")
     assert ranked[0].half_width == pytest.approx(1.96 * 10.0)
     assert [r.vs_best for r in ranked] == [BEST, TIED, WORSE]  # 30 <= 19.6 + 19.6; 50 > 19.6 + 3.9
-    quiet = rank_groups([rec("a", 0, 1.0), rec("b", 0, 2.0)], "kid", "min")
+    quiet = rank_groups([rec("a", 0, 1.0), rec("b", 0, 2.0)], "kid_x1e3", "min")
     assert [r.vs_best for r in quiet] == [BEST, ""] and math.isnan(quiet[0].half_width)
 
 
@@ -84,8 +84,8 @@ def test_a_sweeps_one_seed_interval_is_its_evaluation_noise_not_kids_subset_spre
     # What a sweep's ranking reads beside KID (platform.sweep_config.METRIC_SE): the standard error.
     records = [rec("a", 0, 100.0), rec("b", 0, 115.0)]
     for r, se in zip(records, (4.0, 3.0)):
-        r.metrics.update(kid_se=se, kid_subset_sd=40.0)
-    ranked = rank_groups(records, "kid", "min", noise_metric=METRIC_SE["kid"])
+        r.metrics.update(kid_x1e3_se=se, kid_x1e3_subset_sd=40.0)
+    ranked = rank_groups(records, "kid_x1e3", "min", noise_metric=METRIC_SE["kid_x1e3"])
     assert [r.half_width for r in ranked] == [pytest.approx(1.96 * 4.0), pytest.approx(1.96 * 3.0)]
     assert [r.vs_best for r in ranked] == [BEST, WORSE]  # 15 > 7.8 + 5.9; with the subset spread it would be tied
 
@@ -106,14 +106,14 @@ def test_multi_objective_ranking_puts_the_pareto_set_first():
         rec("worse", 0, 21.0, gflops=2.0),
         rec("stopped", 0, 1.0, status="KILLED", steps=3, gflops=0.1),
     ]
-    ranked = rank_groups(records, "kid", "min", objectives=["kid", "gflops"], modes=["min", "min"])
+    ranked = rank_groups(records, "kid_x1e3", "min", objectives=["kid_x1e3", "gflops"], modes=["min", "min"])
     assert [(r.group, r.pareto) for r in ranked] == [
         ("good", True),
         ("cheap", True),
         ("worse", False),
         ("stopped", False),
     ]
-    assert ranked[1].objectives == {"kid": 20.0, "gflops": 1.0}
+    assert ranked[1].objectives == {"kid_x1e3": 20.0, "gflops": 1.0}
 
 
 def test_every_permutation_of_the_input_ranks_the_same():
@@ -124,7 +124,7 @@ def test_every_permutation_of_the_input_ranks_the_same():
         rec("b", 1, 9.0),
         rec("c", 0, 2.0, status="KILLED"),
     ]
-    orders = {tuple(r.group for r in rank_groups(list(p), "kid", "min")) for p in itertools.permutations(records)}
+    orders = {tuple(r.group for r in rank_groups(list(p), "kid_x1e3", "min")) for p in itertools.permutations(records)}
     assert orders == {("a", "b", "c")}
 
 
@@ -153,9 +153,9 @@ def test_export_reads_mlflow_and_writes_the_pareto_set(tmp_path):
         {
             ROLE_TAG: "sweep",
             SWEEP_TAG: "mo-1",
-            "switchsweep.metric": "kid",
+            "switchsweep.metric": "kid_x1e3",
             "switchsweep.mode": "min",
-            OBJECTIVES_TAG: "kid,gflops",
+            OBJECTIVES_TAG: "kid_x1e3,gflops",
         },
     )
     # (group, seed, kid, gflops): g0 and g1 are on the front, g2 is dominated by g0, g3 was stopped early.
@@ -174,7 +174,7 @@ def test_export_reads_mlflow_and_writes_the_pareto_set(tmp_path):
         )
         steps = 4 if group == "g3" else 8
         tracker.log_params(run, {"train.steps": 8, "model.name": "dit", "train.seed": seed})
-        tracker.log_metrics(run, {"kid": kid, "gflops": gflops, "step": steps}, step=steps)
+        tracker.log_metrics(run, {"kid_x1e3": kid, "gflops": gflops, "step": steps}, step=steps)
         tracker.log_text(
             run, OmegaConf.to_yaml({"model": {"name": "dit"}, "train": {"seed": seed, "out_dir": "x"}}), "config.yaml"
         )
@@ -182,7 +182,8 @@ def test_export_reads_mlflow_and_writes_the_pareto_set(tmp_path):
     written = export_best(uri, "mo", top=1, out=tmp_path / "out")
     assert [p.name for p in written] == ["pareto01-t2.yaml", "pareto02-t0.yaml"]  # g1 (kid 6), then g0 (kid 11)
     assert (
-        "kid=6 +- " in written[0].read_text().splitlines()[0] and "gflops=4" in written[0].read_text().splitlines()[0]
+        "kid_x1e3=6 +- " in written[0].read_text().splitlines()[0]
+        and "gflops=4" in written[0].read_text().splitlines()[0]
     )
     assert OmegaConf.load(written[1]).train.seed == 0  # the configuration's first seed
     table = (tmp_path / "out" / "ranking.csv").read_text().splitlines()
@@ -205,13 +206,13 @@ def test_rank_trials_reads_the_sweep_asked_for_or_the_latest(tmp_path):
         parent = tracker.create_run(
             exp,
             sweep_id,
-            {ROLE_TAG: "sweep", SWEEP_TAG: sweep_id, "switchsweep.metric": "kid", "switchsweep.mode": "min"},
+            {ROLE_TAG: "sweep", SWEEP_TAG: sweep_id, "switchsweep.metric": "kid_x1e3", "switchsweep.mode": "min"},
         )  # no objectives tag: single-objective
         run = tracker.create_run(
             exp, f"{sweep_id}-t", {PARENT_TAG: parent, TRIAL_TAG: f"{sweep_id}-t", ROLE_TAG: "trial"}
         )
         tracker.log_params(run, {"train.steps": 8, "model.name": "dit"})
-        tracker.log_metrics(run, {"kid": kid, "step": 8}, step=8)
+        tracker.log_metrics(run, {"kid_x1e3": kid, "step": 8}, step=8)
         tracker.set_status(run, "FINISHED")
         time.sleep(0.01)
     latest = rank_trials(tracker, "design_space")
@@ -248,10 +249,30 @@ def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
     }
     extra = {"params": 2.166e6, "gflops": 0.04271, "steps_per_sec": 5.678}
     records = [
-        TrialRecord(f"s-{i}", f"r-s-{i}", TrialEnd.FINISHED, 100, "gs", i, switch, {"kid": v, "kid_se": 2.0, **extra})
-        for i, v in enumerate([10.0, 14.0])
+        TrialRecord(
+            f"s-{i}",
+            f"r-s-{i}",
+            TrialEnd.FINISHED,
+            100,
+            "gs",
+            i,
+            switch,
+            {"kid_x1e3": v, "kid_x1e3_se": 2.0, "class_accuracy": a, "class_accuracy_se": 0.01, **extra},
+        )
+        for i, (v, a) in enumerate([(10.0, 0.95), (14.0, 0.97)])
     ]
-    records.append(TrialRecord("d-0", "r-d-0", TrialEnd.STOPPED, 50, "gd", 0, {"model.name": "dit"}, {"kid": math.nan}))
+    records.append(
+        TrialRecord(
+            "d-0",
+            "r-d-0",
+            TrialEnd.STOPPED,
+            50,
+            "gd",
+            0,
+            {"model.name": "dit"},
+            {"kid_x1e3": math.nan, "class_accuracy": 0.3},
+        )
+    )
     records.append(
         TrialRecord(
             "f-0",
@@ -265,8 +286,8 @@ def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
             failure="TrainingError: non-finite loss (nan) at step 3 | lower train.lr",
         )
     )
-    ranked = rank_groups(records, "kid", "min", "kid_se")
-    table, md = write_ranking(SweepRanking("sw-1", "kid", [], ranked), tmp_path)
+    ranked = rank_groups(records, "kid_x1e3", "min", "kid_x1e3_se")
+    table, md = write_ranking(SweepRanking("sw-1", "kid_x1e3", [], ranked), tmp_path)
     with open(table, newline="") as fh:
         rows = list(csv.DictReader(fh))
     best, dit, failed = rows
@@ -288,10 +309,13 @@ def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
         "params_M": "2.166",
         "gflops": "0.0427",
         "steps_per_s": "5.68",
-        "kid": "12",
-        "kid_sd_seeds": "2.83",
-        "kid_noise": "2",
-        "kid_ci95": f"{hw:.3g}",
+        "class_accuracy": "0.960",
+        "class_accuracy_se": "0.010",
+        "learned": "yes",
+        "kid_x1e3": "12",
+        "kid_x1e3_sd_seeds": "2.83",
+        "kid_x1e3_noise": "2",
+        "kid_x1e3_ci95": f"{hw:.3g}",
         "vs_best": "best",
         "diff_to_best": "",
         "diff_ci95": "",
@@ -314,10 +338,13 @@ def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
         "params_M": "",
         "gflops": "",
         "steps_per_s": "",
-        "kid": "",
-        "kid_sd_seeds": "",
-        "kid_noise": "",
-        "kid_ci95": "",
+        "class_accuracy": "0.300",
+        "class_accuracy_se": "",
+        "learned": "not learned",
+        "kid_x1e3": "",
+        "kid_x1e3_sd_seeds": "",
+        "kid_x1e3_noise": "",
+        "kid_x1e3_ci95": "",
         "vs_best": "",
         "diff_to_best": "",
         "diff_ci95": "",
@@ -360,14 +387,16 @@ def test_one_seed_comparisons_with_the_best_pair_the_two_evaluations(tmp_path):
     tracker = Tracker(default_tracking_uri(tmp_path))
     exp = tracker.experiment("design_space", tmp_path / "artifacts")
     parent = tracker.create_run(
-        exp, "ds-1", {ROLE_TAG: "sweep", SWEEP_TAG: "ds-1", "switchsweep.metric": "kid", "switchsweep.mode": "min"}
+        exp, "ds-1", {ROLE_TAG: "sweep", SWEEP_TAG: "ds-1", "switchsweep.metric": "kid_x1e3", "switchsweep.mode": "min"}
     )
     for name, values in noise.items():
         run = tracker.create_run(exp, name, {PARENT_TAG: parent, TRIAL_TAG: name, ROLE_TAG: "trial", GROUP_TAG: name})
         tracker.log_params(run, {"train.steps": 8, "model.name": "dit"})
-        tracker.log_metrics(run, {"kid": float(values.mean()), "kid_se": float(values.std(ddof=1)), "step": 8}, step=8)
+        tracker.log_metrics(
+            run, {"kid_x1e3": float(values.mean()), "kid_x1e3_se": float(values.std(ddof=1)), "step": 8}, step=8
+        )
         tracker.log_dict(
-            run, {"kid": values.tolist(), "fid": [0.0, 1.0]}, f"{EVAL_NOISE_ARTIFACT}/{eval_noise_name(8)}"
+            run, {"kid_x1e3": values.tolist(), "fid": [0.0, 1.0]}, f"{EVAL_NOISE_ARTIFACT}/{eval_noise_name(8)}"
         )
         tracker.set_status(run, "FINISHED")
     best, other = rank_trials(tracker, "design_space").ranked
@@ -386,7 +415,7 @@ def test_several_seeds_compare_with_the_best_over_paired_seed_differences():
 
     records = [rec("a", i, v, noise=5.0) for i, v in enumerate([10.0, 14.0, 12.0])]
     records += [rec("b", i, v, noise=5.0) for i, v in enumerate([11.0, 15.5, 13.2])]  # a's seeds plus about 1.2
-    ranked = rank_groups(records, "kid", "min", noise_metric="kid_se")
+    ranked = rank_groups(records, "kid_x1e3", "min", noise_metric="kid_x1e3_se")
     assert ranked[1].vs_best == TIED  # the seed-to-seed spread (2) hides the difference unpaired
     compare_to_best(ranked, lambda a, b: math.nan)
     diffs = [1.0, 1.5, 1.2]
@@ -395,21 +424,62 @@ def test_several_seeds_compare_with_the_best_over_paired_seed_differences():
     assert ranked[1].vs_best == WORSE and ranked[1].diff_basis == "paired over 3 seeds"
 
 
+def test_a_configuration_that_has_not_learned_is_marked_and_ranks_after_those_that_have():
+    from switchsweep.platform.export import SweepRanking, verdict_sentences
+    from switchsweep.platform.ranking import LEARNED_ACCURACY, NOT_LEARNED
+
+    below = LEARNED_ACCURACY - 0.05
+    records = [
+        rec("noise", 0, 1.0, class_accuracy=below),  # the best KID, but its samples are not its classes
+        rec("drawn", 0, 5.0, class_accuracy=0.97),
+        rec("also", 0, 6.0, class_accuracy=0.95),
+        rec("unscored", 0, 7.0),  # no classifier scored it (latents): nothing to say
+    ]
+    ranked = rank_groups(records, "kid_x1e3", "min")
+    assert [r.group for r in ranked] == ["drawn", "also", "unscored", "noise"]
+    assert [r.vs_best for r in ranked] == [BEST, "", "", NOT_LEARNED]  # no noise estimates: no ties said
+    assert [r.learned for r in ranked] == [True, True, True, False]
+    lines = verdict_sentences(SweepRanking("s-1", "kid_x1e3", [], ranked))
+    assert lines == [
+        f"Not learned (class accuracy below {LEARNED_ACCURACY:.0%}), not ranked against the rest: noise switch_dit(M=3,k=2) ({100 * below:.1f}%)."
+    ]
+
+
+def test_no_winner_is_named_between_models_that_have_not_learned():
+    from switchsweep.platform.export import SweepRanking, baseline_sentence, verdict_sentences
+    from switchsweep.platform.ranking import BASELINE_GROUP
+
+    params = {"model.name": "dit", "train.steps": "450", "train.lr": "0.0001"}
+    records = [
+        TrialRecord(
+            "b-0", "r-b", TrialEnd.FINISHED, 450, BASELINE_GROUP, 0, params, {"kid_x1e3": 240.0, "class_accuracy": 0.11}
+        ),
+        rec("g0", 0, 210.0, class_accuracy=0.13),
+    ]
+    records[1].params.update(params, **{"model.name": "switch_dit"})
+    ranking = SweepRanking("s-1", "kid_x1e3", [], rank_groups(records, "kid_x1e3", "min"))
+    text = baseline_sentence(ranking)
+    assert "beats" not in text and "worse" not in text
+    assert "g0 (13.0%) and baseline (11.0%) have not learned" in text
+    assert "raise train.steps (now 450) or train.lr (now 0.0001)" in text
+    assert verdict_sentences(ranking)[0].startswith("No configuration has learned to draw its classes")
+
+
 def _with_baseline(base_values, designs, parent=None):
     from switchsweep.platform.export import SweepRanking
     from switchsweep.platform.ranking import BASELINE_GROUP, compare_to_best
 
     records = [
         TrialRecord(
-            f"bl-{i}", f"run-bl-{i}", TrialEnd.FINISHED, 100, BASELINE_GROUP, i, {"model.name": "dit"}, {"kid": v}
+            f"bl-{i}", f"run-bl-{i}", TrialEnd.FINISHED, 100, BASELINE_GROUP, i, {"model.name": "dit"}, {"kid_x1e3": v}
         )
         for i, v in enumerate(base_values)
     ]
     for group, values in designs.items():
         records += [rec(group, i, v) for i, v in enumerate(values)]
-    ranked = rank_groups(records, "kid", "min")
+    ranked = rank_groups(records, "kid_x1e3", "min")
     compare_to_best(ranked, lambda a, b: math.nan, "min")
-    return SweepRanking("s-1", "kid", [], ranked, "parent", {"sweep.seeds": "1", **(parent or {})})
+    return SweepRanking("s-1", "kid_x1e3", [], ranked, "parent", {"sweep.seeds": "1", **(parent or {})})
 
 
 def test_the_baseline_is_compared_with_every_design_and_never_the_best():
@@ -425,7 +495,7 @@ def test_the_baseline_is_compared_with_every_design_and_never_the_best():
     assert g0.base_diff == pytest.approx(diffs.mean()) and g0.base_half_width == pytest.approx(hw)
     assert g0.vs_baseline == WORSE and g1.vs_baseline == WORSE and base.vs_baseline == ""
     assert baseline_sentence(ranking) == (
-        f"The best design, g0 switch_dit(M=3,k=2), is worse than the baseline dit: kid "
+        f"The best design, g0 switch_dit(M=3,k=2), is worse than the baseline dit: kid_x1e3 "
         f"10.53 against 8.5, a difference of {diffs.mean():+.4g} +- {hw:.2g} "
         "(95%, paired over 3 seeds)."
     )

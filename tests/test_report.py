@@ -52,8 +52,8 @@ def _sweep(designs, seeds=2, stopped=()):
             tid = f"{g}-{s}"
             stop = tid in stopped
             metrics = {
-                "kid": kids[s],
-                "kid_se": 2.0,
+                "kid_x1e3": kids[s],
+                "kid_x1e3_se": 2.0,
                 "gflops": gflops,
                 "params": 1e6,
                 "trial_wall_s": 100.0 + s,
@@ -74,16 +74,16 @@ def _sweep(designs, seeds=2, stopped=()):
                     TrialEnd.STOPPED if stop else TrialEnd.FINISHED,
                     params,
                     metrics,
-                    {"loss": [(10, 1.0), (50, 0.5)], "kid": curve},
+                    {"loss": [(10, 1.0), (50, 0.5)], "kid_x1e3": curve},
                 )
             )
-    ranked = rank_groups(records, "kid", "min", "kid_se")
+    ranked = rank_groups(records, "kid_x1e3", "min", "kid_x1e3_se")
     compare_to_best(
         ranked, lambda a, b: math.nan, "min", next((r.group for r in ranked if is_plain_dit(r.params)), None)
     )
     order = {t: i for i, r in enumerate(ranked) for t in r.trials}
     trials.sort(key=lambda t: order[t.trial_id])
-    ranking = SweepRanking("grid-1", "kid", [], ranked, "parent", dict(PARENT))
+    ranking = SweepRanking("grid-1", "kid_x1e3", [], ranked, "parent", dict(PARENT))
     return SweepData("table1", ranking, trials, None, "no Optuna study")
 
 
@@ -159,19 +159,19 @@ def test_learning_curves_mark_only_the_stopped_trials_at_their_last_evaluation()
 def test_a_metric_fixed_before_training_gets_no_curve_and_stops_are_marked_on_the_loss():
     data = _sweep(DESIGNS, stopped={"s64-1"})
     for t in data.trials:  # as gflops is logged: once, at step 0
-        t.curves["kid"] = [(0, t.metrics["gflops"])]
+        t.curves["kid_x1e3"] = [(0, t.metrics["gflops"])]
     fig = report.learning_curves(data)
     assert [a.text for a in fig.layout.annotations] == ["training loss"]  # one panel
     lines = [t for t in fig.data if t.name != "stopped by ASHA"]
     assert len(lines) == len(data.trials) and all(list(t.x) == [10, 50] for t in lines)  # the loss only
     marks = [t for t in fig.data if t.name == "stopped by ASHA"]
     assert len(marks) == 1 and list(marks[0].x) == [50] and list(marks[0].y) == [0.5]
-    assert "kid is fixed before training" in fig.layout.title.text
+    assert "kid_x1e3 is fixed before training" in fig.layout.title.text
     for t in data.trials:  # one evaluation after step 0 is a curve again
-        t.curves["kid"] = [(0, 1.0), (50, 2.0)]
+        t.curves["kid_x1e3"] = [(0, 1.0), (50, 2.0)]
     assert [a.text for a in report.learning_curves(data).layout.annotations] == [
         "training loss",
-        "kid at each evaluation",
+        "kid_x1e3 at each evaluation",
     ]
 
 

@@ -12,7 +12,9 @@ from switchsweep.sweeps.space import BASELINE_ROW, FULL, GROUP, ROW, SEED, trial
 STEPS = 8
 
 
-def _searcher(tmp_path, seeds=1, objectives=("kid",), modes=("min",), search="tpe", tpe_startup=2, configs=50, **extra):
+def _searcher(
+    tmp_path, seeds=1, objectives=("kid_x1e3",), modes=("min",), search="tpe", tpe_startup=2, configs=50, **extra
+):
     job = load_sweep_config(["sweep=design_space"])
     return SeededStudySearch(
         space=job.sweep.space,
@@ -42,7 +44,7 @@ def _run(searcher, trial_id, kids, stop_at=None, error=False):
     """Feed one trial's evaluations (training_iteration 1, 2, ...) and its end, as Tune does."""
     result = None
     for i, kid in enumerate(kids, 1):
-        result = {"kid": kid, "gflops": 0.01, "training_iteration": i, "step": i * STEPS // len(kids)}
+        result = {"kid_x1e3": kid, "gflops": 0.01, "training_iteration": i, "step": i * STEPS // len(kids)}
         if stop_at is not None and i == stop_at:
             result["step"] = i  # fewer than STEPS: stopped early; Tune gives the searcher this result only at the end
             break
@@ -137,10 +139,10 @@ def test_tpe_start_up_is_sized_to_the_sweep(tmp_path):
 
 
 def test_multi_objective_trials_are_told_every_objective(tmp_path):
-    s = _searcher(tmp_path, objectives=("kid", "gflops"), modes=("min", "min"))
+    s = _searcher(tmp_path, objectives=("kid_x1e3", "gflops"), modes=("min", "min"))
     for i, (kid, gflops) in enumerate([(10.0, 3.0), (5.0, 5.0), (12.0, 4.0)]):
         s.suggest(f"t{i}")
-        s.on_trial_complete(f"t{i}", {"kid": kid, "gflops": gflops, "step": STEPS, "training_iteration": 1})
+        s.on_trial_complete(f"t{i}", {"kid_x1e3": kid, "gflops": gflops, "step": STEPS, "training_iteration": 1})
     study = _reopen(tmp_path)
     assert [t.values for t in study.trials] == [[10.0, 3.0], [5.0, 5.0], [12.0, 4.0]]
     assert sorted(t.number for t in study.best_trials) == [0, 1]  # (12, 4) is dominated by (10, 3)
@@ -231,7 +233,7 @@ def _asha(state_file, **kwargs):
 
     return ResumableASHA(
         state_file,
-        metric="kid",
+        metric="kid_x1e3",
         mode="min",
         time_attr="training_iteration",
         max_t=4,
@@ -256,13 +258,15 @@ def test_asha_remembers_its_rungs_across_a_driver_restart(tmp_path):
     first, second = _Trial("a"), _Trial("b")
     before = fresh()
     before.on_trial_add(None, first)
-    assert before.on_trial_result(None, first, {"training_iteration": 1, "kid": 10.0}) == TrialScheduler.CONTINUE
+    assert before.on_trial_result(None, first, {"training_iteration": 1, "kid_x1e3": 10.0}) == TrialScheduler.CONTINUE
     after = fresh()
     after.on_trial_add(None, second)
-    assert after.on_trial_result(None, second, {"training_iteration": 1, "kid": 20.0}) == TrialScheduler.STOP
+    assert after.on_trial_result(None, second, {"training_iteration": 1, "kid_x1e3": 20.0}) == TrialScheduler.STOP
     forgetful = _asha(tmp_path / "other.pkl")
     forgetful.on_trial_add(None, second)  # without the saved rungs the same result would go on
-    assert forgetful.on_trial_result(None, second, {"training_iteration": 1, "kid": 20.0}) == TrialScheduler.CONTINUE
+    assert (
+        forgetful.on_trial_result(None, second, {"training_iteration": 1, "kid_x1e3": 20.0}) == TrialScheduler.CONTINUE
+    )
 
 
 def test_asha_never_stops_a_baseline_or_racing_trial_nor_compares_with_it(tmp_path):
@@ -272,11 +276,11 @@ def test_asha_never_stops_a_baseline_or_racing_trial_nor_compares_with_it(tmp_pa
     searched, full, later = _Trial("a"), _Trial("base", {FULL: True}), _Trial("b")
     for t in (searched, full, later):
         asha.on_trial_add(None, t)
-    assert asha.on_trial_result(None, searched, {"training_iteration": 1, "kid": 10.0}) == TrialScheduler.CONTINUE
-    assert asha.on_trial_result(None, full, {"training_iteration": 1, "kid": 99.0}) == TrialScheduler.CONTINUE
-    asha.on_trial_complete(None, full, {"training_iteration": 4, "kid": 1.0})  # a value ASHA would rank first
+    assert asha.on_trial_result(None, searched, {"training_iteration": 1, "kid_x1e3": 10.0}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, full, {"training_iteration": 1, "kid_x1e3": 99.0}) == TrialScheduler.CONTINUE
+    asha.on_trial_complete(None, full, {"training_iteration": 4, "kid_x1e3": 1.0})  # a value ASHA would rank first
     # Had the full trial's 1.0 entered the rungs, 9.0 would be stopped; against 10.0 alone it goes on.
-    assert asha.on_trial_result(None, later, {"training_iteration": 1, "kid": 9.0}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, later, {"training_iteration": 1, "kid_x1e3": 9.0}) == TrialScheduler.CONTINUE
 
 
 @pytest.mark.parametrize("grace, rf, evals", [(1, 2, 2), (1, 2, 10), (2, 3, 30), (1, 4, 64), (3, 2, 3), (1, 2.5, 20)])
@@ -311,10 +315,13 @@ def test_a_trial_waits_at_a_rung_until_asha_lets_it_go_on(tmp_path):
         waits = {t.trial_id: wait.remote("s1", t.trial_id, 4) for t in (good, bad)}
         assert ray.wait(list(waits.values()), timeout=2)[0] == []  # both wait for the decision
         assert (
-            asha.on_trial_result(None, good, {"training_iteration": 1, "kid": 1.0, "step": 4})
+            asha.on_trial_result(None, good, {"training_iteration": 1, "kid_x1e3": 1.0, "step": 4})
             == TrialScheduler.CONTINUE
         )
-        assert asha.on_trial_result(None, bad, {"training_iteration": 1, "kid": 9.0, "step": 4}) == TrialScheduler.STOP
+        assert (
+            asha.on_trial_result(None, bad, {"training_iteration": 1, "kid_x1e3": 9.0, "step": 4})
+            == TrialScheduler.STOP
+        )
         assert ray.wait(list(waits.values()), num_returns=2, timeout=10)[0] == [waits["a"]]  # b never goes on
         ray.get(wait.remote("s1", "a", 4), timeout=10)  # a decision stands for a repeated report
     finally:

@@ -38,7 +38,7 @@ def test_a_design_sweep_races_its_leaders_against_the_baseline(ray_head, digits_
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     sentence = re.search(
         r"The best design, (g00[01]) switch_dit\(M=\d,k=1\), (beats|is worse than|does not separate from) "
-        r"the baseline dit: kid \S+ against \S+, a difference of [-+]\S+ \+- \S+ \(95%, paired over 2 seeds\)\.",
+        r"the baseline dit: kid_x1e3 \S+ against \S+, a difference of [-+]\S+ \+- \S+ \(95%, paired over 2 seeds\)\.",
         done.stdout,
     )
     assert sentence, done.stdout[-3000:]

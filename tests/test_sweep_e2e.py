@@ -184,7 +184,7 @@ def test_each_evaluation_logs_metrics_routing_samples_and_noise_once(scenario, t
     _, children = _children(scenario.runs_after_resume)
     for child in children:
         run_id = child.info.run_id
-        kid = client.get_metric_history(run_id, "kid")
+        kid = client.get_metric_history(run_id, "kid_x1e3")
         steps = [m.step for m in kid]
         assert steps and steps == sorted(set(steps)) and set(steps) <= {4, 8}  # once per evaluation, never twice
         assert all(np.isfinite(m.value) for m in kid)
@@ -241,7 +241,7 @@ def test_each_evaluation_logs_metrics_routing_samples_and_noise_once(scenario, t
                 )
             ).read_text()
         )
-        assert (len(logged["kid"]), len(logged["fid"])) == (50, 20)
+        assert (len(logged["kid_x1e3"]), len(logged["fid"])) == (50, 20)
 
 
 def test_optuna_is_told_each_trials_end_and_asha_stopped_the_costlier_one(scenario):

@@ -200,9 +200,9 @@ def test_evaluate_cli_scores_a_checkpoint_and_writes_json(tiny_cfg, tmp_path, di
     assert set(result["metrics"]) >= {
         "fid",
         "fid_se",
-        "kid",
-        "kid_se",
-        "kid_subset_sd",
+        "kid_x1e3",
+        "kid_x1e3_se",
+        "kid_x1e3_subset_sd",
         "inception_score",
         "precision",
         "recall",
@@ -219,7 +219,7 @@ def test_evaluate_cli_scores_a_checkpoint_and_writes_json(tiny_cfg, tmp_path, di
         f"eval.out={tmp_path / 'again.json'}",
         "eval.device=cpu",
     ]
-    quality = ("fid", "kid", "inception_score", "precision", "recall")
+    quality = ("fid", "kid_x1e3", "inception_score", "precision", "recall")
     same = evaluate_checkpoint(load_eval_config(again), progress=False)["metrics"]
     assert {k: same[k] for k in quality} == {k: result["metrics"][k] for k in quality}
     other = evaluate_checkpoint(load_eval_config([*again, "eval.seed=1"]), progress=False)["metrics"]

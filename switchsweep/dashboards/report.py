@@ -5,6 +5,7 @@ paired difference to DiT."""
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 import time
@@ -16,10 +17,10 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from switchsweep.dashboards.sweep_data import SweepData, TrialData, collect
-from switchsweep.platform.export import baseline_sentence, is_plain_dit, race_sentence, value_text
+from switchsweep.platform.export import accuracy_text, is_plain_dit, value_text, verdict_sentences
 from switchsweep.platform.files import atomic_write_text
 from switchsweep.platform.naming import variant_label
-from switchsweep.platform.ranking import Ranked, pareto_front
+from switchsweep.platform.ranking import LEARNED_ACCURACY, Ranked, pareto_front
 from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
 from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.tracking import Tracker
@@ -87,12 +88,14 @@ def ranking_table(data: SweepData) -> str:
     unit = compute_unit(data.ranking.parent_params)
     failed = any(r.failure for r in data.ranking.ranked)  # a column of reasons only where there is one
     base = data.ranking.baseline
+    classified = any(math.isfinite(r.accuracy) for r in data.ranking.ranked)
     header = [
         "rank",
         "design",
         "seeds",
         "status",
         "steps",
+        *(["class accuracy", "its evaluation noise"] if classified else []),
         f"{metric} mean +- 95%",
         "sd over seeds",
         f"{noise or 'metric'} (evaluation noise)",
@@ -116,6 +119,7 @@ def ranking_table(data: SweepData) -> str:
                 str(r.seeds),
                 r.status,
                 str(r.steps),
+                *([accuracy_text(r), _num(100 * r.accuracy_se, ".1f")] if classified else []),
                 value_text(r),
                 _num(r.std, ".3g"),
                 _num(r.noise, ".3g"),
@@ -131,6 +135,40 @@ def ranking_table(data: SweepData) -> str:
             ]
         )
     return _table(header, rows, "ranking")
+
+
+def accuracy_note(data: SweepData) -> str:
+    """What class accuracy means here, or why the ranking has none."""
+    if any(math.isfinite(r.accuracy) for r in data.ranking.ranked):
+        return (
+            "Class accuracy: the share of samples the data's classifier assigns to the class they were drawn for "
+            f"(chance: 1 in the number of classes); below {LEARNED_ACCURACY:.0%} a configuration has not learned "
+            "(vs best: not learned) and ranks after those that have. KID is x 10^3."
+        )
+    net = data.ranking.parent_params.get("eval.feature_net", "?")
+    return (
+        f"No class accuracy: the feature network ({net}) does not classify this dataset's classes, so nothing says "
+        "whether a configuration has learned; look at its samples. KID is x 10^3."
+    )
+
+
+def samples_table(data: SweepData) -> str | None:
+    """Each configuration's last sample grid (its first seed's), one column per class; None without any."""
+    ranked = {r.group: r for r in data.ranking.ranked}
+    rows = []
+    for t in data.trials:
+        if t.samples is None:
+            continue
+        step, png = t.samples
+        r = ranked[t.group]
+        label = html.escape(variant_label(r.params) + (" (baseline)" if r.baseline else ""))
+        score = html.escape(", ".join(x for x in (accuracy_text(r), r.vs_best) if x))
+        image = f'<img alt="samples of {label}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        rows.append(f"<tr><td>{r.rank}</td><td>{label}</td><td>{step}</td><td>{score}</td><td>{image}</td></tr>")
+    if not rows:
+        return None
+    head = "".join(f"<th>{h}</th>" for h in ("rank", "design", "step", "class accuracy", "samples, a class a column"))
+    return f'<table class="samples"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def design_table(data: SweepData) -> str | None:
@@ -418,6 +456,7 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; } th { bac
 td:nth-child(2), th:nth-child(2) { text-align: left; }
 .meta { color: #555; font-size: 13px; } .verdict { font-size: 15px; margin: 6px 0; }
 .note { color: #666; font-style: italic; font-size: 13px; }
+table.samples img { image-rendering: pixelated; }
 """
 
 
@@ -452,9 +491,7 @@ def render(data: SweepData) -> str:
         f"{p.get('sweep.eval_every', '?')} steps; ranked by {data.metric} ({REPORTED_METRICS[data.metric]} is better). "
         f"Written {time.strftime('%Y-%m-%d %H:%M')}."
     )
-    verdicts = "".join(
-        f'<p class="verdict">{html.escape(line)}</p>' for line in (baseline_sentence(r), race_sentence(r)) if line
-    )
+    verdicts = "".join(f'<p class="verdict">{html.escape(line)}</p>' for line in verdict_sentences(r))
     parts = [
         f"<h1>Sweep {html.escape(r.sweep_id)}</h1>",
         verdicts,
@@ -468,7 +505,12 @@ def render(data: SweepData) -> str:
                 "95% intervals overlap. A baseline (sweep.baseline) is ranked with the rest, "
                 "never as the best."
             )
+            + _note(accuracy_note(data))
             + ranking_table(data),
+        ),
+        _section(
+            "Samples at the last evaluation",
+            samples_table(data) or _note("no trial logged a sample grid (sample.per_class=0)"),
         ),
     ]
     if data.search == "grid":

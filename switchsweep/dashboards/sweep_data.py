@@ -16,7 +16,7 @@ from switchsweep.platform.export import SweepRanking, rank_trials
 from switchsweep.platform.naming import run_name
 from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.sweep_record import TrialEnd
-from switchsweep.platform.tracking import SEED_TAG, TRIAL_TAG, Tracker
+from switchsweep.platform.tracking import SAMPLES_KEY, SEED_TAG, TRIAL_TAG, Tracker
 
 CURVES = ("loss", "routing_jsd")  # besides the sweep's metric
 TIME_BINS = 100  # timesteps are averaged in bins for the routing images: 1000 rows would bloat the page
@@ -35,6 +35,7 @@ class TrialData:
     routing: list[tuple[int, np.ndarray, np.ndarray]] = field(
         default_factory=list
     )  # (step, w_gate, matched prior), binned
+    samples: tuple[int, bytes] | None = None  # (step, PNG) of its last sample grid; first seeds only
 
     @property
     def stopped_early(self) -> bool:
@@ -78,6 +79,20 @@ def _routing(tracker: Tracker, run_id: str) -> list[tuple[int, np.ndarray, np.nd
                 (step, bin_rows(np.load(folder / "w_gate.npy")), bin_rows(np.load(folder / "w_prior_matched.npy")))
             )
     return out
+
+
+def last_samples(tracker: Tracker, run_id: str) -> tuple[int, bytes] | None:
+    """(step, PNG bytes) of the run's last logged sample grid, None without one."""
+    grids = []
+    for a in tracker.client.list_artifacts(run_id, "images"):
+        parts = Path(a.path).name.split("+")
+        if len(parts) >= 3 and parts[0] == SAMPLES_KEY and parts[1] == "step" and a.path.endswith(".png"):
+            grids.append((int(parts[2]), a.path))
+    if not grids:
+        return None
+    step, path = max(grids)
+    with tempfile.TemporaryDirectory() as tmp:
+        return step, tracker.download(run_id, path, tmp).read_bytes()
 
 
 def study_importances(journal: Path, keys: list[str]) -> tuple[dict[str, float] | None, str]:
@@ -160,6 +175,8 @@ def collect(tracker: Tracker, name: str, sweep_id: str | None, sweeps_dir: Path)
                 history = tracker.client.get_metric_history(run.info.run_id, key)
                 t.curves[key] = sorted((m.step, m.value) for m in history if math.isfinite(m.value))
             t.routing = _routing(tracker, run.info.run_id)
+            if trial_id == group.trials[0]:
+                t.samples = last_samples(tracker, run.info.run_id)
             trials.append(t)
     journal = SweepDir(sweeps_dir / ranking.sweep_id).journal
     importances, note = study_importances(journal, _space_keys(tracker, ranking.parent_run_id))

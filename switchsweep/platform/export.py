@@ -23,6 +23,7 @@ from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.naming import variant_label
 from switchsweep.platform.ranking import (
     BETTER,
+    LEARNED_ACCURACY,
     RACE_OPEN,
     RACE_SEPARATED,
     RACE_SPENT,
@@ -65,6 +66,9 @@ RANK_COLUMNS = (
     "params_M",
     "gflops",
     "steps_per_s",
+    "class_accuracy",
+    "class_accuracy_se",
+    "learned",
 )
 
 
@@ -106,15 +110,54 @@ def _pm(diff: float, half_width: float) -> str:
     return f"{diff:+.4g}" + ("" if math.isnan(half_width) else f" +- {half_width:.2g}")
 
 
+def accuracy_text(r: Ranked) -> str:
+    """Class accuracy as a percentage, e.g. 97.2%, or "" where no classifier scored the samples."""
+    return "" if math.isnan(r.accuracy) else f"{100 * r.accuracy:.1f}%"
+
+
+def _raise_budget(r: Ranked) -> str:
+    p = r.params
+    steps, lr = p.get("train.steps", "?"), p.get("train.lr", "?")
+    return f"raise train.steps (now {steps}) or train.lr (now {lr}) and sweep again"
+
+
+def learned_sentence(ranking: SweepRanking) -> str:
+    """Which finished configurations have not learned to draw their classes (`Ranked.learned`), and what to
+    raise ("" where every one has, or no classifier scores the samples)."""
+    done = [r for r in ranking.ranked if r.complete]
+    behind = [r for r in done if not r.learned]
+    if not behind:
+        return ""
+    names = ", ".join(f"{r.group} {variant_label(r.params)} ({accuracy_text(r)})" for r in behind)
+    share = f"{100 * LEARNED_ACCURACY:.0f}%"
+    if len(behind) == len(done):
+        return (
+            f"No configuration has learned to draw its classes (class accuracy below {share}: {names}), so no "
+            f"winner is named: {_raise_budget(behind[0])}."
+        )
+    return f"Not learned (class accuracy below {share}), not ranked against the rest: {names}."
+
+
+def verdict_sentences(ranking: SweepRanking) -> list[str]:
+    """The closing lines of a sweep, in the console, ranking.md and the report."""
+    return [x for x in (learned_sentence(ranking), baseline_sentence(ranking), race_sentence(ranking)) if x]
+
+
 def baseline_sentence(ranking: SweepRanking) -> str:
     """One sentence: whether the best design beats the baseline, by how much, with its paired 95%
-    interval and what the interval holds ("" without a baseline)."""
+    interval and what the interval holds ("" without a baseline, or where either has not learned)."""
     best, base, metric = ranking.best, ranking.baseline, ranking.metric
     if base is None:
         return ""
     label = variant_label(base.params)
     if not base.complete or math.isnan(base.value):
         return f"The baseline {label} did not finish ({base.status}): no comparison with it."
+    if not base.learned or (best is not None and best.complete and not best.learned):
+        who = [x for x in (best, base) if x is not None and x.complete and not x.learned]
+        return (
+            f"No comparison with the baseline {label}: {' and '.join(f'{x.group} ({accuracy_text(x)})' for x in who)} "
+            f"{'has' if len(who) == 1 else 'have'} not learned to draw its classes; {_raise_budget(who[0])}."
+        )
     if best is None or not best.complete or math.isnan(best.base_diff):
         return f"No design finished to compare with the baseline {label} ({metric} {value_text(base)})."
     how = {BETTER: "beats", WORSE: "is worse than"}.get(best.vs_baseline, "does not separate from")
@@ -253,6 +296,9 @@ def _cells(r: Ranked, objectives: list[str]) -> list[str]:
         num(m.get("params", math.nan) * 1e-6, ".3f"),
         num(m.get("gflops", math.nan), ".4f"),
         num(m.get("steps_per_sec", math.nan), ".2f"),
+        num(r.accuracy, ".3f"),
+        num(r.accuracy_se, ".3f"),
+        "" if math.isnan(r.accuracy) else ("yes" if r.learned else "not learned"),
         num(r.value, ".6g"),
         num(r.std, ".3g"),
         num(r.noise, ".3g"),
@@ -300,9 +346,12 @@ def write_ranking(ranking: SweepRanking, out: Path) -> tuple[Path, Path]:
         f"metric's evaluation noise with one seed, which leaves out training-seed noise); diff_to_best: the "
         "difference to the best, paired seed by seed, with its 95% half-width (diff_ci95) and what that interval "
         "holds (diff_basis); vs_best: worse where that interval leaves out zero, else tied; the same against the "
-        "sweep's baseline (group baseline) where it has one: diff_to_baseline, baseline_ci95, vs_baseline.",
+        "sweep's baseline (group baseline) where it has one: diff_to_baseline, baseline_ci95, vs_baseline. "
+        "kid_x1e3: KID x 10^3. class_accuracy: the share of samples the data's classifier assigns to the class "
+        f"they were drawn for (class_accuracy_se: its evaluation noise); below {LEARNED_ACCURACY:.0%} a "
+        "configuration has not learned (learned: not learned) and is ranked after those that have.",
         "",
-        *(part for line in (baseline_sentence(ranking), race_sentence(ranking)) if line for part in (line, "")),
+        *(part for line in verdict_sentences(ranking) for part in (line, "")),
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]

@@ -6,7 +6,7 @@ over seeds of the metric at each trial's last evaluation. Its 95% interval is
 - with n >= 2 seeds: mean +- t(0.975, n-1) * sd / sqrt(n) (seed-to-seed variation, which includes
   the metric's own sampling noise);
 - with one seed: value +- 1.96 * the metric's evaluation noise where the trial reports it (its
-  standard error over the generated samples, `kid_se` / `fid_se`), else unknown: training-seed noise
+  standard error over the generated samples, `kid_x1e3_se` / `fid_se`), else unknown: training-seed noise
   is then not included.
 A complete configuration whose interval overlaps the best one's is "tied": not separable from it.
 Where the sweep's tracking can pair evaluations (`compare_to_best`), the verdict comes instead from
@@ -14,6 +14,12 @@ the configuration's difference to the best, paired seed by seed: the same train.
 give both the same batches, labels and initial noise, so much of the noise cancels. A sweep's baseline
 (`BASELINE_GROUP`) is ranked with the rest but is never the best: every configuration is also
 compared with it the same way.
+
+A configuration whose samples the data's classifier assigns to their own class less often than
+`LEARNED_ACCURACY` (the mean over seeds of `class_accuracy`) has not learned its task: its metric
+ranks noise, so it ranks after every configuration that has learned, is marked `not learned`, and is
+never declared better, worse or tied. Where no classifier scores the samples (latents scored by
+Inception) nothing is marked.
 """
 
 from __future__ import annotations
@@ -28,7 +34,11 @@ from scipy import stats
 
 from switchsweep.platform.sweep_record import TrialEnd
 
-BEST, TIED, WORSE, BETTER = "best", "tied", "worse", "better"
+BEST, TIED, WORSE, BETTER, NOT_LEARNED = "best", "tied", "worse", "better", "not learned"
+ACCURACY_METRIC = "class_accuracy"
+# Below this class accuracy a model has not learned to draw its classes (benchmarks/learning.py: the
+# digits models' KID falls at every evaluation from here on, and rises or wanders before it).
+LEARNED_ACCURACY = 0.8
 BASELINE_GROUP = "baseline"  # the group of a sweep's baseline (`sweep.baseline`): compared with, never the best
 
 
@@ -64,7 +74,7 @@ class Ranked:
     steps: int  # the fewest steps any seed trained
     value: float  # mean over seeds of the metric
     std: float  # sd over seeds (nan with one seed)
-    noise: float  # mean over seeds of the metric's evaluation noise (its standard error, e.g. kid_se; nan if none)
+    noise: float  # mean over seeds of the metric's evaluation noise (its standard error, e.g. kid_x1e3_se; nan if none)
     half_width: float  # of the 95% interval (nan: unknown)
     seeds: int
     params: dict[str, str]
@@ -82,10 +92,17 @@ class Ranked:
     base_basis: str = ""
     pareto: bool = False
     failure: str = ""  # why its first failed seed failed
+    accuracy: float = math.nan  # mean over seeds of class_accuracy (nan: no classifier scores the samples)
+    accuracy_se: float = math.nan  # mean over seeds of its evaluation noise
 
     @property
     def complete(self) -> bool:
         return self.end is TrialEnd.FINISHED
+
+    @property
+    def learned(self) -> bool:
+        """False only where a classifier says its samples are not yet of their classes (`LEARNED_ACCURACY`)."""
+        return not self.accuracy < LEARNED_ACCURACY
 
     @property
     def status(self) -> str:
@@ -147,13 +164,13 @@ def verdict(diff: float, half_width: float, mode: str) -> str:
 
 
 def comparable(ranked: Sequence[Ranked]) -> list[Ranked]:
-    """Complete configurations with a finite value, best first."""
-    return [r for r in ranked if r.complete and math.isfinite(r.value)]
+    """Complete configurations with a finite value that have learned, best first."""
+    return [r for r in ranked if r.complete and r.learned and math.isfinite(r.value)]
 
 
 def best_design(ranked: Sequence[Ranked]) -> Ranked | None:
-    """The best configuration of the search: the first complete one that is not the baseline, else the
-    first one that is not the baseline (None: only the baseline, or nothing)."""
+    """The best configuration of the search: the first complete one that is not the baseline (one that has
+    learned where any has), else the first one that is not the baseline (None: only the baseline, or nothing)."""
     designs = [r for r in ranked if not r.baseline]
     return next((r for r in designs if r.complete and math.isfinite(r.value)), designs[0] if designs else None)
 
@@ -167,7 +184,7 @@ def compare_to_best(
     difference to the baseline (`Ranked.base_diff`, `vs_baseline`): the sweep's own, else the group
     `reference` (a grid's plain-DiT row), where there is one."""
     best = best_design(ranked)
-    if best is None or not best.complete or not math.isfinite(best.value):
+    if best is None or not best.complete or not best.learned or not math.isfinite(best.value):
         return
     base = next((r for r in comparable(ranked) if r.baseline), None) or next(
         (r for r in comparable(ranked) if r.group == reference), None
@@ -236,8 +253,9 @@ def rank_groups(
     objectives: Sequence[str] = (),
     modes: Sequence[str] = (),
 ) -> list[Ranked]:
-    """Configurations best first: complete ones by mean value (Pareto members first in multi-objective
-    sweeps), then incomplete ones (fewer steps: not comparable), each with a NaN value last."""
+    """Configurations best first: complete ones by mean value (those that have learned first, then Pareto
+    members first in multi-objective sweeps), then incomplete ones (fewer steps: not comparable), each
+    with a NaN value last."""
     groups: dict[str, list[TrialRecord]] = {}
     for r in records:
         groups.setdefault(r.group, []).append(r)
@@ -249,6 +267,7 @@ def rank_groups(
         value = float(np.mean(finite)) if len(finite) == len(values) else math.nan
         noises = [m.metrics.get(noise_metric, math.nan) for m in members] if noise_metric else [math.nan]
         noise = float(np.mean(noises))
+        accuracy = [m.metrics.get(ACCURACY_METRIC, math.nan) for m in members]
         first = members[0]
         ranked.append(
             Ranked(
@@ -269,6 +288,8 @@ def rank_groups(
                 values=values,
                 objectives={o: float(np.mean([m.metrics.get(o, math.nan) for m in members])) for o in objectives},
                 failure=next((f"{m.trial_id}: {m.failure}" for m in members if m.end is TrialEnd.FAILED), ""),
+                accuracy=float(np.mean(accuracy)),
+                accuracy_se=float(np.mean([m.metrics.get(f"{ACCURACY_METRIC}_se", math.nan) for m in members])),
             )
         )
     if objectives:
@@ -279,6 +300,7 @@ def rank_groups(
     ranked.sort(
         key=lambda r: (
             not r.complete,
+            r.complete and not r.learned,
             not r.pareto,
             math.isnan(r.value),
             sign * r.value if not math.isnan(r.value) else 0.0,
@@ -292,10 +314,13 @@ def rank_groups(
 
 
 def _mark_ties(ranked: list[Ranked]) -> None:
-    """best / tied / worse for complete configurations with a finite value; the best is the first
-    that is not the baseline."""
+    """best / tied / worse for complete configurations with a finite value that have learned, `not learned`
+    for the others; the best is the first that is not the baseline."""
+    for r in ranked:
+        if r.complete and not r.learned:
+            r.vs_best = NOT_LEARNED
     best = best_design(ranked)
-    if best is None or not best.complete or not math.isfinite(best.value):
+    if best is None or not best.complete or not best.learned or not math.isfinite(best.value):
         return
     best.vs_best = BEST
     for r in comparable(ranked):

@@ -21,7 +21,8 @@ from switchsweep.platform.uris import is_database, is_server, redact
 SEARCHES = ("tpe", "random", "grid")
 # Metrics every trial report carries, and whether lower is better.
 REPORTED_METRICS = {
-    "kid": "min",
+    "kid_x1e3": "min",  # KID x 10^3, as the literature prints it
+    "class_accuracy": "max",  # where the feature network classifies the data's classes (the digits)
     "fid": "min",
     "inception_score": "max",
     "precision": "max",
@@ -33,7 +34,9 @@ REPORTED_METRICS = {
 }
 # A metric's evaluation noise, reported beside it: its standard error over the generated samples
 # (trainers.evaluation.metrics), what re-evaluating the same model with another eval.seed varies it by.
-METRIC_SE = {"kid": "kid_se", "fid": "fid_se"}
+METRIC_SE = {"kid_x1e3": "kid_x1e3_se", "fid": "fid_se", "class_accuracy": "class_accuracy_se"}
+# Reported only where the evaluation's feature network classifies the data's own classes: the digits classifier.
+CLASSIFIED_ONLY = ("class_accuracy",)
 SPEC_KINDS = ("choice", "loguniform", "uniform", "randint", "fraction_of")
 LOG_CHECKPOINTS = ("last", "best", "false")
 # Sweep names and ids become folder names and MLflow filter values: letters, digits, . _ - only.
@@ -95,7 +98,7 @@ class SweepConfig:
     num_trials: int = 8  # tpe/random: sampled configurations (grid: 1, every row once)
     seeds: int = 1  # runs of every configuration, train.seed + 0..seeds-1; Optuna is told their mean
     max_concurrent: int = 1
-    metric: str = "kid"
+    metric: str = "kid_x1e3"
     mode: str = "min"
     objectives: list[str] = field(default_factory=list)  # >= 2 metrics: multi-objective search, Pareto ranking
     tpe_startup: int | None = None  # TPE's random start-up configurations; null: max(2, num_trials // 4)
@@ -317,6 +320,12 @@ def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
             name in REPORTED_METRICS,
             f"sweep.metric={name!r} is never reported by a trial: use one of {', '.join(REPORTED_METRICS)}",
         )
+    for name in set(CLASSIFIED_ONLY) & {s.metric, *s.objectives}:
+        _need(
+            job.data.name == "digits" and job.eval.feature_net == "digits",
+            f"sweep.metric={name}: data={job.data.name} is scored by eval.feature_net={job.eval.feature_net}, which "
+            "does not classify its classes: rank by kid_x1e3 or fid",
+        )
     _need(
         s.mode == REPORTED_METRICS[s.metric],
         f"sweep.mode={s.mode!r} but {s.metric} is {'lower' if REPORTED_METRICS[s.metric] == 'min' else 'higher'}"
@@ -325,7 +334,7 @@ def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
     if s.objectives:
         _need(
             len(s.objectives) >= 2 and len(set(s.objectives)) == len(s.objectives),
-            f"sweep.objectives={list(s.objectives)} needs two or more different metrics, e.g. [kid, gflops]",
+            f"sweep.objectives={list(s.objectives)} needs two or more different metrics, e.g. [kid_x1e3, gflops]",
         )
         _need(
             s.objectives[0] == s.metric,

@@ -56,6 +56,7 @@ CHECKPOINT_ARTIFACT = "checkpoint/ckpt.pt"  # a final checkpoint kept in MLflow,
 IN_MLFLOW = f"mlflow:{CHECKPOINT_ARTIFACT}"  # CHECKPOINT_TAG's value for it
 # per evaluation, the values its metrics' noise is read from (trainers.evaluation.metrics)
 EVAL_NOISE_ARTIFACT = "eval_noise"
+SAMPLES_KEY = "samples"  # each evaluation's sample grid, an image (MLflow: images/<key>+step+<step>+...png)
 # MLflow 3's experiment kind for model training (the UI's view itself follows its workflowType link parameter).
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length

@@ -23,7 +23,7 @@ from switchsweep.dashboards.report import make_report
 from switchsweep.platform.compose import load_sweep_config, override_key
 from switchsweep.platform.config import resolve_paths
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.export import baseline_sentence, race_sentence, rank_trials, write_ranking
+from switchsweep.platform.export import rank_trials, verdict_sentences, write_ranking
 from switchsweep.platform.ranking import Ranked
 from switchsweep.platform.runtime import check_cluster, ray_temp_dir, resolve_worker_cpus, start_ray
 from switchsweep.platform.storage import check_credentials
@@ -594,5 +594,5 @@ def _drive(
         interrupted,
         report,
         record.failed(),
-        [x for x in (baseline_sentence(ranking), race_sentence(ranking)) if x],
+        verdict_sentences(ranking),
     )

@@ -31,6 +31,7 @@ from switchsweep.platform.tracking import (
     EVAL_NOISE_ARTIFACT,
     IN_MLFLOW,
     RESUMED_TAG,
+    SAMPLES_KEY,
     ResilientLog,
     Tracker,
     eval_noise_name,
@@ -162,7 +163,7 @@ class SweepHooks(TrainHooks):
     def _draw_samples(self, trainer: Trainer, step: int, art: Path) -> None:
         if self.per_class > 0:
             grid = trainer.sample_grid(art / f"samples_{step:07d}.png", per_class=self.per_class)
-            self.log.log_image(grid, key="samples", step=step)
+            self.log.log_image(grid, key=SAMPLES_KEY, step=step)
 
     def _checkpoint_to_mlflow(self, trainer: Trainer, art: Path) -> None:
         name = Path(CHECKPOINT_ARTIFACT)

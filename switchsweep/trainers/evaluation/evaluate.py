@@ -38,9 +38,9 @@ def generate_and_embed(
     device: torch.device,
     progress: bool = False,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`cfg.num_samples` samples with uniformly random labels (ADM protocol), embedded batch by batch
-    (latents decoded to images by `decode` first)."""
+    (latents decoded to images by `decode` first): (features, class probabilities, the labels drawn for)."""
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     labels = torch.randint(0, num_classes, (cfg.num_samples,), generator=gen, device=device)
     feats, probs = [], []
@@ -58,7 +58,7 @@ def generate_and_embed(
         f, p = net.embed(decode(images) if decode else images)
         feats.append(f)
         probs.append(p)
-    return torch.cat(feats), torch.cat(probs)
+    return torch.cat(feats), torch.cat(probs), labels.cpu()
 
 
 def evaluate_model(
@@ -70,13 +70,14 @@ def evaluate_model(
     progress: bool = False,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """All metrics of `model`'s samples, and the values their evaluation noise is read from
-    (`metrics.all_metrics`); the model is put in eval mode."""
+    (`metrics.all_metrics`); the model is put in eval mode. Class accuracy is among them where the
+    feature network classifies the dataset's own classes."""
     model.eval()
     net = build_feature_net(cfg, device)
     real = reference_features(data, net, cfg.cache_dir)
     decode = latent_decoder(data, device) if data.name == "latents" else None
     start = time.perf_counter()
-    fake, probs = generate_and_embed(model, diffusion, net, cfg, data.num_classes, device, progress, decode)
+    fake, probs, labels = generate_and_embed(model, diffusion, net, cfg, data.num_classes, device, progress, decode)
     elapsed = time.perf_counter() - start
     metrics, noise = all_metrics(
         real,
@@ -87,6 +88,7 @@ def evaluate_model(
         pr_k=cfg.pr_k,
         seed=cfg.seed,
         real_statistics=reference_statistics(data),
+        fake_labels=labels if net.classifies == data.name else None,
     )
     metrics["eval_images_per_sec"] = cfg.num_samples / elapsed
     return metrics, noise

@@ -10,6 +10,7 @@ class FeatureNet(nn.Module):
     """Maps images in [-1, 1] to (features [N, d], class probabilities [N, classes])."""
 
     name: str = "feature-net"  # part of the reference-statistics cache key
+    classifies: str | None = None  # the dataset (`data.name`) whose classes its probabilities are over, if any
 
     @torch.no_grad()
     def embed(self, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:

@@ -1,7 +1,9 @@
-"""Sample-quality metrics from feature vectors: FID, unbiased KID, Inception Score, precision/recall.
+"""Sample-quality metrics from feature vectors: FID, unbiased KID, Inception Score, precision/recall, and
+class accuracy where the feature network classifies the dataset's own classes.
 
 Written here rather than taken from torchmetrics, whose versions of these are tied to its own
-feature extractors (torch-fidelity, torchvision): these take any features, numpy or torch.
+feature extractors (torch-fidelity, torchvision): these take any features, numpy or torch. Accuracy
+itself is scikit-learn's (`accuracy_score`, already a dependency for the digits).
 """
 
 from __future__ import annotations
@@ -10,8 +12,13 @@ import math
 
 import numpy as np
 import torch
+from sklearn.metrics import accuracy_score
 from torch import Tensor
 
+# KID is reported x 10^3, as the literature prints it (the MMD^2 values are small).
+KID_SCALE = 1e3
+KID = "kid_x1e3"
+ACCURACY = "class_accuracy"
 ArrayLike = np.ndarray | Tensor
 
 
@@ -138,6 +145,19 @@ def noise_sd(values: ArrayLike) -> float:
     return float(np.std(_np64(values), ddof=1))
 
 
+def class_accuracy(probs: ArrayLike, labels: ArrayLike) -> float:
+    """The share of generated samples that the classifier assigns to the class they were drawn for."""
+    return float(accuracy_score(_np64(labels).astype(np.int64), _np64(probs).argmax(1)))
+
+
+def accuracy_influence(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
+    """Class accuracy's evaluation noise as n values c_i / sqrt(n) (c_i: sample i classified as its class),
+    whose sd is its standard error; sample i of two models evaluated with the same `eval.seed` shares its
+    label and initial noise, so their values pair up as `kid_bootstrap`'s do."""
+    hits = (_np64(probs).argmax(1) == _np64(labels).astype(np.int64)).astype(np.float64)
+    return hits / math.sqrt(len(hits))
+
+
 def inception_score(probs: ArrayLike, splits: int = 10) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))), mean and std over `splits` chunks (Salimans et al.)."""
     p = _np64(probs)
@@ -189,13 +209,17 @@ def all_metrics(
     pr_k: int = 3,
     seed: int = 0,
     real_statistics: tuple[ArrayLike, ArrayLike] | None = None,
+    fake_labels: ArrayLike | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Every metric of the generated features against the real ones, and the values KID's and FID's
-    evaluation noise is read from (`kid_bootstrap`, `fid_influence`: paired across models evaluated alike).
-    `real_statistics` (mu, sigma), as an ADM reference batch ships them, replace the real features' for
-    FID; without real features (such a batch without images) KID and precision/recall are NaN. `fid_se`
-    and `kid_se` are the metrics' evaluation noise (standard errors over the generated samples);
-    `kid_subset_sd` is KID's spread over real subsets, which is not."""
+    """Every metric of the generated features against the real ones, and the values their evaluation
+    noise is read from (`kid_bootstrap`, `fid_influence`, `accuracy_influence`: paired across models
+    evaluated alike). `real_statistics` (mu, sigma), as an ADM reference batch ships them, replace the
+    real features' for FID; without real features (such a batch without images) KID and
+    precision/recall are NaN. KID is x 10^3 (`kid_x1e3`). `fid_se`, `kid_x1e3_se` and
+    `class_accuracy_se` are the metrics' evaluation noise (standard errors over the generated samples);
+    `kid_x1e3_subset_sd` is KID's spread over real subsets, which is not. `fake_labels`, the classes the
+    samples were drawn for, give `class_accuracy`: pass them only where `fake_probs` are over those
+    same classes."""
     is_mean, is_std = inception_score(fake_probs)
     real_statistics = real_statistics if real_statistics is not None else feature_statistics(real_features)
     fid = frechet_distance(*real_statistics, *feature_statistics(fake_features))
@@ -204,18 +228,22 @@ def all_metrics(
         kid = kid_se = kid_subset_sd = precision = recall = float("nan")
     else:
         kid, kid_subset_sd = kernel_inception_distance(real_features, fake_features, kid_subset_size, kid_subsets, seed)
-        noise["kid"] = kid_bootstrap(real_features, fake_features, seed=seed)
-        kid_se = noise_sd(noise["kid"])
+        noise[KID] = KID_SCALE * kid_bootstrap(real_features, fake_features, seed=seed)
+        kid, kid_subset_sd, kid_se = KID_SCALE * kid, KID_SCALE * kid_subset_sd, noise_sd(noise[KID])
         precision, recall = precision_recall(real_features, fake_features, pr_k)
     metrics = {
         "fid": fid,
         "fid_se": noise_sd(noise["fid"]),
-        "kid": kid,
-        "kid_se": kid_se,
-        "kid_subset_sd": kid_subset_sd,
+        KID: kid,
+        f"{KID}_se": kid_se,
+        f"{KID}_subset_sd": kid_subset_sd,
         "inception_score": is_mean,
         "inception_score_std": is_std,
         "precision": precision,
         "recall": recall,
     }
+    if fake_labels is not None:
+        metrics[ACCURACY] = class_accuracy(fake_probs, fake_labels)
+        noise[ACCURACY] = accuracy_influence(fake_probs, fake_labels)
+        metrics[f"{ACCURACY}_se"] = noise_sd(noise[ACCURACY])
     return metrics, noise
