@@ -8,6 +8,7 @@ It also prints the CPU cost of each setting (training seconds per 100 steps, on 
 the sweep's defaults can be chosen as the cheapest setting whose models draw digits.
 
     python -m benchmarks.learning [--steps 1500] [--eval-every 250] [--jobs 2] [--grid default|quick]
+    python -m benchmarks.learning --report runs/learning/learning.json   # the tables of an earlier run
 
 Settings run `--jobs` at a time, each process on one thread (their figures are then comparable).
 """
@@ -15,7 +16,7 @@ Settings run `--jobs` at a time, each process on one thread (their figures are t
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import multiprocessing
 import time
 from pathlib import Path
@@ -25,10 +26,10 @@ import torch
 from benchmarks.args import positive_int
 from switchsweep.platform.compose import compose_config
 from switchsweep.platform.config import to_config
-from switchsweep.trainers.evaluation.evaluate import evaluate_model
+from switchsweep.trainers.evaluation.curve import LearningCurve
 from switchsweep.trainers.evaluation.features import build_feature_net, reference_features
 from switchsweep.trainers.evaluation.metrics import ACCURACY, KID
-from switchsweep.trainers.loop.trainer import Trainer, TrainHooks, train
+from switchsweep.trainers.loop.trainer import train
 
 MODELS = {"dit": ["model=dit"], "switch_dit(3,2)": ["model=switch_dit", "model.num_experts=3", "model.top_k=2"]}
 # (patch size, learning rate, batch size): the paper's lr and the sweep's earlier patch first.
@@ -36,23 +37,6 @@ GRIDS = {
     "default": [(2, 1e-4, 64), (2, 1e-3, 64), (4, 1e-4, 64), (4, 5e-4, 64), (4, 1e-3, 64), (4, 2e-3, 64)],
     "quick": [(4, 1e-4, 64), (4, 1e-3, 64)],
 }
-
-
-class Curve(TrainHooks):
-    """Evaluates the EMA model every `report_every` steps; training time excludes the evaluations."""
-
-    def __init__(self, every: int):
-        self.report_every = every
-        self.points: list[dict[str, float]] = []
-        self.train_cpu = 0.0
-        self._mark = time.process_time()
-
-    def on_report(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
-        self.train_cpu += time.process_time() - self._mark
-        cfg = trainer.cfg
-        report, _ = evaluate_model(trainer.ema.model, trainer.diffusion, cfg.data, cfg.eval, trainer.device)
-        self.points.append({"step": step, ACCURACY: report[ACCURACY], KID: report[KID], "loss": metrics["loss"]})
-        self._mark = time.process_time()
 
 
 def run_setting(args: tuple[str, int, float, int, int, int, str]) -> dict:
@@ -79,9 +63,58 @@ def run_setting(args: tuple[str, int, float, int, int, int, str]) -> dict:
         f"eval.cache_dir={cache}",
     ]
     cfg = to_config(compose_config(overrides))
-    hooks = Curve(every)
+    hooks = LearningCurve(every)
     train(cfg, hooks)
-    return {"model": model, "patch": patch, "lr": lr, "batch": batch, "points": hooks.points, "cpu": hooks.train_cpu}
+    points = [{k: p[k] for k in ("step", ACCURACY, KID, "loss")} for p in hooks.points]
+    return {"model": model, "patch": patch, "lr": lr, "batch": batch, "points": points, "cpu": hooks.train_cpu_s}
+
+
+BANDS = (0.5, 0.8, 0.9)
+
+
+def kid_rises(results: list[dict]) -> list[tuple[float, float, float]]:
+    """(class accuracy, KID before, KID after) of every evaluation whose KID rose from the one before."""
+    return [
+        (b[ACCURACY], a[KID], b[KID]) for r in results for a, b in zip(r["points"], r["points"][1:]) if b[KID] > a[KID]
+    ]
+
+
+def band_line(results: list[dict], threshold: float) -> str:
+    """KID's range at evaluations at or above `threshold` class accuracy against those below it."""
+    points = [p for r in results for p in r["points"]]
+    above = [p[KID] for p in points if p[ACCURACY] >= threshold]
+    below = [p[KID] for p in points if p[ACCURACY] < threshold]
+    if not above or not below:
+        return f">= {threshold:.0%} class accuracy: {len(above)} evaluations, below it {len(below)}"
+    return (
+        f">= {threshold:.0%} class accuracy: {len(above)} evaluations, KID {min(above):.3g} to {max(above):.3g}; "
+        f"below: {len(below)}, KID {min(below):.3g} to {max(below):.3g}"
+    )
+
+
+def summary(results: list[dict], steps: int) -> str:
+    lines = [
+        "| model | patch | lr | batch | CPU s / 100 steps | "
+        + " | ".join(f"acc / KID @{int(p['step'])}" for p in results[0]["points"])
+        + " | first >= 90% |",
+        "|---|---|---|---|---|" + "---|" * len(results[0]["points"]) + "---|",
+    ]
+    for r in results:
+        cells = [f"{100 * p[ACCURACY]:.0f}% / {p[KID]:.3g}" for p in r["points"]]
+        learned = first_learned(r["points"], 0.9)
+        lines.append(
+            f"| {r['model']} | {r['patch']} | {r['lr']:g} | {r['batch']} | {100 * r['cpu'] / steps:.1f} | "
+            + " | ".join(cells)
+            + f" | {learned if learned is not None else 'not by ' + str(steps)} |"
+        )
+    lines.append("")
+    rises = kid_rises(results)
+    lines.append(
+        f"KID rose from one evaluation to the next {len(rises)} times, at class accuracy "
+        + ", ".join(f"{100 * a:.0f}% ({x:.3g} -> {y:.3g})" for a, x, y in sorted(rises))
+    )
+    lines += [band_line(results, t) for t in BANDS]
+    return "\n".join(lines)
 
 
 def first_learned(points: list[dict[str, float]], threshold: float) -> int | None:
@@ -95,7 +128,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--jobs", type=positive_int, default=2, help="settings trained at once (default 2)")
     ap.add_argument("--grid", choices=sorted(GRIDS), default="default", help="which settings (default: default)")
     ap.add_argument("--cache", type=Path, default=Path("runs/learning"), help="scratch and feature cache folder")
+    ap.add_argument("--out", type=Path, default=Path("runs/learning/learning.json"), help="the curves, as JSON")
+    ap.add_argument("--report", type=Path, help="print the tables of an earlier run's JSON instead of training")
     args = ap.parse_args(argv)
+    if args.report:
+        try:
+            saved = json.loads(args.report.read_text())
+        except (OSError, ValueError) as e:
+            ap.error(f"--report {args.report}: not a readable JSON file of this benchmark ({type(e).__name__})")
+        print(summary(saved["results"], saved["steps"]))
+        return
     if args.eval_every > args.steps:
         ap.error(f"--eval-every {args.eval_every} is beyond --steps {args.steps}: no evaluation would run")
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -108,27 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
         results = pool.map(run_setting, jobs, chunksize=1)
     print(f"{len(jobs)} settings, {args.steps} steps each, {time.perf_counter() - start:.0f} s in all\n")
-    steps = [int(p["step"]) for p in results[0]["points"]]
-    print(
-        "| model | patch | lr | batch | CPU s / 100 steps | "
-        + " | ".join(f"acc / KID @{s}" for s in steps)
-        + " | first >= 90% |"
-    )
-    print("|---|---|---|---|---|" + "---|" * len(steps) + "---|")
-    for r in results:
-        cells = [f"{100 * p[ACCURACY]:.0f}% / {p[KID]:.3g}" for p in r["points"]]
-        learned = first_learned(r["points"], 0.9)
-        print(
-            f"| {r['model']} | {r['patch']} | {r['lr']:g} | {r['batch']} | {100 * r['cpu'] / args.steps:.1f} | "
-            + " | ".join(cells)
-            + f" | {learned if learned is not None else 'not by ' + str(args.steps)} |"
-        )
-    falls = [
-        all(b[KID] < a[KID] for a, b in zip(r["points"], r["points"][1:]) if a[ACCURACY] >= 0.5)
-        for r in results
-        if not math.isnan(r["points"][-1][KID])
-    ]
-    print(f"\nKID falls at every evaluation after 50% accuracy in {sum(falls)} of {len(falls)} settings")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"steps": args.steps, "results": results}, indent=1))
+    print(summary(results, args.steps))
+    print(f"\nwritten to {args.out} (print it again: python -m benchmarks.learning --report {args.out})")
 
 
 if __name__ == "__main__":

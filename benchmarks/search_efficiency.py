@@ -5,7 +5,7 @@ spent until it first finished a configuration within the grid best's noise (its 
 and each sweep's finished configurations paired with its best. A grid knows its best only after every
 row, so its cost is all of its rows.
 
-    python -m benchmarks.search_efficiency                      # runs both sweeps (about 20 min on 2 cores)
+    python -m benchmarks.search_efficiency                      # runs both sweeps (about 30 min on 2 cores)
     python -m benchmarks.search_efficiency -- train.steps=600   # overrides for both sweeps after --
     python -m benchmarks.search_efficiency --root DIR           # report the two sweeps already under DIR
 """
@@ -27,7 +27,6 @@ from switchsweep.platform.naming import variant_label
 from switchsweep.platform.tracking import Tracker, default_tracking_uri
 
 GRID, TPE = "efficiency_grid", "efficiency_tpe"
-SETTINGS = ["train.steps=450", "sweep.eval_every=150"]
 
 
 def grid_rows() -> list[list[str]]:
@@ -39,7 +38,7 @@ def grid_rows() -> list[list[str]]:
 def commands(root: Path, extra: list[str], tpe_trials: int) -> list[list[str]]:
     exe = str(Path(sys.executable).parent / "switchsweep")
     rows = ",".join("[" + ",".join(f"'{o}'" for o in r) + "]" for r in grid_rows())
-    common = [f"sweep.root={root}", *SETTINGS, *extra]
+    common = [f"sweep.root={root}", *extra]  # both at the digits defaults: steps, evaluation, rungs
     return [
         [exe, "sweep", "sweep=table1", f"sweep.name={GRID}", f"sweep.grid=[{rows}]", *common],
         [

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from switchsweep.cli import main
-from switchsweep.platform.compose import load_config
+from switchsweep.platform.compose import load_config, load_sweep_config
 
 TRAIN_BAD = [
     (["model.top_k=5"], "model.top_k"),
@@ -77,3 +77,8 @@ def test_paper_preset_sets_the_paper_protocol_and_overrides_still_win():
     assert (cfg.eval.num_samples, cfg.eval.sampler, cfg.eval.steps) == (50000, "ddpm", 250)
     assert load_config(["preset=paper", "data.batch_size=32"]).data.batch_size == 32
     assert load_config([]).diffusion.schedule == "linear"  # no preset: the defaults
+    # the digits defaults the models learn at (benchmarks/learning.py), and the paper's lr in a sweep too
+    plain = load_config([])
+    assert (plain.model.patch_size, plain.train.lr, plain.train.steps) == (4, 2e-3, 1000)
+    assert load_sweep_config(["preset=paper"]).train.lr == 1e-4
+    assert load_sweep_config([]).train.lr == 2e-3

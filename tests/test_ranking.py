@@ -441,7 +441,8 @@ def test_a_configuration_that_has_not_learned_is_marked_and_ranks_after_those_th
     assert [r.learned for r in ranked] == [True, True, True, False]
     lines = verdict_sentences(SweepRanking("s-1", "kid_x1e3", [], ranked))
     assert lines == [
-        f"Not learned (class accuracy below {LEARNED_ACCURACY:.0%}), not ranked against the rest: noise switch_dit(M=3,k=2) ({100 * below:.1f}%)."
+        f"Not learned (class accuracy below {LEARNED_ACCURACY:.0%}), not ranked against the rest: "
+        f"noise switch_dit(M=3,k=2) ({100 * below:.1f}%)."
     ]
 
 

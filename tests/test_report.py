@@ -44,8 +44,9 @@ def _params(name, m=3, k=2, ldp=1.0, alpha=4.0):
     return p
 
 
-def _sweep(designs, seeds=2, stopped=()):
-    """designs: {group: (params, [kid per seed], gflops)}; trials in `stopped` end KILLED at step 50."""
+def _sweep(designs, seeds=2, stopped=(), accuracy=None):
+    """designs: {group: (params, [kid per seed], gflops)}; trials in `stopped` end KILLED at step 50;
+    accuracy: {group: class accuracy}, where the samples were classified."""
     records, trials = [], []
     for g, (params, kids, gflops) in designs.items():
         for s in range(seeds):
@@ -58,6 +59,7 @@ def _sweep(designs, seeds=2, stopped=()):
                 "params": 1e6,
                 "trial_wall_s": 100.0 + s,
                 "steps_per_sec": 5.0,
+                **({"class_accuracy": accuracy[g], "class_accuracy_se": 0.01} if accuracy else {}),
             }
             records.append(
                 TrialRecord(
@@ -233,6 +235,26 @@ def test_the_page_is_self_contained_and_every_figure_has_a_div():
     # parallel coordinates, Pareto, learning curves (no routing or study in this synthetic sweep)
     assert plots == ["plot1", "plot2", "plot3"]
     assert "Designs against DiT" in page and "switch_dit(M=3,k=2)" in page
+
+
+def test_the_report_shows_class_accuracy_and_each_configuration_s_last_samples(tmp_path):
+    import base64
+
+    from PIL import Image
+
+    data = _sweep(DESIGNS)
+    assert "No class accuracy: the feature network" in report.accuracy_note(data)  # none logged it
+    assert "samples" not in report.render(data).split("Samples at the last evaluation")[1].split("<h2>")[0].lower()[30:]
+    data = _sweep(DESIGNS, accuracy={g: 0.42 if g == "dit" else 0.95 for g in DESIGNS})
+    Image.new("L", (40, 16), 200).save(tmp_path / "grid.png")
+    png = (tmp_path / "grid.png").read_bytes()
+    for t in data.trials:
+        t.samples = (100, png) if t.trial_id.endswith("-0") else None
+    page = report.render(data)
+    assert "Class accuracy: the share of samples" in page and "42.0%" in page and "95.0%" in page
+    section = page.split("Samples at the last evaluation")[1]
+    assert section.count("<img ") == len(DESIGNS) and base64.b64encode(png).decode() in section
+    assert "42.0%, not learned" in section  # dit, below the threshold
 
 
 def test_run_names_say_the_design_and_seed():

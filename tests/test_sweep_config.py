@@ -146,7 +146,7 @@ def test_given_points_round_trip_through_the_fraction(design_space):
         (["sweep.mode=max"], "set sweep.mode=min"),
         (["sweep.search=bayes"], "sweep.search='bayes'"),
         (["sweep.num_trials=0"], "sweep.num_trials=0"),
-        (["sweep.eval_every=700"], "sweep.eval_every=700"),
+        (["sweep.eval_every=1200"], "sweep.eval_every=1200"),
         (["sweep.ray.num_workers=0"], "sweep.ray.num_workers=0"),
         (["sweep.ray.trainable_cpus=0"], "sweep.ray.trainable_cpus=0"),
         (["sweep.ray.num_workers=3"], "data.batch_size=64 is not divisible by sweep.ray.num_workers=3"),

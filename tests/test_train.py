@@ -206,8 +206,11 @@ def test_evaluate_cli_scores_a_checkpoint_and_writes_json(tiny_cfg, tmp_path, di
         "inception_score",
         "precision",
         "recall",
+        "class_accuracy",
+        "class_accuracy_se",
     }
-    assert (tmp_path / "cache" / "ref-digits-8-digits-cnn-v1.pt").is_file()
+    assert "not learned: " in capsys.readouterr().out  # six steps draw no digits
+    assert (tmp_path / "cache" / f"ref-digits-8-{classifier.stem}.pt").is_file()
     # The same settings score the same samples again; eval.seed draws other samples (and labels).
     again = [
         f"checkpoint={ckpt}",

@@ -108,9 +108,11 @@ class SweepConfig:
     baseline: str | None = None
     race: int = 0  # after the search: the top N configurations and the baseline get more seeds until the best separates
     race_seeds: int = 3  # the racing budget: extra seeds per raced configuration at most
-    eval_every: int = 100  # steps between evaluations; one ASHA time unit
+    eval_every: int = 250  # steps between evaluations; one ASHA time unit
     asha: bool = True
-    grace_period: int = 1  # evaluations before ASHA may stop a trial
+    # Evaluations before ASHA may stop a trial: 2 x 250 steps puts its first rung where the digits models
+    # draw digits and KID falls with training (benchmarks/learning.py); before it KID ranks noise.
+    grace_period: int = 2
     reduction_factor: float = 2.0
     space: list[ParamSpec] = field(default_factory=list)
     grid: list[list[str]] = field(default_factory=list)  # rows of Hydra overrides (search=grid)
