@@ -1,7 +1,7 @@
 """How noisy is one evaluation, and how much does pairing two models' evaluations take away?
 
-Two fixed checkpoints, a DiT and a Switch-DiT (M=3, k=2), trained as in `sweep=paper_check` (900 steps on
-the digits), are evaluated at the in-sweep sampling cost (samples x DDIM steps of about 6,000; KID over 20
+Two fixed checkpoints, a DiT and a Switch-DiT (M=3, k=2), trained at the digits defaults (1,000 steps, as
+every sweep's trials), are evaluated at the in-sweep sampling cost (samples x DDIM steps of about 6,000; KID over 20
 subsets holding every generated sample and as many real ones) under several evaluation seeds. Per model
 it prints KID's spread over the seeds against
 the two noise figures an evaluation reports, `kid_x1e3_se` (the bootstrap standard error over the generated
@@ -10,7 +10,7 @@ Switch-DiT - DiT when both use the same seed (paired: the same labels and initia
 of a sweep) against different seeds (unpaired); and, at equal sampling cost (samples x DDIM steps), more
 samples with fewer steps against fewer samples with more steps.
 
-    python -m benchmarks.paired_eval [--seeds 8] [--steps 900] [--checkpoints DIR]
+    python -m benchmarks.paired_eval [--seeds 8] [--steps 1000] [--checkpoints DIR]
 
 --checkpoints reuses (or keeps) the two trained checkpoints in DIR.
 """
@@ -32,7 +32,7 @@ from benchmarks.args import positive_int
 from switchsweep.models import build_model
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.compose import load_config
-from switchsweep.platform.config import Config
+from switchsweep.platform.config import Config, TrainConfig
 from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion
 from switchsweep.trainers.evaluation.evaluate import evaluate_model
 from switchsweep.trainers.loop.trainer import train
@@ -75,7 +75,10 @@ def sd(values: list[float]) -> float:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=positive_int, default=8, help="evaluation seeds (default 8)")
-    ap.add_argument("--steps", type=positive_int, default=900, help="training steps of each checkpoint (default 900)")
+    steps = TrainConfig().steps
+    ap.add_argument(
+        "--steps", type=positive_int, default=steps, help=f"training steps of each checkpoint (default {steps})"
+    )
     ap.add_argument("--checkpoints", type=Path, help="folder for the two checkpoints (default: a temporary one)")
     args = ap.parse_args(argv)
     if args.seeds < 3:
@@ -113,15 +116,16 @@ def main(argv: list[str] | None = None) -> None:
         f"{time.perf_counter() - start:.0f} s in all\n"
     )
     print(
-        "| samples x DDIM steps | model | KID mean | sd over eval seeds | mean kid_x1e3_se | mean kid_x1e3_subset_sd |"
+        "| samples x DDIM steps | model | class accuracy | KID x 10^3 mean | sd over eval seeds | mean kid_x1e3_se | "
+        "mean kid_x1e3_subset_sd |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for (samples, steps), by_model in results.items():
         for name, runs in by_model.items():
             kid = [r["kid_x1e3"] for r in runs]
             print(
-                f"| {samples} x {steps} | {name} | {np.mean(kid):.4g} | {sd(kid):.3g} | "
-                f"{np.mean([r['kid_x1e3_se'] for r in runs]):.3g} | "
+                f"| {samples} x {steps} | {name} | {100 * np.mean([r['class_accuracy'] for r in runs]):.1f}% | "
+                f"{np.mean(kid):.4g} | {sd(kid):.3g} | {np.mean([r['kid_x1e3_se'] for r in runs]):.3g} | "
                 f"{np.mean([r['kid_x1e3_subset_sd'] for r in runs]):.3g} |"
             )
     print("\n| samples x DDIM steps | difference | mean | sd paired (same seed) | sd unpaired (other seed) |")

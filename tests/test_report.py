@@ -177,6 +177,20 @@ def test_a_metric_fixed_before_training_gets_no_curve_and_stops_are_marked_on_th
     ]
 
 
+def test_class_accuracy_gets_its_own_panel_and_stops_stay_on_the_metric():
+    data = _sweep(DESIGNS, stopped={"s64-1"})
+    for t in data.trials:
+        t.curves["class_accuracy"] = [(50, 0.4), (100, 0.95)]
+    fig = report.learning_curves(data)
+    assert [a.text for a in fig.layout.annotations] == [
+        "training loss",
+        "kid_x1e3 at each evaluation",
+        "class accuracy",
+    ]
+    marks = [t for t in fig.data if t.name == "stopped by ASHA"]
+    assert len(marks) == 1 and list(marks[0].y) == [26.0 + 10] and marks[0].xaxis == "x2"  # on the KID panel
+
+
 def test_routing_slider_shows_each_evaluation_by_itself():
     rng = np.random.default_rng(1)
     steps = [(50, rng.random((100, 18)), rng.random((100, 18))), (100, rng.random((100, 18)), rng.random((100, 18)))]

@@ -20,6 +20,7 @@ from switchsweep.dashboards.sweep_data import SweepData, TrialData, collect
 from switchsweep.platform.export import accuracy_text, is_plain_dit, value_text, verdict_sentences
 from switchsweep.platform.files import atomic_write_text
 from switchsweep.platform.naming import variant_label
+from switchsweep.platform.ranking import ACCURACY_METRIC as ACCURACY
 from switchsweep.platform.ranking import LEARNED_ACCURACY, Ranked, pareto_front
 from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
 from switchsweep.platform.sweep_dir import SweepDir
@@ -297,16 +298,19 @@ def pareto_figure(data: SweepData) -> go.Figure | None:
 
 
 def learning_curves(data: SweepData) -> go.Figure | None:
-    """Training loss and the sweep's metric of every trial on shared axes; ASHA's stops marked. A metric
-    fixed before training (gflops, params: logged at step 0 only) has no curve, so only the loss is drawn."""
+    """Training loss, the sweep's metric and, where the samples were classified, their class accuracy, of
+    every trial on shared axes; ASHA's stops marked. A metric fixed before training (gflops, params:
+    logged at step 0 only) has no curve, so its stops are marked on the loss."""
     metric = data.metric
     if not any(t.curves.get("loss") or t.curves.get(metric) for t in data.trials):
         return None
     steps = [s for t in data.trials for s, _ in t.curves.get(metric, [])]
     fixed = bool(steps) and max(steps) == 0
-    keys = ("loss",) if fixed else ("loss", metric)
-    titles = ("training loss", f"{metric} at each evaluation")[: len(keys)]
-    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=titles)
+    classified = metric != ACCURACY and any(t.curves.get(ACCURACY) for t in data.trials)
+    keys = ["loss", *([] if fixed else [metric]), *([ACCURACY] if classified else [])]
+    names = {"loss": "training loss", metric: f"{metric} at each evaluation", ACCURACY: "class accuracy"}
+    stop_col = keys.index("loss" if fixed else metric) + 1
+    fig = make_subplots(rows=1, cols=len(keys), subplot_titles=[names[k] for k in keys])
     for i, t in enumerate(data.trials):
         color = _color(i)
         for col, key in enumerate(keys, 1):
@@ -324,7 +328,7 @@ def learning_curves(data: SweepData) -> go.Figure | None:
                 row=1,
                 col=col,
             )
-        last = t.curves.get(keys[-1], [])
+        last = t.curves.get(keys[stop_col - 1], [])
         if t.stopped_early and last:
             fig.add_trace(
                 go.Scatter(
@@ -338,7 +342,7 @@ def learning_curves(data: SweepData) -> go.Figure | None:
                     marker={"symbol": "x", "size": 14, "color": color, "line": {"width": 2}},
                 ),
                 row=1,
-                col=len(keys),
+                col=stop_col,
             )
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(type="log", row=1, col=1)

@@ -15,10 +15,11 @@ import torch
 from sklearn.metrics import accuracy_score
 from torch import Tensor
 
+from switchsweep.platform.ranking import ACCURACY_METRIC as ACCURACY
+
 # KID is reported x 10^3, as the literature prints it (the MMD^2 values are small).
 KID_SCALE = 1e3
 KID = "kid_x1e3"
-ACCURACY = "class_accuracy"
 ArrayLike = np.ndarray | Tensor
 
 
