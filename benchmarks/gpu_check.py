@@ -220,7 +220,7 @@ def steps(batch: int = 32, rounds: int = 5, per_round: int = 10) -> dict:
     shape = {"channels": 4, "image_size": 32, "num_classes": 1000}
     with tempfile.TemporaryDirectory(prefix="gpu-check-latents-") as folder:
         random_latents(Path(folder), shape["channels"], shape["image_size"], shape["num_classes"])
-        trainers = build_trainers(["dit", "switch_dit"], "S", batch, "cuda", shape, Path(folder))
+        trainers = build_trainers(["dit", "switch_dit"], "S", batch, "cuda", shape, Path(folder), 2)
         samples = interleaved(trainers, per_round, rounds)
     ms = {name: statistics.median(s) * 1e3 for name, s in samples.items()}
     precision = trainers["dit"].cfg.train.precision

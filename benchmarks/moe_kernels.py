@@ -4,8 +4,9 @@
 
 Timestep-routed linear experts (Switch-DiT, op 1), forward / backward / forward+backward:
   official  gather + split + one mm per expert + in-place index_add (needs the expert sizes on the host)
-  dense     every expert on every sample, then the gate-weighted sum
-  reference our torch path: mix the selected weights per sample, one batched GEMM
+  dense     every expert on every token in one GEMM, then the gate-weighted sum (our torch path for few tokens)
+  reference our torch path for more tokens: mix the selected weights per sample, one batched GEMM
+  model     (CPU) what the model runs: dense or reference by tokens x experts (kernels.ALL_EXPERTS_MAX)
   grouped   torch._grouped_mm over samples sorted by expert (where this torch and GPU have it)
   triton    our fused kernel (CUDA only)
   mm        one torch.mm with the same useful FLOPs: the ceiling
@@ -36,7 +37,11 @@ import torch
 from benchmarks.args import positive_int
 from switchsweep.kernels import sample_routed_linear, token_routed_linear
 from switchsweep.kernels.compile_report import print_report
-from switchsweep.kernels.reference import sample_routed_linear_reference, token_routed_linear_reference
+from switchsweep.kernels.reference import (
+    all_experts_linear,
+    sample_routed_linear_reference,
+    token_routed_linear_reference,
+)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32, "fp32": torch.float32}
 
@@ -55,12 +60,6 @@ def official_loop(z, weight, bias, expert_idx, gates):
             out = (z[s].reshape(-1, d) @ weight[e] + bias[e]).view(-1, l, d)
             acc.index_add_(0, s, out * gates.reshape(-1)[chunk].view(-1, 1, 1))
     return z * (1 + acc)
-
-
-def dense_all_experts(z, weight, bias, expert_idx, gates):
-    dense = torch.zeros(z.shape[0], weight.shape[0], device=z.device, dtype=gates.dtype).scatter(1, expert_idx, gates)
-    h = torch.einsum("bld,mde->bmle", z, weight) + bias[None, :, None, :]
-    return z * (1 + torch.einsum("bm,bmle->ble", dense, h))
 
 
 def grouped_mm_op1(z, weight, bias, expert_idx, gates):
@@ -190,7 +189,8 @@ def _bench_dtype(rows, dtype_name, cuda, device, reps, quick, modes):
         shapes1 = [(b, 256, d) for d in (384, 768, 1152) for b in (32, 128, 256)]
         shapes2 = [(t, d) for d in (384, 768, 1152) for t in (8192, 32768)]
     else:
-        shapes1, shapes2 = [(8, 64, 128), (16, 64, 256)], [(2048, 128), (4096, 256)]
+        # the digits defaults (tiny, 4 tokens), patch 2 (16 tokens), and a larger token count
+        shapes1, shapes2 = [(64, 4, 128), (64, 16, 128), (8, 64, 128)], [(2048, 128), (4096, 256)]
     if quick:
         shapes1, shapes2 = shapes1[:1], shapes2[:1]
     m, k = 3, 2
@@ -204,7 +204,9 @@ def _bench_dtype(rows, dtype_name, cuda, device, reps, quick, modes):
             logits[:, 0] += 4.0
         gates, idx = torch.softmax(logits, -1).topk(k, -1)
         gates = gates.to(dtype).requires_grad_(True)
-        variants = {"official": official_loop, "dense": dense_all_experts, "reference": sample_routed_linear_reference}
+        variants = {"official": official_loop, "dense": all_experts_linear, "reference": sample_routed_linear_reference}
+        if not cuda:  # the torch path the model takes: dense or reference by tokens x experts
+            variants["model"] = sample_routed_linear
         if cuda:
             if hasattr(torch, "_grouped_mm") and dtype == torch.bfloat16:
                 variants["grouped"] = grouped_mm_op1

@@ -1,7 +1,7 @@
 """Training-step time of Switch-DiT vs DiT (and DTR) of the same size, measured side by side in one run.
 
-    python -m benchmarks.step_time [--size tiny] [--batch 64] [--steps 10] [--rounds 5] [--device auto]
-    python -m benchmarks.step_time --size S --image-size 32 --channels 4 --num-classes 1000 --batch 8
+    python -m benchmarks.step_time [--size tiny] [--patch-size 4] [--batch 64] [--steps 10] [--rounds 5]
+    python -m benchmarks.step_time --size S --patch-size 2 --image-size 32 --channels 4 --num-classes 1000 --batch 8
     python -m benchmarks.step_time --floor  # and the least Switch-DiT step this machine allows
 
 Rounds interleave the models so that machine noise hits them alike; the figure to read is the
@@ -31,7 +31,7 @@ import torch
 from benchmarks.args import positive_int
 from switchsweep.kernels.reference import expert_layer_least_ops
 from switchsweep.models import switch_dit
-from switchsweep.platform.config import MODEL_SIZES, Config, validate_model
+from switchsweep.platform.config import MODEL_SIZES, PATCH_SIZES, Config, validate_model
 from switchsweep.platform.errors import ConfigError, TrainingError
 from switchsweep.trainers.data.latents import FORMAT, write_manifest, write_shard
 from switchsweep.trainers.loop.trainer import Trainer, resolve_device
@@ -111,6 +111,9 @@ def random_latents(out: Path, channels: int, size: int, num_classes: int, count:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="tiny", choices=tuple(MODEL_SIZES))
+    ap.add_argument(
+        "--patch-size", type=positive_int, choices=PATCH_SIZES, default=Config().model.patch_size, help="default: the digits'"
+    )
     ap.add_argument("--batch", type=positive_int, default=64)
     ap.add_argument("--steps", type=positive_int, default=10, help="steps per timed round")
     ap.add_argument("--rounds", type=positive_int, default=5)
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         for key in ("channels", "image_size", "num_classes")
     }
     model = Config().model
-    model.size = args.size
+    model.size, model.patch_size = args.size, args.patch_size
     try:  # the patch must divide the image, before any data is written
         validate_model(model, shape["image_size"])
     except ConfigError as e:
@@ -152,13 +155,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def build_trainers(
-    names: list[str], size: str, batch: int, device: str, shape: dict[str, int], folder: Path | None
+    names: list[str],
+    size: str,
+    batch: int,
+    device: str,
+    shape: dict[str, int],
+    folder: Path | None,
+    patch_size: int,
 ) -> dict[str, Trainer]:
     """One warmed-up Trainer per name (a model name, or EXPERTS_OFF), on `folder`'s latents if given."""
     trainers = {}
     for name in names:
         cfg = Config()
         cfg.model.name, cfg.model.size = ("switch_dit" if name == EXPERTS_OFF else name), size
+        cfg.model.patch_size = patch_size
         cfg.data.batch_size, cfg.train.device = batch, device
         if folder is not None:
             cfg.data.name, cfg.data.path = "latents", str(folder)
@@ -186,13 +196,14 @@ def interleaved(trainers: dict[str, Trainer], steps: int, rounds: int, floor: bo
 
 def _run(args: argparse.Namespace, device: torch.device, shape: dict[str, int], folder: Path | None) -> None:
     names = [*MODELS, EXPERTS_OFF] if args.floor else list(MODELS)
-    trainers = build_trainers(names, args.size, args.batch, args.device, shape, folder)
+    trainers = build_trainers(names, args.size, args.batch, args.device, shape, folder, args.patch_size)
     samples = interleaved(trainers, args.steps, args.rounds, args.floor)
     base = statistics.median(samples["dit"])
     d = trainers["dit"].cfg.data
     print(
-        f"step time, size={args.size} batch={args.batch} data={d.channels}x{d.image_size}x{d.image_size} "
-        f"classes={d.num_classes} device={device} threads={torch.get_num_threads()}"
+        f"step time, size={args.size} patch={args.patch_size} batch={args.batch} "
+        f"data={d.channels}x{d.image_size}x{d.image_size} classes={d.num_classes} device={device} "
+        f"threads={torch.get_num_threads()}"
     )
     print(f"{'model':<20}{'params':>12}{'median ms/step':>16}{'vs DiT':>9}")
     for name, tr in trainers.items():

@@ -13,7 +13,8 @@ lookups), reports (checkpoint uploads, waits for Tune to take a result), waits a
 the end (last report to Tune's end of the trial). A trial that trains inline (`sweep.ray.inline`, one
 worker on this machine) starts no Train job: its Train phases are shown as "-". Outside every trial's
 wall, it also prints the time from a trial's end to the next one's start (Tune starting the next
-trial's process).
+trial's process). Inside the loop it splits training from the evaluations (`eval s`), and for a sweep
+it runs, the command's wall time into training, evaluation and the rest (orchestration).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def summarise(sweep_dir: Path) -> list[dict]:
     rows = [{"trial_id": t, **e} for t, e in sorted(trials.items())]
     names = [name for name, _, _ in PHASES]
     print(
-        f"{'trial':<10} {'steps':>5} {'wall s':>8} {'loop s':>8} {'overhead s':>10}  "
+        f"{'trial':<10} {'steps':>5} {'wall s':>8} {'loop s':>8} {'eval s':>8} {'overhead s':>10}  "
         + "".join(f"{n:>15}" for n in names)
     )
     parts: dict[str, list[float]] = {n: [] for n in names}
@@ -67,7 +68,8 @@ def summarise(sweep_dir: Path) -> list[dict]:
             parts[n].append(v)
         print(
             f"{r['trial_id']:<10} {r['step']:>5} {r.get('wall_s', float('nan')):>8.1f} "
-            f"{r.get('loop_s', float('nan')):>8.1f} {r.get('overhead_s', float('nan')):>10.1f}  "
+            f"{r.get('loop_s', float('nan')):>8.1f} {r.get('eval_s', float('nan')):>8.1f} "
+            f"{r.get('overhead_s', float('nan')):>10.1f}  "
             + "".join(f"{phases[n]:>15.1f}" if n in phases else f"{'-':>15}" for n in names)
         )
     overheads = [r["overhead_s"] for r in rows if "overhead_s" in r]
@@ -97,7 +99,11 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="sweep overrides (after --)")
     args = parser.parse_args()
     if args.sweep_dir:
-        summarise(args.sweep_dir)
+        rows = summarise(args.sweep_dir)
+        ends = [r["t_trial_end"] for r in rows if "t_trial_end" in r]
+        if ends:  # the command's own start (Ray) before the record and its end after the last trial are not in it
+            span = max(ends) - SweepRecord.load(args.sweep_dir).created
+            print(shares(rows, span, "from the sweep's record to its last trial's end"))
         return
     root = Path(tempfile.mkdtemp(prefix="switchsweep-bench-"))
     cmd = [
@@ -117,6 +123,18 @@ def main() -> None:
     # study) and, before each trial, Tune starting the trial's process: time no trial's wall counts.
     walls = sum(r.get("wall_s", 0.0) for r in rows)
     print(f"the trials' walls add up to {walls:.0f} s of it")
+    print(shares(rows, total, "the command's time"))
+
+
+def shares(rows: list[dict], total: float, of: str) -> str:
+    """`total` seconds split into training, evaluation (inside the trials' loops) and the rest: orchestration."""
+    evaluation = sum(r.get("eval_s", 0.0) for r in rows)
+    training = sum(r.get("loop_s", 0.0) for r in rows) - evaluation
+    rest = total - training - evaluation
+    return (
+        f"{of}, {total:.0f} s: training {training:.0f} s ({training / total:.0%}), evaluation {evaluation:.0f} s "
+        f"({evaluation / total:.0%}), orchestration {rest:.0f} s ({rest / total:.0%})"
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from switchsweep.platform.config import Config  # noqa: E402
 LONGEST_FIRST = (
     "test_faults_e2e.py",
     "test_sweep_e2e.py",
+    "test_learning_e2e.py",
     "test_cluster_e2e.py",
     "test_cluster_launch.py",
     "test_concurrency_e2e.py",

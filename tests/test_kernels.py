@@ -14,6 +14,7 @@ from switchsweep.kernels.ops import (
     sample_routed_linear_triton,
 )
 from switchsweep.kernels.reference import (
+    all_experts_linear,
     moe_grouped_linear_reference,
     sample_routed_linear_reference,
     shared_routing_linear,
@@ -190,6 +191,25 @@ def test_shared_routing_folds_into_one_dense_gemm():
     ref = sample_routed_linear_reference(z, w, bias, shared_idx.contiguous(), shared_g.contiguous())
     torch.testing.assert_close(sample_routed_linear(z, w, bias, shared_idx, shared_g), ref)
     torch.testing.assert_close(shared_routing_linear(z, w, bias, idx[0], gates[0]), ref)
+
+
+@pytest.mark.parametrize("l, m, k", [(4, 3, 2), (1, 6, 3), (16, 2, 2)])
+def test_all_experts_path_matches_the_reference_with_its_gradients(l, m, k):
+    """Every expert on every token, then the gate-weighted sum: the same values and gradients as mixing a
+    weight per sample (float64), and what `sample_routed_linear` runs on a CPU for few tokens x experts."""
+    z, w, bias, idx, gates = _inputs(5, l, 8, m, k, torch.float64, seed=3)
+    ref_in = [t.clone().requires_grad_() for t in (z, w, bias, gates)]
+    new_in = [t.clone().requires_grad_() for t in (z, w, bias, gates)]
+    ref = sample_routed_linear_reference(*ref_in[:3], idx, ref_in[3])
+    new = all_experts_linear(*new_in[:3], idx, new_in[3])
+    torch.testing.assert_close(new, ref)
+    dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    ref.backward(dy)
+    new.backward(dy)
+    for name, a, r in zip(("z", "weight", "bias", "gates"), new_in, ref_in):
+        torch.testing.assert_close(a.grad, r.grad, msg=lambda s, n=name: f"grad {n}: {s}")
+    if DEVICE == "cpu":
+        torch.testing.assert_close(sample_routed_linear(z, w, bias, idx, gates), ref.detach())
 
 
 def test_reference_equals_the_per_expert_definition():

@@ -120,7 +120,11 @@ def ranking_table(data: SweepData) -> str:
                 str(r.seeds),
                 r.status,
                 str(r.steps),
-                *([accuracy_text(r), _num(100 * r.accuracy_se, ".1f")] if classified else []),
+                *(
+                    [accuracy_text(r), _num(100 * r.accuracy_se, ".1f") + ("%" if math.isfinite(r.accuracy_se) else "")]
+                    if classified
+                    else []
+                ),
                 value_text(r),
                 _num(r.std, ".3g"),
                 _num(r.noise, ".3g"),

@@ -101,6 +101,7 @@ class SweepHooks(TrainHooks):
             "t_loop_start": time.time(),
             "gate_s": 0.0,
             "report_s": 0.0,
+            "eval_s": 0.0,
         }
         started = process_start_time()
         if started is not None and session.own_process:
@@ -179,9 +180,11 @@ class SweepHooks(TrainHooks):
         self, trainer: Trainer, step: int, metrics: dict[str, float], ckpt_dir: Path
     ) -> dict[str, float]:
         art = ckpt_dir.parent / "artifacts"
+        evaluating = time.perf_counter()
         report = self._evaluate(trainer, step, metrics, art)
         self._export_routing(trainer, step, art)
         self._draw_samples(trainer, step, art)
+        self.times["eval_s"] += time.perf_counter() - evaluating
         # The last checkpoint goes to MLflow instead of Ray Train's storage (log_checkpoints=last).
         in_mlflow = step == trainer.cfg.train.steps and self.spec.log_checkpoints == "last"
         if in_mlflow:

@@ -11,9 +11,10 @@ PROGRESS = "progress.json"  # beside ckpt.pt in every reported checkpoint: train
 # Wall-clock times (epoch seconds) of a trial's phases, reported with every result so the driver's
 # record can break a trial's overhead down (benchmarks/sweep_overhead.py): the Train job's start, the
 # worker's process start, the train function's call, the worker's start once the trial code is
-# imported, the loop's start, this report; and seconds spent waiting at rungs and in reports
-# (checkpoint upload, and an inline trial's wait for Tune to take its result). An inline trial has no
-# worker process of its own.
+# imported, the loop's start, this report; seconds spent waiting at rungs and in reports (checkpoint
+# upload, and an inline trial's wait for Tune to take its result), and seconds of the loop spent in its
+# evaluations (sampling, metrics, routing and samples logged). An inline trial has no worker process of
+# its own.
 PHASES = (
     "t_fit_start",
     "t_worker_process",
@@ -23,6 +24,7 @@ PHASES = (
     "t_report",
     "gate_s",
     "report_s",
+    "eval_s",
 )
 # A report carries them nested under one key: Tune's console shows a report's top-level numbers as its
 # metric columns, and these are the record's, not a user's.
