@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="tiny", choices=tuple(MODEL_SIZES))
     ap.add_argument(
-        "--patch-size", type=positive_int, choices=PATCH_SIZES, default=Config().model.patch_size, help="default: the digits'"
+        "--patch-size",
+        type=positive_int,
+        choices=PATCH_SIZES,
+        default=Config().model.patch_size,
+        help="default: the digits'",
     )
     ap.add_argument("--batch", type=positive_int, default=64)
     ap.add_argument("--steps", type=positive_int, default=10, help="steps per timed round")
