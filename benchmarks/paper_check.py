@@ -23,7 +23,12 @@ from switchsweep.platform.naming import variant_label
 from switchsweep.platform.ranking import LEARNED_ACCURACY, Ranked, paired_difference
 from switchsweep.platform.tracking import Tracker, default_tracking_uri
 
-ORDERINGS = [("switch_dit(M=3,k=2)", "switch_dit(M=3,k=1)"), ("switch_dit(M=3,k=1)", "dtr"), ("dtr", "dit")]
+ORDERINGS = [
+    ("switch_dit(M=3,k=2)", "switch_dit(M=3,k=1)"),
+    ("switch_dit(M=3,k=1)", "dtr"),
+    ("dtr", "dit"),
+    ("switch_dit(M=3,k=2)", "dit"),  # the paper's headline: Switch-DiT beats DiT
+]
 
 
 def verdict(a: Ranked, b: Ranked) -> str:
