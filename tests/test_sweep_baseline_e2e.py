@@ -1,6 +1,8 @@
 """A design sweep with its baseline and racing, end to end through the CLI on the session's Ray head:
 the baseline trains outside the study, racing adds seeds to the leaders and the baseline, and the
-closing lines, ranking and report say how the best design compares with the baseline."""
+closing lines, ranking and report say how the best design compares with the baseline: here, at 16 steps,
+that no model has learned to draw its class, so no winner is named (tests/test_ranking.py holds the
+sentences of models that have learned)."""
 
 import csv
 import re
@@ -36,18 +38,14 @@ def test_a_design_sweep_races_its_leaders_against_the_baseline(ray_head, digits_
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    sentence = re.search(
-        r"The best design, (g00[01]) switch_dit\(M=\d,k=1\), (beats|is worse than|does not separate from) "
-        r"the baseline dit: kid_x1e3 \S+ against \S+, a difference of [-+]\S+ \+- \S+ \(95%, paired over 2 seeds\)\.",
+    closing = re.search(
+        r"No configuration has learned to draw its classes \(class accuracy below 80%: .*\), so no winner is named: "
+        r"raise train\.steps \(now 16\) or train\.lr \(now 0\.002\) and sweep again\.",
         done.stdout,
     )
-    assert sentence, done.stdout[-3000:]
-    assert re.search(
-        rf"Racing (separated {sentence.group(1)} from the runner-up g00[01] at 95%|did not separate "
-        rf"{sentence.group(1)} from the runner-up g00[01] at 95%: its budget is spent \(1 of 1 extra seeds "
-        r"each\))",
-        done.stdout,
-    ), done.stdout[-3000:]
+    assert closing, done.stdout[-3000:]
+    versus = re.search(r"No comparison with the baseline dit: .* not learned to draw its classes; raise", done.stdout)
+    assert versus and "beats" not in done.stdout and "is worse than" not in done.stdout, done.stdout[-3000:]
 
     # Six trials, all trained to the end: the baseline's seed, two configurations, then one racing round of three.
     trials = record(root)["trials"]
@@ -75,9 +73,9 @@ def test_a_design_sweep_races_its_leaders_against_the_baseline(ray_head, digits_
     with open(sweep_dir / "ranking.csv", newline="") as fh:
         ranking = {r["group"]: r for r in csv.DictReader(fh)}
     assert ranking["baseline"]["variant"] == "dit" and ranking["baseline"]["seeds"] == "2"
-    best = ranking[sentence.group(1)]
-    assert best["vs_best"] == "best" and best["vs_baseline"] in ("better", "worse", "tied") and best["diff_to_baseline"]
-    parent = client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'sweep'")[0]
-    assert parent.data.tags["switchsweep.best_group"] == sentence.group(1)
+    assert {r["learned"] for r in ranking.values()} == {"not learned"}
+    assert {r["vs_best"] for r in ranking.values()} == {"not learned"} and not any(
+        r["vs_baseline"] for r in ranking.values()
+    )
     report = (sweep_dir / "report.html").read_text()
-    assert sentence.group(0) in report.split('<p class="meta">')[0]  # the report opens with it
+    assert closing.group(0) in report.split('<p class="meta">')[0]  # the report opens with it

@@ -356,3 +356,13 @@ def test_a_resume_that_changes_the_training_config_is_refused_in_one_line(tmp_pa
     err = capsys.readouterr().err
     assert "train.steps=12: a resumed or extended sweep keeps its search and training config" in err, err
     assert err.count("\n") == 1 and SweepRecord.load(folder).status == "interrupted"
+
+
+def test_the_default_sweep_s_only_rung_is_past_the_phase_where_kid_rises():
+    """benchmarks/learning.py: at the digits defaults the models draw digits by step 500 and KID falls from
+    then on; an evaluation every 250 steps with ASHA's first rung at the second puts its one rung there."""
+    from switchsweep.sweeps.run import _rung_steps
+
+    job = load_sweep_config(["sweep=design_space"])
+    assert (job.train.steps, job.sweep.eval_every, job.sweep.grace_period) == (1000, 250, 2)
+    assert _rung_steps(job) == [500]

@@ -40,6 +40,7 @@ def _sweep_cmd(root: Path, cache: Path, address: str, *extra: str) -> list[str]:
         "sweep.num_trials=2",
         "sweep.baseline=none",
         "sweep.eval_every=4",
+        "sweep.grace_period=1",  # a rung at the first evaluation (the default's first is at the second)
         "train.steps=8",
         "train.log_every=2",
         *TINY_EVAL,
