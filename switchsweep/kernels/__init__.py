@@ -15,9 +15,9 @@ from switchsweep.kernels.reference import (
 
 __all__ = ["sample_routed_linear", "moe_grouped_linear", "token_routed_linear"]
 
-# Below this many tokens x experts per sample the torch path runs every expert on every token
-# (`all_experts_linear`) instead of mixing a weight per sample (benchmarks/moe_kernels.py: on a CPU
-# about 2x faster at the digits' 4 tokens, slower at 16 tokens x 3 experts).
+# Up to this many tokens x experts per sample the torch path runs every expert on every token
+# (`all_experts_linear`) instead of mixing a weight per sample: on a CPU faster at the digits' 4 tokens,
+# slower at 16 tokens x 3 experts (benchmarks/moe_kernels.py, `dense` against `reference`).
 ALL_EXPERTS_MAX = 32
 
 
