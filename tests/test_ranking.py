@@ -461,7 +461,7 @@ def test_no_winner_is_named_between_models_that_have_not_learned():
     ranking = SweepRanking("s-1", "kid_x1e3", [], rank_groups(records, "kid_x1e3", "min"))
     text = baseline_sentence(ranking)
     assert "beats" not in text and "worse" not in text
-    assert "g0 (13.0%) and baseline (11.0%) have not learned" in text
+    assert "g0 (13.0%) and baseline (11.0%) have not learned to draw their classes" in text
     assert "raise train.steps (now 450) or train.lr (now 0.0001)" in text
     assert verdict_sentences(ranking)[0].startswith("No configuration has learned to draw its classes")
 

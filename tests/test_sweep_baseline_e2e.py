@@ -44,7 +44,7 @@ def test_a_design_sweep_races_its_leaders_against_the_baseline(ray_head, digits_
         done.stdout,
     )
     assert closing, done.stdout[-3000:]
-    versus = re.search(r"No comparison with the baseline dit: .* not learned to draw its classes; raise", done.stdout)
+    versus = re.search(r"No comparison with the baseline dit: .* not learned to draw their classes; raise", done.stdout)
     assert versus and "beats" not in done.stdout and "is worse than" not in done.stdout, done.stdout[-3000:]
 
     # Six trials, all trained to the end: the baseline's seed, two configurations, then one racing round of three.

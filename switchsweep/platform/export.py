@@ -156,7 +156,8 @@ def baseline_sentence(ranking: SweepRanking) -> str:
         who = [x for x in (best, base) if x is not None and x.complete and not x.learned]
         return (
             f"No comparison with the baseline {label}: {' and '.join(f'{x.group} ({accuracy_text(x)})' for x in who)} "
-            f"{'has' if len(who) == 1 else 'have'} not learned to draw its classes; {_raise_budget(who[0])}."
+            f"{'has' if len(who) == 1 else 'have'} not learned to draw {'its' if len(who) == 1 else 'their'} classes; "
+            f"{_raise_budget(who[0])}."
         )
     if best is None or not best.complete or math.isnan(best.base_diff):
         return f"No design finished to compare with the baseline {label} ({metric} {value_text(base)})."
