@@ -25,7 +25,7 @@ from switchsweep.platform.compose import (
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
 from switchsweep.platform.export import accuracy_text, value_text
 from switchsweep.platform.naming import variant_label
-from switchsweep.platform.ranking import LEARNED_ACCURACY
+from switchsweep.platform.ranking import ACCURACY_METRIC, LEARNED_ACCURACY
 from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.tracking import default_tracking_uri, runs_page
 from switchsweep.platform.uris import is_server, redact, require_store
@@ -54,7 +54,7 @@ def _evaluate(cfg) -> int:
 
     result = evaluate_checkpoint(cfg)
     print(json.dumps(result["metrics"], indent=2))
-    accuracy = result["metrics"].get("class_accuracy", math.nan)
+    accuracy = result["metrics"].get(ACCURACY_METRIC, math.nan)
     if accuracy < LEARNED_ACCURACY:
         print(
             f"not learned: {accuracy:.1%} of its samples are of the class they were drawn for (a learned model: "
