@@ -4,9 +4,11 @@
 
 Timestep-routed linear experts (Switch-DiT, op 1), forward / backward / forward+backward:
   official  gather + split + one mm per expert + in-place index_add (needs the expert sizes on the host)
-  dense     every expert on every token in one GEMM, then the gate-weighted sum (our torch path for few tokens)
+  dense     every expert on every token in one GEMM, then the gate-weighted sum, differentiated by autograd
+  stacked   the same maths as one GEMM of gate-scaled stacked tokens, with its own backward (our torch
+            path for few tokens, kernels.stacked_experts)
   reference our torch path for more tokens: mix the selected weights per sample, one batched GEMM
-  model     (CPU) what the model runs: dense or reference by tokens x experts (kernels.ALL_EXPERTS_MAX)
+  model     (CPU) what the model runs: stacked or reference by tokens x experts (kernels.ALL_EXPERTS_MAX)
   grouped   torch._grouped_mm over samples sorted by expert (where this torch and GPU have it)
   triton    our fused kernel (CUDA only)
   mm        one torch.mm with the same useful FLOPs: the ceiling
@@ -37,13 +39,21 @@ import torch
 from benchmarks.args import positive_int
 from switchsweep.kernels import sample_routed_linear, token_routed_linear
 from switchsweep.kernels.compile_report import print_report
-from switchsweep.kernels.reference import (
-    all_experts_linear,
-    sample_routed_linear_reference,
-    token_routed_linear_reference,
-)
+from switchsweep.kernels.reference import sample_routed_linear_reference, token_routed_linear_reference
+from switchsweep.kernels.stacked_experts import stacked_experts_linear
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32, "fp32": torch.float32}
+
+
+def dense_autograd(z, weight, bias, expert_idx, gates):
+    """Every expert on every token as one [B*L, D] x [D, M*D] GEMM, then each sample's gate-weighted sum
+    of its experts' outputs, all differentiated by autograd: what `stacked` computes by hand."""
+    m, d, _ = weight.shape
+    b, l, _ = z.shape
+    dense_gates = gates.new_zeros(b, m).scatter_add(1, expert_idx, gates).to(z.dtype)
+    every = torch.addmm(bias.reshape(1, -1), z.reshape(b * l, d), weight.permute(1, 0, 2).reshape(d, -1))
+    delta = (every.view(b, l, m, d) * dense_gates.view(b, 1, m, 1)).sum(2)
+    return z * (1 + delta)
 
 
 def official_loop(z, weight, bias, expert_idx, gates):
@@ -204,8 +214,13 @@ def _bench_dtype(rows, dtype_name, cuda, device, reps, quick, modes):
             logits[:, 0] += 4.0
         gates, idx = torch.softmax(logits, -1).topk(k, -1)
         gates = gates.to(dtype).requires_grad_(True)
-        variants = {"official": official_loop, "dense": all_experts_linear, "reference": sample_routed_linear_reference}
-        if not cuda:  # the torch path the model takes: dense or reference by tokens x experts
+        variants = {
+            "official": official_loop,
+            "dense": dense_autograd,
+            "stacked": stacked_experts_linear,
+            "reference": sample_routed_linear_reference,
+        }
+        if not cuda:  # the torch path the model takes: stacked or reference by tokens x experts
             variants["model"] = sample_routed_linear
         if cuda:
             if hasattr(torch, "_grouped_mm") and dtype == torch.bfloat16:

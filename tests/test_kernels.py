@@ -14,12 +14,12 @@ from switchsweep.kernels.ops import (
     sample_routed_linear_triton,
 )
 from switchsweep.kernels.reference import (
-    all_experts_linear,
     moe_grouped_linear_reference,
     sample_routed_linear_reference,
     shared_routing_linear,
     token_routed_linear_reference,
 )
+from switchsweep.kernels.stacked_experts import stacked_experts_linear
 from switchsweep.kernels.token_routed import route
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -194,14 +194,15 @@ def test_shared_routing_folds_into_one_dense_gemm():
 
 
 @pytest.mark.parametrize("l, m, k", [(4, 3, 2), (1, 6, 3), (16, 2, 2)])
-def test_all_experts_path_matches_the_reference_with_its_gradients(l, m, k):
-    """Every expert on every token, then the gate-weighted sum: the same values and gradients as mixing a
-    weight per sample (float64), and what `sample_routed_linear` runs on a CPU for few tokens x experts."""
+def test_stacked_experts_match_the_reference_with_their_gradients(l, m, k):
+    """Every expert on every token as one stacked GEMM, with its hand-written backward: the same values and
+    gradients as mixing a weight per sample (float64), and what `sample_routed_linear` runs on a CPU for few
+    tokens x experts."""
     z, w, bias, idx, gates = _inputs(5, l, 8, m, k, torch.float64, seed=3)
     ref_in = [t.clone().requires_grad_() for t in (z, w, bias, gates)]
     new_in = [t.clone().requires_grad_() for t in (z, w, bias, gates)]
     ref = sample_routed_linear_reference(*ref_in[:3], idx, ref_in[3])
-    new = all_experts_linear(*new_in[:3], idx, new_in[3])
+    new = stacked_experts_linear(*new_in[:3], idx, new_in[3])
     torch.testing.assert_close(new, ref)
     dy = torch.randn(ref.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     ref.backward(dy)
@@ -210,6 +211,23 @@ def test_all_experts_path_matches_the_reference_with_its_gradients(l, m, k):
         torch.testing.assert_close(a.grad, r.grad, msg=lambda s, n=name: f"grad {n}: {s}")
     if DEVICE == "cpu":
         torch.testing.assert_close(sample_routed_linear(z, w, bias, idx, gates), ref.detach())
+
+
+def test_stacked_experts_under_bf16_autocast_give_grads_in_the_parameters_dtype():
+    """train.precision=bf16 on a CPU runs the forward under autocast: the GEMM in bf16, the float32
+    parameters' gradients still float32 and close to the float32 reference's."""
+    z, w, bias, idx, gates = (t.cpu() for t in _inputs(4, 4, 16, 3, 2, torch.float32, seed=5))
+    ref_in = [t.clone().requires_grad_() for t in (z, w, bias, gates)]
+    new_in = [t.clone().requires_grad_() for t in (z, w, bias, gates)]
+    ref = sample_routed_linear_reference(*ref_in[:3], idx, ref_in[3])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        new = stacked_experts_linear(*new_in[:3], idx, new_in[3])
+    torch.testing.assert_close(new.float(), ref, rtol=5e-2, atol=5e-2)
+    ref.sum().backward()
+    new.float().sum().backward()
+    for a, r in zip(new_in, ref_in):
+        assert a.grad.dtype == torch.float32
+        torch.testing.assert_close(a.grad, r.grad, rtol=5e-2, atol=1e-1)
 
 
 def test_reference_equals_the_per_expert_definition():

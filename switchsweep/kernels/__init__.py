@@ -7,18 +7,18 @@ from torch import Tensor
 
 from switchsweep.kernels.backend import uses_triton
 from switchsweep.kernels.reference import (
-    all_experts_linear,
     moe_grouped_linear_reference,
     sample_routed_linear_reference,
     shared_routing_linear,
 )
+from switchsweep.kernels.stacked_experts import stacked_experts_linear
 
 __all__ = ["sample_routed_linear", "moe_grouped_linear", "token_routed_linear"]
 
 # Up to this many tokens x experts per sample the torch path runs every expert on every token
-# (`all_experts_linear`) instead of mixing a weight per sample: on a CPU faster at the digits' 4 tokens,
-# slower at 16 tokens x 3 experts (benchmarks/moe_kernels.py, `dense` against `reference`).
-ALL_EXPERTS_MAX = 32
+# (`stacked_experts_linear`) instead of mixing a weight per sample: on a CPU faster at 4 and 16 tokens x 3
+# experts, slower at 64 x 3 (benchmarks/moe_kernels.py, `stacked` against `reference`).
+ALL_EXPERTS_MAX = 48
 
 
 def routing_is_shared(expert_idx: Tensor, gates: Tensor) -> bool:
@@ -39,7 +39,7 @@ def sample_routed_linear(z: Tensor, weight: Tensor, bias: Tensor, expert_idx: Te
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (z, weight, bias, gates))
         return sample_routed_linear_triton(z, weight, bias, expert_idx, gates, needs_grad)[0]
     if z.shape[1] * weight.shape[0] <= ALL_EXPERTS_MAX:
-        return all_experts_linear(z, weight, bias, expert_idx, gates)
+        return stacked_experts_linear(z, weight, bias, expert_idx, gates)
     return sample_routed_linear_reference(z, weight, bias, expert_idx, gates)
 
 

@@ -28,23 +28,6 @@ def sample_routed_linear_reference(
     return z * (1 + delta)
 
 
-def all_experts_linear(z: Tensor, weight: Tensor, bias: Tensor, expert_idx: Tensor, gates: Tensor) -> Tensor:
-    """The same op for samples of few tokens: every expert applied to every token in one GEMM
-    ([B*L, D] x [D, M*D]), then each sample's gate-weighted sum of its experts' outputs (the gate is
-    0 off its top-k). M/k times the maths of mixing each sample's weight first, but no per-sample
-    [D, D] weight is built, nor its gradient, and the GEMMs are large: on a CPU the faster form while
-    L * M is small (`sample_routed_linear`)."""
-    num_experts, dim, _ = weight.shape
-    b, l, _ = z.shape
-    dense_gates = gates.new_zeros(b, num_experts).scatter_add(1, expert_idx, gates).to(z.dtype)
-    every = torch.addmm(
-        bias.reshape(1, -1).to(z.dtype), z.reshape(b * l, dim), weight.permute(1, 0, 2).reshape(dim, -1).to(z.dtype)
-    )
-    # a broadcast product and sum over the M experts: a batched [1, M] x [M, D] matmul per token costs ~3x more
-    delta = (every.view(b, l, num_experts, dim) * dense_gates.view(b, 1, num_experts, 1)).sum(2)
-    return z * (1 + delta)
-
-
 def shared_routing_linear(z: Tensor, weight: Tensor, bias: Tensor, expert_idx: Tensor, gates: Tensor) -> Tensor:
     """The same op when all samples share experts expert_idx [k] and gates [k] (sampling: one t per
     step): the experts fold into one [D, D] matrix and the layer is one dense GEMM over all B*L tokens."""
@@ -52,7 +35,7 @@ def shared_routing_linear(z: Tensor, weight: Tensor, bias: Tensor, expert_idx: T
     b_mix = gates.to(bias.dtype) @ bias[expert_idx]
     b, l, d = z.shape
     delta = torch.addmm(b_mix.to(z.dtype), z.reshape(b * l, d), w_mix.to(z.dtype)).view(b, l, d)
-    return z * (1 + delta)
+    return torch.addcmul(z, z, delta)  # z * (1 + delta) in one pass
 
 
 def moe_grouped_linear_reference(
