@@ -69,7 +69,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.sweep_overhead
 	$(PY) -m benchmarks.prepare_throughput
 
-# GPU acceptance in one command (README, "On a GPU"): one line and exit 0 on a machine without CUDA.
+# GPU acceptance in one command (docs/cluster.md, "On a GPU"): one line and exit 0 on a machine without CUDA.
 # It runs with this checkout's .venv where there is one, else with the machine's python3 (PyTorch and Triton)
 # plus the config packages that `make gpu-wheels` puts in .whl/ for a GPU machine without the full install.
 GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
@@ -107,12 +107,12 @@ mutation: $(STAMP)
 	$(VENV)/bin/mutmut run --max-children 2
 	$(VENV)/bin/mutmut results
 
-# The GPU cluster of cluster.yaml (README, "On a GPU cluster"), driven from this machine. The cluster's
+# The GPU cluster of cluster.yaml (docs/cluster.md, "On a GPU cluster"), driven from this machine. The cluster's
 # Ray token is made here once (~/.ray/auth_token) and mounted on every node; MLflow's database URI
 # (~/.switchsweep/mlflow-db, this machine's own) on the head. CLUSTER: another launcher config.
 CLUSTER ?= cluster.yaml
 cluster-up: $(STAMP)
-	@test -f ~/.switchsweep/mlflow-db || { echo "cluster-up: ~/.switchsweep/mlflow-db is missing: put the PostgreSQL URI of MLflow's database in it (README, \"On a GPU cluster\"), or create it empty to keep MLflow's runs on the head's disk, lost with the head" >&2; exit 2; }
+	@test -f ~/.switchsweep/mlflow-db || { echo "cluster-up: ~/.switchsweep/mlflow-db is missing: put the PostgreSQL URI of MLflow's database in it (docs/cluster.md, \"On a GPU cluster\"), or create it empty to keep MLflow's runs on the head's disk, lost with the head" >&2; exit 2; }
 	@chmod 600 ~/.switchsweep/mlflow-db
 	@test -s ~/.ray/auth_token || $(VENV)/bin/ray get-auth-token --generate >/dev/null
 	$(VENV)/bin/ray up -y $(CLUSTER)

@@ -13,8 +13,8 @@ import time
 import torch
 
 from benchmarks.args import positive_int
+from switchsweep.config.schema import Config
 from switchsweep.models import build_model
-from switchsweep.platform.config import Config
 from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion
 from switchsweep.trainers.diffusion.sampling import sample_images
 from switchsweep.trainers.evaluation.features import build_feature_net

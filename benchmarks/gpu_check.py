@@ -7,7 +7,7 @@ the GPU. Writes benchmarks/results/gpu-check-<date>.json and prints a short tabl
 
 Without a CUDA device it prints one line and exits 0. Every part but the sweep needs only torch,
 triton, numpy and pytest, plus hydra-core and omegaconf for the config schema (`make gpu-wheels`
-builds them as wheels to carry: README, "On a GPU"); the sweep needs the full install (Ray, MLflow,
+builds them as wheels to carry: docs/cluster.md, "On a GPU"); the sweep needs the full install (Ray, MLflow,
 Optuna) and is skipped with one line where it is missing. The exit code is 1 if any part failed.
 
 Numerics: each op's output and gradients against a float64 reference on the same inputs, as the
@@ -169,9 +169,9 @@ def numerics(device: str) -> dict:
 def models(device: str) -> dict:
     """Switch-DiT and DiT-MoE, tiny on digits and S/2 on 32x32x4 latents with 1000 classes, through
     Triton vs the reference path (fp32): the output and every parameter's gradient."""
+    from switchsweep.config.schema import Config
     from switchsweep.models import build_model
     from switchsweep.models.kernel_paths import kernel_path_gaps, randomize_
-    from switchsweep.platform.config import Config
 
     rows = []
     shapes = {

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.args import positive_int
-from switchsweep.platform.compose import compose_config
-from switchsweep.platform.config import to_config
+from switchsweep.config.compose import compose_config
+from switchsweep.config.schema import to_config
 from switchsweep.trainers.evaluation.curve import LearningCurve
 from switchsweep.trainers.evaluation.features import build_feature_net, reference_features
 from switchsweep.trainers.evaluation.metrics import ACCURACY, KID

@@ -29,10 +29,10 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.args import positive_int
+from switchsweep.config.compose import load_config
+from switchsweep.config.schema import Config, TrainConfig
 from switchsweep.models import build_model
 from switchsweep.platform.checkpoint import load_checkpoint
-from switchsweep.platform.compose import load_config
-from switchsweep.platform.config import Config, TrainConfig
 from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion
 from switchsweep.trainers.evaluation.evaluate import evaluate_model
 from switchsweep.trainers.loop.trainer import train

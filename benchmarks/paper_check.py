@@ -18,10 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from switchsweep.platform.export import accuracy_text, rank_trials, value_text
-from switchsweep.platform.naming import variant_label
-from switchsweep.platform.ranking import LEARNED_ACCURACY, Ranked, paired_difference
+from switchsweep.config.naming import variant_label
 from switchsweep.platform.tracking import Tracker, default_tracking_uri
+from switchsweep.results.ranking import LEARNED_ACCURACY, Ranked, paired_difference
+from switchsweep.results.text import accuracy_text, value_text
+from switchsweep.results.trials import rank_trials
 
 ORDERINGS = [
     ("switch_dit(M=3,k=2)", "switch_dit(M=3,k=1)"),

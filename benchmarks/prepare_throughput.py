@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 
 from benchmarks.args import positive_int
-from switchsweep.platform.config import Config, DataConfig
-from switchsweep.platform.runtime import start_ray
-from switchsweep.platform.sweep_config import RayConfig
+from switchsweep.config.schema import Config, DataConfig
+from switchsweep.config.sweep_schema import RayConfig
+from switchsweep.sweeps.runtime import start_ray
 from switchsweep.trainers.data.batches import BatchStream, load_dataset
 from switchsweep.trainers.data.latents import vae_config, vae_config_hash, write_manifest, write_shard
 from switchsweep.trainers.data.prepare import prepare

@@ -17,8 +17,8 @@ import time
 import torch
 
 from benchmarks.args import positive_int
+from switchsweep.config.schema import PATCH_SIZES, Config
 from switchsweep.models import build_model
-from switchsweep.platform.config import PATCH_SIZES, Config
 from switchsweep.platform.errors import TrainingError
 from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion
 from switchsweep.trainers.diffusion.sampling import sample_images

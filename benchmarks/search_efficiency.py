@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 from benchmarks.args import positive_int
-from switchsweep.platform.compose import load_sweep_config
-from switchsweep.platform.export import rank_trials
-from switchsweep.platform.naming import variant_label
+from switchsweep.config.compose import load_sweep_config
+from switchsweep.config.naming import variant_label
 from switchsweep.platform.tracking import Tracker, default_tracking_uri
+from switchsweep.results.trials import rank_trials
 
 GRID, TPE = "efficiency_grid", "efficiency_tpe"
 

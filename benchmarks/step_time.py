@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from benchmarks.args import positive_int
+from switchsweep.config.schema import MODEL_SIZES, PATCH_SIZES, Config, validate_model
 from switchsweep.kernels.reference import expert_layer_least_ops
 from switchsweep.models import switch_dit
-from switchsweep.platform.config import MODEL_SIZES, PATCH_SIZES, Config, validate_model
 from switchsweep.platform.errors import ConfigError, TrainingError
 from switchsweep.trainers.data.latents import FORMAT, write_manifest, write_shard
 from switchsweep.trainers.loop.trainer import Trainer, resolve_device

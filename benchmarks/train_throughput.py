@@ -19,7 +19,7 @@ import torch
 
 from benchmarks.args import positive_int
 from benchmarks.step_time import time_steps
-from switchsweep.platform.config import MODEL_NAMES, MODEL_SIZES, Config
+from switchsweep.config.schema import MODEL_NAMES, MODEL_SIZES, Config
 from switchsweep.trainers.loop.trainer import Trainer
 
 VARIANTS = ("torch default AdamW", "fused AdamW", "fused AdamW + compile")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from switchsweep.platform.compose import (
+from switchsweep.config.compose import (
     load_config,
     load_data_config,
     load_eval_config,
@@ -22,13 +22,14 @@ from switchsweep.platform.compose import (
     override_key,
     split_override,
 )
+from switchsweep.config.sweep_schema import ACCURACY_METRIC
 from switchsweep.platform.errors import ConfigError, SwitchsweepError
-from switchsweep.platform.export import accuracy_text, value_text
-from switchsweep.platform.naming import variant_label
-from switchsweep.platform.ranking import ACCURACY_METRIC, LEARNED_ACCURACY
 from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.tracking import default_tracking_uri, runs_page
 from switchsweep.platform.uris import is_server, redact, require_store
+from switchsweep.results.ranking import LEARNED_ACCURACY
+from switchsweep.results.tables import console_lines
+from switchsweep.sweeps.locate import SweepCommand, find_sweep, sweeps_root
 
 EXIT_TRIALS_FAILED = 3  # the sweep ran to its end but some trials failed (2: bad input, 130: interrupted)
 
@@ -64,10 +65,10 @@ def _evaluate(cfg) -> int:
     return 0
 
 
-def _sweep(job, overrides) -> int:
+def _sweep(job, overrides, command) -> int:
     from switchsweep.sweeps.run import run_sweep
 
-    result = run_sweep(job, overrides)
+    result = run_sweep(job, overrides, command)
     metric, seeds = job.sweep.metric, job.sweep.seeds
     designs = sum(not r.baseline for r in result.ranked)
     baseline = " and the baseline" if designs < len(result.ranked) else ""
@@ -76,20 +77,8 @@ def _sweep(job, overrides) -> int:
         "(mean +- 95% half-width; then the difference to the best, paired seed by seed, +- its 95% half-width: "
         "tied = not separable from the best)"
     )
-    for r in result.ranked[:12]:
-        extra = ""
-        if r.params.get("model.name") == "switch_dit":
-            extra = f"  lambda_dp={float(r.params['model.lambda_dp']):.3g} alpha={r.params['model.prior_alpha']}"
-        objectives = "".join(f"  {o}={r.objectives[o]:.4g}" for o in job.sweep.objectives[1:])
-        versus = (
-            f"{r.diff:+.4g} +- {r.diff_half_width:.2g} ({r.diff_basis})" if math.isfinite(r.diff_half_width) else ""
-        )
-        flags = " ".join(x for x in (r.vs_best, versus, "pareto" if r.pareto else "") if x)
-        accuracy = f"accuracy={accuracy_text(r):<6} " if math.isfinite(r.accuracy) else ""
-        print(
-            f"  {r.rank:2d}. {r.group:<8} {metric}={value_text(r):<16} {accuracy}steps={r.steps:<5} {r.status:<8} "
-            f"{variant_label(r.params)}{extra}{objectives}  {flags}"
-        )
+    for line in console_lines(result.ranked, metric, job.sweep.objectives):
+        print(line)
     for line in result.verdicts:
         print(f"  {line}")
     name, root = job.sweep.name, Path(job.sweep.root).expanduser().resolve()
@@ -142,8 +131,7 @@ def _local_store(job) -> str:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from switchsweep.platform.export import export_best
-    from switchsweep.sweeps.run import sweeps_root
+    from switchsweep.results.export import export_best
 
     own, overrides = _own(args.overrides, ("top", "out"))
     job = load_sweep_config(overrides)
@@ -166,7 +154,6 @@ def _report(args: argparse.Namespace) -> int:
     uri = _local_store(job)
     from switchsweep.dashboards.report import make_report
     from switchsweep.platform.tracking import Tracker
-    from switchsweep.sweeps.run import sweeps_root
 
     path = make_report(Tracker(uri), job.sweep.name, job.sweep.id, sweeps_root(job), own.get("out"))
     print(f"report: {path}  (one file: open it in a browser; also on the sweep's parent run in MLflow)")
@@ -198,7 +185,6 @@ def _optuna_ui(args: argparse.Namespace) -> int:
     own, overrides = _own(args.overrides, ("port", "host"))
     job = load_sweep_config(overrides)
     port, host = _port(own, 8080), own.get("host", "127.0.0.1")
-    from switchsweep.sweeps.run import find_sweep
 
     journal = SweepDir(find_sweep(job)).journal
     if not journal.is_file():
@@ -230,8 +216,8 @@ def _prepare(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"encoders={encoders} is not a positive whole number: give how many VAE actors may run, e.g. encoders=8"
         )
-    from switchsweep.platform.runtime import start_ray
-    from switchsweep.platform.sweep_config import RayConfig
+    from switchsweep.config.sweep_schema import RayConfig
+    from switchsweep.sweeps.runtime import start_ray
     from switchsweep.trainers.data.prepare import check_inputs, prepare
 
     check_inputs(data, own["out"], int(seed))  # before Ray starts
@@ -258,11 +244,9 @@ COMMANDS = {"export": _export, "prepare": _prepare, "report": _report, "ui": _ui
 def _run(args: argparse.Namespace) -> int:
     if args.command in COMMANDS:
         return COMMANDS[args.command](args)
-    overrides = list(args.overrides) + (["sweep.resume=true"] if getattr(args, "resume", False) else [])
-    if getattr(args, "extend", None) is not None:
-        if args.extend < 1:
-            raise ConfigError(f"--extend {args.extend}: give how many configurations to add, at least 1")
-        overrides.append(f"sweep.extend={args.extend}")
+    overrides = list(args.overrides)
+    if getattr(args, "extend", None) is not None and args.extend < 1:
+        raise ConfigError(f"--extend {args.extend}: give how many configurations to add, at least 1")
     if getattr(args, "config", None):
         cfg = load_config(overrides, config_file=args.config)
     else:
@@ -270,7 +254,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.cfg:
         print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
         return 0
-    return _sweep(cfg, overrides) if args.command == "sweep" else args.run(cfg)
+    if args.command == "sweep":
+        return _sweep(cfg, overrides, SweepCommand(resume=args.resume, extend=args.extend or 0))
+    return args.run(cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`'s two processes: one th
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"  # and for the processes the tests start
 
-from switchsweep.platform.config import Config  # noqa: E402
+from switchsweep.config.schema import Config  # noqa: E402
 
 # `make test` runs the end-to-end modules on two processes, a module at a time: the longest start first (one
 # started last would leave the other process idle at the end).

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the tests' S3 endpoint (tests/s3.py), for the lost-head sce
 
 BIN = Path(sys.executable).parent
 # A throwaway head: token auth off for it and its clients alike, and on 127.0.0.1 only (see
-# platform.runtime: Ray otherwise swaps a loopback node address for the machine's own).
+# sweeps.runtime: Ray otherwise swaps a loopback node address for the machine's own).
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 STEPS, EVAL_EVERY, LOG_EVERY = 40, 10, 2
 POINTS = (

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from sweep_harness import pids
 
 from switchsweep.cli import main
+from switchsweep.config.schema import Config
 from switchsweep.platform.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from switchsweep.platform.config import Config
 
 # (command line, words the one line must hold). {tmp} is the test's folder, holding the files below.
 CASES = [

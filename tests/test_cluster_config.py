@@ -11,12 +11,13 @@ import yaml
 from fake_cluster import FAKE_GPU, fake_config
 from ray.autoscaler._private.util import prepare_config, validate_config  # pinned Ray (pyproject): private API
 
-from switchsweep.platform.compose import load_sweep_config
+from switchsweep.config.compose import load_sweep_config
+from switchsweep.config.resources import check_node_types, node_types
+from switchsweep.config.sweep_schema import RayConfig, is_local_address, worker_bundle
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.runtime import check_node_types, node_types, resolve_worker_cpus
-from switchsweep.platform.sweep_config import RayConfig, is_local_address, worker_bundle
 from switchsweep.platform.uris import is_database, is_local_store, is_server
-from switchsweep.sweeps.run import sweep_storage
+from switchsweep.sweeps.locate import sweep_storage
+from switchsweep.sweeps.runtime import resolve_worker_cpus
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = yaml.safe_load((REPO / "cluster.yaml").read_text())
@@ -261,8 +262,8 @@ def test_the_heads_driver_slots_fit_its_memory():
     assert slots * 2 <= gib - 4  # about 2 GiB a trial's driver, and room for the sweep's driver and MLflow
 
 
-def test_readme_ray_job_commands_carry_the_clusters_token_mode():
-    readme = (REPO / "README.md").read_text()
+def test_the_docs_ray_job_commands_carry_the_clusters_token_mode():
+    readme = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     commands = re.findall(r"^\s*(?:\S+=\S+\s+)*(?:\S*/)?ray job \S+.*$", readme, re.M)
     assert commands and all("RAY_AUTH_MODE=token" in c for c in commands), commands
     assert "mountpoint" not in readme.lower()  # no rename: atomic writes cannot work on it
@@ -340,12 +341,12 @@ def test_a_bucket_without_credentials_is_one_line_naming_the_fix(no_aws_credenti
 
 
 def test_a_node_without_credentials_fails_its_trial_in_one_line_before_training(no_aws_credentials):
-    from switchsweep.platform.config import Config
+    from switchsweep.config.schema import Config
     from switchsweep.sweeps.failures import TrialFailure
     from switchsweep.sweeps.worker import run_worker
-    from switchsweep.sweeps.worker_spec import WorkerSpec
+    from switchsweep.sweeps.worker_spec import SweepReports, WorkerSpec
 
-    spec = WorkerSpec(Config(), "run", "sqlite:///x.db", 4, 1, "last", "s", "t", (4,), 1.0, storage="s3://b/s/x")
+    spec = WorkerSpec(Config(), "run", SweepReports("s", "sqlite:///x.db", "s3://b/s/x", 4, (4,)), "t", 1, 1.0)
     with pytest.raises(TrialFailure) as e:
         run_worker(spec)  # Ray Train's session, MLflow and the model are never reached
     assert e.value.reason.startswith("ConfigError: sweep.ray.storage_path=s3://b/s/x: no AWS credentials on ")

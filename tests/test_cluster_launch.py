@@ -53,7 +53,7 @@ SECTIONS = (
 BUCKET = "s3://my-bucket/switchsweep"  # cluster.yaml's placeholder, marked EDIT
 SUBNET = "10.231.7"
 HERE_IP, HEAD_IP, WORKER_IP = f"{SUBNET}.254", f"{SUBNET}.1", f"{SUBNET}.2"
-DASHBOARD = "http://127.0.0.1:8265"  # forwarded by `make cluster-ui`, as the README's Ray job commands expect
+DASHBOARD = "http://127.0.0.1:8265"  # forwarded by `make cluster-ui`, as the Ray job commands of docs/cluster.md expect
 
 
 def launcher_config(cluster_yaml: Path, key: Path, bucket: Path) -> dict:

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from switchsweep.cli import main
-from switchsweep.platform.compose import load_config, load_sweep_config
+from switchsweep.config.compose import load_config, load_sweep_config
 
 TRAIN_BAD = [
     (["model.top_k=5"], "model.top_k"),

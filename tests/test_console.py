@@ -28,7 +28,7 @@ def test_its_columns_are_the_sweeps_metrics_loss_and_step():
 
 
 def test_its_parameter_columns_tell_trials_apart_and_leave_routing_keys_out():
-    from switchsweep.platform.compose import load_sweep_config
+    from switchsweep.config.compose import load_sweep_config
     from switchsweep.sweeps.space import reporter_columns
 
     design = load_sweep_config(["sweep=design_space"]).sweep

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from switchsweep.config.compose import load_eval_config
 from switchsweep.platform.checkpoint import load_checkpoint, save_checkpoint
-from switchsweep.platform.compose import load_eval_config
 from switchsweep.trainers.data.images import save_image_grid
 from switchsweep.trainers.evaluation.evaluate import evaluate_checkpoint
 from switchsweep.trainers.loop import trainer as loop

@@ -107,7 +107,7 @@ def test_the_cache_and_the_weights_can_live_behind_a_storage_uri(digits_net, tmp
     files, read and written through a URI (file:// here; s3:// takes the same path through pyarrow)."""
     import shutil
 
-    from switchsweep.platform.config import DataConfig
+    from switchsweep.config.schema import DataConfig
     from switchsweep.trainers.evaluation import features
 
     net, acc, cache = digits_net

@@ -240,8 +240,8 @@ def test_reference_equals_the_per_expert_definition():
 
 
 def test_switch_dit_with_a_broadcast_timestep_matches_per_sample_timesteps():
+    from switchsweep.config.schema import Config
     from switchsweep.models import build_model
-    from switchsweep.platform.config import Config
 
     cfg = Config()
     model = build_model(cfg.model, cfg.data, cfg.diffusion.num_timesteps).eval()

@@ -10,8 +10,8 @@ import torch
 from latent_data import CLASSES, image_folder, inception_weights, tiny_vae
 from PIL import Image
 
-from switchsweep.platform.compose import load_config, load_eval_config
-from switchsweep.platform.config import DataConfig
+from switchsweep.config.compose import load_config, load_eval_config
+from switchsweep.config.schema import DataConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.trainers.data.batches import BatchStream, load_dataset
 from switchsweep.trainers.data.imagefolder import centre_crop, scan
@@ -240,8 +240,8 @@ def test_the_dataset_presets_compose_to_the_papers_settings():
 def local_ray():
     import ray
 
-    from switchsweep.platform.runtime import start_ray
-    from switchsweep.platform.sweep_config import RayConfig
+    from switchsweep.config.sweep_schema import RayConfig
+    from switchsweep.sweeps.runtime import start_ray
 
     start_ray(RayConfig(num_cpus=2))  # as `switchsweep prepare` starts it: on 127.0.0.1
     yield

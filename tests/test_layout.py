@@ -5,15 +5,18 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "switchsweep"
-# What each room may import: cli -> sweeps -> dashboards, trainers -> models -> kernels; platform: the ground floor.
+# What each room may import: cli -> sweeps -> dashboards -> results, sweeps -> trainers -> models -> kernels;
+# config above the ground floor, platform the ground floor.
 BELOW = {
     "__main__": {"cli"},
-    "cli": {"sweeps", "dashboards", "trainers", "models", "kernels", "platform"},
-    "sweeps": {"dashboards", "trainers", "models", "kernels", "platform"},
-    "dashboards": {"platform"},
-    "trainers": {"models", "kernels", "platform"},
-    "models": {"kernels", "platform"},
+    "cli": {"sweeps", "dashboards", "results", "trainers", "models", "kernels", "config", "platform"},
+    "sweeps": {"dashboards", "results", "trainers", "models", "kernels", "config", "platform"},
+    "dashboards": {"results", "config", "platform"},
+    "results": {"config", "platform"},
+    "trainers": {"models", "kernels", "config", "platform"},
+    "models": {"kernels", "config", "platform"},
     "kernels": {"platform"},
+    "config": {"platform"},
     "platform": set(),
 }
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from switchsweep.platform.compose import load_sweep_config
+from switchsweep.config.compose import load_sweep_config
 from switchsweep.trainers.evaluation.curve import LearningCurve
 from switchsweep.trainers.loop.trainer import train
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from switchsweep.config.schema import MODEL_SIZES, DataConfig, ModelConfig
 from switchsweep.kernels import sample_routed_linear
 from switchsweep.models import DTR, DiT, SwitchDiT, build_model
-from switchsweep.platform.config import MODEL_SIZES, DataConfig, ModelConfig
 
 COMMON = dict(image_size=8, channels=1, num_classes=10, patch_size=2, hidden=64, depth=3, heads=4, num_timesteps=100)
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from switchsweep.platform.ranking import BEST, TIED, WORSE, TrialRecord, pareto_front, rank_groups
-from switchsweep.platform.sweep_config import METRIC_SE
+from switchsweep.config.sweep_schema import METRIC_SE
 from switchsweep.platform.sweep_record import TrialEnd
+from switchsweep.results.ranking import BEST, TIED, WORSE, TrialRecord, pareto_front, rank_groups
 
 
 def rec(group, seed, value, status="FINISHED", steps=100, noise=None, **metrics):
@@ -81,7 +81,7 @@ def test_one_seed_uses_the_metric_s_own_noise_or_says_nothing():
 
 
 def test_a_sweeps_one_seed_interval_is_its_evaluation_noise_not_kids_subset_spread():
-    # What a sweep's ranking reads beside KID (platform.sweep_config.METRIC_SE): the standard error.
+    # What a sweep's ranking reads beside KID (config.sweep_schema.METRIC_SE): the standard error.
     records = [rec("a", 0, 100.0), rec("b", 0, 115.0)]
     for r, se in zip(records, (4.0, 3.0)):
         r.metrics.update(kid_x1e3_se=se, kid_x1e3_subset_sd=40.0)
@@ -131,7 +131,6 @@ def test_every_permutation_of_the_input_ranks_the_same():
 def test_export_reads_mlflow_and_writes_the_pareto_set(tmp_path):
     from omegaconf import OmegaConf
 
-    from switchsweep.platform.export import export_best
     from switchsweep.platform.tracking import (
         GROUP_TAG,
         OBJECTIVES_TAG,
@@ -143,6 +142,7 @@ def test_export_reads_mlflow_and_writes_the_pareto_set(tmp_path):
         Tracker,
         default_tracking_uri,
     )
+    from switchsweep.results.export import export_best
 
     uri = default_tracking_uri(tmp_path)
     tracker = Tracker(uri)
@@ -197,8 +197,8 @@ def test_export_reads_mlflow_and_writes_the_pareto_set(tmp_path):
 
 def test_rank_trials_reads_the_sweep_asked_for_or_the_latest(tmp_path):
     from switchsweep.platform.errors import ConfigError
-    from switchsweep.platform.export import rank_trials
     from switchsweep.platform.tracking import PARENT_TAG, ROLE_TAG, SWEEP_TAG, TRIAL_TAG, Tracker, default_tracking_uri
+    from switchsweep.results.trials import rank_trials
 
     tracker = Tracker(default_tracking_uri(tmp_path))
     exp = tracker.experiment("design_space", tmp_path / "artifacts")
@@ -226,7 +226,7 @@ def test_rank_trials_reads_the_sweep_asked_for_or_the_latest(tmp_path):
 
 
 def test_paired_difference_drops_pairs_with_a_missing_value():
-    from switchsweep.platform.ranking import paired_difference
+    from switchsweep.results.ranking import paired_difference
 
     mean, hw = paired_difference([1.0, math.nan, 3.0, 6.0], [0.0, 5.0, math.nan, 4.0])  # pairs 0 and 3 only
     assert mean == pytest.approx(1.5) and hw == pytest.approx(
@@ -237,7 +237,8 @@ def test_paired_difference_drops_pairs_with_a_missing_value():
 def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
     import csv
 
-    from switchsweep.platform.export import SweepRanking, write_ranking
+    from switchsweep.results.tables import write_ranking
+    from switchsweep.results.trials import SweepRanking
 
     switch = {
         "model.name": "switch_dit",
@@ -368,7 +369,6 @@ def test_ranking_csv_holds_every_configuration_s_numbers(tmp_path):
 def test_one_seed_comparisons_with_the_best_pair_the_two_evaluations(tmp_path):
     # Two one-seed configurations evaluated alike: each KID's own noise is 4, but most of it is shared
     # (the same labels and initial noise), so their difference of 6 is separable only when paired.
-    from switchsweep.platform.export import rank_trials
     from switchsweep.platform.tracking import (
         EVAL_NOISE_ARTIFACT,
         GROUP_TAG,
@@ -380,6 +380,7 @@ def test_one_seed_comparisons_with_the_best_pair_the_two_evaluations(tmp_path):
         default_tracking_uri,
         eval_noise_name,
     )
+    from switchsweep.results.trials import rank_trials
 
     rng = np.random.default_rng(0)
     shared, own = rng.standard_normal(50), rng.standard_normal((2, 50))
@@ -411,7 +412,7 @@ def test_one_seed_comparisons_with_the_best_pair_the_two_evaluations(tmp_path):
 
 
 def test_several_seeds_compare_with_the_best_over_paired_seed_differences():
-    from switchsweep.platform.ranking import compare_to_best
+    from switchsweep.results.ranking import compare_to_best
 
     records = [rec("a", i, v, noise=5.0) for i, v in enumerate([10.0, 14.0, 12.0])]
     records += [rec("b", i, v, noise=5.0) for i, v in enumerate([11.0, 15.5, 13.2])]  # a's seeds plus about 1.2
@@ -425,8 +426,9 @@ def test_several_seeds_compare_with_the_best_over_paired_seed_differences():
 
 
 def test_a_configuration_that_has_not_learned_is_marked_and_ranks_after_those_that_have():
-    from switchsweep.platform.export import SweepRanking, verdict_sentences
-    from switchsweep.platform.ranking import LEARNED_ACCURACY, NOT_LEARNED
+    from switchsweep.results.ranking import LEARNED_ACCURACY, NOT_LEARNED
+    from switchsweep.results.trials import SweepRanking
+    from switchsweep.results.verdicts import verdict_sentences
 
     below = LEARNED_ACCURACY - 0.05
     records = [
@@ -447,8 +449,9 @@ def test_a_configuration_that_has_not_learned_is_marked_and_ranks_after_those_th
 
 
 def test_no_winner_is_named_between_models_that_have_not_learned():
-    from switchsweep.platform.export import SweepRanking, baseline_sentence, verdict_sentences
-    from switchsweep.platform.ranking import BASELINE_GROUP
+    from switchsweep.results.ranking import BASELINE_GROUP
+    from switchsweep.results.trials import SweepRanking
+    from switchsweep.results.verdicts import baseline_sentence, verdict_sentences
 
     params = {"model.name": "dit", "train.steps": "450", "train.lr": "0.0001"}
     records = [
@@ -467,8 +470,8 @@ def test_no_winner_is_named_between_models_that_have_not_learned():
 
 
 def _with_baseline(base_values, designs, parent=None):
-    from switchsweep.platform.export import SweepRanking
-    from switchsweep.platform.ranking import BASELINE_GROUP, compare_to_best
+    from switchsweep.results.ranking import BASELINE_GROUP, compare_to_best
+    from switchsweep.results.trials import SweepRanking
 
     records = [
         TrialRecord(
@@ -484,8 +487,8 @@ def _with_baseline(base_values, designs, parent=None):
 
 
 def test_the_baseline_is_compared_with_every_design_and_never_the_best():
-    from switchsweep.platform.export import baseline_sentence
-    from switchsweep.platform.ranking import BETTER
+    from switchsweep.results.ranking import BETTER
+    from switchsweep.results.verdicts import baseline_sentence
 
     ranking = _with_baseline([8.0, 9.0, 8.5], {"g0": [10.0, 11.2, 10.4], "g1": [20.0, 20.5, 22.0]})
     base, g0, g1 = ranking.ranked
@@ -510,8 +513,8 @@ def test_the_baseline_is_compared_with_every_design_and_never_the_best():
 
 
 def test_race_state_reads_separated_spent_or_open_from_the_seeds():
-    from switchsweep.platform.export import race_sentence
-    from switchsweep.platform.ranking import RACE_OPEN, RACE_SEPARATED, RACE_SPENT, race_state
+    from switchsweep.results.ranking import RACE_OPEN, RACE_SEPARATED, RACE_SPENT, race_state
+    from switchsweep.results.verdicts import race_sentence
 
     race = {"sweep.race": "2", "sweep.race_seeds": "2"}
     apart = _with_baseline([30.0, 30.5, 29.0], {"g0": [10.0, 10.2, 10.1], "g1": [12.0, 12.3, 12.1], "g2": [20.0]}, race)

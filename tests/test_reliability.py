@@ -11,7 +11,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
-from switchsweep.platform.config import resolve_paths
+from switchsweep.config.schema import resolve_paths
 from switchsweep.platform.errors import CheckpointError, ConfigError, TrainingError
 from switchsweep.platform.sweep_record import INTERRUPTED, SweepRecord
 from switchsweep.platform.tracking import CHECKPOINT_TAG, ResilientLog, Tracker, default_tracking_uri
@@ -25,7 +25,7 @@ from switchsweep.sweeps.failures import (
     is_deterministic,
     trial_failure,
 )
-from switchsweep.sweeps.run import _resume_overrides
+from switchsweep.sweeps.locate import resume_overrides
 
 
 @pytest.mark.parametrize(
@@ -183,8 +183,8 @@ def test_a_resume_must_be_given_redacted_credentials_again(tmp_path):
     stored = ["sweep=design_space", "sweep.tracking_uri=https://***@mlflow.example.com", "train.steps=8"]
     state = SweepRecord(tmp_path, overrides=stored)
     with pytest.raises(ConfigError, match="sweep.tracking_uri: its credentials were not stored"):
-        _resume_overrides(state, ["sweep=design_space"])
-    again = _resume_overrides(state, ["sweep.tracking_uri=https://a:b@mlflow.example.com"])
+        resume_overrides(state, ["sweep=design_space"])
+    again = resume_overrides(state, ["sweep.tracking_uri=https://a:b@mlflow.example.com"])
     assert again == ["sweep=design_space", "train.steps=8", "sweep.tracking_uri=https://a:b@mlflow.example.com"]
 
 
@@ -272,14 +272,14 @@ def test_resume_refuses_in_one_line_when_the_tune_state_is_missing(tmp_path, cap
 def test_log_checkpoints_best_moves_the_best_trials_checkpoint_into_mlflow(run, tmp_path):
     from types import SimpleNamespace
 
-    from switchsweep.sweeps.run import _keep_best_checkpoint
+    from switchsweep.sweeps.parent_run import keep_best_checkpoint
 
     tracker, run_id = run
     folder = tmp_path / "storage" / "train-t1" / "checkpoint_2026-01-01_00-00-02"
     folder.mkdir(parents=True)
     (folder / "ckpt.pt").write_bytes(b"final weights")
     tracker.set_tags(run_id, {CHECKPOINT_TAG: f"{folder}/ckpt.pt"})
-    _keep_best_checkpoint(tracker, SimpleNamespace(run_id=run_id))
+    keep_best_checkpoint(tracker, SimpleNamespace(run_id=run_id))
     assert tracker.client.get_run(run_id).data.tags[CHECKPOINT_TAG] == "mlflow:checkpoint/ckpt.pt"
     got = tracker.download(run_id, "checkpoint/ckpt.pt", tmp_path / "dl")
     assert got.read_bytes() == b"final weights" and not folder.exists()  # one copy, in MLflow
@@ -376,6 +376,6 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_pat
     ],
 )
 def test_an_override_splits_into_its_key_and_value(override, want):
-    from switchsweep.platform.compose import split_override
+    from switchsweep.config.compose import split_override
 
     assert split_override(override) == want

@@ -11,12 +11,12 @@ import optuna
 import pytest
 from scipy import stats
 
+from switchsweep.config.naming import run_name
 from switchsweep.dashboards import report
 from switchsweep.dashboards.sweep_data import SweepData, TrialData, bin_rows, study_importances
-from switchsweep.platform.export import SweepRanking, is_plain_dit
-from switchsweep.platform.naming import run_name
-from switchsweep.platform.ranking import TrialRecord, compare_to_best, paired_difference, rank_groups
 from switchsweep.platform.sweep_record import TrialEnd
+from switchsweep.results.ranking import TrialRecord, compare_to_best, paired_difference, rank_groups
+from switchsweep.results.trials import SweepRanking, is_plain_dit
 
 PARENT = {
     "sweep.search": "grid",

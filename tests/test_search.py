@@ -4,8 +4,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from switchsweep.platform.compose import load_sweep_config
-from switchsweep.platform.ranking import BASELINE_GROUP, paired_difference
+from switchsweep.config.compose import load_sweep_config
+from switchsweep.results.ranking import BASELINE_GROUP, paired_difference
 from switchsweep.sweeps.search import SeededStudySearch, default_tpe_startup
 from switchsweep.sweeps.space import BASELINE_ROW, FULL, GROUP, ROW, SEED, trial_bases
 

@@ -10,10 +10,10 @@ from scipy import stats
 
 import switchsweep
 from switchsweep.cli import main
-from switchsweep.platform.compose import load_sweep_config
+from switchsweep.config.compose import load_sweep_config
+from switchsweep.config.sweep_schema import RayConfig, trains_inline, trial_resources
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.runtime import check_resources
-from switchsweep.platform.sweep_config import RayConfig, trains_inline, trial_resources
+from switchsweep.sweeps.runtime import check_resources
 from switchsweep.sweeps.space import (
     FRACTION_SUFFIX,
     apply_params,
@@ -312,7 +312,7 @@ def test_train_runs_a_written_config_file_and_refuses_group_overrides(tmp_path, 
 
 
 def test_unset_worker_cpus_share_the_local_cores(monkeypatch):
-    from switchsweep.platform import runtime
+    from switchsweep.sweeps import runtime
 
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: 8)
     assert runtime.resolve_worker_cpus(RayConfig(num_workers=2), max_concurrent=2).cpus_per_worker == 2.0
@@ -323,7 +323,7 @@ def test_unset_worker_cpus_share_the_local_cores(monkeypatch):
 
 def test_resume_and_extend_pick_the_latest_sweep_in_the_right_state(tmp_path):
     from switchsweep.platform.sweep_record import SweepRecord
-    from switchsweep.sweeps.run import find_sweep
+    from switchsweep.sweeps.locate import find_sweep
 
     root = tmp_path / "sweeps" / "design_space"
     made = [
@@ -361,8 +361,8 @@ def test_a_resume_that_changes_the_training_config_is_refused_in_one_line(tmp_pa
 def test_the_default_sweep_s_only_rung_is_past_the_phase_where_kid_rises():
     """benchmarks/learning.py: at the digits defaults the models draw digits by step 500 and KID falls from
     then on; an evaluation every 250 steps with ASHA's first rung at the second puts its one rung there."""
-    from switchsweep.sweeps.run import _rung_steps
+    from switchsweep.sweeps.tuner import sweep_rung_steps
 
     job = load_sweep_config(["sweep=design_space"])
     assert (job.train.steps, job.sweep.eval_every, job.sweep.grace_period) == (1000, 250, 2)
-    assert _rung_steps(job) == [500]
+    assert sweep_rung_steps(job) == [500]

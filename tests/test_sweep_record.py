@@ -181,8 +181,8 @@ def test_a_damaged_record_is_one_line_and_names_the_file(tmp_path, capsys, text)
 
 @pytest.mark.parametrize("uri", [False, True], ids=["shared-folder", "uri"])
 def test_every_save_keeps_the_sweeps_state_in_its_storage_and_a_new_machine_resumes_from_it(tmp_path, uri):
-    from switchsweep.platform.compose import load_sweep_config
-    from switchsweep.sweeps.run import find_sweep
+    from switchsweep.config.compose import load_sweep_config
+    from switchsweep.sweeps.locate import find_sweep
 
     bucket = tmp_path / "bucket"
     base = bucket.as_uri() if uri else str(bucket)

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from switchsweep.cli import main
+from switchsweep.config.compose import load_config, load_eval_config
 from switchsweep.platform.checkpoint import load_checkpoint, save_checkpoint
-from switchsweep.platform.compose import load_config, load_eval_config
 from switchsweep.platform.errors import CheckpointError, ConfigError, TrainingError
 from switchsweep.trainers.evaluation.evaluate import evaluate_checkpoint
 from switchsweep.trainers.loop import trainer as loop
@@ -62,8 +62,8 @@ def test_compile_without_a_cpp_compiler_is_one_line_before_any_work(tiny_cfg, mo
 
 
 def test_only_blocks_with_data_independent_shapes_are_compiled():
+    from switchsweep.config.schema import Config
     from switchsweep.models import build_model
-    from switchsweep.platform.config import Config
 
     cfg = Config()
     for name, blocks in (("switch_dit", 6), ("dit_moe", 0)):

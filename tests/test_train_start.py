@@ -10,7 +10,7 @@ from ray.train.v2._internal.callbacks import BackendSetupCallback, DatasetsCallb
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
 from switchsweep.sweeps import loopback_ddp
-from switchsweep.sweeps.trial import _TorchTrainer
+from switchsweep.sweeps.compat import TorchTrainerWithoutDatasets
 
 
 def test_the_controller_side_of_the_loopback_backend_imports_no_torch():
@@ -29,13 +29,13 @@ def test_the_controller_side_of_the_loopback_backend_imports_no_torch():
 
 def test_the_controller_unpickles_a_workers_spec_without_the_worker_side():
     # Train's controller imports the train function's module and unpickles its config only to pass them on.
-    from switchsweep.platform.config import Config
+    from switchsweep.config.schema import Config
     from switchsweep.sweeps.train_entry import train_worker
-    from switchsweep.sweeps.worker_spec import WorkerSpec
+    from switchsweep.sweeps.worker_spec import SweepReports, WorkerSpec
 
     cfg = Config()
     cfg.model.top_k = 1
-    spec = WorkerSpec(cfg, "run", "sqlite:///x.db", 4, 1, "last", "s", "t", (4,), 1.0)
+    spec = WorkerSpec(cfg, "run", SweepReports("s", "sqlite:///x.db", "", 4, (4,)), "t", 1, 1.0)
     code = (
         "import pickle, sys; fn, cfg = pickle.loads(sys.stdin.buffer.read()); "
         "assert cfg['spec'].config.model.top_k == 1; "
@@ -47,7 +47,7 @@ def test_the_controller_unpickles_a_workers_spec_without_the_worker_side():
 
 
 def test_trials_train_without_ray_datas_dataset_manager():
-    trainer = _TorchTrainer(
+    trainer = TorchTrainerWithoutDatasets(
         lambda config: None,
         scaling_config=ScalingConfig(num_workers=1),
         torch_config=loopback_ddp.LoopbackTorchConfig(),

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from switchsweep.cli import main
+from switchsweep.config.naming import variant_label
+from switchsweep.config.schema import Config, TrainConfig
 from switchsweep.models import build_model
 from switchsweep.models.dit_moe import MoEMlp
 from switchsweep.models.flops import forward_gflops, parameter_count
 from switchsweep.models.routing import expert_balance_loss, importance_balance_loss
 from switchsweep.platform.checkpoint import load_checkpoint
-from switchsweep.platform.config import Config, TrainConfig
-from switchsweep.platform.naming import variant_label
 from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion
 from switchsweep.trainers.diffusion.sampling import sample_images
 from switchsweep.trainers.diffusion.weighting import (

@@ -4,9 +4,9 @@ a non-default value changes the masks, the losses or the output, checked against
 import pytest
 import torch
 
+from switchsweep.config.schema import MODEL_SIZES, Config
 from switchsweep.models import build_model
 from switchsweep.models.routing import dtr_mask, prior_mask
-from switchsweep.platform.config import MODEL_SIZES, Config
 from switchsweep.sweeps.space import apply_params, config_from_dict, training_dict
 
 T = 1000

@@ -16,15 +16,17 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from switchsweep.config.naming import variant_label
+from switchsweep.config.sweep_schema import ACCURACY_METRIC as ACCURACY
+from switchsweep.config.sweep_schema import METRIC_SE, REPORTED_METRICS
 from switchsweep.dashboards.sweep_data import SweepData, TrialData, collect
-from switchsweep.platform.export import accuracy_text, is_plain_dit, value_text, verdict_sentences
 from switchsweep.platform.files import atomic_write_text
-from switchsweep.platform.naming import variant_label
-from switchsweep.platform.ranking import ACCURACY_METRIC as ACCURACY
-from switchsweep.platform.ranking import LEARNED_ACCURACY, Ranked, pareto_front
-from switchsweep.platform.sweep_config import METRIC_SE, REPORTED_METRICS
 from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.tracking import Tracker
+from switchsweep.results.ranking import LEARNED_ACCURACY, Ranked, pareto_front
+from switchsweep.results.text import accuracy_text, num, pm, value_text
+from switchsweep.results.trials import is_plain_dit
+from switchsweep.results.verdicts import verdict_sentences
 
 DESIGN_KEYS = (
     ("model.num_experts", "M"),
@@ -34,10 +36,6 @@ DESIGN_KEYS = (
 )
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 MAX_ROUTING_FIGURES = 16  # the best trials' routing; more makes the page slow to open
-
-
-def _num(value: float, fmt: str) -> str:
-    return "" if value is None or not math.isfinite(value) else format(value, fmt)
 
 
 def _float(params: dict[str, str], key: str) -> float:
@@ -66,10 +64,6 @@ def compute_cost(trial: TrialData, parent_params: dict[str, str]) -> float:
 
 def _group_cost(data: SweepData, group: Ranked) -> float:
     return sum(compute_cost(t, data.ranking.parent_params) for t in data.trials if t.trial_id in group.trials)
-
-
-def _pm(diff: float, half_width: float) -> str:
-    return f"{diff:+.4g} +- {half_width:.2g}" if math.isfinite(half_width) else ""
 
 
 def _color(i: int) -> str:
@@ -121,20 +115,20 @@ def ranking_table(data: SweepData) -> str:
                 r.status,
                 str(r.steps),
                 *(
-                    [accuracy_text(r), _num(100 * r.accuracy_se, ".1f") + ("%" if math.isfinite(r.accuracy_se) else "")]
+                    [accuracy_text(r), num(100 * r.accuracy_se, ".1f") + ("%" if math.isfinite(r.accuracy_se) else "")]
                     if classified
                     else []
                 ),
                 value_text(r),
-                _num(r.std, ".3g"),
-                _num(r.noise, ".3g"),
+                num(r.std, ".3g"),
+                num(r.noise, ".3g"),
                 r.vs_best,
-                _pm(r.diff, r.diff_half_width),
-                *([r.vs_baseline, _pm(r.base_diff, r.base_half_width)] if base else []),
-                _num(r.metrics.get("params", math.nan) * 1e-6, ".3f"),
-                _num(r.metrics.get("gflops", math.nan), ".4f"),
-                _num(r.metrics.get("steps_per_sec", math.nan), ".2f"),
-                _num(cost, ".3g"),
+                pm(r.diff, r.diff_half_width),
+                *([r.vs_baseline, pm(r.base_diff, r.base_half_width)] if base else []),
+                num(r.metrics.get("params", math.nan) * 1e-6, ".3f"),
+                num(r.metrics.get("gflops", math.nan), ".4f"),
+                num(r.metrics.get("steps_per_sec", math.nan), ".2f"),
+                num(cost, ".3g"),
                 *(["yes" if r.pareto else ""] if data.ranking.objectives else []),
                 *([r.failure] if failed else []),
             ]

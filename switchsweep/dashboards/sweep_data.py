@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from switchsweep.platform.export import SweepRanking, rank_trials
-from switchsweep.platform.naming import run_name
-from switchsweep.platform.ranking import ACCURACY_METRIC as ACCURACY
+from switchsweep.config.naming import run_name
+from switchsweep.config.sweep_schema import ACCURACY_METRIC as ACCURACY
 from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.sweep_record import TrialEnd
 from switchsweep.platform.tracking import SAMPLES_KEY, SEED_TAG, TRIAL_TAG, Tracker
+from switchsweep.results.trials import SweepRanking, rank_trials
 
 CURVES = ("loss", "routing_jsd", ACCURACY)  # besides the sweep's metric
 TIME_BINS = 100  # timesteps are averaged in bins for the routing images: 1000 rows would bloat the page

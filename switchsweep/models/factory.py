@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from switchsweep.config.schema import MODEL_SIZES, DataConfig, ModelConfig
 from switchsweep.models.dit import DiT
 from switchsweep.models.dit_moe import DiTMoE
 from switchsweep.models.dtr import DTR
 from switchsweep.models.multi_experts import MultiExpertDiT
 from switchsweep.models.switch_dit import SwitchDiT
-from switchsweep.platform.config import MODEL_SIZES, DataConfig, ModelConfig
 
 
 def build_model(model: ModelConfig, data: DataConfig, num_timesteps: int, seed: int = 0) -> nn.Module:

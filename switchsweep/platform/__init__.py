@@ -1,3 +1,2 @@
-"""The ground floor, importing no other subpackage: the config schema and its composition, errors,
-checkpoints and atomic files, a sweep's folder and its one record, Ray start-up, storage, MLflow
-tracking, and the ranking and export of a sweep's results."""
+"""The ground floor, importing no other subpackage: errors, atomic files, storage URIs and buckets,
+checkpoints, a sweep's folder and its one record, and MLflow tracking."""

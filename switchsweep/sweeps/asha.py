@@ -19,6 +19,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from switchsweep.platform.files import atomic_write
+from switchsweep.sweeps.compat import forget_trial
 from switchsweep.sweeps.gate import start_gate
 from switchsweep.sweeps.space import FULL
 
@@ -73,7 +74,7 @@ class ResumableASHA(ASHAScheduler):
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
         self._load()
         if trial.config.get(FULL):
-            self._trial_info.pop(trial.trial_id, None)
+            forget_trial(self, trial.trial_id)
         else:
             super().on_trial_complete(tune_controller, trial, result)
         self._save()

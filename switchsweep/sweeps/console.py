@@ -4,14 +4,15 @@ phase times a report carries for the sweep's record stay out of it."""
 
 from __future__ import annotations
 
-from ray.tune import CLIReporter
 from ray.tune.experiment import Trial
+
+from switchsweep.sweeps.compat import ReporterWithoutBestLine
 
 # Tune's newer console prints every reported number of every trial; its reporter setting needs the classic one.
 NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
 
 
-class SweepReporter(CLIReporter):
+class SweepReporter(ReporterWithoutBestLine):
     def __init__(self, metrics: list[str], parameters: list[str]):
         """metrics: the sweep's (one, by which rows are sorted, best first; or its objectives, unsorted);
         parameters: what tells trials apart (configuration, seed, searched settings), never the keys that
@@ -24,11 +25,6 @@ class SweepReporter(CLIReporter):
             max_column_length=24,
         )
         self._shown: list[tuple] | None = None
-
-    def _current_best_trial(self, trials: list[Trial]):
-        """No "current best trial" line: the table is sorted best first, and that line looks up every
-        parameter column in the best trial's config, which a baseline trial lacks the searched keys of."""
-        return None, self._metric
 
     def should_report(self, trials: list[Trial], done: bool = False) -> bool:
         """Only when some trial's status or last report changed since the table was last printed (Tune asks

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import ray
-from ray._private.ray_constants import env_integer
 from ray.exceptions import GetTimeoutError
 from ray.train.backend import Backend, BackendConfig
 from ray.train.constants import DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S
-from ray.train.v2._internal.util import TrainingFramework
+
+from switchsweep.sweeps.compat import TORCH_FRAMEWORK, set_torch_distributed_env_vars, shutdown_torch
 
 logger = logging.getLogger(__name__)
 _SERVED: dict[str, Any] = {}  # rank 0's listening socket and store, alive as long as its process group
@@ -54,9 +55,8 @@ def _serve(world_size: int, timeout_s: int) -> int:
 
 def _join(backend: str, world_rank: int, world_size: int, port: int, timeout_s: int) -> None:
     import torch.distributed as dist
-    from ray.train.torch.config import _set_torch_distributed_env_vars
 
-    _set_torch_distributed_env_vars()  # LOCAL_RANK and friends, as Ray Train sets them
+    set_torch_distributed_env_vars()
     timeout = timedelta(seconds=timeout_s)
     if world_rank == 0:
         store = _SERVED["store"]
@@ -66,9 +66,7 @@ def _join(backend: str, world_rank: int, world_size: int, port: int, timeout_s: 
 
 
 def _leave(destroy_process_group: bool) -> None:
-    from ray.train.torch.config import _shutdown_torch
-
-    _shutdown_torch(destroy_process_group=destroy_process_group)
+    shutdown_torch(destroy_process_group)
     _SERVED.clear()
 
 
@@ -98,7 +96,8 @@ class _LoopbackBackend(Backend):
 
     def on_shutdown(self, worker_group, backend_config: LoopbackTorchConfig) -> None:
         # As Train's torch backend, with its setting: a hung process group must not hold the trial's end.
-        timeout_s = env_integer(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S)
+        default = DEFAULT_TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S
+        timeout_s = int(os.environ.get(TORCH_PROCESS_GROUP_SHUTDOWN_TIMEOUT_S, default))
         try:
             ray.get(worker_group.execute_async(_leave, destroy_process_group=len(worker_group) > 1), timeout=timeout_s)
         except GetTimeoutError:
@@ -122,7 +121,7 @@ class LoopbackTorchConfig(BackendConfig):
 
     @property
     def framework(self):
-        return TrainingFramework.TORCH
+        return TORCH_FRAMEWORK
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -18,7 +18,7 @@ Outside the study, the searcher also hands out
   to Optuna and never stopped early;
 - racing rounds (`sweep.race=N`) once every configuration is over: one more seed each for the N best
   complete configurations and the baseline, round after round, until the best separates from the
-  runner-up (or, racing one configuration, from the baseline) at 95% (`platform.ranking.separated`, a
+  runner-up (or, racing one configuration, from the baseline) at 95% (`results.ranking.separated`, a
   paired t interval over seeds) or `race_seeds` rounds are spent; then it ends the sweep.
 """
 
@@ -35,9 +35,10 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from switchsweep.platform.ranking import BASELINE_GROUP, race_leaders, separated
-from switchsweep.platform.sweep_config import ParamSpec
+from switchsweep.config.sweep_schema import ParamSpec
 from switchsweep.platform.sweep_record import TrialEnd
+from switchsweep.results.ranking import BASELINE_GROUP, race_leaders, separated
+from switchsweep.sweeps.compat import storage_id
 from switchsweep.sweeps.space import (
     BASELINE_ROW,
     FULL,
@@ -171,7 +172,7 @@ class SeededStudySearch(Searcher):
             settings = resolve_point(self.space, ot.params, self.base)
             for key, value in settings.items():
                 ot.set_user_attr(key, value)
-            group = _Group(f"g{ot.number:03d}", ot.number, ot._trial_id, settings)
+            group = _Group(f"g{ot.number:03d}", ot.number, storage_id(ot), settings)
             self.groups[group.name] = group
             self.filling = group.name
         seed = len(group.outcomes)

@@ -18,10 +18,9 @@ from omegaconf.errors import OmegaConfBaseException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from ray import tune
 
-from switchsweep.platform.compose import compose_config, override_key
-from switchsweep.platform.config import Config, to_config, validate
-from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.sweep_config import (
+from switchsweep.config.compose import compose_config, override_key
+from switchsweep.config.schema import Config, to_config, validate
+from switchsweep.config.sweep_schema import (
     SPEC_KINDS,
     ParamSpec,
     SweepConfig,
@@ -29,6 +28,7 @@ from switchsweep.platform.sweep_config import (
     baseline_model,
     validate_sweep,
 )
+from switchsweep.platform.errors import ConfigError
 
 FRACTION_SUFFIX = ":fraction"  # the name Optuna sees for a `fraction_of` key: the fraction u itself
 # Keys of a trial's config that are not training settings: the grid row, the seed index, the group
@@ -125,14 +125,15 @@ def reporter_columns(sweep: SweepConfig) -> list[str]:
     return [GROUP, SEED, *(spec.key for spec in sweep.space)]
 
 
-def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The trial's training dict: `base` with the trial's settings set and train.seed offset by its seed index."""
-    cfg = OmegaConf.create(copy.deepcopy(base))
+def apply_params(base: dict[str, Any], params: dict[str, Any]) -> DictConfig:
+    """The trial's training config on the schema (one merge; `to_config` validates it): `base` with the
+    trial's settings set and train.seed offset by its seed index."""
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), base)
     for key, value in params.items():
         if key not in META_KEYS:
             OmegaConf.update(cfg, key, value)
     cfg.train.seed = int(cfg.train.seed) + int(params.get(SEED, 0))
-    return OmegaConf.to_container(cfg)  # type: ignore[return-value]
+    return cfg
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:

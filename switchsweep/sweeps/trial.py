@@ -21,13 +21,11 @@ from typing import Any
 from omegaconf import OmegaConf
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
-from ray.train.torch import TorchTrainer
-from ray.train.v2._internal.callbacks import DatasetsCallback  # pinned Ray: see _TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from switchsweep.platform.config import Config
-from switchsweep.platform.naming import run_name
-from switchsweep.platform.sweep_config import RayConfig, trains_inline, worker_bundle
+from switchsweep.config.naming import run_name
+from switchsweep.config.schema import Config, to_config
+from switchsweep.config.sweep_schema import RayConfig, trains_inline, worker_bundle
 from switchsweep.platform.sweep_record import SweepRecord, TrialEntry
 from switchsweep.platform.tracking import (
     ATTEMPTS_TAG,
@@ -38,12 +36,13 @@ from switchsweep.platform.tracking import (
     Tracker,
     flatten,
 )
+from switchsweep.sweeps.compat import TorchTrainerWithoutDatasets
 from switchsweep.sweeps.failures import TrialFailure, fail_again, fail_trial, reason, trial_failure
 from switchsweep.sweeps.loopback_ddp import LoopbackTorchConfig
-from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params, config_from_dict
+from switchsweep.sweeps.space import GROUP, ROW, SEED, apply_params
 from switchsweep.sweeps.train_entry import train_worker
 from switchsweep.sweeps.worker import TuneSession, run_worker
-from switchsweep.sweeps.worker_spec import WorkerSpec
+from switchsweep.sweeps.worker_spec import SweepReports, WorkerSpec
 
 # Checkpoints kept a trial (Tune's for an inline trial, Train's for a Train job): two, because the state a
 # restore reads can still name the one before the latest when the driver is lost between Ray deleting it
@@ -56,18 +55,13 @@ class TrialJob:
     """Everything a trial needs, as plain data (Tune ships it to every trial process)."""
 
     bases: list[dict[str, Any]]  # one training dict per grid row; one for tpe/random
-    sweep_id: str
+    reports: SweepReports
     sweep_dir: str  # the sweep's record: an inline trial (on the driver's machine) reads its attempts there
-    storage_path: str  # the sweep's own folder of Tune and Train state: an absolute path or URI all nodes share
-    tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    eval_every: int
     ray: RayConfig
     git_commit: str
-    log_checkpoints: str = "last"  # last: final checkpoint in MLflow only; false/best: in Train storage
     done_trials: list[str] = dataclasses.field(default_factory=list)  # over by the sweep's record: never run again
-    rung_steps: list[int] = dataclasses.field(default_factory=list)  # ASHA decides here: wait for it (sweeps.gate)
 
 
 def trial_group(params: dict[str, Any]) -> str:
@@ -75,36 +69,17 @@ def trial_group(params: dict[str, Any]) -> str:
     return str(params.get(GROUP) or f"row{int(params.get(ROW, 0)):02d}")
 
 
-def trial_config(job: TrialJob, params: dict[str, Any]) -> dict[str, Any]:
-    tree = apply_params(job.bases[params.get(ROW, 0)], params)
-    tree["train"]["out_dir"] = "."  # each worker trains in scratch space on its own node (run_worker)
-    tree["train"]["progress"] = False
-    tree["train"]["resume"] = None
-    return tree
-
-
-class _TorchTrainer(TorchTrainer):
-    """TorchTrainer without Ray Data's dataset manager: the workers load their own data, and the manager
-    is one more process on the critical path of every Train job's start."""
-
-    def _create_default_callbacks(self) -> list:
-        return [cb for cb in super()._create_default_callbacks() if not isinstance(cb, DatasetsCallback)]
+def trial_config(job: TrialJob, params: dict[str, Any]) -> Config:
+    """The trial's one validated config, handed as it is to every worker."""
+    cfg = apply_params(job.bases[params.get(ROW, 0)], params)
+    cfg.train.out_dir = "."  # each worker trains in scratch space on its own node (run_worker)
+    cfg.train.progress = False
+    cfg.train.resume = None
+    return to_config(cfg)
 
 
 def _worker_spec(job: TrialJob, cfg: Config, run_id: str, trial_id: str, attempt: int) -> WorkerSpec:
-    return WorkerSpec(
-        config=cfg,
-        run_id=run_id,
-        tracking_uri=job.tracking_uri,
-        eval_every=job.eval_every,
-        attempt=attempt,
-        log_checkpoints=job.log_checkpoints,
-        sweep_id=job.sweep_id,
-        trial_id=trial_id,
-        rung_steps=tuple(job.rung_steps),
-        fit_start=time.time(),
-        storage=job.storage_path,
-    )
+    return WorkerSpec(cfg, run_id, job.reports, trial_id, attempt, fit_start=time.time())
 
 
 def run_trial(params: dict[str, Any], job: TrialJob) -> None:
@@ -115,15 +90,15 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
     trial_id = tune.get_context().get_trial_id()
     if trial_id in job.done_trials:
         return  # ended before a driver restart that Tune's older snapshot does not know of
-    tree = trial_config(job, params)
-    cfg = config_from_dict(tree)  # validated once: every worker is handed this one
-    tracker = Tracker(job.tracking_uri)
+    cfg = trial_config(job, params)
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg))  # as logged: params and config.yaml
+    tracker = Tracker(job.reports.tracking_uri)
     seed = int(params.get(SEED, 0))
     r, inline = job.ray, trains_inline(job.ray)
     run_id, created = tracker.child_run(
         job.experiment_id,
         job.parent_run_id,
-        job.sweep_id,
+        job.reports.sweep_id,
         trial_id,
         name=run_name(flatten(tree), seed),
         tags={
@@ -140,7 +115,7 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
         _train_inline(job, cfg, tracker, run_id, trial_id)
         return
     for attempt in range(1, r.max_failures + 2):
-        trainer = _TorchTrainer(
+        trainer = TorchTrainerWithoutDatasets(
             train_worker,  # sweeps.train_entry: the controller imports little
             train_loop_config={"spec": _worker_spec(job, cfg, run_id, trial_id, attempt)},
             scaling_config=ScalingConfig(
@@ -152,7 +127,7 @@ def run_trial(params: dict[str, Any], job: TrialJob) -> None:
             torch_config=None if r.address else LoopbackTorchConfig(),  # a local instance listens on 127.0.0.1 only
             run_config=RunConfig(
                 name=f"train-{trial_id}",  # deterministic: each attempt resumes this Train run's last checkpoint
-                storage_path=job.storage_path,
+                storage_path=job.reports.storage,
                 # Restarts are decided here (deterministic failures are not retried), not by Train.
                 failure_config=FailureConfig(max_failures=0, controller_failure_limit=3),
                 checkpoint_config=CheckpointConfig(num_to_keep=KEPT_CHECKPOINTS),

@@ -91,8 +91,8 @@ class SweepHooks(TrainHooks):
     own_checkpoints = False  # checkpoints go to Ray Train (and MLflow), not to the trial's folder
 
     def __init__(self, spec: WorkerSpec, loop_s: float, worker_start: float, session: TrainSession):
-        self.spec, self.report_every = spec, spec.eval_every
-        self.per_class, self.rungs = spec.config.sample.per_class, set(spec.rung_steps)
+        self.spec, self.report_every = spec, spec.reports.eval_every
+        self.per_class, self.rungs = spec.config.sample.per_class, set(spec.reports.rung_steps)
         self.loop_s, self.started = loop_s, time.perf_counter()  # seconds of earlier attempts, this one's clock
         self.times = {
             "t_fit_start": spec.fit_start,
@@ -110,7 +110,7 @@ class SweepHooks(TrainHooks):
         self.stats: dict[str, float] = {}
         self.log: ResilientLog | None = None
         if self.rank == 0:
-            tracker = Tracker(spec.tracking_uri)
+            tracker = Tracker(spec.reports.tracking_uri)
             # What an earlier attempt (or a run before a driver restart) logged is not logged again.
             self.log = ResilientLog(tracker, spec.run_id, tracker.logged_steps(spec.run_id))
 
@@ -127,7 +127,7 @@ class SweepHooks(TrainHooks):
 
     def _evaluate(self, trainer: Trainer, step: int, metrics: dict[str, float], art: Path) -> dict[str, float]:
         """The EMA model's metrics, and this evaluation's noise values (what a paired comparison with
-        another trial reads, `platform.export`) as an artifact."""
+        another trial reads, `results.trials`) as an artifact."""
         cfg = trainer.cfg
         report, noise = evaluate_model(trainer.ema.model, trainer.diffusion, cfg.data, cfg.eval, trainer.device)
         report.update(loss=metrics["loss"], steps_per_sec=metrics["steps_per_sec"], **self.stats)
@@ -186,7 +186,7 @@ class SweepHooks(TrainHooks):
         self._draw_samples(trainer, step, art)
         self.times["eval_s"] += time.perf_counter() - evaluating
         # The last checkpoint goes to MLflow instead of Ray Train's storage (log_checkpoints=last).
-        in_mlflow = step == trainer.cfg.train.steps and self.spec.log_checkpoints == "last"
+        in_mlflow = step == trainer.cfg.train.steps and self.spec.reports.log_checkpoints == "last"
         if in_mlflow:
             self._checkpoint_to_mlflow(trainer, art)
         logged = {k: v for k, v in report.items() if k not in ("loss", "steps_per_sec", *self.stats)}
@@ -224,7 +224,7 @@ class SweepHooks(TrainHooks):
             self._orchestration("report_s", time.perf_counter() - reporting)
             if self.rank == 0 and step in self.rungs:  # the other ranks wait in the next step's all-reduce
                 waiting = time.perf_counter()
-                wait_at_gate(self.spec.sweep_id, self.spec.trial_id, step)
+                wait_at_gate(self.spec.reports.sweep_id, self.spec.trial_id, step)
                 self._orchestration("gate_s", time.perf_counter() - waiting)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -253,7 +253,7 @@ def run_worker(spec: WorkerSpec, session: TrainSession | None = None) -> None:
         # Scratch on this worker's own node; what outlives the trial goes to MLflow and Train's storage.
         scratch = Path(tempfile.mkdtemp(prefix="switchsweep-trial-"))
         try:
-            check_credentials(spec.storage, "sweep.ray.storage_path")  # this node's, before any training
+            check_credentials(spec.reports.storage, "sweep.ray.storage_path")  # this node's, before any training
             # Nothing lands in out_dir (checkpoints go through the hooks), and the sample grid is drawn at
             # each evaluation (SweepHooks), not once at the end.
             cfg = spec.config

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from switchsweep.platform.config import Config
+from switchsweep.config.schema import Config
 
 PROGRESS = "progress.json"  # beside ckpt.pt in every reported checkpoint: training seconds so far
 # Wall-clock times (epoch seconds) of a trial's phases, reported with every result so the driver's
@@ -32,18 +32,26 @@ PHASES_KEY = "phases"
 
 
 @dataclass(frozen=True)
+class SweepReports:
+    """Where and when every trial of a sweep reports: the same for the trial's Tune side (`TrialJob`) and
+    its workers (`WorkerSpec`)."""
+
+    sweep_id: str
+    tracking_uri: str
+    storage: str  # the sweep's folder of Tune and Train state: an absolute path or URI every node reaches
+    eval_every: int
+    rung_steps: tuple[int, ...] = ()  # ASHA decides here: rank 0 waits for it (sweeps.gate)
+    log_checkpoints: str = "last"  # last: the final checkpoint in MLflow only; false/best: in Train storage
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
     """Everything a trial's worker needs: its one validated training config and where it reports."""
 
     config: Config  # the sweep's sample.per_class included: the grid is drawn at each evaluation
     run_id: str  # the trial's MLflow run
-    tracking_uri: str
-    eval_every: int
-    attempt: int
-    log_checkpoints: str  # last: the final checkpoint in MLflow only; false/best: in Train storage
-    sweep_id: str
+    reports: SweepReports
     trial_id: str
-    rung_steps: tuple[int, ...]  # ASHA decides here: rank 0 waits for it (sweeps.gate)
+    attempt: int
     fit_start: float  # epoch seconds: the Train job's start
     train_fn_start: float | None = None  # epoch seconds: the train function's call (PHASES' t_train_fn)
-    storage: str = ""  # Train's storage (a bucket on a cluster): this node's credentials for it are checked first

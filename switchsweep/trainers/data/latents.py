@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from switchsweep.platform.config import DataConfig
+from switchsweep.config.schema import DataConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.files import atomic_write
 

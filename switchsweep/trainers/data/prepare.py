@@ -22,9 +22,9 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from switchsweep.platform.config import DataConfig
+from switchsweep.config.resources import node_types
+from switchsweep.config.schema import DataConfig
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.runtime import node_types
 from switchsweep.trainers.data.imagefolder import read_image, scan, to_unit_range
 from switchsweep.trainers.data.latents import (
     FORMAT,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from switchsweep.platform.config import TrainConfig
+from switchsweep.config.schema import TrainConfig
 
 
 def snr(alphas_cumprod: Tensor, t: Tensor) -> Tensor:

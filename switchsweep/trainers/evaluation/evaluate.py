@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from switchsweep.config.schema import Config, DataConfig, EvalConfig
 from switchsweep.models import build_model
 from switchsweep.platform.checkpoint import load_checkpoint
-from switchsweep.platform.config import Config, DataConfig, EvalConfig
 from switchsweep.trainers.data.latents import latent_decoder
 from switchsweep.trainers.diffusion.gaussian import GaussianDiffusion
 from switchsweep.trainers.diffusion.sampling import sample_images

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from switchsweep.config.schema import DataConfig, EvalConfig
 from switchsweep.platform.checkpoint import load_from_storage, save_to_storage
-from switchsweep.platform.config import DataConfig, EvalConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.storage import storage_join
 from switchsweep.trainers.data.batches import load_dataset, load_digits_tensors

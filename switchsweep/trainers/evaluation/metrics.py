@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import accuracy_score
 from torch import Tensor
 
-from switchsweep.platform.ranking import ACCURACY_METRIC as ACCURACY
+from switchsweep.config.sweep_schema import ACCURACY_METRIC as ACCURACY
 
 # KID is reported x 10^3, as the literature prints it (the MMD^2 values are small).
 KID_SCALE = 1e3

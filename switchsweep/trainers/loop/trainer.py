@@ -16,11 +16,11 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from switchsweep.config.schema import Config
 from switchsweep.models import build_model
 from switchsweep.models.flops import forward_gflops, parameter_count
 from switchsweep.models.layers import AdaLNBranches
 from switchsweep.platform.checkpoint import load_checkpoint, save_checkpoint
-from switchsweep.platform.config import Config
 from switchsweep.platform.errors import CheckpointError, ConfigError, TrainingError
 from switchsweep.trainers.data.batches import BatchStream, load_dataset
 from switchsweep.trainers.data.images import save_image_grid

@@ -11,13 +11,13 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import ray
-import yaml
 
+from switchsweep.config.resources import check_node_types, node_types
+from switchsweep.config.sweep_schema import RayConfig, trial_resources
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.sweep_config import RayConfig, driver_bundle, trial_resources, worker_bundle
+from switchsweep.sweeps.compat import canonical_address, init_on_loopback, keep_local_instance_on_loopback
 
 # A local instance has no nodes to be preempted: no Train preemption watcher, one process less per trial.
 LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
@@ -79,25 +79,15 @@ def start_ray(r: RayConfig) -> None:
             f"sweep.ray.address={r.address}: cannot connect ({str(error).splitlines()[0][:160]}): "
             "start the cluster (make cluster-up) or drop the setting for a local instance"
         ) from None
-    _loopback_only()
-    ray.init(
-        num_cpus=local_num_cpus(r),
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        _node_ip_address="127.0.0.1",
-        **quiet,
-    )
+    keep_local_instance_on_loopback()
+    init_on_loopback(num_cpus=local_num_cpus(r), include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
 
 
 def _check_reachable(address: str) -> None:
     """Ray retries an unreachable head for minutes: knock on its port first, for a few seconds."""
-    from ray._private.services import canonicalize_bootstrap_address  # pinned Ray: a private helper
-
     fix = "start the cluster (make cluster-up) or drop the setting for a local instance"
     try:
-        target = (
-            address.removeprefix("ray://") if address.startswith("ray://") else canonicalize_bootstrap_address(address)
-        )
+        target = address.removeprefix("ray://") if address.startswith("ray://") else canonical_address(address)
     except (ConnectionError, ValueError) as e:
         raise ConfigError(f"sweep.ray.address={address}: {str(e).splitlines()[0][:160]}: {fix}") from None
     if target is None:
@@ -125,21 +115,6 @@ def _stderr_kept() -> Iterator[Path]:
             os.close(saved)
 
 
-def ray_temp_dir() -> str:
-    """Ray's temp folder on this machine (sessions' logs and Tune's staging folders), once connected."""
-    return ray._private.worker._global_node.get_temp_dir_path()
-
-
-def _loopback_only() -> None:
-    """Keep a local instance on 127.0.0.1. On Linux Ray swaps a loopback node address for the machine's
-    own and then binds its servers (GCS, raylet, agents, workers) to every interface; the switch that
-    keeps a node local is read at import in this process and from the environment in the ones it starts."""
-    from ray._private import ray_constants
-
-    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-
-
 def check_cluster(r: RayConfig) -> None:
     """Refuse, before any trial, a trial the connected cluster can never hold: against what a local
     instance has, or against the autoscaler's node types where its config is at hand (a cluster
@@ -163,49 +138,3 @@ def check_resources(r: RayConfig, total: dict[str, float] | None = None) -> None
                 f"sweep.ray.num_workers={r.num_workers} x {per} needs {need:g} {name} per trial but the cluster has "
                 f"{have:g}: lower sweep.ray.num_workers or add nodes"
             )
-
-
-def node_types(path: str) -> dict[str, dict[str, Any]] | None:
-    """The node types (name -> resources) of an autoscaler config (`ray up` writes it on the head as
-    ~/ray_bootstrap_config.yaml), or None where there is none."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        return None
-    try:
-        types = yaml.safe_load(file.read_text())["available_node_types"]
-        return {name: dict(t.get("resources") or {}) for name, t in types.items()}
-    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as e:
-        raise ConfigError(
-            f"sweep.ray.cluster_config={path}: not an autoscaler config with available_node_types "
-            f"({type(e).__name__}): point it at the cluster's config or at a missing file"
-        ) from None
-
-
-def _fits(bundle: dict[str, float], have: dict[str, Any]) -> bool:
-    return all(float(have.get(name, 0)) >= amount for name, amount in bundle.items() if amount > 0)
-
-
-def check_node_types(r: RayConfig, types: dict[str, dict[str, Any]], present: list[dict[str, float]]) -> None:
-    """On an autoscaling cluster, refuse a trial that no node type (nor a node already up) can ever
-    hold: its driver, or one of its workers (a GPU type that the config lacks, say), or, placed on one
-    node (STRICT_PACK), all its workers together."""
-    nodes = [*types.values(), *present]
-    add = "add it to a node type's resources in cluster.yaml or lower the request"
-    wanted = [("a trial's driver", driver_bundle(r), add), ("one DDP worker", worker_bundle(r), add)]
-    if r.placement_strategy == "STRICT_PACK" and r.num_workers > 1:
-        together = {name: amount * r.num_workers for name, amount in worker_bundle(r).items()}
-        what = f"its {r.num_workers} DDP workers on one node (placement_strategy=STRICT_PACK)"
-        wanted.append(
-            (what, together, "add a node type that large to cluster.yaml, or set sweep.ray.placement_strategy=PACK")
-        )
-    for what, bundle, fix in wanted:
-        if any(_fits(bundle, have) for have in nodes):
-            continue
-        need = ", ".join(f"{name}: {amount:g}" for name, amount in bundle.items())
-        missing = [name for name, amount in bundle.items() if not any(float(h.get(name, 0)) >= amount for h in nodes)]
-        if missing == ["GPU"] and fix is add:
-            fix = "add a GPU node type to cluster.yaml or set sweep.ray.use_gpu=false"
-        raise ConfigError(
-            f"sweep.ray: {what} needs {{{need}}} but no node type of {r.cluster_config} "
-            f"({', '.join(types)}) has it: {fix}"
-        )

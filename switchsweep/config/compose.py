@@ -13,10 +13,10 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from switchsweep.config.schema import Config, DataConfig, to_config, validate_eval, validate_scoring
+from switchsweep.config.sweep_schema import SweepJobConfig, validate_sweep
 from switchsweep.platform.checkpoint import load_checkpoint
-from switchsweep.platform.config import Config, DataConfig, to_config, validate_eval, validate_scoring
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.sweep_config import SweepJobConfig, validate_sweep
 
 CONFIG_MODULE = "switchsweep.conf"
 

@@ -2,7 +2,7 @@
 
 A sweep job is a full training config plus a `sweep` section; each trial trains the training part
 with the sampled parameters applied. Validation here is static (no Ray, no MLflow); the resource
-check against the running cluster lives in `platform.runtime`.
+check against the running cluster lives in `sweeps.runtime`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from switchsweep.platform.config import Config, validate_scoring
+from switchsweep.config.schema import Config, validate_scoring
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.uris import is_database, is_server, redact
 
@@ -35,8 +35,10 @@ REPORTED_METRICS = {
 # A metric's evaluation noise, reported beside it: its standard error over the generated samples
 # (trainers.evaluation.metrics), what re-evaluating the same model with another eval.seed varies it by.
 METRIC_SE = {"kid_x1e3": "kid_x1e3_se", "fid": "fid_se", "class_accuracy": "class_accuracy_se"}
-# Reported only where the evaluation's feature network classifies the data's own classes: the digits classifier.
-CLASSIFIED_ONLY = ("class_accuracy",)
+# The share of samples the data's classifier assigns to the class they were drawn for: reported only where
+# the evaluation's feature network classifies the data's own classes (the digits classifier).
+ACCURACY_METRIC = "class_accuracy"
+CLASSIFIED_ONLY = (ACCURACY_METRIC,)
 SPEC_KINDS = ("choice", "loguniform", "uniform", "randint", "fraction_of")
 LOG_CHECKPOINTS = ("last", "best", "false")
 # Sweep names and ids become folder names and MLflow filter values: letters, digits, . _ - only.
@@ -117,9 +119,7 @@ class SweepConfig:
     space: list[ParamSpec] = field(default_factory=list)
     grid: list[list[str]] = field(default_factory=list)  # rows of Hydra overrides (search=grid)
     seed: int = 0
-    id: str | None = None  # a sweep's id (<name>-<time>); null: a new one, or the latest with resume/export
-    resume: bool = False
-    extend: int = 0  # set by `--extend N`: N more configurations for a finished sweep, same parent run and study
+    id: str | None = None  # a sweep's id (<name>-<time>); null: a new one, or the latest (--resume, report, ...)
     root: str = "runs"  # sweeps, the MLflow store and its artifacts live under it
     tracking_uri: str | None = None  # null: sqlite:///<root>/mlflow.db; an http(s) MLflow server on clusters
     # A trial's final checkpoint, kept once: last: every finished trial's in MLflow; best: the best trial's in
@@ -294,7 +294,6 @@ def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
     _need(s.seeds >= 1, f"sweep.seeds={s.seeds} must be >= 1")
     _need(s.max_concurrent >= 1, f"sweep.max_concurrent={s.max_concurrent} must be >= 1")
     _need(s.tpe_startup is None or s.tpe_startup >= 1, f"sweep.tpe_startup={s.tpe_startup} must be >= 1 (or null)")
-    _need(s.extend >= 0, f"--extend {s.extend} must be >= 1")
     if baseline_model(s) is not None:
         _need(
             s.search != "grid",

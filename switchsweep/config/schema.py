@@ -40,7 +40,7 @@ FEATURE_NETS = ("digits", "inception")
 
 
 def _design(models: tuple[str, ...], default: Any, **how: Any) -> Any:
-    """A model setting that tells designs apart, for labels and run names (`platform.export`):
+    """A model setting that tells designs apart, for labels and run names (`results`):
     label="M": always shown as M=<value>; flag=True: its value, when not the default; off="x" / on="x":
     x when the value is 0 / above 0; run="ldp": a run-name part <run><value> (decimal=True: 1 -> 1.0)."""
     return field(default=default, metadata={"models": models, **how})

@@ -32,10 +32,10 @@ from typing import TypeVar
 import numpy as np
 from scipy import stats
 
+from switchsweep.config.sweep_schema import ACCURACY_METRIC
 from switchsweep.platform.sweep_record import TrialEnd
 
 BEST, TIED, WORSE, BETTER, NOT_LEARNED = "best", "tied", "worse", "better", "not learned"
-ACCURACY_METRIC = "class_accuracy"
 # Below this class accuracy a model has not learned to draw its classes (benchmarks/learning.py: every
 # evaluation at or above it had KID x 10^3 of at most 70, every one below it 90 or more, and KID rose with
 # training beyond its noise only at 18% accuracy or less).

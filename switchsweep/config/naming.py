@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from switchsweep.platform.config import ModelConfig
+from switchsweep.config.schema import ModelConfig
 
 
 def _design(params: dict[str, Any]) -> tuple[str, list[str], list[str]]:
     """The model name, what sets this design apart and the run-name parts, from a flattened config
-    (values as logged), as the config schema's design settings say (`platform.config.ModelConfig`)."""
+    (values as logged), as the config schema's design settings say (`config.schema.ModelConfig`)."""
     name = str(params.get("model.name", "?"))
     extra: list[str] = []
     run: list[str] = []

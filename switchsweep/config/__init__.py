@@ -1,0 +1,1 @@
+"""Configuration: the training and sweep schemas, their composition from Hydra files and overrides, and names."""

@@ -1,0 +1,58 @@
+"""A trial's resources against an autoscaling cluster's node types, read from its autoscaler config:
+whether any node the cluster can launch can ever hold it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from switchsweep.config.sweep_schema import RayConfig, driver_bundle, worker_bundle
+from switchsweep.platform.errors import ConfigError
+
+
+def node_types(path: str) -> dict[str, dict[str, Any]] | None:
+    """The node types (name -> resources) of an autoscaler config (`ray up` writes it on the head as
+    ~/ray_bootstrap_config.yaml), or None where there is none."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return None
+    try:
+        types = yaml.safe_load(file.read_text())["available_node_types"]
+        return {name: dict(t.get("resources") or {}) for name, t in types.items()}
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(
+            f"sweep.ray.cluster_config={path}: not an autoscaler config with available_node_types "
+            f"({type(e).__name__}): point it at the cluster's config or at a missing file"
+        ) from None
+
+
+def _fits(bundle: dict[str, float], have: dict[str, Any]) -> bool:
+    return all(float(have.get(name, 0)) >= amount for name, amount in bundle.items() if amount > 0)
+
+
+def check_node_types(r: RayConfig, types: dict[str, dict[str, Any]], present: list[dict[str, float]]) -> None:
+    """On an autoscaling cluster, refuse a trial that no node type (nor a node already up) can ever
+    hold: its driver, or one of its workers (a GPU type that the config lacks, say), or, placed on one
+    node (STRICT_PACK), all its workers together."""
+    nodes = [*types.values(), *present]
+    add = "add it to a node type's resources in cluster.yaml or lower the request"
+    wanted = [("a trial's driver", driver_bundle(r), add), ("one DDP worker", worker_bundle(r), add)]
+    if r.placement_strategy == "STRICT_PACK" and r.num_workers > 1:
+        together = {name: amount * r.num_workers for name, amount in worker_bundle(r).items()}
+        what = f"its {r.num_workers} DDP workers on one node (placement_strategy=STRICT_PACK)"
+        wanted.append(
+            (what, together, "add a node type that large to cluster.yaml, or set sweep.ray.placement_strategy=PACK")
+        )
+    for what, bundle, fix in wanted:
+        if any(_fits(bundle, have) for have in nodes):
+            continue
+        need = ", ".join(f"{name}: {amount:g}" for name, amount in bundle.items())
+        missing = [name for name, amount in bundle.items() if not any(float(h.get(name, 0)) >= amount for h in nodes)]
+        if missing == ["GPU"] and fix is add:
+            fix = "add a GPU node type to cluster.yaml or set sweep.ray.use_gpu=false"
+        raise ConfigError(
+            f"sweep.ray: {what} needs {{{need}}} but no node type of {r.cluster_config} "
+            f"({', '.join(types)}) has it: {fix}"
+        )
