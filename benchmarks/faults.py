@@ -24,7 +24,7 @@ from pathlib import Path
 
 from benchmarks.args import positive_int
 from tests import postgres, s3
-from tests.sweep_harness import (
+from tests.support.sweep_harness import (
     driver_kill,
     free_port,
     lost_head,

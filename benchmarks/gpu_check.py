@@ -131,7 +131,7 @@ NUMERIC_CASES = {
 
 def op_gaps(case: str, precision: str, device: str) -> dict[str, float]:
     """Relative gaps of one op's output and gradients against float64 at `precision`."""
-    from switchsweep.models.kernel_paths import relative_gap
+    from tests.support.kernel_paths import relative_gap
 
     op, reference, inputs, differentiable = NUMERIC_CASES[case](device)
     ref_in = [t.double().requires_grad_() if i in differentiable else t for i, t in enumerate(inputs)]
@@ -171,7 +171,7 @@ def models(device: str) -> dict:
     Triton vs the reference path (fp32): the output and every parameter's gradient."""
     from switchsweep.config.schema import Config
     from switchsweep.models import build_model
-    from switchsweep.models.kernel_paths import kernel_path_gaps, randomize_
+    from tests.support.kernel_paths import kernel_path_gaps, randomize_
 
     rows = []
     shapes = {

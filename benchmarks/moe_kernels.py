@@ -38,9 +38,9 @@ import torch
 
 from benchmarks.args import positive_int
 from switchsweep.kernels import sample_routed_linear, token_routed_linear
-from switchsweep.kernels.compile_report import print_report
 from switchsweep.kernels.reference import sample_routed_linear_reference, token_routed_linear_reference
 from switchsweep.kernels.stacked_experts import stacked_experts_linear
+from tests.support.compile_report import print_report
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "tf32": torch.float32, "fp32": torch.float32}
 

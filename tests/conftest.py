@@ -27,7 +27,13 @@ LONGEST_FIRST = (
 )
 
 
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
 def pytest_collection_modifyitems(items):
+    for item in items:  # the end-to-end folder is slow as a whole
+        if E2E in item.path.parents:
+            item.add_marker(pytest.mark.slow)
     slow = {item.path for item in items if item.get_closest_marker("slow")}
 
     def rank(item) -> tuple[int, int]:
@@ -102,7 +108,7 @@ def ray_head():
     import shutil
     import tempfile
 
-    from sweep_harness import start_head, stop_head
+    from tests.support.sweep_harness import start_head, stop_head
 
     temp = tempfile.mkdtemp(prefix="ssrh-", dir="/tmp")
     head, address = start_head(Path(temp))

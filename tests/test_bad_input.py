@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from latent_data import image_folder, tiny_vae
 from omegaconf import OmegaConf
-from sweep_harness import pids
 
 from switchsweep.cli import main
 from switchsweep.config.schema import Config
 from switchsweep.platform.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from tests.support.latent_data import image_folder, tiny_vae
+from tests.support.sweep_harness import pids
 
 # (command line, words the one line must hold). {tmp} is the test's folder, holding the files below.
 CASES = [

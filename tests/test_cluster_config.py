@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fake_cluster import FAKE_GPU, fake_config
 from ray.autoscaler._private.util import prepare_config, validate_config  # pinned Ray (pyproject): private API
 
 from switchsweep.config.compose import load_sweep_config
@@ -18,6 +17,7 @@ from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.uris import is_database, is_local_store, is_server
 from switchsweep.sweeps.locate import sweep_storage
 from switchsweep.sweeps.runtime import resolve_worker_cpus
+from tests.support.fake_cluster import FAKE_GPU, fake_config
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = yaml.safe_load((REPO / "cluster.yaml").read_text())

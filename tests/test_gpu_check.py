@@ -30,7 +30,7 @@ class Missing:
         if name.split(".")[0] in MISSING:
             raise ModuleNotFoundError(f"No module named {name!r}")
 sys.meta_path.insert(0, Missing())
-import benchmarks.gpu_check as gc, benchmarks.moe_kernels, benchmarks.step_time, switchsweep.models.kernel_paths
+import benchmarks.gpu_check as gc, benchmarks.moe_kernels, benchmarks.step_time, tests.support.kernel_paths
 for test in ["tests/conftest.py", *gc.KERNEL_TESTS]:
     spec = importlib.util.spec_from_file_location(test.replace("/", ".")[:-3], test)
     spec.loader.exec_module(importlib.util.module_from_spec(spec))

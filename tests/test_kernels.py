@@ -357,7 +357,7 @@ def test_ops_trace_into_one_graph_without_breaks():
 def test_every_kernel_compiles_for_an_h100(dtype):
     # Ahead-of-time compilation for sm_90a needs no GPU: it runs Triton's real compiler and ptxas on
     # every kernel and specialisation (the interpreter used by the other tests skips both).
-    from switchsweep.kernels.compile_report import compile_report
+    from tests.support.compile_report import compile_report
 
     rows = compile_report(dtype)
     assert len(rows) == 6 and all(r["regs"] > 0 for r in rows)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from latent_data import CLASSES, image_folder, inception_weights, tiny_vae
 from PIL import Image
 
 from switchsweep.config.compose import load_config, load_eval_config
@@ -25,6 +24,7 @@ from switchsweep.trainers.data.latents import (
     vae_config_hash,
 )
 from switchsweep.trainers.evaluation.metrics import all_metrics, feature_statistics, frechet_distance
+from tests.support.latent_data import CLASSES, image_folder, inception_weights, tiny_vae
 
 
 @pytest.fixture(scope="module")
@@ -357,7 +357,8 @@ def test_a_sweep_on_latents_scores_decoded_samples_and_logs_decoded_grids(ray_he
     import subprocess
 
     from mlflow.tracking import MlflowClient
-    from sweep_harness import BIN, ENV
+
+    from tests.support.sweep_harness import BIN, ENV
 
     _hand_made(tmp_path / "lat", vae_dir, sizes=(16, 16))
     image_folder(tmp_path / "lat" / "images", per_class=4)  # the manifest's root: the real side of KID

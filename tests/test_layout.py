@@ -101,11 +101,24 @@ def test_the_checks_find_a_circle_through_a_function_level_import_and_an_upward_
 def test_tests_never_import_the_benchmarks():
     here = Path(__file__).resolve().parent
     leaning = []
-    for path in here.glob("*.py"):
+    for path in here.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
             leaning += [(path.name, n) for n in names if n.split(".")[0] == "benchmarks"]
+    assert leaning == []
+
+
+def test_every_harness_module_has_one_name():
+    """The harness is imported as tests.support.<module> everywhere, benchmarks included, never by a bare name."""
+    repo = Path(__file__).resolve().parents[1]
+    support = {p.stem for p in (repo / "tests" / "support").glob("*.py")} - {"__init__"}
+    leaning = []
+    for path in [*repo.joinpath("tests").rglob("*.py"), *repo.joinpath("benchmarks").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            leaning += [(path.name, n) for n in names if n.split(".")[0] in support]
     assert leaning == []
 
 

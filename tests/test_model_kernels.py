@@ -6,8 +6,8 @@ import torch
 
 import switchsweep.kernels.ops as ops
 from switchsweep.models.dit_moe import DiTMoE
-from switchsweep.models.kernel_paths import kernel_path_gaps, randomize_, relative_gap
 from switchsweep.models.switch_dit import SwitchDiT
+from tests.support.kernel_paths import kernel_path_gaps, randomize_, relative_gap
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Two blocks of width 32 keep the interpreter's programs few; fp32 on both paths, so the paths differ only

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from switchsweep.config.naming import run_name
-from switchsweep.dashboards import report
+from switchsweep.dashboards import figures, report, tables
 from switchsweep.dashboards.sweep_data import SweepData, TrialData, bin_rows, study_importances
 from switchsweep.platform.sweep_record import TrialEnd
 from switchsweep.results.ranking import TrialRecord, compare_to_best, paired_difference, rank_groups
@@ -117,14 +117,14 @@ def test_paired_difference_is_the_paired_t_interval():
 
 def test_design_table_gives_each_design_its_paired_difference_to_dit():
     data = _sweep(DESIGNS)
-    html = report.design_table(data)
+    html = tables.design_table(data)
     rows = {m.group(1): m.group(0) for m in re.finditer(r"<tr><td>([^<]+)</td>.*?</tr>", html)}
     mean, hw = paired_difference([20.0, 21.0], [30.0, 32.0])
     assert f"{mean:+.4g} +- {hw:.2g}" in rows["switch_dit(M=3,k=2)"]
     assert "better" in rows["switch_dit(M=3,k=2)"]  # -10.5 +- 6.4: separable
     assert "tied" in rows["dtr"] and "paired over 2 seeds" in rows["dtr"] and "baseline" in rows["dit"]
     no_dit = _sweep({g: d for g, d in DESIGNS.items() if g != "dit"})
-    assert report.design_table(no_dit) is None
+    assert tables.design_table(no_dit) is None
 
 
 def _front(points):
@@ -134,7 +134,7 @@ def _front(points):
 
 def test_pareto_panels_draw_exactly_the_non_dominated_configurations():
     data = _sweep(DESIGNS)
-    fig = report.pareto_figure(data)
+    fig = figures.pareto_figure(data)
     fronts = [t for t in fig.data if t.name == "Pareto front"]
     assert len(fronts) == 2
     groups = {r.group: r for r in data.ranking.ranked}
@@ -151,7 +151,7 @@ def test_pareto_panels_draw_exactly_the_non_dominated_configurations():
 
 def test_learning_curves_mark_only_the_stopped_trials_at_their_last_evaluation():
     data = _sweep(DESIGNS, stopped={"s64-1"})
-    fig = report.learning_curves(data)
+    fig = figures.learning_curves(data)
     marks = [t for t in fig.data if t.name == "stopped by ASHA"]
     assert len(marks) == 1 and list(marks[0].x) == [50] and list(marks[0].y) == [26.0 + 10]
     lines = [t for t in fig.data if t.name != "stopped by ASHA"]
@@ -162,7 +162,7 @@ def test_a_metric_fixed_before_training_gets_no_curve_and_stops_are_marked_on_th
     data = _sweep(DESIGNS, stopped={"s64-1"})
     for t in data.trials:  # as gflops is logged: once, at step 0
         t.curves["kid_x1e3"] = [(0, t.metrics["gflops"])]
-    fig = report.learning_curves(data)
+    fig = figures.learning_curves(data)
     assert [a.text for a in fig.layout.annotations] == ["training loss"]  # one panel
     lines = [t for t in fig.data if t.name != "stopped by ASHA"]
     assert len(lines) == len(data.trials) and all(list(t.x) == [10, 50] for t in lines)  # the loss only
@@ -171,7 +171,7 @@ def test_a_metric_fixed_before_training_gets_no_curve_and_stops_are_marked_on_th
     assert "kid_x1e3 is fixed before training" in fig.layout.title.text
     for t in data.trials:  # one evaluation after step 0 is a curve again
         t.curves["kid_x1e3"] = [(0, 1.0), (50, 2.0)]
-    assert [a.text for a in report.learning_curves(data).layout.annotations] == [
+    assert [a.text for a in figures.learning_curves(data).layout.annotations] == [
         "training loss",
         "kid_x1e3 at each evaluation",
     ]
@@ -181,7 +181,7 @@ def test_class_accuracy_gets_its_own_panel_and_stops_stay_on_the_metric():
     data = _sweep(DESIGNS, stopped={"s64-1"})
     for t in data.trials:
         t.curves["class_accuracy"] = [(50, 0.4), (100, 0.95)]
-    fig = report.learning_curves(data)
+    fig = figures.learning_curves(data)
     assert [a.text for a in fig.layout.annotations] == [
         "training loss",
         "kid_x1e3 at each evaluation",
@@ -197,7 +197,7 @@ def test_routing_slider_shows_each_evaluation_by_itself():
     t = TrialData(
         "t", "r", "switch_dit M3 k2 ldp1.0 a4 s0", "g", TrialEnd.FINISHED, _params("switch_dit"), {}, {}, steps
     )
-    fig = report.routing_figure(t)
+    fig = figures.routing_figure(t)
     heatmaps = list(fig.data)
     assert len(heatmaps) == 4
     slider = fig.layout.sliders[0]
@@ -257,7 +257,7 @@ def test_the_report_shows_class_accuracy_and_each_configuration_s_last_samples(t
     from PIL import Image
 
     data = _sweep(DESIGNS)
-    assert "No class accuracy: the feature network" in report.accuracy_note(data)  # none logged it
+    assert "No class accuracy: the feature network" in tables.accuracy_note(data)  # none logged it
     assert "samples" not in report.render(data).split("Samples at the last evaluation")[1].split("<h2>")[0].lower()[30:]
     data = _sweep(DESIGNS, accuracy={g: 0.42 if g == "dit" else 0.95 for g in DESIGNS})
     Image.new("L", (40, 16), 200).save(tmp_path / "grid.png")

@@ -1,15 +1,15 @@
-"""MLflow's tracking store on a real PostgreSQL server (a throwaway one: tests/postgres.py), as a cluster keeps
+"""MLflow's tracking store on a real PostgreSQL server (a throwaway one: tests/support/postgres.py), as a cluster keeps
 it and as `sweep.tracking_uri=postgresql://...` uses it directly: every point of concurrent writers kept once,
 artifacts where the sweep puts them, and a wrong password said in one line that does not repeat it."""
 
 import threading
 
 import pytest
-from postgres import Postgres, available
-from sweep_harness import free_port
 
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.tracking import Tracker, reachable
+from tests.support.postgres import Postgres, available
+from tests.support.sweep_harness import free_port
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sweep_harness import BIN, free_port, pids
+
+from tests.support.sweep_harness import BIN, free_port, pids
 
 FAKE_GPU = "fake_gpu"
 

@@ -3,7 +3,7 @@ what each returned and wrote to standard error (file descriptor 2, where Ray's c
 refusals, which end before any work: the package is imported once instead of once a command. Ray reads
 its token once a process: cases with different tokens belong in different processes.
 
-    python tests/cli_cases.py CASES.json RESULTS.json
+    python tests/support/cli_cases.py CASES.json RESULTS.json
 CASES.json: [{"argv": [...], "env": {...}}, ...]; RESULTS.json: [{"code": int, "stderr": str}, ...]."""
 
 import json

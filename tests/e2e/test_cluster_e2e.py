@@ -1,6 +1,6 @@
 """Autoscaling end to end on one machine: a fake multi-node cluster made from cluster.yaml (its own
 module: the cluster has its own head, and stops only its own processes), an S3 endpoint as its bucket
-(tests/s3.py), an MLflow server with served artifacts in that bucket, and a 2-trial sweep submitted as a
+(tests/support/s3.py), an MLflow server with served artifacts in that bucket, and a 2-trial sweep submitted as a
 Ray job with platform=cluster, as on a real cluster.
 
 It checks that the autoscaler launched worker nodes for the trials (the head has no CPUs for them),
@@ -20,15 +20,14 @@ import time
 from pathlib import Path
 
 import pytest
-import s3
-from fake_cluster import FAKE_GPU, FakeCluster, fake_config, wait_http
 from mlflow.tracking import MlflowClient
-from sweep_harness import BIN, TINY_EVAL, free_port
 
 from switchsweep.platform.tracking import SERVER_ENV
+from tests.support import s3
+from tests.support.fake_cluster import FAKE_GPU, FakeCluster, fake_config, wait_http
+from tests.support.sweep_harness import BIN, TINY_EVAL, free_port
 
-pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY = [
     "sweep.num_trials=2",
     "sweep.baseline=none",
@@ -119,7 +118,7 @@ def _sweep_cmd(c, *extra: str) -> list[str]:
 
 def _one_line_refusals(c, cases: list[tuple[list[str], dict, tuple[str, ...]]]) -> None:
     """Each refusal is its own sweep command line; those sharing a Ray token run one after another in one
-    process (tests/cli_cases.py), the processes all at once: none of them gets to any work."""
+    process (tests/support/cli_cases.py), the processes all at once: none of them gets to any work."""
     by_token: dict[str, list[int]] = {}
     for i, (_, env, _) in enumerate(cases):
         by_token.setdefault(env.get("RAY_AUTH_TOKEN", ""), []).append(i)
@@ -127,7 +126,7 @@ def _one_line_refusals(c, cases: list[tuple[list[str], dict, tuple[str, ...]]]) 
     for n, indices in enumerate(by_token.values()):
         given, found = c["tmp"] / f"cases{n}.json", c["tmp"] / f"refusals{n}.json"
         given.write_text(json.dumps([{"argv": _sweep_cmd(c, *cases[i][0])[1:], "env": cases[i][1]} for i in indices]))
-        script = str(Path(__file__).with_name("cli_cases.py"))
+        script = str(Path(__file__).parents[1] / "support" / "cli_cases.py")
         procs.append((indices, found, subprocess.Popen([sys.executable, script, str(given), str(found)], env=c["env"])))
     for indices, found, proc in procs:
         assert proc.wait(timeout=300) == 0

@@ -26,19 +26,18 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import postgres
 import psycopg
 import pytest
 import yaml
-from fake_cluster import wait_http
 from mlflow.tracking import MlflowClient
-from ssh_nodes import Bridge, SshNode, available, make_key, port_open
-from sweep_harness import BIN, TINY_EVAL, free_port
 
 from switchsweep.trainers.evaluation.features import DigitsClassifier
+from tests.support import postgres
+from tests.support.fake_cluster import wait_http
+from tests.support.ssh_nodes import Bridge, SshNode, available, make_key, port_open
+from tests.support.sweep_harness import BIN, TINY_EVAL, free_port
 
-pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Kept verbatim from cluster.yaml (but for the bucket's EDIT value).
 SECTIONS = (
     "initialization_commands",

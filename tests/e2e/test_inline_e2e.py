@@ -3,14 +3,12 @@ ways logs the same numbers, bit for bit."""
 
 import subprocess
 
-import pytest
 from mlflow.tracking import MlflowClient
-from sweep_harness import ENV, record, sweep_cmd
 
 from switchsweep.platform.tracking import default_tracking_uri
 from switchsweep.sweeps.worker_spec import PHASES
+from tests.support.sweep_harness import ENV, record, sweep_cmd
 
-pytestmark = pytest.mark.slow
 # A Train job's phases in the order they happen (benchmarks/sweep_overhead.py reads them): the trial's start,
 # the worker's phases as PHASES lists them, the trial's end.
 TRAIN_PHASES = ["t_trial_start", *(p for p in PHASES if p.startswith("t_")), "t_trial_end"]

@@ -11,8 +11,6 @@ from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.trainers.data.batches import BatchStream, load_digits_tensors
 from switchsweep.trainers.loop.trainer import train
 
-pytestmark = pytest.mark.slow
-
 
 def _worker(rank: int, world: int, port: int, cfg) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)

@@ -9,13 +9,10 @@ import re
 import subprocess
 
 import optuna
-import pytest
 from mlflow.tracking import MlflowClient
-from sweep_harness import ENV, record, sweep_cmd
 
 from switchsweep.platform.tracking import default_tracking_uri
-
-pytestmark = pytest.mark.slow
+from tests.support.sweep_harness import ENV, record, sweep_cmd
 
 
 def test_a_design_sweep_races_its_leaders_against_the_baseline(ray_head, digits_net, tmp_path):

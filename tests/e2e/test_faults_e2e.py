@@ -5,12 +5,10 @@ gone) with the resume on a new one."""
 import csv
 from pathlib import Path
 
-import postgres
 import pytest
-import s3
-from sweep_harness import STEPS, free_port, lost_head, resume_survived, worker_kill
 
-pytestmark = pytest.mark.slow
+from tests.support import postgres, s3
+from tests.support.sweep_harness import STEPS, free_port, lost_head, resume_survived, worker_kill
 
 
 def _log(r) -> str:

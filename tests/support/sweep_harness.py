@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the tests' S3 endpoint (tests/s3.py), for the lost-head scenario
-    from s3 import S3
+if TYPE_CHECKING:  # the tests' S3 endpoint (tests/support/s3.py), for the lost-head scenario
+    from tests.support.s3 import S3
 
 BIN = Path(sys.executable).parent
 # A throwaway head: token auth off for it and its clients alike, and on 127.0.0.1 only (see

@@ -17,17 +17,15 @@ import numpy as np
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
-from netstat import LOOPBACK, commands, listening
 from optuna.trial import TrialState
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
-from sweep_harness import BIN, ENV, TINY_EVAL, free_port, record
 
 from switchsweep.models.routing import prior_mask
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.tracking import default_tracking_uri
-
-pytestmark = pytest.mark.slow
+from tests.support.netstat import LOOPBACK, commands, listening
+from tests.support.sweep_harness import BIN, ENV, TINY_EVAL, free_port, record
 
 
 def _sweep_cmd(root: Path, cache: Path, address: str, *extra: str) -> list[str]:

@@ -9,16 +9,15 @@ import subprocess
 import time
 from pathlib import Path
 
-import postgres
 import pytest
 from mlflow.tracking import MlflowClient
-from netstat import LOOPBACK, listening
-from sweep_harness import ENV, audit, free_port, record, start_mlflow, sweep_cmd
 
 from switchsweep.cli import EXIT_TRIALS_FAILED
 from switchsweep.platform.tracking import default_tracking_uri
+from tests.support import postgres
+from tests.support.netstat import LOOPBACK, listening
+from tests.support.sweep_harness import ENV, audit, free_port, record, start_mlflow, sweep_cmd
 
-pytestmark = pytest.mark.slow
 SHORT = 20  # steps of a trial: two evaluations each
 
 

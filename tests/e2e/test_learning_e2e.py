@@ -10,8 +10,6 @@ from switchsweep.config.compose import load_sweep_config
 from switchsweep.trainers.evaluation.curve import LearningCurve
 from switchsweep.trainers.loop.trainer import train
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.mark.parametrize(
     "model", [["model=dit"], ["model=switch_dit", "model.num_experts=3", "model.top_k=2"]], ids=["dit", "switch_dit"]
