@@ -26,7 +26,6 @@ from switchsweep.config.sweep_schema import (
     SweepConfig,
     SweepJobConfig,
     baseline_model,
-    validate_sweep,
 )
 from switchsweep.platform.errors import ConfigError
 
@@ -207,10 +206,9 @@ def baseline_base(overrides: Sequence[str], model: str) -> dict[str, Any]:
 
 
 def trial_bases(job: SweepJobConfig, overrides: Sequence[str]) -> list[dict[str, Any]]:
-    """Validated base training dicts: one per grid row (composed with the row's overrides), or, for
-    tpe/random, the job's own after checking every corner of the space, then the baseline's
-    (`BASELINE_ROW`) where the sweep has one."""
-    validate_sweep(job)
+    """Validated base training dicts of a validated job (`load_sweep_config`): one per grid row (composed
+    with the row's overrides), or, for tpe/random, the job's own after checking every corner of the space,
+    then the baseline's (`BASELINE_ROW`) where the sweep has one."""
     if job.sweep.search != "grid":
         base = training_dict(job)
         check_space(job, base)
