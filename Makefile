@@ -1,26 +1,35 @@
-# Every target creates .venv on first use and installs into it: torch 2.13.0 (CPU build) first,
-# so that the package's `torch>=` range is already met and pip pulls no multi-GB CUDA build. The byte-code is
-# compiled after pip, on every core (pip compiles a file at a time); as with pip, a file that does not compile
-# (torch ships one in a newer Python's syntax) is left to the interpreter, not an install failure.
+# Every target creates .venv on first use and installs into it: torch 2.13.0 first, from TORCH_INDEX (empty:
+# the registry's default build, CUDA on Linux; https://download.pytorch.org/whl/cpu: the CPU build, for
+# a machine without a GPU), then the package, every version pinned by constraints.txt (`make lock` writes it
+# from this environment, the one `make test` passes in). The byte-code is compiled after pip, on every core
+# (pip compiles a file at a time); as with pip, a file that does not compile (torch ships one in a newer
+# Python's syntax) is left to the interpreter, not an install failure.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
 EXTRAS ?= dev  # the test tools; cluster nodes install with EXTRAS= (none)
 
-.PHONY: install test format train evaluate sweep variants ui optuna-ui report bench faults learning paper-check paired-eval search-efficiency mutation clean \
+.PHONY: install lock test format train evaluate sweep variants ui optuna-ui report bench faults learning paper-check paired-eval search-efficiency mutation clean \
 	gpu-check gpu-wheels cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile --upgrade pip
-	$(PY) -m pip install -q --no-compile torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q --no-compile -e '.$(if $(strip $(EXTRAS)),[$(strip $(EXTRAS))])' --config-settings editable_mode=compat  # a path entry: mutmut's copies can shadow it
+	$(PY) -m pip install -q --no-compile -c constraints.txt torch==$(TORCH_VERSION) $(if $(strip $(TORCH_INDEX)),--index-url $(strip $(TORCH_INDEX)))
+	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.$(if $(strip $(EXTRAS)),[$(strip $(EXTRAS))])' --config-settings editable_mode=compat  # a path entry: mutmut's copies can shadow it
 	@$(PY) -m compileall -qq -j 0 $(VENV)/lib || true
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# constraints.txt from this environment: exact versions, torch without its build label (each machine
+# picks its build), and no triton, which torch's CUDA build pins itself.
+lock: $(STAMP)
+	@{ echo "# Every version a node installs: \`make lock\` writes it from the environment \`make test\` passed in."; \
+	  $(PY) -m pip freeze --exclude-editable | sed -e 's/+[a-z0-9.]*$$//' | grep -v -i -e '^triton==' -e '^switchsweep'; } > constraints.txt
 
 # The style holds by itself: lint and format are checked before the tests run (`make format` applies them).
 # The fast suite runs on two processes (much of it is single-threaded: Triton's interpreter, small tensors);
@@ -115,7 +124,7 @@ cluster-up: $(STAMP)
 	@test -f ~/.switchsweep/mlflow-db || { echo "cluster-up: ~/.switchsweep/mlflow-db is missing: put the PostgreSQL URI of MLflow's database in it (docs/cluster.md, \"On a GPU cluster\"), or create it empty to keep MLflow's runs on the head's disk, lost with the head" >&2; exit 2; }
 	@chmod 600 ~/.switchsweep/mlflow-db
 	@test -s ~/.ray/auth_token || $(VENV)/bin/ray get-auth-token --generate >/dev/null
-	$(VENV)/bin/ray up -y $(CLUSTER)
+	RAY_UP_enable_autoscaler_v2=0 $(VENV)/bin/ray up -y $(CLUSTER)  # v1: the autoscaler the launch tests run
 
 cluster-down: $(STAMP)
 	$(VENV)/bin/ray down -y $(CLUSTER)

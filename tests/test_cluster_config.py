@@ -4,6 +4,7 @@ pointed at a cluster accepts or refuses before any work (storage, tracking, node
 import json
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,9 @@ def test_gpu_worker_types_scale_from_zero_and_are_capped():
 def test_every_node_gets_this_tree_the_token_and_the_readme_install():
     assert CLUSTER["file_mounts"]["~/switchsweep"] == "." and "~/.ray/auth_token" in CLUSTER["file_mounts"]
     assert ".venv" in CLUSTER["rsync_exclude"]
-    assert any(c.strip().endswith("make install EXTRAS=") for c in CLUSTER["setup_commands"])
+    cpu = "make install EXTRAS= TORCH_INDEX=https://download.pytorch.org/whl/cpu"  # the head trains nothing
+    assert any(c.strip().endswith(cpu) for c in CLUSTER["head_setup_commands"])
+    assert any(c.strip().endswith("make install EXTRAS=") for c in CLUSTER["worker_setup_commands"])
     env = " ".join(CLUSTER["head_setup_commands"])
     for name in re.findall(r"oc\.env:(SWITCHSWEEP_\w+)", json.dumps(PLATFORM)):
         assert f"export {name}=" in env, f"platform=cluster reads {name}, which the head never sets"
@@ -235,12 +238,89 @@ def test_every_node_has_a_pinned_image_and_an_instance_profile_for_the_bucket():
 
 
 def test_nodes_install_what_they_run_and_nothing_for_tests():
+    installs = " ".join(CLUSTER["head_setup_commands"] + CLUSTER["worker_setup_commands"])
+    assert "make install EXTRAS=" in installs and "[dev]" not in installs
     setup = " ".join(CLUSTER["setup_commands"])
-    assert "make install EXTRAS=" in setup and "[dev]" not in setup
     for package in ("build-essential", "python3-dev"):  # Triton compiles its launcher against Python.h
         assert package in setup
     assert "DPkg::Lock::Timeout" in setup  # a first boot's unattended upgrades hold the apt lock
     assert "sudo apt-get" not in setup  # sudo only where the node's user is not root
+    # the driver is checked before the CUDA build is downloaded
+    worker = CLUSTER["worker_setup_commands"]
+    assert [i for i, c in enumerate(worker) if "check-driver.sh" in c] == [0]
+
+
+def _first_boot(tmp_path, update_failures: int) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """The apt part of cluster.yaml's setup in bash, on stand-ins that log their calls: cloud-init, and an
+    apt-get whose `update` fails `update_failures` times (a lists lock held, a mirror down)."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir(parents=True)
+    stand_ins = {
+        "sudo": 'exec "$@"',  # never the machine's own apt
+        "cloud-init": f'echo "cloud-init $*" >> {calls}',
+        "sleep": f'echo "sleep $*" >> {calls}',
+        "apt-get": f"""echo "apt-get $*" >> {calls}
+case " $* " in *" update "*) n=$(grep -c " update " {calls}); [ "$n" -gt {update_failures} ] || exit 100;; esac""",
+    }
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (apt,) = [c for c in CLUSTER["setup_commands"] if "apt-get" in c]
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", "-c", apt], env=env, capture_output=True, text=True, timeout=60)
+    return done, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_a_first_boot_waits_for_cloud_init_and_retries_apts_update(tmp_path):
+    done, calls = _first_boot(tmp_path / "busy", update_failures=2)
+    assert done.returncode == 0, done.stderr
+    assert calls[0] == "cloud-init status --wait"
+    updates = [c for c in calls if " update" in c]
+    assert len(updates) == 3 and calls.count("sleep 30") == 2 and "install" in calls[-1]
+
+
+def test_a_first_boot_gives_up_on_apt_after_five_tries_in_one_line(tmp_path):
+    done, calls = _first_boot(tmp_path / "down", update_failures=99)
+    assert done.returncode == 1 and done.stderr.strip() == "setup: apt-get update failed 5 times"
+    assert sum(" update" in c for c in calls) == 5 and not any(" install " in c for c in calls)
+
+
+@pytest.mark.parametrize(
+    "smi, code, says",
+    [
+        ("echo 595.91.07", 0, "NVIDIA driver 595.91.07 runs torch's CUDA 13.0 build"),
+        ("echo 580.65.06", 0, "NVIDIA driver 580.65.06 runs"),
+        ("echo 535.247.01", 1, "NVIDIA driver 535.247.01 is older than 580"),
+        ("exit 9", 1, "nvidia-smi reports no driver version"),
+        (None, 0, "no nvidia-smi on this node"),
+    ],
+)
+def test_a_gpu_nodes_driver_is_checked_against_torchs_cuda_build(tmp_path, smi, code, says):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if smi is not None:
+        (bin_dir / "nvidia-smi").write_text(f"#!/bin/bash\n{smi}\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(REPO / "deploy" / "check-driver.sh")],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == code
+    said = (done.stdout if code == 0 else done.stderr).strip()
+    assert says in said and len(said.splitlines()) == 1
+
+
+def test_the_autoscaler_that_runs_is_the_one_tested():
+    """`ray up` starts autoscaler v2 by default since Ray 2.50, which does not launch the local provider's
+    nodes that tests/e2e/test_cluster_launch.py runs cluster.yaml's commands on: make cluster-up pins v1."""
+    makefile = (REPO / "Makefile").read_text()
+    (up,) = [line for line in makefile.splitlines() if "ray up" in line]
+    assert "RAY_UP_enable_autoscaler_v2=0" in up
+    launch = (REPO / "tests" / "e2e" / "test_cluster_launch.py").read_text()
+    assert 'env["RAY_UP_enable_autoscaler_v2"] = "0"' in launch
 
 
 def test_ray_starts_wherever_the_open_files_limit_is_lower_than_rays_wish():
