@@ -35,12 +35,15 @@ lock: $(STAMP)
 # The fast suite runs on two processes (much of it is single-threaded: Triton's interpreter, small tensors);
 # the end-to-end tests after it, on two processes too, a module at a time (its tests share what its fixtures
 # start) in the order tests/conftest.py gives: they spend much of their time waiting on Ray, SSH and servers
-# starting, which the other process fills.
+# starting, which the other process fills. The registry tests wait on the network alone: they run beside
+# the fast suite, and either's failure fails the target.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q -m "not slow" -n 2
-	$(PY) -m pytest -q -m slow -n 2 --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q -m registry -p no:cacheprovider & registry=$$!; \
+	  $(PY) -m pytest -q -m "not slow" -n 2; fast=$$?; wait $$registry; net=$$?; \
+	  test $$fast -eq 0 && test $$net -eq 0
+	$(PY) -m pytest -q -m "slow and not registry" -n 2 --dist loadfile --no-loadscope-reorder
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

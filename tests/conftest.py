@@ -18,7 +18,6 @@ from switchsweep.config.schema import Config  # noqa: E402
 # started last would leave the other process idle at the end).
 LONGEST_FIRST = (
     "test_faults_e2e.py",
-    "test_node_install.py",  # a minute of waiting on the registry, beside the other process's work
     "test_sweep_e2e.py",
     "test_learning_e2e.py",
     "test_cluster_e2e.py",

@@ -54,6 +54,7 @@ CASES = [
     ),
     ("sweep sweep.ray.driver_resource=CPU", "sweep.ray.driver_resource=CPU"),
     ("sweep +sweep.ray.worker_resources={GPU:1}", "sweep.ray.worker_resources="),
+    ("sweep sweep.ray.one_gpu_resource=GPU", "sweep.ray.one_gpu_resource=GPU"),
     ("sweep sweep.log_checkpoints=sometimes", "sweep.log_checkpoints='sometimes'"),
     ("sweep sweep.ray.num_workers=3", "not divisible by sweep.ray.num_workers=3"),
     ("sweep sweep.ray.trainable_cpus=0", "sweep.ray.trainable_cpus=0"),

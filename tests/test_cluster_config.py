@@ -1,6 +1,7 @@
 """cluster.yaml through Ray's own config preparation and schema, our invariants on it, and what a sweep
 pointed at a cluster accepts or refuses before any work (storage, tracking, node types)."""
 
+import dataclasses
 import json
 import re
 import shlex
@@ -167,8 +168,10 @@ def _cluster_trial(monkeypatch, gpus: int, *extra: str) -> RayConfig:
     return resolve_worker_cpus(job.sweep.ray, job.sweep.max_concurrent)
 
 
-def _nodes_ray_picks(r: RayConfig) -> tuple[dict[str, int], list]:
-    """What Ray's autoscaler adds, from cluster.yaml's types, for one trial's pending placement group."""
+def _nodes_ray_picks(r: RayConfig, trials: int = 1, cluster: dict | None = None) -> tuple[dict[str, int], list]:
+    """What Ray's autoscaler adds, from cluster.yaml's types (or `cluster`'s), for `trials` pending trials'
+    placement groups, and the demands it leaves waiting."""
+    cluster = cluster or CLUSTER
     from functools import partial
 
     from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
@@ -181,11 +184,12 @@ def _nodes_ray_picks(r: RayConfig) -> tuple[dict[str, int], list]:
     from ray.core.generated.gcs_pb2 import PlacementGroupTableData
 
     bundles = [Bundle(unit_resources=worker_bundle(r)) for _ in range(r.num_workers)]
-    group = PlacementGroupTableData(strategy=PlacementStrategy.Value(r.placement_strategy), bundles=bundles)
-    demands, _ = placement_groups_to_resource_demands([group])
-    types = prepare_config(json.loads(json.dumps(CLUSTER)))["available_node_types"]
+    strategy = PlacementStrategy.Value(r.placement_strategy)
+    groups = [PlacementGroupTableData(strategy=strategy, bundles=bundles) for _ in range(trials)]
+    demands, _ = placement_groups_to_resource_demands(groups)
+    types = prepare_config(json.loads(json.dumps(cluster)))["available_node_types"]
     scorer = partial(_default_utilization_scorer, node_availability_summary=NodeAvailabilitySummary({}))
-    added, left = get_nodes_for(types, {}, CLUSTER["head_node_type"], CLUSTER["max_workers"], demands, scorer)
+    added, left = get_nodes_for(types, {}, cluster["head_node_type"], cluster["max_workers"], demands, scorer)
     return {t: n for t, n in added.items() if n}, left
 
 
@@ -202,11 +206,49 @@ def test_rays_node_picker_gives_each_trial_size_one_node_of_the_intended_type(mo
     assert CLUSTER["max_workers"] >= sum(t["max_workers"] for t in workers)
 
 
-def test_packing_workers_loosely_would_spread_an_8_gpu_trial_over_1_gpu_nodes(monkeypatch):
-    # What STRICT_PACK prevents: Ray's picker fills the 1-GPU type first, and DDP runs across nodes.
+def _at_scale(one_gpu_nodes: int, eight_gpu_nodes: int) -> dict:
+    """cluster.yaml with its GPU types' caps raised, as docs/cluster.md's scale table says to."""
+    scaled = json.loads(json.dumps(CLUSTER))
+    scaled["available_node_types"]["ray.worker.gpu1"]["max_workers"] = one_gpu_nodes
+    scaled["available_node_types"]["ray.worker.gpu8"]["max_workers"] = eight_gpu_nodes
+    scaled["max_workers"] = one_gpu_nodes + eight_gpu_nodes
+    return scaled
+
+
+def test_at_64_gpus_each_trial_size_gets_nodes_of_its_own_type(monkeypatch):
+    scaled = _at_scale(64, 8)
+    assert _nodes_ray_picks(_cluster_trial(monkeypatch, 1), 64, scaled) == ({"ray.worker.gpu1": 64}, [])
+    assert _nodes_ray_picks(_cluster_trial(monkeypatch, 8), 8, scaled) == ({"ray.worker.gpu8": 8}, [])
+
+
+def test_one_gpu_trials_wait_for_one_gpu_nodes_rather_than_split_an_8_gpu_node(monkeypatch):
+    one = _cluster_trial(monkeypatch, 1)
+    assert worker_bundle(one)["ONE_GPU_NODE"] == 1 and "ONE_GPU_NODE" not in worker_bundle(
+        _cluster_trial(monkeypatch, 8)
+    )
+    added, left = _nodes_ray_picks(one, 6)  # the shipped caps: four one-GPU nodes
+    assert added == {"ray.worker.gpu1": 4} and len(left) == 2
+    # Unmarked, Ray's picker would put the two left over on the 8-GPU node, and an 8-GPU trial would starve.
+    added, _ = _nodes_ray_picks(dataclasses.replace(one, one_gpu_resource=None), 6)
+    assert added.get("ray.worker.gpu8", 0) == 1
+
+
+def test_platform_cluster_runs_as_many_trials_at_once_as_the_head_has_driver_slots(monkeypatch):
+    monkeypatch.setenv("SWITCHSWEEP_STORAGE", "s3://bucket/switchsweep")
+    monkeypatch.setenv("SWITCHSWEEP_TRACKING_URI", "http://10.0.0.5:5000")
+    job = load_sweep_config(["platform=cluster"])
+    head = CLUSTER["available_node_types"][CLUSTER["head_node_type"]]
+    assert job.sweep.max_concurrent == head["resources"][DRIVER] > 1
+
+
+def test_packing_workers_loosely_spreads_an_8_gpu_trial_over_1_gpu_nodes_only_without_their_marker(monkeypatch):
+    # What STRICT_PACK and ONE_GPU_NODE each prevent: with neither, Ray's picker fills the 1-GPU type first
+    # and DDP runs across nodes.
     r = _cluster_trial(monkeypatch, 8, "sweep.ray.placement_strategy=PACK")
-    added, _ = _nodes_ray_picks(r)
-    assert added.get("ray.worker.gpu1", 0) > 1
+    assert _nodes_ray_picks(r)[0] == {"ray.worker.gpu8": 1}
+    unmarked = json.loads(json.dumps(CLUSTER))
+    del unmarked["available_node_types"]["ray.worker.gpu1"]["resources"]["ONE_GPU_NODE"]
+    assert _nodes_ray_picks(r, cluster=unmarked)[0].get("ray.worker.gpu1", 0) > 1
 
 
 def test_a_trial_too_big_for_any_one_node_is_refused_in_one_line(monkeypatch):

@@ -11,6 +11,10 @@ import yaml
 from switchsweep.config.sweep_schema import RayConfig, driver_bundle, worker_bundle
 from switchsweep.platform.errors import ConfigError
 
+# The custom resource cluster.yaml's one-GPU node type declares (platform=cluster's sweep.ray.one_gpu_resource):
+# one-GPU work asks for it, so it never splits a multi-GPU node.
+ONE_GPU_NODE = "ONE_GPU_NODE"
+
 
 def node_types(path: str) -> dict[str, dict[str, Any]] | None:
     """The node types (name -> resources) of an autoscaler config (`ray up` writes it on the head as

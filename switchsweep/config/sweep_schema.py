@@ -80,6 +80,9 @@ class RayConfig:
     shared_fs: bool = False  # storage_path is a path every node mounts (NFS, ...): accepted with a cluster address
     driver_resource: str | None = None  # a custom resource (TRAIN_DRIVER) that places trial drivers, CPU-free
     worker_resources: dict[str, float] = field(default_factory=dict)  # extra custom resources per DDP worker
+    # A custom resource only one-GPU nodes have (cluster.yaml's ONE_GPU_NODE): a one-GPU trial asks for it, so
+    # it never takes a GPU of a multi-GPU node, which multi-GPU trials need whole. null: no such marking.
+    one_gpu_resource: str | None = None
     cluster_config: str = (
         "~/ray_bootstrap_config.yaml"  # the autoscaler's config on the head: the node types a trial may get
     )
@@ -380,6 +383,11 @@ def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
         f"sweep.ray.worker_resources={dict(r.worker_resources)} must map custom resources to amounts > 0 "
         "(CPUs and GPUs: cpus_per_worker, gpus_per_worker)",
     )
+    _need(
+        not r.one_gpu_resource or r.one_gpu_resource not in ("CPU", "GPU", "memory"),
+        f"sweep.ray.one_gpu_resource={r.one_gpu_resource} must be a custom resource that only one-GPU node types "
+        "declare (cluster.yaml's ONE_GPU_NODE), or null",
+    )
     if not is_local_address(r.address):
         _check_shared(s)
     _need(
@@ -411,7 +419,14 @@ def _check_shared(s: SweepConfig) -> None:
 
 def worker_bundle(r: RayConfig) -> dict[str, float]:
     """Resources of one DDP worker (`cpus_per_worker` resolved)."""
-    return {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.use_gpu else {}), **r.worker_resources}
+    one_gpu = r.use_gpu and r.one_gpu_resource and r.num_workers == 1 and r.gpus_per_worker <= 1
+    marker = {r.one_gpu_resource: 1.0} if one_gpu else {}
+    return {
+        "CPU": r.cpus_per_worker,
+        **({"GPU": r.gpus_per_worker} if r.use_gpu else {}),
+        **r.worker_resources,
+        **marker,
+    }
 
 
 def trains_inline(r: RayConfig) -> bool:

@@ -4,7 +4,8 @@ that turns sampled latents into images for evaluation.
 A folder is usable once its `manifest.json` exists: it is written last, after every shard, so a
 prepare that stopped half-way leaves a folder training refuses. Shards are pairs of .npy files
 (latents [n, C, h, w] float16, already multiplied by the VAE's scale factor, and int64 labels),
-read memory-mapped.
+read memory-mapped. The folder may be in a bucket (`data.path=s3://...`): each node reads it from
+its own verified copy (`trainers.data.bucket`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 from torch import Tensor
 
 from switchsweep.config.schema import DataConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.files import atomic_write
+from switchsweep.platform.storage import is_uri, read_bytes, storage_fs, storage_join
+from switchsweep.trainers.data.bucket import MANIFEST, local_copy
 
-MANIFEST = "manifest.json"
 SHARDS = "shards"
 FORMAT = 1
 VAE_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -101,14 +104,23 @@ def scale_factor(config: dict[str, Any]) -> float:
 
 # -- the prepared folder -----------------------------------------------------------------------
 def read_manifest(folder: str | os.PathLike, setting: str = "data.path") -> dict[str, Any]:
-    path = Path(folder).expanduser() / MANIFEST
-    if not path.is_file():
+    """The manifest of a prepared folder, local or in a bucket."""
+    return _parse_manifest(_manifest_bytes(str(folder), setting), folder, setting)
+
+
+def _manifest_bytes(folder: str, setting: str) -> bytes:
+    raw = read_bytes(storage_join(folder, MANIFEST))
+    if raw is None:
         raise ConfigError(
             f"{setting}={folder}: no {MANIFEST} (not a prepared folder, or its prepare did not finish): "
             "run or rerun `switchsweep prepare ... out=<this folder>`"
         )
+    return raw
+
+
+def _parse_manifest(raw: bytes, folder: str | os.PathLike, setting: str) -> dict[str, Any]:
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(raw)
     except ValueError:
         raise ConfigError(f"{setting}={folder}: {MANIFEST} is not valid JSON: rerun `switchsweep prepare`") from None
     if manifest.get("format") != FORMAT:
@@ -174,10 +186,13 @@ class ShardedLatents:
 def check_prepared(data: DataConfig) -> dict[str, Any]:
     """The folder's manifest, once the folder is known finished, matching the config, with all its
     shard files (a sweep checks this before Ray starts, training before it reads any shard)."""
-    folder = Path(data.path).expanduser()
+    folder = data.path if is_uri(data.path) else str(Path(data.path).expanduser())
     manifest = read_manifest(folder)
     check_against(manifest, data)
-    missing = [s[k] for s in manifest["shards"] for k in ("latents", "labels") if not (folder / s[k]).is_file()]
+    fs, base = storage_fs(folder)
+    names = [s[k] for s in manifest["shards"] for k in ("latents", "labels")]
+    infos = fs.get_file_info([f"{base}/{name}" for name in names])
+    missing = [name for name, info in zip(names, infos) if info.type != pafs.FileType.File]
     if missing:
         raise ConfigError(
             f"data.path={folder}: {len(missing)} shard file(s) are missing (first: {missing[0]}): "
@@ -187,9 +202,13 @@ def check_prepared(data: DataConfig) -> dict[str, Any]:
 
 
 def load_latents(data: DataConfig) -> tuple[ShardedLatents, Tensor]:
-    """The prepared latents (memory-mapped) and all labels, checked against the config and the manifest."""
-    folder = Path(data.path).expanduser()
+    """The prepared latents (memory-mapped) and all labels, checked against the config and the manifest; a
+    folder in a bucket is read from this node's verified copy."""
     manifest = check_prepared(data)
+    if is_uri(data.path):
+        folder = local_copy(data.path, manifest, _manifest_bytes(data.path, "data.path"))
+    else:
+        folder = Path(data.path).expanduser()
     latents = ShardedLatents(folder, manifest["shards"])
     if tuple(latents.shape[1:]) != tuple(manifest["latent_shape"]):
         raise ConfigError(

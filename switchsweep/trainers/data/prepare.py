@@ -22,9 +22,10 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from switchsweep.config.resources import node_types
+from switchsweep.config.resources import ONE_GPU_NODE, node_types
 from switchsweep.config.schema import DataConfig
 from switchsweep.platform.errors import ConfigError
+from switchsweep.platform.storage import is_uri
 from switchsweep.trainers.data.imagefolder import read_image, scan, to_unit_range
 from switchsweep.trainers.data.latents import (
     FORMAT,
@@ -168,17 +169,24 @@ def check_inputs(
     data: DataConfig, out: str | os.PathLike, seed: int = 0
 ) -> tuple[dict[str, Any], list[tuple[str, int]]]:
     """Everything `prepare` can refuse before any work: the images, the VAE, the settings, the folder."""
+    if is_uri(str(out)):
+        raise ConfigError(
+            f"out={out}: prepare writes a folder on a disk this machine has; then copy it into the bucket, "
+            "the manifest last: aws s3 sync OUT URI --exclude manifest.json && aws s3 cp OUT/manifest.json URI/"
+        )
     plan, items = _plan(data, seed)
     _check_plan(Path(out).expanduser().resolve(), plan)
     load_vae(data.vae)  # its weights load (the encoder actors would fail less legibly)
     return plan, items
 
 
-def _encoder_gpus(cluster_config: str) -> tuple[bool, int]:
-    """(encode on GPUs?, GPUs up now): yes where the cluster has GPUs now or its autoscaler can add some."""
+def _encoder_gpus(cluster_config: str) -> tuple[bool, int, dict[str, float]]:
+    """(encode on GPUs?, GPUs up now, what else an encoder asks for): GPUs where the cluster has some now or
+    its autoscaler can add some; on the one-GPU node type only where the cluster marks one (`ONE_GPU_NODE`)."""
     now = int(ray.cluster_resources().get("GPU", 0))
     types = node_types(cluster_config) or {}
-    return now > 0 or any(float(r.get("GPU", 0)) > 0 for r in types.values()), now
+    marked = {ONE_GPU_NODE: 1.0} if any(ONE_GPU_NODE in r for r in types.values()) else {}
+    return now > 0 or any(float(r.get("GPU", 0)) > 0 for r in types.values()), now, marked
 
 
 def prepare(
@@ -214,7 +222,7 @@ def prepare(
     if todo:
         ray.data.DataContext.get_current().enable_progress_bars = False  # one bar: this one
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        gpu, gpus_now = _encoder_gpus(cluster_config)
+        gpu, gpus_now, marked = _encoder_gpus(cluster_config)
         rows = [{"shard": i, "paths": [p for p, _ in shards[i]], "labels": [c for _, c in shards[i]]} for i in todo]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         ds = ds.map(_read_shard, fn_kwargs={"resolution": data.resolution, "flip": data.flip})
@@ -225,6 +233,7 @@ def prepare(
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=encoders or max(1, gpus_now)),
             # on CPUs, one encoder takes all but one (left to the readers)
             num_gpus=1 if gpu else 0,
+            resources=marked if gpu else None,
             num_cpus=1 if gpu else max(1, int(ray.cluster_resources()["CPU"]) - 1),
             fn_constructor_kwargs={
                 "vae": plan["vae"]["path"],
