@@ -79,6 +79,7 @@ def test_the_fake_cluster_keeps_the_real_types_with_gpus_as_a_custom_resource():
     for name, t in fake["available_node_types"].items():
         real = CLUSTER["available_node_types"][name]["resources"]
         assert "GPU" not in t["resources"] and t["resources"].get(FAKE_GPU, 0) == real.get("GPU", 0)
+        assert {k: v for k, v in real.items() if k not in ("CPU", "GPU")}.items() <= t["resources"].items()
     head = fake["available_node_types"][fake["head_node_type"]]["resources"]
     assert head["CPU"] == 0 and head[DRIVER] >= 1  # only worker nodes can run trials
     validate_config(fake)  # complete as written: the wheel lacks the defaults prepare_config would merge in

@@ -41,8 +41,9 @@ def fake_config(cluster_yaml: Path, gcs_port: int, max_per_type: int = 2, idle_m
             types[name] = {"resources": dict(t["resources"]), "node_config": {}, "max_workers": 0}
             continue
         gpus = t["resources"].get("GPU", 0)
+        custom = {k: v for k, v in t["resources"].items() if k not in ("CPU", "GPU")}  # ONE_GPU_NODE, ...
         types[name] = {
-            "resources": {"CPU": 1, **({FAKE_GPU: gpus} if gpus else {})},
+            "resources": {"CPU": 1, **({FAKE_GPU: gpus} if gpus else {}), **custom},
             "node_config": {},
             "min_workers": t.get("min_workers", 0),
             "max_workers": min(t["max_workers"], max_per_type),
