@@ -36,14 +36,14 @@ lock: $(STAMP)
 # the end-to-end tests after it, on two processes too, a module at a time (its tests share what its fixtures
 # start) in the order tests/conftest.py gives: they spend much of their time waiting on Ray, SSH and servers
 # starting, which the other process fills. The registry tests wait on the network alone: they run beside
-# the fast suite, and either's failure fails the target.
+# the end-to-end ones, and either's failure fails the target.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q -m "not slow" -n 2
 	$(PY) -m pytest -q -m registry -p no:cacheprovider & registry=$$!; \
-	  $(PY) -m pytest -q -m "not slow" -n 2; fast=$$?; wait $$registry; net=$$?; \
-	  test $$fast -eq 0 && test $$net -eq 0
-	$(PY) -m pytest -q -m "slow and not registry" -n 2 --dist loadfile --no-loadscope-reorder
+	  $(PY) -m pytest -q -m "slow and not registry" -n 2 --dist loadfile --no-loadscope-reorder --durations=15; e2e=$$?; \
+	  wait $$registry; net=$$?; test $$e2e -eq 0 && test $$net -eq 0
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

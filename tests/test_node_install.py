@@ -83,7 +83,7 @@ def test_the_lock_leaves_each_machine_its_own_torch_build_and_pins_the_rest():
 
 
 @pytest.mark.slow  # a minute of registry round trips, outside the fast suite
-@pytest.mark.registry  # which `make test` runs beside the fast suite: it waits on the network, not the CPU
+@pytest.mark.registry  # which `make test` runs beside the end-to-end tests: it waits on the network, not the CPU
 def test_every_images_python_resolves_a_nodes_whole_install(tmp_path):
     try:
         urllib.request.urlopen(REGISTRY + "pip/", timeout=10).close()
