@@ -1,9 +1,9 @@
 # Every target creates .venv on first use and installs into it: torch 2.13.0 first, from TORCH_INDEX (empty:
 # the registry's default build, CUDA on Linux; https://download.pytorch.org/whl/cpu: the CPU build, for
 # a machine without a GPU), then the package, every version pinned by constraints.txt (`make lock` writes it
-# from this environment, the one `make test` passes in). Nothing is byte-compiled ahead (--no-compile): the
-# interpreter compiles a module the first time it is imported and keeps it, which costs a fraction of
-# compiling every file of torch, Ray and MLflow that nothing imports.
+# from this environment, the one `make test` passes in). The byte-code is compiled after pip, on every core
+# (pip compiles a file at a time); as with pip, a file that does not compile (torch ships one in a newer
+# Python's syntax) is left to the interpreter, not an install failure.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-compile --upgrade pip
 	$(PY) -m pip install -q --no-compile -c constraints.txt torch==$(TORCH_VERSION) $(if $(strip $(TORCH_INDEX)),--index-url $(strip $(TORCH_INDEX)))
 	$(PY) -m pip install -q --no-compile -c constraints.txt -e '.$(if $(strip $(EXTRAS)),[$(strip $(EXTRAS))])' --config-settings editable_mode=compat  # a path entry: mutmut's copies can shadow it
+	@$(PY) -m compileall -qq -j 0 $(VENV)/lib || true
 	@touch $(STAMP)
 
 install: $(STAMP)
