@@ -20,6 +20,7 @@ LONGEST_FIRST = (
     "test_faults_e2e.py",
     "test_sweep_e2e.py",
     "test_learning_e2e.py",
+    "test_lost_head.py",
     "test_cluster_e2e.py",
     "test_cluster_launch.py",
     "test_concurrency_e2e.py",
@@ -28,12 +29,16 @@ LONGEST_FIRST = (
 
 
 E2E = Path(__file__).resolve().parent / "e2e"
+CLUSTER = Path(__file__).resolve().parent / "cluster"
 
 
 def pytest_collection_modifyitems(items):
-    for item in items:  # the end-to-end folder is slow as a whole
+    for item in items:  # the end-to-end folder is slow as a whole; the cluster's is `make cluster-check`
         if E2E in item.path.parents:
             item.add_marker(pytest.mark.slow)
+        elif CLUSTER in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.cluster)
     slow = {item.path for item in items if item.get_closest_marker("slow")}
 
     def rank(item) -> tuple[int, int]:

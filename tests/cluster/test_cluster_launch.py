@@ -4,9 +4,12 @@ A launcher config is derived from cluster.yaml with Ray's `local` provider: ever
 the file mounts are kept verbatim, only the provider, the SSH login and the node types (the local
 provider has one, made from the nodes it is given) change, plus the one EDIT value a real cluster
 needs set: the bucket, here a folder both nodes see. The nodes are sshd in namespaces of their own
-(`ssh_nodes`), a head and a worker on a bridge with this machine. Their images already
-hold this checkout's environment (`~/switchsweep/.venv` is linked to it), as a built image would, so
-the setup's `make install EXTRAS=` has nothing left to do; everything else runs as written.
+(`ssh_nodes`), a head and a worker on a bridge with this machine. The head's image already holds this
+checkout's environment (`~/switchsweep/.venv` is linked to it), as a built image would, so its
+`make install EXTRAS=` has nothing left to do; the worker's has none: its setup installs everything from
+scratch, from the package registry, which it reaches through an HTTPS proxy on this machine
+(`registry_proxy`, named in the node's pip.conf) as a cloud node reaches it directly. Everything else runs
+as written.
 
 Then, as an operator would: `make cluster-up`, the head's Ray with token auth, the MLflow server on its
 port keeping runs in a PostgreSQL database (a server on this machine, reached over the bridge, as a
@@ -34,6 +37,7 @@ from mlflow.tracking import MlflowClient
 from switchsweep.trainers.evaluation.features import DigitsClassifier
 from tests.support import postgres
 from tests.support.fake_cluster import wait_http
+from tests.support.registry_proxy import RegistryProxy
 from tests.support.ssh_nodes import Bridge, SshNode, available, make_key, port_open
 from tests.support.sweep_harness import BIN, TINY_EVAL, free_port
 
@@ -102,6 +106,30 @@ def _job_status(job: str, token: str) -> str:
     return json.loads(body)["status"]
 
 
+def _installed_from_scratch(worker: SshNode, proxy: RegistryProxy) -> float:
+    """The worker's `make install EXTRAS=` built its own environment from the registry, every version the
+    one constraints.txt pins; how long it took (the environment's folder made to its stamp)."""
+    venv = worker.home / "switchsweep" / ".venv"
+    assert venv.is_dir() and not venv.is_symlink(), "the worker has no environment of its own"
+    assert proxy.hosts["pypi.org"] > 0 and proxy.hosts["files.pythonhosted.org"] > 0, dict(proxy.hosts)
+    freeze = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "freeze", "--exclude-editable"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    def named(lines: list[str]) -> dict[str, str]:  # a version without its build label (torch's +cpu)
+        pairs = (line.partition("==") for line in lines if "==" in line)
+        return {re.sub(r"[-_.]+", "-", n.lower()): v.split("+")[0] for n, _, v in pairs}
+
+    installed, pins = named(freeze.split()), named((REPO / "constraints.txt").read_text().splitlines())
+    wrong = {n: (v, installed[n]) for n, v in pins.items() if n in installed and installed[n] != v}
+    assert not wrong and len(installed) > 100, wrong or freeze
+    assert "pytest" not in installed, "a node installs no test tools"
+    return (venv / ".installed-stamp").stat().st_mtime - (venv / "pyvenv.cfg").stat().st_mtime
+
+
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     why = available() or postgres.available()
@@ -112,6 +140,7 @@ def nodes(tmp_path_factory):
     bridge = Bridge(f"ssbr{os.getpid() % 100000}", HERE_IP)
     started: list[SshNode] = []
     db = postgres.Postgres(free_port(), hosts=("127.0.0.1", HERE_IP), network=f"{SUBNET}.0/24")
+    proxy = RegistryProxy(HERE_IP, free_port()).start()
     # The environment's Python, where it lives in root's home (pyenv): the node's root has another home.
     keep = tuple(p for p in (Path(sys.base_prefix),) if p.is_relative_to("/root"))
     try:
@@ -119,14 +148,19 @@ def nodes(tmp_path_factory):
             home = tmp / name / "home"
             home.mkdir(parents=True)
             (home / "switchsweep").mkdir()
-            (home / "switchsweep" / ".venv").symlink_to(BIN.parent)  # the built image's environment
+            if name == "head":
+                (home / "switchsweep" / ".venv").symlink_to(BIN.parent)  # the built image's environment
+            else:  # a bare image: the registry through the proxy
+                (home / ".config" / "pip").mkdir(parents=True)
+                (home / ".config" / "pip" / "pip.conf").write_text(f"[global]\nproxy = {proxy.url}\n")
             started.append(SshNode(f"ss{name}{os.getpid() % 100000}", ip, home, key.with_suffix(".pub"), bridge, keep))
         db.start()
-        yield {"tmp": tmp, "key": key, "head": started[0], "worker": started[1], "db": db}
+        yield {"tmp": tmp, "key": key, "head": started[0], "worker": started[1], "db": db, "proxy": proxy}
     finally:
         for node in started:
             node.stop()
         db.stop()
+        proxy.stop()
         bridge.delete()
 
 
@@ -184,13 +218,14 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
         assert _get(f"http://{HEAD_IP}:5000/health")[0] == 200, "the worker nodes cannot reach MLflow"
         assert not (head.home / "mlflow.db").exists(), "MLflow's runs belong in the database, not the head's disk"
 
-        # The local provider starts its worker once the head is up: the trials' CPUs are there.
-        deadline = time.time() + 300
+        # The local provider starts its worker once the head is up, and it installs everything first.
+        deadline = time.time() + 900
         while len(alive := _alive_nodes(token)) < 2 and time.time() < deadline:
             time.sleep(3)
         assert len(alive) == 2, f"the worker never joined: {alive}"
         assert [n.get("CPU", 0) for n in alive if "TRAIN_DRIVER" in n] == [0], "the head trains nothing"
         joined_s = time.time() - t0
+        install_s = _installed_from_scratch(nodes["worker"], nodes["proxy"])
 
         args = [
             "sweep.num_trials=1",
@@ -242,7 +277,8 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
     assert down.returncode == 0, (down.stdout + down.stderr)[-4000:]
     assert not port_open(HEAD_IP, 6379), "the head's Ray is still up after cluster-down"
     print(
-        f"\nray up over SSH: head up in {up_s:.0f} s, worker joined at {joined_s:.0f} s, "
+        f"\nray up over SSH: head up in {up_s:.0f} s, worker joined at {joined_s:.0f} s "
+        f"(its install from scratch {install_s:.0f} s), "
         f"1-trial sweep {sweep_s:.0f} s, {time.time() - t0:.0f} s in all",
         file=sys.stderr,
     )

@@ -244,3 +244,89 @@ def test_a_sweep_submitted_as_a_job_scales_up_runs_on_workers_and_scales_down(cl
         f"job {sweep_s:.0f} s; {time.time() - c['started']:.0f} s since the head started",
         file=sys.stderr,
     )
+
+
+def test_latents_prepared_into_the_bucket_train_a_sweep_whose_reference_features_a_worker_computes(cluster):
+    """`prepare out=s3://...` on the cluster, then a sweep reading those latents from the bucket: the trial
+    trains on a worker node from its copy, and the reference features (ADM-style reference batch in the
+    bucket) are computed by a task with a trial worker's resources, on a worker node, not the head."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from switchsweep.sweeps.run import REFERENCE_TASK
+    from switchsweep.trainers.data.imagefolder import read_image, scan
+    from tests.support.latent_data import image_folder, inception_weights, tiny_vae
+
+    c, fake = cluster, cluster["fake"]
+    tmp = c["tmp"] / "latents"
+    root = image_folder(tmp / "images", per_class=4)
+    vae = tiny_vae(tmp / "vae")
+    weights = inception_weights(tmp / "inception.pt")
+    bucket = f"s3://{c['bucket'].bucket}"
+    ref = io.BytesIO()
+    np.savez(ref, arr_0=np.stack([read_image(p, 16) for p, _ in scan(root)[1]]))
+    c["bucket"].client().put_object(Bucket=c["bucket"].bucket, Key="ref/ref.npz", Body=ref.getvalue())
+    run = dict(env=c["env"], capture_output=True, text=True)
+    prepared = subprocess.run(
+        [
+            str(BIN / "switchsweep"),
+            "prepare",
+            "address=auto",
+            f"data.root={root}",
+            f"data.vae={vae}",
+            "data.resolution=16",
+            "data.shard_size=8",
+            f"out={bucket}/latents/tiny",
+        ],
+        timeout=300,
+        **run,
+    )
+    assert prepared.returncode == 0, (prepared.stdout + prepared.stderr)[-3000:]
+    assert f"prepared 24 latents in 3 shards (3 encoded now) in {bucket}/latents/tiny" in prepared.stdout
+    keys = set(c["bucket"].keys("latents/tiny/"))
+    assert "latents/tiny/manifest.json" in keys and len([k for k in keys if k.endswith(".npy")]) == 6, keys
+
+    latents = [
+        "data=latents",
+        f"data.path={bucket}/latents/tiny",
+        "data.image_size=8",
+        "data.num_classes=3",
+        f"eval.inception_weights={weights}",
+        "sweep.name=bucket_latents",
+        "sweep.num_trials=1",
+        "sweep.ray.use_gpu=false",
+        "sweep.ray.cpus_per_worker=1",
+        f"+sweep.ray.worker_resources={{{FAKE_GPU}: 1}}",
+        f"sweep.ray.cluster_config={fake.config_file}",
+        "eval.num_samples=6",
+        "eval.batch_size=6",
+        "eval.kid_subset_size=3",
+        "eval.pr_k=2",
+        "data.batch_size=8",
+    ]
+    sweep = [str(BIN / "switchsweep"), "sweep", "platform=cluster", *TINY, *latents]
+    # The head's ImageFolder is no reference a GPU node can read: refused in one line before any trial.
+    refused = subprocess.run(sweep, timeout=300, **run)
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1 and "data.ref_batch=null" in lines[0], refused.stderr[-2000:]
+    done = subprocess.run([*sweep, f"data.ref_batch={bucket}/ref/ref.npz"], timeout=600, **run)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+    client = MlflowClient(c["tracking"])
+    exp = client.get_experiment_by_name("bucket_latents")
+    (trial,) = client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'")
+    assert trial.info.status == "FINISHED" and trial.data.params["data.path"] == f"{bucket}/latents/tiny"
+    assert [m.step for m in client.get_metric_history(trial.info.run_id, "kid_x1e3")] == [4]
+    (cached,) = [k for k in c["bucket"].keys("switchsweep/eval-cache/") if "ref-latents-" in k]
+    features = c["bucket"].client().get_object(Bucket=c["bucket"].bucket, Key=cached)["Body"].read()
+    assert torch.load(io.BytesIO(features), weights_only=True)["features"].shape == (12, 2048)
+
+    def state(kind: str, where: str) -> list[dict]:
+        cmd = [str(BIN / "ray"), "list", kind, "--address", c["dashboard"], "-f", where, "--format=json"]
+        return json.loads(subprocess.run(cmd, timeout=60, check=True, **run).stdout)
+
+    (task,) = state("tasks", f"name={REFERENCE_TASK}")
+    head = {n["node_id"] for n in state("nodes", "is_head_node=True")}
+    assert task["state"] == "FINISHED" and task["node_id"] not in head, (task, head)
