@@ -10,7 +10,7 @@ import torch
 
 from switchsweep.config.schema import DataConfig
 from switchsweep.platform.errors import ConfigError
-from switchsweep.trainers.data.bucket import CACHE_ENV, cache_folder
+from switchsweep.trainers.data.bucket import CACHE_ENV, cache_folder, publish, remote_manifest
 from switchsweep.trainers.data.latents import (
     FORMAT,
     MANIFEST,
@@ -116,8 +116,74 @@ def test_a_bucket_folder_without_a_manifest_is_one_line(node, bucket):
         check_prepared(_data(uri.replace("/latents", "/nowhere")))
 
 
-def test_prepare_refuses_a_bucket_as_its_output_before_any_work(tmp_path):
+def test_a_published_folder_reads_back_and_a_republish_sends_only_what_changed(bucket, tmp_path, monkeypatch):
+    for key, value in bucket.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    local = _prepared(tmp_path / "prepared", shards=3)
+    uri = f"s3://{bucket.bucket}/{tmp_path.name}/published"
+    assert publish(local, uri) == 3 * 2 + 1  # every shard's two files, then the manifest
+    want_latents, want_labels = load_latents(_data(local))
+    got_latents, got_labels = load_latents(_data(uri))
+    idx = torch.arange(len(want_latents))
+    assert torch.equal(got_latents[idx], want_latents[idx]) and torch.equal(got_labels, want_labels)
+    # The same folder again: nothing but the manifest; one shard redone: its two files and the manifest.
+    assert publish(local, uri) == 1
+    entries = [json.loads(p.read_text()) for p in sorted((local / "shards").glob("*.json"))]
+    rng = np.random.default_rng(1)
+    entries[2] = write_shard(local, 2, rng.standard_normal((5, 4, 4, 4)).astype(np.float16), np.arange(5) % 3, 3)
+    write_manifest(local, {**json.loads((local / MANIFEST).read_text()), "format": FORMAT}, entries)
+    assert publish(local, uri) == 2 + 1
+    assert remote_manifest(uri) == json.loads((local / MANIFEST).read_text())
+
+
+def test_an_interrupted_publish_leaves_no_manifest_for_a_node_to_trust(bucket, tmp_path, monkeypatch):
+    from switchsweep.trainers.data import bucket as bucket_module
+
+    for key, value in bucket.env.items():
+        monkeypatch.setenv(key, value)
+    local = _prepared(tmp_path / "prepared")
+    uri = f"s3://{bucket.bucket}/{tmp_path.name}/cut"
+    publish(local, uri)
+    entries = [json.loads(p.read_text()) for p in sorted((local / "shards").glob("*.json"))]
+    entries[1] = write_shard(local, 1, np.ones((5, 4, 4, 4), np.float16), np.arange(5) % 3, 3)
+    write_manifest(local, json.loads((local / MANIFEST).read_text()), entries)
+    real_put = bucket_module._put
+
+    def cut(src, fs, dst):
+        if dst.endswith(MANIFEST):
+            raise OSError("connection lost")
+        real_put(src, fs, dst)
+
+    monkeypatch.setattr(bucket_module, "_put", cut)
+    with pytest.raises(OSError):
+        publish(local, uri)
+    with pytest.raises(ConfigError, match=r"^data\.path=s3://.*/cut: no manifest\.json"):
+        check_prepared(_data(uri))
+
+
+def test_prepare_into_a_bucket_refuses_one_that_holds_other_latents_before_any_work(bucket, tmp_path, monkeypatch):
+    from switchsweep.trainers.data.prepare import check_inputs
+    from tests.support.latent_data import image_folder, tiny_vae
+
+    for key, value in bucket.env.items():
+        monkeypatch.setenv(key, value)
+    uri = f"s3://{bucket.bucket}/{tmp_path.name}/taken"
+    publish(_prepared(tmp_path / "prepared"), uri)  # root "generated", resolution 32
+    root = image_folder(tmp_path / "imgs", per_class=1)
+    data = DataConfig(name="latents", root=str(root), vae=str(tiny_vae(tmp_path / "vae")), resolution=16)
+    with pytest.raises(ConfigError, match=r"^out=s3://.*/taken already holds latents prepared with other root"):
+        check_inputs(data, uri)
+
+
+def test_prepare_into_a_bucket_without_credentials_is_one_line(tmp_path, monkeypatch):
     from switchsweep.trainers.data.prepare import check_inputs
 
-    with pytest.raises(ConfigError, match=r"^out=s3://b/x: prepare writes a folder on a disk"):
-        check_inputs(DataConfig(name="latents", root=str(tmp_path)), "s3://b/x")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    data = DataConfig(name="latents", root=str(tmp_path), vae=str(tmp_path), resolution=16)
+    with pytest.raises(ConfigError, match=r"^out=s3://b/x: no AWS credentials"):
+        check_inputs(data, "s3://b/x")

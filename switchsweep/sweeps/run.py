@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from switchsweep.config.compose import load_sweep_config
-from switchsweep.config.schema import resolve_paths
-from switchsweep.config.sweep_schema import SweepJobConfig
+from switchsweep.config.schema import DataConfig, resolve_paths
+from switchsweep.config.sweep_schema import RayConfig, SweepJobConfig, is_local_address, worker_bundle
 from switchsweep.dashboards.report import make_report
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.storage import check_credentials
+from switchsweep.platform.storage import check_credentials, is_uri
 from switchsweep.platform.sweep_record import FINISHED, INTERRUPTED, RUNNING, DriverLock, SweepRecord
 from switchsweep.platform.tracking import (
     BEST_GROUP_TAG,
@@ -39,6 +40,7 @@ from switchsweep.results.ranking import Ranked
 from switchsweep.results.tables import write_ranking
 from switchsweep.results.trials import rank_trials
 from switchsweep.results.verdicts import verdict_sentences
+from switchsweep.sweeps.budget import Ledger, devices_per_trial
 from switchsweep.sweeps.compat import session_temp_dir
 from switchsweep.sweeps.locate import (
     SweepCommand,
@@ -57,8 +59,10 @@ from switchsweep.sweeps.tune_state import repair as repair_tune_state
 from switchsweep.sweeps.tuner import build_tuner, expected_trials, sweep_rung_steps
 from switchsweep.sweeps.worker_spec import SweepReports
 from switchsweep.trainers.data.latents import check_prepared
-from switchsweep.trainers.evaluation.features import build_feature_net, reference_features
+from switchsweep.trainers.evaluation.features import build_feature_net, reference_features, reference_source
 from switchsweep.trainers.loop.trainer import resolve_device
+
+REFERENCE_TASK = "switchsweep-reference-features"  # the cluster's task that computes them (Ray's state API)
 
 
 @dataclass
@@ -74,11 +78,44 @@ class SweepResult:
     report: Path | None = None  # the HTML report, unless it could not be written
     failed: dict[str, str] = dataclasses.field(default_factory=dict)  # trial id -> why it failed
     verdicts: list[str] = dataclasses.field(default_factory=list)  # best against the baseline; how racing ended
+    budget: dict[str, Any] = dataclasses.field(default_factory=dict)  # the record's account of sweep.budget
 
 
 def _warm_feature_cache(job: SweepJobConfig) -> None:
-    """Train/load the feature network and the real-data reference features once, here, so trials
-    only read the cache (and never race to write it)."""
+    """Train/load the feature network and the real-data reference features once, before any trial, so
+    trials only read the cache (and never race to write it): here on one machine; on a cluster as a task
+    with a trial worker's resources, on a GPU where trials train rather than on the head's CPU."""
+    r = job.sweep.ray
+    if is_local_address(r.address):
+        _reference_features(job)
+        return
+    bundle = worker_bundle(r)
+    task = ray.remote(_reference_features).options(
+        name=REFERENCE_TASK, num_cpus=bundle.pop("CPU"), num_gpus=bundle.pop("GPU", 0), resources=bundle
+    )
+    try:
+        ray.get(task.remote(job))
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, ConfigError):  # its one line, not Ray's traceback
+            raise e.cause from None
+        raise
+
+
+def _check_reference_reachable(data: DataConfig, manifest: dict[str, Any], r: RayConfig) -> None:
+    """On a cluster the real images of the evaluation (the reference batch, or the ImageFolder) are read on
+    GPU nodes: a path on this machine alone is refused before any trial."""
+    source = reference_source(data, manifest)
+    if is_local_address(r.address) or is_uri(source) or r.shared_fs:
+        return
+    raise ConfigError(
+        f"data.ref_batch={data.ref_batch or 'null'}: on a cluster the reference features are computed on a GPU "
+        f"node, which cannot read {source} on this machine: give data.ref_batch=s3://BUCKET/ref.npz (e.g. ADM's "
+        "VIRTUAL_imagenet256_labeled.npz copied into the bucket), or a data.root every node mounts with "
+        "sweep.ray.shared_fs=true"
+    )
+
+
+def _reference_features(job: SweepJobConfig) -> None:
     net = build_feature_net(job.eval, resolve_device(job.eval.device))
     reference_features(job.data, net, job.eval.cache_dir)
 
@@ -115,7 +152,8 @@ def run_sweep(job: SweepJobConfig, overrides: Sequence[str], command: SweepComma
     s = job.sweep
     bases = [resolve_paths(b) for b in trial_bases(job, overrides)]
     if job.data.name == "latents":
-        check_prepared(config_from_dict(bases[0]).data)  # absolute paths, as the trials will see them
+        data = config_from_dict(bases[0]).data  # absolute paths, as the trials will see them
+        _check_reference_reachable(data, check_prepared(data), s.ray)
     storage = sweep_storage(job, record.sweep_id)
     if command.resume and not tune.Tuner.can_restore(join(storage, record.tune_dir)):
         raise ConfigError(
@@ -167,14 +205,23 @@ def _drive(
         git_commit=git_commit(),
         done_trials=sorted(record.trials_over()),
     )
+    devices, unit = devices_per_trial(s.ray)
+    record.budget = {"limit": s.budget, "unit": unit} if s.budget is not None else {}
     record.set_status(RUNNING)
     build_tuner(job, trial_job, record, command).fit()
     record = SweepRecord.load(record.path)  # the trials' entries, as TrialTracking recorded them
     over, parent = record.trials_over(), record.parent_run_id
+    if record.budget:
+        record.budget["spent"] = round(Ledger.of(record.trials.values(), devices).spent, 6)
+        if record.budget.get("reached"):
+            record.budget["skipped"] = max(0, expected_trials(job, record) - len(record.trials))
+        record.save()
     ranking = rank_trials(tracker, s.name, record.sweep_id, sweeps_root(job))
     ranked = ranking.ranked
     # Racing runs a number of trials known only at its end: any trial started and not over is one cut short.
-    interrupted = len(over) < expected_trials(job, record) or len(record.trials) > len(over)
+    # A budget reached ends the sweep with trials never started: finished, not interrupted.
+    short = len(over) < expected_trials(job, record) and not record.budget.get("reached")
+    interrupted = short or len(record.trials) > len(over)
     if ranked:
         tracker.log_artifacts(parent, write_ranking(ranking, record.path))
     best = ranking.best
@@ -199,4 +246,5 @@ def _drive(
         report,
         record.failed(),
         verdict_sentences(ranking),
+        record.budget,
     )

@@ -1,18 +1,21 @@
 """Prepared latents in a bucket (`data.path=s3://...`, any URI pyarrow reads): each node copies the folder
 to its own disk once, every shard checked against the manifest's sha256, then memory-maps the copy as it
 would a local folder. A copy is complete only once its manifest is there, which is written last, and a
-shard is renamed into place only once its hash is right: an interrupted or damaged copy is never read."""
+shard is renamed into place only once its hash is right: an interrupted or damaged copy is never read.
+`prepare out=s3://...` writes the folder where a node's copy would be, then publishes it to the bucket
+the same way round: the manifest removed first and put back last."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 from pathlib import Path
 
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.files import atomic_write
-from switchsweep.platform.storage import storage_fs
+from switchsweep.platform.storage import read_bytes, storage_fs, storage_join
 
 MANIFEST = "manifest.json"
 CACHE_ENV = "SWITCHSWEEP_LATENT_CACHE"  # where the copies go; default below, on the node's own disk
@@ -84,3 +87,45 @@ def _fetch(fs, src: str, dst: Path, sha256: str, uri: str) -> None:
             "prepare): rerun `switchsweep prepare` into it, or copy the whole prepared folder again"
         )
     os.replace(part, dst)
+
+
+def remote_manifest(uri: str) -> dict | None:
+    """The manifest published at `uri`, or None where there is none (or it is unreadable: it is replaced)."""
+    raw = read_bytes(storage_join(uri, MANIFEST))
+    try:
+        return json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def publish(folder: Path, uri: str) -> int:
+    """The prepared `folder` (its manifest written) into `uri`: the manifest there removed first, so no node
+    copies a half-updated folder, each shard uploaded unless the manifest there already had it with the same
+    hash, the manifest last. Returns how many files went up."""
+    fs, base = storage_fs(uri)
+    before = {s["latents"]: s for s in (remote_manifest(uri) or {}).get("shards", [])}
+    if _exists(fs, f"{base}/{MANIFEST}"):
+        fs.delete_file(f"{base}/{MANIFEST}")
+    manifest = json.loads((folder / MANIFEST).read_bytes())
+    sent = 0
+    for shard in manifest["shards"]:
+        old = before.get(shard["latents"], {})
+        for key in ("latents", "labels"):
+            if old.get(f"{key}_sha256") != shard[f"{key}_sha256"] or not _exists(fs, f"{base}/{shard[key]}"):
+                _put(folder / shard[key], fs, f"{base}/{shard[key]}")
+                sent += 1
+    _put(folder / MANIFEST, fs, f"{base}/{MANIFEST}")
+    return sent + 1
+
+
+def _exists(fs, path: str) -> bool:
+    from pyarrow.fs import FileType
+
+    return fs.get_file_info(path).type == FileType.File
+
+
+def _put(src: Path, fs, dst: str) -> None:
+    fs.create_dir(dst.rsplit("/", 1)[0], recursive=True)
+    with open(src, "rb") as local, fs.open_output_stream(dst) as remote:
+        while chunk := local.read(CHUNK):
+            remote.write(chunk)

@@ -4,6 +4,8 @@ Read + centre-crop tasks (CPU) feed encoder actors (one VAE each, on a GPU where
 them), and this process writes each finished shard. Work is split into fixed shards of the sorted
 file list, each written atomically with a checksummed marker, so a rerun redoes only the shards
 that are missing or damaged. `manifest.json` is written last: until then training refuses the folder.
+An `out` in a bucket (s3://...) is written on this machine's disk where a node keeps its copy of that
+bucket folder, then published to it (`bucket.publish`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from tqdm.auto import tqdm
 from switchsweep.config.resources import ONE_GPU_NODE, node_types
 from switchsweep.config.schema import DataConfig
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.storage import is_uri
+from switchsweep.platform.storage import check_credentials, is_uri
+from switchsweep.trainers.data.bucket import cache_folder, publish, remote_manifest
 from switchsweep.trainers.data.imagefolder import read_image, scan, to_unit_range
 from switchsweep.trainers.data.latents import (
     FORMAT,
@@ -48,7 +51,7 @@ PLAN = "plan.json"
 
 @dataclass
 class Prepared:
-    out: Path
+    out: str  # the folder or bucket URI given
     images: int  # latents in the folder (images, times 2 with flips)
     shards: int
     redone: int  # shards encoded by this run (the others were already there)
@@ -86,24 +89,27 @@ def _plan(data: DataConfig, seed: int) -> tuple[dict[str, Any], list[tuple[str, 
     return plan, items
 
 
-def _check_plan(out: Path, plan: dict[str, Any]) -> None:
-    """A folder holds one dataset: a rerun with other settings or files is refused, naming what changed."""
+def _check_plan(out: Path, plan: dict[str, Any], name: str) -> None:
+    """A folder holds one dataset: a rerun with other settings or files is refused, naming what changed
+    (`name`: the out= given)."""
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"out={out} is a file, not a folder: give a folder for the latents")
+        raise ConfigError(f"out={name} is a file, not a folder: give a folder for the latents")
     path = out / PLAN
     if not path.is_file():
         return
     try:
         old = json.loads(path.read_text())
     except ValueError:
-        raise ConfigError(f"out={out}: its {PLAN} is not valid JSON (not a prepare folder?): give a new out=") from None
+        raise ConfigError(
+            f"out={name}: its {PLAN} is not valid JSON (not a prepare folder?): give a new out="
+        ) from None
     for key in ("root", "files_sha256", "resolution", "flip", "shard_size", "seed", "vae"):
         if old.get(key) != plan[key]:
             what = {"files_sha256": "the image files under data.root", "vae": "data.vae (its config)"}.get(
                 key, f"{key}"
             )
             raise ConfigError(
-                f"out={out} was prepared with other {what} ({old.get(key)!r:.80}): give a new out=, "
+                f"out={name} was prepared with other {what} ({old.get(key)!r:.80}): give a new out=, "
                 "or the settings it was prepared with to finish it"
             )
 
@@ -165,19 +171,33 @@ class _Encoder:
         return {"shard": [shard], "latents": [np.concatenate(out)], "labels": [batch["labels"][0]], "error": [""]}
 
 
+def staging(out: str | os.PathLike) -> Path:
+    """Where the folder is written: `out` itself, or for a bucket URI this machine's copy of it."""
+    return cache_folder(str(out)) if is_uri(str(out)) else Path(out).expanduser().resolve()
+
+
 def check_inputs(
     data: DataConfig, out: str | os.PathLike, seed: int = 0
 ) -> tuple[dict[str, Any], list[tuple[str, int]]]:
     """Everything `prepare` can refuse before any work: the images, the VAE, the settings, the folder."""
-    if is_uri(str(out)):
-        raise ConfigError(
-            f"out={out}: prepare writes a folder on a disk this machine has; then copy it into the bucket, "
-            "the manifest last: aws s3 sync OUT URI --exclude manifest.json && aws s3 cp OUT/manifest.json URI/"
-        )
+    check_credentials(str(out), "out")
     plan, items = _plan(data, seed)
-    _check_plan(Path(out).expanduser().resolve(), plan)
+    if is_uri(str(out)):
+        _check_published(str(out), plan)
+    _check_plan(staging(out), plan, str(out))
     load_vae(data.vae)  # its weights load (the encoder actors would fail less legibly)
     return plan, items
+
+
+def _check_published(uri: str, plan: dict[str, Any]) -> None:
+    """A bucket folder that already holds other latents is not overwritten."""
+    there = remote_manifest(uri)
+    for key in ("root", "resolution", "flip", "seed", "vae"):
+        if there is not None and there.get(key) != plan[key]:
+            raise ConfigError(
+                f"out={uri} already holds latents prepared with other {key} ({there.get(key)!r:.80}): "
+                "give a new out=, or the settings it was prepared with"
+            )
 
 
 def _encoder_gpus(cluster_config: str) -> tuple[bool, int, dict[str, float]]:
@@ -202,7 +222,7 @@ def prepare(
     cluster has GPUs (or its autoscaler config, `cluster_config`, has GPU node types), up to `encoders`
     of them (default: one per GPU up now, at least one); otherwise one encodes on the CPU."""
     plan, items = check_inputs(data, out, seed)
-    out = Path(out).expanduser().resolve()
+    target, out = str(out), staging(out)
     (out / SHARDS).mkdir(parents=True, exist_ok=True)
     write_json(out / PLAN, plan)
     (out / MANIFEST).unlink(missing_ok=True)  # written again once every shard is there
@@ -254,4 +274,6 @@ def prepare(
         finally:
             bar.close()
     manifest = write_manifest(out, plan, [entries[i] for i in range(len(shards))])
-    return Prepared(out, manifest["num_images"], len(shards), len(todo))
+    if is_uri(target):
+        publish(out, target)
+    return Prepared(target if is_uri(target) else str(out), manifest["num_images"], len(shards), len(todo))

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 from pathlib import Path
@@ -19,7 +20,7 @@ from torch import Tensor, nn
 from switchsweep.config.schema import DataConfig, EvalConfig
 from switchsweep.platform.checkpoint import load_from_storage, save_to_storage
 from switchsweep.platform.errors import ConfigError
-from switchsweep.platform.storage import storage_join
+from switchsweep.platform.storage import is_uri, read_bytes, storage_join
 from switchsweep.trainers.data.batches import load_dataset, load_digits_tensors
 from switchsweep.trainers.evaluation.feature_net import FeatureNet
 
@@ -127,10 +128,9 @@ def reference_features(data: DataConfig, net: FeatureNet, cache_dir: str | os.Pa
         from switchsweep.trainers.data.latents import read_manifest
 
         manifest = read_manifest(data.path)
-        source = data.ref_batch or data.root or manifest["root"]
-        key = hashlib.sha256(f"{Path(source).expanduser().resolve()}|{manifest['resolution']}".encode()).hexdigest()[
-            :16
-        ]
+        source = reference_source(data, manifest)
+        source = source if is_uri(source) else str(Path(source).expanduser().resolve())
+        key = hashlib.sha256(f"{source}|{manifest['resolution']}".encode()).hexdigest()[:16]
         name = f"ref-latents-{key}-{net.name}.pt"
     else:
         name = f"ref-{data.name}-{data.image_size}-{net.name}.pt"
@@ -150,6 +150,12 @@ def reference_features(data: DataConfig, net: FeatureNet, cache_dir: str | os.Pa
         feats, _ = net.embed(images)
     save_to_storage({"features": feats}, path)
     return feats
+
+
+def reference_source(data: DataConfig, manifest: dict) -> str:
+    """Where the real images of a latents dataset are read from: data.ref_batch, else data.root, else the
+    ImageFolder its manifest names."""
+    return data.ref_batch or data.root or manifest["root"]
 
 
 def _real_image_features(data: DataConfig, manifest: dict, net: FeatureNet, chunk: int = 256) -> Tensor | None:
@@ -175,10 +181,13 @@ def _real_image_features(data: DataConfig, manifest: dict, net: FeatureNet, chun
 
 
 def reference_batch(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """An ADM-style reference batch .npz: `mu` and `sigma` of its Inception pool features (for FID), and
-    `arr_0`, its images [N, H, W, 3] uint8, where present."""
+    """An ADM-style reference batch .npz (a local file or a URI such as s3://bucket/ref.npz): `mu` and
+    `sigma` of its Inception pool features (for FID), and `arr_0`, its images [N, H, W, 3] uint8, where present."""
     try:
-        with np.load(Path(path).expanduser()) as npz:
+        raw = read_bytes(str(path))
+        if raw is None:
+            raise FileNotFoundError(path)
+        with np.load(io.BytesIO(raw)) as npz:
             batch = {k: npz[k] for k in ("mu", "sigma", "arr_0") if k in npz.files}
     except (OSError, ValueError) as e:
         raise ConfigError(
