@@ -271,9 +271,14 @@ def test_every_node_has_a_pinned_image_and_an_instance_profile_for_the_bucket():
         config = t["node_config"]
         assert config.get("ImageId", "").startswith(("ami-", "resolve:ssm:/aws/service/")), name
         assert config.get("IamInstanceProfile", {}).get("Name"), name  # Ray gives one to the head only
+        assert config.get("MetadataOptions", {}).get("HttpTokens") == "required", name  # IMDSv2: the head's policy
     head_policy = json.loads((REPO / "deploy" / "aws" / "head-policy.json").read_text())
     worker_policy = json.loads((REPO / "deploy" / "aws" / "worker-policy.json").read_text())
-    head_actions = {a for st in head_policy["Statement"] for a in st["Action"]}
+    head_actions = {
+        a
+        for st in head_policy["Statement"]
+        for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
+    }
     # The head launches workers with their profile and resolves their image; workers reach one bucket only.
     assert {"ec2:RunInstances", "iam:PassRole", "ssm:GetParameters"} <= head_actions
     for st in worker_policy["Statement"]:
@@ -358,11 +363,11 @@ def test_a_gpu_nodes_driver_is_checked_against_torchs_cuda_build(tmp_path, smi, 
 
 def test_the_autoscaler_that_runs_is_the_one_tested():
     """`ray up` starts autoscaler v2 by default since Ray 2.50, which does not launch the local provider's
-    nodes that tests/e2e/test_cluster_launch.py runs cluster.yaml's commands on: make cluster-up pins v1."""
+    nodes that tests/cluster/test_cluster_launch.py runs cluster.yaml's commands on: make cluster-up pins v1."""
     makefile = (REPO / "Makefile").read_text()
     (up,) = [line for line in makefile.splitlines() if "ray up" in line]
     assert "RAY_UP_enable_autoscaler_v2=0" in up
-    launch = (REPO / "tests" / "e2e" / "test_cluster_launch.py").read_text()
+    launch = (REPO / "tests" / "cluster" / "test_cluster_launch.py").read_text()
     assert 'env["RAY_UP_enable_autoscaler_v2"] = "0"' in launch
 
 
