@@ -13,7 +13,7 @@ TORCH_INDEX ?=
 EXTRAS ?= dev  # the test tools; cluster nodes install with EXTRAS= (none)
 
 .PHONY: install lock test format train evaluate sweep variants ui optuna-ui report bench faults learning paper-check paired-eval search-efficiency mutation clean \
-	gpu-check gpu-wheels cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
+	gpu-check gpu-wheels cluster-check cluster-account cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,8 +42,13 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -m "not slow" -n 2
 	$(PY) -m pytest -q -m registry -p no:cacheprovider & registry=$$!; \
-	  $(PY) -m pytest -q -m "slow and not registry" -n 2 --dist loadfile --no-loadscope-reorder --durations=15; e2e=$$?; \
+	  $(PY) -m pytest -q -m "slow and not registry and not cluster" -n 2 --dist loadfile --no-loadscope-reorder --durations=15; e2e=$$?; \
 	  wait $$registry; net=$$?; test $$e2e -eq 0 && test $$net -eq 0
+
+# The cluster's own checks (tests/cluster/, docs/tests.md): cluster.yaml's commands over SSH on nodes made here
+# (root, sshd, PostgreSQL), a fake autoscaling cluster on an S3 endpoint, a lost head. CI runs them after `make test`.
+cluster-check: $(STAMP)
+	$(PY) -m pytest -q -m cluster -n 2 --dist loadfile --no-loadscope-reorder --durations=5
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -123,6 +128,10 @@ mutation: $(STAMP)
 # Ray token is made here once (~/.ray/auth_token) and mounted on every node; MLflow's database URI
 # (~/.switchsweep/mlflow-db, this machine's own) on the head. CLUSTER: another launcher config.
 CLUSTER ?= cluster.yaml
+# Once per AWS account: the bucket cluster.yaml names (private, encrypted) and the two instance profiles.
+cluster-account: $(STAMP)
+	$(PY) deploy/aws/account.py --cluster $(CLUSTER)
+
 cluster-up: $(STAMP)
 	@test -f ~/.switchsweep/mlflow-db || { echo "cluster-up: ~/.switchsweep/mlflow-db is missing: put the PostgreSQL URI of MLflow's database in it (docs/cluster.md, \"On a GPU cluster\"), or create it empty to keep MLflow's runs on the head's disk, lost with the head" >&2; exit 2; }
 	@chmod 600 ~/.switchsweep/mlflow-db
@@ -143,8 +152,9 @@ cluster-ui: $(STAMP)
 cluster-sweep: $(STAMP)
 	RAY_AUTH_MODE=token $(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --no-wait -- switchsweep sweep platform=cluster $(ARGS)
 
-# ImageFolder -> VAE latents on the cluster's GPUs, as a Ray job on the head. ARGS: data.root=, data.vae=
-# and out= on a folder every node mounts, e.g. ARGS="data=imagenet256 data.root=/mnt/in/train data.vae=/mnt/vae out=/mnt/lat".
+# ImageFolder -> VAE latents on the cluster's GPUs, as a Ray job on the head, into the bucket. ARGS: data.root=
+# and data.vae= on folders every node mounts, out= in the bucket, e.g.
+# ARGS="data=imagenet256 data.root=/mnt/in/train data.vae=/mnt/vae out=s3://BUCKET/latents/in256".
 cluster-prepare: $(STAMP)
 	RAY_AUTH_MODE=token $(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --no-wait -- switchsweep prepare address=auto $(ARGS)
 
