@@ -29,6 +29,7 @@ from switchsweep.platform.tracking import default_tracking_uri, runs_page
 from switchsweep.platform.uris import is_server, redact, require_store
 from switchsweep.results.ranking import LEARNED_ACCURACY
 from switchsweep.results.tables import console_lines
+from switchsweep.results.text import budget_line
 from switchsweep.sweeps.locate import SweepCommand, find_sweep, sweeps_root
 
 EXIT_TRIALS_FAILED = 3  # the sweep ran to its end but some trials failed (2: bad input, 130: interrupted)
@@ -97,6 +98,8 @@ def _sweep(job, overrides, command) -> int:
     if job.sweep.search != "grid":
         print(f"the search:  switchsweep optuna-ui {where}   (optuna-dashboard, http://127.0.0.1:8080)")
     print(f"export best: switchsweep export {where} top=3 out=runs/export/{name}")
+    if result.budget:
+        print(f"budget:      {budget_line(result.budget)}")
     if result.failed:
         first = next(iter(result.failed.items()))
         print(

@@ -103,6 +103,9 @@ class SweepConfig:
     num_trials: int = 8  # tpe/random: sampled configurations (grid: 1, every row once)
     seeds: int = 1  # runs of every configuration, train.seed + 0..seeds-1; Optuna is told their mean
     max_concurrent: int = 1
+    # Device-hours the sweep may spend: GPU-hours, or CPU-hours where trials use no GPU (sweeps/budget.py);
+    # null: no limit. A resume or extend may give a new one; what the record holds is counted against it.
+    budget: float | None = None
     metric: str = "kid_x1e3"
     mode: str = "min"
     objectives: list[str] = field(default_factory=list)  # >= 2 metrics: multi-objective search, Pareto ranking
@@ -268,6 +271,15 @@ def validate_sweep(job: SweepJobConfig | DictConfig) -> None:
         f"sweep.log_checkpoints={s.log_checkpoints!r} is not one of {', '.join(LOG_CHECKPOINTS)}: pick one of those",
     )
     _need(s.search in SEARCHES, f"sweep.search={s.search!r} is not one of {', '.join(SEARCHES)}: pick one of those")
+    _need(
+        s.budget is None or float(s.budget) > 0,
+        f"sweep.budget={s.budget} must be > 0 device-hours (GPU-hours; CPU-hours without GPUs), or null for no limit",
+    )
+    _need(
+        s.budget is None or s.search != "grid",
+        f"sweep.budget={s.budget} needs sweep.search=tpe or random (a grid runs every row): drop it, or limit the "
+        "rows of sweep.grid",
+    )
     if s.search == "grid":
         _need(len(s.grid) > 0, "sweep.grid is empty: list rows of overrides, or use sweep.search=tpe with sweep.space")
         _need(len(s.space) == 0, "sweep.space is set with sweep.search=grid: put the values in sweep.grid rows instead")

@@ -136,6 +136,8 @@ class SweepRecord:
     tracking_uri: str = ""  # redacted
     # The sweep's folder in its storage (a bucket on a cluster), where every save copies the sweep's state.
     storage: str = ""
+    # sweep.budget's account: limit, unit, spent (device-hours), skipped (trials not started), reached
+    budget: dict[str, Any] = field(default_factory=dict)
     trials: dict[str, TrialEntry] = field(default_factory=dict)
 
     @classmethod
@@ -170,6 +172,11 @@ class SweepRecord:
         atomic_write_text(folder.state, json.dumps(self.to_json(), indent=2) + "\n")
         if self.storage and not _is_folder(self.storage, self.path):
             folder.copy_to(self.storage)
+
+    def budget_reached(self) -> None:
+        """The budget affords no next trial: the sweep starts no more."""
+        self.budget["reached"] = True
+        self.save()
 
     def set_status(self, status: str) -> None:
         self.status = status

@@ -29,3 +29,13 @@ def value_text(r: Ranked) -> str:
 def accuracy_text(r: Ranked) -> str:
     """Class accuracy as a percentage, e.g. 97.2%, or "" where no classifier scored the samples."""
     return "" if math.isnan(r.accuracy) else f"{100 * r.accuracy:.1f}%"
+
+
+def budget_line(account: dict) -> str:
+    """sweep.budget's account from the sweep's record, e.g. `spent 0.42 of 0.5 GPU-hours; 3 trials not
+    started: the next could have passed the budget`."""
+    spent, limit, unit = account.get("spent", 0.0), account["limit"], account["unit"]
+    line = f"spent {spent:.3g} of {limit:.3g} {unit}"
+    if account.get("reached"):
+        line += f"; {account.get('skipped', 0)} trial(s) not started: the next could have passed the budget"
+    return line

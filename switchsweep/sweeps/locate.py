@@ -17,7 +17,7 @@ from switchsweep.platform.sweep_record import FINISHED, RUNNING, SweepRecord, st
 from switchsweep.platform.uris import redact
 
 # Settings a resumed sweep may change: where and how it runs, never what it searches.
-RESUME_KEYS = ("sweep", "sweep.id", "sweep.root", "sweep.tracking_uri")
+RESUME_KEYS = ("sweep", "sweep.id", "sweep.root", "sweep.tracking_uri", "sweep.budget")
 RESUME_PREFIXES = ("sweep.ray.",)
 
 

@@ -18,9 +18,11 @@ from switchsweep.config.sweep_schema import (
     trains_inline,
     trial_resources,
 )
+from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.sweep_record import SweepRecord
 from switchsweep.sweeps.asha import ResumableASHA
+from switchsweep.sweeps.budget import BudgetedSearch, devices_per_trial
 from switchsweep.sweeps.callbacks import TrialTracking
 from switchsweep.sweeps.compat import restored_parts
 from switchsweep.sweeps.console import NEW_OUTPUT_ENV, SweepReporter
@@ -117,7 +119,7 @@ def build_tuner(job: SweepJobConfig, trial_job: TrialJob, record: SweepRecord, c
     tune_path = join(storage, name)
     if command.resume:  # that it can be restored was checked before any work
         tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True)
-        _relocate(tuner, trial_job, record)
+        _relocate(tuner, trial_job, record, s.budget)
         return tuner
     tracking = TrialTracking(
         trial_job.reports.tracking_uri,
@@ -131,6 +133,8 @@ def build_tuner(job: SweepJobConfig, trial_job: TrialJob, record: SweepRecord, c
     searcher = _search_alg(job, record.path, trial_job.reports.sweep_id, trial_job.bases[0], command.extend)
     if searcher is not None and not command.extend and s.points_to_evaluate:
         searcher.enqueue(s.points_to_evaluate)
+    if searcher is not None and s.budget is not None:
+        searcher = BudgetedSearch(searcher, float(s.budget), *devices_per_trial(s.ray), record.path)
     samples = (command.extend or s.num_trials) * s.seeds
     if not command.extend:
         samples += s.seeds * (baseline_model(s) is not None) + race_budget(job)
@@ -159,15 +163,24 @@ def build_tuner(job: SweepJobConfig, trial_job: TrialJob, record: SweepRecord, c
     )
 
 
-def _relocate(tuner: tune.Tuner, trial_job: TrialJob, record: SweepRecord) -> None:
+def _relocate(tuner: tune.Tuner, trial_job: TrialJob, record: SweepRecord, budget: float | None) -> None:
     """Tune restores the sweep's callback, searcher and scheduler as they were pickled, with the folder and
     MLflow address of the machine that started the sweep; this driver may run on another (a new head after
-    the old one was lost): point them at its own."""
+    the old one was lost): point them at its own. A budget given again with --resume replaces the old one."""
     callbacks, searcher, scheduler = restored_parts(tuner)
     for callback in callbacks:
         if isinstance(callback, TrialTracking):
             callback.sweep_dir, callback.tracking_uri = record.path, trial_job.reports.tracking_uri
     folder = SweepDir(record.path)
+    if isinstance(searcher, BudgetedSearch):
+        searcher.sweep_dir, searcher.stopped = record.path, False
+        searcher.budget = searcher.budget if budget is None else float(budget)
+        searcher = searcher.searcher
+    elif budget is not None:
+        raise ConfigError(
+            f"sweep.budget={budget}: sweep {record.sweep_id} started without a budget, which --resume cannot add: "
+            "resume it without one, then --extend it with sweep.budget"
+        )
     if isinstance(searcher, SeededStudySearch):
         searcher.journal = str(folder.journal)
     if isinstance(scheduler, ResumableASHA):

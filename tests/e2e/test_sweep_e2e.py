@@ -66,7 +66,8 @@ class Scenario:
     resumed: subprocess.CompletedProcess
     after_resume: dict  # the record then
     runs_after_resume: list  # the MLflow runs then
-    extended: subprocess.CompletedProcess  # --extend 1
+    extended: subprocess.CompletedProcess  # --extend 3 with a budget that affords one
+    budget: float  # that budget, CPU-hours
     exported: subprocess.CompletedProcess
     export_dir: Path
     trained: subprocess.CompletedProcess  # `switchsweep train --config` of the best exported file
@@ -84,7 +85,7 @@ def _ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def scenario(ray_head, digits_net, tmp_path_factory) -> Scenario:
     """A 2-configuration sweep through the CLI on the session's Ray head: interrupted (Ctrl+C) once its
-    first trial is over, resumed, extended by one configuration, exported,
+    first trial is over, resumed, extended by one configuration (of three asked for, within a budget), exported,
     and its best exported config trained as it is. Shared with the browser tests that look at what it
     produced."""
     tmp = tmp_path_factory.mktemp("e2e")
@@ -105,7 +106,12 @@ def scenario(ray_head, digits_net, tmp_path_factory) -> Scenario:
     after_resume = record(root)
     client = MlflowClient(default_tracking_uri(root))
     runs_after_resume = client.search_runs([client.get_experiment_by_name("design_space").experiment_id])
-    extended = _ok(_run(_sweep_cmd(root, cache, ray_head, "--extend", "1"), 400))
+    # A budget for one more trial like the costliest so far but not two (one CPU a trial): the extension
+    # asks for three configurations and gets one.
+    walls = [e["wall_s"] for e in after_resume["trials"].values()]
+    budget = (sum(walls) + 1.2 * max(walls)) / 3600
+    extend = ["--extend", "3", "sweep.ray.cpus_per_worker=1", f"sweep.budget={budget}"]
+    extended = _ok(_run(_sweep_cmd(root, cache, ray_head, *extend), 400))
     out = tmp / "export"
     export = [str(BIN / "switchsweep"), "export", "sweep=design_space", "top=2", f"out={out}", f"sweep.root={root}"]
     exported = _ok(_run(export, 120))
@@ -121,6 +127,7 @@ def scenario(ray_head, digits_net, tmp_path_factory) -> Scenario:
         after_resume,
         runs_after_resume,
         extended,
+        budget,
         exported,
         out,
         trained,
@@ -289,6 +296,17 @@ def test_extend_adds_configurations_to_the_same_parent_run_and_study(scenario):
     )
     assert len(optuna.load_study(study_name=sweep_dir.name, storage=storage).trials) == 3
     assert record(scenario.root)["status"] == "finished"
+
+
+def test_a_budget_stops_the_extension_once_the_next_trial_could_pass_it(scenario):
+    account = record(scenario.root)["budget"]
+    walls = [e["wall_s"] for e in record(scenario.root)["trials"].values()]
+    assert account["limit"] == pytest.approx(scenario.budget) and account["unit"] == "CPU-hours"
+    assert account["reached"] is True and account["skipped"] == 2  # 2 + 3 configurations, 3 started
+    assert account["spent"] == pytest.approx(sum(walls) / 3600, rel=1e-4)  # one CPU a trial
+    line = r"budget: +spent [\d.e-]+ of [\d.e-]+ CPU-hours; 2 trial\(s\) not started"
+    assert re.search(line, scenario.extended.stdout), scenario.extended.stdout[-2000:]
+    assert "interrupted" not in scenario.extended.stderr
 
 
 def test_export_writes_the_best_configs_which_train_as_they_are(scenario):
