@@ -13,7 +13,7 @@ TORCH_INDEX ?=
 EXTRAS ?= dev  # the test tools; cluster nodes install with EXTRAS= (none)
 
 .PHONY: install lock test format train evaluate sweep variants ui optuna-ui report bench faults learning paper-check paired-eval search-efficiency mutation clean \
-	gpu-check gpu-wheels cluster-check cluster-account cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
+	gpu-check gpu-wheels cluster-check cluster-account cluster-login cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -126,20 +126,26 @@ mutation: $(STAMP)
 
 # The GPU cluster of cluster.yaml (docs/cluster.md, "On a GPU cluster"), driven from this machine. The cluster's
 # Ray token is made here once (~/.ray/auth_token) and mounted on every node; MLflow's database URI
-# (~/.switchsweep/mlflow-db, this machine's own) on the head. CLUSTER: another launcher config.
+# (~/.switchsweep/mlflow-db, this machine's own) reaches the head alone, through SSM (make cluster-account).
+# CLUSTER: another launcher config.
 CLUSTER ?= cluster.yaml
-# Once per AWS account: the bucket cluster.yaml names (private, encrypted) and the two instance profiles.
+# Once per AWS account: the bucket cluster.yaml names (private, encrypted), the cluster's security group (SSH
+# from SSH_FROM only, e.g. SSH_FROM=203.0.113.7/32), the two instance profiles and MLflow's database URI in SSM.
 cluster-account: $(STAMP)
-	$(PY) deploy/aws/account.py --cluster $(CLUSTER)
+	$(PY) deploy/aws/account.py --cluster $(CLUSTER) --ssh-from "$(SSH_FROM)"
 
 cluster-up: $(STAMP)
-	@test -f ~/.switchsweep/mlflow-db || { echo "cluster-up: ~/.switchsweep/mlflow-db is missing: put the PostgreSQL URI of MLflow's database in it (docs/cluster.md, \"On a GPU cluster\"), or create it empty to keep MLflow's runs on the head's disk, lost with the head" >&2; exit 2; }
-	@chmod 600 ~/.switchsweep/mlflow-db
+	@$(PY) deploy/aws/mlflow_db.py check --cluster $(CLUSTER)
 	@test -s ~/.ray/auth_token || $(VENV)/bin/ray get-auth-token --generate >/dev/null
 	RAY_UP_enable_autoscaler_v2=0 $(VENV)/bin/ray up -y $(CLUSTER)  # v1: the autoscaler the launch tests run
 
 cluster-down: $(STAMP)
 	$(VENV)/bin/ray down -y $(CLUSTER)
+
+# MLflow's login on the cluster (made by its head): the browser asks for it; `eval` the lines it prints for
+# switchsweep's own commands against http://127.0.0.1:5000 (export, report).
+cluster-login: $(STAMP)
+	@$(VENV)/bin/ray exec $(CLUSTER) 'bash ~/switchsweep/deploy/mlflow-service.sh login' 2>/dev/null | grep '^export MLFLOW_'
 
 # The Ray dashboard on http://127.0.0.1:8265 and MLflow on http://127.0.0.1:5000, through SSH until Ctrl+C
 # (on the head, socat relays loopback to MLflow's private address while this runs).

@@ -1,6 +1,8 @@
 """sweep.budget: the ledger's device-hours against hand-computed sums, and the searcher that stops handing
 out trials once the next could pass the budget, on a real sweep record."""
 
+from pathlib import Path
+
 import pytest
 from ray.tune.search import Searcher
 
@@ -77,13 +79,25 @@ def test_the_searcher_stops_once_the_next_trial_could_pass_the_budget_and_record
 
 
 def test_the_searcher_survives_tunes_save_and_restore(tmp_path):
+    """Tune's own save of a wrapped searcher: the wrapper's state, and the searcher it wraps on its own."""
+    from ray.tune.search import SearchGenerator
+
+    class _Saved(_Counting):
+        def save(self, checkpoint_path):
+            Path(checkpoint_path).write_text(",".join(self.given))
+
+        def restore(self, checkpoint_path):
+            self.given = Path(checkpoint_path).read_text().split(",")
+
     SweepRecord(tmp_path, sweep_id="s").save()
-    search = BudgetedSearch(_Counting(), budget=2.0, devices=4, unit="GPU-hours", sweep_dir=tmp_path)
+    search = BudgetedSearch(_Saved(), budget=2.0, devices=4, unit="GPU-hours", sweep_dir=tmp_path)
     search.suggest("t1")
-    search.save(str(tmp_path / "searcher.pkl"))
-    again = BudgetedSearch(_Counting(), budget=9.0, devices=1, unit="CPU-hours", sweep_dir=tmp_path)
-    again.restore(str(tmp_path / "searcher.pkl"))
-    assert (again.budget, again.devices, again.unit, again.searcher.given) == (2.0, 4, "GPU-hours", ["t1"])
+    search.stopped = True
+    SearchGenerator(search).save_to_dir(str(tmp_path), session_str="s")
+    again = BudgetedSearch(_Saved(), budget=9.0, devices=1, unit="CPU-hours", sweep_dir=tmp_path)
+    SearchGenerator(again).restore_from_dir(str(tmp_path))
+    assert (again.budget, again.devices, again.unit, again.stopped) == (2.0, 4, "GPU-hours", True)
+    assert again.searcher.given == ["t1"]
 
 
 def test_the_closing_line_says_what_was_spent_and_skipped():

@@ -40,6 +40,25 @@ def test_cluster_yaml_passes_rays_own_preparation_and_schema():
     assert set(prepared["available_node_types"]) == set(CLUSTER["available_node_types"])
 
 
+def test_the_commented_spot_type_is_a_valid_one_gpu_type_on_spot_capacity():
+    lines = (REPO / "cluster.yaml").read_text().splitlines()
+    start = lines.index("  # ray.worker.gpu1spot:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  #   ") and line != "  # ray.worker.gpu1spot:":
+            break
+        block.append("  " + line[4:])
+    spot = yaml.safe_load("\n".join(block))["ray.worker.gpu1spot"]
+    gpu1 = CLUSTER["available_node_types"]["ray.worker.gpu1"]
+    assert spot["resources"] == gpu1["resources"]  # one-GPU trials and prepare's encoders take it alike
+    assert spot["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"
+    assert {k: v for k, v in spot["node_config"].items() if k != "InstanceMarketOptions"} == gpu1["node_config"]
+    with_spot = json.loads(json.dumps(CLUSTER))
+    with_spot["available_node_types"]["ray.worker.gpu1spot"] = spot
+    with_spot["max_workers"] += spot["max_workers"]
+    validate_config(prepare_config(with_spot))
+
+
 def test_the_head_runs_drivers_and_no_training():
     head = CLUSTER["available_node_types"][CLUSTER["head_node_type"]]
     assert head["resources"].get("CPU") == 0 and head["resources"].get(DRIVER, 0) >= 1
@@ -267,6 +286,9 @@ def _commands() -> list[str]:
 
 
 def test_every_node_has_a_pinned_image_and_an_instance_profile_for_the_bucket():
+    # The cluster's own security group (make cluster-account): Ray's own would take SSH from anywhere.
+    assert CLUSTER["provider"]["security_group"]["GroupName"] == "switchsweep-cluster"
+    assert "mlflow-db" not in json.dumps(CLUSTER["file_mounts"])  # the database URI reaches the head through SSM
     for name, t in CLUSTER["available_node_types"].items():
         config = t["node_config"]
         assert config.get("ImageId", "").startswith(("ami-", "resolve:ssm:/aws/service/")), name
@@ -420,27 +442,6 @@ def test_node_types_refuse_a_trial_no_node_can_hold(tmp_path):
     (tmp_path / "bad.yaml").write_text("just: text\n")
     with pytest.raises(ConfigError, match="sweep.ray.cluster_config"):
         node_types(str(tmp_path / "bad.yaml"))
-
-
-def test_cluster_up_asks_for_mlflows_database_before_anything_starts(tmp_path):
-    import subprocess
-    import sys
-
-    venv = Path(sys.executable).parent.parent
-    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}  # an operator without ~/.switchsweep/mlflow-db
-    done = subprocess.run(
-        # -o: the environment counts as installed (as it is once `make test` runs): nothing to rebuild first
-        ["make", "-s", f"VENV={venv}", "-o", f"{venv}/.installed-stamp", "cluster-up"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    said, *rest = done.stderr.splitlines()  # one line of ours, then make's own "*** Error 2"
-    assert done.returncode == 2 and all(line.startswith("make: ***") for line in rest), done.stderr
-    assert said.startswith("cluster-up: ~/.switchsweep/mlflow-db is missing") and "PostgreSQL URI" in said
-    assert not (tmp_path / ".ray").exists()  # no token made, no launcher run
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ URI = "postgresql://mlflow:s3cr%24t@db.internal:5432/mlflow"
 FAKE_MLFLOW = """#!/usr/bin/env bash
 printf '%s\\n' "$*" > "$HOME/given-args"
 printf '%s\\n' "$MLFLOW_SERVER_ENABLE_JOB_EXECUTION" > "$HOME/given-jobs"
+printf '%s\\n' "$MLFLOW_AUTH_ADMIN_PASSWORD" > "$HOME/given-password"
+printf '%s\\n' "$MLFLOW_AUTH_CONFIG_PATH" > "$HOME/given-auth"
 printf '%s\\n' "$MLFLOW_BACKEND_STORE_URI" > "$HOME/given-uri"
 while :; do sleep 0.5; done
 """
@@ -47,6 +49,12 @@ def _start(home: Path) -> int:
     return int((home / ".switchsweep" / "mlflow.pid").read_text())
 
 
+def _login(home: Path) -> str:
+    env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+    cmd = ["bash", str(REPO / "deploy" / "mlflow-service.sh"), "login"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30, check=True).stdout
+
+
 def _running(pid: int) -> bool:
     """Alive, not a zombie awaiting its reaper."""
     try:
@@ -74,6 +82,8 @@ def test_the_server_gets_the_database_uri_from_its_environment_and_a_restart_rep
             "--artifacts-destination",
             f"{tmp_path / 'bucket'}/mlflow",
             "--serve-artifacts",
+            "--app-name",
+            "basic-auth",
         ]
         assert (home / "given-uri").read_text().strip() == URI
         assert (home / "given-jobs").read_text().strip() == "false"  # no GenAI job runner
@@ -81,6 +91,17 @@ def test_the_server_gets_the_database_uri_from_its_environment_and_a_restart_rep
         env_file = home / ".switchsweep" / "mlflow.env"
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600 and URI in env_file.read_text()
         assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in env_file.read_text()  # the systemd unit's too
+        # A login: the head's own user and random password, in a file of mode 600 and the server's environment.
+        login = home / ".switchsweep" / "mlflow-login"
+        user, password = login.read_text().strip().split(":")
+        assert stat.S_IMODE(login.stat().st_mode) == 0o600 and user == "switchsweep" and len(password) == 32
+        assert (home / "given-password").read_text().strip() == password and password not in Path(
+            f"/proc/{first}/cmdline"
+        ).read_text()
+        auth = Path((home / "given-auth").read_text().strip()).read_text()
+        assert "admin_username = switchsweep" in auth and "default_permission = NO_PERMISSIONS" in auth
+        printed = _login(home)
+        assert printed == f"export MLFLOW_TRACKING_USERNAME=switchsweep\nexport MLFLOW_TRACKING_PASSWORD={password}\n"
 
         # The unit a head with systemd installs: it starts the same server at boot and again if it exits.
         unit = (home / ".switchsweep" / "switchsweep-mlflow.service").read_text()
@@ -98,6 +119,7 @@ def test_the_server_gets_the_database_uri_from_its_environment_and_a_restart_rep
         (home / "given-uri").unlink()
         second = _start(home)
         assert second != first and not _running(first) and _running(second)
+        assert _login(home) == printed  # the same login: the clients' environment stays right
     finally:
         _stop(int((home / ".switchsweep" / "mlflow.pid").read_text()))
         _stop(first)

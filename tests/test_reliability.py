@@ -379,3 +379,52 @@ def test_an_override_splits_into_its_key_and_value(override, want):
     from switchsweep.config.compose import split_override
 
     assert split_override(override) == want
+
+
+def test_trials_on_a_cluster_get_the_drivers_mlflow_login_and_local_ones_need_none(monkeypatch):
+    from switchsweep.config.sweep_schema import RayConfig
+    from switchsweep.sweeps.runtime import worker_env
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "switchsweep")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw")
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    on_cluster = worker_env(RayConfig(address="auto"))
+    assert (on_cluster["MLFLOW_TRACKING_USERNAME"], on_cluster["MLFLOW_TRACKING_PASSWORD"]) == ("switchsweep", "pw")
+    assert "MLFLOW_TRACKING_TOKEN" not in on_cluster
+    assert not [k for k in worker_env(RayConfig()) if k.startswith("MLFLOW_")]
+
+
+def test_a_server_that_asks_for_a_login_is_one_line_before_anything_starts(monkeypatch):
+    """A server answering as MLflow's basic-auth app does: 401 without its user's password, 200 with it."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from switchsweep.platform.tracking import reachable
+
+    good = "Basic " + base64.b64encode(b"switchsweep:right").decode()
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.headers.get("Authorization") == good else 401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_port}"
+    try:
+        monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+        monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+        with pytest.raises(ConfigError, match=r"^sweep.tracking_uri=http://127.0.0.1:\d+: the MLflow server asks for"):
+            reachable(uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "switchsweep")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        with pytest.raises(ConfigError, match="refused the login of MLFLOW_TRACKING_USERNAME.*cluster-login"):
+            reachable(uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "right")
+        assert reachable(uri) == uri
+    finally:
+        server.shutdown()

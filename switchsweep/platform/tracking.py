@@ -103,8 +103,12 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def reachable(uri: str) -> str:
-    """`uri`, once a database store has answered one connection: MLflow itself retries a refused one for
-    about 100 s, logging each failure over many lines, before it gives up."""
+    """`uri`, once a database store has answered one connection (MLflow itself retries a refused one for
+    about 100 s, logging each failure over many lines, before it gives up), or a server has taken this
+    machine's login, if it asks for one."""
+    if uri.startswith(("http://", "https://")):
+        _check_login(uri)
+        return uri
     if not is_database(uri):
         return uri
     import sqlalchemy
@@ -122,6 +126,29 @@ def reachable(uri: str) -> str:
     finally:
         if engine is not None:
             engine.dispose()
+
+
+def _check_login(uri: str) -> None:
+    """A server that refuses this machine's login (MLFLOW_TRACKING_USERNAME/PASSWORD, or none) is one line."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    request = urllib.request.Request(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1")
+    if user and password:
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            said = "refused the login of MLFLOW_TRACKING_USERNAME" if user else "asks for a login"
+            raise ConfigError(
+                f"sweep.tracking_uri={redact(uri)}: the MLflow server {said}: set MLFLOW_TRACKING_USERNAME and "
+                'MLFLOW_TRACKING_PASSWORD to its user (a cluster\'s: eval "$(make -s cluster-login)")'
+            ) from None
+    except OSError:
+        pass  # unreachable: MLflow's own calls say so
 
 
 def artifact_location(root: str | Path, name: str) -> str:

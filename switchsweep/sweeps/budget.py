@@ -11,7 +11,6 @@ A resumed or extended sweep counts what its record already holds.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,10 +85,10 @@ class BudgetedSearch(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         self.searcher.on_trial_complete(trial_id, result, error)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self, fh)
+    # Tune saves a wrapper's own state with get_state and the searcher it wraps (`.searcher`) on its own.
+    def get_state(self) -> dict[str, Any]:
+        return {"budget": self.budget, "devices": self.devices, "unit": self.unit, "stopped": self.stopped}
 
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as fh:
-            self.__dict__.update(pickle.load(fh).__dict__)
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.budget, self.devices, self.unit = state["budget"], state["devices"], state["unit"]
+        self.stopped = state["stopped"]

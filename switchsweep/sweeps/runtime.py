@@ -21,17 +21,22 @@ from switchsweep.sweeps.compat import canonical_address, init_on_loopback, keep_
 
 # A local instance has no nodes to be preempted: no Train preemption watcher, one process less per trial.
 LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# MLflow's client login (a cluster's server asks for one), passed on to the trials.
+MLFLOW_LOGIN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 def worker_env(r: RayConfig) -> dict[str, str]:
     """Environment of every Ray worker of the sweep: a Train worker group may take longer than Train's
     default 60 s to start (a loaded machine; a GPU node's boot and setup, `worker_start_timeout_s`), and
-    the Train controller's 2 s poll adds up to a poll to every report and to every trial's end."""
+    the Train controller's 2 s poll adds up to a poll to every report and to every trial's end. On a
+    cluster, the driver's MLflow login too: trials on other nodes log to a server that asks for one."""
     env = {
         "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": f"{r.worker_start_timeout_s:g}",
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
     }
-    return env if r.address else {**env, **LOCAL_ENV}
+    if not r.address:
+        return {**env, **LOCAL_ENV}
+    return {**env, **{k: os.environ[k] for k in MLFLOW_LOGIN if k in os.environ}}
 
 
 def local_num_cpus(r: RayConfig) -> int:

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,19 @@ from mlflow.tracking import MlflowClient
 from switchsweep.platform.tracking import SERVER_ENV
 from tests.support import s3
 from tests.support.fake_cluster import FAKE_GPU, FakeCluster, fake_config, wait_http
-from tests.support.sweep_harness import BIN, TINY_EVAL, free_port
+from tests.support.sweep_harness import (
+    BIN,
+    EVAL_EVERY,
+    STEPS,
+    TINY_EVAL,
+    audit,
+    free_port,
+    pids,
+    record,
+    sweep_cmd,
+    trial_facts,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -330,3 +343,89 @@ def test_latents_prepared_into_the_bucket_train_a_sweep_whose_reference_features
     (task,) = state("tasks", f"name={REFERENCE_TASK}")
     head = {n["node_id"] for n in state("nodes", "is_head_node=True")}
     assert task["state"] == "FINISHED" and task["node_id"] not in head, (task, head)
+
+
+def _lose_node(node_id: str) -> int:
+    """A fake node disappears: its raylet, every process it started and its agent, SIGKILLed. How many."""
+    procs = pids(lambda cmd: f"--node_id={node_id}".encode() in cmd or f"--node-id={node_id}".encode() in cmd)
+    raylets = [p for p in procs if b"raylet/raylet" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    children = [p for p in pids(lambda cmd: True) if _parent(p) in raylets]
+    for pid in [*children, *procs]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(children) + len(procs)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def test_a_worker_node_lost_mid_trial_is_survived_on_another_node(cluster):
+    """The node a trial trains on disappears (its raylet and every process on it killed) past the trial's
+    second checkpoint: the trial goes on from its last checkpoint on another node, the sweep finishes, and
+    MLflow holds every point once. A reclaimed spot node is this case."""
+    c, fake = cluster, cluster["fake"]
+    root = c["tmp"] / "node-loss"
+    cmd = sweep_cmd(
+        root,
+        None,
+        c["cache"],
+        "platform=cluster",
+        "sweep.name=node_loss",
+        "sweep.num_trials=1",
+        "train.device=cpu",
+        "sweep.ray.use_gpu=false",
+        "sweep.ray.cpus_per_worker=1",
+        f"+sweep.ray.worker_resources={{{FAKE_GPU}: 1}}",
+        f"sweep.ray.cluster_config={fake.config_file}",
+    )
+    log = open(c["tmp"] / "node-loss.log", "w")
+    driver = subprocess.Popen(cmd, env=c["env"], stdout=log, stderr=subprocess.STDOUT)
+
+    def training_node() -> str | None:
+        if not any(e.get("step", 0) > 2 * EVAL_EVERY for e in record(root).get("trials", {}).values()):
+            return None
+        listed = subprocess.run(
+            [
+                str(BIN / "ray"),
+                "list",
+                "actors",
+                "--address",
+                c["dashboard"],
+                "--format=json",
+                "--detail",
+                "-f",
+                "class_name=RayTrainWorker",
+                "-f",
+                "state=ALIVE",
+            ],
+            env=c["env"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        actors = json.loads(listed.stdout) if listed.returncode == 0 else []
+        return actors[0]["node_id"] if actors else None
+
+    try:
+        node = wait_for(training_node, 400, driver)
+        assert _lose_node(node) >= 2
+        rc = driver.wait(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    said = (c["tmp"] / "node-loss.log").read_text()[-4000:]
+    assert rc == 0, said
+    facts = trial_facts(root, c["tracking"], "node_loss")
+    (t,) = facts["trials"].values()
+    assert (t["status"], t["step"], t["attempt"], t["mlflow_status"]) == ("finished", STEPS, 2, "FINISHED"), said
+    assert t["resumed_from"] is not None and t["resumed_from"] >= 2 * EVAL_EVERY, t["resumed_from"]
+    checked = audit(root, tracking_uri=c["tracking"], experiment="node_loss")
+    assert (checked["duplicates"], checked["lost"]) == (0, 0) and checked["points"] > 0, checked
+    dead = [n for n in fake.nodes() if n["node_id"] == node]
+    assert dead and dead[0]["state"] == "DEAD"

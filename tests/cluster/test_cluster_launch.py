@@ -17,6 +17,7 @@ managed one would be), `make cluster-sweep` running a 1-trial sweep on the worke
 `make cluster-down`.
 """
 
+import base64
 import json
 import os
 import re
@@ -35,7 +36,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from switchsweep.trainers.evaluation.features import DigitsClassifier
-from tests.support import postgres
+from tests.support import postgres, s3
 from tests.support.fake_cluster import wait_http
 from tests.support.registry_proxy import RegistryProxy
 from tests.support.ssh_nodes import Bridge, SshNode, available, make_key, port_open
@@ -56,6 +57,7 @@ SECTIONS = (
 BUCKET = "s3://my-bucket/switchsweep"  # cluster.yaml's placeholder, marked EDIT
 SUBNET = "10.231.7"
 HERE_IP, HEAD_IP, WORKER_IP = f"{SUBNET}.254", f"{SUBNET}.1", f"{SUBNET}.2"
+WATCHDOG_S = 12  # the worker's watchdog bound here (10 minutes on a cluster)
 DASHBOARD = "http://127.0.0.1:8265"  # forwarded by `make cluster-ui`, as the Ray job commands of docs/cluster.md expect
 
 
@@ -76,8 +78,11 @@ def _run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProce
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+def _get(url: str, token: str | None = None, basic: tuple[str, str] | None = None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if basic:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(basic).encode()).decode()
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return answer.status, answer.read()
@@ -104,6 +109,12 @@ def _job_status(job: str, token: str) -> str:
     status, body = _get(f"{DASHBOARD}/api/jobs/{job}", token)
     assert status == 200, status
     return json.loads(body)["status"]
+
+
+def _in_namespace(node: SshNode, program: str) -> list[int]:
+    """The pids of `program` among the processes of `node`'s network namespace."""
+    pids = subprocess.run(["ip", "netns", "pids", node.netns], capture_output=True, text=True, check=True).stdout
+    return [int(p) for p in pids.split() if _has(f"/proc/{p}/cmdline", program)]
 
 
 def _installed_from_scratch(worker: SshNode, proxy: RegistryProxy) -> float:
@@ -141,6 +152,7 @@ def nodes(tmp_path_factory):
     started: list[SshNode] = []
     db = postgres.Postgres(free_port(), hosts=("127.0.0.1", HERE_IP), network=f"{SUBNET}.0/24")
     proxy = RegistryProxy(HERE_IP, free_port()).start()
+    aws = s3.S3(free_port(), host=HERE_IP).start()  # SSM for the head's setup
     # The environment's Python, where it lives in root's home (pyenv): the node's root has another home.
     keep = tuple(p for p in (Path(sys.base_prefix),) if p.is_relative_to("/root"))
     try:
@@ -150,21 +162,32 @@ def nodes(tmp_path_factory):
             (home / "switchsweep").mkdir()
             if name == "head":
                 (home / "switchsweep" / ".venv").symlink_to(BIN.parent)  # the built image's environment
-            else:  # a bare image: the registry through the proxy
+                (home / ".aws").mkdir()  # the head's instance profile: its credentials, its region's endpoint
+                (home / ".aws" / "config").write_text(f"[default]\nregion = us-east-1\nendpoint_url = {aws.endpoint}\n")
+                (home / ".aws" / "credentials").write_text(
+                    "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
+                )
+            else:  # a bare image: the registry through the proxy; the watchdog's bound short, its shutdown recorded
                 (home / ".config" / "pip").mkdir(parents=True)
                 (home / ".config" / "pip" / "pip.conf").write_text(f"[global]\nproxy = {proxy.url}\n")
+                (home / ".switchsweep").mkdir()
+                (home / ".switchsweep" / "watchdog.env").write_text(
+                    f"SWITCHSWEEP_WATCHDOG_S={WATCHDOG_S}\nSWITCHSWEEP_WATCHDOG_EVERY_S=1\n"
+                    "SWITCHSWEEP_WATCHDOG_SHUTDOWN='date +%s > ~/shutdown-called'\n"
+                )
             started.append(SshNode(f"ss{name}{os.getpid() % 100000}", ip, home, key.with_suffix(".pub"), bridge, keep))
         db.start()
-        yield {"tmp": tmp, "key": key, "head": started[0], "worker": started[1], "db": db, "proxy": proxy}
+        yield {"tmp": tmp, "key": key, "head": started[0], "worker": started[1], "db": db, "proxy": proxy, "aws": aws}
     finally:
         for node in started:
             node.stop()
         db.stop()
         proxy.stop()
+        aws.stop()
         bridge.delete()
 
 
-def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
+def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net, monkeypatch):
     tmp, head = nodes["tmp"], nodes["head"]
     bucket = tmp / "bucket"
     bucket.mkdir()
@@ -179,10 +202,14 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
     for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
         env.pop(name, None)
     # MLflow's database, a PostgreSQL server on this machine that the head reaches over the bridge (as a
-    # cluster's head reaches a managed one), named in the operator's file that cluster-up mounts.
-    db = nodes["db"]
+    # cluster's head reaches a managed one), named in the operator's file, which `make cluster-account` puts
+    # in SSM (here the AWS endpoint on the bridge), where only the head's setup reads it.
+    db, aws = nodes["db"], nodes["aws"]
+    env.update(aws.env)
     (laptop / ".switchsweep").mkdir()
     (laptop / ".switchsweep" / "mlflow-db").write_text(db.uri("mlflow", host=HERE_IP))
+    put = _run([sys.executable, str(REPO / "deploy" / "aws" / "mlflow_db.py"), "put"], env, 60)
+    assert put.returncode == 0 and db.password not in put.stdout + put.stderr, put.stderr
     make = ["make", f"VENV={BIN.parent}", f"CLUSTER={config}"]
     t0 = time.time()
 
@@ -215,6 +242,13 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
         except TimeoutError:
             pytest.fail("the MLflow server of head_start_ray_commands never answered on the head's port 5000")
         assert _get(f"{tracking}/health")[0] == 200
+        # It takes a login: the head's own (~/.switchsweep/mlflow-login), which its sweeps log in with.
+        user, password = (head.home / ".switchsweep" / "mlflow-login").read_text().strip().split(":")
+        search = f"{tracking}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert _get(search)[0] == 401, "MLflow answered without a login"
+        assert _get(search, basic=(user, password))[0] == 200 and _get(search, basic=(user, "wrong"))[0] == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
         assert _get(f"http://{HEAD_IP}:5000/health")[0] == 200, "the worker nodes cannot reach MLflow"
         assert not (head.home / "mlflow.db").exists(), "MLflow's runs belong in the database, not the head's disk"
 
@@ -258,6 +292,7 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
         (exp,) = [e for e in client.search_experiments() if e.name == "design_space"]
         (run,) = client.search_runs([exp.experiment_id], "tags.`switchsweep.role` = 'trial'")
         assert run.info.status == "FINISHED" and run.data.metrics["step"] == 4 and "kid_x1e3" in run.data.metrics
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [2, 4]  # every point
         assert list(bucket.glob(f"mlflow/{exp.experiment_id}/{run.info.run_id}")), "artifacts go to the bucket"
         assert list(bucket.glob("design_space/*/tune")), "Tune's state goes to the bucket"
         assert list(bucket.glob("eval-cache/ref-digits-*.pt")), "the reference features are shared in the bucket"
@@ -269,6 +304,30 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
         assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _has(f"/proc/{pid}/cmdline", db.password)]
         assert not _has(head.home / "mlflow.log", db.password)
         assert not [p for p in bucket.rglob("*") if p.is_file() and _has(p, db.password)]
+        # It reached the head alone: its setup's file (mode 600); no file, environment or command line of the
+        # worker's holds it.
+        secret = head.home / ".switchsweep" / "mlflow-db"
+        assert _has(secret, db.password) and secret.stat().st_mode & 0o777 == 0o600
+        worker = nodes["worker"]
+        venv = worker.home / "switchsweep" / ".venv"
+        assert not [p for p in worker.home.rglob("*") if p.is_file() and venv not in p.parents and _has(p, db.password)]
+        on_worker = _in_namespace(worker, "")  # every process there
+        held = [p for p in on_worker for f in ("environ", "cmdline") if _has(f"/proc/{p}/{f}", db.password)]
+        assert on_worker and not held, held
+
+        # The worker's watchdog leaves a head that is only busy alone: its Ray's GCS frozen (SIGSTOP) for
+        # twice the bound still accepts connections.
+        gcs = _in_namespace(head, "gcs_server")
+        assert gcs, "no gcs_server in the head's namespace"
+        for pid in gcs:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(2 * WATCHDOG_S + 1)
+        finally:
+            for pid in gcs:
+                os.kill(pid, signal.SIGCONT)
+        shutdown = nodes["worker"].home / "shutdown-called"
+        assert not shutdown.exists(), (nodes["worker"].home / "watchdog.log").read_text()
     finally:
         if ui is not None:
             os.killpg(ui.pid, signal.SIGTERM)
@@ -276,6 +335,14 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net):
         down = _run([*make, "cluster-down"], env, 300)
     assert down.returncode == 0, (down.stdout + down.stderr)[-4000:]
     assert not port_open(HEAD_IP, 6379), "the head's Ray is still up after cluster-down"
+    # The head is gone: the worker's watchdog shuts its node down within its bound, saying why.
+    gone = time.time()
+    while not shutdown.exists() and time.time() < gone + WATCHDOG_S + 20:
+        time.sleep(1)
+    assert shutdown.exists(), (nodes["worker"].home / "watchdog.log").read_text()
+    assert int(shutdown.read_text()) - gone < WATCHDOG_S + 10
+    reason = (nodes["worker"].home / "watchdog.log").read_text().splitlines()[-1]
+    assert f"the head {HEAD_IP}:6379 has not answered for" in reason and reason.endswith("shutting this node down")
     print(
         f"\nray up over SSH: head up in {up_s:.0f} s, worker joined at {joined_s:.0f} s "
         f"(its install from scratch {install_s:.0f} s), "

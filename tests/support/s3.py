@@ -1,6 +1,6 @@
-"""A throwaway S3 endpoint on 127.0.0.1 (moto's server mode) with one bucket: what the cluster tests use as
-the bucket. `env` is what a node needs to reach it, as a cluster hands credentials to its nodes' processes
-(the endpoint variables point the AWS SDKs here instead of at AWS)."""
+"""A throwaway AWS endpoint on 127.0.0.1 (moto's server mode: S3, and IAM and SSM too) with one bucket: what
+the cluster tests use as the bucket. `env` is what a node needs to reach it, as a cluster hands credentials
+to its nodes' processes (the endpoint variables point the AWS SDKs here instead of at AWS)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ def _server() -> str | None:
 
 
 class S3:
-    def __init__(self, port: int, bucket: str = "switchsweep-test"):
-        self.port, self.bucket = port, bucket
-        self.endpoint = f"http://127.0.0.1:{port}"
+    def __init__(self, port: int, bucket: str = "switchsweep-test", host: str = "127.0.0.1"):
+        self.port, self.bucket, self.host = port, bucket, host
+        self.endpoint = f"http://{host}:{port}"
         self.env = {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
@@ -42,12 +42,12 @@ class S3:
         if why:
             raise RuntimeError(why)
         self.proc = subprocess.Popen(
-            [_server(), "-H", "127.0.0.1", "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [_server(), "-H", self.host, "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.time() + 60
         while True:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((self.host, self.port), timeout=1).close()
                 break
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:

@@ -196,19 +196,21 @@ def inline_trials(head: Head) -> list[int]:
     return pids(lambda cmd: cmd.startswith(b"ray::ImplicitFunc"), head.session)
 
 
-def _store(root: Path, tracking_uri: str | None = None):
+def _store(root: Path, tracking_uri: str | None = None, experiment: str = "design_space"):
     """The MLflow client of the sweep's store (its local one unless `tracking_uri`) and its experiment's id."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri or f"sqlite:///{root.resolve() / 'mlflow.db'}")
-    return client, client.get_experiment_by_name("design_space").experiment_id
+    return client, client.get_experiment_by_name(experiment).experiment_id
 
 
-def audit(root: Path, log_every: int = LOG_EVERY, tracking_uri: str | None = None) -> dict[str, Any]:
+def audit(
+    root: Path, log_every: int = LOG_EVERY, tracking_uri: str | None = None, experiment: str = "design_space"
+) -> dict[str, Any]:
     """Every metric point of the sweep's trial runs against the steps it should be at: a point logged
     at every log step (losses), every evaluation (metrics, routing), step 0 (model size) or the end
     (trial timing). Failed trials count for duplicates only."""
-    client, exp = _store(root, tracking_uri)
+    client, exp = _store(root, tracking_uri, experiment)
     runs = client.search_runs([exp])
     trials = [r for r in runs if r.data.tags.get("switchsweep.role") == "trial"]
     points = duplicates = lost = 0
@@ -259,12 +261,13 @@ def worker_kill(
     os.kill(workers[-1], signal.SIGKILL)
     logged = max(_logged_loss_steps(root), default=0)
     rc = driver.wait(timeout=600)
-    return {"rc": rc, "logged_before_kill": logged, **_trial_facts(root), **audit(root), "log": log.name}
+    return {"rc": rc, "logged_before_kill": logged, **trial_facts(root), **audit(root), "log": log.name}
 
 
-def _trial_facts(root: Path, tracking_uri: str | None = None) -> dict[str, Any]:
+def trial_facts(root: Path, tracking_uri: str | None = None, experiment: str = "design_space") -> dict[str, Any]:
+    """The record's trials, each with what MLflow holds of it (status, where it resumed from, loop times)."""
     state = record(root)
-    client, exp = _store(root, tracking_uri)
+    client, exp = _store(root, tracking_uri, experiment)
     out: dict[str, Any] = {"status": state.get("status"), "trials": state.get("trials", {})}
     for run in client.search_runs([exp], "tags.`switchsweep.role` = 'trial'"):
         tid = run.data.tags["switchsweep.trial_id"]
@@ -314,7 +317,7 @@ def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str
     wait_for(second_under_way, 600, driver)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait(timeout=30)
-    before = _trial_facts(root)
+    before = trial_facts(root)
     sweep_dir = next((root / "sweeps" / "design_space").iterdir())
     from switchsweep.platform.sweep_dir import SweepDir
     from switchsweep.platform.sweep_record import sweep_status
@@ -325,7 +328,7 @@ def driver_kill(root: Path, address: str, cache: Path | None = None) -> dict[str
     wait_for(lambda: lock.is_file() and f"pid {resumed.pid} " in lock.read_text(), 120, resumed)
     second = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=ENV, timeout=120)
     rc = resumed.wait(timeout=600)
-    after = _trial_facts(root)
+    after = trial_facts(root)
     return {
         "rc": rc,
         "status_after_kill": status_after_kill,
@@ -419,7 +422,7 @@ def lost_head(tmp: Path, cache: Path | None, database: str, bucket: S3) -> dict[
         wait_for(lambda: _under_way(_tune_trials(bucket)), 600, driver, poll=0.5)
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
-        before = _trial_facts(roots[0], first["tracking"])
+        before = trial_facts(roots[0], first["tracking"])
         _lose(first)
         shutil.rmtree(roots[0].parent)  # the old head's disk is gone with it
 
@@ -431,7 +434,7 @@ def lost_head(tmp: Path, cache: Path | None, database: str, bucket: S3) -> dict[
         wait_for(lambda: record(roots[1]).get("status") == "running" and _locked(roots[1]), 120, resumed)
         refused = subprocess.run(again, capture_output=True, text=True, env=env, timeout=120)
         rc = resumed.wait(timeout=600)
-        after = _trial_facts(roots[1], second["tracking"])
+        after = trial_facts(roots[1], second["tracking"])
         return {
             "rc": rc,
             "second_driver": (refused.returncode, refused.stderr),

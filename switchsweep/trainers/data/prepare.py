@@ -251,10 +251,10 @@ def prepare(
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=encoders or max(1, gpus_now)),
-            # on CPUs, one encoder takes all but one (left to the readers)
+            # on CPUs, one encoder takes all but one (left to the readers); one where none is up yet
             num_gpus=1 if gpu else 0,
             resources=marked if gpu else None,
-            num_cpus=1 if gpu else max(1, int(ray.cluster_resources()["CPU"]) - 1),
+            num_cpus=1 if gpu else max(1, int(ray.cluster_resources().get("CPU", 0)) - 1),
             fn_constructor_kwargs={
                 "vae": plan["vae"]["path"],
                 "scale": plan["scale_factor"],
