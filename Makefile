@@ -13,7 +13,7 @@ TORCH_INDEX ?=
 EXTRAS ?= dev  # the test tools; cluster nodes install with EXTRAS= (none)
 
 .PHONY: install lock test format train evaluate sweep variants ui optuna-ui report bench faults learning paper-check paired-eval search-efficiency mutation clean \
-	gpu-check gpu-wheels cluster-check cluster-account cluster-login cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
+	gpu-check gpu-wheels cluster-check slurm-check slurm-sweep cluster-account cluster-login cluster-up cluster-down cluster-ui cluster-sweep cluster-prepare
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,13 +42,23 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -m "not slow" -n 2
 	$(PY) -m pytest -q -m registry -p no:cacheprovider & registry=$$!; \
-	  $(PY) -m pytest -q -m "slow and not registry and not cluster" -n 2 --dist loadfile --no-loadscope-reorder --durations=15; e2e=$$?; \
+	  $(PY) -m pytest -q -m "slow and not registry and not cluster and not slurm" -n 2 --dist loadfile --no-loadscope-reorder --durations=15; e2e=$$?; \
 	  wait $$registry; net=$$?; test $$e2e -eq 0 && test $$net -eq 0
 
 # The cluster's own checks (tests/cluster/, docs/tests.md): cluster.yaml's commands over SSH on nodes made here
 # (root, sshd, PostgreSQL), a fake autoscaling cluster on an S3 endpoint, a lost head. CI runs them after `make test`.
 cluster-check: $(STAMP)
 	$(PY) -m pytest -q -m cluster -n 2 --dist loadfile --no-loadscope-reorder --durations=5
+
+# Sweeps on a real Slurm cluster (tests/slurm/): a controller and two nodes made on this machine (root,
+# slurm-wlm, munge), a job cut by its time limit and the next resuming it. CI runs it after cluster-check.
+slurm-check: $(STAMP)
+	$(PY) -m pytest -q -m slurm -p no:cacheprovider --durations=5
+
+# A sweep on your Slurm cluster (docs/cluster.md, "On a Slurm cluster"): checked here, then submitted with sbatch.
+# NODES, GPUS_PER_NODE, PARTITION, TIME, SBATCH_ARGS; SWITCHSWEEP_SHARED in the environment. ARGS: the sweep's.
+slurm-sweep: $(STAMP)
+	@bash deploy/slurm/submit.sh $(ARGS)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -11,11 +11,12 @@
 # that clients log in with (the head's setup adds it to ~/switchsweep.env: sweep drivers and their trials).
 set -euo pipefail
 LOGIN=~/.switchsweep/mlflow-login
+random() { head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32; }
 if [ ! -s "$LOGIN" ]; then
-  (umask 077 && mkdir -p ~/.switchsweep &&
-    printf 'switchsweep:%s\n' "$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 32)" > "$LOGIN")
+  # the login, and the key MLflow signs its forms' CSRF tokens with
+  (umask 077 && mkdir -p ~/.switchsweep && printf 'switchsweep:%s:%s\n' "$(random)" "$(random)" > "$LOGIN")
 fi
-IFS=: read -r USER_NAME PASSWORD < "$LOGIN"
+IFS=: read -r USER_NAME PASSWORD SECRET_KEY < "$LOGIN"
 if [ "${1:-}" = "login" ]; then
   printf 'export MLFLOW_TRACKING_USERNAME=%s\nexport MLFLOW_TRACKING_PASSWORD=%s\n' "$USER_NAME" "$PASSWORD"
   exit 0
@@ -38,8 +39,9 @@ admin_username = $USER_NAME
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
 # Without MLflow's GenAI job runner (eight processes that do nothing for a sweep's runs).
-printf 'MLFLOW_BACKEND_STORE_URI=%s\nMLFLOW_SERVER_ENABLE_JOB_EXECUTION=false\nMLFLOW_AUTH_CONFIG_PATH=%s\nMLFLOW_AUTH_ADMIN_PASSWORD=%s\n' \
-  "$URI" "$HOME/.switchsweep/mlflow-auth.ini" "$PASSWORD" > ~/.switchsweep/mlflow.env
+printf '%s\n' "MLFLOW_BACKEND_STORE_URI=$URI" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+  "MLFLOW_AUTH_CONFIG_PATH=$HOME/.switchsweep/mlflow-auth.ini" "MLFLOW_AUTH_ADMIN_PASSWORD=$PASSWORD" \
+  "MLFLOW_FLASK_SERVER_SECRET_KEY=$SECRET_KEY" > ~/.switchsweep/mlflow.env
 cat > ~/.switchsweep/switchsweep-mlflow.service <<EOF
 [Unit]
 Description=MLflow tracking server of the switchsweep cluster
@@ -73,6 +75,7 @@ else
     for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null || break; sleep 0.2; done
   fi
   MLFLOW_BACKEND_STORE_URI="$URI" MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_AUTH_ADMIN_PASSWORD="$PASSWORD" \
-    MLFLOW_AUTH_CONFIG_PATH="$HOME/.switchsweep/mlflow-auth.ini" nohup "$MLFLOW" "${ARGS[@]}" > ~/mlflow.log 2>&1 < /dev/null &
+    MLFLOW_AUTH_CONFIG_PATH="$HOME/.switchsweep/mlflow-auth.ini" MLFLOW_FLASK_SERVER_SECRET_KEY="$SECRET_KEY" \
+    nohup "$MLFLOW" "${ARGS[@]}" > ~/mlflow.log 2>&1 < /dev/null &
   echo $! > ~/.switchsweep/mlflow.pid
 fi

@@ -30,15 +30,19 @@ LONGEST_FIRST = (
 
 E2E = Path(__file__).resolve().parent / "e2e"
 CLUSTER = Path(__file__).resolve().parent / "cluster"
+SLURM = Path(__file__).resolve().parent / "slurm"
 
 
 def pytest_collection_modifyitems(items):
-    for item in items:  # the end-to-end folder is slow as a whole; the cluster's is `make cluster-check`
+    for item in items:  # the end-to-end folder is slow as a whole; the cluster's and Slurm's have targets of their own
         if E2E in item.path.parents:
             item.add_marker(pytest.mark.slow)
         elif CLUSTER in item.path.parents:
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.cluster)
+        elif SLURM in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.slurm)
     slow = {item.path for item in items if item.get_closest_marker("slow")}
 
     def rank(item) -> tuple[int, int]:

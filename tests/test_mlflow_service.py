@@ -93,8 +93,9 @@ def test_the_server_gets_the_database_uri_from_its_environment_and_a_restart_rep
         assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false" in env_file.read_text()  # the systemd unit's too
         # A login: the head's own user and random password, in a file of mode 600 and the server's environment.
         login = home / ".switchsweep" / "mlflow-login"
-        user, password = login.read_text().strip().split(":")
-        assert stat.S_IMODE(login.stat().st_mode) == 0o600 and user == "switchsweep" and len(password) == 32
+        user, password, key = login.read_text().strip().split(":")
+        assert stat.S_IMODE(login.stat().st_mode) == 0o600 and user == "switchsweep" and len(password) == len(key) == 32
+        assert f"MLFLOW_FLASK_SERVER_SECRET_KEY={key}" in env_file.read_text()
         assert (home / "given-password").read_text().strip() == password and password not in Path(
             f"/proc/{first}/cmdline"
         ).read_text()

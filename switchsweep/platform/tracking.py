@@ -51,6 +51,7 @@ STOPPED_TAG = "switchsweep.stopped_early"  # "true" on a trial the scheduler sto
 FAILURE_TAG = "switchsweep.failure"  # why a trial failed, one line
 ATTEMPTS_TAG = "switchsweep.attempts"  # on a failed trial (and every inline one): attempts it ran (1: not retried)
 RESUMED_TAG = "switchsweep.resumed_from_step"  # the checkpoint step a restarted trial went on from
+HOST_TAG = "switchsweep.host"  # the machine whose rank 0 trained the trial (its latest attempt)
 CHECKPOINT_TAG = "switchsweep.checkpoint"  # where the trial's final checkpoint is kept
 CHECKPOINT_ARTIFACT = "checkpoint/ckpt.pt"  # a final checkpoint kept in MLflow, under the trial's run
 IN_MLFLOW = f"mlflow:{CHECKPOINT_ARTIFACT}"  # CHECKPOINT_TAG's value for it

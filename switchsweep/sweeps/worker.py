@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -29,6 +30,7 @@ from switchsweep.platform.tracking import (
     CHECKPOINT_ARTIFACT,
     CHECKPOINT_TAG,
     EVAL_NOISE_ARTIFACT,
+    HOST_TAG,
     IN_MLFLOW,
     RESUMED_TAG,
     SAMPLES_KEY,
@@ -267,8 +269,9 @@ def run_worker(spec: WorkerSpec, session: TrainSession | None = None) -> None:
                 if resumed >= cfg.train.steps:
                     return  # the last report was made before a restart: nothing left to train
             hooks = SweepHooks(spec, loop_s, worker_start, session)
-            if resumed is not None and hooks.log is not None:
-                hooks.log.set_tags({RESUMED_TAG: resumed})
+            if hooks.log is not None:
+                resumed_tag = {} if resumed is None else {RESUMED_TAG: resumed}
+                hooks.log.set_tags({HOST_TAG: socket.gethostname(), **resumed_tag})
             train(dataclasses.replace(cfg, train=train_cfg, sample=dataclasses.replace(cfg.sample, per_class=0)), hooks)
             if hooks.log is not None:
                 hooks.log.flush()

@@ -243,7 +243,7 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net, monk
             pytest.fail("the MLflow server of head_start_ray_commands never answered on the head's port 5000")
         assert _get(f"{tracking}/health")[0] == 200
         # It takes a login: the head's own (~/.switchsweep/mlflow-login), which its sweeps log in with.
-        user, password = (head.home / ".switchsweep" / "mlflow-login").read_text().strip().split(":")
+        user, password, _ = (head.home / ".switchsweep" / "mlflow-login").read_text().strip().split(":")
         search = f"{tracking}/api/2.0/mlflow/experiments/search?max_results=1"
         assert _get(search)[0] == 401, "MLflow answered without a login"
         assert _get(search, basic=(user, password))[0] == 200 and _get(search, basic=(user, "wrong"))[0] == 401

@@ -1,0 +1,1 @@
+"""Sweeps on a Slurm cluster, run by `make slurm-check`: a controller and two nodes on this machine."""
