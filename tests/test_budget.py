@@ -32,6 +32,9 @@ def test_before_any_trial_ends_only_one_runs():
     assert Ledger.of([], 1).affords_next(0.01)
     assert not Ledger.of([], 1).affords_next(0)
     assert not Ledger.of([_entry(1, over=False)], 1).affords_next(1000)
+    assert not Ledger.of([], 1, starting=1).affords_next(1000)  # handed out, not recorded yet
+    # Once one ended (1 h), a trial handed out but not yet recorded is committed at that cost too.
+    assert Ledger.of([_entry(3600)], 1, starting=1).committed == pytest.approx(2.0)
 
 
 def test_a_trial_holds_its_gpus_or_else_its_cpus():
@@ -59,6 +62,7 @@ def test_the_searcher_stops_once_the_next_trial_could_pass_the_budget_and_record
     record.save()
     search = BudgetedSearch(_Counting(), budget=1.0, devices=1, unit="CPU-hours", sweep_dir=tmp_path)
     assert search.suggest("t1") == {"n": 1}
+    assert search.suggest("t2") is None  # handed out, not yet in the record: it runs
     record.trials["t1"] = _entry(100, over=False)
     record.save()
     assert search.suggest("t2") is None  # the first runs alone

@@ -40,8 +40,9 @@ class Ledger:
     running: int
 
     @classmethod
-    def of(cls, trials: Iterable[TrialEntry], devices: float) -> Ledger:
-        ended, running = [], []
+    def of(cls, trials: Iterable[TrialEntry], devices: float, starting: int = 0) -> Ledger:
+        """`starting`: trials handed out that the record does not hold yet (running, nothing spent)."""
+        ended, running = [], [0.0] * starting
         for entry in trials:
             (ended if entry.over else running).append((entry.wall_s or 0.0) * devices / 3600)
         costliest = max(ended) if ended else None
@@ -62,6 +63,7 @@ class BudgetedSearch(Searcher):
         self.searcher, self.budget, self.devices, self.unit = searcher, budget, devices, unit
         self.sweep_dir = Path(sweep_dir)
         self.stopped = False
+        self.given: set[str] = set()  # trials handed out by this driver (the record holds them once they start)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return self.searcher.set_search_properties(metric, mode, config, **spec)
@@ -70,9 +72,12 @@ class BudgetedSearch(Searcher):
         if self.stopped:
             return Searcher.FINISHED
         record = SweepRecord.load(self.sweep_dir)
-        ledger = Ledger.of(record.trials.values(), self.devices)
+        ledger = Ledger.of(record.trials.values(), self.devices, len(self.given - record.trials.keys()))
         if ledger.affords_next(self.budget):
-            return self.searcher.suggest(trial_id)
+            config = self.searcher.suggest(trial_id)
+            if isinstance(config, dict):
+                self.given.add(trial_id)
+            return config
         if ledger.running:
             return None  # a running trial may end cheaper than assumed
         self.stopped = True

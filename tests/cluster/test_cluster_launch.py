@@ -168,6 +168,8 @@ def nodes(tmp_path_factory):
                     "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n"
                 )
             else:  # a bare image: the registry through the proxy; the watchdog's bound short, its shutdown recorded
+                # Its python3 is the head's, as a cluster's images share one (Ray refuses a node of another).
+                (home / ".bashrc").write_text(f"export PATH={Path(sys.base_prefix) / 'bin'}:$PATH\n")
                 (home / ".config" / "pip").mkdir(parents=True)
                 (home / ".config" / "pip" / "pip.conf").write_text(f"[global]\nproxy = {proxy.url}\n")
                 (home / ".switchsweep").mkdir()

@@ -82,6 +82,10 @@ class SlurmCluster:
         self.ctld: subprocess.Popen | None = None
         self.nodes: list[subprocess.Popen] = []
 
+    @staticmethod
+    def _netns(name: str) -> str:
+        return f"{name}-ns{os.getpid() % 100000}"
+
     def ip(self, name: str) -> str:
         return f"{self.subnet}.{self.names.index(name) + 1}"
 
@@ -125,7 +129,7 @@ PartitionName=debug Nodes={",".join(self.names)} Default=YES MaxTime=INFINITE St
         self.bridge = Bridge(f"ssl{os.getpid() % 100000}", self.here_ip)
         self.ctld = subprocess.Popen(["slurmctld", "-D", "-f", str(self.conf)], stderr=subprocess.DEVNULL)
         for name in self.names:
-            self._join(name)
+            self.bridge.join(self._netns(name), f"{name}v{os.getpid() % 100000}", self.ip(name))
             inside = " && ".join(
                 [
                     f"hostname {name}",
@@ -137,7 +141,7 @@ PartitionName=debug Nodes={",".join(self.names)} Default=YES MaxTime=INFINITE St
                 subprocess.Popen(
                     [
                         "nsenter",  # not `ip netns exec`: it mounts a /sys without the cgroups slurmd reads
-                        f"--net=/run/netns/{name}-ns{os.getpid() % 100000}",
+                        f"--net=/run/netns/{self._netns(name)}",
                         "unshare",
                         "--uts",
                         "--pid",
@@ -154,19 +158,6 @@ PartitionName=debug Nodes={",".join(self.names)} Default=YES MaxTime=INFINITE St
             )
         self.wait_idle(120)
         return self
-
-    def _join(self, name: str) -> None:
-        ns, host_end = f"{name}-ns{os.getpid() % 100000}", f"{name}v{os.getpid() % 100000}"
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-        subprocess.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns], check=True)
-        subprocess.run(["ip", "link", "set", host_end, "master", self.bridge.name, "up"], check=True)
-        for cmd in (
-            ["addr", "add", f"{self.ip(name)}/24", "dev", "eth0"],
-            ["link", "set", "eth0", "up"],
-            ["link", "set", "lo", "up"],
-            ["route", "add", "default", "via", self.here_ip],
-        ):
-            subprocess.run(["ip", "-n", ns, *cmd], check=True)
 
     def run(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -203,7 +194,7 @@ PartitionName=debug Nodes={",".join(self.names)} Default=YES MaxTime=INFINITE St
             self.ctld.terminate()
             self.ctld.wait(timeout=30)
         for name in self.names:
-            subprocess.run(["ip", "netns", "del", f"{name}-ns{os.getpid() % 100000}"], capture_output=True)
+            subprocess.run(["ip", "netns", "del", self._netns(name)], capture_output=True)
             subprocess.run(["ip", "link", "del", f"{name}v{os.getpid() % 100000}"], capture_output=True)
         if self.bridge is not None:
             self.bridge.delete()

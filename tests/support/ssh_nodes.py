@@ -52,6 +52,21 @@ class Bridge:
     def delete(self) -> None:
         subprocess.run(["ip", "link", "del", self.name], capture_output=True)
 
+    def join(self, netns: str, host_end: str, ip: str) -> None:
+        """A new network namespace `netns` with one interface, eth0 at `ip`/24, on this bridge (its peer
+        `host_end` here), routed through this machine."""
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        veth = ["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", netns]
+        subprocess.run(veth, check=True)
+        subprocess.run(["ip", "link", "set", host_end, "master", self.name, "up"], check=True)
+        for cmd in (
+            ["addr", "add", f"{ip}/24", "dev", "eth0"],
+            ["link", "set", "eth0", "up"],
+            ["link", "set", "lo", "up"],
+            ["route", "add", "default", "via", self.ip],
+        ):
+            subprocess.run(["ip", "-n", netns, *cmd], check=True)
+
 
 class SshNode:
     """sshd for root on `ip`, in namespaces of its own (see the module); `stop()` ends every process in it.
@@ -107,18 +122,8 @@ class SshNode:
 
     def _join(self, bridge: Bridge) -> None:
         """A network namespace with one interface on `bridge`, at self.ip, and DNS that fails at once."""
-        ns, host_end = self.netns, self.host_end
-        subprocess.run(["ip", "netns", "add", ns], check=True)
-        subprocess.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", ns], check=True)
-        subprocess.run(["ip", "link", "set", host_end, "master", bridge.name, "up"], check=True)
-        for cmd in (
-            ["addr", "add", f"{self.ip}/24", "dev", "eth0"],
-            ["link", "set", "eth0", "up"],
-            ["link", "set", "lo", "up"],
-            ["route", "add", "default", "via", bridge.ip],
-        ):
-            subprocess.run(["ip", "-n", ns, *cmd], check=True)
-        resolver = Path("/etc/netns") / ns  # `ip netns exec` mounts it over /etc/resolv.conf
+        bridge.join(self.netns, self.host_end, self.ip)
+        resolver = Path("/etc/netns") / self.netns  # `ip netns exec` mounts it over /etc/resolv.conf
         resolver.mkdir(parents=True, exist_ok=True)
         (resolver / "resolv.conf").write_text("nameserver 127.0.0.1\n")
 
