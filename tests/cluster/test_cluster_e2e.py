@@ -402,7 +402,7 @@ def test_a_worker_node_lost_mid_trial_is_survived_on_another_node(cluster):
     driver = subprocess.Popen(cmd, env=c["env"], stdout=log, stderr=subprocess.STDOUT)
 
     def training_node() -> tuple[int, str] | None:
-        past = any(e.get("step", 0) > EVAL_EVERY for e in record(root).get("trials", {}).values())
+        past = any(e.get("step", 0) > EVAL_EVERY for e in record(root, "node_loss").get("trials", {}).values())
         return _training_node(fake.address) if past else None
 
     try:

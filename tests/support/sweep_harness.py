@@ -149,11 +149,11 @@ def sweep_cmd(
     ]
 
 
-def record(root: Path) -> dict[str, Any]:
-    """The record of the one sweep under `root` as it is written, or {} before it exists."""
+def record(root: Path, name: str = "design_space") -> dict[str, Any]:
+    """The record of the one sweep `name` under `root` as it is written, or {} before it exists."""
     from switchsweep.platform.sweep_record import SweepRecord
 
-    found = [p for p in (root / "sweeps" / "design_space").glob("*") if SweepRecord.exists(p)]
+    found = [p for p in (root / "sweeps" / name).glob("*") if SweepRecord.exists(p)]
     return SweepRecord.load(found[0]).to_json() if found else {}
 
 
@@ -266,7 +266,7 @@ def worker_kill(
 
 def trial_facts(root: Path, tracking_uri: str | None = None, experiment: str = "design_space") -> dict[str, Any]:
     """The record's trials, each with what MLflow holds of it (status, where it resumed from, loop times)."""
-    state = record(root)
+    state = record(root, experiment)
     client, exp = _store(root, tracking_uri, experiment)
     out: dict[str, Any] = {"status": state.get("status"), "trials": state.get("trials", {})}
     for run in client.search_runs([exp], "tags.`switchsweep.role` = 'trial'"):
