@@ -2,11 +2,13 @@
 and IAM): the bucket named once in cluster.yaml is made private and encrypted, the two instance profiles get
 the policies rendered with that bucket and the cluster's name, and a second run changes nothing."""
 
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import boto3
@@ -16,17 +18,31 @@ from tests.support.s3 import S3
 from tests.support.sweep_harness import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "deploy" / "aws" / "account.py"
+sys.path.insert(0, str(REPO / "deploy" / "aws"))  # the scripts, run in this process as `python SCRIPT` runs them
+import account  # noqa: E402
+import mlflow_db  # noqa: E402
+
+
+def _script(main, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`main(args)` with `env` as the whole environment; its exit code and what it printed."""
+    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def _account(cluster: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(SCRIPT), "--cluster", str(cluster), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    return _script(account.main, env, "--cluster", str(cluster), *args)
 
 
 def _db(env: dict, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "deploy" / "aws" / "mlflow_db.py"), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    return _script(mlflow_db.main, env, *args)
 
 
 def _cluster_yaml(tmp_path, bucket: str) -> Path:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-LIMIT_S, EVERY_S = 2, 0.5
+LIMIT_S, EVERY_S = 1, 0.25
 
 
 def _watchdog(home: Path, port: int) -> subprocess.Popen:
@@ -33,10 +33,10 @@ def test_a_busy_head_is_left_alone_and_a_lost_one_shuts_the_node_down_once(tmp_p
     port = head.getsockname()[1]
     watchdog = _watchdog(tmp_path, port)
     try:
-        time.sleep(1)
+        time.sleep(0.5)
         second = _watchdog(tmp_path, port)
         assert second.wait(timeout=10) == 0  # one watchdog a node
-        time.sleep(2.5 * LIMIT_S)
+        time.sleep(3 * LIMIT_S)
         assert not fired.exists() and watchdog.poll() is None, "fired while the head was only busy"
         head.close()  # the head is gone: connections are refused
         lost = time.time()

@@ -1,17 +1,16 @@
-"""Once per AWS account (`make cluster-account`): the sweep bucket and the two instance profiles of
-cluster.yaml, from the names cluster.yaml gives. The bucket's name lives in one place, cluster.yaml's
-SWITCHSWEEP_STORAGE line; the policies beside this file are templates (${BUCKET}, ${CLUSTER}) rendered with it.
+"""Once per AWS account (`make cluster-account`): the sweep bucket, the cluster's security group, the two
+instance profiles and MLflow's database URI, from the names cluster.yaml gives. The bucket's name lives in one
+place, cluster.yaml's SWITCHSWEEP_STORAGE line; the policies beside this file are templates (${BUCKET},
+${CLUSTER}) rendered with it.
 
-The bucket is made private (every public access blocked, objects encrypted at rest); each profile is a role
-that EC2 may assume with its policy inline: switchsweep-head (launches and ends the cluster's GPU nodes,
-the bucket, MLflow's database URI) and switchsweep-worker (the bucket only). The URI in
-~/.switchsweep/mlflow-db goes into an encrypted SSM parameter that only the head reads (mlflow_db.py). Run
-again, it changes nothing that is already right and rewrites the policies, the parameter and the security group's SSH
-range (a changed template, URI or range takes effect). `--print` renders the policies and touches nothing.
-
-The cluster's security group (cluster.yaml's provider.security_group.GroupName) is made in the region's
-default VPC: SSH from the operator's range (`--ssh-from`, make's SSH_FROM) only, and everything between the
-cluster's own nodes. Ray uses a group that already has rules as it finds it.
+The bucket is made private (every public access blocked, objects encrypted at rest). The security group
+(cluster.yaml's provider.security_group.GroupName), in the region's default VPC, lets SSH in from the
+operator's range (`--ssh-from`, make's SSH_FROM) only and everything between the cluster's own nodes; Ray uses
+a group that already has rules as it finds it. Each profile is a role that EC2 may assume with its policy
+inline: switchsweep-head (launches and ends the cluster's GPU nodes, the bucket, MLflow's database URI) and
+switchsweep-worker (the bucket only). The URI in ~/.switchsweep/mlflow-db goes into an encrypted SSM
+parameter that only the head reads (mlflow_db.py). Run again, it changes nothing that is already right and
+rewrites the policies, the parameter and the group's SSH range. `--print` renders the policies, touching nothing.
 """
 
 from __future__ import annotations
