@@ -30,7 +30,7 @@ def cluster(digits_net):
     if why:
         pytest.skip(why)
     munge = slurm_support.Munge().start()
-    root = Path(tempfile.mkdtemp(prefix="sss-", dir="/var/tmp"))  # outside /tmp: each node has its own /tmp
+    root = Path(tempfile.mkdtemp(prefix="sss-", dir="/var/tmp"))
     cluster = slurm_support.SlurmCluster(root)
     try:
         cluster.start()

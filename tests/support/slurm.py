@@ -1,7 +1,7 @@
 """A Slurm cluster on this machine (root only): Debian's slurmctld here, and a slurmd per node, each node in
-network, UTS (its own hostname), PID and mount namespaces of its own on a bridge with this machine, with a
-/tmp of its own (everything shared lives outside /tmp, as a cluster's shared file system would). munged is
-this machine's, started if it is not running; the nodes reach it through its socket.
+network, UTS (its own hostname), PID and mount namespaces of its own on a bridge with this machine; the nodes
+see this machine's files, as a cluster's nodes see its shared file system. munged is this machine's, started
+if it is not running; the nodes reach it through its socket.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class Munge:
 
 class SlurmCluster:
     """A controller and `nodes` nodes of `cpus` CPUs each, in one partition `debug`; `env` is what a user's
-    shell needs (SLURM_CONF). Folders under `root` (outside /tmp): conf, state, logs, and `shared`."""
+    shell needs (SLURM_CONF). Folders under `root`: conf, state, logs, and `shared`."""
 
     def __init__(self, root: Path, nodes: int = 2, cpus: int = 1, subnet: str = "10.231.9"):
         self.root, self.cpus, self.subnet = root, cpus, subnet
@@ -123,7 +123,7 @@ PartitionName=debug Nodes={",".join(self.names)} Default=YES MaxTime=INFINITE St
         )
 
     def start(self) -> SlurmCluster:
-        for folder in ("state", "shared", *(f"tmp-{n}" for n in self.names), *(f"spool-{n}" for n in self.names)):
+        for folder in ("state", "shared", *(f"spool-{n}" for n in self.names)):
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         self._write_conf()
         self.bridge = Bridge(f"ssl{os.getpid() % 100000}", self.here_ip)
@@ -133,7 +133,6 @@ PartitionName=debug Nodes={",".join(self.names)} Default=YES MaxTime=INFINITE St
             inside = " && ".join(
                 [
                     f"hostname {name}",
-                    f"mount --bind {self.root / f'tmp-{name}'} /tmp",
                     f"exec slurmd -D -f {self.conf} -N {name}",
                 ]
             )
