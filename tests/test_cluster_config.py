@@ -13,8 +13,8 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config  # pinned Ray (pyproject): private API
 
 from switchsweep.config.compose import load_sweep_config
-from switchsweep.config.resources import check_node_types, node_types
-from switchsweep.config.sweep_schema import RayConfig, is_local_address, worker_bundle
+from switchsweep.config.resources import check_node_types, node_types, worker_bundle
+from switchsweep.config.sweep_schema import RayConfig, is_local_address
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.uris import is_database, is_local_store, is_server
 from switchsweep.sweeps.locate import sweep_storage

@@ -11,7 +11,8 @@ from scipy import stats
 import switchsweep
 from switchsweep.cli import main
 from switchsweep.config.compose import load_sweep_config
-from switchsweep.config.sweep_schema import RayConfig, trains_inline, trial_resources
+from switchsweep.config.resources import trains_inline, trial_resources
+from switchsweep.config.sweep_schema import RayConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.sweeps.runtime import check_resources
 from switchsweep.sweeps.space import (

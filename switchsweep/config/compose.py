@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from switchsweep.config.schema import Config, DataConfig, to_config, validate_eval, validate_scoring
-from switchsweep.config.sweep_schema import SweepJobConfig, validate_sweep
+from switchsweep.config.sweep_checks import validate_sweep
+from switchsweep.config.sweep_schema import SweepJobConfig
 from switchsweep.platform.checkpoint import load_checkpoint
 from switchsweep.platform.errors import ConfigError
 

@@ -1,5 +1,5 @@
-"""A trial's resources against an autoscaling cluster's node types, read from its autoscaler config:
-whether any node the cluster can launch can ever hold it."""
+"""A trial's resources (its driver's and its DDP workers' bundles), and against an autoscaling cluster's node
+types, read from its autoscaler config: whether any node the cluster can launch can ever hold it."""
 
 from __future__ import annotations
 
@@ -8,12 +8,43 @@ from typing import Any
 
 import yaml
 
-from switchsweep.config.sweep_schema import RayConfig, driver_bundle, worker_bundle
+from switchsweep.config.sweep_schema import RayConfig, is_local_address
 from switchsweep.platform.errors import ConfigError
 
 # The custom resource cluster.yaml's one-GPU node type declares (platform=cluster's sweep.ray.one_gpu_resource):
 # one-GPU work asks for it, so it never splits a multi-GPU node.
 ONE_GPU_NODE = "ONE_GPU_NODE"
+
+
+def worker_bundle(r: RayConfig) -> dict[str, float]:
+    """Resources of one DDP worker (`cpus_per_worker` resolved)."""
+    one_gpu = r.use_gpu and r.one_gpu_resource and r.num_workers == 1 and r.gpus_per_worker <= 1
+    marker = {r.one_gpu_resource: 1.0} if one_gpu else {}
+    return {
+        "CPU": r.cpus_per_worker,
+        **({"GPU": r.gpus_per_worker} if r.use_gpu else {}),
+        **r.worker_resources,
+        **marker,
+    }
+
+
+def trains_inline(r: RayConfig) -> bool:
+    """Whether a trial trains in its Tune trial's process (`sweep.ray.inline`): one worker, every node local."""
+    return r.inline and r.num_workers == 1 and is_local_address(r.address)
+
+
+def driver_bundle(r: RayConfig) -> dict[str, float]:
+    """Resources of a trial's driver (the Tune function that starts its Train job): a custom resource
+    that pins it to the head, or a fraction of a CPU anywhere (Ray refuses an empty request)."""
+    return {r.driver_resource: 1.0} if r.driver_resource else {"CPU": r.trainable_cpus}
+
+
+def trial_resources(r: RayConfig) -> dict[str, float]:
+    """Resources one trial holds at once: its driver plus its DDP workers (an inline trial's process is both)."""
+    need = dict(driver_bundle(r))
+    for name, amount in worker_bundle(r).items():
+        need[name] = need.get(name, 0.0) + r.num_workers * amount
+    return need
 
 
 def node_types(path: str) -> dict[str, dict[str, Any]] | None:

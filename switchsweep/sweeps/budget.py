@@ -18,7 +18,8 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from switchsweep.config.sweep_schema import RayConfig, worker_bundle
+from switchsweep.config.resources import worker_bundle
+from switchsweep.config.sweep_schema import RayConfig
 from switchsweep.platform.sweep_record import SweepRecord, TrialEntry
 
 

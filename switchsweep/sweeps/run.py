@@ -20,8 +20,9 @@ import ray
 from ray import tune
 
 from switchsweep.config.compose import load_sweep_config
+from switchsweep.config.resources import worker_bundle
 from switchsweep.config.schema import DataConfig, resolve_paths
-from switchsweep.config.sweep_schema import RayConfig, SweepJobConfig, is_local_address, worker_bundle
+from switchsweep.config.sweep_schema import RayConfig, SweepJobConfig, is_local_address
 from switchsweep.dashboards.report import make_report
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.storage import check_credentials, is_uri

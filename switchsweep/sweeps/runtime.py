@@ -14,8 +14,8 @@ from pathlib import Path
 
 import ray
 
-from switchsweep.config.resources import check_node_types, node_types
-from switchsweep.config.sweep_schema import RayConfig, trial_resources
+from switchsweep.config.resources import check_node_types, node_types, trial_resources
+from switchsweep.config.sweep_schema import RayConfig
 from switchsweep.platform.errors import ConfigError
 from switchsweep.sweeps.compat import canonical_address, init_on_loopback, keep_local_instance_on_loopback
 

@@ -24,8 +24,9 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig,
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from switchsweep.config.naming import run_name
+from switchsweep.config.resources import trains_inline, worker_bundle
 from switchsweep.config.schema import Config, to_config
-from switchsweep.config.sweep_schema import RayConfig, trains_inline, worker_bundle
+from switchsweep.config.sweep_schema import RayConfig
 from switchsweep.platform.sweep_record import SweepRecord, TrialEntry
 from switchsweep.platform.tracking import (
     ATTEMPTS_TAG,

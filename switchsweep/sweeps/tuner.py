@@ -10,14 +10,8 @@ from typing import Any
 
 from ray import tune
 
-from switchsweep.config.sweep_schema import (
-    REPORTED_METRICS,
-    SweepJobConfig,
-    baseline_model,
-    driver_bundle,
-    trains_inline,
-    trial_resources,
-)
+from switchsweep.config.resources import driver_bundle, trains_inline, trial_resources
+from switchsweep.config.sweep_schema import REPORTED_METRICS, SweepJobConfig, baseline_model
 from switchsweep.platform.errors import ConfigError
 from switchsweep.platform.sweep_dir import SweepDir
 from switchsweep.platform.sweep_record import SweepRecord
