@@ -155,7 +155,7 @@ cluster-down: $(STAMP)
 # MLflow's login on the cluster (made by its head): the browser asks for it; `eval` the lines it prints for
 # switchsweep's own commands against http://127.0.0.1:5000 (export, report).
 cluster-login: $(STAMP)
-	@$(VENV)/bin/ray exec $(CLUSTER) 'bash ~/switchsweep/deploy/mlflow-service.sh login' 2>/dev/null | grep '^export MLFLOW_'
+	@$(VENV)/bin/ray exec $(CLUSTER) 'bash ~/switchsweep/deploy/mlflow-service.sh login' 2>/dev/null | tr -d '\r' | grep '^export MLFLOW_'
 
 # The Ray dashboard on http://127.0.0.1:8265 and MLflow on http://127.0.0.1:5000, through SSH until Ctrl+C
 # (on the head, socat relays loopback to MLflow's private address while this runs).

@@ -251,6 +251,13 @@ def test_cluster_yaml_comes_up_over_ssh_and_runs_a_sweep(nodes, digits_net, monk
         assert _get(search, basic=(user, password))[0] == 200 and _get(search, basic=(user, "wrong"))[0] == 401
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        said = _run([*make, "-s", "cluster-login"], env, 120)  # the laptop's copy, as docs/cluster.md says
+        assert said.stdout.split() == [
+            "export",
+            f"MLFLOW_TRACKING_USERNAME={user}",
+            "export",
+            f"MLFLOW_TRACKING_PASSWORD={password}",
+        ], said.stdout + said.stderr[-2000:]
         assert _get(f"http://{HEAD_IP}:5000/health")[0] == 200, "the worker nodes cannot reach MLflow"
         assert not (head.home / "mlflow.db").exists(), "MLflow's runs belong in the database, not the head's disk"
 
